@@ -1,0 +1,271 @@
+//! CBC-mode block ciphers with the key schedule computed once per SA.
+//!
+//! Serial CBC goes through the `cbc` crate over a borrowed cipher (`cbc::Encryptor<&C>`), so a
+//! packet costs no key-schedule copy. Multi-buffer CBC encryption is ours (no crate does it; see
+//! docs/adr/0003-multi-buffer-cbc.md): CBC encryption is serial inside one packet and bound by
+//! the AES round latency, but the chains of several packets are independent, so one block of
+//! each is encrypted together through the cipher's parallel `encrypt_blocks`, which pipelines
+//! AES-NI/VAES the way CBC decryption already does.
+
+use core::fmt;
+
+use aes::cipher::{
+    Array, Block, BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit,
+};
+use aes::{Aes128, Aes192, Aes256};
+use des::{Des, TdesEde3};
+
+use crate::error::CryptoError;
+use crate::registry::EncryptionAlgorithm;
+
+/// How many packet chains multi-buffer CBC interleaves. AES-NI pipelines 8 blocks on this
+/// machine's core (aes `ParBlocksSize = U8`); more lanes only add gather/scatter cost.
+pub const CBC_LANES: usize = 8;
+
+/// A keyed CBC cipher: the expanded key schedule, wiped on drop (RustCrypto `zeroize` feature).
+#[derive(Clone)]
+pub enum CbcCipher {
+    Des(Des),
+    TripleDes(TdesEde3),
+    Aes128(Aes128),
+    Aes192(Aes192),
+    Aes256(Aes256),
+}
+
+/// One packet for [`CbcCipher::encrypt_multi`]: its IV and its block-aligned plaintext, encrypted
+/// in place.
+#[derive(Debug)]
+pub struct CbcJob<'a> {
+    pub iv: &'a [u8],
+    pub data: &'a mut [u8],
+}
+
+impl fmt::Debug for CbcCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CbcCipher({}, <key redacted>)", self.algorithm())
+    }
+}
+
+macro_rules! dispatch {
+    ($self:expr, $c:ident => $body:expr) => {
+        match $self {
+            CbcCipher::Des($c) => $body,
+            CbcCipher::TripleDes($c) => $body,
+            CbcCipher::Aes128($c) => $body,
+            CbcCipher::Aes192($c) => $body,
+            CbcCipher::Aes256($c) => $body,
+        }
+    };
+}
+
+impl CbcCipher {
+    /// Expands `key` for `algorithm`. DES and 3DES weak keys are refused.
+    pub fn new(algorithm: EncryptionAlgorithm, key: &[u8]) -> Result<Self, CryptoError> {
+        let spec = algorithm.spec();
+        if key.len() != spec.key_len {
+            return Err(CryptoError::KeyLength { algorithm: spec.name, expected: spec.key_len, got: key.len() });
+        }
+        if matches!(algorithm, EncryptionAlgorithm::Des | EncryptionAlgorithm::TripleDes)
+            && des::weak_key_test(key).is_err()
+        {
+            return Err(CryptoError::WeakKey { algorithm });
+        }
+        let length_error = |_| CryptoError::KeyLength { algorithm: spec.name, expected: spec.key_len, got: key.len() };
+        Ok(match algorithm {
+            EncryptionAlgorithm::Des => Self::Des(Des::new_from_slice(key).map_err(length_error)?),
+            EncryptionAlgorithm::TripleDes => Self::TripleDes(TdesEde3::new_from_slice(key).map_err(length_error)?),
+            EncryptionAlgorithm::Aes128 => Self::Aes128(Aes128::new_from_slice(key).map_err(length_error)?),
+            EncryptionAlgorithm::Aes192 => Self::Aes192(Aes192::new_from_slice(key).map_err(length_error)?),
+            EncryptionAlgorithm::Aes256 => Self::Aes256(Aes256::new_from_slice(key).map_err(length_error)?),
+        })
+    }
+
+    pub fn algorithm(&self) -> EncryptionAlgorithm {
+        match self {
+            Self::Des(_) => EncryptionAlgorithm::Des,
+            Self::TripleDes(_) => EncryptionAlgorithm::TripleDes,
+            Self::Aes128(_) => EncryptionAlgorithm::Aes128,
+            Self::Aes192(_) => EncryptionAlgorithm::Aes192,
+            Self::Aes256(_) => EncryptionAlgorithm::Aes256,
+        }
+    }
+
+    pub fn block_len(&self) -> usize {
+        self.algorithm().spec().block_len
+    }
+
+    /// CBC-encrypts `data` in place. `data` must be block-aligned; `iv` one block long.
+    pub fn encrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<(), CryptoError> {
+        let algorithm = self.algorithm();
+        dispatch!(self, c => cbc_encrypt(c, algorithm, iv, data))
+    }
+
+    /// CBC-decrypts `data` in place (parallel inside the packet: each block needs only the
+    /// previous ciphertext block, which is already known).
+    pub fn decrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<(), CryptoError> {
+        let algorithm = self.algorithm();
+        dispatch!(self, c => cbc_decrypt(c, algorithm, iv, data))
+    }
+
+    /// CBC-encrypts several packets, interleaving their chains block by block (multi-buffer CBC).
+    /// The output is exactly what [`CbcCipher::encrypt`] gives for each job. Every job is checked
+    /// before any is touched, so an error leaves all data as it was.
+    pub fn encrypt_multi(&self, jobs: &mut [CbcJob<'_>]) -> Result<(), CryptoError> {
+        let algorithm = self.algorithm();
+        for job in jobs.iter() {
+            check_shape(algorithm, job.iv, job.data.len())?;
+        }
+        match self {
+            // DES has no parallel backend: interleaving would only add copies.
+            Self::Des(_) | Self::TripleDes(_) => {
+                for job in jobs.iter_mut() {
+                    self.encrypt(job.iv, job.data)?;
+                }
+            }
+            Self::Aes128(c) => cbc_encrypt_multi(c, jobs),
+            Self::Aes192(c) => cbc_encrypt_multi(c, jobs),
+            Self::Aes256(c) => cbc_encrypt_multi(c, jobs),
+        }
+        Ok(())
+    }
+}
+
+fn check_shape(algorithm: EncryptionAlgorithm, iv: &[u8], len: usize) -> Result<(), CryptoError> {
+    let block = algorithm.spec().block_len;
+    if iv.len() != block {
+        return Err(CryptoError::IvLength { algorithm, expected: block, got: iv.len() });
+    }
+    if len % block != 0 {
+        return Err(CryptoError::NotBlockAligned { algorithm, len, block });
+    }
+    Ok(())
+}
+
+fn cbc_encrypt<C: BlockCipherEncrypt>(
+    cipher: &C,
+    algorithm: EncryptionAlgorithm,
+    iv: &[u8],
+    data: &mut [u8],
+) -> Result<(), CryptoError> {
+    check_shape(algorithm, iv, data.len())?;
+    let iv = Array::try_from(iv).map_err(|_| CryptoError::IvLength {
+        algorithm,
+        expected: C::block_size(),
+        got: iv.len(),
+    })?;
+    let (blocks, _) = Array::slice_as_chunks_mut(data);
+    cbc::Encryptor::<&C>::inner_iv_init(cipher, &iv).encrypt_blocks(blocks);
+    Ok(())
+}
+
+fn cbc_decrypt<C: BlockCipherDecrypt + BlockCipherEncrypt>(
+    cipher: &C,
+    algorithm: EncryptionAlgorithm,
+    iv: &[u8],
+    data: &mut [u8],
+) -> Result<(), CryptoError> {
+    check_shape(algorithm, iv, data.len())?;
+    let iv = Array::try_from(iv).map_err(|_| CryptoError::IvLength {
+        algorithm,
+        expected: C::block_size(),
+        got: iv.len(),
+    })?;
+    let (blocks, _) = Array::slice_as_chunks_mut(data);
+    cbc::Decryptor::<&C>::inner_iv_init(cipher, &iv).decrypt_blocks(blocks);
+    Ok(())
+}
+
+/// Multi-buffer CBC: up to [`CBC_LANES`] chains advance together. When a packet finishes, the
+/// next waiting packet takes its lane, so packets of mixed lengths keep the pipeline full
+/// (the job scheduling of Intel's ipsec-mb). Shapes were checked by the caller.
+fn cbc_encrypt_multi<C: BlockCipherEncrypt>(cipher: &C, jobs: &mut [CbcJob<'_>]) {
+    let bs = C::block_size();
+    // chain[k]: lane k's previous ciphertext block (the IV at first), then the cipher input.
+    let mut chain: [Block<C>; CBC_LANES] = Default::default();
+    let mut lane_job = [0usize; CBC_LANES];
+    let mut lane_pos = [0usize; CBC_LANES];
+    let mut active = 0;
+    let mut next_job = 0;
+    loop {
+        while active < CBC_LANES && next_job < jobs.len() {
+            let job = &jobs[next_job];
+            if !job.data.is_empty() {
+                chain[active].copy_from_slice(job.iv);
+                lane_job[active] = next_job;
+                lane_pos[active] = 0;
+                active += 1;
+            }
+            next_job += 1;
+        }
+        if active == 0 {
+            return;
+        }
+        for k in 0..active {
+            let pos = lane_pos[k];
+            let plain = &jobs[lane_job[k]].data[pos..pos + bs];
+            for (c, p) in chain[k].iter_mut().zip(plain) {
+                *c ^= p;
+            }
+        }
+        cipher.encrypt_blocks(&mut chain[..active]);
+        let mut k = 0;
+        while k < active {
+            let pos = lane_pos[k];
+            let data = &mut jobs[lane_job[k]].data;
+            data[pos..pos + bs].copy_from_slice(&chain[k]);
+            if pos + bs == data.len() {
+                // Lane done: move the last active lane (not yet written this round) into slot k.
+                active -= 1;
+                chain.swap(k, active);
+                lane_job.swap(k, active);
+                lane_pos.swap(k, active);
+            } else {
+                lane_pos[k] = pos + bs;
+                k += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_sizes_are_errors_not_panics() {
+        let c = CbcCipher::new(EncryptionAlgorithm::Aes128, &[7u8; 16]).unwrap();
+        let mut data = [0u8; 17];
+        assert!(matches!(c.encrypt(&[0u8; 16], &mut data), Err(CryptoError::NotBlockAligned { .. })));
+        assert!(matches!(c.decrypt(&[0u8; 8], &mut data[..16]), Err(CryptoError::IvLength { .. })));
+        assert!(matches!(
+            CbcCipher::new(EncryptionAlgorithm::Aes256, &[0u8; 16]),
+            Err(CryptoError::KeyLength { expected: 32, got: 16, .. })
+        ));
+        // DES weak key 0101010101010101 and a degenerate 3DES key (K1 = K2) are refused.
+        assert!(matches!(CbcCipher::new(EncryptionAlgorithm::Des, &[1u8; 8]), Err(CryptoError::WeakKey { .. })));
+        let mut degenerate = [0x5au8; 24];
+        degenerate[16..].copy_from_slice(&[0x3c; 8]);
+        assert!(matches!(
+            CbcCipher::new(EncryptionAlgorithm::TripleDes, &degenerate),
+            Err(CryptoError::WeakKey { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let c = CbcCipher::new(EncryptionAlgorithm::Aes128, &[0xab; 16]).unwrap();
+        let shown = format!("{c:?}");
+        assert_eq!(shown, "CbcCipher(aes-128, <key redacted>)");
+    }
+
+    #[test]
+    fn multi_rejects_a_bad_job_before_touching_any() {
+        let c = CbcCipher::new(EncryptionAlgorithm::Aes128, &[7u8; 16]).unwrap();
+        let iv = [1u8; 16];
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 20];
+        let mut jobs = [CbcJob { iv: &iv, data: &mut a }, CbcJob { iv: &iv, data: &mut b }];
+        assert!(c.encrypt_multi(&mut jobs).is_err());
+        assert_eq!(a, [0u8; 32]);
+    }
+}

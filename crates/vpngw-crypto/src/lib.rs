@@ -1,0 +1,40 @@
+//! # vpngw-crypto: the algorithm registry and the crypto transforms of IPsec and IKEv1
+//!
+//! **Owns:** what each algorithm is ([`registry`]: names, wire numbers, sizes, weak flags) and the
+//! keyed transforms built from it: CBC ciphers with serial and multi-buffer encryption
+//! ([`cipher`]), HMAC integrity and the IKE PRFs ([`mac`]), MODP Diffie-Hellman with validated
+//! peer values ([`dh`]), zeroizing secret containers ([`secret`]) and the per-worker CSPRNG
+//! ([`rng`]).
+//!
+//! **Must not touch:** packet formats (ESP framing is `vpngw-esp`, ISAKMP and the IKEv1 key
+//! schedule are `vpngw-ike`), sockets, threads, clocks, configuration, logging. The only system
+//! call anywhere in this crate is the one-time OS seed of [`rng::FastRng::from_os`].
+//!
+//! **Data in and out:** key bytes and algorithm identifiers go in; keyed objects come out, which
+//! then transform caller-owned buffers in place. Keys are expanded once (per SA), never per
+//! packet. Every key-holding type wipes itself on drop and prints as `<redacted>`.
+//!
+//! Implementations are RustCrypto's (aes, cbc, des, md-5, sha1, hmac) and crypto-bigint's; the
+//! only cipher-mode code written here is multi-buffer CBC, which no crate provides
+//! (docs/adr/0003-multi-buffer-cbc.md).
+
+#![forbid(unsafe_code)]
+
+pub mod cipher;
+pub mod dh;
+mod error;
+mod groups;
+pub mod mac;
+pub mod registry;
+pub mod rng;
+pub mod secret;
+
+pub use cipher::{CBC_LANES, CbcCipher, CbcJob};
+pub use dh::DhPrivateKey;
+pub use error::CryptoError;
+pub use mac::{IntegrityKey, Prf};
+/// Re-exported so that callers name the RNG traits of the same version.
+pub use rand_core;
+pub use registry::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm};
+pub use rng::FastRng;
+pub use secret::SecretBytes;

@@ -1,0 +1,197 @@
+//! HMAC, keyed once: ESP integrity (HMAC-MD5-96, HMAC-SHA1-96) and the IKEv1 PRFs.
+//!
+//! `hmac::Hmac<D>` holds the hash states after absorbing `key ^ ipad` and `key ^ opad`, so a
+//! per-packet MAC clones ~200 bytes of state instead of hashing two key blocks again.
+
+use core::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use md5::Md5;
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+
+use crate::error::CryptoError;
+use crate::registry::{HashAlgorithm, IntegrityAlgorithm};
+use crate::secret::SecretBytes;
+
+/// The longest HMAC output we produce (SHA-1).
+pub const MAX_MAC_LEN: usize = 20;
+
+#[derive(Clone)]
+enum KeyedHmac {
+    Md5(Hmac<Md5>),
+    Sha1(Hmac<Sha1>),
+}
+
+impl KeyedHmac {
+    fn new(hash: HashAlgorithm, key: &[u8]) -> Self {
+        // HMAC accepts keys of any length (RFC 2104 s.3); `new_from_slice` cannot fail for it.
+        match hash {
+            HashAlgorithm::Md5 => Self::Md5(
+                <Hmac<Md5> as KeyInit>::new_from_slice(key)
+                    .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
+            ),
+            HashAlgorithm::Sha1 => Self::Sha1(
+                <Hmac<Sha1> as KeyInit>::new_from_slice(key)
+                    .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
+            ),
+        }
+    }
+
+    /// Full-length MAC of the concatenation of `parts`, written to the front of `out`;
+    /// returns the MAC length.
+    fn mac_parts(&self, parts: &[&[u8]], out: &mut [u8; MAX_MAC_LEN]) -> usize {
+        fn run<M: Mac + Clone>(m: &M, parts: &[&[u8]], out: &mut [u8; MAX_MAC_LEN]) -> usize {
+            let mut m = m.clone();
+            for p in parts {
+                m.update(p);
+            }
+            let tag = m.finalize().into_bytes();
+            out[..tag.len()].copy_from_slice(&tag);
+            tag.len()
+        }
+        match self {
+            Self::Md5(m) => run(m, parts, out),
+            Self::Sha1(m) => run(m, parts, out),
+        }
+    }
+}
+
+/// ESP integrity key: HMAC with the output truncated to the ICV length (RFC 2403, RFC 2404).
+#[derive(Clone)]
+pub struct IntegrityKey {
+    algorithm: IntegrityAlgorithm,
+    hmac: KeyedHmac,
+}
+
+impl fmt::Debug for IntegrityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IntegrityKey({}, <key redacted>)", self.algorithm)
+    }
+}
+
+impl IntegrityKey {
+    /// `key` must have the algorithm's key length (16 bytes for MD5, 20 for SHA-1).
+    pub fn new(algorithm: IntegrityAlgorithm, key: &[u8]) -> Result<Self, CryptoError> {
+        let spec = algorithm.spec();
+        if key.len() != spec.key_len {
+            return Err(CryptoError::KeyLength { algorithm: spec.name, expected: spec.key_len, got: key.len() });
+        }
+        Ok(Self { algorithm, hmac: KeyedHmac::new(spec.hash, key) })
+    }
+
+    pub fn algorithm(&self) -> IntegrityAlgorithm {
+        self.algorithm
+    }
+
+    pub fn icv_len(&self) -> usize {
+        self.algorithm.spec().icv_len
+    }
+
+    /// Writes the truncated ICV of `data` into `icv` (which must be `icv_len()` bytes).
+    pub fn sign(&self, data: &[u8], icv: &mut [u8]) {
+        let mut full = [0u8; MAX_MAC_LEN];
+        self.hmac.mac_parts(&[data], &mut full);
+        let n = icv.len().min(self.icv_len());
+        icv[..n].copy_from_slice(&full[..n]);
+    }
+
+    /// Checks `icv` against the ICV of `data` in constant time (`subtle`): the time taken does
+    /// not depend on how many leading bytes match. A wrong-length `icv` is a mismatch.
+    pub fn verify(&self, data: &[u8], icv: &[u8]) -> bool {
+        let mut full = [0u8; MAX_MAC_LEN];
+        self.hmac.mac_parts(&[data], &mut full);
+        let expected = &full[..self.icv_len()];
+        icv.len() == expected.len() && bool::from(expected.ct_eq(icv))
+    }
+}
+
+/// A keyed IKE pseudo-random function (HMAC-MD5 or HMAC-SHA1, full output).
+#[derive(Clone)]
+pub struct Prf {
+    hash: HashAlgorithm,
+    hmac: KeyedHmac,
+}
+
+impl fmt::Debug for Prf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Prf(hmac-{}, <key redacted>)", self.hash)
+    }
+}
+
+impl Prf {
+    pub fn new(hash: HashAlgorithm, key: &[u8]) -> Self {
+        Self { hash, hmac: KeyedHmac::new(hash, key) }
+    }
+
+    pub fn hash(&self) -> HashAlgorithm {
+        self.hash
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.hash.output_len()
+    }
+
+    /// prf(key, parts[0] | parts[1] | ...), as secret bytes.
+    pub fn compute(&self, parts: &[&[u8]]) -> SecretBytes {
+        let mut out = [0u8; MAX_MAC_LEN];
+        let n = self.hmac.mac_parts(parts, &mut out);
+        let secret = SecretBytes::from_slice(&out[..n]);
+        zeroize::Zeroize::zeroize(&mut out);
+        secret
+    }
+}
+
+/// The plain hash of the concatenation of `parts` (IKEv1 phase 1 IV, NAT-D, vendor IDs).
+pub fn hash(hash: HashAlgorithm, parts: &[&[u8]]) -> Vec<u8> {
+    fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+        let mut d = D::new();
+        for p in parts {
+            d.update(p);
+        }
+        d.finalize().to_vec()
+    }
+    match hash {
+        HashAlgorithm::Md5 => run::<Md5>(parts),
+        HashAlgorithm::Sha1 => run::<Sha1>(parts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_rejects_every_single_bit_flip_and_wrong_lengths() {
+        let key = IntegrityKey::new(IntegrityAlgorithm::HmacSha1_96, &[0x0b; 20]).unwrap();
+        let data = b"what do ya want for nothing?";
+        let mut icv = [0u8; 12];
+        key.sign(data, &mut icv);
+        assert!(key.verify(data, &icv));
+        for byte in 0..12 {
+            for bit in 0..8 {
+                let mut bad = icv;
+                bad[byte] ^= 1 << bit;
+                assert!(!key.verify(data, &bad));
+            }
+        }
+        assert!(!key.verify(data, &icv[..11]));
+        assert!(!key.verify(data, &[]));
+    }
+
+    #[test]
+    fn prf_parts_equal_concatenation() {
+        let prf = Prf::new(HashAlgorithm::Sha1, b"key");
+        assert_eq!(prf.compute(&[b"ab", b"", b"cd"]), prf.compute(&[b"abcd"]));
+        assert_eq!(prf.output_len(), 20);
+        assert_eq!(hash(HashAlgorithm::Md5, &[b"a", b"bc"]), hash(HashAlgorithm::Md5, &[b"abc"]));
+    }
+
+    #[test]
+    fn integrity_key_length_is_checked() {
+        assert!(matches!(
+            IntegrityKey::new(IntegrityAlgorithm::HmacMd5_96, &[0; 20]),
+            Err(CryptoError::KeyLength { expected: 16, got: 20, .. })
+        ));
+    }
+}
