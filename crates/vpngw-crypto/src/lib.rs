@@ -29,7 +29,7 @@ pub mod registry;
 pub mod rng;
 pub mod secret;
 
-pub use cipher::{CBC_LANES, CbcCipher, CbcJob};
+pub use cipher::{CbcCipher, CbcJob};
 pub use dh::DhPrivateKey;
 pub use error::CryptoError;
 pub use mac::{IntegrityKey, Prf};

@@ -1,7 +1,6 @@
 //! Helpers shared by the ESP engine's tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-
 use vpngw_crypto::rand_core::{Infallible, TryCryptoRng, TryRng};
 use vpngw_crypto::{EncryptionAlgorithm, IntegrityAlgorithm, SecretBytes};
 use vpngw_esp::SaKeys;
