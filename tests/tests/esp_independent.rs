@@ -3,6 +3,7 @@
 //!   header and sequence numbers, and compares each inner packet byte for byte;
 //! - `tcpdump -E` decrypts the same capture (it does not check ICVs) and must show each inner
 //!   DNS query by name, for raw ESP (IP protocol 50) and ESP-in-UDP (port 4500, RFC 3948).
+//!
 //! Every cipher x integrity suite, IPv4 and IPv6 inner packets, lengths spanning every padding.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
