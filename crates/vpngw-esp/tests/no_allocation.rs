@@ -72,7 +72,7 @@ fn seal_and_open_do_not_allocate() {
             let range = p.outcome.clone().unwrap().unwrap().range;
             esps.push(&mut p.buf[range]);
         }
-        let mut to_open: Vec<OpenPacket<'_>> = esps.into_iter().map(|b| OpenPacket::new(b)).collect();
+        let mut to_open: Vec<OpenPacket<'_>> = esps.into_iter().map(OpenPacket::new).collect();
         let before = ALLOCATIONS.load(Ordering::Relaxed);
         inb.open_batch(&mut to_open);
         let after = ALLOCATIONS.load(Ordering::Relaxed);
