@@ -8,33 +8,37 @@ use core::fmt;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::error::CryptoError;
 use crate::registry::{HashAlgorithm, IntegrityAlgorithm};
 use crate::secret::SecretBytes;
 
-/// The longest HMAC output we produce (SHA-1).
-pub const MAX_MAC_LEN: usize = 20;
+/// The longest HMAC output we produce (SHA-256).
+pub const MAX_MAC_LEN: usize = 32;
 
 #[derive(Clone)]
 enum KeyedHmac {
     Md5(Hmac<Md5>),
     Sha1(Hmac<Sha1>),
+    Sha256(Hmac<Sha256>),
+}
+
+/// HMAC accepts keys of any length (RFC 2104 s.3): `new_from_slice` cannot fail for it.
+fn keyed<D: hmac::EagerHash>(key: &[u8]) -> Hmac<D>
+where
+    Hmac<D>: KeyInit,
+{
+    <Hmac<D> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
 }
 
 impl KeyedHmac {
     fn new(hash: HashAlgorithm, key: &[u8]) -> Self {
-        // HMAC accepts keys of any length (RFC 2104 s.3); `new_from_slice` cannot fail for it.
         match hash {
-            HashAlgorithm::Md5 => Self::Md5(
-                <Hmac<Md5> as KeyInit>::new_from_slice(key)
-                    .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
-            ),
-            HashAlgorithm::Sha1 => Self::Sha1(
-                <Hmac<Sha1> as KeyInit>::new_from_slice(key)
-                    .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
-            ),
+            HashAlgorithm::Md5 => Self::Md5(keyed(key)),
+            HashAlgorithm::Sha1 => Self::Sha1(keyed(key)),
+            HashAlgorithm::Sha256 => Self::Sha256(keyed(key)),
         }
     }
 
@@ -53,6 +57,7 @@ impl KeyedHmac {
         match self {
             Self::Md5(m) => run(m, parts, out),
             Self::Sha1(m) => run(m, parts, out),
+            Self::Sha256(m) => run(m, parts, out),
         }
     }
 }
@@ -154,6 +159,7 @@ pub fn hash(hash: HashAlgorithm, parts: &[&[u8]]) -> Vec<u8> {
     match hash {
         HashAlgorithm::Md5 => run::<Md5>(parts),
         HashAlgorithm::Sha1 => run::<Sha1>(parts),
+        HashAlgorithm::Sha256 => run::<Sha256>(parts),
     }
 }
 

@@ -232,6 +232,9 @@ impl fmt::Display for IntegrityAlgorithm {
 pub enum HashAlgorithm {
     Md5,
     Sha1,
+    /// Not in the seed's tables; here for the IKEv1 KDF vectors NIST publishes (SHA-256 only)
+    /// and for the SHA-2 suites to come.
+    Sha256,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -247,7 +250,7 @@ pub struct HashSpec {
     pub weak: bool,
 }
 
-const HASHES: [HashSpec; 2] = [
+const HASHES: [HashSpec; 3] = [
     HashSpec {
         algorithm: HashAlgorithm::Md5,
         name: "md5",
@@ -264,10 +267,18 @@ const HASHES: [HashSpec; 2] = [
         ikev2_prf_id: 2,
         weak: false,
     },
+    HashSpec {
+        algorithm: HashAlgorithm::Sha256,
+        name: "sha256",
+        output_len: 32,
+        ikev1_phase1_id: 4,
+        ikev2_prf_id: 5,
+        weak: false,
+    },
 ];
 
 impl HashAlgorithm {
-    pub const ALL: [Self; 2] = [Self::Md5, Self::Sha1];
+    pub const ALL: [Self; 3] = [Self::Md5, Self::Sha1, Self::Sha256];
 
     pub fn spec(self) -> &'static HashSpec {
         &HASHES[self as usize]

@@ -1,0 +1,279 @@
+//! What the engine is told about each peer. The daemon builds these from its TOML; the engine
+//! never reads files.
+
+use core::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm, SecretBytes};
+
+use crate::wire::{IdPayload, IdType};
+
+/// A phase 1 identity (RFC 2407 s.4.6.2.1): the two kinds the seed offers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Ipv4(Ipv4Addr),
+    Fqdn(String),
+}
+
+impl Identity {
+    /// As sent in phase 1: protocol and port 0 (strongSwan sends 0/0 and accepts anything).
+    pub fn to_payload(&self) -> IdPayload {
+        match self {
+            Self::Ipv4(a) => IdPayload { id_type: IdType::IPV4_ADDR, protocol: 0, port: 0, data: a.octets().to_vec() },
+            Self::Fqdn(n) => IdPayload { id_type: IdType::FQDN, protocol: 0, port: 0, data: n.as_bytes().to_vec() },
+        }
+    }
+
+    /// From a received phase 1 ID payload; `None` for kinds vpngw does not use.
+    pub fn from_payload(id: &IdPayload) -> Option<Self> {
+        match id.id_type {
+            IdType::IPV4_ADDR => <[u8; 4]>::try_from(&id.data[..]).ok().map(|o| Self::Ipv4(Ipv4Addr::from(o))),
+            IdType::FQDN => core::str::from_utf8(&id.data).ok().map(|s| Self::Fqdn(s.to_string())),
+            _ => None,
+        }
+    }
+
+    /// FQDNs compare case-insensitively (DNS names; strongSwan does the same).
+    pub fn matches(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Ipv4(a), Self::Ipv4(b)) => a == b,
+            (Self::Fqdn(a), Self::Fqdn(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ipv4(a) => write!(f, "ip:{a}"),
+            Self::Fqdn(n) => write!(f, "fqdn:{n}"),
+        }
+    }
+}
+
+/// An IPv4 subnet (a protected network).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Subnet {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Subnet {
+    /// The network address is masked: 10.1.0.7/24 becomes 10.1.0.0/24. `None` if prefix > 32.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        (prefix <= 32).then(|| Self { addr: Ipv4Addr::from(u32::from(addr) & Self::mask_bits(prefix)), prefix })
+    }
+
+    fn mask_bits(prefix: u8) -> u32 {
+        if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(Self::mask_bits(self.prefix))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask_bits(self.prefix) == u32::from(self.addr)
+    }
+
+    /// Whether `other` lies wholly inside this subnet.
+    pub fn covers(&self, other: &Self) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
+    }
+
+    /// As a quick mode identity: ID_IPV4_ADDR_SUBNET (address and mask), any protocol and port.
+    pub fn to_payload(&self) -> IdPayload {
+        let mut data = self.addr.octets().to_vec();
+        data.extend_from_slice(&self.mask().octets());
+        IdPayload { id_type: IdType::IPV4_ADDR_SUBNET, protocol: 0, port: 0, data }
+    }
+
+    /// From a quick mode identity: ID_IPV4_ADDR_SUBNET with a contiguous mask, or ID_IPV4_ADDR
+    /// (a /32, as strongSwan sends host selectors). Protocol and port must be "any".
+    pub fn from_payload(id: &IdPayload) -> Option<Self> {
+        if id.protocol != 0 || id.port != 0 {
+            return None;
+        }
+        match id.id_type {
+            IdType::IPV4_ADDR => {
+                let o = <[u8; 4]>::try_from(&id.data[..]).ok()?;
+                Self::new(Ipv4Addr::from(o), 32)
+            }
+            IdType::IPV4_ADDR_SUBNET => {
+                let a = <[u8; 4]>::try_from(id.data.get(..4)?).ok()?;
+                let m = u32::from_be_bytes(<[u8; 4]>::try_from(id.data.get(4..8)?).ok()?);
+                if id.data.len() != 8 || m.leading_ones() + m.trailing_zeros() != 32 {
+                    return None;
+                }
+                Self::new(Ipv4Addr::from(a), m.leading_ones() as u8)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Ipv4Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One local/remote protected-network pair: one quick mode, one pair of ESP SAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubnetPair {
+    pub local: Ipv4Subnet,
+    pub remote: Ipv4Subnet,
+}
+
+impl fmt::Display for SubnetPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} <=> {}", self.local, self.remote)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeMode {
+    Main,
+    Aggressive,
+}
+
+impl fmt::Display for ExchangeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Main => "main",
+            Self::Aggressive => "aggressive",
+        })
+    }
+}
+
+/// Phase 1 parameters (the seed's first table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phase1Policy {
+    pub encryption: EncryptionAlgorithm,
+    pub hash: HashAlgorithm,
+    pub dh_group: DhGroup,
+    pub lifetime: Duration,
+}
+
+impl Default for Phase1Policy {
+    /// The seed's defaults: 3DES, MD5, DH1, 86400 s.
+    fn default() -> Self {
+        Self {
+            encryption: EncryptionAlgorithm::TripleDes,
+            hash: HashAlgorithm::Md5,
+            dh_group: DhGroup::Modp768,
+            lifetime: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// Phase 2 parameters (the seed's second table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phase2Policy {
+    pub encryption: EncryptionAlgorithm,
+    pub integrity: IntegrityAlgorithm,
+    pub pfs: Option<DhGroup>,
+    pub lifetime_seconds: u32,
+    pub lifetime_kilobytes: u64,
+}
+
+impl Default for Phase2Policy {
+    /// The seed's defaults: 3DES, MD5, no PFS, 3600 s; Tencent's 1,843,200 KB.
+    fn default() -> Self {
+        Self {
+            encryption: EncryptionAlgorithm::TripleDes,
+            integrity: IntegrityAlgorithm::HmacMd5_96,
+            pfs: None,
+            lifetime_seconds: 3600,
+            lifetime_kilobytes: 1_843_200,
+        }
+    }
+}
+
+/// Everything the engine needs to negotiate with one peer gateway.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// The connection's name (unique): in events, status and logs.
+    pub name: String,
+    pub local_address: IpAddr,
+    pub remote_address: IpAddr,
+    pub psk: SecretBytes,
+    pub local_id: Identity,
+    pub remote_id: Identity,
+    pub mode: ExchangeMode,
+    pub phase1: Phase1Policy,
+    pub phase2: Phase2Policy,
+    pub subnets: Vec<SubnetPair>,
+}
+
+/// Engine-wide behaviour.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// First retransmission after this long; each later one waits `retransmit_factor` times
+    /// longer; after `retransmit_tries` retransmissions the exchange has failed.
+    pub retransmit_initial: Duration,
+    pub retransmit_factor: u32,
+    pub retransmit_tries: u32,
+    /// A responder's IKE SA that is not established after this long is dropped.
+    pub half_open_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    /// 2 s doubling, 5 retransmissions: a dead peer is declared after 62 s (strongSwan: 4 s x 1.8,
+    /// 5 tries, 165 s).
+    fn default() -> Self {
+        Self {
+            retransmit_initial: Duration::from_secs(2),
+            retransmit_factor: 2,
+            retransmit_tries: 5,
+            half_open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_mask_and_round_trip() {
+        let s = Ipv4Subnet::new(Ipv4Addr::new(10, 1, 0, 7), 24).unwrap();
+        assert_eq!(s.to_string(), "10.1.0.0/24");
+        assert!(s.contains(Ipv4Addr::new(10, 1, 0, 255)));
+        assert!(!s.contains(Ipv4Addr::new(10, 1, 1, 0)));
+        assert_eq!(Ipv4Subnet::from_payload(&s.to_payload()), Some(s));
+        let host = IdPayload { id_type: IdType::IPV4_ADDR, protocol: 0, port: 0, data: vec![10, 1, 0, 9] };
+        assert_eq!(Ipv4Subnet::from_payload(&host).unwrap().to_string(), "10.1.0.9/32");
+        assert!(s.covers(&Ipv4Subnet::from_payload(&host).unwrap()));
+        let holey = IdPayload {
+            id_type: IdType::IPV4_ADDR_SUBNET,
+            protocol: 0,
+            port: 0,
+            data: vec![10, 0, 0, 0, 255, 0, 255, 0],
+        };
+        assert_eq!(Ipv4Subnet::from_payload(&holey), None);
+        assert_eq!(Ipv4Subnet::new(Ipv4Addr::new(0, 0, 0, 0), 0).unwrap().mask(), Ipv4Addr::new(0, 0, 0, 0));
+        assert!(Ipv4Subnet::new(Ipv4Addr::new(1, 2, 3, 4), 33).is_none());
+    }
+
+    #[test]
+    fn identities() {
+        let f = Identity::Fqdn("Left.Lab.Example".into());
+        assert!(f.matches(&Identity::Fqdn("left.lab.example".into())));
+        assert_eq!(Identity::from_payload(&f.to_payload()), Some(f.clone()));
+        let ip = Identity::Ipv4(Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(Identity::from_payload(&ip.to_payload()), Some(ip.clone()));
+        assert!(!ip.matches(&f));
+        assert_eq!(ip.to_string(), "ip:198.51.100.1");
+    }
+}

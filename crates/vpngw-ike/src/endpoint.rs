@@ -1,0 +1,327 @@
+//! The engine's front door: one `Endpoint` per gateway. It demultiplexes datagrams to IKE SAs by
+//! cookie, creates responder SAs for new peers, drives timers, and queues what the driver must
+//! send and report. quinn-proto's shape: `handle`, `handle_timeout`, `poll_transmit`,
+//! `poll_timeout`, `poll_event`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use vpngw_crypto::FastRng;
+
+use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
+use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
+use crate::ikesa::{Ctx, IkeSa, Received, Transmit};
+use crate::spi::SpiPool;
+use crate::wire::{ExchangeType, HEADER_LEN, IsakmpHeader, Payload, WireError, parse_payloads};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IkeError {
+    #[error("no connection named {0:?}")]
+    UnknownConnection(String),
+    #[error("a connection named {0:?} exists already")]
+    DuplicateConnection(String),
+}
+
+/// Counters of datagrams the engine did not act on, by reason label.
+#[derive(Debug, Default, Clone)]
+pub struct DropCounters {
+    pub by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl DropCounters {
+    fn count(&mut self, reason: &'static str) {
+        *self.by_reason.entry(reason).or_default() += 1;
+    }
+}
+
+pub struct Endpoint {
+    config: EngineConfig,
+    peers: Vec<Arc<PeerConfig>>,
+    sas: BTreeMap<IkeSaId, IkeSa>,
+    by_cookie: HashMap<[u8; 8], IkeSaId>,
+    next_id: u64,
+    rng: FastRng,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    spis: SpiPool,
+    drops: DropCounters,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("peers", &self.peers.len()).field("ike_sas", &self.sas.len()).finish()
+    }
+}
+
+macro_rules! ctx {
+    ($self:ident, $now:expr) => {
+        Ctx {
+            now: $now,
+            rng: &mut $self.rng,
+            config: &$self.config,
+            out: &mut $self.out,
+            events: &mut $self.events,
+            spis: &mut $self.spis,
+        }
+    };
+}
+
+impl Endpoint {
+    pub fn new(config: EngineConfig, rng: FastRng) -> Self {
+        Self {
+            config,
+            peers: Vec::new(),
+            sas: BTreeMap::new(),
+            by_cookie: HashMap::new(),
+            next_id: 1,
+            rng,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            spis: SpiPool::default(),
+            drops: DropCounters::default(),
+        }
+    }
+
+    pub fn add_peer(&mut self, peer: PeerConfig) -> Result<(), IkeError> {
+        if self.peers.iter().any(|p| p.name == peer.name) {
+            return Err(IkeError::DuplicateConnection(peer.name));
+        }
+        self.peers.push(Arc::new(peer));
+        Ok(())
+    }
+
+    /// Removes a connection, deleting its SAs (the peer is told).
+    pub fn remove_peer(&mut self, now: Instant, name: &str) -> Result<(), IkeError> {
+        self.terminate(now, name)?;
+        self.peers.retain(|p| p.name != name);
+        Ok(())
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name).map(|p| &**p)
+    }
+
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.name.clone()).collect()
+    }
+
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    fn new_id(&mut self) -> IkeSaId {
+        let id = IkeSaId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Brings a connection up: phase 1 if there is no IKE SA, else the quick modes it lacks.
+    pub fn initiate(&mut self, now: Instant, name: &str) -> Result<(), IkeError> {
+        let peer = self
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
+        let mut ctx = ctx!(self, now);
+        if let Some(sa) = self.sas.values_mut().find(|s| s.peer.name == name && s.is_established()) {
+            crate::quick_mode::start_all(sa, &mut ctx);
+            return Ok(());
+        }
+        if self.sas.values().any(|s| s.peer.name == name && s.state != crate::ikesa::State::Dead) {
+            return Ok(()); // phase 1 under way
+        }
+        let id = IkeSaId(self.next_id);
+        self.next_id += 1;
+        let mut ctx = ctx!(self, now);
+        // No IKE SA with this peer: first contact, so the peer may drop stale state of ours.
+        let sa = IkeSa::initiate(id, peer, &mut ctx, true);
+        self.by_cookie.insert(sa.cky_i, id);
+        self.sas.insert(id, sa);
+        Ok(())
+    }
+
+    /// Takes a connection down: Deletes for its child SAs and IKE SA.
+    pub fn terminate(&mut self, now: Instant, name: &str) -> Result<(), IkeError> {
+        if !self.peers.iter().any(|p| p.name == name) {
+            return Err(IkeError::UnknownConnection(name.into()));
+        }
+        let mut ctx = ctx!(self, now);
+        for sa in self.sas.values_mut().filter(|s| s.peer.name == name) {
+            sa.delete(&mut ctx, DeleteReason::Local);
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Feeds one received datagram (without a non-ESP marker).
+    pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        let header = match IsakmpHeader::parse(data) {
+            Ok(h) => h,
+            Err(e) => {
+                self.drops.count(e.label());
+                if let WireError::Version(v) = e
+                    && let Some(peer) = self.peers.iter().find(|p| p.remote_address == remote.ip())
+                {
+                    self.events.push_back(Event::NegotiationFailed {
+                        peer: Some(peer.name.clone()),
+                        remote,
+                        reason: FailReason::VersionMismatch,
+                        detail: format!("version: peer speaks IKEv{}, configured v1", v >> 4),
+                    });
+                }
+                return;
+            }
+        };
+        let rx = Received { header, data, local, remote };
+        let phase1 = matches!(rx.header.exchange, ExchangeType::IDENTITY_PROTECTION | ExchangeType::AGGRESSIVE);
+        let existing = self.by_cookie.get(&rx.header.initiator_cookie).copied().filter(|id| {
+            self.sas.get(id).is_some_and(|sa| {
+                sa.remote.ip() == remote.ip()
+                    && (sa.cky_r == [0; 8]
+                        || sa.cky_r == rx.header.responder_cookie
+                        || rx.header.responder_cookie == [0; 8])
+            })
+        });
+        match existing {
+            Some(id) => {
+                let mut ctx = ctx!(self, now);
+                let Some(sa) = self.sas.get_mut(&id) else { return };
+                match rx.header.exchange {
+                    _ if phase1 && rx.header.message_id == 0 => sa.handle_phase1(&mut ctx, &rx),
+                    ExchangeType::QUICK_MODE => crate::quick_mode::handle(sa, &mut ctx, &rx),
+                    ExchangeType::INFORMATIONAL => sa.handle_informational(&mut ctx, &rx),
+                    _ => self.drops.count("unsupported_exchange"),
+                }
+                self.after(now, id);
+            }
+            None if phase1 && rx.header.responder_cookie == [0; 8] && rx.header.message_id == 0 => {
+                self.respond(now, &rx)
+            }
+            None => self.drops.count("unknown_sa"),
+        }
+    }
+
+    /// A first message from a peer: find its connection, answer as responder.
+    fn respond(&mut self, now: Instant, rx: &Received<'_>) {
+        let mode =
+            if rx.header.exchange == ExchangeType::AGGRESSIVE { ExchangeMode::Aggressive } else { ExchangeMode::Main };
+        let candidates: Vec<Arc<PeerConfig>> = self
+            .peers
+            .iter()
+            .filter(|p| {
+                p.remote_address == rx.remote.ip()
+                    && (p.local_address == rx.local.ip() || p.local_address.is_unspecified())
+            })
+            .cloned()
+            .collect();
+        let fail = |this: &mut Self, peer: Option<String>, reason: FailReason, detail: String| {
+            this.events.push_back(Event::NegotiationFailed { peer, remote: rx.remote, reason, detail });
+        };
+        if candidates.is_empty() {
+            self.drops.count("unknown_peer");
+            return fail(
+                self,
+                None,
+                FailReason::UnknownPeer,
+                format!("no connection has remote_address {}", rx.remote.ip()),
+            );
+        }
+        let same_mode: Vec<&Arc<PeerConfig>> = candidates.iter().filter(|p| p.mode == mode).collect();
+        let Some(first) = same_mode.first() else {
+            let p = &candidates[0];
+            return fail(
+                self,
+                Some(p.name.clone()),
+                FailReason::ModeMismatch,
+                format!("mode: peer uses {mode} mode, configured {}", p.mode),
+            );
+        };
+        let peer = if mode == ExchangeMode::Aggressive {
+            // Aggressive mode names the initiator in its first message: pick by ID.
+            let id = parse_payloads(rx.header.next_payload, &rx.data[HEADER_LEN..rx.header.length as usize], false)
+                .ok()
+                .and_then(|c| {
+                    c.iter().find_map(|p| if let Payload::Id(i) = p { Identity::from_payload(i) } else { None })
+                });
+            match id.and_then(|id| same_mode.iter().find(|p| p.remote_id.matches(&id)).map(|p| (*p).clone())) {
+                Some(p) => p,
+                None => (*first).clone(), // reported as an ID mismatch by the SA
+            }
+        } else {
+            (*first).clone()
+        };
+        let id = self.new_id();
+        let mut ctx = ctx!(self, now);
+        let (mut sa, result) = IkeSa::respond(id, peer, &mut ctx, rx);
+        match result {
+            Ok(()) => {
+                self.by_cookie.insert(sa.cky_i, id);
+                self.sas.insert(id, sa);
+            }
+            Err(failure) => sa.fail(&mut ctx, failure),
+        }
+    }
+
+    /// After an SA handled something: INITIAL-CONTACT clears older SAs with the same peer, and
+    /// dead SAs are removed.
+    fn after(&mut self, now: Instant, id: IkeSaId) {
+        let contact = self
+            .sas
+            .get_mut(&id)
+            .and_then(|sa| std::mem::take(&mut sa.initial_contact_received).then(|| sa.peer.name.clone()));
+        if let Some(name) = contact {
+            let mut ctx = ctx!(self, now);
+            for (other, sa) in self.sas.iter_mut() {
+                if *other != id && sa.peer.name == name {
+                    tracing::info!(peer = %name, "INITIAL-CONTACT: dropping older SAs with this peer");
+                    sa.drop_all(&mut ctx, DeleteReason::PeerDeleted);
+                }
+            }
+        }
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        let dead: Vec<IkeSaId> =
+            self.sas.iter().filter(|(_, s)| s.state == crate::ikesa::State::Dead).map(|(id, _)| *id).collect();
+        for id in dead {
+            if let Some(sa) = self.sas.remove(&id) {
+                for c in &sa.children {
+                    self.spis.release(c.spi_in);
+                }
+                if self.by_cookie.get(&sa.cky_i) == Some(&id) {
+                    self.by_cookie.remove(&sa.cky_i);
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut ctx = ctx!(self, now);
+        for sa in self.sas.values_mut() {
+            if sa.next_timeout().is_some_and(|t| t <= now) {
+                sa.handle_timeout(&mut ctx);
+            }
+        }
+        self.reap();
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sas.values().filter_map(IkeSa::next_timeout).min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
+        self.sas.values().map(IkeSa::info).collect()
+    }
+}

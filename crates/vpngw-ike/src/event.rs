@@ -1,0 +1,212 @@
+//! What the engine tells its driver: SAs that came up or went away, and failures with a reason
+//! from a fixed set.
+
+use core::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm};
+use vpngw_esp::SaKeys;
+
+use crate::config::{ExchangeMode, SubnetPair};
+use crate::proposal::Encapsulation;
+
+/// Engine-local handle of an IKE SA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IkeSaId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Initiator => "initiator",
+            Self::Responder => "responder",
+        })
+    }
+}
+
+/// Why a negotiation failed: a closed set (modelled on Huawei's negotiation-failure codes), used
+/// as log field and metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailReason {
+    Phase1ProposalMismatch,
+    Phase2ProposalMismatch,
+    PfsMismatch,
+    /// Wrong pre-shared key (recognised from its symptoms), or the peer said AUTHENTICATION-FAILED.
+    AuthenticationFailed,
+    IdMismatch,
+    TrafficSelectorMismatch,
+    /// Main vs aggressive mode, or tunnel vs transport.
+    ModeMismatch,
+    /// The peer speaks IKEv2 (or another version) to us.
+    VersionMismatch,
+    /// No answer after all retransmissions.
+    PeerUnreachable,
+    MalformedMessage,
+    NatDetectionFailed,
+    /// A datagram from an address no connection is configured for.
+    UnknownPeer,
+}
+
+impl FailReason {
+    pub const ALL: [Self; 12] = [
+        Self::Phase1ProposalMismatch,
+        Self::Phase2ProposalMismatch,
+        Self::PfsMismatch,
+        Self::AuthenticationFailed,
+        Self::IdMismatch,
+        Self::TrafficSelectorMismatch,
+        Self::ModeMismatch,
+        Self::VersionMismatch,
+        Self::PeerUnreachable,
+        Self::MalformedMessage,
+        Self::NatDetectionFailed,
+        Self::UnknownPeer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Phase1ProposalMismatch => "phase1-proposal-mismatch",
+            Self::Phase2ProposalMismatch => "phase2-proposal-mismatch",
+            Self::PfsMismatch => "pfs-mismatch",
+            Self::AuthenticationFailed => "authentication-failed",
+            Self::IdMismatch => "id-mismatch",
+            Self::TrafficSelectorMismatch => "traffic-selector-mismatch",
+            Self::ModeMismatch => "mode-mismatch",
+            Self::VersionMismatch => "version-mismatch",
+            Self::PeerUnreachable => "peer-unreachable",
+            Self::MalformedMessage => "malformed-message",
+            Self::NatDetectionFailed => "nat-detection-failed",
+            Self::UnknownPeer => "unknown-peer",
+        }
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an SA went away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Our side ended it (`vpngw down`, shutdown, configuration removed).
+    Local,
+    /// The peer sent a Delete.
+    PeerDeleted,
+    /// Its lifetime ran out.
+    Expired,
+    /// Its IKE SA went away.
+    IkeSaGone,
+}
+
+impl fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Local => "deleted locally",
+            Self::PeerDeleted => "deleted by peer",
+            Self::Expired => "expired",
+            Self::IkeSaGone => "IKE SA gone",
+        })
+    }
+}
+
+/// A negotiated pair of ESP SAs, ready for the dataplane.
+#[derive(Clone, Debug)]
+pub struct ChildSa {
+    /// Our inbound SPI (chosen by us, carried in our SA payload).
+    pub spi_in: u32,
+    /// Our outbound SPI (chosen by the peer).
+    pub spi_out: u32,
+    pub keys_in: SaKeys,
+    pub keys_out: SaKeys,
+    pub selectors: SubnetPair,
+    pub encryption: EncryptionAlgorithm,
+    pub integrity: IntegrityAlgorithm,
+    pub pfs: Option<DhGroup>,
+    pub lifetime_seconds: u64,
+    pub lifetime_kilobytes: Option<u64>,
+    pub encapsulation: Encapsulation,
+    /// Outer addresses (and, for ESP-in-UDP, ports) of the tunnel.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    IkeSaEstablished {
+        peer: String,
+        ike_sa: IkeSaId,
+        role: Role,
+        mode: ExchangeMode,
+        local: SocketAddr,
+        remote: SocketAddr,
+        encryption: EncryptionAlgorithm,
+        hash: HashAlgorithm,
+        dh_group: DhGroup,
+        lifetime_seconds: u64,
+        nat_detected: bool,
+    },
+    ChildSaEstablished {
+        peer: String,
+        ike_sa: IkeSaId,
+        child: ChildSa,
+    },
+    ChildSaDeleted {
+        peer: String,
+        spi_in: u32,
+        spi_out: u32,
+        reason: DeleteReason,
+    },
+    IkeSaDeleted {
+        peer: String,
+        ike_sa: IkeSaId,
+        reason: DeleteReason,
+    },
+    NegotiationFailed {
+        /// The connection, when the datagram could be tied to one.
+        peer: Option<String>,
+        remote: SocketAddr,
+        reason: FailReason,
+        /// What differed, in the configuration's words; never key material.
+        detail: String,
+    },
+}
+
+/// A snapshot of one IKE SA, for status displays.
+#[derive(Clone, Debug)]
+pub struct IkeSaInfo {
+    pub id: IkeSaId,
+    pub peer: String,
+    pub role: Role,
+    pub state: &'static str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub encryption: Option<EncryptionAlgorithm>,
+    pub hash: Option<HashAlgorithm>,
+    pub dh_group: Option<DhGroup>,
+    pub nat_detected: bool,
+    pub established_at: Option<Instant>,
+    pub expires_at: Option<Instant>,
+    pub children: Vec<ChildSaInfo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChildSaInfo {
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub selectors: SubnetPair,
+    pub encryption: EncryptionAlgorithm,
+    pub integrity: IntegrityAlgorithm,
+    pub pfs: Option<DhGroup>,
+    pub encapsulation: Encapsulation,
+    pub established_at: Instant,
+    pub expires_at: Instant,
+    pub lifetime_kilobytes: Option<u64>,
+}

@@ -1,0 +1,33 @@
+//! # vpngw-ike: a sans-IO IKEv1 engine
+//!
+//! **Owns:** ISAKMP encoding ([`wire`]), the IKEv1 key schedule, phase 1 (main and aggressive
+//! mode with pre-shared keys), quick mode, informational exchanges, NAT traversal and
+//! retransmission, for any number of peers.
+//!
+//! **Must not touch:** sockets, threads, clocks, the dataplane's SA table, configuration files,
+//! or logs' destination. Time comes in as `now`, randomness through an injected RNG, datagrams as
+//! byte slices.
+//!
+//! **Data in and out:** the driver feeds received datagrams (with their local and remote
+//! address) and timeouts in; it takes datagrams to send, the next timer and events (IKE SA and
+//! child SA established or deleted, negotiation failures with a reason) out.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod endpoint;
+pub mod event;
+mod ikesa;
+pub mod keys;
+pub mod proposal;
+mod quick_mode;
+pub mod spi;
+pub mod wire;
+
+pub use config::{
+    EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
+};
+pub use endpoint::{DropCounters, Endpoint, IkeError};
+pub use event::{ChildSa, ChildSaInfo, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
+pub use ikesa::{IKE_PORT, NAT_T_PORT, Transmit};
+pub use proposal::Encapsulation;

@@ -1,0 +1,620 @@
+//! Quick mode (RFC 2409 s.5.5): one exchange per subnet pair, ESP in tunnel mode (or UDP-
+//! encapsulated tunnel mode behind NAT), optional PFS, lifetimes with RESPONDER-LIFETIME.
+//!
+//! HASH(1) = prf(SKEYID_a, M-ID | payloads after HASH)
+//! HASH(2) = prf(SKEYID_a, M-ID | Ni_b | payloads after HASH)
+//! HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)
+
+use std::time::{Duration, Instant};
+
+use vpngw_crypto::rand_core::Rng;
+use vpngw_crypto::{DhPrivateKey, SecretBytes};
+use vpngw_esp::SaKeys;
+
+use crate::config::{Ipv4Subnet, SubnetPair};
+use crate::event::{ChildSa, ChildSaInfo, DeleteReason, Event, FailReason, Role};
+use crate::ikesa::{Ctx, Failure, IkeSa, Received, Retransmit, RetransmitDue, packet_hash, subtle_eq};
+use crate::keys::phase2_iv;
+use crate::proposal::{self, Encapsulation, Phase2Choice};
+use crate::wire::{
+    ExchangeType, IdPayload, NotifyPayload, NotifyType, Payload, ProtocolId, encode_payloads, parse_payloads,
+};
+
+const NONCE_LEN: usize = 32;
+/// Finished exchanges kept to answer retransmissions of their last message.
+const DONE_KEPT: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QmState {
+    /// Initiator: QM1 sent.
+    I1,
+    /// Responder: QM2 sent.
+    R2,
+    /// Finished; kept only to answer duplicates.
+    Done,
+}
+
+pub(crate) struct QuickMode {
+    pub message_id: u32,
+    pub role: Role,
+    pub state: QmState,
+    pub pair: SubnetPair,
+    iv: Vec<u8>,
+    spi_in: u32,
+    n_i: Vec<u8>,
+    n_r: Vec<u8>,
+    dh: Option<DhPrivateKey>,
+    choice: Option<Phase2Choice>,
+    spi_out: u32,
+    gxy: Option<SecretBytes>,
+    lifetime: (Option<u64>, Option<u64>),
+    pub retransmit: Option<Retransmit>,
+    /// Hash of the last request and our answer (QM2 for a responder, QM3 for an initiator).
+    last_answer: Option<(u64, Vec<u8>)>,
+}
+
+/// An installed pair of child SAs.
+#[derive(Clone, Debug)]
+pub(crate) struct ChildRecord {
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub pair: SubnetPair,
+    pub choice: Phase2Choice,
+    pub established_at: Instant,
+    pub expires_at: Instant,
+}
+
+impl ChildRecord {
+    pub fn info(&self) -> ChildSaInfo {
+        ChildSaInfo {
+            spi_in: self.spi_in,
+            spi_out: self.spi_out,
+            selectors: self.pair,
+            encryption: self.choice.encryption,
+            integrity: self.choice.integrity,
+            pfs: self.choice.pfs,
+            encapsulation: self.choice.encapsulation,
+            established_at: self.established_at,
+            expires_at: self.expires_at,
+            lifetime_kilobytes: self.choice.lifetime_kilobytes,
+        }
+    }
+}
+
+fn random_bytes(ctx: &mut Ctx<'_>, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    ctx.rng.fill_bytes(&mut v);
+    v
+}
+
+fn encapsulation(sa: &IkeSa) -> Encapsulation {
+    match (sa.nat_detected, sa.nat_t) {
+        (true, Some(draft)) => Encapsulation::UdpTunnel { draft },
+        _ => Encapsulation::Tunnel,
+    }
+}
+
+/// Starts a quick mode for every configured pair that has neither an SA nor an exchange.
+pub(crate) fn start_all(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let pairs = sa.peer.subnets.clone();
+    for pair in pairs {
+        let busy = sa.children.iter().any(|c| c.pair == pair)
+            || sa.quick_modes.iter().any(|q| q.pair == pair && q.state != QmState::Done);
+        if !busy {
+            start(sa, ctx, pair);
+        }
+    }
+}
+
+fn new_message_id(sa: &IkeSa, ctx: &mut Ctx<'_>) -> u32 {
+    loop {
+        let id = ctx.rng.next_u32();
+        if id != 0 && !sa.quick_modes.iter().any(|q| q.message_id == id) {
+            return id;
+        }
+    }
+}
+
+/// Sends QM1 for `pair`.
+pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, pair: SubnetPair) {
+    let (Some(keys), Some(cipher)) = (sa.keys.as_ref(), sa.cipher.as_ref()) else { return };
+    let message_id = new_message_id(sa, ctx);
+    let iv = phase2_iv(keys.hash, &sa.iv, message_id, cipher.block_len());
+    let policy = sa.peer.phase2.clone();
+    let spi_in = ctx.spis.allocate(ctx.rng);
+    let n_i = random_bytes(ctx, NONCE_LEN);
+    let dh = policy.pfs.map(|g| DhPrivateKey::generate(g, ctx.rng));
+    let id_ci = pair.local.to_payload();
+    let id_cr = pair.remote.to_payload();
+    let mut rest =
+        vec![Payload::Sa(proposal::phase2_offer(&policy, spi_in, encapsulation(sa))), Payload::Nonce(n_i.clone())];
+    if let Some(dh) = &dh {
+        rest.push(Payload::KeyExchange(dh.public_value().to_vec()));
+    }
+    rest.push(Payload::Id(id_ci.clone()));
+    rest.push(Payload::Id(id_cr.clone()));
+    let hash = keys.hash_a(&[&message_id.to_be_bytes(), &encode_payloads(&rest)]);
+    let mut payloads = vec![Payload::Hash(hash)];
+    payloads.extend(rest);
+    let (packet, last) = sa.build(ExchangeType::QUICK_MODE, message_id, &payloads, Some(&iv));
+    sa.quick_modes.push(QuickMode {
+        message_id,
+        role: Role::Initiator,
+        state: QmState::I1,
+        pair,
+        iv: last,
+        spi_in,
+        n_i,
+        n_r: Vec::new(),
+        dh,
+        choice: None,
+        spi_out: 0,
+        gxy: None,
+        lifetime: (None, None),
+        retransmit: Some(Retransmit::new(packet.clone(), ctx)),
+        last_answer: None,
+    });
+    sa.transmit(ctx, packet);
+}
+
+/// A quick mode message for an established IKE SA.
+pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
+    if !sa.is_established() || !rx.header.is_encrypted() {
+        tracing::debug!(peer = %sa.peer.name, "quick mode message before phase 1 or unencrypted: dropped");
+        return;
+    }
+    let mid = rx.header.message_id;
+    if let Some(i) = sa.quick_modes.iter().position(|q| q.message_id == mid) {
+        // Duplicate of a request we answered: resend the answer.
+        if let Some((h, answer)) = &sa.quick_modes[i].last_answer
+            && *h == packet_hash(rx.data)
+        {
+            let answer = answer.clone();
+            sa.transmit(ctx, answer);
+            return;
+        }
+        let result = match (sa.quick_modes[i].role, sa.quick_modes[i].state) {
+            (Role::Initiator, QmState::I1) => on_qm2(sa, ctx, rx, i),
+            (Role::Responder, QmState::R2) => on_qm3(sa, ctx, rx, i),
+            _ => Ok(()),
+        };
+        if let Err(f) = result {
+            fail(sa, ctx, i, f);
+        }
+    } else if let Err(f) = on_qm1(sa, ctx, rx) {
+        tracing::debug!(peer = %sa.peer.name, reason = %f.reason, "quick mode refused");
+        if let Some(n) = f.notify {
+            sa.send_notify(ctx, ProtocolId::ESP, n, vec![0; 4], Vec::new());
+        }
+        ctx.events.push_back(Event::NegotiationFailed {
+            peer: Some(sa.peer.name.clone()),
+            remote: sa.remote,
+            reason: f.reason,
+            detail: f.detail,
+        });
+    }
+}
+
+fn fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, f: Failure) {
+    let qm = sa.quick_modes.remove(index);
+    ctx.spis.release(qm.spi_in);
+    if let Some(n) = f.notify {
+        sa.send_notify(ctx, ProtocolId::ESP, n, qm.spi_in.to_be_bytes().to_vec(), Vec::new());
+    }
+    ctx.events.push_back(Event::NegotiationFailed {
+        peer: Some(sa.peer.name.clone()),
+        remote: sa.remote,
+        reason: f.reason,
+        detail: f.detail,
+    });
+}
+
+/// Decrypts a quick mode message with `iv`, checks that HASH comes first and returns
+/// (plaintext, chain, hash, bytes after the HASH payload up to the end of the chain, last block).
+#[allow(clippy::type_complexity)]
+fn open(sa: &IkeSa, rx: &Received<'_>, iv: &[u8]) -> Result<(Vec<Payload>, Vec<u8>, Vec<u8>, Vec<u8>), Failure> {
+    let bad = |what: &str| Failure::new(FailReason::MalformedMessage, format!("quick mode message: {what}"), None);
+    let (plain, last) = sa.decrypt(rx, iv).map_err(|e| bad(&e.to_string()))?;
+    let chain = parse_payloads(rx.header.next_payload, &plain, true).map_err(|e| bad(&e.to_string()))?;
+    let first = chain.payloads.first().ok_or_else(|| bad("empty"))?;
+    let Payload::Hash(hash) = &first.payload else { return Err(bad("HASH is not the first payload")) };
+    let rest = plain[first.range.end..chain.end].to_vec();
+    let payloads = chain.payloads.iter().skip(1).map(|p| p.payload.clone()).collect();
+    Ok((payloads, hash.clone(), rest, last))
+}
+
+fn ids(payloads: &[Payload]) -> Option<(IdPayload, IdPayload)> {
+    let mut it = payloads.iter().filter_map(|p| if let Payload::Id(i) = p { Some(i.clone()) } else { None });
+    Some((it.next()?, it.next()?))
+}
+
+/// Responder: QM1. Picks the configured pair and transform, answers with QM2.
+fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
+    let (Some(keys), Some(cipher)) = (sa.keys.as_ref(), sa.cipher.as_ref()) else { return Ok(()) };
+    let mid = rx.header.message_id;
+    let iv = phase2_iv(keys.hash, &sa.iv, mid, cipher.block_len());
+    let (payloads, hash, rest, last) = open(sa, rx, &iv)?;
+    if !bool::from(subtle_eq(&hash, &keys.hash_a(&[&mid.to_be_bytes(), &rest]))) {
+        return Err(Failure::new(
+            FailReason::MalformedMessage,
+            "HASH(1) does not verify",
+            Some(NotifyType::INVALID_HASH_INFORMATION),
+        ));
+    }
+    let offer = payloads.iter().find_map(|p| if let Payload::Sa(s) = p { Some(s.clone()) } else { None });
+    let n_i = payloads.iter().find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
+    let ke = payloads.iter().find_map(|p| if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None });
+    let (Some(offer), Some(n_i)) = (offer, n_i) else {
+        return Err(Failure::new(
+            FailReason::MalformedMessage,
+            "quick mode without SA or nonce",
+            Some(NotifyType::INVALID_PAYLOAD_TYPE),
+        ));
+    };
+    // Without IDs the selectors are the two gateways' addresses (RFC 2409 s.5.5); vpngw always
+    // protects configured subnets, so a quick mode without IDs matches no pair.
+    let (id_ci, id_cr) = ids(&payloads).ok_or_else(|| {
+        Failure::new(
+            FailReason::TrafficSelectorMismatch,
+            "the peer's quick mode carries no traffic selectors",
+            Some(NotifyType::INVALID_ID_INFORMATION),
+        )
+    })?;
+    let (Some(their_net), Some(our_net)) = (Ipv4Subnet::from_payload(&id_ci), Ipv4Subnet::from_payload(&id_cr)) else {
+        return Err(Failure::new(
+            FailReason::TrafficSelectorMismatch,
+            format!("unsupported traffic selectors {} / {}", id_ci.id_type, id_cr.id_type),
+            Some(NotifyType::INVALID_ID_INFORMATION),
+        ));
+    };
+    if !sa.peer.subnets.iter().any(|p| p.local.covers(&our_net) && p.remote.covers(&their_net)) {
+        let configured: Vec<String> = sa.peer.subnets.iter().map(ToString::to_string).collect();
+        return Err(Failure::new(
+            FailReason::TrafficSelectorMismatch,
+            format!(
+                "traffic selectors: peer offered {our_net} <=> {their_net} (local <=> remote, our view), configured {}",
+                configured.join(", ")
+            ),
+            Some(NotifyType::INVALID_ID_INFORMATION),
+        ));
+    }
+    let spi_in = ctx.spis.allocate(ctx.rng);
+    let policy = sa.peer.phase2.clone();
+    let selection = match proposal::select_phase2(&policy, &offer, spi_in) {
+        Ok(s) => s,
+        Err(m) => {
+            ctx.spis.release(spi_in);
+            let reason = if m.is_pfs_only() {
+                FailReason::PfsMismatch
+            } else if m.is_mode_only() {
+                FailReason::ModeMismatch
+            } else {
+                FailReason::Phase2ProposalMismatch
+            };
+            return Err(Failure::new(
+                reason,
+                format!("phase 2 proposal mismatch with {}: {m}", sa.remote.ip()),
+                Some(NotifyType::NO_PROPOSAL_CHOSEN),
+            ));
+        }
+    };
+    let mut choice = selection.choice;
+    let (dh, gxy) = match (choice.pfs, ke) {
+        (Some(g), Some(ke)) if ke.len() == g.modulus_len() => {
+            let dh = DhPrivateKey::generate(g, ctx.rng);
+            match dh.agree(&ke) {
+                Ok(gxy) => (Some(dh), Some(gxy)),
+                Err(e) => {
+                    ctx.spis.release(spi_in);
+                    return Err(Failure::new(
+                        FailReason::MalformedMessage,
+                        format!("PFS key exchange refused: {e}"),
+                        Some(NotifyType::INVALID_KEY_INFORMATION),
+                    ));
+                }
+            }
+        }
+        (None, None) => (None, None),
+        (pfs, ke) => {
+            ctx.spis.release(spi_in);
+            return Err(Failure::new(
+                FailReason::PfsMismatch,
+                format!(
+                    "pfs: peer {} a key exchange, configured {}",
+                    if ke.is_some() { "sent" } else { "did not send" },
+                    pfs.map_or("disable".into(), |g| g.name().to_string())
+                ),
+                Some(NotifyType::NO_PROPOSAL_CHOSEN),
+            ));
+        }
+    };
+    // Lifetimes: the offered ones unless ours are shorter; then we say so (RFC 2407 s.4.6.3.1).
+    let ours =
+        (u64::from(policy.lifetime_seconds), (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes));
+    let seconds = choice.lifetime_seconds.map_or(ours.0, |t| t.min(ours.0));
+    let kilobytes = match (choice.lifetime_kilobytes, ours.1) {
+        (Some(t), Some(o)) => Some(t.min(o)),
+        (t, o) => t.or(o),
+    };
+    let shorter = Some(seconds) != choice.lifetime_seconds || kilobytes != choice.lifetime_kilobytes;
+    choice.lifetime_seconds = Some(seconds);
+    choice.lifetime_kilobytes = kilobytes;
+    let n_r = random_bytes(ctx, NONCE_LEN);
+    let mut rest = vec![Payload::Sa(selection.reply), Payload::Nonce(n_r.clone())];
+    if let Some(dh) = &dh {
+        rest.push(Payload::KeyExchange(dh.public_value().to_vec()));
+    }
+    rest.push(Payload::Id(id_ci.clone()));
+    rest.push(Payload::Id(id_cr.clone()));
+    if shorter {
+        tracing::info!(peer = %sa.peer.name, seconds, ?kilobytes, "our IPsec SA lifetime is shorter than offered: sending RESPONDER-LIFETIME");
+        rest.push(Payload::Notify(NotifyPayload::new(
+            ProtocolId::ESP,
+            NotifyType::RESPONDER_LIFETIME,
+            spi_in.to_be_bytes().to_vec(),
+            proposal::responder_lifetime_data(Some(seconds), kilobytes),
+        )));
+    }
+    let Some(keys) = sa.keys.as_ref() else { return Ok(()) };
+    let hash = keys.hash_a(&[&mid.to_be_bytes(), &n_i, &encode_payloads(&rest)]);
+    let mut all = vec![Payload::Hash(hash)];
+    all.extend(rest);
+    let (packet, last2) = sa.build(ExchangeType::QUICK_MODE, mid, &all, Some(&last));
+    sa.quick_modes.push(QuickMode {
+        message_id: mid,
+        role: Role::Responder,
+        state: QmState::R2,
+        pair: SubnetPair { local: our_net, remote: their_net },
+        iv: last2,
+        spi_in,
+        n_i,
+        n_r,
+        dh,
+        choice: Some(choice),
+        spi_out: selection.peer_spi,
+        gxy,
+        lifetime: (Some(seconds), kilobytes),
+        retransmit: Some(Retransmit::new(packet.clone(), ctx)),
+        last_answer: Some((packet_hash(rx.data), packet.clone())),
+    });
+    sa.transmit(ctx, packet);
+    Ok(())
+}
+
+/// Initiator: QM2. Verifies, derives keys, sends QM3, installs.
+fn on_qm2(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) -> Result<(), Failure> {
+    let Some(keys) = sa.keys.clone() else { return Ok(()) };
+    let mid = rx.header.message_id;
+    let iv = sa.quick_modes[index].iv.clone();
+    let (payloads, hash, rest, last) = open(sa, rx, &iv)?;
+    let qm = &mut sa.quick_modes[index];
+    if !bool::from(subtle_eq(&hash, &keys.hash_a(&[&mid.to_be_bytes(), &qm.n_i, &rest]))) {
+        return Err(Failure::new(
+            FailReason::MalformedMessage,
+            "HASH(2) does not verify",
+            Some(NotifyType::INVALID_HASH_INFORMATION),
+        ));
+    }
+    let reply = payloads.iter().find_map(|p| if let Payload::Sa(s) = p { Some(s.clone()) } else { None });
+    let n_r = payloads.iter().find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
+    let (Some(reply), Some(n_r)) = (reply, n_r) else {
+        return Err(Failure::new(
+            FailReason::MalformedMessage,
+            "quick mode answer without SA or nonce",
+            Some(NotifyType::INVALID_PAYLOAD_TYPE),
+        ));
+    };
+    let (mut choice, spi_out) = proposal::accept_phase2_reply(&sa.peer.phase2, &reply).map_err(|m| {
+        Failure::new(
+            FailReason::Phase2ProposalMismatch,
+            format!("peer answered with another proposal: {m}"),
+            Some(NotifyType::NO_PROPOSAL_CHOSEN),
+        )
+    })?;
+    if let Some((ci, cr)) = ids(&payloads) {
+        let got = (Ipv4Subnet::from_payload(&ci), Ipv4Subnet::from_payload(&cr));
+        let ok = matches!(got, (Some(l), Some(r)) if qm.pair.local.covers(&l) && qm.pair.remote.covers(&r));
+        if !ok {
+            return Err(Failure::new(
+                FailReason::TrafficSelectorMismatch,
+                format!("the peer narrowed {} to selectors outside it", qm.pair),
+                Some(NotifyType::INVALID_ID_INFORMATION),
+            ));
+        }
+    }
+    let gxy = match (
+        &qm.dh,
+        payloads.iter().find_map(|p| if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None }),
+    ) {
+        (Some(dh), Some(ke)) => Some(dh.agree(&ke).map_err(|e| {
+            Failure::new(
+                FailReason::MalformedMessage,
+                format!("PFS key exchange refused: {e}"),
+                Some(NotifyType::INVALID_KEY_INFORMATION),
+            )
+        })?),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Failure::new(
+                FailReason::PfsMismatch,
+                "pfs: the peer answered without a key exchange",
+                Some(NotifyType::NO_PROPOSAL_CHOSEN),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Failure::new(
+                FailReason::PfsMismatch,
+                "pfs: the peer answered with a key exchange, configured disable",
+                Some(NotifyType::NO_PROPOSAL_CHOSEN),
+            ));
+        }
+    };
+    // RESPONDER-LIFETIME: the smaller value wins.
+    for p in &payloads {
+        if let Payload::Notify(n) = p
+            && n.notify_type == NotifyType::RESPONDER_LIFETIME
+        {
+            let (s, kb) = proposal::parse_responder_lifetime(&n.data);
+            tracing::info!(peer = %sa.peer.name, seconds = ?s, kilobytes = ?kb, "peer sent RESPONDER-LIFETIME");
+            if let Some(s) = s {
+                choice.lifetime_seconds = Some(choice.lifetime_seconds.map_or(s, |c| c.min(s)));
+            }
+            if let Some(kb) = kb {
+                choice.lifetime_kilobytes = Some(choice.lifetime_kilobytes.map_or(kb, |c| c.min(kb)));
+            }
+        }
+    }
+    qm.n_r = n_r;
+    qm.spi_out = spi_out;
+    qm.gxy = gxy;
+    qm.lifetime = (choice.lifetime_seconds, choice.lifetime_kilobytes);
+    qm.choice = Some(choice);
+    let hash3 = keys.hash_a(&[&[0], &mid.to_be_bytes(), &qm.n_i, &qm.n_r]);
+    let (packet, _) = sa.build(ExchangeType::QUICK_MODE, mid, &[Payload::Hash(hash3)], Some(&last));
+    let qm = &mut sa.quick_modes[index];
+    qm.retransmit = None;
+    qm.state = QmState::Done;
+    qm.last_answer = Some((packet_hash(rx.data), packet.clone()));
+    sa.transmit(ctx, packet);
+    install(sa, ctx, index);
+    Ok(())
+}
+
+/// Responder: QM3. Installs.
+fn on_qm3(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) -> Result<(), Failure> {
+    let Some(keys) = sa.keys.clone() else { return Ok(()) };
+    let mid = rx.header.message_id;
+    let iv = sa.quick_modes[index].iv.clone();
+    let (_, hash, _, _) = open(sa, rx, &iv)?;
+    let qm = &mut sa.quick_modes[index];
+    if !bool::from(subtle_eq(&hash, &keys.hash_a(&[&[0], &mid.to_be_bytes(), &qm.n_i, &qm.n_r]))) {
+        return Err(Failure::new(
+            FailReason::MalformedMessage,
+            "HASH(3) does not verify",
+            Some(NotifyType::INVALID_HASH_INFORMATION),
+        ));
+    }
+    qm.retransmit = None;
+    qm.state = QmState::Done;
+    qm.last_answer = None;
+    install(sa, ctx, index);
+    Ok(())
+}
+
+fn split_keys(keymat: &SecretBytes, choice: &Phase2Choice) -> SaKeys {
+    let enc_len = choice.encryption.spec().key_len;
+    let bytes = keymat.expose();
+    SaKeys {
+        encryption: choice.encryption,
+        encryption_key: SecretBytes::from_slice(&bytes[..enc_len]),
+        integrity: choice.integrity,
+        integrity_key: SecretBytes::from_slice(&bytes[enc_len..]),
+    }
+}
+
+/// Derives both directions' keys and reports the child SA. Each direction is keyed with the
+/// SPI its receiver chose (RFC 2409 s.5.5): ours for inbound, the peer's for outbound.
+fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
+    let Some(keys) = sa.keys.clone() else { return };
+    let qm = &sa.quick_modes[index];
+    let Some(choice) = qm.choice.clone() else { return };
+    let len = choice.encryption.spec().key_len + choice.integrity.spec().key_len;
+    let gxy = qm.gxy.as_ref().map(SecretBytes::expose);
+    let keys_in = split_keys(&keys.keymat(gxy, ProtocolId::ESP.0, qm.spi_in, &qm.n_i, &qm.n_r, len), &choice);
+    let keys_out = split_keys(&keys.keymat(gxy, ProtocolId::ESP.0, qm.spi_out, &qm.n_i, &qm.n_r, len), &choice);
+    let seconds = qm.lifetime.0.unwrap_or(28_800).max(1);
+    let record = ChildRecord {
+        spi_in: qm.spi_in,
+        spi_out: qm.spi_out,
+        pair: qm.pair,
+        choice: choice.clone(),
+        established_at: ctx.now,
+        expires_at: ctx.now + Duration::from_secs(seconds),
+    };
+    let child = ChildSa {
+        spi_in: qm.spi_in,
+        spi_out: qm.spi_out,
+        keys_in,
+        keys_out,
+        selectors: qm.pair,
+        encryption: choice.encryption,
+        integrity: choice.integrity,
+        pfs: choice.pfs,
+        lifetime_seconds: seconds,
+        lifetime_kilobytes: qm.lifetime.1,
+        encapsulation: choice.encapsulation,
+        local: sa.local,
+        remote: sa.remote,
+    };
+    let qm = &mut sa.quick_modes[index];
+    qm.dh = None;
+    qm.gxy = None;
+    sa.children.push(record);
+    ctx.events.push_back(Event::ChildSaEstablished { peer: sa.peer.name.clone(), ike_sa: sa.id, child });
+    prune_done(sa);
+}
+
+fn prune_done(sa: &mut IkeSa) {
+    while sa.quick_modes.iter().filter(|q| q.state == QmState::Done).count() > DONE_KEPT {
+        if let Some(i) = sa.quick_modes.iter().position(|q| q.state == QmState::Done) {
+            sa.quick_modes.remove(i);
+        }
+    }
+}
+
+/// Retransmissions of our quick mode messages, and child SA lifetimes.
+pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let mut i = 0;
+    while i < sa.quick_modes.len() {
+        let due = match sa.quick_modes[i].retransmit.as_mut() {
+            Some(r) => r.poll(ctx.now, ctx.config.retransmit_factor),
+            None => RetransmitDue::NotYet,
+        };
+        match due {
+            RetransmitDue::Resend(p) => sa.transmit(ctx, p),
+            RetransmitDue::NotYet => {}
+            RetransmitDue::GiveUp => {
+                let qm = &sa.quick_modes[i];
+                let detail = format!(
+                    "no answer to quick mode for {} after {} retransmissions",
+                    qm.pair, ctx.config.retransmit_tries
+                );
+                fail(sa, ctx, i, Failure::new(FailReason::PeerUnreachable, detail, None));
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let expired: Vec<u32> = sa.children.iter().filter(|c| ctx.now >= c.expires_at).map(|c| c.spi_in).collect();
+    for spi in expired {
+        sa.send_informational(
+            ctx,
+            vec![Payload::Delete(crate::wire::DeletePayload {
+                doi: crate::wire::DOI_IPSEC,
+                protocol: ProtocolId::ESP,
+                spi_size: 4,
+                spis: vec![spi.to_be_bytes().to_vec()],
+            })],
+        );
+        remove_child(sa, ctx, spi, DeleteReason::Expired);
+    }
+}
+
+/// Drops pending initiator exchanges after the peer refused them with a notify.
+pub(crate) fn abort_pending(sa: &mut IkeSa, reason: FailReason, detail: &str) {
+    sa.quick_modes.retain(|q| !(q.role == Role::Initiator && q.state == QmState::I1));
+    tracing::debug!(peer = %sa.peer.name, %reason, detail, "pending quick modes aborted");
+}
+
+/// Removes the child SA with this SPI (ours or the peer's).
+pub(crate) fn remove_child(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32, reason: DeleteReason) {
+    let Some(i) = sa.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
+    let c = sa.children.remove(i);
+    ctx.spis.release(c.spi_in);
+    ctx.events.push_back(Event::ChildSaDeleted {
+        peer: sa.peer.name.clone(),
+        spi_in: c.spi_in,
+        spi_out: c.spi_out,
+        reason,
+    });
+}

@@ -1,0 +1,197 @@
+//! Two engines on a virtual network and clock (quinn-proto's `Pair`): datagrams move between
+//! them in memory, time jumps to the next timer, and a NAT or packet loss can be put between.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use vpngw_crypto::{FastRng, SecretBytes};
+use vpngw_ike::{
+    Endpoint, EngineConfig, Event, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
+    SubnetPair,
+};
+
+pub const A_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// With NAT, A sits behind it with this private address; B sees NAT_PUBLIC.
+pub const A_PRIVATE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+pub const NAT_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+pub const PSK: &[u8] = b"lab-psk-0123456789abcdef";
+
+pub fn subnet(s: &str) -> Ipv4Subnet {
+    let (a, p) = s.split_once('/').unwrap();
+    Ipv4Subnet::new(a.parse().unwrap(), p.parse().unwrap()).unwrap()
+}
+
+/// A connection from `local` to `remote` with the seed's defaults.
+pub fn peer(name: &str, local: Ipv4Addr, remote: Ipv4Addr, local_net: &str, remote_net: &str) -> PeerConfig {
+    PeerConfig {
+        name: name.into(),
+        local_address: IpAddr::V4(local),
+        remote_address: IpAddr::V4(remote),
+        psk: SecretBytes::from_slice(PSK),
+        local_id: Identity::Ipv4(local),
+        remote_id: Identity::Ipv4(remote),
+        mode: ExchangeMode::Main,
+        phase1: Phase1Policy::default(),
+        phase2: Phase2Policy::default(),
+        subnets: vec![SubnetPair { local: subnet(local_net), remote: subnet(remote_net) }],
+    }
+}
+
+/// The standard pair: A (10.1.0.0/24) and B (10.2.0.0/24), seed defaults on both sides.
+pub fn configs() -> (PeerConfig, PeerConfig) {
+    (
+        peer("to-b", A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"),
+        peer("to-a", B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"),
+    )
+}
+
+pub struct Pair {
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub now: Instant,
+    pub start: Instant,
+    pub a_events: Vec<Event>,
+    pub b_events: Vec<Event>,
+    /// Put A behind a NAT (ports 500/4500 map to 10500/14500 on NAT_PUBLIC).
+    pub nat: bool,
+    /// Drop the next n datagrams sent by A / by B.
+    pub drop_from_a: usize,
+    pub drop_from_b: usize,
+    /// Every datagram delivered, with its direction (true = A to B).
+    pub wire: Vec<(bool, SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig { retransmit_initial: Duration::from_secs(1), ..EngineConfig::default() }
+}
+
+impl Pair {
+    pub fn new(a_cfg: PeerConfig, b_cfg: PeerConfig, seed: u64) -> Self {
+        let mut a = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(seed));
+        let mut b = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(seed + 1000));
+        a.add_peer(a_cfg).unwrap();
+        b.add_peer(b_cfg).unwrap();
+        let now = Instant::now();
+        Self {
+            a,
+            b,
+            now,
+            start: now,
+            a_events: vec![],
+            b_events: vec![],
+            nat: false,
+            drop_from_a: 0,
+            drop_from_b: 0,
+            wire: vec![],
+        }
+    }
+
+    fn nat_out(&self, addr: SocketAddr) -> SocketAddr {
+        if self.nat && addr.ip() == IpAddr::V4(A_PRIVATE) {
+            SocketAddr::new(IpAddr::V4(NAT_PUBLIC), addr.port() + 10000)
+        } else {
+            addr
+        }
+    }
+
+    fn nat_in(&self, addr: SocketAddr) -> SocketAddr {
+        if self.nat && addr.ip() == IpAddr::V4(NAT_PUBLIC) {
+            SocketAddr::new(IpAddr::V4(A_PRIVATE), addr.port() - 10000)
+        } else {
+            addr
+        }
+    }
+
+    /// Moves datagrams and events until nothing is in flight; then jumps to the next timer,
+    /// until `limit` of virtual time has passed since the pair was made.
+    pub fn drive(&mut self, limit: Duration) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.a.poll_transmit() {
+                moved = true;
+                if self.drop_from_a > 0 {
+                    self.drop_from_a -= 1;
+                    continue;
+                }
+                let src = self.nat_out(t.local);
+                self.wire.push((true, src, t.remote, t.payload.clone()));
+                self.b.handle(self.now, t.remote, src, &t.payload);
+            }
+            while let Some(t) = self.b.poll_transmit() {
+                moved = true;
+                if self.drop_from_b > 0 {
+                    self.drop_from_b -= 1;
+                    continue;
+                }
+                let dst = self.nat_in(t.remote);
+                self.wire.push((false, t.local, t.remote, t.payload.clone()));
+                self.a.handle(self.now, dst, t.local, &t.payload);
+            }
+            while let Some(e) = self.a.poll_event() {
+                self.a_events.push(e);
+            }
+            while let Some(e) = self.b.poll_event() {
+                self.b_events.push(e);
+            }
+            if moved {
+                continue;
+            }
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
+            match next {
+                Some(t) if t <= self.start + limit => {
+                    self.now = self.now.max(t);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    pub fn children(events: &[Event]) -> Vec<vpngw_ike::ChildSa> {
+        events
+            .iter()
+            .filter_map(|e| if let Event::ChildSaEstablished { child, .. } = e { Some(child.clone()) } else { None })
+            .collect()
+    }
+
+    pub fn failures(events: &[Event]) -> Vec<(vpngw_ike::FailReason, String)> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let Event::NegotiationFailed { reason, detail, .. } = e {
+                    Some((*reason, detail.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    pub fn established(events: &[Event]) -> usize {
+        events.iter().filter(|e| matches!(e, Event::IkeSaEstablished { .. })).count()
+    }
+}
+
+/// Checks that two child SAs are the two ends of one tunnel: SPIs and keys crossed, and packets
+/// sealed by one open at the other.
+pub fn assert_mirrored(x: &vpngw_ike::ChildSa, y: &vpngw_ike::ChildSa) {
+    assert_eq!(x.spi_in, y.spi_out);
+    assert_eq!(x.spi_out, y.spi_in);
+    assert_eq!(x.keys_in.encryption_key, y.keys_out.encryption_key);
+    assert_eq!(x.keys_in.integrity_key, y.keys_out.integrity_key);
+    assert_eq!(x.keys_out.encryption_key, y.keys_in.encryption_key);
+    assert_ne!(x.keys_in.encryption_key, x.keys_out.encryption_key, "directions must differ");
+    assert_eq!(x.selectors.local, y.selectors.remote);
+    assert_eq!(x.selectors.remote, y.selectors.local);
+    let out = vpngw_esp::OutboundSa::new(x.spi_out, &x.keys_out).unwrap();
+    let inb = vpngw_esp::InboundSa::new(y.spi_in, &y.keys_in, 64).unwrap();
+    let mut rng = FastRng::from_seed_for_tests(1);
+    let mut buf = vec![0u8; 256];
+    let inner = [0x45u8; 60];
+    let sealed = out.seal(&mut rng, &inner, vpngw_esp::NextHeader::IPV4, &mut buf).unwrap();
+    let opened = inb.open_in_place(&mut buf[sealed.range.clone()]).unwrap();
+    assert_eq!(opened.payload.len(), 60);
+}
