@@ -1,0 +1,126 @@
+//! The local control socket: one JSON request per connection, one JSON answer. Root only (the
+//! socket is created with mode 0600). `vpngw status/up/down` are its clients.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::Status;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Up { connection: String },
+    Down { connection: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self { ok: true, error: None, message: Some(message.into()), status: None }
+    }
+
+    pub fn error(error: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(error.into()), message: None, status: None }
+    }
+}
+
+pub type Command = (Request, oneshot::Sender<Response>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create control socket {path}: {source}")]
+    Bind { path: String, source: std::io::Error },
+    #[error("cannot reach the daemon at {path}: {source} (is `vpngw run` running?)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("control socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+/// Binds the socket (replacing a stale one) and serves requests into `commands`.
+pub fn serve(path: &Path, commands: mpsc::Sender<Command>) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+    let bind_error = |source| ControlError::Bind { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_error)?;
+    }
+    if path.exists() {
+        std::fs::remove_file(path).map_err(bind_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    }
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, commands).await {
+                    tracing::debug!(error = %e, "control request failed");
+                }
+            });
+        }
+    }))
+}
+
+async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) -> Result<(), ControlError> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).take(64 * 1024).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send((request, tx)).await.is_err() {
+                Response::error("daemon is shutting down")
+            } else {
+                rx.await.unwrap_or_else(|_| Response::error("daemon is shutting down"))
+            }
+        }
+        Err(e) => Response::error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// Client side: sends one request, returns the answer.
+pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    serde_json::from_str(answer.trim()).map_err(|e| ControlError::Protocol(e.to_string()))
+}
+
+trait TakeExt: Sized {
+    fn take(self, limit: u64) -> tokio::io::Take<Self>;
+}
+
+impl<R: tokio::io::AsyncRead> TakeExt for BufReader<R> {
+    fn take(self, limit: u64) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, limit)
+    }
+}

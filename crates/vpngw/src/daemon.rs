@@ -1,0 +1,545 @@
+//! `vpngw run`: the daemon. One tokio task owns the IKE engine and drives it (quinn's
+//! `ConnectionDriver` shape): receive datagrams, feed them in, send what comes out, sleep until
+//! the engine's next timer; control requests and signals arrive on the same loop. Child SAs go
+//! into the SA table the dataplane reads.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use vpngw_crypto::FastRng;
+use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters, SaTable, Selectors, Transport};
+use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
+use vpngw_ike::{ChildSa, Encapsulation, Endpoint, EngineConfig, Event, FailReason, IKE_PORT, Ipv4Subnet, NAT_T_PORT};
+
+use crate::config::{Config, ConfigError, Connection, Start};
+use crate::control::{self, Command, Request, Response};
+use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status};
+
+/// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
+const NON_ESP_MARKER: [u8; 4] = [0; 4];
+/// Retry backoff for active connections after a failure.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind UDP {addr}: {source} (is the address configured on an interface, and are we root?)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("cannot seed the random generator: {0}")]
+    Rng(String),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+struct Failure {
+    reason: FailReason,
+    detail: String,
+    at: SystemTime,
+    count: u64,
+}
+
+struct Retry {
+    at: Instant,
+    backoff: Duration,
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    endpoint: Endpoint,
+    table: Arc<SaTable>,
+    sock_ike: UdpSocket,
+    sock_natt: UdpSocket,
+    failures: HashMap<String, Failure>,
+    retries: HashMap<String, Retry>,
+    started: Instant,
+    dropped_esp_in_udp: u64,
+    /// `--esp-keylog`: ESP keys in tcpdump's `-E` secrets format, for debugging only.
+    keylog: Option<PathBuf>,
+}
+
+fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        retransmit_initial: config.tuning.retransmit_initial,
+        retransmit_tries: config.tuning.retransmit_tries,
+        ..EngineConfig::default()
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn net(s: Ipv4Subnet) -> Ipv4Net {
+    Ipv4Net { addr: s.addr(), prefix: s.prefix() }
+}
+
+pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), DaemonError> {
+    let config = Config::load(config_path)?;
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, value = %w.value, "{}", w.reason);
+    }
+    let public = IpAddr::V4(config.gateway.public_address);
+    let bind = |port| async move {
+        let addr = SocketAddr::new(public, port);
+        UdpSocket::bind(addr).await.map_err(|source| DaemonError::Bind { addr, source })
+    };
+    let sock_ike = bind(IKE_PORT).await?;
+    let sock_natt = bind(NAT_T_PORT).await?;
+    let rng = FastRng::from_os().map_err(|e| DaemonError::Rng(e.to_string()))?;
+    let mut endpoint = Endpoint::new(engine_config(&config), rng);
+    for c in &config.connections {
+        // Names are unique: validated with the configuration.
+        let _ = endpoint.add_peer(c.peer.clone());
+    }
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let control_task = control::serve(&config.gateway.control_socket, cmd_tx)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut d = Daemon {
+        config_path: config_path.to_path_buf(),
+        config,
+        endpoint,
+        table: Arc::new(SaTable::new()),
+        sock_ike,
+        sock_natt,
+        failures: HashMap::new(),
+        retries: HashMap::new(),
+        started: Instant::now(),
+        dropped_esp_in_udp: 0,
+        keylog,
+    };
+    if let Some(k) = &d.keylog {
+        tracing::warn!(file = %k.display(), "ESP keys are written to this file (--esp-keylog): for debugging only, remove it when done");
+    }
+    tracing::info!(
+        gateway = %d.config.gateway.name,
+        public_address = %public,
+        connections = d.config.connections.len(),
+        control_socket = %d.config.gateway.control_socket.display(),
+        tun = %d.config.gateway.tun,
+        workers = d.config.gateway.workers,
+        "vpngw {} running (control plane; the TUN dataplane is not part of this build yet)",
+        env!("CARGO_PKG_VERSION")
+    );
+    let now = Instant::now();
+    for c in d.config.connections.clone() {
+        if c.start == Start::Active {
+            d.initiate(now, &c.peer.name);
+        }
+    }
+    d.flush().await;
+    let mut buf_ike = vec![0u8; 65536];
+    let mut buf_natt = vec![0u8; 65536];
+    loop {
+        let wake = d.next_wake();
+        tokio::select! {
+            r = d.sock_ike.recv_from(&mut buf_ike) => {
+                if let Ok((n, from)) = r {
+                    let local = SocketAddr::new(public, IKE_PORT);
+                    d.endpoint.handle(Instant::now(), local, from, &buf_ike[..n]);
+                }
+            }
+            r = d.sock_natt.recv_from(&mut buf_natt) => {
+                if let Ok((n, from)) = r {
+                    let data = &buf_natt[..n];
+                    if data.len() > 4 && data[..4] == NON_ESP_MARKER {
+                        d.endpoint.handle(Instant::now(), SocketAddr::new(public, NAT_T_PORT), from, &data[4..]);
+                    } else if data != [0xff] {
+                        // ESP in UDP: the dataplane's; counted until it exists.
+                        d.dropped_esp_in_udp += 1;
+                    }
+                }
+            }
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                d.endpoint.handle_timeout(now);
+                d.run_retries(now);
+            }
+            Some((request, reply)) = cmd_rx.recv() => {
+                let response = d.command(request);
+                let _ = reply.send(response);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => d.reload(),
+        }
+        d.flush().await;
+    }
+    tracing::info!("shutting down: deleting SAs");
+    let now = Instant::now();
+    for name in d.endpoint.peer_names() {
+        let _ = d.endpoint.terminate(now, &name);
+    }
+    d.flush().await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&d.config.gateway.control_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    fn next_wake(&self) -> Option<Instant> {
+        let retry = self.retries.values().map(|r| r.at).min();
+        [self.endpoint.poll_timeout(), retry].into_iter().flatten().min()
+    }
+
+    fn initiate(&mut self, now: Instant, name: &str) {
+        if let Err(e) = self.endpoint.initiate(now, name) {
+            tracing::warn!(connection = name, error = %e, "cannot initiate");
+        }
+    }
+
+    fn run_retries(&mut self, now: Instant) {
+        let due: Vec<String> = self.retries.iter().filter(|(_, r)| r.at <= now).map(|(n, _)| n.clone()).collect();
+        for name in due {
+            if let Some(r) = self.retries.get_mut(&name) {
+                r.at = now + RETRY_MAX * 1000; // parked until the next failure reschedules it
+            }
+            if self.connection(&name).is_some_and(|c| c.start == Start::Active) {
+                tracing::info!(connection = %name, "retrying");
+                self.initiate(now, &name);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, name: &str) {
+        if !self.connection(name).is_some_and(|c| c.start == Start::Active) {
+            return;
+        }
+        let now = Instant::now();
+        let r = self.retries.entry(name.to_string()).or_insert(Retry { at: now, backoff: RETRY_FIRST / 2 });
+        r.backoff = (r.backoff * 2).min(RETRY_MAX);
+        r.at = now + r.backoff;
+    }
+
+    fn connection(&self, name: &str) -> Option<&Connection> {
+        self.config.connections.iter().find(|c| c.peer.name == name)
+    }
+
+    /// Sends everything the engine queued and acts on its events.
+    async fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let result = if t.local.port() == NAT_T_PORT {
+                let mut framed = Vec::with_capacity(t.payload.len() + 4);
+                framed.extend_from_slice(&NON_ESP_MARKER);
+                framed.extend_from_slice(&t.payload);
+                self.sock_natt.send_to(&framed, t.remote).await
+            } else {
+                self.sock_ike.send_to(&t.payload, t.remote).await
+            };
+            if let Err(e) = result {
+                tracing::debug!(remote = %t.remote, error = %e, "send failed");
+            }
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            self.event(e);
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::IkeSaEstablished {
+                peer,
+                role,
+                mode,
+                remote,
+                encryption,
+                hash,
+                dh_group,
+                lifetime_seconds,
+                nat_detected,
+                ..
+            } => {
+                tracing::info!(connection = %peer, %role, %mode, %remote, encryption = %encryption, authentication = %hash, dh_group = %dh_group, lifetime_seconds, nat_detected, "IKE SA established");
+            }
+            Event::ChildSaEstablished { peer, child, .. } => {
+                tracing::info!(
+                    connection = %peer,
+                    spi_in = %format!("{:08x}", child.spi_in),
+                    spi_out = %format!("{:08x}", child.spi_out),
+                    selectors = %child.selectors,
+                    encryption = %child.encryption,
+                    authentication = %child.integrity.name(),
+                    pfs = %child.pfs.map_or("disable".to_string(), |g| g.name().to_string()),
+                    lifetime_seconds = child.lifetime_seconds,
+                    encapsulation = %child.encapsulation,
+                    "child SA established"
+                );
+                self.retries.remove(&peer);
+                self.install(&peer, &child);
+                self.log_keys(&child);
+            }
+            Event::ChildSaDeleted { peer, spi_in, spi_out, reason } => {
+                tracing::info!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), %reason, "child SA deleted");
+                self.table.remove(spi_in, spi_out);
+                if reason != vpngw_ike::DeleteReason::Local {
+                    self.schedule_retry(&peer);
+                }
+            }
+            Event::IkeSaDeleted { peer, reason, .. } => {
+                tracing::info!(connection = %peer, %reason, "IKE SA deleted");
+                if reason != vpngw_ike::DeleteReason::Local {
+                    self.schedule_retry(&peer);
+                }
+            }
+            Event::NegotiationFailed { peer, remote, reason, detail } => {
+                let name = peer.clone().unwrap_or_else(|| format!("(unknown peer {})", remote.ip()));
+                let now = SystemTime::now();
+                let repeated = self.failures.get(&name).is_some_and(|f| f.reason == reason && f.detail == detail);
+                if repeated {
+                    if let Some(f) = self.failures.get_mut(&name) {
+                        f.count += 1;
+                        f.at = now;
+                    }
+                    tracing::debug!(connection = %name, %reason, %detail, "negotiation failed again");
+                } else {
+                    // Logged once per distinct failure, not once per retransmission.
+                    tracing::warn!(connection = %name, %remote, %reason, %detail, "negotiation failed");
+                    self.failures.insert(name.clone(), Failure { reason, detail, at: now, count: 1 });
+                }
+                if let Some(p) = peer {
+                    self.schedule_retry(&p);
+                }
+            }
+        }
+    }
+
+    fn install(&mut self, connection: &str, c: &ChildSa) {
+        let selectors = Selectors { local: net(c.selectors.local), remote: net(c.selectors.remote) };
+        let transport = Transport {
+            local: c.local,
+            remote: c.remote,
+            udp: matches!(c.encapsulation, Encapsulation::UdpTunnel { .. }),
+        };
+        let inbound = InboundSa::new(c.spi_in, &c.keys_in, DEFAULT_WINDOW);
+        let outbound = OutboundSa::new(c.spi_out, &c.keys_out);
+        match (inbound, outbound) {
+            (Ok(inb), Ok(out)) => {
+                let name: Arc<str> = connection.into();
+                self.table.install(
+                    InboundEntry {
+                        connection: name.clone(),
+                        sa: inb,
+                        selectors,
+                        transport,
+                        counters: SaCounters::default(),
+                    },
+                    OutboundEntry { connection: name, sa: out, selectors, transport, counters: SaCounters::default() },
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::error!(connection, error = %e, "cannot install child SA"),
+        }
+    }
+
+    /// Appends the child SA's keys to the key log, as `tcpdump -E file:FILE` reads them.
+    fn log_keys(&self, c: &ChildSa) {
+        let Some(path) = &self.keylog else { return };
+        let alg = match c.encryption {
+            vpngw_crypto::EncryptionAlgorithm::Des => "des-cbc",
+            vpngw_crypto::EncryptionAlgorithm::TripleDes => "3des-cbc",
+            vpngw_crypto::EncryptionAlgorithm::Aes128 => "aes128-cbc",
+            vpngw_crypto::EncryptionAlgorithm::Aes192 => "aes192-cbc",
+            vpngw_crypto::EncryptionAlgorithm::Aes256 => "aes256-cbc",
+        };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let lines = format!(
+            "0x{:08x}@{} {alg}-hmac96:0x{}\n0x{:08x}@{} {alg}-hmac96:0x{}\n",
+            c.spi_out,
+            c.remote.ip(),
+            hex(c.keys_out.encryption_key.expose()),
+            c.spi_in,
+            c.local.ip(),
+            hex(c.keys_in.encryption_key.expose()),
+        );
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(lines.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the ESP key log");
+        }
+    }
+
+    fn command(&mut self, request: Request) -> Response {
+        let now = Instant::now();
+        match request {
+            Request::Status => Response { ok: true, error: None, message: None, status: Some(self.status()) },
+            Request::Up { connection } => match self.endpoint.initiate(now, &connection) {
+                Ok(()) => {
+                    self.retries.remove(&connection);
+                    Response::ok(format!("initiating {connection}"))
+                }
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Down { connection } => match self.endpoint.terminate(now, &connection) {
+                Ok(()) => {
+                    self.retries.remove(&connection);
+                    self.table.remove_connection(&connection);
+                    Response::ok(format!("{connection} down"))
+                }
+                Err(e) => Response::error(e.to_string()),
+            },
+        }
+    }
+
+    /// SIGHUP: re-read the file. Unchanged connections keep their SAs; removed ones are deleted;
+    /// new and changed ones (re)start. An invalid file changes nothing.
+    fn reload(&mut self) {
+        let new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(ConfigError::Invalid { problems, .. }) => {
+                for p in &problems {
+                    tracing::error!(problem = %p, "reload refused: configuration invalid");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused");
+                return;
+            }
+        };
+        if new.gateway.public_address != self.config.gateway.public_address
+            || new.gateway.control_socket != self.config.gateway.control_socket
+        {
+            tracing::warn!(
+                "gateway.public_address and gateway.control_socket changes need a restart; other changes applied"
+            );
+        }
+        let now = Instant::now();
+        let (mut kept, mut removed, mut added) = (0, 0, 0);
+        for old in self.config.connections.clone() {
+            let same = new.connections.iter().find(|c| c.peer.name == old.peer.name).is_some_and(|c| c.same_as(&old));
+            if same {
+                kept += 1;
+            } else {
+                let _ = self.endpoint.remove_peer(now, &old.peer.name);
+                self.table.remove_connection(&old.peer.name);
+                self.retries.remove(&old.peer.name);
+                removed += 1;
+            }
+        }
+        for c in &new.connections {
+            if self.endpoint.peer(&c.peer.name).is_none() {
+                let _ = self.endpoint.add_peer(c.peer.clone());
+                added += 1;
+            }
+        }
+        self.config.connections = new.connections;
+        self.config.warnings = new.warnings;
+        for c in self.config.connections.clone() {
+            if c.start == Start::Active && !self.endpoint.ike_sas().iter().any(|s| s.peer == c.peer.name) {
+                self.initiate(now, &c.peer.name);
+            }
+        }
+        tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");
+    }
+
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let at = |t: Instant| unix(wall - now.saturating_duration_since(t));
+        let sas = self.endpoint.ike_sas();
+        let connections = self
+            .config
+            .connections
+            .iter()
+            .map(|c| {
+                let p = &c.peer;
+                // The newest established IKE SA, else the newest negotiating one.
+                let ike = sas.iter().filter(|s| s.peer == p.name).max_by_key(|s| (s.established_at.is_some(), s.id));
+                let children: Vec<ChildSaStatus> = sas
+                    .iter()
+                    .filter(|s| s.peer == p.name)
+                    .flat_map(|s| s.children.iter())
+                    .map(|ch| {
+                        let inb = self.table.inbound(ch.spi_in);
+                        let out = self.table.outbound_by_spi(ch.spi_out);
+                        ChildSaStatus {
+                            spi_in: format!("{:08x}", ch.spi_in),
+                            spi_out: format!("{:08x}", ch.spi_out),
+                            local_subnet: ch.selectors.local.to_string(),
+                            remote_subnet: ch.selectors.remote.to_string(),
+                            encryption: ch.encryption.name().into(),
+                            authentication: ch.integrity.name().into(),
+                            pfs: ch.pfs.map_or("disable".into(), |g| g.name().into()),
+                            encapsulation: ch.encapsulation.to_string(),
+                            established_at_unix: at(ch.established_at),
+                            expires_in_seconds: ch.expires_at.saturating_duration_since(now).as_secs(),
+                            lifetime_kilobytes: ch.lifetime_kilobytes,
+                            packets_in: inb.as_ref().map_or(0, |e| e.counters.packets()),
+                            bytes_in: inb.as_ref().map_or(0, |e| e.counters.bytes()),
+                            packets_out: out.as_ref().map_or(0, |e| e.counters.packets()),
+                            bytes_out: out.as_ref().map_or(0, |e| e.counters.bytes()),
+                        }
+                    })
+                    .collect();
+                let up = ike.is_some_and(|s| s.state == "established") && children.len() >= p.subnets.len();
+                ConnectionStatus {
+                    name: p.name.clone(),
+                    pre_shared_key: c.psk_source.clone(),
+                    remote_address: p.remote_address.to_string(),
+                    start: c.start.as_str().into(),
+                    mode: p.mode.to_string(),
+                    local_id: p.local_id.to_string(),
+                    remote_id: p.remote_id.to_string(),
+                    state: if up {
+                        "up".into()
+                    } else if ike.is_some() {
+                        "connecting".into()
+                    } else {
+                        "down".into()
+                    },
+                    ike_sa: ike.map(|s| IkeSaStatus {
+                        state: s.state.into(),
+                        role: s.role.to_string(),
+                        local: s.local.to_string(),
+                        remote: s.remote.to_string(),
+                        encryption: s.encryption.map(|a| a.name().into()),
+                        authentication: s.hash.map(|h| h.name().into()),
+                        dh_group: s.dh_group.map(|g| g.name().into()),
+                        nat_detected: s.nat_detected,
+                        established_at_unix: s.established_at.map(at),
+                        expires_in_seconds: s.expires_at.map(|t| t.saturating_duration_since(now).as_secs()),
+                    }),
+                    child_sas: children,
+                    last_failure: self.failures.get(&p.name).map(|f| FailureStatus {
+                        reason: f.reason.to_string(),
+                        detail: f.detail.clone(),
+                        at_unix: unix(f.at),
+                        count: f.count,
+                    }),
+                }
+            })
+            .collect();
+        Status {
+            gateway: self.config.gateway.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            public_address: self.config.gateway.public_address.to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            connections,
+        }
+    }
+}

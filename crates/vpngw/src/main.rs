@@ -1,0 +1,213 @@
+//! # vpngw: the gateway daemon and its command-line interface
+//!
+//! **Owns:** the configuration file, the daemon's event loop (driving the IKE engine over UDP
+//! 500/4500 and publishing SAs to the dataplane's table), the control socket, signals, logging,
+//! and the CLI (`run`, `check`, `status`, `up`, `down`).
+//!
+//! **Must not touch:** protocol logic (that is `vpngw-ike`) or packet crypto (`vpngw-esp`).
+//!
+//! **Data in and out:** TOML in; UDP datagrams through the engine; SAs out to the SA table;
+//! JSON over the control socket; logs to stderr.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod control;
+mod daemon;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONTROL_SOCKET};
+use crate::control::Request;
+
+#[derive(Parser)]
+#[command(name = "vpngw", version, about = "IPsec VPN gateway (IKEv1, ESP)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway in the foreground (logs to stderr; SIGTERM stops, SIGHUP reloads).
+    Run {
+        #[arg(long, default_value = "/etc/vpngw/vpngw.toml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Debugging only: append every ESP SA's encryption key to FILE in tcpdump's `-E`
+        /// secrets format (like SSLKEYLOGFILE). Anyone who reads FILE can decrypt the traffic.
+        #[arg(long, value_name = "FILE")]
+        esp_keylog: Option<PathBuf>,
+    },
+    /// Validate a configuration file: every problem with its key; weak algorithms are warned about.
+    Check {
+        #[arg(long, default_value = "/etc/vpngw/vpngw.toml")]
+        config: PathBuf,
+    },
+    /// Show connections, IKE and child SAs.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Bring a connection up now.
+    Up {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take a connection down (Deletes are sent to the peer).
+    Down {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// How the CLI finds the daemon: `--socket`, or the control_socket of `--config`, or the default.
+#[derive(clap::Args)]
+struct Target {
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match &self.config {
+            Some(c) => Ok(Config::load(c)?.gateway.control_socket),
+            None => Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid { path, problems } => {
+            eprintln!("{}: {} problem(s):", path.display(), problems.len());
+            for p in problems {
+                eprintln!("  error: {p}");
+            }
+        }
+        other => eprintln!("error: {other}"),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                println!("  warning: {w}");
+            }
+            println!("{}: OK ({} connection(s), {} warning(s))", path.display(), c.connections.len(), c.warnings.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_config_error(&e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn client(target: &Target, request: Request, json: bool) -> ExitCode {
+    let socket = match target.socket() {
+        Ok(s) => s,
+        Err(e) => {
+            print_config_error(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(control::request(&socket, &request)) {
+        Ok(r) if r.ok => {
+            if let Some(status) = r.status {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                } else {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    print!("{}", status.render(now));
+                }
+            } else if let Some(m) = r.message {
+                println!("{m}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("error: {}", r.error.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { config } => check(&config),
+        Cmd::Run { config, log_format, esp_keylog } => {
+            init_logging(log_format);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(daemon::run(&config, esp_keylog)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(daemon::DaemonError::Config(e)) => {
+                    print_config_error(&e);
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { json, target } => client(&target, Request::Status, json),
+        Cmd::Up { name, target } => client(&target, Request::Up { connection: name }, false),
+        Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
+    }
+}

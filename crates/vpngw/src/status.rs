@@ -1,0 +1,162 @@
+//! What `vpngw status` shows: built by the daemon from the engine's snapshot and the SA table's
+//! counters; rendered as a table for people or JSON for programs. No key material, ever.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub gateway: String,
+    pub version: String,
+    pub public_address: String,
+    pub uptime_seconds: u64,
+    pub connections: Vec<ConnectionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionStatus {
+    pub name: String,
+    /// Where the key comes from ("inline" or "file PATH"); never the key.
+    pub pre_shared_key: String,
+    pub remote_address: String,
+    pub start: String,
+    pub mode: String,
+    pub local_id: String,
+    pub remote_id: String,
+    /// "up" when an IKE SA and every subnet pair's child SA are established.
+    pub state: String,
+    pub ike_sa: Option<IkeSaStatus>,
+    pub child_sas: Vec<ChildSaStatus>,
+    pub last_failure: Option<FailureStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IkeSaStatus {
+    pub state: String,
+    pub role: String,
+    pub local: String,
+    pub remote: String,
+    pub encryption: Option<String>,
+    pub authentication: Option<String>,
+    pub dh_group: Option<String>,
+    pub nat_detected: bool,
+    pub established_at_unix: Option<u64>,
+    pub expires_in_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildSaStatus {
+    /// Hex, as strongSwan and tcpdump print them.
+    pub spi_in: String,
+    pub spi_out: String,
+    pub local_subnet: String,
+    pub remote_subnet: String,
+    pub encryption: String,
+    pub authentication: String,
+    pub pfs: String,
+    pub encapsulation: String,
+    pub established_at_unix: u64,
+    pub expires_in_seconds: u64,
+    pub lifetime_kilobytes: Option<u64>,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailureStatus {
+    pub reason: String,
+    pub detail: String,
+    pub at_unix: u64,
+    pub count: u64,
+}
+
+fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    if s < 120 {
+        format!("{s}s ago")
+    } else if s < 7200 {
+        format!("{}m ago", s / 60)
+    } else {
+        format!("{}h ago", s / 3600)
+    }
+}
+
+impl Status {
+    /// The human form of `vpngw status`.
+    pub fn render(&self, now_unix: u64) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "gateway {} ({}), vpngw {}, up {}s",
+            self.gateway, self.public_address, self.version, self.uptime_seconds
+        );
+        if self.connections.is_empty() {
+            let _ = writeln!(o, "no connections configured");
+        }
+        for c in &self.connections {
+            let _ = writeln!(
+                o,
+                "\n{}: {} (peer {}, {} mode, start {}, ids {} <-> {})",
+                c.name, c.state, c.remote_address, c.mode, c.start, c.local_id, c.remote_id
+            );
+            match &c.ike_sa {
+                Some(ike) => {
+                    let algs = format!(
+                        "{}/{}/{}",
+                        ike.encryption.as_deref().unwrap_or("?"),
+                        ike.authentication.as_deref().unwrap_or("?"),
+                        ike.dh_group.as_deref().unwrap_or("?")
+                    );
+                    let since = ike
+                        .established_at_unix
+                        .map(|t| format!(", established {}", ago(now_unix, t)))
+                        .unwrap_or_default();
+                    let expires = ike.expires_in_seconds.map(|s| format!(", expires in {s}s")).unwrap_or_default();
+                    let nat = if ike.nat_detected { ", NAT detected (ESP in UDP 4500)" } else { "" };
+                    let _ = writeln!(
+                        o,
+                        "  IKE SA: {} as {}, {} <-> {}, {}{}{}{}",
+                        ike.state, ike.role, ike.local, ike.remote, algs, since, expires, nat
+                    );
+                }
+                None => {
+                    let _ = writeln!(o, "  IKE SA: none");
+                }
+            }
+            for ch in &c.child_sas {
+                let _ = writeln!(
+                    o,
+                    "  child SA {} <=> {}: SPIs in {} out {}, {}/{} pfs {}, {}, established {}, expires in {}s, in {} pkts/{} B, out {} pkts/{} B",
+                    ch.local_subnet,
+                    ch.remote_subnet,
+                    ch.spi_in,
+                    ch.spi_out,
+                    ch.encryption,
+                    ch.authentication,
+                    ch.pfs,
+                    ch.encapsulation,
+                    ago(now_unix, ch.established_at_unix),
+                    ch.expires_in_seconds,
+                    ch.packets_in,
+                    ch.bytes_in,
+                    ch.packets_out,
+                    ch.bytes_out
+                );
+            }
+            if let Some(f) = &c.last_failure {
+                let _ = writeln!(
+                    o,
+                    "  last failure ({}, {}x): {}: {}",
+                    ago(now_unix, f.at_unix),
+                    f.count,
+                    f.reason,
+                    f.detail
+                );
+            }
+        }
+        o
+    }
+}
