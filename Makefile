@@ -3,15 +3,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DEPS := tests/tools/install-deps.sh
 
-# Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP.
-TEST_PACKAGES := tcpdump python3 python3-cryptography
+# Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP;
+# strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces.
+TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 \
+	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 
 .DEFAULT_GOAL := help
-.PHONY: help test lint unit bench deps-test
+.PHONY: help test lint unit interop bench deps-test
 
 help:
 	@echo "vpngw make targets:"
-	@echo "  make test    all tests: format, lint, unit, property, known-answer and independent checks"
+	@echo "  make test    all tests: format, lint, unit, property, known-answer, independent checks,"
+	@echo "               and interop with strongSwan in network namespaces (root)"
+	@echo "  make interop only the strongSwan interop tests"
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
 
 deps-test:
@@ -21,8 +25,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The system tests run the vpngw binary: build it (same profile) first.
 unit:
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
+
+interop: deps-test
+	$(CARGO) build --workspace --bins --locked
+	$(CARGO) test -p vpngw-tests --locked --test interop_ike
 
 test: deps-test lint unit
 

@@ -1,13 +1,16 @@
 //! # vpngw-tests: the system-test harness
 //!
 //! **Owns:** helpers that let tests put vpngw's output in front of software no one here wrote:
-//! packet builders for the outer and inner headers ([`packet`]), a pcap writer ([`pcap`]), and
-//! running external tools with clear failures ([`tool`]). Later: network namespaces and a
-//! strongSwan peer.
+//! packet builders ([`packet`]), a pcap writer ([`pcap`]), external tools with clear failures
+//! ([`tool`]), network namespaces ([`netns`]), strongSwan as a peer ([`strongswan`]) and the
+//! `vpngw` binary under test ([`vpngw`]).
 //!
 //! **Must not touch:** the product's behaviour. Tests call the product's public APIs and
 //! binaries only; nothing here is linked into the gateway.
 
+pub mod netns;
 pub mod packet;
 pub mod pcap;
+pub mod strongswan;
 pub mod tool;
+pub mod vpngw;

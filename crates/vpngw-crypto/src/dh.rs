@@ -11,7 +11,7 @@ use core::fmt;
 use std::sync::OnceLock;
 
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
-use crypto_bigint::{BoxedUint, Odd, Resize};
+use crypto_bigint::{BoxedUint, Odd};
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
 
@@ -26,7 +26,8 @@ struct GroupParams {
     p_minus_1: BoxedUint,
     monty: BoxedMontyParams,
     generator: BoxedMontyForm,
-    /// Prime order of the subgroup the generator spans, for groups where it is not (p-1)/2.
+    /// Prime order of the subgroup the generator spans, for groups where it is not (p-1)/2;
+    /// held at the exponent precision (256 bits), so that y^q costs a 256-bit exponentiation.
     subgroup_order: Option<BoxedUint>,
 }
 
@@ -55,7 +56,7 @@ fn params(group: DhGroup) -> &'static GroupParams {
         let monty = BoxedMontyParams::new(odd);
         let g = parse_hex(group, constants.g, bits);
         let generator = BoxedMontyForm::new(g, &monty);
-        let subgroup_order = constants.q.map(|q| parse_hex(group, q, bits));
+        let subgroup_order = constants.q.map(|q| parse_hex(group, q, group.spec().exponent_bits));
         GroupParams { modulus_bits: bits, p_minus_1, monty, generator, subgroup_order }
     })
 }
@@ -92,7 +93,7 @@ impl DhPrivateKey {
             // tells nothing about the exponent that is finally kept.
             let Ok(x) = candidate else { continue };
             if let Some(q) = &gp.subgroup_order
-                && x.clone().resize(gp.modulus_bits) >= *q
+                && x >= *q
             {
                 continue;
             }

@@ -31,8 +31,13 @@ pub struct DropCounters {
 }
 
 impl DropCounters {
-    fn count(&mut self, reason: &'static str) {
+    fn count(&mut self, reason: &'static str, remote: SocketAddr) {
+        tracing::debug!(%remote, reason, "IKE datagram dropped");
         *self.by_reason.entry(reason).or_default() += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason.values().sum()
     }
 }
 
@@ -161,7 +166,7 @@ impl Endpoint {
         let header = match IsakmpHeader::parse(data) {
             Ok(h) => h,
             Err(e) => {
-                self.drops.count(e.label());
+                self.drops.count(e.label(), remote);
                 if let WireError::Version(v) = e
                     && let Some(peer) = self.peers.iter().find(|p| p.remote_address == remote.ip())
                 {
@@ -193,14 +198,14 @@ impl Endpoint {
                     _ if phase1 && rx.header.message_id == 0 => sa.handle_phase1(&mut ctx, &rx),
                     ExchangeType::QUICK_MODE => crate::quick_mode::handle(sa, &mut ctx, &rx),
                     ExchangeType::INFORMATIONAL => sa.handle_informational(&mut ctx, &rx),
-                    _ => self.drops.count("unsupported_exchange"),
+                    _ => self.drops.count("unsupported_exchange", remote),
                 }
                 self.after(now, id);
             }
             None if phase1 && rx.header.responder_cookie == [0; 8] && rx.header.message_id == 0 => {
                 self.respond(now, &rx)
             }
-            None => self.drops.count("unknown_sa"),
+            None => self.drops.count("unknown_sa", remote),
         }
     }
 
@@ -221,7 +226,7 @@ impl Endpoint {
             this.events.push_back(Event::NegotiationFailed { peer, remote: rx.remote, reason, detail });
         };
         if candidates.is_empty() {
-            self.drops.count("unknown_peer");
+            self.drops.count("unknown_peer", rx.remote);
             return fail(
                 self,
                 None,

@@ -563,13 +563,7 @@ impl Walker {
             ],
         );
         self.word(&format!("{key}.version"), t, "version", (), &[("v1", ())]);
-        self.word(
-            &format!("{key}.authentication_method"),
-            t,
-            "authentication_method",
-            (),
-            &[("pre-shared-key", ())],
-        );
+        self.word(&format!("{key}.authentication_method"), t, "authentication_method", (), &[("pre-shared-key", ())]);
         let d = Phase1Policy::default();
         let encryption = self.word(&format!("{key}.encryption"), t, "encryption", d.encryption, &cipher_words());
         let hash = self.word(

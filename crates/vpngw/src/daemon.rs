@@ -539,6 +539,14 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").into(),
             public_address: self.config.gateway.public_address.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            dropped: {
+                let mut d: std::collections::BTreeMap<String, u64> =
+                    self.endpoint.drops().by_reason.iter().map(|(k, v)| (format!("ike_{k}"), *v)).collect();
+                if self.dropped_esp_in_udp > 0 {
+                    d.insert("esp_in_udp_no_dataplane".into(), self.dropped_esp_in_udp);
+                }
+                d
+            },
             connections,
         }
     }

@@ -11,6 +11,9 @@ pub struct Status {
     pub version: String,
     pub public_address: String,
     pub uptime_seconds: u64,
+    /// Datagrams not acted on, by reason (malformed, unknown SA or peer, ESP before the
+    /// dataplane exists, ...).
+    pub dropped: std::collections::BTreeMap<String, u64>,
     pub connections: Vec<ConnectionStatus>,
 }
 

@@ -1,0 +1,207 @@
+//! Network namespaces for system tests: two gateways joined by a veth "internet", each with
+//! its protected network on a dummy interface. Every lab gets unique namespace names, so tests
+//! run in parallel; dropping the lab stops what it started (by PID) and deletes the namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const LEFT_WAN: &str = "198.51.100.1";
+pub const RIGHT_WAN: &str = "198.51.100.2";
+pub const LEFT_NET: &str = "10.1.0.0/24";
+pub const RIGHT_NET: &str = "10.2.0.0/24";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    if !out.status.success() {
+        panic!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+/// Fails the test early, with the reason, when it cannot create namespaces.
+pub fn require_root() {
+    let uid = run(&["id", "-u"]);
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "system tests need root (network namespaces); run `make test` as root"
+    );
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub left: String,
+    pub right: String,
+    /// Hosts on each side's protected network: 10.1.0.10 and 10.2.0.10.
+    pub left_host: String,
+    pub right_host: String,
+    pub dir: PathBuf,
+    children: Mutex<Vec<Child>>,
+}
+
+impl Lab {
+    /// Four namespaces: left host (10.1.0.10) - left gateway (lan0 10.1.0.1, wan0
+    /// 198.51.100.1) == right gateway (wan0 198.51.100.2, lan0 10.2.0.1) - right host
+    /// (10.2.0.10). Gateways forward, but have no route to the other protected network: only a
+    /// tunnel can carry it.
+    pub fn gateways(name: &str) -> Self {
+        require_root();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("vg{}-{n}", std::process::id() % 100_000);
+        let lab = Self {
+            left: format!("{tag}-l"),
+            right: format!("{tag}-r"),
+            left_host: format!("{tag}-lh"),
+            right_host: format!("{tag}-rh"),
+            dir: std::env::temp_dir().join("vpngw-tests").join(format!("{name}-{tag}")),
+            children: Mutex::new(Vec::new()),
+        };
+        let _ = std::fs::remove_dir_all(&lab.dir);
+        std::fs::create_dir_all(&lab.dir).unwrap_or_else(|e| panic!("{}: {e}", lab.dir.display()));
+        for ns in [&lab.left, &lab.right, &lab.left_host, &lab.right_host] {
+            run(&["ip", "netns", "add", ns]);
+            lab.ip(ns, &["link", "set", "lo", "up"]);
+        }
+        run(&[
+            "ip", "link", "add", "wan0", "netns", &lab.left, "type", "veth", "peer", "name", "wan0", "netns",
+            &lab.right,
+        ]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &lab.left_host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan0",
+            "netns",
+            &lab.left,
+        ]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &lab.right_host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan0",
+            "netns",
+            &lab.right,
+        ]);
+        for (gw, host, wan, lan, host_addr) in [
+            (&lab.left, &lab.left_host, LEFT_WAN, "10.1.0.1", "10.1.0.10"),
+            (&lab.right, &lab.right_host, RIGHT_WAN, "10.2.0.1", "10.2.0.10"),
+        ] {
+            lab.ip(gw, &["addr", "add", &format!("{wan}/24"), "dev", "wan0"]);
+            lab.ip(gw, &["addr", "add", &format!("{lan}/24"), "dev", "lan0"]);
+            lab.ip(host, &["addr", "add", &format!("{host_addr}/24"), "dev", "eth0"]);
+            for (ns, dev) in [(gw, "wan0"), (gw, "lan0"), (host, "eth0")] {
+                lab.ip(ns, &["link", "set", dev, "up"]);
+            }
+            lab.ip(host, &["route", "add", "default", "via", lan]);
+            run(&["ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+        lab
+    }
+
+    pub fn ip(&self, ns: &str, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "-n", ns];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Runs a command in a namespace and returns its output (not checked).
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
+    }
+
+    /// Starts a long-running program in a namespace; it is stopped when the lab is dropped.
+    /// Output goes to `log`.
+    pub fn spawn(&self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> u32 {
+        let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]).args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
+        let pid = child.id();
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+        pid
+    }
+
+    /// Sends SIGTERM to a process this lab started and waits for it; returns its exit code.
+    pub fn stop(&self, pid: u32, grace: Duration) -> Option<i32> {
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = children.iter().position(|c| c.id() == pid)?;
+        let mut child = children.remove(i);
+        drop(children);
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let children: Vec<Child> =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for mut c in children {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.left, &self.right, &self.left_host, &self.right_host] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

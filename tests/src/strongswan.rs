@@ -1,0 +1,267 @@
+//! strongSwan 5.9.8 (Debian) as the independent peer: one charon per namespace with its own
+//! configuration, plugin list and vici socket; `/run` is bind-mounted privately because charon
+//! hard-codes its PID file there (the trick of the reference lab).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::netns::{Lab, wait_for};
+
+pub const CHARON: &str = "/usr/lib/ipsec/charon";
+const PLUGINS: &str = "random nonce openssl aes sha1 sha2 md5 hmac gmp kdf pem pkcs1 pubkey x509 kernel-libipsec kernel-netlink socket-default vici";
+
+/// One IKEv1 PSK connection as strongSwan sees it, named "lab" with child "net".
+#[derive(Clone, Debug)]
+pub struct SwConn {
+    pub aggressive: bool,
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub local_id: String,
+    pub remote_id: String,
+    /// IKE proposal, e.g. "3des-md5-modp768".
+    pub ike: String,
+    /// ESP proposal, e.g. "3des-md5" or "aes256-sha1-modp2048" (a group = PFS).
+    pub esp: String,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub psk: String,
+}
+
+/// SAs as `swanctl --list-sas` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwSas {
+    pub ike_established: usize,
+    /// The IKE SA's algorithm line, e.g. "3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768".
+    pub ike_algorithms: Vec<String>,
+    pub children: Vec<SwChild>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwChild {
+    pub state: String,
+    pub mode: String,
+    /// e.g. "ESP:AES_CBC-256/HMAC_SHA1_96/MODP_2048"
+    pub algorithms: String,
+    pub spi_in: String,
+    pub spi_out: String,
+}
+
+#[derive(Debug)]
+pub struct Charon {
+    pub ns: String,
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+/// Names strongSwan uses for our configuration words.
+pub fn ike_words(encryption: &str, hash: &str, group: &str) -> String {
+    format!("{}-{}-{}", cipher(encryption), hash, modp(group))
+}
+
+pub fn esp_words(encryption: &str, hash: &str, pfs: &str) -> String {
+    if pfs == "disable" {
+        format!("{}-{hash}", cipher(encryption))
+    } else {
+        format!("{}-{hash}-{}", cipher(encryption), modp(pfs))
+    }
+}
+
+fn cipher(c: &str) -> String {
+    c.replace("aes-", "aes")
+}
+
+fn modp(g: &str) -> &'static str {
+    match g {
+        "dh1" => "modp768",
+        "dh2" => "modp1024",
+        "dh5" => "modp1536",
+        "dh14" => "modp2048",
+        "dh24" => "modp2048s256",
+        other => panic!("unknown group {other}"),
+    }
+}
+
+/// What strongSwan prints for an algorithm of ours, for comparisons.
+pub fn sw_cipher_name(c: &str) -> &'static str {
+    match c {
+        "des" => "DES_CBC",
+        "3des" => "3DES_CBC",
+        "aes-128" => "AES_CBC-128",
+        "aes-192" => "AES_CBC-192",
+        "aes-256" => "AES_CBC-256",
+        other => panic!("unknown cipher {other}"),
+    }
+}
+
+pub fn sw_group_name(g: &str) -> &'static str {
+    match g {
+        "dh1" => "MODP_768",
+        "dh2" => "MODP_1024",
+        "dh5" => "MODP_1536",
+        "dh14" => "MODP_2048",
+        "dh24" => "MODP_2048_256",
+        other => panic!("unknown group {other}"),
+    }
+}
+
+impl Charon {
+    /// Starts charon in `ns`; waits for its vici socket.
+    pub fn start(lab: &Lab, ns: &str) -> Self {
+        crate::tool::require(
+            CHARON,
+            "apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins",
+        );
+        let dir = lab.dir.join(format!("charon-{ns}"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let conf = format!(
+            "charon {{\n  load = {PLUGINS}\n  install_routes = no\n  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n  \
+             retransmit_timeout = 1.0\n  retransmit_tries = 3\n  plugins {{\n    vici {{ socket = unix://{d}/charon.vici }}\n    \
+             openssl {{ load_legacy = yes }}\n  }}\n  filelog {{\n    lab {{\n      path = {d}/charon.log\n      time_format = %H:%M:%S\n      \
+             ike_name = yes\n      append = no\n      flush_line = yes\n      default = 1\n      ike = 2\n      chd = 4\n      enc = 1\n    }}\n  }}\n  \
+             syslog {{ daemon {{ default = -1 }} }}\n}}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("strongswan.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
+        let script = "mount --bind \"$1\" /run && exec \"$2\"";
+        let d = dir.display().to_string();
+        let conf_path = dir.join("strongswan.conf").display().to_string();
+        let pid = lab.spawn(
+            ns,
+            "sh",
+            &["-c", script, "sh", &d, CHARON],
+            &[("STRONGSWAN_CONF", &conf_path)],
+            &dir.join("charon.out"),
+        );
+        let vici = dir.join("charon.vici");
+        wait_for(Duration::from_secs(10), || vici.exists().then_some(())).unwrap_or_else(|| {
+            panic!("charon did not start: {}", std::fs::read_to_string(dir.join("charon.out")).unwrap_or_default())
+        });
+        Self { ns: ns.to_string(), dir, pid }
+    }
+
+    fn swanctl(&self, args: &[&str]) -> std::process::Output {
+        let uri = format!("unix://{}/charon.vici", self.dir.display());
+        Command::new("swanctl").args(args).args(["--uri", &uri]).output().unwrap_or_else(|e| panic!("swanctl: {e}"))
+    }
+
+    /// Replaces the loaded configuration with this one connection.
+    pub fn load(&self, c: &SwConn) {
+        let conf = format!(
+            "connections {{\n  lab {{\n    version = 1\n    aggressive = {aggr}\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
+             proposals = {ike}\n    rekey_time = 77760s\n    over_time = 8640s\n    dpd_delay = 0s\n    \
+             local {{\n      auth = psk\n      id = {lid}\n    }}\n    remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
+             children {{\n      net {{\n        mode = tunnel\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
+             esp_proposals = {esp}\n        life_time = 3600s\n        rekey_time = 3240s\n        start_action = none\n      }}\n    }}\n  }}\n}}\n\
+             secrets {{\n  ike-lab {{\n    id-l = {lid}\n    id-r = {rid}\n    secret = \"{psk}\"\n  }}\n}}\n",
+            aggr = if c.aggressive { "yes" } else { "no" },
+            la = c.local_addr,
+            ra = c.remote_addr,
+            ike = c.ike,
+            esp = c.esp,
+            lid = c.local_id,
+            rid = c.remote_id,
+            lts = c.local_ts.join(","),
+            rts = c.remote_ts.join(","),
+            psk = c.psk,
+        );
+        let path = self.dir.join("swanctl.conf");
+        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
+        let out = self.swanctl(&["--load-all", "--noprompt", "--file", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "swanctl --load-all: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `swanctl --initiate` (blocks until done or `timeout_s`); returns its output.
+    pub fn initiate(&self, timeout_s: u32) -> String {
+        let out = self.swanctl(&["--initiate", "--ike", "lab", "--child", "net", "--timeout", &timeout_s.to_string()]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// Starts an initiation without waiting for it.
+    pub fn initiate_async(&self) {
+        let _ = self.swanctl(&["--initiate", "--ike", "lab", "--child", "net", "--timeout", "-1"]);
+    }
+
+    pub fn terminate_all(&self) {
+        let _ = self.swanctl(&["--terminate", "--ike", "lab", "--force", "--timeout", "2"]);
+    }
+
+    pub fn list_sas(&self) -> SwSas {
+        let out = self.swanctl(&["--list-sas"]);
+        parse_list_sas(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
+    }
+}
+
+/// Parses the default `swanctl --list-sas` output.
+pub fn parse_list_sas(text: &str) -> SwSas {
+    let mut sas = SwSas::default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if !l.starts_with(' ') && l.contains(", ESTABLISHED, IKEv1") {
+            sas.ike_established += 1;
+            // The algorithm line is the first one that looks like ALG/ALG/...
+            if let Some(a) =
+                lines[i + 1..].iter().take(4).map(|l| l.trim()).find(|l| l.contains('/') && !l.contains(' '))
+            {
+                sas.ike_algorithms.push(a.to_string());
+            }
+        }
+        if l.starts_with("  ") && l.contains(": #") && l.contains("reqid") {
+            let parts: Vec<&str> = l.split(", ").map(str::trim).collect();
+            let state = parts.get(2).copied().unwrap_or("").to_string();
+            let mode = parts.get(3).copied().unwrap_or("").to_string();
+            let algorithms = parts.get(4).copied().unwrap_or("").to_string();
+            let mut spi_in = String::new();
+            let mut spi_out = String::new();
+            for l in lines[i + 1..].iter().take(8) {
+                let t = l.trim();
+                if let Some(rest) = t.strip_prefix("in ") {
+                    spi_in = rest.trim().split(',').next().unwrap_or("").trim().to_string();
+                }
+                if let Some(rest) = t.strip_prefix("out ") {
+                    spi_out = rest.trim().split(',').next().unwrap_or("").trim().to_string();
+                }
+            }
+            sas.children.push(SwChild { state, mode, algorithms, spi_in, spi_out });
+        }
+        i += 1;
+    }
+    sas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_list_sas() {
+        let text = "lab: #1, ESTABLISHED, IKEv1, 7b49d8a53d575e67_i afa843d7bd09156a_r*\n  local  '198.51.100.2' @ 198.51.100.2[4500]\n  \
+                    remote '198.51.100.1' @ 198.51.100.1[4500]\n  3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768\n  established 4s ago, rekeying in 69566s\n  \
+                    net: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:3DES_CBC/HMAC_MD5_96\n    installed 4s ago, rekeying in 2947s, expires in 3596s\n    \
+                    in  9c57499a,      0 bytes,     0 packets\n    out 52cacf04,      0 bytes,     0 packets\n    local  10.2.0.0/24\n    remote 10.1.0.0/24\n";
+        let s = parse_list_sas(text);
+        assert_eq!(s.ike_established, 1);
+        assert_eq!(s.ike_algorithms, ["3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768"]);
+        assert_eq!(
+            s.children,
+            [SwChild {
+                state: "INSTALLED".into(),
+                mode: "TUNNEL-in-UDP".into(),
+                algorithms: "ESP:3DES_CBC/HMAC_MD5_96".into(),
+                spi_in: "9c57499a".into(),
+                spi_out: "52cacf04".into()
+            }]
+        );
+    }
+}
