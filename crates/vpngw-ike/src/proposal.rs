@@ -93,6 +93,9 @@ pub struct Phase1Choice {
     pub dh_group: DhGroup,
     /// The lifetime in the chosen transform (the peer's, as offered or answered).
     pub lifetime_seconds: Option<u64>,
+    /// A volume lifetime for the IKE SA, when the peer proposed one (the seed's tables have
+    /// none; it is echoed and reported, IKE traffic being far too small to reach one).
+    pub lifetime_kilobytes: Option<u64>,
 }
 
 fn phase1_transform(
@@ -101,6 +104,7 @@ fn phase1_transform(
     hash: HashAlgorithm,
     group: DhGroup,
     lifetime: u64,
+    kilobytes: Option<u64>,
 ) -> TransformPayload {
     let spec = encryption.spec();
     let mut attributes = vec![Attribute::number(p1_attr::ENCRYPTION_ALGORITHM, u64::from(spec.ikev1_phase1_id))];
@@ -112,6 +116,10 @@ fn phase1_transform(
     attributes.push(Attribute::number(p1_attr::AUTHENTICATION_METHOD, p1_attr::AUTH_PRE_SHARED_KEY));
     attributes.push(Attribute::number(p1_attr::LIFE_TYPE, LIFE_SECONDS));
     attributes.push(Attribute::number(p1_attr::LIFE_DURATION, lifetime));
+    if let Some(kb) = kilobytes {
+        attributes.push(Attribute::number(p1_attr::LIFE_TYPE, LIFE_KILOBYTES));
+        attributes.push(Attribute::number(p1_attr::LIFE_DURATION, kb));
+    }
     TransformPayload { number, transform_id: KEY_IKE, attributes }
 }
 
@@ -130,6 +138,7 @@ pub fn phase1_offer(policy: &Phase1Policy) -> SaPayload {
                 policy.hash,
                 policy.dh_group,
                 policy.lifetime.as_secs(),
+                None,
             )],
         }],
     }
@@ -187,10 +196,10 @@ fn phase1_differences(policy: &Phase1Policy, t: &TransformPayload) -> (Vec<Diffe
         };
         d.push(Difference { parameter: "authentication_method", offered, configured: "pre-shared-key".into() });
     }
-    let (lifetime_seconds, _) = lifetimes(t, p1_attr::LIFE_TYPE, p1_attr::LIFE_DURATION);
+    let (lifetime_seconds, lifetime_kilobytes) = lifetimes(t, p1_attr::LIFE_TYPE, p1_attr::LIFE_DURATION);
     let choice = match (d.is_empty(), encryption, hash, group) {
         (true, Some(encryption), Some(hash), Some(dh_group)) => {
-            Some(Phase1Choice { encryption, hash, dh_group, lifetime_seconds })
+            Some(Phase1Choice { encryption, hash, dh_group, lifetime_seconds, lifetime_kilobytes })
         }
         _ => None,
     };
@@ -219,6 +228,7 @@ pub fn select_phase1(policy: &Phase1Policy, offered: &SaPayload) -> Result<(SaPa
                             choice.hash,
                             choice.dh_group,
                             lifetime,
+                            choice.lifetime_kilobytes,
                         )],
                     }],
                 };
@@ -536,6 +546,7 @@ mod tests {
                     let (reply, choice) = select_phase1(&policy, &phase1_offer(&policy)).unwrap();
                     assert_eq!(choice.encryption, encryption);
                     assert_eq!(choice.lifetime_seconds, Some(86400));
+                    assert_eq!(choice.lifetime_kilobytes, None);
                     assert_eq!(accept_phase1_reply(&policy, &reply).unwrap(), choice);
                 }
             }
@@ -602,5 +613,22 @@ mod tests {
         assert_eq!(parse_responder_lifetime(&data), (Some(1800), Some(100_000)));
         assert_eq!(parse_responder_lifetime(&responder_lifetime_data(Some(600), None)), (Some(600), None));
         assert_eq!(parse_responder_lifetime(&[0x80]), (None, None));
+    }
+}
+
+#[cfg(test)]
+mod phase1_volume_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_phase1_volume_lifetime_is_read_and_echoed() {
+        let policy = Phase1Policy { lifetime: Duration::from_secs(3600), ..Phase1Policy::default() };
+        let mut offer = phase1_offer(&policy);
+        offer.proposals[0].transforms[0].attributes.push(Attribute::number(p1_attr::LIFE_TYPE, LIFE_KILOBYTES));
+        offer.proposals[0].transforms[0].attributes.push(Attribute::number(p1_attr::LIFE_DURATION, 500_000));
+        let (reply, choice) = select_phase1(&policy, &offer).unwrap();
+        assert_eq!((choice.lifetime_seconds, choice.lifetime_kilobytes), (Some(3600), Some(500_000)));
+        assert_eq!(accept_phase1_reply(&policy, &reply).unwrap().lifetime_kilobytes, Some(500_000));
     }
 }
