@@ -13,4 +13,5 @@ pub mod packet;
 pub mod pcap;
 pub mod strongswan;
 pub mod tool;
+pub mod traffic;
 pub mod vpngw;

@@ -106,8 +106,14 @@ pub fn sw_group_name(g: &str) -> &'static str {
 }
 
 impl Charon {
-    /// Starts charon in `ns`; waits for its vici socket.
+    /// Starts charon in `ns` (no routes installed: for IKE-only tests); waits for its vici socket.
     pub fn start(lab: &Lab, ns: &str) -> Self {
+        Self::start_with(lab, ns, false)
+    }
+
+    /// Starts charon in `ns`; with `routes`, kernel-libipsec routes the remote subnets into its
+    /// TUN (ipsec0), so traffic flows.
+    pub fn start_with(lab: &Lab, ns: &str, routes: bool) -> Self {
         crate::tool::require(
             CHARON,
             "apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins",
@@ -115,12 +121,13 @@ impl Charon {
         let dir = lab.dir.join(format!("charon-{ns}"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let conf = format!(
-            "charon {{\n  load = {PLUGINS}\n  install_routes = no\n  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n  \
+            "charon {{\n  load = {PLUGINS}\n  install_routes = {routes}\n  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n  \
              retransmit_timeout = 1.0\n  retransmit_tries = 3\n  plugins {{\n    vici {{ socket = unix://{d}/charon.vici }}\n    \
              openssl {{ load_legacy = yes }}\n  }}\n  filelog {{\n    lab {{\n      path = {d}/charon.log\n      time_format = %H:%M:%S\n      \
              ike_name = yes\n      append = no\n      flush_line = yes\n      default = 1\n      ike = 2\n      chd = 4\n      enc = 1\n    }}\n  }}\n  \
              syslog {{ daemon {{ default = -1 }} }}\n}}\n",
-            d = dir.display()
+            d = dir.display(),
+            routes = if routes { "yes" } else { "no" },
         );
         std::fs::write(dir.join("strongswan.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
         let script = "mount --bind \"$1\" /run && exec \"$2\"";

@@ -1,16 +1,216 @@
 //! # vpngw-dataplane: the ESP packet path
 //!
-//! **Owns:** the security association database ([`sa_table`]) that the control plane publishes
-//! and packet workers read. Still to come here (the dataplane issue): TUN queues, worker threads,
-//! the SPD lookup, sockets for ESP and ESP-in-UDP, and per-worker counters.
+//! **Owns:** the TUN device (one queue per worker), the ESP sockets (UDP 4500 in a
+//! SO_REUSEPORT group, raw IP protocol 50), the worker threads pinned to cores, the security
+//! policy database ([`spd`]), the SA table the control plane publishes ([`sa_table`]), and the
+//! counters by worker, SA and drop reason ([`counters`]).
 //!
-//! **Must not touch:** IKE (SAs arrive fully keyed as `vpngw-esp` objects), configuration files,
-//! the management API.
+//! **Must not touch:** IKE (SAs arrive fully keyed as `vpngw-esp` objects; IKE datagrams that
+//! arrive on port 4500 are handed over untouched), configuration files, routes (the daemon
+//! installs them), the management API.
 //!
-//! **Data in and out:** the control plane calls [`sa_table::SaTable::install`] and
-//! [`sa_table::SaTable::remove`]; workers call [`sa_table::SaTable::inbound`] per packet, which
-//! never takes a lock (arc-swap).
+//! **Data in and out:** the control plane calls [`sa_table::SaTable::install`]/`remove` and
+//! swaps the [`spd::Spd`]; workers read both per packet without locks. Plaintext enters from
+//! the TUN and leaves as ESP; ESP enters from the sockets and leaves as plaintext into the TUN.
+//! Events for the control plane (IKE datagrams from port 4500, acquires, rekey hints) go out
+//! through the callback given to [`Dataplane::start`].
+//!
+//! ```text
+//! out: TUN queue -> ipv4 -> SA table (longest prefix) | SPD (no SA: drop, acquire) -> MTU/ICMP
+//!      -> seal_batch (multi-buffer CBC) -> UDP 4500 (ESP in UDP) or raw ESP
+//! in:  UDP 4500 -> keepalive | IKE (to control) | ESP ;  raw ESP (BPF: this worker's SPIs)
+//!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
+//! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod counters;
+pub mod packet;
 pub mod sa_table;
+pub mod spd;
+pub mod sys;
+mod worker;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use vpngw_crypto::FastRng;
+
+use crate::counters::WorkerCounters;
+use crate::sa_table::SaTable;
+use crate::spd::Spd;
+
+/// What workers tell the control plane.
+#[derive(Debug, Clone)]
+pub enum ToControl {
+    /// An IKE datagram received on port 4500 (non-ESP marker removed).
+    Ike { from: SocketAddr, data: Vec<u8> },
+    /// A packet matched this connection's policy but no SA: negotiate if on-traffic.
+    Acquire { connection: Arc<str> },
+    /// The outbound SA crossed its soft sequence limit.
+    RekeyDue { spi_out: u32 },
+}
+
+pub type ControlSink = Arc<dyn Fn(ToControl) + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    pub tun_name: String,
+    pub tun_mtu: u16,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    pub public_address: Ipv4Addr,
+    pub nat_t_port: u16,
+    /// MTU of the outer path, for the too-big check (ICMP fragmentation needed).
+    pub path_mtu: u16,
+    /// Open raw IP protocol 50 sockets (ESP without UDP).
+    pub raw_esp: bool,
+    pub pin_workers: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot create TUN device {name}: {source} (is /dev/net/tun available, and are we root?)")]
+    Tun { name: String, source: io::Error },
+    #[error("cannot open UDP {addr}: {source}")]
+    Udp { addr: SocketAddr, source: io::Error },
+    #[error("cannot open a raw ESP socket: {0} (needs root / CAP_NET_RAW)")]
+    Raw(io::Error),
+    #[error("cannot seed a worker's random generator: {0}")]
+    Rng(String),
+    #[error("cannot start worker thread: {0}")]
+    Thread(io::Error),
+}
+
+pub(crate) struct Shared {
+    pub table: Arc<SaTable>,
+    pub spd: Arc<ArcSwap<Spd>>,
+    pub stop: AtomicBool,
+    pub waker: sys::Waker,
+    pub counters: Vec<WorkerCounters>,
+    pub to_control: ControlSink,
+    pub path_mtu: u16,
+}
+
+/// The running dataplane. Dropping it without [`Dataplane::stop`] leaves the threads running
+/// until the process exits.
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    ike_socket: UdpSocket,
+    tun_name: String,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").field("tun", &self.tun_name).field("workers", &self.threads.len()).finish()
+    }
+}
+
+impl Dataplane {
+    pub fn start(
+        config: &DataplaneConfig,
+        table: Arc<SaTable>,
+        spd: Arc<ArcSwap<Spd>>,
+        to_control: ControlSink,
+    ) -> Result<Self, DataplaneError> {
+        let workers = if config.workers == 0 { sys::cpu_count() } else { config.workers };
+        let tuns = sys::tun_queues(&config.tun_name, config.tun_mtu, workers)
+            .map_err(|source| DataplaneError::Tun { name: config.tun_name.clone(), source })?;
+        let addr = SocketAddr::new(config.public_address.into(), config.nat_t_port);
+        let mut udps = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            udps.push(sys::udp_socket(addr).map_err(|source| DataplaneError::Udp { addr, source })?);
+        }
+        let ike_socket = udps[0].try_clone().map_err(|source| DataplaneError::Udp { addr, source })?;
+        let shared = Arc::new(Shared {
+            table,
+            spd,
+            stop: AtomicBool::new(false),
+            waker: sys::Waker::new().map_err(DataplaneError::Thread)?,
+            counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            to_control,
+            path_mtu: config.path_mtu,
+        });
+        let cpus = sys::cpu_count();
+        let mut threads = Vec::with_capacity(workers);
+        for (id, (tun, udp)) in tuns.into_iter().zip(udps).enumerate() {
+            let raw = if config.raw_esp {
+                Some(sys::raw_esp_socket(id as u32, workers as u32).map_err(DataplaneError::Raw)?)
+            } else {
+                None
+            };
+            let udp_state = quinn_udp::UdpSocketState::new(quinn_udp::UdpSockRef::from(&udp))
+                .map_err(|source| DataplaneError::Udp { addr, source })?;
+            let rng = FastRng::from_os().map_err(|e| DataplaneError::Rng(e.to_string()))?;
+            let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng };
+            let pin = config.pin_workers.then_some(id % cpus);
+            let handle = std::thread::Builder::new()
+                .name(format!("vpngw-worker-{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = pin
+                        && let Err(e) = sys::pin_to_cpu(cpu)
+                    {
+                        tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
+                    }
+                    w.run();
+                })
+                .map_err(DataplaneError::Thread)?;
+            threads.push(handle);
+        }
+        tracing::info!(tun = %config.tun_name, mtu = config.tun_mtu, workers, raw_esp = config.raw_esp, "dataplane started");
+        Ok(Self { shared, threads, ike_socket, tun_name: config.tun_name.clone() })
+    }
+
+    /// A socket bound to the NAT-T port, for the control plane's IKE sends (receiving is the
+    /// workers' job: they hand IKE datagrams over through the control sink).
+    pub fn ike_socket(&self) -> io::Result<UdpSocket> {
+        self.ike_socket.try_clone()
+    }
+
+    pub fn tun_name(&self) -> &str {
+        &self.tun_name
+    }
+
+    pub fn counters(&self) -> &[WorkerCounters] {
+        &self.shared.counters
+    }
+
+    /// Waits until every worker has passed a point where it holds no SA reference taken
+    /// before this call (idle in poll, or finished a batch): after removing an SA from the
+    /// table, nothing can seal with it any more. Returns false on timeout.
+    pub fn quiesce(&self, timeout: Duration) -> bool {
+        let start: Vec<u64> = self.shared.counters.iter().map(|c| c.epoch.load(Ordering::Acquire)).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self
+                .shared
+                .counters
+                .iter()
+                .zip(&start)
+                .all(|(c, e)| !c.busy.load(Ordering::Acquire) || c.epoch.load(Ordering::Acquire) != *e);
+            if done {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Stops and joins the workers (each finishes its batch first).
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.waker.wake();
+        for t in self.threads {
+            let _ = t.join();
+        }
+        tracing::info!("dataplane stopped");
+    }
+}

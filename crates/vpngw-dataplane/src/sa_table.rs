@@ -97,22 +97,88 @@ pub struct OutboundEntry {
 }
 
 type InboundMap = HashMap<u32, Arc<InboundEntry>>;
-type OutboundList = Vec<Arc<OutboundEntry>>;
+
+/// Items keyed by a remote network, found by longest-prefix match on a destination (then the
+/// first whose local network holds the source). Cost: one hash lookup per distinct prefix
+/// length in use (usually one to three), whatever the number of items.
+#[derive(Clone, Debug)]
+pub struct NetIndex<T> {
+    by_net: HashMap<(u32, u8), Vec<T>>,
+    /// Prefix lengths present, longest first.
+    prefixes: Vec<u8>,
+}
+
+impl<T> Default for NetIndex<T> {
+    fn default() -> Self {
+        Self { by_net: HashMap::new(), prefixes: Vec::new() }
+    }
+}
+
+fn mask(addr: Ipv4Addr, prefix: u8) -> u32 {
+    if prefix == 0 { 0 } else { u32::from(addr) & (u32::MAX << (32 - u32::from(prefix.min(32)))) }
+}
+
+impl<T> NetIndex<T> {
+    pub fn insert(&mut self, remote: Ipv4Net, item: T) {
+        self.by_net.entry((mask(remote.addr, remote.prefix), remote.prefix)).or_default().push(item);
+        if !self.prefixes.contains(&remote.prefix) {
+            self.prefixes.push(remote.prefix);
+            self.prefixes.sort_unstable_by(|a, b| b.cmp(a));
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.by_net.retain(|_, v| {
+            v.retain(&mut keep);
+            !v.is_empty()
+        });
+        let present: std::collections::HashSet<u8> = self.by_net.keys().map(|(_, p)| *p).collect();
+        self.prefixes.retain(|p| present.contains(p));
+    }
+
+    /// The first item for the longest remote network holding `dst` whose `local` test passes.
+    pub fn lookup(&self, dst: Ipv4Addr, mut local: impl FnMut(&T) -> bool) -> Option<&T> {
+        for &p in &self.prefixes {
+            if let Some(items) = self.by_net.get(&(mask(dst, p), p))
+                && let Some(hit) = items.iter().find(|i| local(i))
+            {
+                return Some(hit);
+            }
+        }
+        None
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_net.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_net.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.by_net.values().flatten()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Outbound {
+    by_selectors: NetIndex<Arc<OutboundEntry>>,
+    by_spi: HashMap<u32, Arc<OutboundEntry>>,
+}
 
 #[derive(Default)]
 pub struct SaTable {
     inbound: ArcSwap<InboundMap>,
-    outbound: ArcSwap<OutboundList>,
+    outbound: ArcSwap<Outbound>,
     /// Serialises writers (the control plane); readers never touch it.
     write: Mutex<()>,
 }
 
 impl fmt::Debug for SaTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SaTable")
-            .field("inbound", &self.inbound.load().len())
-            .field("outbound", &self.outbound.load().len())
-            .finish()
+        let (i, o) = self.len();
+        f.debug_struct("SaTable").field("inbound", &i).field("outbound", &o).finish()
     }
 }
 
@@ -129,18 +195,27 @@ impl SaTable {
         let mut map = InboundMap::clone(&self.inbound.load());
         map.insert(spi, Arc::new(inbound));
         self.inbound.store(Arc::new(map));
-        let mut list = OutboundList::clone(&self.outbound.load());
-        list.retain(|e| e.selectors != outbound.selectors);
-        list.push(Arc::new(outbound));
-        self.outbound.store(Arc::new(list));
+        let mut out = Outbound::clone(&self.outbound.load());
+        let selectors = outbound.selectors;
+        let replaced: Vec<u32> =
+            out.by_selectors.iter().filter(|e| e.selectors == selectors).map(|e| e.sa.spi()).collect();
+        out.by_selectors.retain(|e| e.selectors != selectors);
+        for spi in replaced {
+            out.by_spi.remove(&spi);
+        }
+        let entry = Arc::new(outbound);
+        out.by_spi.insert(entry.sa.spi(), entry.clone());
+        out.by_selectors.insert(selectors.remote, entry);
+        self.outbound.store(Arc::new(out));
     }
 
     /// Withdraws an SA pair: outbound first (nothing new is sealed with it), then inbound.
     pub fn remove(&self, spi_in: u32, spi_out: u32) {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut list = OutboundList::clone(&self.outbound.load());
-        list.retain(|e| e.sa.spi() != spi_out);
-        self.outbound.store(Arc::new(list));
+        let mut out = Outbound::clone(&self.outbound.load());
+        out.by_selectors.retain(|e| e.sa.spi() != spi_out);
+        out.by_spi.remove(&spi_out);
+        self.outbound.store(Arc::new(out));
         let mut map = InboundMap::clone(&self.inbound.load());
         map.remove(&spi_in);
         self.inbound.store(Arc::new(map));
@@ -149,9 +224,10 @@ impl SaTable {
     /// Removes every SA of a connection.
     pub fn remove_connection(&self, connection: &str) {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut list = OutboundList::clone(&self.outbound.load());
-        list.retain(|e| &*e.connection != connection);
-        self.outbound.store(Arc::new(list));
+        let mut out = Outbound::clone(&self.outbound.load());
+        out.by_selectors.retain(|e| &*e.connection != connection);
+        out.by_spi.retain(|_, e| &*e.connection != connection);
+        self.outbound.store(Arc::new(out));
         let mut map = InboundMap::clone(&self.inbound.load());
         map.retain(|_, e| &*e.connection != connection);
         self.inbound.store(Arc::new(map));
@@ -162,21 +238,23 @@ impl SaTable {
         self.inbound.load().get(&spi).cloned()
     }
 
-    /// The outbound SA whose selectors cover a packet from `src` to `dst`.
+    /// The outbound SA whose selectors cover a packet from `src` to `dst` (longest remote
+    /// prefix first).
     pub fn outbound_for(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<Arc<OutboundEntry>> {
-        self.outbound
-            .load()
-            .iter()
-            .find(|e| e.selectors.local.contains(src) && e.selectors.remote.contains(dst))
-            .cloned()
+        self.outbound.load().by_selectors.lookup(dst, |e| e.selectors.local.contains(src)).cloned()
     }
 
     pub fn outbound_by_spi(&self, spi: u32) -> Option<Arc<OutboundEntry>> {
-        self.outbound.load().iter().find(|e| e.sa.spi() == spi).cloned()
+        self.outbound.load().by_spi.get(&spi).cloned()
+    }
+
+    /// Every outbound SA (for status and keepalives).
+    pub fn outbound_all(&self) -> Vec<Arc<OutboundEntry>> {
+        self.outbound.load().by_spi.values().cloned().collect()
     }
 
     pub fn len(&self) -> (usize, usize) {
-        (self.inbound.load().len(), self.outbound.load().len())
+        (self.inbound.load().len(), self.outbound.load().by_spi.len())
     }
 
     pub fn is_empty(&self) -> bool {

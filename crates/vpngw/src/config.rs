@@ -71,6 +71,11 @@ pub struct Gateway {
     pub name: String,
     pub public_address: Ipv4Addr,
     pub tun: String,
+    /// MTU of the TUN device: the largest inner packet that still fits the outer path after
+    /// ESP (and UDP) overhead.
+    pub tun_mtu: u16,
+    /// MTU of the outer path (the public interface).
+    pub path_mtu: u16,
     pub workers: usize,
     pub control_socket: PathBuf,
 }
@@ -318,7 +323,11 @@ impl Walker {
     }
 
     fn gateway(&mut self, g: &Table) -> Option<Gateway> {
-        self.unknown_keys("gateway.", g, &["name", "public_address", "tun", "workers", "control_socket"]);
+        self.unknown_keys(
+            "gateway.",
+            g,
+            &["name", "public_address", "tun", "tun_mtu", "path_mtu", "workers", "control_socket"],
+        );
         let name = self.string("gateway.name", g, "name").unwrap_or_else(|| "vpngw".into());
         if !valid_name(&name) {
             self.problem("gateway.name", g.get("name"), format!("1-64 characters: {NAME_CHARS}"));
@@ -329,6 +338,18 @@ impl Walker {
             self.problem("gateway.tun", g.get("tun"), "interface name: 1-15 characters, letters, digits, '-', '_'");
         }
         let workers = self.integer("gateway.workers", g, "workers", 0, 1024).unwrap_or(0) as usize;
+        let path_mtu = self.integer("gateway.path_mtu", g, "path_mtu", 576, 9216).unwrap_or(1500) as u16;
+        // ESP worst case: outer IPv4 20 + UDP 8 + SPI/seq 8 + IV 16 + padding 15 + trailer 2 +
+        // ICV 12 = 81 bytes; rounded to 100 for headroom.
+        let tun_mtu =
+            self.integer("gateway.tun_mtu", g, "tun_mtu", 576, 9216).unwrap_or(i64::from(path_mtu) - 100) as u16;
+        if u32::from(tun_mtu) + 81 > u32::from(path_mtu) {
+            self.problem(
+                "gateway.tun_mtu",
+                g.get("tun_mtu"),
+                format!("must leave 81 bytes of ESP overhead below path_mtu {path_mtu}"),
+            );
+        }
         let control_socket = self
             .string("gateway.control_socket", g, "control_socket")
             .map(PathBuf::from)
@@ -336,7 +357,7 @@ impl Walker {
         if !control_socket.is_absolute() {
             self.problem("gateway.control_socket", g.get("control_socket"), "must be an absolute path");
         }
-        Some(Gateway { name, public_address: public_address?, tun, workers, control_socket })
+        Some(Gateway { name, public_address: public_address?, tun, tun_mtu, path_mtu, workers, control_socket })
     }
 
     fn tuning(&mut self, t: &Table) -> Tuning {

@@ -3,22 +3,27 @@
 //! the engine's next timer; control requests and signals arrive on the same loop. Child SAs go
 //! into the SA table the dataplane reads.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use vpngw_crypto::FastRng;
+use vpngw_dataplane::counters::DropReason;
 use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters, SaTable, Selectors, Transport};
+use vpngw_dataplane::spd::{Policy, Spd};
+use vpngw_dataplane::{Dataplane, DataplaneConfig, ToControl};
 use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
 use vpngw_ike::{ChildSa, Encapsulation, Endpoint, EngineConfig, Event, FailReason, IKE_PORT, Ipv4Subnet, NAT_T_PORT};
 
 use crate::config::{Config, ConfigError, Connection, Start};
 use crate::control::{self, Command, Request, Response};
+use crate::routes::Routes;
 use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status};
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
@@ -26,6 +31,8 @@ const NON_ESP_MARKER: [u8; 4] = [0; 4];
 /// Retry backoff for active connections after a failure.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// NAT keepalive interval (RFC 3948 s.4; strongSwan uses 20 s too).
+const KEEPALIVE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -39,6 +46,10 @@ pub enum DaemonError {
     Rng(String),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Dataplane(#[from] vpngw_dataplane::DataplaneError),
+    #[error("routes: {0}")]
+    Routes(#[from] crate::routes::RouteError),
 }
 
 struct Failure {
@@ -58,12 +69,15 @@ struct Daemon {
     config: Config,
     endpoint: Endpoint,
     table: Arc<SaTable>,
+    spd: Arc<ArcSwap<Spd>>,
+    dataplane: Option<Dataplane>,
+    routes: Routes,
     sock_ike: UdpSocket,
+    /// Bound to the NAT-T port for sending IKE; the dataplane's workers receive on it.
     sock_natt: UdpSocket,
     failures: HashMap<String, Failure>,
     retries: HashMap<String, Retry>,
     started: Instant,
-    dropped_esp_in_udp: u64,
     /// `--esp-keylog`: ESP keys in tcpdump's `-E` secrets format, for debugging only.
     keylog: Option<PathBuf>,
 }
@@ -84,6 +98,26 @@ fn net(s: Ipv4Subnet) -> Ipv4Net {
     Ipv4Net { addr: s.addr(), prefix: s.prefix() }
 }
 
+/// The policies of every configured subnet pair.
+fn policies(config: &Config) -> Spd {
+    Spd::new(config.connections.iter().flat_map(|c| {
+        let name: Arc<str> = c.peer.name.as_str().into();
+        c.peer.subnets.iter().map(move |p| Policy {
+            selectors: Selectors { local: net(p.local), remote: net(p.remote) },
+            connection: name.clone(),
+        })
+    }))
+}
+
+/// Routes into the TUN: every remote subnet.
+fn wanted_routes(config: &Config) -> BTreeSet<(Ipv4Addr, u8)> {
+    config
+        .connections
+        .iter()
+        .flat_map(|c| c.peer.subnets.iter().map(|p| (p.remote.addr(), p.remote.prefix())))
+        .collect()
+}
+
 pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), DaemonError> {
     let config = Config::load(config_path)?;
     for w in &config.warnings {
@@ -95,7 +129,34 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         UdpSocket::bind(addr).await.map_err(|source| DaemonError::Bind { addr, source })
     };
     let sock_ike = bind(IKE_PORT).await?;
-    let sock_natt = bind(NAT_T_PORT).await?;
+    let table = Arc::new(SaTable::new());
+    let spd = Arc::new(ArcSwap::from_pointee(policies(&config)));
+    let (dp_tx, mut dp_rx) = mpsc::unbounded_channel::<ToControl>();
+    let sink: vpngw_dataplane::ControlSink = Arc::new(move |m| {
+        let _ = dp_tx.send(m);
+    });
+    let dataplane = Dataplane::start(
+        &DataplaneConfig {
+            tun_name: config.gateway.tun.clone(),
+            tun_mtu: config.gateway.tun_mtu,
+            workers: config.gateway.workers,
+            public_address: config.gateway.public_address,
+            nat_t_port: NAT_T_PORT,
+            path_mtu: config.gateway.path_mtu,
+            raw_esp: true,
+            pin_workers: true,
+        },
+        table.clone(),
+        spd.clone(),
+        sink,
+    )?;
+    let natt = dataplane
+        .ike_socket()
+        .map_err(|source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source })?;
+    let sock_natt = UdpSocket::from_std(natt)
+        .map_err(|source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source })?;
+    let mut routes = Routes::new(dataplane.tun_name())?;
+    routes.sync(&wanted_routes(&config)).await?;
     let rng = FastRng::from_os().map_err(|e| DaemonError::Rng(e.to_string()))?;
     let mut endpoint = Endpoint::new(engine_config(&config), rng);
     for c in &config.connections {
@@ -111,13 +172,15 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         config_path: config_path.to_path_buf(),
         config,
         endpoint,
-        table: Arc::new(SaTable::new()),
+        table,
+        spd,
+        dataplane: Some(dataplane),
+        routes,
         sock_ike,
         sock_natt,
         failures: HashMap::new(),
         retries: HashMap::new(),
         started: Instant::now(),
-        dropped_esp_in_udp: 0,
         keylog,
     };
     if let Some(k) = &d.keylog {
@@ -129,8 +192,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         connections = d.config.connections.len(),
         control_socket = %d.config.gateway.control_socket.display(),
         tun = %d.config.gateway.tun,
-        workers = d.config.gateway.workers,
-        "vpngw {} running (control plane; the TUN dataplane is not part of this build yet)",
+        "vpngw {} running",
         env!("CARGO_PKG_VERSION")
     );
     let now = Instant::now();
@@ -141,7 +203,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     }
     d.flush().await;
     let mut buf_ike = vec![0u8; 65536];
-    let mut buf_natt = vec![0u8; 65536];
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
     loop {
         let wake = d.next_wake();
         tokio::select! {
@@ -151,29 +213,20 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                     d.endpoint.handle(Instant::now(), local, from, &buf_ike[..n]);
                 }
             }
-            r = d.sock_natt.recv_from(&mut buf_natt) => {
-                if let Ok((n, from)) = r {
-                    let data = &buf_natt[..n];
-                    if data.len() > 4 && data[..4] == NON_ESP_MARKER {
-                        d.endpoint.handle(Instant::now(), SocketAddr::new(public, NAT_T_PORT), from, &data[4..]);
-                    } else if data != [0xff] {
-                        // ESP in UDP: the dataplane's; counted until it exists.
-                        d.dropped_esp_in_udp += 1;
-                    }
-                }
-            }
+            Some(m) = dp_rx.recv() => d.from_dataplane(m),
             _ = sleep_until(wake) => {
                 let now = Instant::now();
                 d.endpoint.handle_timeout(now);
                 d.run_retries(now);
             }
+            _ = keepalive.tick() => d.send_keepalives().await,
             Some((request, reply)) = cmd_rx.recv() => {
                 let response = d.command(request);
                 let _ = reply.send(response);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => d.reload(),
+            _ = sighup.recv() => d.reload().await,
         }
         d.flush().await;
     }
@@ -184,6 +237,9 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     }
     d.flush().await;
     control_task.abort();
+    if let Some(dp) = d.dataplane.take() {
+        dp.stop();
+    }
     let _ = std::fs::remove_file(&d.config.gateway.control_socket);
     tracing::info!("stopped");
     Ok(())
@@ -235,9 +291,20 @@ impl Daemon {
         self.config.connections.iter().find(|c| c.peer.name == name)
     }
 
-    /// Sends everything the engine queued and acts on its events.
+    /// Acts on the engine's events, then sends what it queued. Events go first: a Delete
+    /// leaves only after its SA is out of the table and every worker has let go of it, so no
+    /// packet is sealed with a deleted SA's keys after the peer was told.
     async fn flush(&mut self) {
-        while let Some(t) = self.endpoint.poll_transmit() {
+        let transmits: Vec<vpngw_ike::Transmit> = std::iter::from_fn(|| self.endpoint.poll_transmit()).collect();
+        let mut removed = false;
+        while let Some(e) = self.endpoint.poll_event() {
+            removed |= matches!(e, Event::ChildSaDeleted { .. });
+            self.event(e);
+        }
+        if removed && let Some(dp) = &self.dataplane {
+            dp.quiesce(Duration::from_millis(200));
+        }
+        for t in transmits {
             let result = if t.local.port() == NAT_T_PORT {
                 let mut framed = Vec::with_capacity(t.payload.len() + 4);
                 framed.extend_from_slice(&NON_ESP_MARKER);
@@ -250,8 +317,38 @@ impl Daemon {
                 tracing::debug!(remote = %t.remote, error = %e, "send failed");
             }
         }
-        while let Some(e) = self.endpoint.poll_event() {
-            self.event(e);
+        // Handling events may have queued more (a retry initiating at once).
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            self.endpoint.handle_timeout(Instant::now());
+        }
+    }
+
+    fn from_dataplane(&mut self, m: ToControl) {
+        match m {
+            ToControl::Ike { from, data } => {
+                let local = SocketAddr::new(IpAddr::V4(self.config.gateway.public_address), NAT_T_PORT);
+                self.endpoint.handle(Instant::now(), local, from, &data);
+            }
+            ToControl::Acquire { connection } => {
+                let on_traffic = self.connection(&connection).is_some_and(|c| c.start == Start::OnTraffic);
+                let has_sa = self.endpoint.ike_sas().iter().any(|s| s.peer == *connection);
+                if on_traffic && !has_sa {
+                    tracing::info!(connection = %connection, "traffic for the tunnel: negotiating");
+                    self.initiate(Instant::now(), &connection);
+                }
+            }
+            ToControl::RekeyDue { spi_out } => {
+                tracing::info!(spi_out = %format!("{spi_out:08x}"), "outbound SA near its sequence limit");
+            }
+        }
+    }
+
+    /// NAT keepalives (one 0xFF byte, RFC 3948 s.2.3) to every peer we reach through UDP.
+    async fn send_keepalives(&self) {
+        let peers: BTreeSet<SocketAddr> =
+            self.table.outbound_all().iter().filter(|e| e.transport.udp).map(|e| e.transport.remote).collect();
+        for p in peers {
+            let _ = self.sock_natt.send_to(&[0xff], p).await;
         }
     }
 
@@ -407,7 +504,7 @@ impl Daemon {
 
     /// SIGHUP: re-read the file. Unchanged connections keep their SAs; removed ones are deleted;
     /// new and changed ones (re)start. An invalid file changes nothing.
-    fn reload(&mut self) {
+    async fn reload(&mut self) {
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(ConfigError::Invalid { problems, .. }) => {
@@ -453,6 +550,10 @@ impl Daemon {
             if c.start == Start::Active && !self.endpoint.ike_sas().iter().any(|s| s.peer == c.peer.name) {
                 self.initiate(now, &c.peer.name);
             }
+        }
+        self.spd.store(Arc::new(policies(&self.config)));
+        if let Err(e) = self.routes.sync(&wanted_routes(&self.config)).await {
+            tracing::error!(error = %e, "routes after reload");
         }
         tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");
     }
@@ -542,8 +643,13 @@ impl Daemon {
             dropped: {
                 let mut d: std::collections::BTreeMap<String, u64> =
                     self.endpoint.drops().by_reason.iter().map(|(k, v)| (format!("ike_{k}"), *v)).collect();
-                if self.dropped_esp_in_udp > 0 {
-                    d.insert("esp_in_udp_no_dataplane".into(), self.dropped_esp_in_udp);
+                if let Some(dp) = &self.dataplane {
+                    for r in DropReason::all() {
+                        let n: u64 = dp.counters().iter().map(|c| c.dropped(r)).sum();
+                        if n > 0 {
+                            d.insert(format!("esp_{}", r.as_str()), n);
+                        }
+                    }
                 }
                 d
             },

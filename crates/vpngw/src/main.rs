@@ -14,6 +14,7 @@
 mod config;
 mod control;
 mod daemon;
+mod routes;
 mod status;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,157 @@
+//! Counters: per worker (each written by its own thread only, read by anyone) and per reason.
+//! A worker bumps them with a plain load + store (no locked instruction: it is the only writer);
+//! the control plane sums them when asked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vpngw_esp::OpenError;
+
+/// Why the dataplane dropped a packet: one closed set for counters, logs and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Outbound: not an IPv4 packet (the SPD is IPv4).
+    NotIpv4,
+    /// Outbound: no configured policy covers source and destination; never sent in clear.
+    NoPolicy,
+    /// Outbound: a policy covers it but no SA is installed (yet).
+    NoSa,
+    /// Outbound: larger than the tunnel carries, with DF set: ICMP "fragmentation needed" sent.
+    TooBig,
+    /// Outbound: the SA refused to seal (sequence numbers exhausted).
+    Seal,
+    /// A socket or TUN write failed (buffer full, peer unreachable).
+    Send,
+    /// Inbound: not even an ESP header, or a malformed outer packet.
+    Malformed,
+    /// Inbound: no inbound SA has this SPI.
+    UnknownSpi,
+    /// Inbound: refused by the ESP engine (truncated, replay, ICV, padding, ...).
+    Esp(OpenError),
+    /// Inbound: the decrypted packet is outside the SA's selectors.
+    Policy,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 9 + OpenError::COUNT;
+
+    pub fn all() -> Vec<Self> {
+        let mut v = vec![
+            Self::NotIpv4,
+            Self::NoPolicy,
+            Self::NoSa,
+            Self::TooBig,
+            Self::Seal,
+            Self::Send,
+            Self::Malformed,
+            Self::UnknownSpi,
+        ];
+        v.extend(OpenError::ALL.into_iter().map(Self::Esp));
+        v.push(Self::Policy);
+        v
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Self::NotIpv4 => 0,
+            Self::NoPolicy => 1,
+            Self::NoSa => 2,
+            Self::TooBig => 3,
+            Self::Seal => 4,
+            Self::Send => 5,
+            Self::Malformed => 6,
+            Self::UnknownSpi => 7,
+            Self::Esp(e) => 8 + e.index(),
+            Self::Policy => 8 + OpenError::COUNT,
+        }
+    }
+
+    /// Stable label for metrics and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotIpv4 => "not_ipv4",
+            Self::NoPolicy => "no_policy",
+            Self::NoSa => "no_sa",
+            Self::TooBig => "too_big",
+            Self::Seal => "seal",
+            Self::Send => "send",
+            Self::Malformed => "malformed",
+            Self::UnknownSpi => "unknown_spi",
+            Self::Esp(e) => e.as_str(),
+            Self::Policy => "policy",
+        }
+    }
+}
+
+/// One worker's counters, on their own cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct WorkerCounters {
+    /// Plaintext packets from the TUN sealed and sent.
+    pub out_packets: AtomicU64,
+    pub out_bytes: AtomicU64,
+    /// ESP packets opened and written to the TUN.
+    pub in_packets: AtomicU64,
+    pub in_bytes: AtomicU64,
+    /// IKE datagrams received on port 4500 and handed to the control plane.
+    pub ike_forwarded: AtomicU64,
+    pub keepalives: AtomicU64,
+    /// Time spent working (not waiting), nanoseconds.
+    pub busy_ns: AtomicU64,
+    /// Loop iterations: the control plane watches this to know the worker passed a quiescent
+    /// point (see `Dataplane::quiesce`).
+    pub epoch: AtomicU64,
+    /// The worker is between poll() and the end of its batch (may hold SA references).
+    pub busy: std::sync::atomic::AtomicBool,
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl Default for WorkerCounters {
+    fn default() -> Self {
+        Self {
+            out_packets: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
+            in_packets: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            ike_forwarded: AtomicU64::new(0),
+            keepalives: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            busy: std::sync::atomic::AtomicBool::new(false),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Adds `n` to a counter only this thread writes.
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl WorkerCounters {
+    pub(crate) fn drop(&self, reason: DropReason) {
+        bump(&self.drops[reason.index()], 1);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_and_labelled_once() {
+        let all = DropReason::all();
+        assert_eq!(all.len(), DropReason::COUNT);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let mut labels: Vec<&str> = all.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT);
+    }
+}

@@ -1,0 +1,116 @@
+//! The operating-system side of the dataplane: the TUN device, the ESP sockets, CPU pinning and
+//! waiting. Safe wrappers only (tun-rs, socket2, quinn-udp, nix): no `unsafe` here.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// IP protocol number of ESP.
+pub const IPPROTO_ESP: i32 = 50;
+
+/// Creates the TUN device with one queue per worker (IFF_MULTI_QUEUE when more than one: the
+/// kernel spreads flows over the queues, each flow staying on one), up, with this MTU, and
+/// with offloads (IFF_VNET_HDR + TSO/GRO): the kernel hands over TCP super-packets of up to
+/// 64 KiB that the worker splits, and takes coalesced ones back, so the inner traffic crosses
+/// the kernel's stack once per super-packet rather than once per packet.
+pub fn tun_queues(name: &str, mtu: u16, queues: usize) -> io::Result<Vec<SyncDevice>> {
+    let first =
+        DeviceBuilder::new().name(name).mtu(mtu).multi_queue(queues > 1).offload(true).enable(true).build_sync()?;
+    let mut all = Vec::with_capacity(queues);
+    for _ in 1..queues {
+        all.push(first.try_clone()?);
+    }
+    all.insert(0, first);
+    for q in &all {
+        q.set_nonblocking(true)?;
+    }
+    Ok(all)
+}
+
+/// A UDP socket on `addr` (port 4500) shared by all workers with SO_REUSEPORT: the kernel
+/// hashes each peer's flow to one worker. Non-blocking, with large buffers.
+pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// A raw IP socket for ESP (protocol 50). Every raw socket gets a copy of every ESP packet, so
+/// with several workers each socket carries a classic BPF filter that keeps only the SPIs with
+/// `spi % workers == worker`: inbound SAs are spread over workers, and each packet is read once.
+pub fn raw_esp_socket(worker: u32, workers: u32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_ESP)))?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    if workers > 1 {
+        // The filter sees the packet from its IPv4 header.
+        let program = [
+            SockFilter::new(0xb1, 0, 0, 0),       // ldxb 4*([0]&0xf): X = header length
+            SockFilter::new(0x40, 0, 0, 0),       // ld [x+0]: A = SPI
+            SockFilter::new(0x94, 0, 0, workers), // A %= workers
+            SockFilter::new(0x15, 0, 1, worker),  // A == worker ? accept : drop
+            SockFilter::new(0x06, 0, 0, 0xffff),  // ret whole packet
+            SockFilter::new(0x06, 0, 0, 0),       // ret 0: not ours
+        ];
+        s.attach_filter(&program)?;
+    }
+    Ok(s)
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(io::Error::from)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Wakes every worker out of `wait` (for shutdown).
+#[derive(Debug)]
+pub struct Waker(EventFd);
+
+impl Waker {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(io::Error::from)?,
+        ))
+    }
+
+    pub fn wake(&self) {
+        let _ = self.0.write(1);
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; returns which are readable.
+pub fn wait(fds: &[BorrowedFd<'_>], timeout: Duration, ready: &mut [bool]) -> io::Result<()> {
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    match poll(&mut pfds, PollTimeout::from(ms)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(io::Error::from(e)),
+    }
+    for (r, p) in ready.iter_mut().zip(&pfds) {
+        *r = p.revents().is_some_and(|e| e.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP));
+    }
+    Ok(())
+}

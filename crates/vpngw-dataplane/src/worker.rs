@@ -1,0 +1,359 @@
+//! One worker: an OS thread pinned to a core, owning one TUN queue, one UDP 4500 socket (in a
+//! SO_REUSEPORT group) and, for raw ESP, one protocol-50 socket filtered to its share of SPIs.
+//!
+//! Per wake-up it drains each readable source in a bounded batch:
+//! - TUN -> SPD/SA lookup -> MTU check -> seal (multi-buffer, per run of one SA) -> UDP or raw;
+//! - UDP 4500 -> keepalive | IKE (to the control plane) | ESP -> open -> selectors -> TUN;
+//! - raw ESP -> open -> selectors -> TUN.
+//!
+//! It holds SA references only inside a batch; `busy`/`epoch` let the control plane wait until
+//! no worker can still use an SA it removed.
+
+use std::io::{self, IoSliceMut, Read};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use socket2::{SockAddr, Socket};
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use vpngw_crypto::FastRng;
+use vpngw_esp::{NextHeader, SealPacket, peek_spi};
+
+use crate::counters::{DropReason, WorkerCounters, bump};
+use crate::packet::{icmp_fragmentation_needed, ipv4};
+use crate::sa_table::{OutboundEntry, Transport};
+use crate::{Shared, ToControl};
+
+/// Room before an inner packet for SPI, sequence and IV (outer headers are the kernel's).
+const HEADROOM: usize = 64;
+/// Room after it for padding, trailer and ICV.
+const TAILROOM: usize = 64;
+/// Largest inner packet read from the TUN.
+const MAX_INNER: usize = 9000;
+/// Packets drained per source per wake-up: bounds the time any SA reference is held.
+pub const BATCH: usize = 128;
+/// One TUN read yields at most this many segments (a 64 KiB TSO packet of small MSS).
+const MAX_SEGMENTS: usize = 64;
+/// Decrypted packets gathered for one coalescing write to the TUN.
+const TUN_OUT: usize = 64;
+const UDP_BUFFERS: usize = 16;
+const UDP_BUFFER_LEN: usize = 65536;
+
+pub(crate) struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub tun: SyncDevice,
+    pub udp: UdpSocket,
+    pub udp_state: UdpSocketState,
+    pub raw: Option<Socket>,
+    pub rng: FastRng,
+}
+
+/// Decrypted packets waiting for the TUN, each at offset VIRTIO_NET_HDR_LEN in its buffer;
+/// written together so that TCP segments of one flow are coalesced (GRO) into one write.
+struct TunOut {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+    gro: GROTable,
+}
+
+impl TunOut {
+    fn new() -> Self {
+        Self { bufs: (0..TUN_OUT).map(|_| Vec::with_capacity(65536)).collect(), len: 0, gro: GROTable::default() }
+    }
+
+    fn push(&mut self, packet: &[u8]) -> bool {
+        let Some(b) = self.bufs.get_mut(self.len) else { return false };
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.len += 1;
+        true
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.bufs.len()
+    }
+}
+
+struct Plan {
+    entry: Option<Arc<OutboundEntry>>,
+    range: Range<usize>,
+}
+
+impl Worker {
+    fn counters(&self) -> &WorkerCounters {
+        &self.shared.counters[self.id]
+    }
+
+    pub fn run(mut self) {
+        let mut tun_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_INNER + TAILROOM]).collect();
+        let mut tun_sizes = vec![0usize; BATCH];
+        let mut tun_raw = vec![0u8; VIRTIO_NET_HDR_LEN + 65536];
+        let mut out = TunOut::new();
+        let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_BUFFERS).map(|_| vec![0u8; UDP_BUFFER_LEN]).collect();
+        let mut raw_buf = vec![0u8; 65536];
+        let mut plan: Vec<Plan> = Vec::with_capacity(BATCH);
+        let mut ready = [false; 4];
+        while !self.shared.stop.load(Ordering::Acquire) {
+            {
+                let mut fds = vec![self.shared.waker.fd(), self.tun.as_fd(), self.udp.as_fd()];
+                if let Some(r) = &self.raw {
+                    fds.push(r.as_fd());
+                }
+                if let Err(e) = crate::sys::wait(&fds, Duration::from_millis(200), &mut ready[..fds.len()]) {
+                    tracing::warn!(worker = self.id, error = %e, "poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let started = Instant::now();
+            let c = self.counters();
+            c.busy.store(true, Ordering::Release);
+            if ready[1] {
+                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut plan);
+            }
+            if ready[2] {
+                self.inbound_udp(&mut udp_bufs, &mut out);
+            }
+            if self.raw.is_some() && ready[3] {
+                self.inbound_raw(&mut raw_buf, &mut out);
+            }
+            self.flush_tun(&mut out);
+            let c = self.counters();
+            bump(&c.busy_ns, started.elapsed().as_nanos() as u64);
+            c.busy.store(false, Ordering::Release);
+            bump(&c.epoch, 1);
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Outbound: TUN -> ESP
+
+    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], plan: &mut Vec<Plan>) {
+        plan.clear();
+        let mut filled = 0;
+        while bufs.len() - filled >= MAX_SEGMENTS {
+            let n = match self.tun.recv_multiple(raw, &mut bufs[filled..], &mut sizes[filled..], HEADROOM) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(worker = self.id, error = %e, "TUN read failed");
+                    break;
+                }
+            };
+            for k in filled..filled + n {
+                let range = HEADROOM..HEADROOM + sizes[k];
+                let entry = self.classify(&bufs[k][range.clone()]);
+                plan.push(Plan { entry, range });
+            }
+            filled += n;
+        }
+        // Seal runs of packets of one SA together (multi-buffer CBC), then send each.
+        let mut i = 0;
+        while i < plan.len() {
+            let Some(entry) = plan[i].entry.clone() else {
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            while j < plan.len() && plan[j].entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                j += 1;
+            }
+            let mut packets: Vec<SealPacket<'_>> = bufs[i..j]
+                .iter_mut()
+                .zip(&plan[i..j])
+                .map(|(b, p)| SealPacket::new(b, p.range.clone(), NextHeader::IPV4))
+                .collect();
+            entry.sa.seal_batch(&mut self.rng, &mut packets);
+            let (mut sent_packets, mut sent_bytes) = (0u64, 0u64);
+            for (p, pl) in packets.iter().zip(&plan[i..j]) {
+                match &p.outcome {
+                    Some(Ok(sealed)) => {
+                        if sealed.rekey_due {
+                            (self.shared.to_control)(ToControl::RekeyDue { spi_out: entry.sa.spi() });
+                        }
+                        if self.send_esp(&entry.transport, &p.buf[sealed.range.clone()]) {
+                            sent_packets += 1;
+                            sent_bytes += pl.range.len() as u64;
+                        }
+                    }
+                    _ => self.counters().drop(DropReason::Seal),
+                }
+            }
+            entry.counters.packets.fetch_add(sent_packets, Ordering::Relaxed);
+            entry.counters.bytes.fetch_add(sent_bytes, Ordering::Relaxed);
+            bump(&self.counters().out_packets, sent_packets);
+            bump(&self.counters().out_bytes, sent_bytes);
+            i = j;
+        }
+    }
+
+    /// Which SA must seal this packet; `None` if it is dropped (and counted) instead.
+    fn classify(&self, packet: &[u8]) -> Option<Arc<OutboundEntry>> {
+        let Some(info) = ipv4(packet) else {
+            self.counters().drop(DropReason::NotIpv4);
+            return None;
+        };
+        let Some(entry) = self.shared.table.outbound_for(info.src, info.dst) else {
+            match self.shared.spd.load().lookup(info.src, info.dst) {
+                Some(policy) => {
+                    self.counters().drop(DropReason::NoSa);
+                    (self.shared.to_control)(ToControl::Acquire { connection: policy.connection.clone() });
+                }
+                None => self.counters().drop(DropReason::NoPolicy),
+            }
+            return None;
+        };
+        let overhead = if entry.transport.udp { 28 } else { 20 } + entry.sa.header_len() + entry.sa.max_trailer_len();
+        let max_inner = usize::from(self.shared.path_mtu).saturating_sub(overhead);
+        if info.total_len > max_inner && info.dont_fragment {
+            // Path MTU discovery through the tunnel: tell the sender what fits.
+            let from = first_host(entry.selectors.remote.addr, entry.selectors.remote.prefix);
+            let mut icmp = vec![0u8; VIRTIO_NET_HDR_LEN + 128];
+            if let Some(n) =
+                icmp_fragmentation_needed(packet, &info, from, max_inner as u16, &mut icmp[VIRTIO_NET_HDR_LEN..])
+            {
+                icmp.truncate(VIRTIO_NET_HDR_LEN + n);
+                let _ = self.tun.send_multiple(&mut GROTable::default(), &mut [icmp], VIRTIO_NET_HDR_LEN);
+            }
+            self.counters().drop(DropReason::TooBig);
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn send_esp(&self, transport: &Transport, esp: &[u8]) -> bool {
+        let result = if transport.udp {
+            let t =
+                Transmit { destination: transport.remote, ecn: None, contents: esp, segment_size: None, src_ip: None };
+            self.udp_state.send(UdpSockRef::from(&self.udp), &t)
+        } else {
+            match &self.raw {
+                Some(raw) => raw.send_to(esp, &SockAddr::from(SocketAddr::new(transport.remote.ip(), 0))).map(|_| ()),
+                None => Err(io::Error::other("raw ESP not enabled")),
+            }
+        };
+        if result.is_err() {
+            self.counters().drop(DropReason::Send);
+        }
+        result.is_ok()
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Inbound: ESP -> TUN
+
+    fn inbound_udp(&mut self, bufs: &mut [Vec<u8>], out: &mut TunOut) {
+        let mut meta = [RecvMeta::default(); UDP_BUFFERS];
+        let n = {
+            let mut iovs: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match self.udp_state.recv(UdpSockRef::from(&self.udp), &mut iovs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(worker = self.id, error = %e, "UDP receive failed");
+                    return;
+                }
+            }
+        };
+        for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+            let stride = m.stride.max(1);
+            let mut off = 0;
+            while off < m.len {
+                let end = (off + stride).min(m.len);
+                self.on_udp_datagram(m.addr, &mut buf[off..end], out);
+                off = end;
+            }
+        }
+    }
+
+    fn on_udp_datagram(&self, from: SocketAddr, data: &mut [u8], out: &mut TunOut) {
+        match data {
+            [0xff] => bump(&self.counters().keepalives, 1),
+            [0, 0, 0, 0, ike @ ..] if !ike.is_empty() => {
+                bump(&self.counters().ike_forwarded, 1);
+                (self.shared.to_control)(ToControl::Ike { from, data: ike.to_vec() });
+            }
+            esp => self.open_esp(esp, out),
+        }
+    }
+
+    fn inbound_raw(&mut self, buf: &mut [u8], out: &mut TunOut) {
+        for _ in 0..BATCH {
+            let Some(raw) = self.raw.as_ref() else { return };
+            let n = match (&*raw).read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let packet = &mut buf[..n];
+            match ipv4(packet) {
+                Some(info) if info.protocol == 50 => {
+                    let (hl, tl) = (info.header_len, info.total_len);
+                    self.open_esp(&mut packet[hl..tl], out);
+                }
+                _ => self.counters().drop(DropReason::Malformed),
+            }
+        }
+    }
+
+    fn open_esp(&self, esp: &mut [u8], out: &mut TunOut) {
+        let Some(spi) = peek_spi(esp) else {
+            self.counters().drop(DropReason::Malformed);
+            return;
+        };
+        let Some(entry) = self.shared.table.inbound(spi) else {
+            self.counters().drop(DropReason::UnknownSpi);
+            return;
+        };
+        let opened = match entry.sa.open_in_place(esp) {
+            Ok(o) => o,
+            Err(e) => {
+                entry.counters.drop(e);
+                self.counters().drop(DropReason::Esp(e));
+                return;
+            }
+        };
+        let inner = &esp[opened.payload];
+        // The decrypted packet must belong to this SA's traffic (RFC 4301 s.5.2).
+        let allowed = ipv4(inner)
+            .is_some_and(|i| entry.selectors.remote.contains(i.src) && entry.selectors.local.contains(i.dst));
+        if !allowed {
+            self.counters().drop(DropReason::Policy);
+            return;
+        }
+        if out.is_full() {
+            self.flush_tun(out);
+        }
+        if !out.push(inner) {
+            self.counters().drop(DropReason::Send);
+            return;
+        }
+        entry.counters.add(inner.len());
+        bump(&self.counters().in_packets, 1);
+        bump(&self.counters().in_bytes, inner.len() as u64);
+    }
+}
+
+impl Worker {
+    /// Writes the gathered decrypted packets to the TUN, coalescing TCP segments.
+    fn flush_tun(&self, out: &mut TunOut) {
+        if out.len == 0 {
+            return;
+        }
+        if let Err(e) = self.tun.send_multiple(&mut out.gro, &mut out.bufs[..out.len], VIRTIO_NET_HDR_LEN) {
+            tracing::debug!(worker = self.id, error = %e, "TUN write failed");
+            self.counters().drop(DropReason::Send);
+        }
+        out.len = 0;
+    }
+}
+
+/// The first host address of a network (the source of our ICMP messages, so that they arrive
+/// on the TUN from where the tunnel's traffic comes).
+fn first_host(net: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    if prefix >= 31 { net } else { Ipv4Addr::from(u32::from(net) + 1) }
+}

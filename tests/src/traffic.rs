@@ -1,0 +1,144 @@
+//! Traffic between the lab's hosts through the tunnel, checked end to end, and captures of the
+//! outer link.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::netns::{Lab, wait_for};
+
+pub const LEFT_HOST: &str = "10.1.0.10";
+pub const RIGHT_HOST: &str = "10.2.0.10";
+/// The marker `traffic.py` puts in its payloads.
+pub const MARKER: &[u8] = b"VPNGW-PLAINTEXT-MARKER-7f3a";
+
+fn script() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tools/traffic.py").to_string()
+}
+
+/// `count` pings from `ns` to `dst`; returns how many were answered.
+pub fn ping(lab: &Lab, ns: &str, dst: &str, count: u32) -> u32 {
+    let out = lab.exec(ns, "ping", &["-c", &count.to_string(), "-i", "0.2", "-W", "2", "-p", "766f6e6770696e67", dst]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Waits until a ping from `ns` to `dst` gets through (tunnels come up asynchronously).
+pub fn wait_ping(lab: &Lab, ns: &str, dst: &str, timeout: Duration) -> bool {
+    wait_for(timeout, || (ping(lab, ns, dst, 1) == 1).then_some(())).is_some()
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("traffic.py said: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Sends `bytes` over TCP from the left host to the right host; returns (sent, received)
+/// reports, each `{bytes, sha256}`.
+pub fn tcp_transfer(lab: &Lab, bytes: usize) -> (Value, Value) {
+    let log = lab.dir.join("tcp-server.out");
+    let server = lab.spawn(&lab.right_host, "python3", &[&script(), "tcp-server", RIGHT_HOST, "5001"], &[], &log);
+    std::thread::sleep(Duration::from_millis(300));
+    let client =
+        lab.exec(&lab.left_host, "python3", &[&script(), "tcp-client", RIGHT_HOST, "5001", &bytes.to_string()]);
+    let sent = json(&client);
+    let received = wait_for(Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        serde_json::from_str::<Value>(text.trim()).ok()
+    })
+    .unwrap_or(Value::Null);
+    lab.stop(server, Duration::from_secs(2));
+    (sent, received)
+}
+
+/// Sends `count` numbered UDP datagrams from the right host to the left host; returns how many
+/// distinct ones arrived intact.
+pub fn udp_transfer(lab: &Lab, count: u32) -> u64 {
+    let log = lab.dir.join("udp-server.out");
+    let server = lab.spawn(&lab.left_host, "python3", &[&script(), "udp-server", LEFT_HOST, "5002", "4"], &[], &log);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = lab.exec(&lab.right_host, "python3", &[&script(), "udp-client", LEFT_HOST, "5002", &count.to_string()]);
+    let received = wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        serde_json::from_str::<Value>(text.trim()).ok()
+    });
+    lab.stop(server, Duration::from_secs(2));
+    received.and_then(|v| v["received"].as_u64()).unwrap_or(0)
+}
+
+/// A packet capture running in a namespace.
+#[derive(Debug)]
+pub struct Capture {
+    pub pid: u32,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(lab: &Lab, ns: &str, iface: &str, name: &str) -> Self {
+        let file = lab.dir.join(format!("{name}.pcap"));
+        let f = file.display().to_string();
+        let pid = lab.spawn(
+            ns,
+            "tcpdump",
+            &["-i", iface, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", &f],
+            &[],
+            &lab.dir.join(format!("{name}.tcpdump.log")),
+        );
+        // tcpdump says "listening on" once it captures.
+        let log = lab.dir.join(format!("{name}.tcpdump.log"));
+        wait_for(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).ok().filter(|t| t.contains("listening on")).map(|_| ())
+        });
+        Self { pid, file }
+    }
+
+    pub fn stop(&self, lab: &Lab) {
+        std::thread::sleep(Duration::from_millis(300));
+        lab.stop(self.pid, Duration::from_secs(3));
+    }
+
+    /// Outer packets matching a tcpdump filter expression.
+    pub fn count(&self, filter: &str) -> usize {
+        let out = Command::new("tcpdump")
+            .args(["-r", &self.file.display().to_string(), "-n"])
+            .arg(filter)
+            .output()
+            .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// Whether the raw capture contains `needle` anywhere (e.g. a plaintext marker).
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        let bytes = std::fs::read(&self.file).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// `tcpdump -E` decryption with a secrets file; returns tcpdump's text.
+    pub fn decrypt(&self, secrets: &Path) -> String {
+        let conf = secrets.with_extension("openssl.cnf");
+        let _ = std::fs::write(
+            &conf,
+            "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n[provider_sect]\ndefault = default_sect\nlegacy = legacy_sect\n\
+             [default_sect]\nactivate = 1\n[legacy_sect]\nactivate = 1\n",
+        );
+        let out = Command::new("tcpdump")
+            .env("OPENSSL_CONF", &conf)
+            .args([
+                "-Z",
+                "root",
+                "-r",
+                &self.file.display().to_string(),
+                "-n",
+                "-E",
+                &format!("file {}", secrets.display()),
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

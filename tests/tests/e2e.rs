@@ -1,0 +1,188 @@
+//! Traffic through tunnels, end to end, between the lab's hosts (10.1.0.10 <-> 10.2.0.10):
+//! pings both ways, a TCP transfer whose SHA-256 must match at both ends, and numbered UDP
+//! datagrams that must all arrive; through vpngw <-> strongSwan 5.9.8 (ESP in UDP: strongSwan's
+//! userspace ESP forces NAT-T) and vpngw <-> vpngw (raw ESP, IP protocol 50), with the seed's
+//! default suite and with aes-256/sha1/dh14 + PFS dh14, each side initiating.
+//!
+//! A capture of the outer link must hold no inner packet and no plaintext marker, and
+//! `tcpdump -E`, fed the keys vpngw logged (`--esp-keylog`), must decrypt vpngw's ESP: an
+//! independent check of our packets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::time::Duration;
+
+use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
+use vpngw_tests::strongswan::{Charon, SwConn, esp_words, ike_words};
+use vpngw_tests::traffic::{Capture, LEFT_HOST, MARKER, RIGHT_HOST, ping, tcp_transfer, udp_transfer, wait_ping};
+use vpngw_tests::vpngw::{Vpngw, config_text};
+
+const PSK: &str = "lab-psk-0123456789abcdef";
+
+#[derive(Clone, Copy, Debug)]
+struct Suite {
+    ike: (&'static str, &'static str, &'static str),
+    esp: (&'static str, &'static str, &'static str),
+}
+
+const SEED_DEFAULT: Suite = Suite { ike: ("3des", "md5", "dh1"), esp: ("3des", "md5", "disable") };
+const STRONG: Suite = Suite { ike: ("aes-256", "sha1", "dh14"), esp: ("aes-256", "sha1", "dh14") };
+
+fn connection(name: &str, remote: &str, local_net: &str, remote_net: &str, suite: Suite, active: bool) -> String {
+    format!(
+        "[[connection]]\nname = \"{name}\"\nremote_address = \"{remote}\"\npre_shared_key = \"{PSK}\"\nlocal_subnets = [\"{local_net}\"]\n\
+         remote_subnets = [\"{remote_net}\"]\nstart = \"{}\"\n[connection.ike]\nencryption = \"{}\"\nauthentication = \"{}\"\ndh_group = \"{}\"\n\
+         [connection.ipsec]\nencryption = \"{}\"\nauthentication = \"{}\"\npfs = \"{}\"\n",
+        if active { "active" } else { "passive" },
+        suite.ike.0,
+        suite.ike.1,
+        suite.ike.2,
+        suite.esp.0,
+        suite.esp.1,
+        suite.esp.2,
+    )
+}
+
+/// Pings, TCP and UDP through the tunnel while the left gateway's outer link is captured; then
+/// the capture is checked and decrypted with `keys`.
+fn traffic_and_capture(lab: &Lab, name: &str, keys: &Path, udp_encapsulated: bool) {
+    assert!(wait_ping(lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(15)), "{name}: tunnel never carried a ping");
+    let cap = Capture::start(lab, &lab.left, "wan0", name);
+    assert_eq!(ping(lab, &lab.left_host, RIGHT_HOST, 5), 5, "{name}: pings left -> right");
+    assert_eq!(ping(lab, &lab.right_host, LEFT_HOST, 5), 5, "{name}: pings right -> left");
+    let (sent, received) = tcp_transfer(lab, 3_000_000);
+    assert_eq!(sent["bytes"], 3_000_000, "{name}: {sent}");
+    assert_eq!(received["bytes"], sent["bytes"], "{name}: TCP bytes: sent {sent}, received {received}");
+    assert_eq!(received["sha256"], sent["sha256"], "{name}: TCP content differs");
+    assert_eq!(udp_transfer(lab, 200), 200, "{name}: UDP datagrams lost");
+    cap.stop(lab);
+
+    // Nothing in clear on the wire.
+    assert_eq!(cap.count("ip and net 10.0.0.0/8"), 0, "{name}: inner packets on the outer link");
+    assert!(!cap.contains(MARKER), "{name}: plaintext marker on the outer link");
+    let esp = if udp_encapsulated { cap.count("udp port 4500 and greater 100") } else { cap.count("esp") };
+    assert!(esp > 1000, "{name}: only {esp} ESP packets captured");
+    if !udp_encapsulated {
+        assert_eq!(cap.count("udp port 4500"), 0, "{name}: ESP in UDP where raw ESP was expected");
+    }
+
+    // An independent implementation decrypts our packets with the keys vpngw derived.
+    let text = cap.decrypt(keys);
+    let requests =
+        text.lines().filter(|l| l.contains(&format!("{LEFT_HOST} > {RIGHT_HOST}: ICMP echo request"))).count();
+    let replies = text.lines().filter(|l| l.contains(&format!("{RIGHT_HOST} > {LEFT_HOST}: ICMP echo reply"))).count();
+    assert!(
+        requests >= 5 && replies >= 5,
+        "{name}: tcpdump -E decrypted {requests} requests and {replies} replies:\n{}",
+        text.lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        text.contains(&format!("{LEFT_HOST}.")) && text.contains(&format!("{RIGHT_HOST}.5001")),
+        "{name}: TCP not decrypted"
+    );
+}
+
+fn counters_moved(v: &Vpngw, name: &str) {
+    let conn = v.connection(name).unwrap();
+    let child = &conn["child_sas"][0];
+    assert!(
+        child["packets_out"].as_u64().unwrap_or(0) > 100 && child["packets_in"].as_u64().unwrap_or(0) > 100,
+        "counters did not move: {child}"
+    );
+}
+
+#[test]
+fn vpngw_and_strongswan() {
+    let lab = Lab::gateways("e2e-sw");
+    let charon = Charon::start_with(&lab, &lab.right, true);
+    let mut n = 0;
+    for suite in [SEED_DEFAULT, STRONG] {
+        for vpngw_initiates in [true, false] {
+            n += 1;
+            let name = format!("sw{n}");
+            charon.load(&SwConn {
+                aggressive: false,
+                local_addr: RIGHT_WAN.into(),
+                remote_addr: LEFT_WAN.into(),
+                local_id: RIGHT_WAN.into(),
+                remote_id: LEFT_WAN.into(),
+                ike: ike_words(suite.ike.0, suite.ike.1, suite.ike.2),
+                esp: esp_words(suite.esp.0, suite.esp.1, suite.esp.2),
+                local_ts: vec![RIGHT_NET.into()],
+                remote_ts: vec![LEFT_NET.into()],
+                psk: PSK.into(),
+            });
+            let keys = lab.dir.join(format!("{name}.keys"));
+            let socket = Vpngw::socket_for(&lab, &name);
+            let config = config_text(
+                LEFT_WAN,
+                &socket,
+                true,
+                &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, suite, vpngw_initiates),
+            );
+            let v = Vpngw::start(&lab, &lab.left, &name, &config, &["--esp-keylog", &keys.display().to_string()]);
+            if !vpngw_initiates {
+                charon.initiate(10);
+            }
+            v.wait_up("to-right", Duration::from_secs(15))
+                .unwrap_or_else(|| panic!("{name} {suite:?}: not up\n{}", v.log_text()));
+            traffic_and_capture(&lab, &name, &keys, true);
+            counters_moved(&v, "to-right");
+            assert_eq!(v.stop(&lab), Some(0));
+            assert!(
+                wait_for(Duration::from_secs(5), || (charon.list_sas().ike_established == 0).then_some(())).is_some()
+            );
+        }
+    }
+}
+
+#[test]
+fn vpngw_and_vpngw_over_raw_esp() {
+    let lab = Lab::gateways("e2e-vg");
+    let mut n = 0;
+    for suite in [SEED_DEFAULT, STRONG] {
+        for left_initiates in [true, false] {
+            n += 1;
+            let name = format!("vg{n}");
+            let keys = lab.dir.join(format!("{name}.keys"));
+            let right_cfg = config_text(
+                RIGHT_WAN,
+                &Vpngw::socket_for(&lab, &format!("{name}-r")),
+                true,
+                &connection("to-left", LEFT_WAN, RIGHT_NET, LEFT_NET, suite, !left_initiates),
+            );
+            let left_cfg = config_text(
+                LEFT_WAN,
+                &Vpngw::socket_for(&lab, &format!("{name}-l")),
+                true,
+                &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, suite, left_initiates),
+            );
+            let right = Vpngw::start(&lab, &lab.right, &format!("{name}-r"), &right_cfg, &[]);
+            let left = Vpngw::start(
+                &lab,
+                &lab.left,
+                &format!("{name}-l"),
+                &left_cfg,
+                &["--esp-keylog", &keys.display().to_string()],
+            );
+            let (initiator, conn) = if left_initiates { (&left, "to-right") } else { (&right, "to-left") };
+            initiator
+                .wait_up(conn, Duration::from_secs(15))
+                .unwrap_or_else(|| panic!("{name}: not up\n{}\n{}", left.log_text(), right.log_text()));
+            let status = left.wait_up("to-right", Duration::from_secs(15)).expect("left up");
+            assert_eq!(status["child_sas"][0]["encapsulation"], "esp", "no NAT between the gateways: raw ESP");
+            traffic_and_capture(&lab, &name, &keys, false);
+            counters_moved(&left, "to-right");
+            counters_moved(&right, "to-left");
+            // No replay drops from our own reordering, no ICV failures.
+            for v in [&left, &right] {
+                let dropped = &v.status().unwrap()["dropped"];
+                for bad in ["esp_replay", "esp_too_old", "esp_icv"] {
+                    assert!(dropped[bad].is_null(), "{name}: {bad} drops: {dropped}");
+                }
+            }
+            assert_eq!(left.stop(&lab), Some(0));
+            assert_eq!(right.stop(&lab), Some(0));
+        }
+    }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Traffic for end-to-end tests, checked at both ends.
+
+  traffic.py tcp-server ADDR PORT        receive one connection until EOF; print JSON {bytes, sha256}
+  traffic.py tcp-client ADDR PORT BYTES  send BYTES of data with a marker string every KiB; print JSON
+  traffic.py udp-server ADDR PORT SECS   count numbered datagrams for SECS seconds; print JSON
+  traffic.py udp-client ADDR PORT COUNT  send COUNT numbered datagrams; print JSON
+
+The marker (MARKER below) lets a capture be searched for leaked plaintext.
+"""
+import hashlib
+import json
+import socket
+import struct
+import sys
+import time
+
+MARKER = b"VPNGW-PLAINTEXT-MARKER-7f3a"
+
+
+def payload(n):
+    out = bytearray()
+    block = 0
+    while len(out) < n:
+        h = hashlib.sha256(struct.pack("!I", block)).digest()
+        out += MARKER + h * 31
+        block += 1
+    return bytes(out[:n])
+
+
+def tcp_server(addr, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    s.settimeout(60)
+    conn, _ = s.accept()
+    h = hashlib.sha256()
+    total = 0
+    while True:
+        b = conn.recv(65536)
+        if not b:
+            break
+        h.update(b)
+        total += len(b)
+    print(json.dumps({"bytes": total, "sha256": h.hexdigest()}))
+
+
+def tcp_client(addr, port, n):
+    data = payload(n)
+    s = socket.create_connection((addr, port), timeout=60)
+    start = time.time()
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    print(json.dumps({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "seconds": time.time() - start}))
+
+
+def udp_server(addr, port, secs):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.settimeout(0.2)
+    seen = set()
+    bad = 0
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            b, _ = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        if len(b) < 4 + len(MARKER) or not b[4:].startswith(MARKER):
+            bad += 1
+            continue
+        seen.add(struct.unpack("!I", b[:4])[0])
+    print(json.dumps({"received": len(seen), "bad": bad}))
+
+
+def udp_client(addr, port, count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(count):
+        s.sendto(struct.pack("!I", i) + MARKER + b"x" * 100, (addr, port))
+        time.sleep(0.002)
+    print(json.dumps({"sent": count}))
+
+
+if __name__ == "__main__":
+    cmd, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if cmd == "tcp-server":
+        tcp_server(addr, port)
+    elif cmd == "tcp-client":
+        tcp_client(addr, port, int(sys.argv[4]))
+    elif cmd == "udp-server":
+        udp_server(addr, port, float(sys.argv[4]))
+    elif cmd == "udp-client":
+        udp_client(addr, port, int(sys.argv[4]))
+    else:
+        sys.exit(f"unknown command {cmd}")
