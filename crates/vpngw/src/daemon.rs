@@ -213,7 +213,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                     d.endpoint.handle(Instant::now(), local, from, &buf_ike[..n]);
                 }
             }
-            Some(m) = dp_rx.recv() => d.from_dataplane(m),
+            Some(m) = dp_rx.recv() => d.on_dataplane(m),
             _ = sleep_until(wake) => {
                 let now = Instant::now();
                 d.endpoint.handle_timeout(now);
@@ -323,7 +323,7 @@ impl Daemon {
         }
     }
 
-    fn from_dataplane(&mut self, m: ToControl) {
+    fn on_dataplane(&mut self, m: ToControl) {
         match m {
             ToControl::Ike { from, data } => {
                 let local = SocketAddr::new(IpAddr::V4(self.config.gateway.public_address), NAT_T_PORT);
