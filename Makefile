@@ -5,18 +5,29 @@ DEPS := tests/tools/install-deps.sh
 
 # Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP;
 # strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces.
-TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 \
+TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 
 .DEFAULT_GOAL := help
-.PHONY: help test lint unit interop bench deps-test
+# What make demo needs besides the build.
+DEMO_PACKAGES := iproute2 iputils-ping tcpdump
+
+.PHONY: help demo test lint unit interop bench deps-test deps-demo
 
 help:
 	@echo "vpngw make targets:"
+	@echo "  make demo    two vpngw gateways in network namespaces, a tunnel and a ping (root)"
 	@echo "  make test    all tests: format, lint, unit, property, known-answer, independent checks,"
 	@echo "               and interop with strongSwan in network namespaces (root)"
 	@echo "  make interop only the strongSwan interop tests"
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
+
+deps-demo:
+	@$(DEPS) $(DEMO_PACKAGES)
+
+demo: deps-demo
+	$(CARGO) build --release --locked -p vpngw
+	deploy/demo/demo.sh
 
 deps-test:
 	@$(DEPS) $(TEST_PACKAGES)
