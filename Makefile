@@ -12,7 +12,11 @@ TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping \
 # What make demo needs besides the build.
 DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 
-.PHONY: help demo test lint unit interop bench deps-test deps-demo
+# What make bench-e2e drives.
+BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
+	libcharon-extra-plugins libstrongswan-extra-plugins
+
+.PHONY: help demo test lint unit interop bench bench-e2e deps-test deps-demo
 
 help:
 	@echo "vpngw make targets:"
@@ -21,6 +25,7 @@ help:
 	@echo "               and interop with strongSwan in network namespaces (root)"
 	@echo "  make interop only the strongSwan interop tests"
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
+	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
 
 deps-demo:
 	@$(DEPS) $(DEMO_PACKAGES)
@@ -49,3 +54,8 @@ test: deps-test lint unit
 
 bench:
 	$(CARGO) bench -p vpngw-benches --locked
+
+bench-e2e:
+	@$(DEPS) $(BENCH_PACKAGES)
+	$(CARGO) build --release --locked -p vpngw
+	benches/e2e.sh

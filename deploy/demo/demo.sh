@@ -64,8 +64,9 @@ step "3. vpngw check: the configuration is valid; the seed's defaults use weak a
 "$BIN" check --config "$HERE/gw-left.toml"
 
 step "4. Starting both gateways (logs: $RUN/left.log, $RUN/right.log)"
-nsx demo-right "$BIN" run --config "$HERE/gw-right.toml" >"$RUN/right.log" 2>&1 & PIDS+=($!)
-nsx demo-left "$BIN" run --config "$HERE/gw-left.toml" >"$RUN/left.log" 2>&1 & PIDS+=($!)
+# ip netns exec directly (not through a shell function), so that $! is vpngw itself.
+ip netns exec demo-right "$BIN" run --config "$HERE/gw-right.toml" >"$RUN/right.log" 2>&1 & PIDS+=($!)
+ip netns exec demo-left "$BIN" run --config "$HERE/gw-left.toml" >"$RUN/left.log" 2>&1 & PIDS+=($!)
 
 step "5. The tunnel comes up: IKEv1 main mode (6 messages), then quick mode (3 messages)"
 up=no
@@ -78,7 +79,7 @@ sed -e 's/\x1b\[[0-9;]*m//g' "$RUN/left.log" | grep -E "IKE SA established|child
 sed -e 's/\x1b\[[0-9;]*m//g' "$RUN/right.log" | grep -E "IKE SA established|child SA established" | sed -E 's/^[^ ]+ +INFO [^ ]+ //; s/^/  right: /'
 
 step "6. Ping from site A to site B through the tunnel, while watching the internet link"
-nsx demo-left tcpdump -i wan0 -n -c 6 -l esp >"$RUN/wire.txt" 2>/dev/null &
+ip netns exec demo-left tcpdump -i wan0 -n -c 6 -l esp >"$RUN/wire.txt" 2>/dev/null &
 TCPDUMP=$!
 sleep 0.5
 nsx demo-lhost ping -c 4 -i 0.3 10.2.0.10

@@ -141,7 +141,10 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tracing::debug!(worker = self.id, error = %e, "TUN read failed");
+                    // A vanished device (namespace deleted, interface removed) reads as an error
+                    // forever: pause instead of spinning.
+                    tracing::warn!(worker = self.id, error = %e, "TUN read failed");
+                    std::thread::sleep(Duration::from_millis(100));
                     break;
                 }
             };

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# make bench-e2e: end-to-end throughput, host-left -> host-right, in one run through
+#   (a) plain routing (no tunnel), (b) the strongSwan 5.9.8 pair (kernel-libipsec: userspace ESP),
+#   (c) the vpngw pair (raw ESP), for aes-128/sha1 and 3des/md5.
+# iperf3 TCP, 10 s, 3 repetitions, medians; plus 64-byte UDP packets per second.
+# Everything shares this machine's cores. Prints Mbit/s and the ratios vpngw/strongSwan and
+# vpngw/plain. Options (environment): SECONDS_PER_RUN=10 REPS=3 PPS_SECONDS=5.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${VPNGW_BIN:-$ROOT/target/release/vpngw}
+RUN=/tmp/vpngw-bench-e2e
+T=${SECONDS_PER_RUN:-10}
+REPS=${REPS:-3}
+PPS_T=${PPS_SECONDS:-5}
+NS=(be-lhost be-left be-right be-rhost)
+PSK=bench-psk-0123456789abcdef
+CHARON=/usr/lib/ipsec/charon
+PIDS=()
+
+nsx() { local n=$1; shift; ip netns exec "$n" "$@"; }
+stop_all() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+    # Until the IKE ports are free again in both gateways.
+    for _ in $(seq 50); do
+        busy=$( (nsx be-left ss -Huln; nsx be-right ss -Huln) | grep -cE ':(500|4500) ' || true)
+        [ "$busy" = 0 ] && break
+        sleep 0.1
+    done
+}
+cleanup() { set +e; stop_all; for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+[ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
+
+topology() {
+    for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null || true; ip netns add "$n"; nsx "$n" ip link set lo up; done
+    ip link add eth0 netns be-lhost type veth peer name lan0 netns be-left
+    ip link add wan0 netns be-left type veth peer name wan0 netns be-right
+    ip link add lan0 netns be-right type veth peer name eth0 netns be-rhost
+    nsx be-lhost ip addr add 10.1.0.10/24 dev eth0
+    nsx be-left ip addr add 10.1.0.1/24 dev lan0
+    nsx be-left ip addr add 198.51.100.1/24 dev wan0
+    nsx be-right ip addr add 198.51.100.2/24 dev wan0
+    nsx be-right ip addr add 10.2.0.1/24 dev lan0
+    nsx be-rhost ip addr add 10.2.0.10/24 dev eth0
+    for n in "${NS[@]}"; do for d in $(nsx "$n" ls /sys/class/net); do nsx "$n" ip link set "$d" up; done; done
+    nsx be-lhost ip route add default via 10.1.0.1
+    nsx be-rhost ip route add default via 10.2.0.1
+    nsx be-left sysctl -qw net.ipv4.ip_forward=1
+    nsx be-right sysctl -qw net.ipv4.ip_forward=1
+}
+
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.1f}")' "$@"; }
+
+tcp_mbps() {  # one iperf3 TCP run, Mbit/s received
+    nsx be-rhost iperf3 -s -1 -D -p 5201 >/dev/null 2>&1; sleep 0.3
+    nsx be-lhost iperf3 -c 10.2.0.10 -p 5201 -t "$T" -J 2>/dev/null |
+        python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6,1))'
+}
+
+udp_pps() {  # 64-byte UDP, unlimited rate: packets per second that arrived
+    nsx be-rhost iperf3 -s -1 -D -p 5202 >/dev/null 2>&1; sleep 0.3
+    nsx be-lhost iperf3 -c 10.2.0.10 -p 5202 -u -l 64 -b 0 -t "$PPS_T" -J 2>/dev/null |
+        python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum"]; print(int((s["packets"]-s["lost_packets"])/s["seconds"]))'
+}
+
+measure() {  # measure LABEL: REPS TCP runs + one pps run
+    local label=$1 runs=() r
+    nsx be-lhost ping -c 1 -W 2 10.2.0.10 >/dev/null || { echo "$label: no connectivity"; return 1; }
+    for _ in $(seq "$REPS"); do r=$(tcp_mbps); runs+=("$r"); done
+    local med pps
+    med=$(median "${runs[@]}")
+    pps=$(udp_pps)
+    echo "$label ${med} ${pps} ${runs[*]}" | tee -a "$RUN/results"
+}
+
+sw_conf() {  # sw_conf SIDE IKE ESP
+    local side=$1 ike=$2 esp=$3 d=$RUN/sw-$1 me peer mynet peernet
+    if [ "$side" = left ]; then me=198.51.100.1 peer=198.51.100.2 mynet=10.1.0.0/24 peernet=10.2.0.0/24
+    else me=198.51.100.2 peer=198.51.100.1 mynet=10.2.0.0/24 peernet=10.1.0.0/24; fi
+    mkdir -p "$d"
+    cat >"$d/strongswan.conf" <<EOC
+charon {
+  load = random nonce openssl aes sha1 sha2 md5 hmac gmp kdf pem pkcs1 pubkey x509 kernel-libipsec kernel-netlink socket-default vici
+  install_routes = yes
+  plugins {
+    vici {
+      socket = unix://$d/charon.vici
+    }
+    openssl {
+      load_legacy = yes
+    }
+  }
+  filelog {
+    lab {
+      path = $d/charon.log
+      default = 1
+    }
+  }
+  syslog {
+    daemon {
+      default = -1
+    }
+  }
+}
+EOC
+    cat >"$d/swanctl.conf" <<EOC
+connections {
+  lab {
+    version = 1
+    local_addrs = $me
+    remote_addrs = $peer
+    proposals = $ike
+    local {
+      auth = psk
+      id = $me
+    }
+    remote {
+      auth = psk
+      id = $peer
+    }
+    children {
+      net {
+        mode = tunnel
+        local_ts = $mynet
+        remote_ts = $peernet
+        esp_proposals = $esp
+        start_action = none
+      }
+    }
+  }
+}
+secrets {
+  ike-lab {
+    id-l = $me
+    id-r = $peer
+    secret = "$PSK"
+  }
+}
+EOC
+    STRONGSWAN_CONF=$d/strongswan.conf ip netns exec "be-$side" sh -c 'mount --bind "$1" /run && exec "$2"' sh "$d" "$CHARON" >"$d/out" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 50); do [ -S "$d/charon.vici" ] && break; sleep 0.1; done
+    swanctl --load-all --noprompt --file "$d/swanctl.conf" --uri "unix://$d/charon.vici" >"$d/load.out" 2>&1 || { cat "$d/load.out"; return 1; }
+}
+
+vg_conf() {  # vg_conf SIDE ENC HASH
+    local side=$1 enc=$2 hash=$3 me peer mynet peernet start
+    if [ "$side" = left ]; then me=198.51.100.1 peer=198.51.100.2 mynet=10.1.0.0/24 peernet=10.2.0.0/24 start=active
+    else me=198.51.100.2 peer=198.51.100.1 mynet=10.2.0.0/24 peernet=10.1.0.0/24 start=passive; fi
+    cat >"$RUN/vg-$side.toml" <<EOC
+[gateway]
+public_address = "$me"
+control_socket = "$RUN/vg-$side.sock"
+[[connection]]
+name = "bench"
+remote_address = "$peer"
+pre_shared_key = "$PSK"
+local_subnets = ["$mynet"]
+remote_subnets = ["$peernet"]
+start = "$start"
+[connection.ike]
+encryption = "$enc"
+authentication = "$hash"
+dh_group = "dh14"
+[connection.ipsec]
+encryption = "$enc"
+authentication = "$hash"
+EOC
+    # ip netns exec directly (not through a shell function): $! must be vpngw itself.
+    ip netns exec "be-$side" "$BIN" run --config "$RUN/vg-$side.toml" >"$RUN/vg-$side.log" 2>&1 &
+    PIDS+=($!)
+}
+
+rm -rf "$RUN"; mkdir -p "$RUN"; : >"$RUN/results"
+echo "end-to-end benchmark: iperf3 TCP ${T}s x ${REPS} (median), 64-byte UDP ${PPS_T}s; $(nproc) cores shared by everything"
+topology
+nsx be-left ip route add 10.2.0.0/24 via 198.51.100.2
+nsx be-right ip route add 10.1.0.0/24 via 198.51.100.1
+measure plain
+nsx be-left ip route del 10.2.0.0/24
+nsx be-right ip route del 10.1.0.0/24
+
+SUITE_LIST=("aes-128 sha1 aes128-sha1" "3des md5 3des-md5")
+[ -n "${SUITE:-}" ] && SUITE_LIST=("$SUITE")
+for suite in "${SUITE_LIST[@]}"; do
+    set -- $suite
+    enc=$1 hash=$2 sw=$3
+    sw_conf right "$sw-modp2048" "$sw"
+    sw_conf left "$sw-modp2048" "$sw"
+    swanctl --initiate --ike lab --child net --timeout 20 --uri "unix://$RUN/sw-left/charon.vici" >/dev/null
+    measure "strongswan-$sw"
+    stop_all
+    vg_conf right "$enc" "$hash"
+    vg_conf left "$enc" "$hash"
+    for _ in $(seq 100); do nsx be-left "$BIN" status --json --socket "$RUN/vg-left.sock" 2>/dev/null | grep -q '"state": "up"' && break; sleep 0.1; done
+    measure "vpngw-$sw"
+    nsx be-left "$BIN" status --json --socket "$RUN/vg-left.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin)["dropped"]; print("  vpngw left drops:", d or "none")'
+    nsx be-right "$BIN" status --json --socket "$RUN/vg-right.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin)["dropped"]; print("  vpngw right drops:", d or "none")'
+    stop_all
+done
+
+python3 - "$RUN/results" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, mbps, pps, *runs = line.split()
+    rows[label] = (float(mbps), int(pps), runs)
+plain = rows["plain"][0]
+print()
+print(f"{'path':<24} {'TCP Mbit/s':>11} {'runs':>24} {'64B UDP pps':>12}")
+for label, (mbps, pps, runs) in rows.items():
+    print(f"{label:<24} {mbps:>11.1f} {' '.join(runs):>24} {pps:>12}")
+print()
+for suite in ("aes128-sha1", "3des-md5"):
+    sw = rows.get(f"strongswan-{suite}", (0,))[0]
+    vg = rows.get(f"vpngw-{suite}", (0,))[0]
+    if sw and vg:
+        print(f"{suite}: vpngw/strongSwan = {vg / sw:.2f}x, vpngw/plain = {vg / plain:.3f}, "
+              f"pps vpngw/strongSwan = {rows[f'vpngw-{suite}'][1] / max(rows[f'strongswan-{suite}'][1], 1):.2f}x")
+PY
