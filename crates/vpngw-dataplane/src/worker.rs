@@ -41,7 +41,10 @@ const MAX_SEGMENTS: usize = 64;
 /// Decrypted packets gathered for one coalescing write to the TUN.
 const TUN_OUT: usize = 64;
 const UDP_BUFFERS: usize = 16;
-const UDP_BUFFER_LEN: usize = 65536;
+/// A UDP GRO read can hold up to 64 coalesced datagrams: room for 64 full-size ones.
+const UDP_BUFFER_LEN: usize = 64 * 1536;
+/// A UDP GSO send is one UDP datagram to the kernel first: at most 65507 bytes in all.
+const GSO_MAX_BYTES: usize = 65_507;
 
 pub(crate) struct Worker {
     pub id: usize,
@@ -51,6 +54,22 @@ pub(crate) struct Worker {
     pub udp_state: UdpSocketState,
     pub raw: Option<Socket>,
     pub rng: FastRng,
+}
+
+/// ESP-in-UDP packets of one SA gathered for one UDP GSO send: equal-size segments back to
+/// back (the last may be shorter), so the kernel sends up to 64 datagrams for one syscall and
+/// carries them as one super-packet as far as it can.
+struct Gso {
+    buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    max: usize,
+}
+
+impl Gso {
+    fn new(max: usize) -> Self {
+        Self { buf: Vec::with_capacity(65536), segment: 0, count: 0, max: max.clamp(1, 64) }
+    }
 }
 
 /// Decrypted packets waiting for the TUN, each at offset VIRTIO_NET_HDR_LEN in its buffer;
@@ -98,6 +117,7 @@ impl Worker {
         let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_BUFFERS).map(|_| vec![0u8; UDP_BUFFER_LEN]).collect();
         let mut raw_buf = vec![0u8; 65536];
         let mut plan: Vec<Plan> = Vec::with_capacity(BATCH);
+        let mut gso = Gso::new(self.udp_state.max_gso_segments());
         let mut ready = [false; 4];
         while !self.shared.stop.load(Ordering::Acquire) {
             {
@@ -114,7 +134,7 @@ impl Worker {
             let c = self.counters();
             c.busy.store(true, Ordering::Release);
             if ready[1] {
-                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut plan);
+                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut plan, &mut gso);
             }
             if ready[2] {
                 self.inbound_udp(&mut udp_bufs, &mut out);
@@ -133,7 +153,14 @@ impl Worker {
     // ------------------------------------------------------------------------------------
     // Outbound: TUN -> ESP
 
-    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], plan: &mut Vec<Plan>) {
+    fn outbound(
+        &mut self,
+        raw: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        plan: &mut Vec<Plan>,
+        gso: &mut Gso,
+    ) {
         plan.clear();
         let mut filled = 0;
         while bufs.len() - filled >= MAX_SEGMENTS {
@@ -179,7 +206,13 @@ impl Worker {
                         if sealed.rekey_due {
                             (self.shared.to_control)(ToControl::RekeyDue { spi_out: entry.sa.spi() });
                         }
-                        if self.send_esp(&entry.transport, &p.buf[sealed.range.clone()]) {
+                        let esp = &p.buf[sealed.range.clone()];
+                        let sent = if entry.transport.udp {
+                            self.gso_push(gso, entry.transport.remote, esp)
+                        } else {
+                            self.send_esp(&entry.transport, esp)
+                        };
+                        if sent {
                             sent_packets += 1;
                             sent_bytes += pl.range.len() as u64;
                         }
@@ -187,6 +220,7 @@ impl Worker {
                     _ => self.counters().drop(DropReason::Seal),
                 }
             }
+            self.gso_flush(gso, entry.transport.remote);
             entry.counters.packets.fetch_add(sent_packets, Ordering::Relaxed);
             entry.counters.bytes.fetch_add(sent_bytes, Ordering::Relaxed);
             bump(&self.counters().out_packets, sent_packets);
@@ -227,6 +261,46 @@ impl Worker {
             return None;
         }
         Some(entry)
+    }
+
+    /// Adds one ESP packet to the GSO batch for `dst` (one SA's run: always the same
+    /// destination), sending the batch first when this packet cannot join it.
+    fn gso_push(&self, gso: &mut Gso, dst: SocketAddr, esp: &[u8]) -> bool {
+        if gso.count > 0
+            && (esp.len() > gso.segment || gso.count == gso.max || gso.buf.len() + esp.len() > GSO_MAX_BYTES)
+        {
+            self.gso_flush(gso, dst);
+        }
+        if gso.count == 0 {
+            gso.segment = esp.len();
+        }
+        gso.buf.extend_from_slice(esp);
+        gso.count += 1;
+        // A shorter packet can only end a GSO batch.
+        if esp.len() < gso.segment {
+            self.gso_flush(gso, dst);
+        }
+        true
+    }
+
+    fn gso_flush(&self, gso: &mut Gso, dst: SocketAddr) {
+        if gso.count == 0 {
+            return;
+        }
+        let t = Transmit {
+            destination: dst,
+            ecn: None,
+            contents: &gso.buf,
+            segment_size: (gso.count > 1).then_some(gso.segment),
+            src_ip: None,
+        };
+        if self.udp_state.send(UdpSockRef::from(&self.udp), &t).is_err() {
+            for _ in 0..gso.count {
+                self.counters().drop(DropReason::Send);
+            }
+        }
+        gso.buf.clear();
+        gso.count = 0;
     }
 
     fn send_esp(&self, transport: &Transport, esp: &[u8]) -> bool {

@@ -214,6 +214,10 @@ pub struct PeerConfig {
     pub phase1: Phase1Policy,
     pub phase2: Phase2Policy,
     pub subnets: Vec<SubnetPair>,
+    /// Always carry ESP in UDP port 4500, NAT or not (like strongSwan's `encap = yes`): our
+    /// NAT-D hash for ourselves is made random, so that the peer sees a NAT too. For paths that
+    /// drop IP protocol 50.
+    pub force_udp_encapsulation: bool,
 }
 
 /// Engine-wide behaviour.

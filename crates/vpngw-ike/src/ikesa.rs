@@ -435,11 +435,19 @@ impl IkeSa {
 
     fn nat_d_payloads(&self) -> Vec<Payload> {
         let (Some(draft), Some(choice)) = (self.nat_t, self.choice.as_ref()) else { return Vec::new() };
-        // First the peer's address (destination), then ours (source): RFC 3947 s.3.2.
-        [self.remote, self.local]
-            .into_iter()
-            .map(|a| Payload::NatD { hash: nat_d(choice.hash, &self.cky_i, &self.cky_r, a), draft })
-            .collect()
+        // First the peer's address (destination), then ours (source): RFC 3947 s.3.2. Forcing
+        // UDP encapsulation, ours is a hash of nothing, so the peer concludes we are behind a
+        // NAT (strongSwan's method for `encap = yes`): a fixed derivation from the cookies keeps
+        // retransmissions byte-identical.
+        let mut ours = nat_d(choice.hash, &self.cky_i, &self.cky_r, self.local);
+        if self.peer.force_udp_encapsulation {
+            ours =
+                vpngw_crypto::mac::hash(choice.hash, &[b"vpngw: forced UDP encapsulation", &self.cky_i, &self.cky_r]);
+        }
+        vec![
+            Payload::NatD { hash: nat_d(choice.hash, &self.cky_i, &self.cky_r, self.remote), draft },
+            Payload::NatD { hash: ours, draft },
+        ]
     }
 
     /// Compares the peer's NAT-D payloads with the addresses we see; floats to port 4500 when
@@ -461,8 +469,8 @@ impl IkeSa {
         let local_ok = **ours == nat_d(choice.hash, &self.cky_i, &self.cky_r, self.local);
         let remote_hash = nat_d(choice.hash, &self.cky_i, &self.cky_r, self.remote);
         let remote_ok = theirs.iter().any(|h| **h == remote_hash);
-        if !local_ok || !remote_ok {
-            tracing::debug!(peer = %self.peer.name, local_behind_nat = !local_ok, peer_behind_nat = !remote_ok, "NAT detected");
+        if !local_ok || !remote_ok || self.peer.force_udp_encapsulation {
+            tracing::debug!(peer = %self.peer.name, local_behind_nat = !local_ok, peer_behind_nat = !remote_ok, forced = self.peer.force_udp_encapsulation, "NAT detected");
             self.nat_detected = true;
         }
         Ok(())

@@ -44,6 +44,14 @@ pub enum ConfigError {
     Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
+/// How ESP travels: `auto` = in UDP 4500 when a NAT is detected, raw otherwise; `udp` =
+/// always in UDP (for paths that drop IP protocol 50).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encapsulation {
+    Auto,
+    Udp,
+}
+
 /// When a connection is brought up (the seed's negotiation types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -109,6 +117,7 @@ impl Connection {
             && a.phase1 == b.phase1
             && a.phase2 == b.phase2
             && a.subnets == b.subnets
+            && a.force_udp_encapsulation == b.force_udp_encapsulation
             && self.start == other.start
     }
 }
@@ -429,6 +438,7 @@ impl Walker {
                 "local_subnets",
                 "remote_subnets",
                 "start",
+                "encapsulation",
                 "ike",
                 "ipsec",
             ],
@@ -474,6 +484,13 @@ impl Walker {
             Start::Active,
             &[("active", Start::Active), ("passive", Start::Passive), ("on-traffic", Start::OnTraffic)],
         );
+        let encapsulation = self.word(
+            &format!("{key}.encapsulation"),
+            t,
+            "encapsulation",
+            Encapsulation::Auto,
+            &[("auto", Encapsulation::Auto), ("udp", Encapsulation::Udp)],
+        );
         let empty = Table::new();
         let ike = self.table(&format!("{key}.ike"), t, "ike").unwrap_or(&empty);
         let ipsec = self.table(&format!("{key}.ipsec"), t, "ipsec").unwrap_or(&empty);
@@ -490,6 +507,7 @@ impl Walker {
             phase1,
             phase2,
             subnets: pairs,
+            force_udp_encapsulation: encapsulation == Encapsulation::Udp,
         };
         Some(Connection { peer, start, psk_source })
     }

@@ -36,6 +36,7 @@ pub fn peer(name: &str, local: Ipv4Addr, remote: Ipv4Addr, local_net: &str, remo
         phase1: Phase1Policy::default(),
         phase2: Phase2Policy::default(),
         subnets: vec![SubnetPair { local: subnet(local_net), remote: subnet(remote_net) }],
+        force_udp_encapsulation: false,
     }
 }
 
