@@ -16,7 +16,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins
 
-.PHONY: help demo test lint unit interop bench bench-e2e deps-test deps-demo
+.PHONY: help demo test lint unit interop bench bench-e2e bench-scale deps-test deps-demo
 
 help:
 	@echo "vpngw make targets:"
@@ -26,6 +26,7 @@ help:
 	@echo "  make interop only the strongSwan interop tests"
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
 	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
+	@echo "  make bench-scale  10,000 SAs: per-packet cost, memory per SA and per tunnel, idle daemon (root)"
 
 deps-demo:
 	@$(DEPS) $(DEMO_PACKAGES)
@@ -54,6 +55,12 @@ test: deps-test lint unit
 
 bench:
 	$(CARGO) bench -p vpngw-benches --locked
+
+bench-scale:
+	@$(DEPS) iproute2 python3
+	$(CARGO) bench -p vpngw-benches --locked --bench scale
+	$(CARGO) build --release --locked -p vpngw
+	benches/idle.sh
 
 bench-e2e:
 	@$(DEPS) $(BENCH_PACKAGES)

@@ -22,13 +22,15 @@ use crate::error::CryptoError;
 use crate::registry::EncryptionAlgorithm;
 
 /// A keyed CBC cipher: the expanded key schedule, wiped on drop (RustCrypto `zeroize` feature).
+/// Boxed, so that an SA holds only its own algorithm's schedule (352 bytes for AES-128) rather
+/// than the largest one's: thousands of SAs are kept in memory.
 #[derive(Clone)]
 pub enum CbcCipher {
-    Des(Des),
-    TripleDes(TdesEde3),
-    Aes128(Aes128),
-    Aes192(Aes192),
-    Aes256(Aes256),
+    Des(Box<Des>),
+    TripleDes(Box<TdesEde3>),
+    Aes128(Box<Aes128>),
+    Aes192(Box<Aes192>),
+    Aes256(Box<Aes256>),
 }
 
 /// One packet for [`CbcCipher::encrypt_multi`]: its IV and its block-aligned plaintext, encrypted
@@ -48,11 +50,26 @@ impl fmt::Debug for CbcCipher {
 macro_rules! dispatch {
     ($self:expr, $c:ident => $body:expr) => {
         match $self {
-            CbcCipher::Des($c) => $body,
-            CbcCipher::TripleDes($c) => $body,
-            CbcCipher::Aes128($c) => $body,
-            CbcCipher::Aes192($c) => $body,
-            CbcCipher::Aes256($c) => $body,
+            CbcCipher::Des(b) => {
+                let $c = &**b;
+                $body
+            }
+            CbcCipher::TripleDes(b) => {
+                let $c = &**b;
+                $body
+            }
+            CbcCipher::Aes128(b) => {
+                let $c = &**b;
+                $body
+            }
+            CbcCipher::Aes192(b) => {
+                let $c = &**b;
+                $body
+            }
+            CbcCipher::Aes256(b) => {
+                let $c = &**b;
+                $body
+            }
         }
     };
 }
@@ -71,11 +88,13 @@ impl CbcCipher {
         }
         let length_error = |_| CryptoError::KeyLength { algorithm: spec.name, expected: spec.key_len, got: key.len() };
         Ok(match algorithm {
-            EncryptionAlgorithm::Des => Self::Des(Des::new_from_slice(key).map_err(length_error)?),
-            EncryptionAlgorithm::TripleDes => Self::TripleDes(TdesEde3::new_from_slice(key).map_err(length_error)?),
-            EncryptionAlgorithm::Aes128 => Self::Aes128(Aes128::new_from_slice(key).map_err(length_error)?),
-            EncryptionAlgorithm::Aes192 => Self::Aes192(Aes192::new_from_slice(key).map_err(length_error)?),
-            EncryptionAlgorithm::Aes256 => Self::Aes256(Aes256::new_from_slice(key).map_err(length_error)?),
+            EncryptionAlgorithm::Des => Self::Des(Box::new(Des::new_from_slice(key).map_err(length_error)?)),
+            EncryptionAlgorithm::TripleDes => {
+                Self::TripleDes(Box::new(TdesEde3::new_from_slice(key).map_err(length_error)?))
+            }
+            EncryptionAlgorithm::Aes128 => Self::Aes128(Box::new(Aes128::new_from_slice(key).map_err(length_error)?)),
+            EncryptionAlgorithm::Aes192 => Self::Aes192(Box::new(Aes192::new_from_slice(key).map_err(length_error)?)),
+            EncryptionAlgorithm::Aes256 => Self::Aes256(Box::new(Aes256::new_from_slice(key).map_err(length_error)?)),
         })
     }
 
@@ -121,9 +140,9 @@ impl CbcCipher {
                     self.encrypt(job.iv, job.data)?;
                 }
             }
-            Self::Aes128(c) => cbc_encrypt_multi(c, jobs),
-            Self::Aes192(c) => cbc_encrypt_multi(c, jobs),
-            Self::Aes256(c) => cbc_encrypt_multi(c, jobs),
+            Self::Aes128(c) => cbc_encrypt_multi(&**c, jobs),
+            Self::Aes192(c) => cbc_encrypt_multi(&**c, jobs),
+            Self::Aes256(c) => cbc_encrypt_multi(&**c, jobs),
         }
         Ok(())
     }

@@ -6,13 +6,13 @@
 //! Installing is make-before-break: a new inbound SA is visible before the outbound SA that
 //! makes the peer use it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
+use rustc_hash::FxHashMap as HashMap;
 use vpngw_esp::{InboundSa, OpenError, OutboundSa};
 
 /// An IPv4 network as a selector.
@@ -96,7 +96,9 @@ pub struct OutboundEntry {
     pub counters: SaCounters,
 }
 
-type InboundMap = HashMap<u32, Arc<InboundEntry>>;
+/// Inbound SAs by SPI. FxHash: the keys are SPIs we chose at random ourselves, so a fast,
+/// non-keyed hash cannot be attacked.
+pub type InboundMap = HashMap<u32, Arc<InboundEntry>>;
 
 /// Items keyed by a remote network, found by longest-prefix match on a destination (then the
 /// first whose local network holds the source). Cost: one hash lookup per distinct prefix
@@ -110,7 +112,7 @@ pub struct NetIndex<T> {
 
 impl<T> Default for NetIndex<T> {
     fn default() -> Self {
-        Self { by_net: HashMap::new(), prefixes: Vec::new() }
+        Self { by_net: HashMap::default(), prefixes: Vec::new() }
     }
 }
 
@@ -161,10 +163,18 @@ impl<T> NetIndex<T> {
     }
 }
 
+/// Outbound SAs, by selectors (for packets) and by SPI (for status).
 #[derive(Clone, Debug, Default)]
-struct Outbound {
+pub struct Outbound {
     by_selectors: NetIndex<Arc<OutboundEntry>>,
     by_spi: HashMap<u32, Arc<OutboundEntry>>,
+}
+
+impl Outbound {
+    /// The SA whose selectors cover a packet from `src` to `dst` (longest remote prefix).
+    pub fn lookup(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&Arc<OutboundEntry>> {
+        self.by_selectors.lookup(dst, |e| e.selectors.local.contains(src))
+    }
 }
 
 #[derive(Default)]
@@ -238,10 +248,22 @@ impl SaTable {
         self.inbound.load().get(&spi).cloned()
     }
 
+    /// A snapshot of the inbound SAs for a batch of packets: lookups in it take no lock and
+    /// touch no reference count. Hold it only for the batch (a newer table is published
+    /// meanwhile; the snapshot keeps the SAs it saw alive).
+    pub fn inbound_view(&self) -> Guard<Arc<InboundMap>> {
+        self.inbound.load()
+    }
+
+    /// A snapshot of the outbound SAs for a batch of packets (see [`SaTable::inbound_view`]).
+    pub fn outbound_view(&self) -> Guard<Arc<Outbound>> {
+        self.outbound.load()
+    }
+
     /// The outbound SA whose selectors cover a packet from `src` to `dst` (longest remote
     /// prefix first).
     pub fn outbound_for(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<Arc<OutboundEntry>> {
-        self.outbound.load().by_selectors.lookup(dst, |e| e.selectors.local.contains(src)).cloned()
+        self.outbound.load().lookup(src, dst).cloned()
     }
 
     pub fn outbound_by_spi(&self, spi: u32) -> Option<Arc<OutboundEntry>> {

@@ -25,7 +25,7 @@ use vpngw_esp::{NextHeader, SealPacket, peek_spi};
 
 use crate::counters::{DropReason, WorkerCounters, bump};
 use crate::packet::{icmp_fragmentation_needed, ipv4};
-use crate::sa_table::{OutboundEntry, Transport};
+use crate::sa_table::{InboundMap, Outbound, OutboundEntry, Transport};
 use crate::{Shared, ToControl};
 
 /// Room before an inner packet for SPI, sequence and IV (outer headers are the kernel's).
@@ -99,11 +99,6 @@ impl TunOut {
     }
 }
 
-struct Plan {
-    entry: Option<Arc<OutboundEntry>>,
-    range: Range<usize>,
-}
-
 impl Worker {
     fn counters(&self) -> &WorkerCounters {
         &self.shared.counters[self.id]
@@ -116,7 +111,6 @@ impl Worker {
         let mut out = TunOut::new();
         let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_BUFFERS).map(|_| vec![0u8; UDP_BUFFER_LEN]).collect();
         let mut raw_buf = vec![0u8; 65536];
-        let mut plan: Vec<Plan> = Vec::with_capacity(BATCH);
         let mut gso = Gso::new(self.udp_state.max_gso_segments());
         let mut ready = [false; 4];
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -134,7 +128,7 @@ impl Worker {
             let c = self.counters();
             c.busy.store(true, Ordering::Release);
             if ready[1] {
-                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut plan, &mut gso);
+                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso);
             }
             if ready[2] {
                 self.inbound_udp(&mut udp_bufs, &mut out);
@@ -153,15 +147,10 @@ impl Worker {
     // ------------------------------------------------------------------------------------
     // Outbound: TUN -> ESP
 
-    fn outbound(
-        &mut self,
-        raw: &mut [u8],
-        bufs: &mut [Vec<u8>],
-        sizes: &mut [usize],
-        plan: &mut Vec<Plan>,
-        gso: &mut Gso,
-    ) {
-        plan.clear();
+    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], gso: &mut Gso) {
+        // One snapshot of the SA table for the batch: no lock, no reference counting per packet.
+        let view = self.shared.table.outbound_view();
+        let mut plan: Vec<(Option<&Arc<OutboundEntry>>, Range<usize>)> = Vec::with_capacity(bufs.len());
         let mut filled = 0;
         while bufs.len() - filled >= MAX_SEGMENTS {
             let n = match self.tun.recv_multiple(raw, &mut bufs[filled..], &mut sizes[filled..], HEADROOM) {
@@ -177,26 +166,26 @@ impl Worker {
             };
             for k in filled..filled + n {
                 let range = HEADROOM..HEADROOM + sizes[k];
-                let entry = self.classify(&bufs[k][range.clone()]);
-                plan.push(Plan { entry, range });
+                let entry = self.classify(&view, &bufs[k][range.clone()]);
+                plan.push((entry, range));
             }
             filled += n;
         }
         // Seal runs of packets of one SA together (multi-buffer CBC), then send each.
         let mut i = 0;
         while i < plan.len() {
-            let Some(entry) = plan[i].entry.clone() else {
+            let Some(entry) = plan[i].0 else {
                 i += 1;
                 continue;
             };
             let mut j = i + 1;
-            while j < plan.len() && plan[j].entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            while j < plan.len() && plan[j].0.is_some_and(|e| Arc::ptr_eq(e, entry)) {
                 j += 1;
             }
             let mut packets: Vec<SealPacket<'_>> = bufs[i..j]
                 .iter_mut()
                 .zip(&plan[i..j])
-                .map(|(b, p)| SealPacket::new(b, p.range.clone(), NextHeader::IPV4))
+                .map(|(b, p)| SealPacket::new(b, p.1.clone(), NextHeader::IPV4))
                 .collect();
             entry.sa.seal_batch(&mut self.rng, &mut packets);
             let (mut sent_packets, mut sent_bytes) = (0u64, 0u64);
@@ -214,7 +203,7 @@ impl Worker {
                         };
                         if sent {
                             sent_packets += 1;
-                            sent_bytes += pl.range.len() as u64;
+                            sent_bytes += pl.1.len() as u64;
                         }
                     }
                     _ => self.counters().drop(DropReason::Seal),
@@ -230,12 +219,12 @@ impl Worker {
     }
 
     /// Which SA must seal this packet; `None` if it is dropped (and counted) instead.
-    fn classify(&self, packet: &[u8]) -> Option<Arc<OutboundEntry>> {
+    fn classify<'v>(&self, view: &'v Outbound, packet: &[u8]) -> Option<&'v Arc<OutboundEntry>> {
         let Some(info) = ipv4(packet) else {
             self.counters().drop(DropReason::NotIpv4);
             return None;
         };
-        let Some(entry) = self.shared.table.outbound_for(info.src, info.dst) else {
+        let Some(entry) = view.lookup(info.src, info.dst) else {
             match self.shared.spd.load().lookup(info.src, info.dst) {
                 Some(policy) => {
                     self.counters().drop(DropReason::NoSa);
@@ -336,29 +325,31 @@ impl Worker {
                 }
             }
         };
+        let view = self.shared.table.inbound_view();
         for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
             let stride = m.stride.max(1);
             let mut off = 0;
             while off < m.len {
                 let end = (off + stride).min(m.len);
-                self.on_udp_datagram(m.addr, &mut buf[off..end], out);
+                self.on_udp_datagram(&view, m.addr, &mut buf[off..end], out);
                 off = end;
             }
         }
     }
 
-    fn on_udp_datagram(&self, from: SocketAddr, data: &mut [u8], out: &mut TunOut) {
+    fn on_udp_datagram(&self, view: &InboundMap, from: SocketAddr, data: &mut [u8], out: &mut TunOut) {
         match data {
             [0xff] => bump(&self.counters().keepalives, 1),
             [0, 0, 0, 0, ike @ ..] if !ike.is_empty() => {
                 bump(&self.counters().ike_forwarded, 1);
                 (self.shared.to_control)(ToControl::Ike { from, data: ike.to_vec() });
             }
-            esp => self.open_esp(esp, out),
+            esp => self.open_esp(view, esp, out),
         }
     }
 
     fn inbound_raw(&mut self, buf: &mut [u8], out: &mut TunOut) {
+        let view = self.shared.table.inbound_view();
         for _ in 0..BATCH {
             let Some(raw) = self.raw.as_ref() else { return };
             let n = match (&*raw).read(buf) {
@@ -370,19 +361,19 @@ impl Worker {
             match ipv4(packet) {
                 Some(info) if info.protocol == 50 => {
                     let (hl, tl) = (info.header_len, info.total_len);
-                    self.open_esp(&mut packet[hl..tl], out);
+                    self.open_esp(&view, &mut packet[hl..tl], out);
                 }
                 _ => self.counters().drop(DropReason::Malformed),
             }
         }
     }
 
-    fn open_esp(&self, esp: &mut [u8], out: &mut TunOut) {
+    fn open_esp(&self, view: &InboundMap, esp: &mut [u8], out: &mut TunOut) {
         let Some(spi) = peek_spi(esp) else {
             self.counters().drop(DropReason::Malformed);
             return;
         };
-        let Some(entry) = self.shared.table.inbound(spi) else {
+        let Some(entry) = view.get(&spi) else {
             self.counters().drop(DropReason::UnknownSpi);
             return;
         };

@@ -55,14 +55,23 @@ pub fn raw_esp_socket(worker: u32, workers: u32) -> io::Result<Socket> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     if workers > 1 {
-        // The filter sees the packet from its IPv4 header.
+        // The filter sees the packet from its IPv4 header. Packets too short to hold an SPI go
+        // to worker 0 (a load beyond the end would make the filter drop them uncounted).
+        let short_verdict = if worker == 0 { 0xffff } else { 0 };
         let program = [
-            SockFilter::new(0xb1, 0, 0, 0),       // ldxb 4*([0]&0xf): X = header length
-            SockFilter::new(0x40, 0, 0, 0),       // ld [x+0]: A = SPI
-            SockFilter::new(0x94, 0, 0, workers), // A %= workers
-            SockFilter::new(0x15, 0, 1, worker),  // A == worker ? accept : drop
-            SockFilter::new(0x06, 0, 0, 0xffff),  // ret whole packet
-            SockFilter::new(0x06, 0, 0, 0),       // ret 0: not ours
+            SockFilter::new(0xb1, 0, 0, 0),             // ldxb 4*([0]&0xf): X = header length
+            SockFilter::new(0x87, 0, 0, 0),             // txa
+            SockFilter::new(0x04, 0, 0, 4),             // add #4
+            SockFilter::new(0x07, 0, 0, 0),             // tax: X = header length + 4
+            SockFilter::new(0x80, 0, 0, 0),             // ld #len
+            SockFilter::new(0x3d, 1, 0, 0),             // len >= X ? skip 1 : next
+            SockFilter::new(0x06, 0, 0, short_verdict), // too short for an SPI
+            SockFilter::new(0xb1, 0, 0, 0),             // X = header length
+            SockFilter::new(0x40, 0, 0, 0),             // ld [x+0]: A = SPI
+            SockFilter::new(0x94, 0, 0, workers),       // A %= workers
+            SockFilter::new(0x15, 0, 1, worker),        // A == worker ? accept : drop
+            SockFilter::new(0x06, 0, 0, 0xffff),        // ret whole packet
+            SockFilter::new(0x06, 0, 0, 0),             // ret 0: another worker's
         ];
         s.attach_filter(&program)?;
     }
