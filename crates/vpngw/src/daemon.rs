@@ -24,7 +24,7 @@ use vpngw_ike::{ChildSa, Encapsulation, Endpoint, EngineConfig, Event, FailReaso
 use crate::config::{Config, ConfigError, Connection, Start};
 use crate::control::{self, Command, Request, Response};
 use crate::routes::Routes;
-use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status};
+use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status, WorkerStatus};
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
@@ -653,6 +653,16 @@ impl Daemon {
                 }
                 d
             },
+            workers: self
+                .dataplane
+                .iter()
+                .flat_map(|dp| dp.counters())
+                .map(|c| WorkerStatus {
+                    packets_out: c.out_packets.load(std::sync::atomic::Ordering::Relaxed),
+                    packets_in: c.in_packets.load(std::sync::atomic::Ordering::Relaxed),
+                    busy_seconds: c.busy_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+                })
+                .collect(),
             connections,
         }
     }

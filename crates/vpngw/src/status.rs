@@ -14,7 +14,16 @@ pub struct Status {
     /// Datagrams not acted on, by reason (malformed, unknown SA or peer, ESP before the
     /// dataplane exists, ...).
     pub dropped: std::collections::BTreeMap<String, u64>,
+    /// Per dataplane worker: packets each way and time spent busy.
+    pub workers: Vec<WorkerStatus>,
     pub connections: Vec<ConnectionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub busy_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
