@@ -174,6 +174,9 @@ fn vpngw_and_vpngw_over_raw_esp() {
             traffic_and_capture(&lab, &name, &keys, false);
             counters_moved(&left, "to-right");
             counters_moved(&right, "to-left");
+            if n == 1 {
+                path_mtu_discovery(&lab);
+            }
             // No replay drops from our own reordering, no ICV failures.
             for v in [&left, &right] {
                 let dropped = &v.status().unwrap()["dropped"];
@@ -185,6 +188,22 @@ fn vpngw_and_vpngw_over_raw_esp() {
             assert_eq!(right.stop(&lab), Some(0));
         }
     }
+}
+
+/// A packet too big for the tunnel with DF set is answered with ICMP "fragmentation needed"
+/// (the TUN's MTU is 1400), and packets that fit cross with DF set.
+fn path_mtu_discovery(lab: &Lab) {
+    let big =
+        lab.exec(&lab.left_host, "ping", &["-M", "do", "-s", "1472", "-c", "2", "-i", "0.3", "-W", "1", RIGHT_HOST]);
+    let text = format!("{}{}", String::from_utf8_lossy(&big.stdout), String::from_utf8_lossy(&big.stderr));
+    assert!(text.contains("mtu = 1400") || text.contains("mtu=1400"), "no fragmentation-needed answer:\n{text}");
+    let fits =
+        lab.exec(&lab.left_host, "ping", &["-M", "do", "-s", "1372", "-c", "2", "-i", "0.3", "-W", "2", RIGHT_HOST]);
+    assert!(
+        String::from_utf8_lossy(&fits.stdout).contains(" 0% packet loss"),
+        "{}",
+        String::from_utf8_lossy(&fits.stdout)
+    );
 }
 
 /// Hostile input at a running gateway: garbage on UDP 4500 and on the raw ESP socket, unknown

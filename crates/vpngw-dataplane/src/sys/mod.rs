@@ -48,30 +48,28 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// A raw IP socket for ESP (protocol 50). Every raw socket gets a copy of every ESP packet, so
 /// with several workers each socket carries a classic BPF filter that keeps only its share:
-/// packets are spread by blocks of 32 sequence numbers (`(seq >> 5) % workers == worker`), so
-/// one busy SA is decrypted by every worker, while runs of 32 consecutive packets stay
-/// together and can still be coalesced into one TUN write. Each packet is read once.
+/// by SPI (`spi % workers == worker`), so that all packets of an SA are opened by one worker, in
+/// order. (Spreading one SA's packets over workers by sequence blocks was tried: it reorders
+/// TCP segments, and halved 3DES throughput; see docs/performance.md.) Each packet is read once.
 pub fn raw_esp_socket(worker: u32, workers: u32) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_ESP)))?;
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     if workers > 1 {
-        // The filter sees the packet from its IPv4 header. Packets too short to hold SPI and
-        // sequence go to worker 0 (a load beyond the end would make the filter drop them
-        // uncounted).
+        // The filter sees the packet from its IPv4 header. Packets too short to hold an SPI go
+        // to worker 0 (a load beyond the end would make the filter drop them uncounted).
         let short_verdict = if worker == 0 { 0xffff } else { 0 };
         let program = [
             SockFilter::new(0xb1, 0, 0, 0),             // ldxb 4*([0]&0xf): X = header length
             SockFilter::new(0x87, 0, 0, 0),             // txa
-            SockFilter::new(0x04, 0, 0, 8),             // add #8
-            SockFilter::new(0x07, 0, 0, 0),             // tax: X = header length + 8
+            SockFilter::new(0x04, 0, 0, 4),             // add #4
+            SockFilter::new(0x07, 0, 0, 0),             // tax: X = header length + 4
             SockFilter::new(0x80, 0, 0, 0),             // ld #len
             SockFilter::new(0x3d, 1, 0, 0),             // len >= X ? skip 1 : next
-            SockFilter::new(0x06, 0, 0, short_verdict), // too short for SPI and sequence
+            SockFilter::new(0x06, 0, 0, short_verdict), // too short for an SPI
             SockFilter::new(0xb1, 0, 0, 0),             // X = header length
-            SockFilter::new(0x40, 0, 0, 4),             // ld [x+4]: A = sequence number
-            SockFilter::new(0x74, 0, 0, 5),             // A >>= 5
+            SockFilter::new(0x40, 0, 0, 0),             // ld [x+0]: A = SPI
             SockFilter::new(0x94, 0, 0, workers),       // A %= workers
             SockFilter::new(0x15, 0, 1, worker),        // A == worker ? accept : drop
             SockFilter::new(0x06, 0, 0, 0xffff),        // ret whole packet
