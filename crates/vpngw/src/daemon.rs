@@ -155,6 +155,8 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         .map_err(|source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source })?;
     let sock_natt = UdpSocket::from_std(natt)
         .map_err(|source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source })?;
+    // The SPD is IPv4: keep the kernel from sending IPv6 neighbour discovery into the TUN.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", dataplane.tun_name()), "1");
     let mut routes = Routes::new(dataplane.tun_name())?;
     routes.sync(&wanted_routes(&config)).await?;
     let rng = FastRng::from_os().map_err(|e| DaemonError::Rng(e.to_string()))?;
