@@ -71,11 +71,28 @@ pub fn udp_transfer(lab: &Lab, count: u32) -> u64 {
     received.and_then(|v| v["received"].as_u64()).unwrap_or(0)
 }
 
+/// Sum of the original lengths of a classic pcap file's records (either byte order).
+fn pcap_wire_bytes(pcap: &[u8]) -> u64 {
+    let Some(magic) = pcap.get(..4) else { return 0 };
+    let big_endian = magic == [0xa1, 0xb2, 0xc3, 0xd4] || magic == [0xa1, 0xb2, 0x3c, 0x4d];
+    let word = |b: &[u8]| {
+        let w = [b[0], b[1], b[2], b[3]];
+        u64::from(if big_endian { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) })
+    };
+    let (mut at, mut total) = (24, 0);
+    while let Some(record) = pcap.get(at..at + 16) {
+        total += word(&record[12..16]);
+        at += 16 + usize::try_from(word(&record[8..12])).unwrap_or(usize::MAX / 2);
+    }
+    total
+}
+
 /// A packet capture running in a namespace.
 #[derive(Debug)]
 pub struct Capture {
     pub pid: u32,
     pub file: PathBuf,
+    log: PathBuf,
 }
 
 impl Capture {
@@ -85,7 +102,9 @@ impl Capture {
         let pid = lab.spawn(
             ns,
             "tcpdump",
-            &["-i", iface, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", &f],
+            // A 32 MiB kernel buffer: on two busy cores tcpdump falls behind a TCP burst and the
+            // kernel drops what it has not read (immediate mode would wake it per packet).
+            &["-i", iface, "-n", "-s", "0", "-B", "32768", "-Z", "root", "-w", &f],
             &[],
             &lab.dir.join(format!("{name}.tcpdump.log")),
         );
@@ -94,7 +113,17 @@ impl Capture {
         wait_for(Duration::from_secs(5), || {
             std::fs::read_to_string(&log).ok().filter(|t| t.contains("listening on")).map(|_| ())
         });
-        Self { pid, file }
+        Self { pid, file, log }
+    }
+
+    /// tcpdump's closing report ("N packets dropped by kernel"), once stopped.
+    pub fn report(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("packets"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     pub fn stop(&self, lab: &Lab) {
@@ -110,6 +139,18 @@ impl Capture {
             .output()
             .unwrap_or_else(|e| panic!("tcpdump: {e}"));
         String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// Total wire length of the outer packets matching a tcpdump filter. Counting bytes rather
+    /// than packets keeps the check meaningful when UDP GSO hands tcpdump one super-packet for
+    /// many datagrams (veth passes GSO packets through unsegmented).
+    pub fn bytes(&self, filter: &str) -> u64 {
+        let out = Command::new("tcpdump")
+            .args(["-r", &self.file.display().to_string(), "-w", "-"])
+            .arg(filter)
+            .output()
+            .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+        pcap_wire_bytes(&out.stdout)
     }
 
     /// Whether the raw capture contains `needle` anywhere (e.g. a plaintext marker).
