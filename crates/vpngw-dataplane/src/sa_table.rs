@@ -200,11 +200,23 @@ impl SaTable {
     /// Publishes an SA pair: inbound first, so that the peer's first packet under the new
     /// keys already finds its SA; then outbound, replacing any older SA for the same selectors.
     pub fn install(&self, inbound: InboundEntry, outbound: OutboundEntry) {
+        self.install_inbound(inbound);
+        self.install_outbound(outbound);
+    }
+
+    /// Publishes an inbound SA (make-before-break: before the peer may send with it).
+    pub fn install_inbound(&self, inbound: InboundEntry) {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let spi = inbound.sa.spi();
         let mut map = InboundMap::clone(&self.inbound.load());
         map.insert(spi, Arc::new(inbound));
         self.inbound.store(Arc::new(map));
+    }
+
+    /// Publishes an outbound SA, replacing any older SA for the same selectors: from the next
+    /// batch on, workers seal with it.
+    pub fn install_outbound(&self, outbound: OutboundEntry) {
+        let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Outbound::clone(&self.outbound.load());
         let selectors = outbound.selectors;
         let replaced: Vec<u32> =

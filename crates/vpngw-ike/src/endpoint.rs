@@ -161,6 +161,33 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Starts replacing the child SA with this SPI (inbound or outbound) now: its volume or
+    /// sequence-number soft limit was reached. Returns false when there is no such SA or a
+    /// replacement is already under way.
+    pub fn rekey_child(&mut self, now: Instant, spi: u32) -> bool {
+        let mut ctx = ctx!(self, now);
+        let Some(sa) = self
+            .sas
+            .values_mut()
+            .find(|s| s.is_established() && s.children.iter().any(|c| c.spi_in == spi || c.spi_out == spi))
+        else {
+            return false;
+        };
+        crate::child::rekey(sa, &mut ctx, spi)
+    }
+
+    /// Deletes the child SA with this SPI now (its hard volume limit was reached); the peer is
+    /// told.
+    pub fn expire_child(&mut self, now: Instant, spi: u32) {
+        let mut ctx = ctx!(self, now);
+        for sa in self.sas.values_mut() {
+            if let Some(spi_in) = sa.children.iter().find(|c| c.spi_in == spi || c.spi_out == spi).map(|c| c.spi_in) {
+                crate::child::send_delete(sa, &mut ctx, spi_in);
+                crate::child::remove(sa, &mut ctx, spi_in, DeleteReason::Expired);
+            }
+        }
+    }
+
     /// Feeds one received datagram (without a non-ESP marker).
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
         let header = match IsakmpHeader::parse(data) {

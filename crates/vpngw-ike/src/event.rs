@@ -104,6 +104,15 @@ pub enum DeleteReason {
     Expired,
     /// Its IKE SA went away.
     IkeSaGone,
+    /// Replaced by a newer SA pair for the same selectors (rekey).
+    Rekeyed,
+    /// The quick mode that was installing it never completed.
+    Abandoned,
+    /// Dead peer detection declared the peer dead.
+    DeadPeer,
+    /// Replaced by a new IKE SA with the same peer (re-authentication); its child SAs live on
+    /// under the new one.
+    Reauthenticated,
 }
 
 impl fmt::Display for DeleteReason {
@@ -113,6 +122,10 @@ impl fmt::Display for DeleteReason {
             Self::PeerDeleted => "deleted by peer",
             Self::Expired => "expired",
             Self::IkeSaGone => "IKE SA gone",
+            Self::Rekeyed => "replaced by a rekeyed SA",
+            Self::Abandoned => "quick mode not completed",
+            Self::DeadPeer => "peer dead (DPD)",
+            Self::Reauthenticated => "replaced by a re-authenticated IKE SA",
         })
     }
 }
@@ -138,6 +151,38 @@ pub struct ChildSa {
     pub remote: SocketAddr,
 }
 
+/// Where a child SA pair is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildSaState {
+    /// Inbound installed, outbound not yet in use (responder before QM3; initiator waiting to
+    /// switch from an older pair).
+    Installing,
+    /// Carries outbound traffic.
+    Active,
+    /// A newer pair took over; this one goes after a grace period.
+    Replaced,
+}
+
+impl ChildSaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Installing => "installing",
+            Self::Active => "active",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+impl fmt::Display for ChildSaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened, for the driver to act on. Child SAs come in two steps (make-before-break):
+/// `ChildSaEstablished` means "install the inbound SA; keep the outbound one ready";
+/// `ChildSaActive` means "send with it now", replacing any older outbound SA for the same
+/// selectors.
 #[derive(Clone, Debug)]
 pub enum Event {
     IkeSaEstablished {
@@ -157,6 +202,11 @@ pub enum Event {
         peer: String,
         ike_sa: IkeSaId,
         child: ChildSa,
+    },
+    ChildSaActive {
+        peer: String,
+        spi_in: u32,
+        spi_out: u32,
     },
     ChildSaDeleted {
         peer: String,
@@ -206,7 +256,10 @@ pub struct ChildSaInfo {
     pub integrity: IntegrityAlgorithm,
     pub pfs: Option<DhGroup>,
     pub encapsulation: Encapsulation,
+    pub state: ChildSaState,
     pub established_at: Instant,
     pub expires_at: Instant,
+    /// When a replacement starts (None once under way, or when the peer is expected to do it).
+    pub rekey_at: Option<Instant>,
     pub lifetime_kilobytes: Option<u64>,
 }

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use vpngw_crypto::rand_core::Rng;
 use vpngw_crypto::{CbcCipher, DhPrivateKey, FastRng};
 
+use crate::child::ChildRecord;
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
 use crate::keys::{Phase1Inputs, Phase1Keys, nat_d, phase1_iv, phase2_iv};
 use crate::proposal::{self, Phase1Choice};
-use crate::quick_mode::{ChildRecord, QuickMode};
+use crate::quick_mode::QuickMode;
 use crate::spi::SpiPool;
 use crate::wire::{
     DOI_IPSEC, DeletePayload, ExchangeType, FLAG_ENCRYPTED, HEADER_LEN, IdPayload, IsakmpHeader, NotifyPayload,
@@ -1144,7 +1145,7 @@ impl IkeSa {
             consider(qm.retransmit.as_ref().map(|r| r.next_at));
         }
         for c in &self.children {
-            consider(Some(c.expires_at));
+            consider(c.next_timeout());
         }
         t
     }

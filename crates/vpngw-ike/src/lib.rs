@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod child;
 pub mod config;
 pub mod endpoint;
 pub mod event;
@@ -28,6 +29,6 @@ pub use config::{
     EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
 };
 pub use endpoint::{DropCounters, Endpoint, IkeError};
-pub use event::{ChildSa, ChildSaInfo, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
+pub use event::{ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
 pub use ikesa::{IKE_PORT, NAT_T_PORT, Transmit};
 pub use proposal::Encapsulation;

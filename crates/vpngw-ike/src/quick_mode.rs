@@ -5,14 +5,15 @@
 //! HASH(2) = prf(SKEYID_a, M-ID | Ni_b | payloads after HASH)
 //! HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vpngw_crypto::rand_core::Rng;
 use vpngw_crypto::{DhPrivateKey, SecretBytes};
 use vpngw_esp::SaKeys;
 
+use crate::child::{self, ChildRecord};
 use crate::config::{Ipv4Subnet, SubnetPair};
-use crate::event::{ChildSa, ChildSaInfo, DeleteReason, Event, FailReason, Role};
+use crate::event::{ChildSa, ChildSaState, DeleteReason, Event, FailReason, Role};
 use crate::ikesa::{Ctx, Failure, IkeSa, Received, Retransmit, RetransmitDue, packet_hash, subtle_eq};
 use crate::keys::phase2_iv;
 use crate::proposal::{self, Encapsulation, Phase2Choice};
@@ -51,34 +52,6 @@ pub(crate) struct QuickMode {
     pub retransmit: Option<Retransmit>,
     /// Hash of the last request and our answer (QM2 for a responder, QM3 for an initiator).
     last_answer: Option<(u64, Vec<u8>)>,
-}
-
-/// An installed pair of child SAs.
-#[derive(Clone, Debug)]
-pub(crate) struct ChildRecord {
-    pub spi_in: u32,
-    pub spi_out: u32,
-    pub pair: SubnetPair,
-    pub choice: Phase2Choice,
-    pub established_at: Instant,
-    pub expires_at: Instant,
-}
-
-impl ChildRecord {
-    pub fn info(&self) -> ChildSaInfo {
-        ChildSaInfo {
-            spi_in: self.spi_in,
-            spi_out: self.spi_out,
-            selectors: self.pair,
-            encryption: self.choice.encryption,
-            integrity: self.choice.integrity,
-            pfs: self.choice.pfs,
-            encapsulation: self.choice.encapsulation,
-            established_at: self.established_at,
-            expires_at: self.expires_at,
-            lifetime_kilobytes: self.choice.lifetime_kilobytes,
-        }
-    }
 }
 
 fn random_bytes(ctx: &mut Ctx<'_>, n: usize) -> Vec<u8> {
@@ -197,7 +170,14 @@ pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
 
 fn fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, f: Failure) {
     let qm = sa.quick_modes.remove(index);
-    ctx.spis.release(qm.spi_in);
+    if sa.children.iter().any(|c| c.spi_in == qm.spi_in && c.state == ChildSaState::Installing) {
+        // A responder's inbound SA, installed at QM2: QM3 never came right. The initiator may
+        // be sending with it already: the Delete sends it back to an older pair.
+        child::send_delete(sa, ctx, qm.spi_in);
+        child::remove(sa, ctx, qm.spi_in, DeleteReason::Abandoned);
+    } else {
+        ctx.spis.release(qm.spi_in);
+    }
     if let Some(n) = f.notify {
         sa.send_notify(ctx, ProtocolId::ESP, n, qm.spi_in.to_be_bytes().to_vec(), Vec::new());
     }
@@ -378,6 +358,9 @@ fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Fa
         last_answer: Some((packet_hash(rx.data), packet.clone())),
     });
     sa.transmit(ctx, packet);
+    // Make-before-break: our inbound SA exists before the initiator, which switches when it
+    // sends QM3, can use it.
+    install(sa, ctx, sa.quick_modes.len() - 1);
     Ok(())
 }
 
@@ -497,7 +480,9 @@ fn on_qm3(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) ->
     qm.retransmit = None;
     qm.state = QmState::Done;
     qm.last_answer = None;
-    install(sa, ctx, index);
+    // The initiator has both SAs: send with the new one.
+    let spi_in = qm.spi_in;
+    child::activate(sa, ctx, spi_in);
     Ok(())
 }
 
@@ -514,6 +499,8 @@ fn split_keys(keymat: &SecretBytes, choice: &Phase2Choice) -> SaKeys {
 
 /// Derives both directions' keys and reports the child SA. Each direction is keyed with the
 /// SPI its receiver chose (RFC 2409 s.5.5): ours for inbound, the peer's for outbound.
+/// An initiator sends with it at once when it is the only SA pair for its selectors, else
+/// after [`child::ACTIVATE_DELAY`]; a responder when QM3 arrives.
 fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let Some(keys) = sa.keys.clone() else { return };
     let qm = &sa.quick_modes[index];
@@ -523,13 +510,21 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let keys_in = split_keys(&keys.keymat(gxy, ProtocolId::ESP.0, qm.spi_in, &qm.n_i, &qm.n_r, len), &choice);
     let keys_out = split_keys(&keys.keymat(gxy, ProtocolId::ESP.0, qm.spi_out, &qm.n_i, &qm.n_r, len), &choice);
     let seconds = qm.lifetime.0.unwrap_or(28_800).max(1);
+    let lifetime = Duration::from_secs(seconds);
+    let role = qm.role;
+    let replaces = child::has_active(sa, &qm.pair);
+    let activate_now = role == Role::Initiator && !replaces;
     let record = ChildRecord {
         spi_in: qm.spi_in,
         spi_out: qm.spi_out,
         pair: qm.pair,
         choice: choice.clone(),
+        state: ChildSaState::Installing,
         established_at: ctx.now,
-        expires_at: ctx.now + Duration::from_secs(seconds),
+        expires_at: ctx.now + lifetime,
+        rekey_at: Some(child::rekey_time(ctx.now, lifetime, role, ctx.rng)),
+        activate_at: (role == Role::Initiator && replaces).then(|| ctx.now + child::ACTIVATE_DELAY),
+        retire_at: None,
     };
     let child = ChildSa {
         spi_in: qm.spi_in,
@@ -549,8 +544,12 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let qm = &mut sa.quick_modes[index];
     qm.dh = None;
     qm.gxy = None;
+    let spi_in = record.spi_in;
     sa.children.push(record);
     ctx.events.push_back(Event::ChildSaEstablished { peer: sa.peer.name.clone(), ike_sa: sa.id, child });
+    if activate_now {
+        child::activate(sa, ctx, spi_in);
+    }
     prune_done(sa);
 }
 
@@ -562,7 +561,7 @@ fn prune_done(sa: &mut IkeSa) {
     }
 }
 
-/// Retransmissions of our quick mode messages, and child SA lifetimes.
+/// Retransmissions of our quick mode messages, and child SA timers.
 pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let mut i = 0;
     while i < sa.quick_modes.len() {
@@ -585,19 +584,7 @@ pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         }
         i += 1;
     }
-    let expired: Vec<u32> = sa.children.iter().filter(|c| ctx.now >= c.expires_at).map(|c| c.spi_in).collect();
-    for spi in expired {
-        sa.send_informational(
-            ctx,
-            vec![Payload::Delete(crate::wire::DeletePayload {
-                doi: crate::wire::DOI_IPSEC,
-                protocol: ProtocolId::ESP,
-                spi_size: 4,
-                spis: vec![spi.to_be_bytes().to_vec()],
-            })],
-        );
-        remove_child(sa, ctx, spi, DeleteReason::Expired);
-    }
+    child::handle_timeouts(sa, ctx);
 }
 
 /// Drops pending initiator exchanges after the peer refused them with a notify.
@@ -608,13 +595,5 @@ pub(crate) fn abort_pending(sa: &mut IkeSa, reason: FailReason, detail: &str) {
 
 /// Removes the child SA with this SPI (ours or the peer's).
 pub(crate) fn remove_child(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32, reason: DeleteReason) {
-    let Some(i) = sa.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
-    let c = sa.children.remove(i);
-    ctx.spis.release(c.spi_in);
-    ctx.events.push_back(Event::ChildSaDeleted {
-        peer: sa.peer.name.clone(),
-        spi_in: c.spi_in,
-        spi_out: c.spi_out,
-        reason,
-    });
+    child::remove(sa, ctx, spi, reason);
 }

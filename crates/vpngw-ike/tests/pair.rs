@@ -236,20 +236,6 @@ fn terminate_sends_deletes_and_the_peer_honours_them() {
     assert!(p.b.ike_sas().is_empty());
 }
 
-#[test]
-fn child_sa_expires_and_is_deleted_on_both_sides() {
-    let (mut a, mut b) = configs();
-    a.phase2.lifetime_seconds = 30;
-    b.phase2.lifetime_seconds = 30;
-    let mut p = up(a, b, 14);
-    assert_up(&p, 1);
-    p.drive(Duration::from_secs(200));
-    assert!(
-        p.a_events.iter().any(|e| matches!(e, Event::ChildSaDeleted { reason: vpngw_ike::DeleteReason::Expired, .. }))
-    );
-    assert!(p.b_events.iter().any(|e| matches!(e, Event::ChildSaDeleted { .. })));
-}
-
 // --------------------------------------------------------------------------------------------
 // Mismatches
 

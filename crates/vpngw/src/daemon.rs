@@ -19,7 +19,9 @@ use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters
 use vpngw_dataplane::spd::{Policy, Spd};
 use vpngw_dataplane::{Dataplane, DataplaneConfig, ToControl};
 use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
-use vpngw_ike::{ChildSa, Encapsulation, Endpoint, EngineConfig, Event, FailReason, IKE_PORT, Ipv4Subnet, NAT_T_PORT};
+use vpngw_ike::{
+    ChildSa, DeleteReason, Encapsulation, Endpoint, EngineConfig, Event, FailReason, IKE_PORT, Ipv4Subnet, NAT_T_PORT,
+};
 
 use crate::config::{Config, ConfigError, Connection, Start};
 use crate::control::{self, Command, Request, Response};
@@ -33,6 +35,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// NAT keepalive interval (RFC 3948 s.4; strongSwan uses 20 s too).
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// How often SA byte counters are compared with volume lifetimes.
+const LIFECYCLE_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -80,6 +84,8 @@ struct Daemon {
     started: Instant,
     /// `--esp-keylog`: ESP keys in tcpdump's `-E` secrets format, for debugging only.
     keylog: Option<PathBuf>,
+    /// Outbound SAs negotiated but not yet sending (make-before-break), by SPI.
+    ready_outbound: HashMap<u32, OutboundEntry>,
 }
 
 fn engine_config(config: &Config) -> EngineConfig {
@@ -184,6 +190,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         retries: HashMap::new(),
         started: Instant::now(),
         keylog,
+        ready_outbound: HashMap::new(),
     };
     if let Some(k) = &d.keylog {
         tracing::warn!(file = %k.display(), "ESP keys are written to this file (--esp-keylog): for debugging only, remove it when done");
@@ -206,6 +213,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     d.flush().await;
     let mut buf_ike = vec![0u8; 65536];
     let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
     loop {
         let wake = d.next_wake();
         tokio::select! {
@@ -222,6 +230,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                 d.run_retries(now);
             }
             _ = keepalive.tick() => d.send_keepalives().await,
+            _ = lifecycle.tick() => d.check_volumes(Instant::now()),
             Some((request, reply)) = cmd_rx.recv() => {
                 let response = d.command(request);
                 let _ = reply.send(response);
@@ -340,8 +349,42 @@ impl Daemon {
                 }
             }
             ToControl::RekeyDue { spi_out } => {
-                tracing::info!(spi_out = %format!("{spi_out:08x}"), "outbound SA near its sequence limit");
+                tracing::info!(spi_out = %format!("{spi_out:08x}"), "outbound SA near its sequence-number limit: rekeying");
+                self.endpoint.rekey_child(Instant::now(), spi_out);
             }
+        }
+    }
+
+    /// Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured on its own;
+    /// from 85-94 % of the limit (spread by SPI, so that tunnels set up together do not all
+    /// rekey together) a replacement is negotiated; at 100 % the pair is deleted.
+    fn check_volumes(&mut self, now: Instant) {
+        let mut soft = Vec::new();
+        let mut hard = Vec::new();
+        for s in self.endpoint.ike_sas() {
+            for c in &s.children {
+                let Some(kb) = c.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
+                let limit = kb.saturating_mul(1024);
+                let bytes_in = self.table.inbound(c.spi_in).map_or(0, |e| e.counters.bytes());
+                let bytes_out = self.table.outbound_by_spi(c.spi_out).map_or(0, |e| e.counters.bytes());
+                let used = bytes_in.max(bytes_out);
+                if used >= limit {
+                    hard.push(c.spi_in);
+                } else if c.state == vpngw_ike::ChildSaState::Active
+                    && used >= limit / 100 * (85 + u64::from(c.spi_in % 10))
+                {
+                    soft.push(c.spi_in);
+                }
+            }
+        }
+        for spi in soft {
+            if self.endpoint.rekey_child(now, spi) {
+                tracing::info!(spi_in = %format!("{spi:08x}"), "child SA near its volume lifetime: rekeying");
+            }
+        }
+        for spi in hard {
+            tracing::info!(spi_in = %format!("{spi:08x}"), "child SA reached its volume lifetime: deleted");
+            self.endpoint.expire_child(now, spi);
         }
     }
 
@@ -387,16 +430,23 @@ impl Daemon {
                 self.install(&peer, &child);
                 self.log_keys(&child);
             }
+            Event::ChildSaActive { peer, spi_in, spi_out } => {
+                tracing::debug!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), "child SA sending");
+                if let Some(out) = self.ready_outbound.remove(&spi_out) {
+                    self.table.install_outbound(out);
+                }
+            }
             Event::ChildSaDeleted { peer, spi_in, spi_out, reason } => {
                 tracing::info!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), %reason, "child SA deleted");
                 self.table.remove(spi_in, spi_out);
-                if reason != vpngw_ike::DeleteReason::Local {
+                self.ready_outbound.remove(&spi_out);
+                if !matches!(reason, DeleteReason::Local | DeleteReason::Rekeyed | DeleteReason::Reauthenticated) {
                     self.schedule_retry(&peer);
                 }
             }
             Event::IkeSaDeleted { peer, reason, .. } => {
                 tracing::info!(connection = %peer, %reason, "IKE SA deleted");
-                if reason != vpngw_ike::DeleteReason::Local {
+                if !matches!(reason, DeleteReason::Local | DeleteReason::Reauthenticated) {
                     self.schedule_retry(&peer);
                 }
             }
@@ -433,15 +483,17 @@ impl Daemon {
         let outbound = OutboundSa::new(c.spi_out, &c.keys_out);
         match (inbound, outbound) {
             (Ok(inb), Ok(out)) => {
+                // Inbound now; outbound when the engine says the peer can open it.
                 let name: Arc<str> = connection.into();
-                self.table.install(
-                    InboundEntry {
-                        connection: name.clone(),
-                        sa: inb,
-                        selectors,
-                        transport,
-                        counters: SaCounters::default(),
-                    },
+                self.table.install_inbound(InboundEntry {
+                    connection: name.clone(),
+                    sa: inb,
+                    selectors,
+                    transport,
+                    counters: SaCounters::default(),
+                });
+                self.ready_outbound.insert(
+                    c.spi_out,
                     OutboundEntry { connection: name, sa: out, selectors, transport, counters: SaCounters::default() },
                 );
             }
@@ -497,6 +549,7 @@ impl Daemon {
                 Ok(()) => {
                     self.retries.remove(&connection);
                     self.table.remove_connection(&connection);
+                    self.ready_outbound.retain(|_, e| &*e.connection != connection.as_str());
                     Response::ok(format!("{connection} down"))
                 }
                 Err(e) => Response::error(e.to_string()),
@@ -536,6 +589,7 @@ impl Daemon {
             } else {
                 let _ = self.endpoint.remove_peer(now, &old.peer.name);
                 self.table.remove_connection(&old.peer.name);
+                self.ready_outbound.retain(|_, e| *e.connection != *old.peer.name);
                 self.retries.remove(&old.peer.name);
                 removed += 1;
             }
@@ -589,8 +643,10 @@ impl Daemon {
                             authentication: ch.integrity.name().into(),
                             pfs: ch.pfs.map_or("disable".into(), |g| g.name().into()),
                             encapsulation: ch.encapsulation.to_string(),
+                            state: ch.state.to_string(),
                             established_at_unix: at(ch.established_at),
                             expires_in_seconds: ch.expires_at.saturating_duration_since(now).as_secs(),
+                            rekey_in_seconds: ch.rekey_at.map(|t| t.saturating_duration_since(now).as_secs()),
                             lifetime_kilobytes: ch.lifetime_kilobytes,
                             packets_in: inb.as_ref().map_or(0, |e| e.counters.packets()),
                             bytes_in: inb.as_ref().map_or(0, |e| e.counters.bytes()),
@@ -599,7 +655,8 @@ impl Daemon {
                         }
                     })
                     .collect();
-                let up = ike.is_some_and(|s| s.state == "established") && children.len() >= p.subnets.len();
+                let active = children.iter().filter(|c| c.state == "active").count();
+                let up = ike.is_some_and(|s| s.state == "established") && active >= p.subnets.len();
                 ConnectionStatus {
                     name: p.name.clone(),
                     pre_shared_key: c.psk_source.clone(),

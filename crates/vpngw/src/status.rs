@@ -68,8 +68,13 @@ pub struct ChildSaStatus {
     pub authentication: String,
     pub pfs: String,
     pub encapsulation: String,
+    /// installing (inbound only), active (carries outbound traffic), replaced (going).
+    pub state: String,
     pub established_at_unix: u64,
     pub expires_in_seconds: u64,
+    /// When this side starts replacing it (absent once under way, or when replaced).
+    #[serde(default)]
+    pub rekey_in_seconds: Option<u64>,
     pub lifetime_kilobytes: Option<u64>,
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -141,9 +146,10 @@ impl Status {
             for ch in &c.child_sas {
                 let _ = writeln!(
                     o,
-                    "  child SA {} <=> {}: SPIs in {} out {}, {}/{} pfs {}, {}, established {}, expires in {}s, in {} pkts/{} B, out {} pkts/{} B",
+                    "  child SA {} <=> {} ({}): SPIs in {} out {}, {}/{} pfs {}, {}, established {}, {}expires in {}s, in {} pkts/{} B, out {} pkts/{} B",
                     ch.local_subnet,
                     ch.remote_subnet,
+                    ch.state,
                     ch.spi_in,
                     ch.spi_out,
                     ch.encryption,
@@ -151,6 +157,7 @@ impl Status {
                     ch.pfs,
                     ch.encapsulation,
                     ago(now_unix, ch.established_at_unix),
+                    ch.rekey_in_seconds.map(|s| format!("rekey in {s}s, ")).unwrap_or_default(),
                     ch.expires_in_seconds,
                     ch.packets_in,
                     ch.bytes_in,

@@ -60,6 +60,9 @@ pub struct Pair {
     /// Drop the next n datagrams sent by A / by B.
     pub drop_from_a: usize,
     pub drop_from_b: usize,
+    /// Drop everything A / B sends (a dead or unreachable peer).
+    pub blackhole_a: bool,
+    pub blackhole_b: bool,
     /// Every datagram delivered, with its direction (true = A to B).
     pub wire: Vec<(bool, SocketAddr, SocketAddr, Vec<u8>)>,
 }
@@ -85,6 +88,8 @@ impl Pair {
             nat: false,
             drop_from_a: 0,
             drop_from_b: 0,
+            blackhole_a: false,
+            blackhole_b: false,
             wire: vec![],
         }
     }
@@ -108,33 +113,48 @@ impl Pair {
     /// Moves datagrams and events until nothing is in flight; then jumps to the next timer,
     /// until `limit` of virtual time has passed since the pair was made.
     pub fn drive(&mut self, limit: Duration) {
+        self.drive_with(limit, |_| {});
+    }
+
+    fn take_events(&mut self) {
+        while let Some(e) = self.a.poll_event() {
+            self.a_events.push(e);
+        }
+        while let Some(e) = self.b.poll_event() {
+            self.b_events.push(e);
+        }
+    }
+
+    /// [`Pair::drive`], calling `check` after every datagram and timer, once both sides'
+    /// events so far are in `a_events` / `b_events` (a driver acts on events before it sends).
+    pub fn drive_with(&mut self, limit: Duration, mut check: impl FnMut(&Pair)) {
         loop {
             let mut moved = false;
+            self.take_events();
+            check(self);
             while let Some(t) = self.a.poll_transmit() {
                 moved = true;
-                if self.drop_from_a > 0 {
-                    self.drop_from_a -= 1;
+                if self.drop_from_a > 0 || self.blackhole_a {
+                    self.drop_from_a = self.drop_from_a.saturating_sub(1);
                     continue;
                 }
                 let src = self.nat_out(t.local);
                 self.wire.push((true, src, t.remote, t.payload.clone()));
                 self.b.handle(self.now, t.remote, src, &t.payload);
+                self.take_events();
+                check(self);
             }
             while let Some(t) = self.b.poll_transmit() {
                 moved = true;
-                if self.drop_from_b > 0 {
-                    self.drop_from_b -= 1;
+                if self.drop_from_b > 0 || self.blackhole_b {
+                    self.drop_from_b = self.drop_from_b.saturating_sub(1);
                     continue;
                 }
                 let dst = self.nat_in(t.remote);
                 self.wire.push((false, t.local, t.remote, t.payload.clone()));
                 self.a.handle(self.now, dst, t.local, &t.payload);
-            }
-            while let Some(e) = self.a.poll_event() {
-                self.a_events.push(e);
-            }
-            while let Some(e) = self.b.poll_event() {
-                self.b_events.push(e);
+                self.take_events();
+                check(self);
             }
             if moved {
                 continue;
@@ -146,7 +166,11 @@ impl Pair {
                     self.a.handle_timeout(self.now);
                     self.b.handle_timeout(self.now);
                 }
-                _ => return,
+                _ => {
+                    self.take_events();
+                    check(self);
+                    return;
+                }
             }
         }
     }

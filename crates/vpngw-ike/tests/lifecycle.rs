@@ -1,0 +1,195 @@
+//! Child SAs over time, two engines in memory: rekeys started by either side lose nothing
+//! (checked after every datagram against a model of both dataplanes), replaced SAs are deleted,
+//! and an SA whose replacement cannot be negotiated expires on both sides.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use vpngw_ike::{DeleteReason, Event, SubnetPair};
+
+/// What a driver following the events would have in its SA table.
+#[derive(Default, Debug)]
+struct Table {
+    inbound: HashSet<u32>,
+    /// Outbound SPI per selectors (local, remote).
+    outbound: HashMap<SubnetPair, u32>,
+    ready: HashMap<u32, SubnetPair>,
+    seen: usize,
+    ever_up: HashSet<SubnetPair>,
+}
+
+impl Table {
+    fn apply(&mut self, events: &[Event]) {
+        for e in &events[self.seen..] {
+            match e {
+                Event::ChildSaEstablished { child, .. } => {
+                    self.inbound.insert(child.spi_in);
+                    self.ready.insert(child.spi_out, child.selectors);
+                }
+                Event::ChildSaActive { spi_out, .. } => {
+                    let pair = self.ready[spi_out];
+                    self.outbound.insert(pair, *spi_out);
+                    self.ever_up.insert(pair);
+                }
+                Event::ChildSaDeleted { spi_in, spi_out, .. } => {
+                    self.inbound.remove(spi_in);
+                    self.ready.remove(spi_out);
+                    self.outbound.retain(|_, s| s != spi_out);
+                }
+                _ => {}
+            }
+        }
+        self.seen = events.len();
+    }
+}
+
+fn deletes(events: &[Event], reason: DeleteReason) -> usize {
+    events.iter().filter(|e| matches!(e, Event::ChildSaDeleted { reason: r, .. } if *r == reason)).count()
+}
+
+/// Both dataplanes follow the events; at every step each side's outbound SA must be installed
+/// inbound at the other side (nothing sent is dropped), and once up a pair never loses its
+/// outbound SA (no gap).
+fn drive_checked(p: &mut Pair, limit: Duration, ta: &mut Table, tb: &mut Table) {
+    p.drive_with(limit, |p| {
+        ta.apply(&p.a_events);
+        tb.apply(&p.b_events);
+        for (x, y, name) in [(&*ta, &*tb, "A->B"), (&*tb, &*ta, "B->A")] {
+            for (pair, spi) in &x.outbound {
+                assert!(y.inbound.contains(spi), "{name}: outbound {spi:08x} for {pair} has no inbound SA at the peer");
+            }
+            for pair in &x.ever_up {
+                assert!(x.outbound.contains_key(pair), "{name}: {pair} lost its outbound SA");
+            }
+        }
+    });
+}
+
+fn short_lifetimes(seconds: u32) -> (vpngw_ike::PeerConfig, vpngw_ike::PeerConfig) {
+    let (mut a, mut b) = configs();
+    a.phase2.lifetime_seconds = seconds;
+    b.phase2.lifetime_seconds = seconds;
+    (a, b)
+}
+
+#[test]
+fn time_rekeys_make_before_break() {
+    let (a, b) = short_lifetimes(30);
+    let mut p = Pair::new(a, b, 41);
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    p.a.initiate(p.now, "to-b").unwrap();
+    drive_checked(&mut p, Duration::from_secs(200), &mut ta, &mut tb);
+    assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+    // 200 s of 30 s SAs: at least 8 replacements, each old pair deleted as replaced, none
+    // expiring unreplaced.
+    let rekeys = Pair::children(&p.a_events).len() - 1;
+    assert!(rekeys >= 8, "only {rekeys} rekeys");
+    assert!(deletes(&p.a_events, DeleteReason::Rekeyed) + deletes(&p.b_events, DeleteReason::Rekeyed) >= rekeys);
+    assert_eq!(deletes(&p.a_events, DeleteReason::Expired), 0);
+    assert_eq!(deletes(&p.b_events, DeleteReason::Expired), 0);
+    // Replaced pairs go: never more than two pairs (old and new) per side.
+    assert!(ta.inbound.len() <= 2 && tb.inbound.len() <= 2, "{ta:?} {tb:?}");
+    assert_eq!(p.a.ike_sas()[0].children.iter().filter(|c| c.state.as_str() == "active").count(), 1);
+}
+
+#[test]
+fn either_side_can_rekey_on_volume_and_the_other_follows() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, 42);
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    p.a.initiate(p.now, "to-b").unwrap();
+    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+    let mut limit = 5;
+    for round in 0..6 {
+        // The side that was quick mode responder starts every other rekey.
+        let (rekeyer, spi) = if round % 2 == 0 {
+            (&mut p.b, *tb.outbound.values().next().unwrap())
+        } else {
+            (&mut p.a, *ta.outbound.values().next().unwrap())
+        };
+        assert!(rekeyer.rekey_child(p.now, spi), "round {round}: no rekey started");
+        limit += 30;
+        drive_checked(&mut p, Duration::from_secs(limit), &mut ta, &mut tb);
+        let now_out =
+            if round % 2 == 0 { *tb.outbound.values().next().unwrap() } else { *ta.outbound.values().next().unwrap() };
+        assert_ne!(now_out, spi, "round {round}: outbound did not switch");
+        assert_eq!(ta.inbound.len(), 1, "round {round}: the replaced pair is deleted after its grace");
+    }
+    assert_eq!(Pair::children(&p.a_events).len(), 7);
+    assert_eq!(Pair::children(&p.b_events).len(), 7);
+    // A second request while one is under way starts nothing.
+    let spi = *ta.outbound.values().next().unwrap();
+    assert!(p.a.rekey_child(p.now, spi));
+    assert!(!p.a.rekey_child(p.now, spi));
+}
+
+#[test]
+fn hard_volume_limit_deletes_on_both_sides() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, 43);
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    p.a.initiate(p.now, "to-b").unwrap();
+    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+    let spi = *ta.outbound.values().next().unwrap();
+    p.a.expire_child(p.now, spi);
+    p.drive(Duration::from_secs(10));
+    assert_eq!(deletes(&p.a_events, DeleteReason::Expired), 1);
+    assert_eq!(deletes(&p.b_events, DeleteReason::PeerDeleted), 1);
+}
+
+#[test]
+fn without_a_replacement_the_sa_expires_on_both_sides() {
+    let (a, b) = short_lifetimes(30);
+    let mut p = Pair::new(a, b, 44);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(5));
+    assert_eq!(Pair::children(&p.a_events).len(), 1);
+    // The network between them fails: no quick mode completes.
+    p.blackhole_a = true;
+    p.blackhole_b = true;
+    p.drive(Duration::from_secs(40));
+    assert_eq!(deletes(&p.a_events, DeleteReason::Expired), 1);
+    assert_eq!(deletes(&p.b_events, DeleteReason::Expired), 1);
+}
+
+#[test]
+fn a_responder_whose_qm3_never_comes_drops_the_inbound_sa_and_says_so() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, 45);
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    p.a.initiate(p.now, "to-b").unwrap();
+    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+    let old = *ta.outbound.values().next().unwrap();
+    assert!(p.a.rekey_child(p.now, old));
+    // QM1 reaches B, QM2 reaches A, A's QM3 is lost (and so is everything A sends after).
+    let qm1 = p.a.poll_transmit().unwrap();
+    p.b.handle(p.now, qm1.remote, qm1.local, &qm1.payload);
+    let qm2 = p.b.poll_transmit().unwrap();
+    p.a.handle(p.now, qm2.remote, qm2.local, &qm2.payload);
+    assert!(p.a.poll_transmit().is_some(), "A sends QM3");
+    p.blackhole_a = true;
+    p.drive(Duration::from_secs(200));
+    ta.apply(&p.a_events);
+    tb.apply(&p.b_events);
+    // B installed the new inbound SA at QM2, never sent with it, and after its QM2
+    // retransmissions gave up, removed it and told A: A sends with nothing B cannot open.
+    assert_eq!(deletes(&p.b_events, DeleteReason::Abandoned), 1);
+    assert_eq!(deletes(&p.a_events, DeleteReason::PeerDeleted), 1);
+    assert!(Pair::failures(&p.b_events).iter().any(|(r, _)| *r == vpngw_ike::FailReason::PeerUnreachable));
+    for spi in ta.outbound.values() {
+        assert!(tb.inbound.contains(spi), "A sends with {spi:08x}, unknown to B");
+    }
+    // Once A is heard again, bringing the connection up (what the daemon's retry does)
+    // repairs it on both sides.
+    p.blackhole_a = false;
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(260));
+    ta.apply(&p.a_events);
+    tb.apply(&p.b_events);
+    let (a_out, b_out) = (ta.outbound.values().next().unwrap(), tb.outbound.values().next().unwrap());
+    assert!(tb.inbound.contains(a_out) && ta.inbound.contains(b_out), "{ta:?} {tb:?}");
+}
