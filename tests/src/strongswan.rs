@@ -28,6 +28,40 @@ pub struct SwConn {
     pub psk: String,
 }
 
+/// strongSwan's timers for a connection (swanctl words). The defaults keep it from rekeying
+/// or probing on its own during a test.
+#[derive(Clone, Debug)]
+pub struct SwTimers {
+    /// IKE SA reauthentication (`rekey_time`, IKEv1) and its `over_time`.
+    pub ike_rekey: String,
+    pub ike_over: String,
+    /// Child SA `rekey_time`, `life_time`, `rand_time`.
+    pub child_rekey: String,
+    pub child_life: String,
+    pub child_rand: String,
+    pub dpd_delay: String,
+    pub dpd_timeout: String,
+    /// `dpd_action` and `start_action` of the child.
+    pub dpd_action: String,
+    pub start_action: String,
+}
+
+impl Default for SwTimers {
+    fn default() -> Self {
+        Self {
+            ike_rekey: "77760s".into(),
+            ike_over: "8640s".into(),
+            child_rekey: "3240s".into(),
+            child_life: "3600s".into(),
+            child_rand: "0s".into(),
+            dpd_delay: "0s".into(),
+            dpd_timeout: "0s".into(),
+            dpd_action: "clear".into(),
+            start_action: "none".into(),
+        }
+    }
+}
+
 /// SAs as `swanctl --list-sas` shows them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwSas {
@@ -154,12 +188,18 @@ impl Charon {
 
     /// Replaces the loaded configuration with this one connection.
     pub fn load(&self, c: &SwConn) {
+        self.load_with(c, &SwTimers::default());
+    }
+
+    /// [`Charon::load`] with these timers.
+    pub fn load_with(&self, c: &SwConn, t: &SwTimers) {
         let conf = format!(
             "connections {{\n  lab {{\n    version = 1\n    aggressive = {aggr}\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
-             proposals = {ike}\n    rekey_time = 77760s\n    over_time = 8640s\n    dpd_delay = 0s\n    \
+             proposals = {ike}\n    rekey_time = {ike_rekey}\n    over_time = {ike_over}\n    dpd_delay = {dpd_delay}\n    dpd_timeout = {dpd_timeout}\n    \
              local {{\n      auth = psk\n      id = {lid}\n    }}\n    remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
              children {{\n      net {{\n        mode = tunnel\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
-             esp_proposals = {esp}\n        life_time = 3600s\n        rekey_time = 3240s\n        start_action = none\n      }}\n    }}\n  }}\n}}\n\
+             esp_proposals = {esp}\n        life_time = {child_life}\n        rekey_time = {child_rekey}\n        rand_time = {child_rand}\n        \
+             start_action = {start_action}\n        dpd_action = {dpd_action}\n      }}\n    }}\n  }}\n}}\n\
              secrets {{\n  ike-lab {{\n    id-l = {lid}\n    id-r = {rid}\n    secret = \"{psk}\"\n  }}\n}}\n",
             aggr = if c.aggressive { "yes" } else { "no" },
             la = c.local_addr,
@@ -171,6 +211,15 @@ impl Charon {
             lts = c.local_ts.join(","),
             rts = c.remote_ts.join(","),
             psk = c.psk,
+            ike_rekey = t.ike_rekey,
+            ike_over = t.ike_over,
+            dpd_delay = t.dpd_delay,
+            dpd_timeout = t.dpd_timeout,
+            child_life = t.child_life,
+            child_rekey = t.child_rekey,
+            child_rand = t.child_rand,
+            start_action = t.start_action,
+            dpd_action = t.dpd_action,
         );
         let path = self.dir.join("swanctl.conf");
         std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
@@ -192,6 +241,12 @@ impl Charon {
     /// Starts an initiation without waiting for it.
     pub fn initiate_async(&self) {
         let _ = self.swanctl(&["--initiate", "--ike", "lab", "--child", "net", "--timeout", "-1"]);
+    }
+
+    /// `swanctl --rekey --child net`: strongSwan starts a quick mode replacing the child SA.
+    pub fn rekey_child(&self) -> String {
+        let out = self.swanctl(&["--rekey", "--child", "net"]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
 
     pub fn terminate_all(&self) {

@@ -87,6 +87,99 @@ fn pcap_wire_bytes(pcap: &[u8]) -> u64 {
     total
 }
 
+/// Pings and a paced TCP stream running in the background between the hosts, for checks that
+/// something (a rekey, a reauthentication) happens without loss.
+#[derive(Debug)]
+pub struct Background {
+    ping: u32,
+    ping_log: PathBuf,
+    server: u32,
+    server_log: PathBuf,
+    client: u32,
+    client_log: PathBuf,
+}
+
+/// What the background traffic saw.
+#[derive(Debug)]
+pub struct BackgroundReport {
+    pub pings_sent: u64,
+    pub pings_received: u64,
+    pub stream_sent: Value,
+    pub stream_received: Value,
+}
+
+impl BackgroundReport {
+    /// The longest wait between two arrivals of the TCP stream, in seconds.
+    pub fn max_gap(&self) -> f64 {
+        self.stream_received["max_gap"].as_f64().unwrap_or(f64::INFINITY)
+    }
+
+    /// Pings lost, the stream intact, the longest stall: a one-line summary for assertions.
+    pub fn summary(&self) -> String {
+        format!(
+            "pings {}/{} answered; stream sent {} B, received {} B, longest gap {:.3} s",
+            self.pings_received,
+            self.pings_sent,
+            self.stream_sent["bytes"],
+            self.stream_received["bytes"],
+            self.max_gap()
+        )
+    }
+}
+
+impl Background {
+    /// `seconds` of pings every 10 ms from the left host to the right host, and a TCP stream
+    /// of `kbps` KiB/s from the left host to the right host.
+    pub fn start(lab: &Lab, seconds: u32, kbps: u32) -> Self {
+        let server_log = lab.dir.join("stream-server.out");
+        let server =
+            lab.spawn(&lab.right_host, "python3", &[&script(), "stream-server", RIGHT_HOST, "5003"], &[], &server_log);
+        std::thread::sleep(Duration::from_millis(300));
+        let client_log = lab.dir.join("stream-client.out");
+        let client = lab.spawn(
+            &lab.left_host,
+            "python3",
+            &[&script(), "stream-client", RIGHT_HOST, "5003", &seconds.to_string(), &kbps.to_string()],
+            &[],
+            &client_log,
+        );
+        let ping_log = lab.dir.join("ping-flood.out");
+        let count = (seconds * 100).to_string();
+        let ping = lab.spawn(
+            &lab.left_host,
+            "ping",
+            &["-q", "-c", &count, "-i", "0.01", "-W", "2", RIGHT_HOST],
+            &[],
+            &ping_log,
+        );
+        Self { ping, ping_log, server, server_log, client, client_log }
+    }
+
+    /// Waits for both to finish (up to `timeout`) and reads their reports.
+    pub fn finish(self, lab: &Lab, timeout: Duration) -> BackgroundReport {
+        let read_json = |p: &Path| {
+            let text = std::fs::read_to_string(p).ok()?;
+            serde_json::from_str::<Value>(text.trim()).ok()
+        };
+        let stream_received = wait_for(timeout, || read_json(&self.server_log)).unwrap_or(Value::Null);
+        let stream_sent = wait_for(Duration::from_secs(5), || read_json(&self.client_log)).unwrap_or(Value::Null);
+        // ping's 10 ms interval runs a little long on a busy machine: give it time to finish.
+        let stats = wait_for(Duration::from_secs(90), || {
+            let text = std::fs::read_to_string(&self.ping_log).ok()?;
+            let line = text.lines().find(|l| l.contains("packets transmitted"))?.to_string();
+            let mut parts = line.split(", ");
+            let sent = parts.next()?.split(' ').next()?.parse::<u64>().ok()?;
+            let received = parts.next()?.split(' ').next()?.parse::<u64>().ok()?;
+            Some((sent, received))
+        })
+        .unwrap_or((0, 0));
+        for pid in [self.ping, self.client, self.server] {
+            lab.stop(pid, Duration::from_secs(1));
+        }
+        BackgroundReport { pings_sent: stats.0, pings_received: stats.1, stream_sent, stream_received }
+    }
+}
+
 /// A packet capture running in a namespace.
 #[derive(Debug)]
 pub struct Capture {

@@ -5,6 +5,10 @@
   traffic.py tcp-client ADDR PORT BYTES  send BYTES of data with a marker string every KiB; print JSON
   traffic.py udp-server ADDR PORT SECS   count numbered datagrams for SECS seconds; print JSON
   traffic.py udp-client ADDR PORT COUNT  send COUNT numbered datagrams; print JSON
+  traffic.py stream-server ADDR PORT     receive one connection until EOF; print JSON {bytes,
+                                         sha256, max_gap}: the longest wait between two arrivals
+  traffic.py stream-client ADDR PORT SECS KBPS
+                                         send a paced stream for SECS seconds; print JSON
 
 The marker (MARKER below) lets a capture be searched for leaked plaintext.
 """
@@ -83,6 +87,53 @@ def udp_client(addr, port, count):
     print(json.dumps({"sent": count}))
 
 
+def stream_server(addr, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    s.settimeout(60)
+    conn, _ = s.accept()
+    conn.settimeout(30)
+    h = hashlib.sha256()
+    total = 0
+    last = None
+    max_gap = 0.0
+    while True:
+        b = conn.recv(65536)
+        now = time.monotonic()
+        if not b:
+            break
+        if last is not None:
+            max_gap = max(max_gap, now - last)
+        last = now
+        h.update(b)
+        total += len(b)
+    print(json.dumps({"bytes": total, "sha256": h.hexdigest(), "max_gap": max_gap}))
+
+
+def stream_client(addr, port, secs, kbps):
+    """Sends 1 KiB every 1/kbps seconds (a steady stream, like a call), for secs seconds."""
+    s = socket.create_connection((addr, port), timeout=30)
+    h = hashlib.sha256()
+    total = 0
+    start = time.monotonic()
+    block = 0
+    while time.monotonic() - start < secs:
+        chunk = payload(1024 * (block % 7 + 1))[:1024]
+        s.sendall(chunk)
+        h.update(chunk)
+        total += len(chunk)
+        block += 1
+        due = start + block / kbps
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    print(json.dumps({"bytes": total, "sha256": h.hexdigest()}))
+
+
 if __name__ == "__main__":
     cmd, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if cmd == "tcp-server":
@@ -93,5 +144,9 @@ if __name__ == "__main__":
         udp_server(addr, port, float(sys.argv[4]))
     elif cmd == "udp-client":
         udp_client(addr, port, int(sys.argv[4]))
+    elif cmd == "stream-server":
+        stream_server(addr, port)
+    elif cmd == "stream-client":
+        stream_client(addr, port, float(sys.argv[4]), float(sys.argv[5]))
     else:
         sys.exit(f"unknown command {cmd}")

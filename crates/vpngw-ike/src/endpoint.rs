@@ -176,6 +176,28 @@ impl Endpoint {
         crate::child::rekey(sa, &mut ctx, spi)
     }
 
+    /// Replaces every child SA of a connection now (an operator's request, e.g. after a
+    /// suspected key compromise). Returns how many quick modes started.
+    pub fn rekey_connection(&mut self, now: Instant, name: &str) -> Result<usize, IkeError> {
+        if !self.peers.iter().any(|p| p.name == name) {
+            return Err(IkeError::UnknownConnection(name.into()));
+        }
+        let mut ctx = ctx!(self, now);
+        let mut started = 0;
+        for sa in self.sas.values_mut().filter(|s| s.peer.name == name && s.is_established()) {
+            let active: Vec<u32> = sa
+                .children
+                .iter()
+                .filter(|c| c.state == crate::event::ChildSaState::Active)
+                .map(|c| c.spi_in)
+                .collect();
+            for spi in active {
+                started += usize::from(crate::child::rekey(sa, &mut ctx, spi));
+            }
+        }
+        Ok(started)
+    }
+
     /// Deletes the child SA with this SPI now (its hard volume limit was reached); the peer is
     /// told.
     pub fn expire_child(&mut self, now: Instant, spi: u32) {

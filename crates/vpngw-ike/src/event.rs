@@ -149,6 +149,8 @@ pub struct ChildSa {
     /// Outer addresses (and, for ESP-in-UDP, ports) of the tunnel.
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// Our role in the quick mode that made it.
+    pub role: Role,
 }
 
 /// Where a child SA pair is in its life.

@@ -540,6 +540,7 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
         encapsulation: choice.encapsulation,
         local: sa.local,
         remote: sa.remote,
+        role,
     };
     let qm = &mut sa.quick_modes[index];
     qm.dh = None;

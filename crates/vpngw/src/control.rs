@@ -16,6 +16,7 @@ pub enum Request {
     Status,
     Up { connection: String },
     Down { connection: String },
+    Rekey { connection: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -424,6 +424,7 @@ impl Daemon {
                     pfs = %child.pfs.map_or("disable".to_string(), |g| g.name().to_string()),
                     lifetime_seconds = child.lifetime_seconds,
                     encapsulation = %child.encapsulation,
+                    quick_mode = %child.role,
                     "child SA established"
                 );
                 self.retries.remove(&peer);
@@ -552,6 +553,11 @@ impl Daemon {
                     self.ready_outbound.retain(|_, e| &*e.connection != connection.as_str());
                     Response::ok(format!("{connection} down"))
                 }
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Rekey { connection } => match self.endpoint.rekey_connection(now, &connection) {
+                Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
+                Ok(n) => Response::ok(format!("{connection}: rekeying {n} child SA(s)")),
                 Err(e) => Response::error(e.to_string()),
             },
         }

@@ -2,7 +2,7 @@
 //!
 //! **Owns:** the configuration file, the daemon's event loop (driving the IKE engine over UDP
 //! 500/4500 and publishing SAs to the dataplane's table), the control socket, signals, logging,
-//! and the CLI (`run`, `check`, `status`, `up`, `down`).
+//! and the CLI (`run`, `check`, `status`, `up`, `down`, `rekey`).
 //!
 //! **Must not touch:** protocol logic (that is `vpngw-ike`) or packet crypto (`vpngw-esp`).
 //!
@@ -76,6 +76,12 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Replace a connection's child SAs now (new keys; traffic keeps flowing).
+    Rekey {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// How the CLI finds the daemon: `--socket`, or the control_socket of `--config`, or the default.
@@ -102,7 +108,9 @@ impl Target {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: journald, files and log shippers get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -210,5 +218,6 @@ fn main() -> ExitCode {
         Cmd::Status { json, target } => client(&target, Request::Status, json),
         Cmd::Up { name, target } => client(&target, Request::Up { connection: name }, false),
         Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
+        Cmd::Rekey { name, target } => client(&target, Request::Rekey { connection: name }, false),
     }
 }
