@@ -39,6 +39,7 @@ fn peer(name: &str, local: Ipv4Addr, remote: Ipv4Addr, group: DhGroup, pfs: bool
         phase2: Phase2Policy { pfs: pfs.then_some(group), ..Phase2Policy::default() },
         subnets: vec![SubnetPair { local: net(l), remote: net(r) }],
         force_udp_encapsulation: false,
+        dpd: None,
     }
 }
 

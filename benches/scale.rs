@@ -227,6 +227,7 @@ fn engine_memory(tunnels: usize) -> (f64, f64) {
                 SubnetPair { local: a, remote: b }
             }],
             force_udp_encapsulation: false,
+            dpd: None,
         }
     };
     let hub_addr = Ipv4Addr::new(198, 51, 100, 1);

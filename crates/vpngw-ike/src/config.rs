@@ -200,6 +200,46 @@ impl Default for Phase2Policy {
     }
 }
 
+/// What dead peer detection does when the peer stays silent for `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpdAction {
+    /// Delete the SAs (an active connection then reconnects with backoff).
+    Clear,
+    /// Delete the SAs and negotiate again at once.
+    Restart,
+}
+
+impl fmt::Display for DpdAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Clear => "clear",
+            Self::Restart => "restart",
+        })
+    }
+}
+
+/// Dead peer detection (RFC 3706), in the cloud gateway's terms: on or off, a timeout of
+/// 30-60 s, an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DpdPolicy {
+    pub timeout: Duration,
+    pub action: DpdAction,
+}
+
+impl DpdPolicy {
+    /// Probe after this much silence (and again as long as it lasts).
+    pub fn delay(&self) -> Duration {
+        (self.timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
+impl Default for DpdPolicy {
+    /// The cloud gateway's defaults: enabled, 30 s, clear.
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30), action: DpdAction::Clear }
+    }
+}
+
 /// Everything the engine needs to negotiate with one peer gateway.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -218,6 +258,8 @@ pub struct PeerConfig {
     /// NAT-D hash for ourselves is made random, so that the peer sees a NAT too. For paths that
     /// drop IP protocol 50.
     pub force_udp_encapsulation: bool,
+    /// Dead peer detection; None = off (we still answer the peer's probes).
+    pub dpd: Option<DpdPolicy>,
 }
 
 /// Engine-wide behaviour.

@@ -16,6 +16,10 @@ use crate::ikesa::{Ctx, IkeSa, Received, Transmit};
 use crate::spi::SpiPool;
 use crate::wire::{ExchangeType, HEADER_LEN, IsakmpHeader, Payload, WireError, parse_payloads};
 
+/// How long an IKE SA whose child SAs moved to a newer one (the peer re-authenticated) is kept
+/// for the peer to delete it.
+const SUPERSEDED_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IkeError {
     #[error("no connection named {0:?}")]
@@ -131,7 +135,9 @@ impl Endpoint {
             .cloned()
             .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
         let mut ctx = ctx!(self, now);
-        if let Some(sa) = self.sas.values_mut().find(|s| s.peer.name == name && s.is_established()) {
+        if let Some(sa) =
+            self.sas.values_mut().rev().find(|s| s.peer.name == name && s.is_established() && !s.superseded)
+        {
             crate::quick_mode::start_all(sa, &mut ctx);
             return Ok(());
         }
@@ -159,6 +165,14 @@ impl Endpoint {
         }
         self.reap();
         Ok(())
+    }
+
+    /// ESP arrived on the child SA with this inbound SPI: the peer is alive (dead peer
+    /// detection probes only after silence).
+    pub fn traffic_received(&mut self, now: Instant, spi_in: u32) {
+        if let Some(sa) = self.sas.values_mut().find(|s| s.children.iter().any(|c| c.spi_in == spi_in)) {
+            crate::liveness::heard(sa, now);
+        }
     }
 
     /// Starts replacing the child SA with this SPI (inbound or outbound) now: its volume or
@@ -335,7 +349,54 @@ impl Endpoint {
                 }
             }
         }
+        self.take_over(now, id);
         self.reap();
+    }
+
+    /// A newly established IKE SA takes over the child SAs of older ones with the same peer
+    /// (a re-authentication, ours or the peer's; strongSwan's adopt_children). When it is our
+    /// re-authentication, the old ISAKMP SA is deleted at once; when the peer's, the peer
+    /// deletes it, or it goes a minute later.
+    fn take_over(&mut self, now: Instant, id: IkeSaId) {
+        let Some(new) = self.sas.get_mut(&id) else { return };
+        if !new.is_established() || new.settled {
+            return;
+        }
+        new.settled = true;
+        let (name, replaces) = (new.peer.name.clone(), new.replaces);
+        let older: Vec<IkeSaId> = self
+            .sas
+            .iter()
+            .filter(|(o, s)| **o != id && s.peer.name == name && s.is_established() && !s.superseded)
+            .map(|(o, _)| *o)
+            .collect();
+        let mut moved = Vec::new();
+        for o in &older {
+            if let Some(old) = self.sas.get_mut(o) {
+                moved.append(&mut old.children);
+                old.superseded = true;
+                old.quick_modes.retain(|q| q.state != crate::quick_mode::QmState::Done);
+            }
+        }
+        let mut ctx = ctx!(self, now);
+        if !older.is_empty() {
+            tracing::info!(peer = %name, child_sas = moved.len(), ours = replaces.is_some(), "new IKE SA takes over the child SAs");
+        }
+        if let Some(new) = self.sas.get_mut(&id) {
+            new.children.extend(moved);
+            // An initiator negotiates the pairs that still have no child SA.
+            if new.role == crate::event::Role::Initiator {
+                crate::quick_mode::start_all(new, &mut ctx);
+            }
+        }
+        for o in older {
+            let Some(old) = self.sas.get_mut(&o) else { continue };
+            if replaces.is_some() {
+                old.delete(&mut ctx, DeleteReason::Reauthenticated);
+            } else {
+                old.expires_at = Some(old.expires_at.map_or(now, |t| t.min(now + SUPERSEDED_KEPT)));
+            }
+        }
     }
 
     fn reap(&mut self) {
@@ -355,12 +416,36 @@ impl Endpoint {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut ctx = ctx!(self, now);
-        for sa in self.sas.values_mut() {
+        let mut reauth = Vec::new();
+        let mut restart = Vec::new();
+        for (id, sa) in self.sas.iter_mut() {
             if sa.next_timeout().is_some_and(|t| t <= now) {
                 sa.handle_timeout(&mut ctx);
             }
+            if std::mem::take(&mut sa.liveness.reauth_due) {
+                reauth.push((*id, sa.peer.clone()));
+            }
+            if std::mem::take(&mut sa.liveness.restart_due) {
+                restart.push(sa.peer.name.clone());
+            }
         }
         self.reap();
+        for (old, peer) in reauth {
+            if !self.peers.iter().any(|p| Arc::ptr_eq(p, &peer)) {
+                continue; // the connection was removed or changed meanwhile
+            }
+            let id = self.new_id();
+            let mut ctx = ctx!(self, now);
+            // No INITIAL-CONTACT: the peer must keep our child SAs for the new IKE SA.
+            let mut sa = IkeSa::initiate(id, peer, &mut ctx, false);
+            sa.replaces = Some(old);
+            self.by_cookie.insert(sa.cky_i, id);
+            self.sas.insert(id, sa);
+        }
+        for name in restart {
+            tracing::info!(peer = %name, "dead peer detection: negotiating again (dpd action restart)");
+            let _ = self.initiate(now, &name);
+        }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

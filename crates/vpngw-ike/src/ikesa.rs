@@ -19,6 +19,7 @@ use crate::child::ChildRecord;
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
 use crate::keys::{Phase1Inputs, Phase1Keys, nat_d, phase1_iv, phase2_iv};
+use crate::liveness::{self, Liveness};
 use crate::proposal::{self, Phase1Choice};
 use crate::quick_mode::QuickMode;
 use crate::spi::SpiPool;
@@ -190,6 +191,14 @@ pub(crate) struct IkeSa {
     peer_id_b: Vec<u8>,
     pub established_at: Option<Instant>,
     pub expires_at: Option<Instant>,
+    pub liveness: Liveness,
+    /// A newer IKE SA with the same peer took over its child SAs: no DPD, no
+    /// re-authentication; it goes when the peer deletes it or soon after.
+    pub superseded: bool,
+    /// The endpoint has looked at this SA since it was established (adoption of child SAs).
+    pub settled: bool,
+    /// This SA re-authenticates that one: once established, it takes over.
+    pub replaces: Option<IkeSaId>,
 }
 
 pub(crate) fn packet_hash(data: &[u8]) -> u64 {
@@ -256,6 +265,10 @@ impl IkeSa {
             peer_id_b: Vec::new(),
             established_at: None,
             expires_at: None,
+            liveness: Liveness::default(),
+            superseded: false,
+            settled: false,
+            replaces: None,
         }
     }
 
@@ -556,6 +569,7 @@ impl IkeSa {
             tracing::info!(peer = %self.peer.name, offered = ?choice.lifetime_seconds, configured = ours, used = lifetime, "IKE SA lifetimes differ: the shorter is used");
         }
         self.expires_at = Some(ctx.now + Duration::from_secs(lifetime));
+        liveness::start(self, ctx, Duration::from_secs(lifetime));
         ctx.events.push_back(Event::IkeSaEstablished {
             peer: self.peer.name.clone(),
             ike_sa: self.id,
@@ -1077,13 +1091,9 @@ impl IkeSa {
                 Ok(())
             }
         };
-        match result {
-            Ok(()) => {
-                if self.role == Role::Initiator && self.is_established() {
-                    crate::quick_mode::start_all(self, ctx);
-                }
-            }
-            Err(f) => self.fail(ctx, f),
+        // Quick modes start from the endpoint once it has moved older SAs' child SAs over.
+        if let Err(f) = result {
+            self.fail(ctx, f);
         }
     }
 
@@ -1125,6 +1135,7 @@ impl IkeSa {
             self.state = State::Dead;
         }
         crate::quick_mode::handle_timeouts(self, ctx);
+        liveness::handle_timeout(self, ctx);
         if self.expires_at.is_some_and(|t| ctx.now >= t) && self.is_established() {
             self.delete(ctx, DeleteReason::Expired);
         }
@@ -1141,6 +1152,7 @@ impl IkeSa {
             consider(self.half_open_deadline);
         }
         consider(self.expires_at);
+        consider(liveness::next_timeout(self));
         for qm in &self.quick_modes {
             consider(qm.retransmit.as_ref().map(|r| r.next_at));
         }
@@ -1215,6 +1227,7 @@ impl IkeSa {
                 tracing::debug!(peer = %self.peer.name, "informational with a bad HASH dropped");
                 return;
             }
+            liveness::heard(self, ctx.now);
             chain
         } else {
             if self.keys.is_some() && self.is_established() {
@@ -1241,7 +1254,7 @@ impl IkeSa {
                 // Answered in a new exchange with the same sequence number (RFC 3706 s.5.2).
                 self.send_notify(ctx, ProtocolId::ISAKMP, NotifyType::R_U_THERE_ACK, self.cookies(), n.data.clone());
             }
-            NotifyType::R_U_THERE_ACK => {}
+            NotifyType::R_U_THERE_ACK => liveness::on_ack(self, ctx.now, &n.data),
             NotifyType::INITIAL_CONTACT => self.initial_contact_received = true,
             t if t.is_error() => {
                 let (reason, detail) = match t {

@@ -20,13 +20,15 @@ pub mod endpoint;
 pub mod event;
 mod ikesa;
 pub mod keys;
+mod liveness;
 pub mod proposal;
 mod quick_mode;
 pub mod spi;
 pub mod wire;
 
 pub use config::{
-    EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
+    DpdAction, DpdPolicy, EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
+    SubnetPair,
 };
 pub use endpoint::{DropCounters, Endpoint, IkeError};
 pub use event::{ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};

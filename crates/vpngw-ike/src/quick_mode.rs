@@ -151,10 +151,11 @@ pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
             (Role::Responder, QmState::R2) => on_qm3(sa, ctx, rx, i),
             _ => Ok(()),
         };
-        if let Err(f) = result {
-            fail(sa, ctx, i, f);
+        match result {
+            Ok(()) => crate::liveness::heard(sa, ctx.now),
+            Err(f) => fail(sa, ctx, i, f),
         }
-    } else if let Err(f) = on_qm1(sa, ctx, rx) {
+    } else if let Err(f) = on_qm1(sa, ctx, rx).inspect(|()| crate::liveness::heard(sa, ctx.now)) {
         tracing::debug!(peer = %sa.peer.name, reason = %f.reason, "quick mode refused");
         if let Some(n) = f.notify {
             sa.send_notify(ctx, ProtocolId::ESP, n, vec![0; 4], Vec::new());

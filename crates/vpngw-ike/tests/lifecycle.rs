@@ -193,3 +193,142 @@ fn a_responder_whose_qm3_never_comes_drops_the_inbound_sa_and_says_so() {
     let (a_out, b_out) = (ta.outbound.values().next().unwrap(), tb.outbound.values().next().unwrap());
     assert!(tb.inbound.contains(a_out) && ta.inbound.contains(b_out), "{ta:?} {tb:?}");
 }
+
+// --------------------------------------------------------------------------------------------
+// Dead peer detection, re-authentication, peer restarts
+
+fn with_dpd(action: vpngw_ike::DpdAction) -> (vpngw_ike::PeerConfig, vpngw_ike::PeerConfig) {
+    let (mut a, mut b) = configs();
+    let policy = vpngw_ike::DpdPolicy { timeout: Duration::from_secs(30), action };
+    a.dpd = Some(policy);
+    b.dpd = Some(policy);
+    (a, b)
+}
+
+fn ike_deleted(events: &[Event], reason: DeleteReason) -> usize {
+    events.iter().filter(|e| matches!(e, Event::IkeSaDeleted { reason: r, .. } if *r == reason)).count()
+}
+
+/// Informational messages A sent after `from` (DPD probes and their acknowledgements).
+fn informationals(p: &Pair, from_a: bool, skip: usize) -> usize {
+    p.wire[skip..].iter().filter(|(a, _, _, d)| *a == from_a && d.get(18) == Some(&5)).count()
+}
+
+#[test]
+fn dpd_probes_only_when_silent_and_an_answering_peer_stays() {
+    let (a, b) = with_dpd(vpngw_ike::DpdAction::Clear);
+    let mut p = Pair::new(a, b, 51);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(5));
+    let spi_in = Pair::children(&p.a_events)[0].spi_in;
+    let spi_in_b = Pair::children(&p.b_events)[0].spi_in;
+    // 60 s of traffic both ways, reported every 2 s: no probes at all.
+    let mark = p.wire.len();
+    for t in (6..66).step_by(2) {
+        p.a.traffic_received(p.now, spi_in);
+        p.b.traffic_received(p.now, spi_in_b);
+        p.drive_until(Duration::from_secs(t));
+    }
+    assert_eq!(informationals(&p, true, mark) + informationals(&p, false, mark), 0, "probes despite traffic");
+    // Then silence, but both alive: probes every 10 s from each side, answered; nobody dies.
+    let mark = p.wire.len();
+    p.drive(Duration::from_secs(186));
+    let probes = informationals(&p, true, mark);
+    assert!((10..=30).contains(&probes), "{probes} messages from A in 120 s of silence");
+    assert_eq!(ike_deleted(&p.a_events, DeleteReason::DeadPeer) + ike_deleted(&p.b_events, DeleteReason::DeadPeer), 0);
+    assert_eq!(p.a.ike_sas().len(), 1);
+}
+
+#[test]
+fn dpd_clear_deletes_within_the_timeout() {
+    let (a, b) = with_dpd(vpngw_ike::DpdAction::Clear);
+    let mut p = Pair::new(a, b, 52);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(5));
+    let silent_from = p.now;
+    p.blackhole_b = true;
+    p.drive(Duration::from_secs(60));
+    let when = p.now;
+    assert_eq!(ike_deleted(&p.a_events, DeleteReason::DeadPeer), 1);
+    assert!(p.a.ike_sas().is_empty(), "clear leaves nothing");
+    assert!(deletes(&p.a_events, DeleteReason::IkeSaGone) >= 1);
+    let failures = Pair::failures(&p.a_events);
+    assert!(
+        failures.iter().any(|(r, d)| *r == vpngw_ike::FailReason::PeerUnreachable && d.contains("dead peer detection")),
+        "{failures:?}"
+    );
+    assert!(when.duration_since(silent_from) <= Duration::from_secs(60));
+    // Clear does not negotiate again by itself.
+    assert_eq!(Pair::established(&p.a_events), 1);
+}
+
+#[test]
+fn dpd_restart_negotiates_again_and_recovers() {
+    let (a, b) = with_dpd(vpngw_ike::DpdAction::Restart);
+    let mut p = Pair::new(a, b, 53);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(5));
+    p.blackhole_b = true;
+    p.drive(Duration::from_secs(45));
+    assert_eq!(ike_deleted(&p.a_events, DeleteReason::DeadPeer), 1);
+    assert_eq!(p.a.ike_sas().len(), 1, "restart: a new IKE SA is negotiating");
+    p.blackhole_b = false;
+    p.drive(Duration::from_secs(200));
+    assert!(Pair::established(&p.a_events) >= 2, "not back up");
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    ta.apply(&p.a_events);
+    tb.apply(&p.b_events);
+    let a_out = ta.outbound.values().next().expect("A has an outbound SA again");
+    assert!(tb.inbound.contains(a_out));
+}
+
+#[test]
+fn reauthentication_keeps_the_child_sas() {
+    let (mut a, mut b) = configs();
+    a.phase1.lifetime = Duration::from_secs(120);
+    b.phase1.lifetime = Duration::from_secs(120);
+    let mut p = Pair::new(a, b, 54);
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    p.a.initiate(p.now, "to-b").unwrap();
+    drive_checked(&mut p, Duration::from_secs(600), &mut ta, &mut tb);
+    assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+    // 600 s of 120 s IKE SAs: at least four re-authentications on each side's count ...
+    assert!(Pair::established(&p.a_events) >= 5, "{} IKE SAs", Pair::established(&p.a_events));
+    assert!(ike_deleted(&p.a_events, DeleteReason::Reauthenticated) >= 4);
+    // ... and the one child SA pair lived through all of them.
+    assert_eq!(Pair::children(&p.a_events).len(), 1);
+    assert!(p.a_events.iter().all(|e| !matches!(e, Event::ChildSaDeleted { .. })));
+    assert!(p.b_events.iter().all(|e| !matches!(e, Event::ChildSaDeleted { .. })));
+    let sas = p.a.ike_sas();
+    assert_eq!(sas.iter().filter(|s| s.state == "established").count(), 1, "{sas:#?}");
+    assert_eq!(p.a.ike_sas().iter().map(|s| s.children.len()).sum::<usize>(), 1);
+    // Child SA rekeys still work under the newest IKE SA.
+    let spi = *ta.outbound.values().next().unwrap();
+    assert!(p.a.rekey_child(p.now, spi));
+    drive_checked(&mut p, Duration::from_secs(640), &mut ta, &mut tb);
+    assert_eq!(Pair::children(&p.a_events).len(), 2);
+}
+
+#[test]
+fn a_restarted_peer_is_back_without_manual_action() {
+    let (a, b) = with_dpd(vpngw_ike::DpdAction::Clear);
+    let mut p = Pair::new(a, b.clone(), 55);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(5));
+    // B reboots: all its state is gone; it comes back and connects (INITIAL-CONTACT).
+    p.b = vpngw_ike::Endpoint::new(engine_config(), vpngw_crypto::FastRng::from_seed_for_tests(99));
+    p.b.add_peer(b).unwrap();
+    p.b_events.clear();
+    p.b.initiate(p.now, "to-a").unwrap();
+    p.drive(Duration::from_secs(30));
+    // A dropped the stale SAs at once and has exactly the new ones.
+    assert!(deletes(&p.a_events, DeleteReason::IkeSaGone) >= 1, "stale child SA not dropped");
+    let live: Vec<_> = p.a.ike_sas();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    ta.apply(&p.a_events);
+    tb.apply(&p.b_events);
+    assert_eq!(ta.inbound.len(), 1);
+    let a_out = ta.outbound.values().next().unwrap();
+    assert!(tb.inbound.contains(a_out));
+}

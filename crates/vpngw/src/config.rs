@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm, SecretBytes};
-use vpngw_ike::{ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair};
+use vpngw_ike::{
+    DpdAction, DpdPolicy, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
+};
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpngw/vpngw.sock";
 
@@ -237,6 +239,17 @@ impl Walker {
         }
     }
 
+    fn boolean(&mut self, key: &str, t: &Table, name: &str, default: bool) -> bool {
+        match t.get(name) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.problem(key, Some(v), "must be true or false");
+                default
+            }
+        }
+    }
+
     /// A string from a closed set of words, with a default.
     fn word<T: Copy>(&mut self, key: &str, t: &Table, name: &str, default: T, words: &[(&str, T)]) -> T {
         let Some(s) = self.string(key, t, name) else { return default };
@@ -441,6 +454,7 @@ impl Walker {
                 "encapsulation",
                 "ike",
                 "ipsec",
+                "dpd",
             ],
         );
         let name = self.string(&format!("{key}.name"), t, "name");
@@ -496,6 +510,8 @@ impl Walker {
         let ipsec = self.table(&format!("{key}.ipsec"), t, "ipsec").unwrap_or(&empty);
         let (phase1, mode, local_id, remote_id) = self.ike(&format!("{key}.ike"), ike, public, remote);
         let phase2 = self.ipsec(&format!("{key}.ipsec"), ipsec);
+        let dpd_table = self.table(&format!("{key}.dpd"), t, "dpd").unwrap_or(&empty);
+        let dpd = self.dpd(&format!("{key}.dpd"), dpd_table);
         let peer = PeerConfig {
             name: name?,
             local_address: IpAddr::V4(public?),
@@ -508,8 +524,28 @@ impl Walker {
             phase2,
             subnets: pairs,
             force_udp_encapsulation: encapsulation == Encapsulation::Udp,
+            dpd,
         };
         Some(Connection { peer, start, psk_source })
+    }
+
+    /// Dead peer detection, the cloud gateway's way: on by default, timeout 30-60 s (30),
+    /// action clear or restart (clear).
+    fn dpd(&mut self, key: &str, t: &Table) -> Option<DpdPolicy> {
+        self.unknown_keys(&format!("{key}."), t, &["enabled", "timeout_seconds", "action"]);
+        let enabled = self.boolean(&format!("{key}.enabled"), t, "enabled", true);
+        let d = DpdPolicy::default();
+        let timeout = self
+            .integer(&format!("{key}.timeout_seconds"), t, "timeout_seconds", 30, 60)
+            .map_or(d.timeout, |s| Duration::from_secs(s as u64));
+        let action = self.word(
+            &format!("{key}.action"),
+            t,
+            "action",
+            d.action,
+            &[("clear", DpdAction::Clear), ("restart", DpdAction::Restart)],
+        );
+        enabled.then_some(DpdPolicy { timeout, action })
     }
 
     fn psk(&mut self, key: &str, t: &Table) -> (Option<SecretBytes>, String) {
@@ -748,6 +784,8 @@ remote_subnets = ["10.2.0.0/24"]
         assert_eq!(p.local_id, Identity::Ipv4(Ipv4Addr::new(198, 51, 100, 1)));
         assert_eq!(p.remote_id, Identity::Ipv4(Ipv4Addr::new(198, 51, 100, 2)));
         assert_eq!(c.connections[0].start, Start::Active);
+        // The cloud gateway's DPD defaults: on, 30 s, clear.
+        assert_eq!(p.dpd, Some(DpdPolicy { timeout: Duration::from_secs(30), action: DpdAction::Clear }));
         assert_eq!(c.gateway.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         // The seed's defaults are weak: warned about, accepted.
         let warned: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
@@ -778,6 +816,10 @@ local_id = "fqdn:"
 lifetime_seconds = 5
 [connection.ipsec]
 pfs = "yes"
+[connection.dpd]
+enabled = "yes"
+timeout_seconds = 10
+action = "reboot"
 "#;
         let Err(ParseError::Invalid(problems)) = Config::parse(text, Path::new(".")) else { panic!("accepted") };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -794,6 +836,9 @@ pfs = "yes"
             "connection[0].ike.local_id",
             "connection[0].ike.lifetime_seconds",
             "connection[0].ipsec.pfs",
+            "connection[0].dpd.enabled",
+            "connection[0].dpd.timeout_seconds",
+            "connection[0].dpd.action",
         ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }

@@ -86,6 +86,9 @@ struct Daemon {
     keylog: Option<PathBuf>,
     /// Outbound SAs negotiated but not yet sending (make-before-break), by SPI.
     ready_outbound: HashMap<u32, OutboundEntry>,
+    /// Inbound packet counts at the last look, by SPI: growth tells the engine (dead peer
+    /// detection) that the peer is alive.
+    inbound_seen: HashMap<u32, u64>,
 }
 
 fn engine_config(config: &Config) -> EngineConfig {
@@ -191,6 +194,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         started: Instant::now(),
         keylog,
         ready_outbound: HashMap::new(),
+        inbound_seen: HashMap::new(),
     };
     if let Some(k) = &d.keylog {
         tracing::warn!(file = %k.display(), "ESP keys are written to this file (--esp-keylog): for debugging only, remove it when done");
@@ -230,7 +234,11 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                 d.run_retries(now);
             }
             _ = keepalive.tick() => d.send_keepalives().await,
-            _ = lifecycle.tick() => d.check_volumes(Instant::now()),
+            _ = lifecycle.tick() => {
+                let now = Instant::now();
+                d.report_inbound_traffic(now);
+                d.check_volumes(now);
+            }
             Some((request, reply)) = cmd_rx.recv() => {
                 let response = d.command(request);
                 let _ = reply.send(response);
@@ -353,6 +361,21 @@ impl Daemon {
                 self.endpoint.rekey_child(Instant::now(), spi_out);
             }
         }
+    }
+
+    /// Tells the engine which child SAs received ESP since the last look.
+    fn report_inbound_traffic(&mut self, now: Instant) {
+        let mut seen = HashMap::with_capacity(self.inbound_seen.len());
+        for s in self.endpoint.ike_sas() {
+            for c in &s.children {
+                let packets = self.table.inbound(c.spi_in).map_or(0, |e| e.counters.packets());
+                if packets > self.inbound_seen.get(&c.spi_in).copied().unwrap_or(0) {
+                    self.endpoint.traffic_received(now, c.spi_in);
+                }
+                seen.insert(c.spi_in, packets);
+            }
+        }
+        self.inbound_seen = seen;
     }
 
     /// Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured on its own;

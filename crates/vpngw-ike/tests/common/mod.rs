@@ -37,6 +37,7 @@ pub fn peer(name: &str, local: Ipv4Addr, remote: Ipv4Addr, local_net: &str, remo
         phase2: Phase2Policy::default(),
         subnets: vec![SubnetPair { local: subnet(local_net), remote: subnet(remote_net) }],
         force_udp_encapsulation: false,
+        dpd: None,
     }
 }
 
@@ -114,6 +115,16 @@ impl Pair {
     /// until `limit` of virtual time has passed since the pair was made.
     pub fn drive(&mut self, limit: Duration) {
         self.drive_with(limit, |_| {});
+    }
+
+    /// [`Pair::drive`], then the clock stands at `limit` after the start (for tests that act
+    /// at given times).
+    pub fn drive_until(&mut self, limit: Duration) {
+        self.drive(limit);
+        self.now = self.now.max(self.start + limit);
+        self.a.handle_timeout(self.now);
+        self.b.handle_timeout(self.now);
+        self.drive(limit);
     }
 
     fn take_events(&mut self) {
