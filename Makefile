@@ -4,8 +4,9 @@ CARGO ?= cargo
 DEPS := tests/tools/install-deps.sh
 
 # Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP;
-# strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces.
-TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping \
+# strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces; nftables silences
+# a peer for the dead peer detection tests.
+TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping nftables \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 
 .DEFAULT_GOAL := help

@@ -148,6 +148,16 @@ impl Lab {
         pid
     }
 
+    /// Kills a process this lab started with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&self, pid: u32) {
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = children.iter().position(|c| c.id() == pid) {
+            let mut child = children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM to a process this lab started and waits for it; returns its exit code.
     pub fn stop(&self, pid: u32, grace: Duration) -> Option<i32> {
         let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

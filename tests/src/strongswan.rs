@@ -164,6 +164,8 @@ impl Charon {
             routes = if routes { "yes" } else { "no" },
         );
         std::fs::write(dir.join("strongswan.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
+        // A charon that crashed leaves its socket behind: the new one's is awaited below.
+        let _ = std::fs::remove_file(dir.join("charon.vici"));
         let script = "mount --bind \"$1\" /run && exec \"$2\"";
         let d = dir.display().to_string();
         let conf_path = dir.join("strongswan.conf").display().to_string();
@@ -256,6 +258,12 @@ impl Charon {
     pub fn list_sas(&self) -> SwSas {
         let out = self.swanctl(&["--list-sas"]);
         parse_list_sas(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Kills charon with SIGKILL: no Delete is sent, its SAs and TUN vanish (a crash or power
+    /// loss as the peer sees it).
+    pub fn crash(&self, lab: &Lab) {
+        lab.kill(self.pid);
     }
 
     pub fn log(&self) -> String {

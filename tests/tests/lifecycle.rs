@@ -163,3 +163,154 @@ fn rekeys_from_both_sides_lose_nothing_between_two_vpngw() {
     assert_eq!(left.stop(&lab), Some(0));
     assert_eq!(right.stop(&lab), Some(0));
 }
+
+/// strongSwan as the initiator of an aes-128/sha1/dh14 tunnel to a passive vpngw on the left.
+fn strongswan_initiator(lab: &Lab) -> Charon {
+    let charon = Charon::start_with(lab, &lab.right, true);
+    charon.load_with(&sw_conn(), &SwTimers::default());
+    charon
+}
+
+fn sw_conn() -> SwConn {
+    SwConn {
+        aggressive: false,
+        local_addr: RIGHT_WAN.into(),
+        remote_addr: LEFT_WAN.into(),
+        local_id: RIGHT_WAN.into(),
+        remote_id: LEFT_WAN.into(),
+        ike: ike_words("aes-128", "sha1", "dh14"),
+        esp: esp_words("aes-128", "sha1", "disable"),
+        local_ts: vec![RIGHT_NET.into()],
+        remote_ts: vec![LEFT_NET.into()],
+        psk: PSK.into(),
+    }
+}
+
+const SUITE: &str = "[connection.ike]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\ndh_group = \"dh14\"\n\
+                     [connection.ipsec]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\n";
+
+/// Drops everything gw-left receives from gw-right (nftables in gw-left): the peer falls
+/// silent while our packets still reach it.
+fn silence_right(lab: &Lab, on: bool) {
+    let script = if on {
+        format!(
+            "add table inet silence\nadd chain inet silence input {{ type filter hook input priority 0 ; }}\n\
+             add rule inet silence input ip saddr {RIGHT_WAN} drop\n"
+        )
+    } else {
+        "delete table inet silence\n".to_string()
+    };
+    let path = lab.dir.join("silence.nft");
+    std::fs::write(&path, script).unwrap();
+    let out = lab.exec(&lab.left, "nft", &["-f", &path.display().to_string()]);
+    assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs the silence scenario against strongSwan with this DPD action; returns the lab, the
+/// gateway and how long after the silence began the peer was declared dead.
+fn silenced_peer(name: &str, action: &str) -> (Lab, Charon, Vpngw, Duration) {
+    let lab = Lab::gateways(name);
+    let charon = strongswan_initiator(&lab);
+    let extra = format!("{SUITE}[connection.dpd]\ntimeout_seconds = 30\naction = \"{action}\"\n");
+    // Default retransmission timers (2 s, 5 tries, doubling): a restart keeps trying ~1 minute.
+    let config = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, name),
+        false,
+        &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "passive", &extra),
+    );
+    let v = Vpngw::start(&lab, &lab.left, name, &config, &[]);
+    let said = charon.initiate(15);
+    v.wait_up("to-right", Duration::from_secs(15)).unwrap_or_else(|| panic!("not up: {said}\n{}", v.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    // An idle tunnel longer than the DPD timeout: vpngw probes, strongSwan answers, the
+    // tunnel stays.
+    std::thread::sleep(Duration::from_secs(36));
+    let c = v.connection("to-right").unwrap();
+    assert_eq!(c["state"], "up", "an idle tunnel with an answering peer went down: {c}\n{}", v.log_text());
+    assert!(c["last_failure"].is_null(), "{c}");
+    silence_right(&lab, true);
+    let silenced = Instant::now();
+    let failure = v
+        .wait_failure("to-right", Duration::from_secs(45))
+        .unwrap_or_else(|| panic!("no dead peer detected\n{}", v.log_text()));
+    let after = silenced.elapsed();
+    assert_eq!(failure["reason"], "peer-unreachable", "{failure}");
+    assert!(failure["detail"].as_str().unwrap().contains("dead peer detection"), "{failure}");
+    assert!(failure["detail"].as_str().unwrap().contains(&format!("dpd action {action}")), "{failure}");
+    // 30 s of silence, counted from the last thing heard: an answered probe of the idle
+    // tunnel, up to one probe interval (10 s) before the drop began.
+    let detail = failure["detail"].as_str().unwrap();
+    let silent: u64 = detail.split(" for ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!((30..=32).contains(&silent), "{detail}");
+    assert!(after >= Duration::from_secs(19) && after <= Duration::from_secs(42), "declared dead after {after:?}");
+    (lab, charon, v, after)
+}
+
+#[test]
+fn dead_peer_detection_clears_a_silent_strongswan_peer() {
+    let (lab, _charon, v, _) = silenced_peer("dpd-clear", "clear");
+    let c = v.connection("to-right").unwrap();
+    assert_eq!(c["state"], "down", "{c}");
+    assert!(c["ike_sa"].is_null() && c["child_sas"].as_array().unwrap().is_empty(), "SAs left: {c}");
+    // The routes stay and point into the TUN: traffic to the remote subnet is dropped, never
+    // sent in clear (and a passive connection does not negotiate on its own).
+    std::thread::sleep(Duration::from_secs(8));
+    let c = v.connection("to-right").unwrap();
+    assert!(c["ike_sa"].is_null(), "a cleared passive connection negotiated again: {c}\n{}", v.log_text());
+    assert!(!v.log_text().contains("negotiating again"), "{}", v.log_text());
+    assert_eq!(v.stop(&lab), Some(0));
+}
+
+#[test]
+fn dead_peer_detection_restarts_against_strongswan() {
+    let (lab, charon, v, _) = silenced_peer("dpd-restart", "restart");
+    assert!(v.log_text().contains("negotiating again (dpd action restart)"), "{}", v.log_text());
+    // The network heals while vpngw's new main mode is still retransmitting: the tunnel comes
+    // back by vpngw's initiative (strongSwan's start and DPD actions are off).
+    std::thread::sleep(Duration::from_secs(3));
+    silence_right(&lab, false);
+    let c = v
+        .wait_up("to-right", Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("not back up\n{}\n{}", v.log_text(), charon.log()));
+    assert_eq!(c["ike_sa"]["role"], "initiator", "{c}");
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    // strongSwan saw INITIAL-CONTACT and dropped the old SAs: one IKE SA, one child SA.
+    let sw = charon.list_sas();
+    assert_eq!((sw.ike_established, sw.children.len()), (1, 1), "{sw:?}");
+    assert_eq!(v.stop(&lab), Some(0));
+}
+
+#[test]
+fn strongswan_crash_and_restart_is_survived_without_touching_vpngw() {
+    let lab = Lab::gateways("sw-crash");
+    let mut charon = Charon::start_with(&lab, &lab.right, true);
+    charon.load(&sw_conn());
+    // Defaults on vpngw's side: DPD on, 30 s, clear; start active.
+    let config = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, "sw-crash"),
+        false,
+        &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active", SUITE),
+    );
+    let v = Vpngw::start(&lab, &lab.left, "sw-crash", &config, &[]);
+    v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not up\n{}", v.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    charon.crash(&lab);
+    std::thread::sleep(Duration::from_secs(2));
+    // strongSwan comes back with its configuration and no SAs; it does not initiate.
+    charon = Charon::start_with(&lab, &lab.right, true);
+    charon.load(&sw_conn());
+    let restarted = Instant::now();
+    assert!(
+        wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(60)),
+        "tunnel not back within 60 s of strongSwan's restart\n{}\n{}",
+        v.log_text(),
+        charon.log()
+    );
+    eprintln!("tunnel back {:?} after strongSwan restarted", restarted.elapsed());
+    let c = v.connection("to-right").unwrap();
+    assert_eq!(c["state"], "up", "{c}");
+    assert_eq!(c["last_failure"]["reason"], "peer-unreachable", "{c}");
+    assert_eq!(v.stop(&lab), Some(0));
+}
