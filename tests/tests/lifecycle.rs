@@ -314,3 +314,57 @@ fn strongswan_crash_and_restart_is_survived_without_touching_vpngw() {
     assert_eq!(c["last_failure"]["reason"], "peer-unreachable", "{c}");
     assert_eq!(v.stop(&lab), Some(0));
 }
+
+/// Three subnet pairs: the left network in quarters (the left host gets an address in each),
+/// the whole right network. (strongSwan's kernel-libipsec routes each child SA's remote
+/// subnet into its TUN: its remote subnets must differ.)
+const LEFT_PAIRS: [(&str, &str); 3] =
+    [("10.1.0.0/26", "10.1.0.10"), ("10.1.0.64/26", "10.1.0.70"), ("10.1.0.128/26", "10.1.0.130")];
+
+#[test]
+fn on_traffic_start_holds_the_first_packets_and_each_of_three_subnet_pairs_gets_a_quick_mode() {
+    let lab = Lab::gateways("on-traffic");
+    for (_, addr) in &LEFT_PAIRS[1..] {
+        lab.ip(&lab.left_host, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    }
+    // strongSwan's one child covers the whole left network; it narrows to each pair we ask for.
+    let charon = strongswan_initiator(&lab);
+    let locals: Vec<String> = LEFT_PAIRS.iter().map(|(net, _)| format!("\"{net}\"")).collect();
+    let conn = format!(
+        "[[connection]]\nname = \"to-right\"\nremote_address = \"{RIGHT_WAN}\"\npre_shared_key = \"{PSK}\"\n\
+         local_subnets = [{}]\nremote_subnets = [\"{RIGHT_NET}\"]\nstart = \"on-traffic\"\n{SUITE}",
+        locals.join(", ")
+    );
+    let config = config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "on-traffic"), true, &conn);
+    let v = Vpngw::start(&lab, &lab.left, "on-traffic", &config, &[]);
+    // Nothing happens without traffic.
+    std::thread::sleep(Duration::from_secs(3));
+    let c = v.connection("to-right").unwrap();
+    assert!(c["state"] == "down" && c["ike_sa"].is_null(), "negotiated without traffic: {c}");
+    assert!(charon.list_sas().ike_established == 0);
+    // The first packets start the negotiation and wait for it: all answered, none dropped.
+    let out = lab.exec(&lab.left_host, "ping", &["-c", "5", "-i", "0.01", "-W", "5", RIGHT_HOST]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("5 received"), "first pings lost: {said}\n{}", v.log_text());
+    for (_, addr) in &LEFT_PAIRS[1..] {
+        let out = lab.exec(&lab.left_host, "ping", &["-c", "3", "-i", "0.2", "-W", "2", "-I", addr, RIGHT_HOST]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("3 received"), "from {addr}: {said}\n{}\n{}", v.log_text(), charon.log());
+    }
+    let c = v.wait_up("to-right", Duration::from_secs(5)).unwrap_or_else(|| panic!("{}", v.log_text()));
+    let children = c["child_sas"].as_array().unwrap();
+    let mut pairs: Vec<&str> = children.iter().map(|c| c["local_subnet"].as_str().unwrap()).collect();
+    pairs.sort_unstable();
+    let mut wanted: Vec<&str> = LEFT_PAIRS.iter().map(|(n, _)| *n).collect();
+    wanted.sort_unstable();
+    assert_eq!(pairs, wanted, "{c}");
+    assert!(children.iter().all(|c| c["packets_in"].as_u64().unwrap() >= 3), "each pair carried traffic: {c}");
+    let sw = charon.list_sas();
+    assert_eq!((sw.ike_established, sw.children.len()), (1, 3), "{sw:?}");
+    let dropped = &v.status().unwrap()["dropped"];
+    for reason in ["esp_no_sa", "esp_pending_expired"] {
+        assert!(dropped[reason].is_null(), "{reason}: {dropped}");
+    }
+    assert!(!v.log_text().contains("negotiation failed"), "{}", v.log_text());
+    assert_eq!(v.stop(&lab), Some(0));
+}

@@ -30,10 +30,13 @@ pub enum DropReason {
     Esp(OpenError),
     /// Inbound: the decrypted packet is outside the SA's selectors.
     Policy,
+    /// Outbound: held for an SA being negotiated (on-traffic start) longer than the queue
+    /// keeps packets.
+    PendingExpired,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 9 + OpenError::COUNT;
+    pub const COUNT: usize = 10 + OpenError::COUNT;
 
     pub fn all() -> Vec<Self> {
         let mut v = vec![
@@ -48,6 +51,7 @@ impl DropReason {
         ];
         v.extend(OpenError::ALL.into_iter().map(Self::Esp));
         v.push(Self::Policy);
+        v.push(Self::PendingExpired);
         v
     }
 
@@ -63,6 +67,7 @@ impl DropReason {
             Self::UnknownSpi => 7,
             Self::Esp(e) => 8 + e.index(),
             Self::Policy => 8 + OpenError::COUNT,
+            Self::PendingExpired => 9 + OpenError::COUNT,
         }
     }
 
@@ -79,6 +84,7 @@ impl DropReason {
             Self::UnknownSpi => "unknown_spi",
             Self::Esp(e) => e.as_str(),
             Self::Policy => "policy",
+            Self::PendingExpired => "pending_expired",
         }
     }
 }
@@ -131,6 +137,10 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
 impl WorkerCounters {
     pub(crate) fn drop(&self, reason: DropReason) {
         bump(&self.drops[reason.index()], 1);
+    }
+
+    pub(crate) fn drop_n(&self, reason: DropReason, n: u64) {
+        bump(&self.drops[reason.index()], n);
     }
 
     pub fn dropped(&self, reason: DropReason) -> u64 {

@@ -16,7 +16,7 @@
 //! through the callback given to [`Dataplane::start`].
 //!
 //! ```text
-//! out: TUN queue -> ipv4 -> SA table (longest prefix) | SPD (no SA: drop, acquire) -> MTU/ICMP
+//! out: TUN queue -> ipv4 -> SA table (longest prefix) | SPD (no SA: hold or drop, acquire) -> MTU/ICMP
 //!      -> seal_batch (multi-buffer CBC) -> UDP 4500 (ESP in UDP) or raw ESP
 //! in:  UDP 4500 -> keepalive | IKE (to control) | ESP ;  raw ESP (BPF: this worker's SPIs)
 //!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub table: Arc<SaTable>,
     pub spd: Arc<ArcSwap<Spd>>,
     pub stop: AtomicBool,
+    /// An SA arrived: a worker drains the pending queues (on-traffic start) through it.
+    pub pending_ready: AtomicBool,
     pub waker: sys::Waker,
     pub counters: Vec<WorkerCounters>,
     pub to_control: ControlSink,
@@ -132,6 +134,7 @@ impl Dataplane {
             table,
             spd,
             stop: AtomicBool::new(false),
+            pending_ready: AtomicBool::new(false),
             waker: sys::Waker::new().map_err(DataplaneError::Thread)?,
             counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
             to_control,
@@ -202,6 +205,12 @@ impl Dataplane {
             }
             std::thread::yield_now();
         }
+    }
+
+    /// Call after installing an outbound SA: packets held for it (on-traffic start) are sent.
+    pub fn release_pending(&self) {
+        self.shared.pending_ready.store(true, Ordering::Release);
+        self.shared.waker.wake();
     }
 
     /// Stops and joins the workers (each finishes its batch first).

@@ -127,8 +127,12 @@ impl Worker {
             let started = Instant::now();
             let c = self.counters();
             c.busy.store(true, Ordering::Release);
-            if ready[1] {
-                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso);
+            if ready[0] {
+                self.shared.waker.reset();
+            }
+            let release = self.shared.pending_ready.swap(false, Ordering::AcqRel);
+            if ready[1] || release {
+                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso, release);
             }
             if ready[2] {
                 self.inbound_udp(&mut udp_bufs, &mut out);
@@ -147,11 +151,34 @@ impl Worker {
     // ------------------------------------------------------------------------------------
     // Outbound: TUN -> ESP
 
-    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], gso: &mut Gso) {
+    /// Seals what the TUN has; with `release`, first the packets held for SAs being
+    /// negotiated (on-traffic start), which are older.
+    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], gso: &mut Gso, release: bool) {
         // One snapshot of the SA table for the batch: no lock, no reference counting per packet.
         let view = self.shared.table.outbound_view();
         let mut plan: Vec<(Option<&Arc<OutboundEntry>>, Range<usize>)> = Vec::with_capacity(bufs.len());
         let mut filled = 0;
+        if release {
+            let now = Instant::now();
+            let spd = self.shared.spd.load();
+            let mut expired = 0;
+            'policies: for q in spd.policies().filter_map(|p| p.pending.as_ref()) {
+                while filled < bufs.len() {
+                    let Some((at, packet)) = q.pop(now, &mut expired) else { continue 'policies };
+                    let Some(slot) = bufs[filled].get_mut(HEADROOM..HEADROOM + packet.len()) else { continue };
+                    slot.copy_from_slice(&packet);
+                    let range = HEADROOM..HEADROOM + packet.len();
+                    sizes[filled] = packet.len();
+                    plan.push((self.classify(&view, &bufs[filled][range.clone()], Some(at)), range));
+                    filled += 1;
+                }
+                // The batch is full: the rest next round.
+                self.shared.pending_ready.store(true, Ordering::Release);
+                self.shared.waker.wake();
+                break;
+            }
+            self.counters().drop_n(DropReason::PendingExpired, expired);
+        }
         while bufs.len() - filled >= MAX_SEGMENTS {
             let n = match self.tun.recv_multiple(raw, &mut bufs[filled..], &mut sizes[filled..], HEADROOM) {
                 Ok(n) => n,
@@ -166,7 +193,7 @@ impl Worker {
             };
             for k in filled..filled + n {
                 let range = HEADROOM..HEADROOM + sizes[k];
-                let entry = self.classify(&view, &bufs[k][range.clone()]);
+                let entry = self.classify(&view, &bufs[k][range.clone()], None);
                 plan.push((entry, range));
             }
             filled += n;
@@ -218,18 +245,36 @@ impl Worker {
         }
     }
 
-    /// Which SA must seal this packet; `None` if it is dropped (and counted) instead.
-    fn classify<'v>(&self, view: &'v Outbound, packet: &[u8]) -> Option<&'v Arc<OutboundEntry>> {
+    /// Which SA must seal this packet; `None` if it is held for an SA being negotiated or
+    /// dropped (and counted) instead. `held_since`: when a packet coming out of a pending
+    /// queue first arrived.
+    fn classify<'v>(
+        &self,
+        view: &'v Outbound,
+        packet: &[u8],
+        held_since: Option<Instant>,
+    ) -> Option<&'v Arc<OutboundEntry>> {
         let Some(info) = ipv4(packet) else {
             self.counters().drop(DropReason::NotIpv4);
             return None;
         };
         let Some(entry) = view.lookup(info.src, info.dst) else {
             match self.shared.spd.load().lookup(info.src, info.dst) {
-                Some(policy) => {
-                    self.counters().drop(DropReason::NoSa);
-                    (self.shared.to_control)(ToControl::Acquire { connection: policy.connection.clone() });
-                }
+                Some(policy) => match &policy.pending {
+                    Some(queue) => {
+                        let now = Instant::now();
+                        let held = queue.push(held_since.unwrap_or(now), packet);
+                        if held.displaced {
+                            let why =
+                                if held.displaced_expired { DropReason::PendingExpired } else { DropReason::NoSa };
+                            self.counters().drop(why);
+                        }
+                        if queue.acquire_due(now) {
+                            (self.shared.to_control)(ToControl::Acquire { connection: policy.connection.clone() });
+                        }
+                    }
+                    None => self.counters().drop(DropReason::NoSa),
+                },
                 None => self.counters().drop(DropReason::NoPolicy),
             }
             return None;

@@ -6,7 +6,7 @@
 //!    installs it when it sends QM2, an initiator when it sends QM3);
 //! 2. outbound switches to the new SA only once the peer has its inbound one: a responder
 //!    switches on QM3, an initiator [`ACTIVATE_DELAY`] after QM3 when an older SA still carries
-//!    the traffic (at once when there is none);
+//!    the traffic, [`FIRST_ACTIVATE_DELAY`] when there is none;
 //! 3. the old pair stays for [`RETIRE_GRACE`] (packets in flight under the old keys still
 //!    open), then a Delete goes out and it is removed.
 //!
@@ -28,6 +28,11 @@ use crate::wire::{DOI_IPSEC, DeletePayload, Payload, ProtocolId};
 /// How long an initiator waits after QM3 before sending with a replacement SA (the responder
 /// installs on QM3; this covers its processing and the network).
 pub const ACTIVATE_DELAY: Duration = Duration::from_secs(1);
+/// The same for a pair's first SA, when nothing else can carry its traffic: long enough for
+/// the responder to install after QM3 (strongSwan drops ESP that overtakes its QM3 processing,
+/// measured here: the first packet of an on-traffic start was lost at once), short enough not
+/// to matter to a connection coming up. Packets held meanwhile (on-traffic) wait, not drop.
+pub const FIRST_ACTIVATE_DELAY: Duration = Duration::from_millis(100);
 /// How long a replaced pair stays after the switch, for packets already in flight.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
 /// The replacement margin is a tenth of the lifetime, at least this (short lifetimes), ...

@@ -184,6 +184,8 @@ pub(crate) struct IkeSa {
     /// The last request we answered (hash of its bytes) and our answer, to resend on duplicates.
     last_answer: Option<(u64, Vec<u8>)>,
     pub quick_modes: Vec<QuickMode>,
+    /// Subnet pairs waiting for a quick mode of ours (a few run at a time).
+    pub qm_queue: std::collections::VecDeque<crate::config::SubnetPair>,
     pub children: Vec<ChildRecord>,
     /// A responder that is not established by then is dropped.
     half_open_deadline: Option<Instant>,
@@ -260,6 +262,7 @@ impl IkeSa {
             retransmit: None,
             last_answer: None,
             quick_modes: Vec::new(),
+            qm_queue: std::collections::VecDeque::new(),
             children: Vec::new(),
             half_open_deadline: None,
             peer_id_b: Vec::new(),

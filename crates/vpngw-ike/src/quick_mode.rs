@@ -68,9 +68,34 @@ fn encapsulation(sa: &IkeSa) -> Encapsulation {
 }
 
 /// Starts a quick mode for every configured pair that has neither an SA nor an exchange.
+/// They run [`MAX_IN_FLIGHT`] at a time, the rest queued.
 pub(crate) fn start_all(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let pairs = sa.peer.subnets.clone();
     for pair in pairs {
+        let busy = sa.children.iter().any(|c| c.pair == pair)
+            || sa.quick_modes.iter().any(|q| q.pair == pair && q.state != QmState::Done)
+            || sa.qm_queue.contains(&pair);
+        if !busy {
+            sa.qm_queue.push_back(pair);
+        }
+    }
+    pump(sa, ctx);
+}
+
+/// Quick modes of ours under way at once on one IKE SA. strongSwan keeps the CBC IV of only
+/// its last three exchanges (keymat_v1.c, MAX_IV): a fourth concurrent one makes it forget
+/// the oldest's IV and fail to decrypt its last message. Two leave room for an informational
+/// exchange (DPD, Delete) and a quick mode the peer starts.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// Starts queued quick modes while fewer than [`MAX_IN_FLIGHT`] of ours are under way.
+pub(crate) fn pump(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    loop {
+        let in_flight = sa.quick_modes.iter().filter(|q| q.role == Role::Initiator && q.state != QmState::Done).count();
+        if in_flight >= MAX_IN_FLIGHT {
+            return;
+        }
+        let Some(pair) = sa.qm_queue.pop_front() else { return };
         let busy = sa.children.iter().any(|c| c.pair == pair)
             || sa.quick_modes.iter().any(|q| q.pair == pair && q.state != QmState::Done);
         if !busy {
@@ -188,6 +213,7 @@ fn fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, f: Failure) {
         reason: f.reason,
         detail: f.detail,
     });
+    pump(sa, ctx);
 }
 
 /// Decrypts a quick mode message with `iv`, checks that HASH comes first and returns
@@ -461,6 +487,7 @@ fn on_qm2(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) ->
     qm.last_answer = Some((packet_hash(rx.data), packet.clone()));
     sa.transmit(ctx, packet);
     install(sa, ctx, index);
+    pump(sa, ctx);
     Ok(())
 }
 
@@ -500,7 +527,7 @@ fn split_keys(keymat: &SecretBytes, choice: &Phase2Choice) -> SaKeys {
 
 /// Derives both directions' keys and reports the child SA. Each direction is keyed with the
 /// SPI its receiver chose (RFC 2409 s.5.5): ours for inbound, the peer's for outbound.
-/// An initiator sends with it at once when it is the only SA pair for its selectors, else
+/// An initiator sends with it [`child::FIRST_ACTIVATE_DELAY`] when it is the only SA pair for its selectors, else
 /// after [`child::ACTIVATE_DELAY`]; a responder when QM3 arrives.
 fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let Some(keys) = sa.keys.clone() else { return };
@@ -514,7 +541,6 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let lifetime = Duration::from_secs(seconds);
     let role = qm.role;
     let replaces = child::has_active(sa, &qm.pair);
-    let activate_now = role == Role::Initiator && !replaces;
     let record = ChildRecord {
         spi_in: qm.spi_in,
         spi_out: qm.spi_out,
@@ -524,7 +550,8 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
         established_at: ctx.now,
         expires_at: ctx.now + lifetime,
         rekey_at: Some(child::rekey_time(ctx.now, lifetime, role, ctx.rng)),
-        activate_at: (role == Role::Initiator && replaces).then(|| ctx.now + child::ACTIVATE_DELAY),
+        activate_at: (role == Role::Initiator)
+            .then(|| ctx.now + if replaces { child::ACTIVATE_DELAY } else { child::FIRST_ACTIVATE_DELAY }),
         retire_at: None,
     };
     let child = ChildSa {
@@ -546,12 +573,8 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let qm = &mut sa.quick_modes[index];
     qm.dh = None;
     qm.gxy = None;
-    let spi_in = record.spi_in;
     sa.children.push(record);
     ctx.events.push_back(Event::ChildSaEstablished { peer: sa.peer.name.clone(), ike_sa: sa.id, child });
-    if activate_now {
-        child::activate(sa, ctx, spi_in);
-    }
     prune_done(sa);
 }
 
@@ -592,6 +615,8 @@ pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
 /// Drops pending initiator exchanges after the peer refused them with a notify.
 pub(crate) fn abort_pending(sa: &mut IkeSa, reason: FailReason, detail: &str) {
     sa.quick_modes.retain(|q| !(q.role == Role::Initiator && q.state == QmState::I1));
+    // The connection failed as a whole: the driver's retry starts every pair again.
+    sa.qm_queue.clear();
     tracing::debug!(peer = %sa.peer.name, %reason, detail, "pending quick modes aborted");
 }
 

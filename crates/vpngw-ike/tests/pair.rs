@@ -141,6 +141,33 @@ fn three_subnet_pairs_three_quick_modes() {
 }
 
 #[test]
+fn quick_modes_of_many_pairs_run_two_at_a_time() {
+    let (mut a, mut b) = configs();
+    for i in 1..=4 {
+        let (l, r) = (format!("10.1.{i}.0/24"), format!("10.2.{i}.0/24"));
+        a.subnets.push(SubnetPair { local: subnet(&l), remote: subnet(&r) });
+        b.subnets.push(SubnetPair { local: subnet(&r), remote: subnet(&l) });
+    }
+    let p = up(a, b, 18);
+    assert_up(&p, 5);
+    // A's quick modes: QM1 opens one (a new message ID from A), QM3 closes it. strongSwan
+    // remembers the IVs of only three exchanges: never more than two of ours at once.
+    let (mut open, mut most) = (std::collections::HashSet::new(), 0);
+    for (from_a, _, _, data) in &p.wire {
+        let d = if data.starts_with(&[0, 0, 0, 0]) { &data[4..] } else { &data[..] };
+        if !*from_a || d.len() < 28 || d[18] != 32 {
+            continue;
+        }
+        let mid = u32::from_be_bytes([d[20], d[21], d[22], d[23]]);
+        if !open.insert(mid) {
+            open.remove(&mid);
+        }
+        most = most.max(open.len());
+    }
+    assert_eq!(most, 2, "quick modes of ours at once");
+}
+
+#[test]
 fn nat_is_detected_and_ike_floats_to_4500() {
     let (mut a, mut b) = configs();
     a.local_address = A_PRIVATE.into();

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use vpngw_crypto::FastRng;
 use vpngw_dataplane::counters::DropReason;
 use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters, SaTable, Selectors, Transport};
-use vpngw_dataplane::spd::{Policy, Spd};
+use vpngw_dataplane::spd::{PendingQueue, Policy, Spd};
 use vpngw_dataplane::{Dataplane, DataplaneConfig, ToControl};
 use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
 use vpngw_ike::{
@@ -111,9 +111,13 @@ fn net(s: Ipv4Subnet) -> Ipv4Net {
 fn policies(config: &Config) -> Spd {
     Spd::new(config.connections.iter().flat_map(|c| {
         let name: Arc<str> = c.peer.name.as_str().into();
+        let on_traffic = c.start == Start::OnTraffic;
         c.peer.subnets.iter().map(move |p| Policy {
             selectors: Selectors { local: net(p.local), remote: net(p.remote) },
             connection: name.clone(),
+            // Traffic that starts the tunnel waits for it instead of being lost.
+            pending: on_traffic
+                .then(|| Arc::new(PendingQueue::new(PendingQueue::DEFAULT_PACKETS, PendingQueue::DEFAULT_MAX_AGE))),
         })
     }))
 }
@@ -349,10 +353,14 @@ impl Daemon {
                 self.endpoint.handle(Instant::now(), local, from, &data);
             }
             ToControl::Acquire { connection } => {
+                // At most once a second per subnet pair (the dataplane's pending queue
+                // throttles): phase 1 if there is no IKE SA, else the quick modes missing.
                 let on_traffic = self.connection(&connection).is_some_and(|c| c.start == Start::OnTraffic);
-                let has_sa = self.endpoint.ike_sas().iter().any(|s| s.peer == *connection);
-                if on_traffic && !has_sa {
-                    tracing::info!(connection = %connection, "traffic for the tunnel: negotiating");
+                if on_traffic {
+                    let has_sa = self.endpoint.ike_sas().iter().any(|s| s.peer == *connection);
+                    if !has_sa {
+                        tracing::info!(connection = %connection, "traffic for the tunnel: negotiating");
+                    }
                     self.initiate(Instant::now(), &connection);
                 }
             }
@@ -458,6 +466,9 @@ impl Daemon {
                 tracing::debug!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), "child SA sending");
                 if let Some(out) = self.ready_outbound.remove(&spi_out) {
                     self.table.install_outbound(out);
+                    if let Some(dp) = &self.dataplane {
+                        dp.release_pending();
+                    }
                 }
             }
             Event::ChildSaDeleted { peer, spi_in, spi_out, reason } => {

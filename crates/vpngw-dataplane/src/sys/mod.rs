@@ -107,6 +107,11 @@ impl Waker {
         let _ = self.0.write(1);
     }
 
+    /// Resets the wake-up (after which poll waits again).
+    pub fn reset(&self) {
+        let _ = self.0.read();
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
