@@ -195,8 +195,13 @@ impl Charon {
 
     /// [`Charon::load`] with these timers.
     pub fn load_with(&self, c: &SwConn, t: &SwTimers) {
+        self.load_version(c, t, 1);
+    }
+
+    /// [`Charon::load_with`] with this IKE version (2: a peer that does not speak IKEv1).
+    pub fn load_version(&self, c: &SwConn, t: &SwTimers, version: u8) {
         let conf = format!(
-            "connections {{\n  lab {{\n    version = 1\n    aggressive = {aggr}\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
+            "connections {{\n  lab {{\n    version = {version}\n    aggressive = {aggr}\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
              proposals = {ike}\n    rekey_time = {ike_rekey}\n    over_time = {ike_over}\n    dpd_delay = {dpd_delay}\n    dpd_timeout = {dpd_timeout}\n    \
              local {{\n      auth = psk\n      id = {lid}\n    }}\n    remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
              children {{\n      net {{\n        mode = tunnel\n        local_ts = {lts}\n        remote_ts = {rts}\n        \

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
-use vpngw_tests::strongswan::{Charon, SwConn, esp_words, ike_words, sw_cipher_name, sw_group_name};
+use vpngw_tests::strongswan::{Charon, SwConn, SwTimers, esp_words, ike_words, sw_cipher_name, sw_group_name};
 use vpngw_tests::vpngw::{Vpngw, config_text};
 
 const PSK: &str = "lab-psk-0123456789abcdef";
@@ -246,7 +246,12 @@ fn mismatch(
     if let Some(p) = psk_theirs {
         sw.psk = p.into();
     }
-    charon.load(&sw);
+    mismatch_with(lab, charon, n, ours, &sw, 1)
+}
+
+/// [`mismatch`] against this strongSwan connection, speaking this IKE version.
+fn mismatch_with(lab: &Lab, charon: &Charon, n: usize, ours: &Case, sw: &SwConn, version: u8) -> (String, String) {
+    charon.load_version(sw, &SwTimers::default(), version);
     let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, &format!("m{n}")), true, &ours.vpngw_toml());
     let v = Vpngw::start(lab, &lab.left, &format!("m{n}"), &config, &[]);
     if !ours.vpngw_initiates {
@@ -254,7 +259,7 @@ fn mismatch(
     }
     let failure = v
         .wait_failure("to-right", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no failure recorded for {ours:?} vs {theirs:?}\n{}", diagnostics(&v, charon)));
+        .unwrap_or_else(|| panic!("no failure recorded for {ours:?} vs {sw:?}\n{}", diagnostics(&v, charon)));
     // No child SA anywhere (no IKE SA either when phase 1 failed), and vpngw still answers.
     let status = v.connection("to-right").expect("vpngw still answers status");
     assert!(status["child_sas"].as_array().is_some_and(Vec::is_empty), "{status}");
@@ -368,6 +373,76 @@ fn mismatches_give_a_clear_reason() {
         "mode-mismatch",
         &["mode: peer uses aggressive mode, configured main"],
     );
+}
+
+/// The diagnosis reasons `mismatches_give_a_clear_reason` does not cover, each produced by
+/// strongSwan (or its absence) and checked in `vpngw diagnose`.
+#[test]
+fn traffic_selectors_version_silence_and_garbage_give_a_clear_reason() {
+    let lab = Lab::gateways("neg2");
+    let charon = Charon::start(&lab, &lab.right);
+    let base = Case::defaults();
+    let responder = Case { vpngw_initiates: false, ..Case::defaults() };
+    // Traffic selectors: strongSwan protects 10.9.0.0/24 instead of 10.2.0.0/24.
+    let mut other_net = base.strongswan();
+    other_net.local_ts = vec!["10.9.0.0/24".into()];
+    let (r, d) = mismatch_with(&lab, &charon, 1, &responder, &other_net, 1);
+    assert_eq!(r, "traffic-selector-mismatch", "{d}");
+    assert!(
+        d.contains("peer offered 10.1.0.0/24 <=> 10.9.0.0/24") && d.contains("configured 10.1.0.0/24 <=> 10.2.0.0/24"),
+        "{d}"
+    );
+    let (r, d) = mismatch_with(&lab, &charon, 2, &base, &other_net, 1);
+    assert_eq!(r, "traffic-selector-mismatch", "{d}");
+    assert!(d.contains("the peer refused ours, offered 10.1.0.0/24 <=> 10.2.0.0/24"), "{d}");
+    // IKE version: strongSwan configured for IKEv2 initiates.
+    let (r, d) = mismatch_with(&lab, &charon, 3, &responder, &base.strongswan(), 2);
+    assert_eq!(r, "version-mismatch", "{d}");
+    assert!(d.contains("peer speaks IKEv2, configured v1"), "{d}");
+    // Nobody at the remote address.
+    let silent = base.vpngw_toml().replace(RIGHT_WAN, "198.51.100.9");
+    let v =
+        Vpngw::start(&lab, &lab.left, "n4", &config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "n4"), true, &silent), &[]);
+    let f = v.wait_failure("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
+    assert_eq!(f["reason"], "peer-unreachable", "{f}");
+    assert!(f["detail"].as_str().unwrap().contains("no answer"), "{f}");
+    // The report: configuration in the seed's words, the failure, what to do.
+    let out = v.cli(&["diagnose", "to-right"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "connection to-right: down: peer-unreachable",
+        "remote_address     198.51.100.9",
+        "encryption       3des",
+        "dh_group         dh1",
+        "pfs              disable",
+        "what to do: Check that remote_address is right",
+    ] {
+        assert!(text.contains(line), "diagnose lacks {line:?}:\n{text}");
+    }
+    assert!(!text.contains(PSK), "{text}");
+    let out = v.cli(&["diagnose", "to-right", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["failures"][0]["reason"], "peer-unreachable", "{json}");
+    assert_eq!(json["configured"]["ike"]["authentication"], "md5", "{json}");
+    assert!(!out.stdout.windows(PSK.len()).any(|w| w == PSK.as_bytes()));
+    let out = v.cli(&["diagnose", "nonexistent"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no connection named"));
+    assert_eq!(v.stop(&lab), Some(0));
+    // Garbage from the peer's address: a main mode message 1 whose SA payload claims more
+    // bytes than the datagram has.
+    let ours = responder.vpngw_toml();
+    let v =
+        Vpngw::start(&lab, &lab.left, "n5", &config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "n5"), true, &ours), &[]);
+    let header = format!("{}{}01100200{:08x}{:08x}", "11".repeat(8), "00".repeat(8), 0, 36);
+    let garbage = format!("{header}0000004000000001");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/inject.py");
+    let out = lab.exec(&lab.right, "python3", &[script, "udp", LEFT_WAN, "500", &garbage]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = v.wait_failure("to-right", Duration::from_secs(10)).unwrap_or_else(|| panic!("{}", v.log_text()));
+    assert_eq!(f["reason"], "malformed-message", "{f}");
+    assert!(v.status().is_some(), "vpngw still answers");
+    assert_eq!(v.stop(&lab), Some(0));
 }
 
 // --------------------------------------------------------------------------------------------

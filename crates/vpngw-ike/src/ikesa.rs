@@ -1271,7 +1271,10 @@ impl IkeSa {
                     ),
                     NotifyType::INVALID_ID_INFORMATION if self.is_established() => (
                         FailReason::TrafficSelectorMismatch,
-                        "the peer refused our traffic selectors (local/remote subnets)".to_string(),
+                        format!(
+                            "traffic selectors: the peer refused ours, offered {} (local <=> remote)",
+                            self.peer.subnets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        ),
                     ),
                     NotifyType::INVALID_ID_INFORMATION => {
                         (FailReason::IdMismatch, "the peer refused our identity".to_string())

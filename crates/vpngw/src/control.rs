@@ -1,5 +1,5 @@
 //! The local control socket: one JSON request per connection, one JSON answer. Root only (the
-//! socket is created with mode 0600). `vpngw status/up/down` are its clients.
+//! socket is created with mode 0600). `vpngw status/up/down/rekey/diagnose` are its clients.
 
 use std::path::Path;
 
@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::diagnose::Diagnosis;
 use crate::status::Status;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,6 +18,7 @@ pub enum Request {
     Up { connection: String },
     Down { connection: String },
     Rekey { connection: String },
+    Diagnose { connection: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,15 +30,17 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Box<Diagnosis>>,
 }
 
 impl Response {
     pub fn ok(message: impl Into<String>) -> Self {
-        Self { ok: true, error: None, message: Some(message.into()), status: None }
+        Self { ok: true, error: None, message: Some(message.into()), status: None, diagnosis: None }
     }
 
     pub fn error(error: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(error.into()), message: None, status: None }
+        Self { ok: false, error: Some(error.into()), message: None, status: None, diagnosis: None }
     }
 }
 

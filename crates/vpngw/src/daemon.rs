@@ -3,7 +3,7 @@
 //! the engine's next timer; control requests and signals arrive on the same loop. Child SAs go
 //! into the SA table the dataplane reads.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,12 +25,15 @@ use vpngw_ike::{
 
 use crate::config::{Config, ConfigError, Connection, Start};
 use crate::control::{self, Command, Request, Response};
+use crate::diagnose::{Diagnosis, FailureReport};
 use crate::routes::Routes;
 use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status, WorkerStatus};
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
 /// Retry backoff for active connections after a failure.
+/// Distinct failures remembered per connection for `vpngw diagnose`.
+const FAILURES_KEPT: usize = 10;
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// NAT keepalive interval (RFC 3948 s.4; strongSwan uses 20 s too).
@@ -79,7 +82,8 @@ struct Daemon {
     sock_ike: UdpSocket,
     /// Bound to the NAT-T port for sending IKE; the dataplane's workers receive on it.
     sock_natt: UdpSocket,
-    failures: HashMap<String, Failure>,
+    /// Recent distinct negotiation failures per connection, most recent first.
+    failures: HashMap<String, VecDeque<Failure>>,
     retries: HashMap<String, Retry>,
     started: Instant,
     /// `--esp-keylog`: ESP keys in tcpdump's `-E` secrets format, for debugging only.
@@ -488,17 +492,23 @@ impl Daemon {
             Event::NegotiationFailed { peer, remote, reason, detail } => {
                 let name = peer.clone().unwrap_or_else(|| format!("(unknown peer {})", remote.ip()));
                 let now = SystemTime::now();
-                let repeated = self.failures.get(&name).is_some_and(|f| f.reason == reason && f.detail == detail);
-                if repeated {
-                    if let Some(f) = self.failures.get_mut(&name) {
-                        f.count += 1;
-                        f.at = now;
+                let history = self.failures.entry(name.clone()).or_default();
+                match history.iter().position(|f| f.reason == reason && f.detail == detail) {
+                    Some(i) => {
+                        // Seen recently: counted, moved to the front, logged at debug only.
+                        if let Some(mut f) = history.remove(i) {
+                            f.count += 1;
+                            f.at = now;
+                            history.push_front(f);
+                        }
+                        tracing::debug!(connection = %name, %reason, %detail, "negotiation failed again");
                     }
-                    tracing::debug!(connection = %name, %reason, %detail, "negotiation failed again");
-                } else {
-                    // Logged once per distinct failure, not once per retransmission.
-                    tracing::warn!(connection = %name, %remote, %reason, %detail, "negotiation failed");
-                    self.failures.insert(name.clone(), Failure { reason, detail, at: now, count: 1 });
+                    None => {
+                        // Logged once per distinct failure, not once per retransmission or retry.
+                        tracing::warn!(connection = %name, %remote, %reason, %detail, "negotiation failed");
+                        history.push_front(Failure { reason, detail, at: now, count: 1 });
+                        history.truncate(FAILURES_KEPT);
+                    }
                 }
                 if let Some(p) = peer {
                     self.schedule_retry(&p);
@@ -569,10 +579,31 @@ impl Daemon {
         }
     }
 
+    fn diagnose(&self, name: &str) -> Option<Diagnosis> {
+        let connection = self.connection(name)?;
+        let status = self.status().connections.into_iter().find(|c| c.name == name)?;
+        let failures = self
+            .failures
+            .get(name)
+            .map(|h| {
+                h.iter()
+                    .map(|f| FailureReport {
+                        reason: f.reason.to_string(),
+                        detail: f.detail.clone(),
+                        at_unix: unix(f.at),
+                        count: f.count,
+                        hint: crate::diagnose::hint(f.reason).into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Diagnosis::new(connection, status, failures))
+    }
+
     fn command(&mut self, request: Request) -> Response {
         let now = Instant::now();
         match request {
-            Request::Status => Response { ok: true, error: None, message: None, status: Some(self.status()) },
+            Request::Status => Response { status: Some(self.status()), message: None, ..Response::ok("") },
             Request::Up { connection } => match self.endpoint.initiate(now, &connection) {
                 Ok(()) => {
                     self.retries.remove(&connection);
@@ -588,6 +619,10 @@ impl Daemon {
                     Response::ok(format!("{connection} down"))
                 }
                 Err(e) => Response::error(e.to_string()),
+            },
+            Request::Diagnose { connection } => match self.diagnose(&connection) {
+                Some(d) => Response { diagnosis: Some(Box::new(d)), message: None, ..Response::ok("") },
+                None => Response::error(format!("no connection named {connection:?}")),
             },
             Request::Rekey { connection } => match self.endpoint.rekey_connection(now, &connection) {
                 Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
@@ -725,7 +760,7 @@ impl Daemon {
                         expires_in_seconds: s.expires_at.map(|t| t.saturating_duration_since(now).as_secs()),
                     }),
                     child_sas: children,
-                    last_failure: self.failures.get(&p.name).map(|f| FailureStatus {
+                    last_failure: self.failures.get(&p.name).and_then(VecDeque::front).map(|f| FailureStatus {
                         reason: f.reason.to_string(),
                         detail: f.detail.clone(),
                         at_unix: unix(f.at),

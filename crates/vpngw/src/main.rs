@@ -14,6 +14,7 @@
 mod config;
 mod control;
 mod daemon;
+mod diagnose;
 mod routes;
 mod status;
 
@@ -73,6 +74,15 @@ enum Cmd {
     /// Take a connection down (Deletes are sent to the peer).
     Down {
         name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Why a connection is not up: its parameters next to the recent failures, each with what
+    /// to check and do.
+    Diagnose {
+        name: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -166,11 +176,17 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
     };
     match rt.block_on(control::request(&socket, &request)) {
         Ok(r) if r.ok => {
-            if let Some(status) = r.status {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            if let Some(d) = r.diagnosis {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                } else {
+                    print!("{}", d.render(now));
+                }
+            } else if let Some(status) = r.status {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
                 } else {
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                     print!("{}", status.render(now));
                 }
             } else if let Some(m) = r.message {
@@ -219,5 +235,6 @@ fn main() -> ExitCode {
         Cmd::Up { name, target } => client(&target, Request::Up { connection: name }, false),
         Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
         Cmd::Rekey { name, target } => client(&target, Request::Rekey { connection: name }, false),
+        Cmd::Diagnose { name, json, target } => client(&target, Request::Diagnose { connection: name }, json),
     }
 }
