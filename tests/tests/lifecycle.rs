@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN};
+use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
 use vpngw_tests::strongswan::{Charon, SwConn, SwTimers, esp_words, ike_words};
 use vpngw_tests::traffic::{Background, BackgroundReport, RIGHT_HOST, wait_ping};
 use vpngw_tests::vpngw::{Vpngw, config_text};
@@ -367,4 +367,81 @@ fn on_traffic_start_holds_the_first_packets_and_each_of_three_subnet_pairs_gets_
     }
     assert!(!v.log_text().contains("negotiation failed"), "{}", v.log_text());
     assert_eq!(v.stop(&lab), Some(0));
+}
+
+fn child_spis(c: &serde_json::Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c["child_sas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| (ch["spi_in"].as_str().unwrap().to_string(), ch["spi_out"].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Phase 1 re-authentication under traffic, started by `reauth_by_vpngw` (its IKE lifetime
+/// 60 s) or by strongSwan (its IKE rekey_time 25 s): a new IKE SA, the old one deleted, the
+/// same child SAs carrying every packet throughout.
+fn reauthentication_keeps_child_sas(name: &str, reauth_by_vpngw: bool) {
+    let lab = Lab::gateways(name);
+    let charon = Charon::start_with(&lab, &lab.right, true);
+    let timers = if reauth_by_vpngw {
+        SwTimers::default()
+    } else {
+        SwTimers { ike_rekey: "25s".into(), ike_over: "10s".into(), ..SwTimers::default() }
+    };
+    charon.load_with(&sw_conn(), &timers);
+    let ike = if reauth_by_vpngw { "lifetime_seconds = 60\n" } else { "" };
+    let extra = SUITE.replace("[connection.ipsec]", &format!("{ike}[connection.ipsec]"));
+    let start = if reauth_by_vpngw { "active" } else { "passive" };
+    let config = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, name),
+        false,
+        &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, start, &extra),
+    );
+    let v = Vpngw::start(&lab, &lab.left, name, &config, &[]);
+    if !reauth_by_vpngw {
+        charon.initiate(15);
+    }
+    let before = v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not up\n{}", v.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    let bg = Background::start(&lab, 70, 256);
+    let report = bg.finish(&lab, Duration::from_secs(100));
+    let log = v.log_text();
+    let summary = report.summary();
+    assert!(report.pings_sent >= 70 * 80, "{summary}");
+    assert_eq!(report.pings_received, report.pings_sent, "pings lost: {summary}\n{log}\n{}", charon.log());
+    assert_eq!(report.stream_received["sha256"], report.stream_sent["sha256"], "{summary}");
+    assert!(report.max_gap() < 1.0, "the stream stalled: {summary}\n{log}");
+    let after = v.connection("to-right").unwrap();
+    assert_ne!(
+        before["ike_sa"]["established_at_unix"], after["ike_sa"]["established_at_unix"],
+        "no new IKE SA: {after}\n{log}"
+    );
+    assert_eq!(child_spis(&before), child_spis(&after), "child SAs were renegotiated: {after}\n{log}");
+    if reauth_by_vpngw {
+        assert!(log.contains("re-authenticating"), "{log}");
+        assert_eq!(after["ike_sa"]["role"], "initiator", "{after}");
+    }
+    assert!(!log.contains("negotiation failed"), "{log}");
+    // strongSwan: one IKE SA (the old one deleted), the same child SA.
+    let sw = wait_for(Duration::from_secs(15), || {
+        let s = charon.list_sas();
+        (s.ike_established == 1).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("strongSwan keeps old IKE SAs: {:?}\n{}", charon.list_sas(), charon.log()));
+    assert_eq!(sw.children.len(), 1, "{sw:?}");
+    assert_eq!(v.stop(&lab), Some(0));
+}
+
+#[test]
+fn reauthentication_by_vpngw_keeps_child_sas_and_loses_nothing() {
+    reauthentication_keeps_child_sas("reauth-vg", true);
+}
+
+#[test]
+fn reauthentication_by_strongswan_keeps_child_sas_and_loses_nothing() {
+    reauthentication_keeps_child_sas("reauth-sw", false);
 }
