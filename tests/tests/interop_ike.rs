@@ -406,6 +406,14 @@ fn traffic_selectors_version_silence_and_garbage_give_a_clear_reason() {
     let f = v.wait_failure("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
     assert_eq!(f["reason"], "peer-unreachable", "{f}");
     assert!(f["detail"].as_str().unwrap().contains("no answer"), "{f}");
+    // The active connection retries (after 5 s): the same failure again is counted, not
+    // logged again.
+    let again = wait_for(Duration::from_secs(30), || {
+        v.connection("to-right").filter(|c| c["last_failure"]["count"].as_u64() >= Some(2))
+    })
+    .unwrap_or_else(|| panic!("no retry\n{}", v.log_text()));
+    let warned = v.log_text().lines().filter(|l| l.contains("negotiation failed") && l.contains("WARN")).count();
+    assert_eq!(warned, 1, "{again}\n{}", v.log_text());
     // The report: configuration in the seed's words, the failure, what to do.
     let out = v.cli(&["diagnose", "to-right"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -445,3 +445,36 @@ fn reauthentication_by_vpngw_keeps_child_sas_and_loses_nothing() {
 fn reauthentication_by_strongswan_keeps_child_sas_and_loses_nothing() {
     reauthentication_keeps_child_sas("reauth-sw", false);
 }
+
+#[test]
+fn a_rebooted_strongswan_that_initiates_replaces_the_stale_sas_at_once() {
+    let lab = Lab::gateways("sw-reboot");
+    let mut charon = Charon::start_with(&lab, &lab.right, true);
+    charon.load(&sw_conn());
+    let config = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, "sw-reboot"),
+        true,
+        &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active", SUITE),
+    );
+    let v = Vpngw::start(&lab, &lab.left, "sw-reboot", &config, &[]);
+    let before = v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    charon.crash(&lab);
+    charon = Charon::start_with(&lab, &lab.right, true);
+    charon.load(&sw_conn());
+    // The rebooted peer initiates first: its main mode carries INITIAL-CONTACT, so vpngw drops
+    // the old IKE and child SAs at once, long before DPD would.
+    let said = charon.initiate(15);
+    let c = wait_for(Duration::from_secs(10), || {
+        v.connection("to-right").filter(|c| {
+            c["state"] == "up" && c["ike_sa"]["role"] == "responder" && child_spis(c) != child_spis(&before)
+        })
+    })
+    .unwrap_or_else(|| panic!("{said}\n{}", v.log_text()));
+    assert_eq!(c["child_sas"].as_array().unwrap().len(), 1, "stale child SAs kept: {c}");
+    assert!(v.log_text().contains("INITIAL-CONTACT"), "{}", v.log_text());
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(5)));
+    assert!(c["last_failure"].is_null(), "{c}");
+    assert_eq!(v.stop(&lab), Some(0));
+}
