@@ -5,8 +5,8 @@ DEPS := tests/tools/install-deps.sh
 
 # Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP;
 # strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces; nftables silences
-# a peer for the dead peer detection tests.
-TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping nftables \
+# a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics.
+TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping nftables prometheus \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 
 .DEFAULT_GOAL := help

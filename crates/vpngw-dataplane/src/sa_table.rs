@@ -76,6 +76,10 @@ impl SaCounters {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+
+    pub fn dropped(&self, reason: OpenError) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +181,22 @@ impl Outbound {
     }
 }
 
+/// SA entries taken out of the table, handed back for their final counters (a worker may
+/// still count a packet on one until it finishes its batch: read them once the `Arc` is the
+/// last one).
+#[derive(Debug, Default)]
+pub struct Withdrawn {
+    pub inbound: Vec<Arc<InboundEntry>>,
+    pub outbound: Vec<Arc<OutboundEntry>>,
+}
+
+impl Withdrawn {
+    pub fn append(&mut self, mut other: Withdrawn) {
+        self.inbound.append(&mut other.inbound);
+        self.outbound.append(&mut other.outbound);
+    }
+}
+
 #[derive(Default)]
 pub struct SaTable {
     inbound: ArcSwap<InboundMap>,
@@ -199,9 +219,9 @@ impl SaTable {
 
     /// Publishes an SA pair: inbound first, so that the peer's first packet under the new
     /// keys already finds its SA; then outbound, replacing any older SA for the same selectors.
-    pub fn install(&self, inbound: InboundEntry, outbound: OutboundEntry) {
+    pub fn install(&self, inbound: InboundEntry, outbound: OutboundEntry) -> Withdrawn {
         self.install_inbound(inbound);
-        self.install_outbound(outbound);
+        self.install_outbound(outbound)
     }
 
     /// Publishes an inbound SA (make-before-break: before the peer may send with it).
@@ -215,44 +235,66 @@ impl SaTable {
 
     /// Publishes an outbound SA, replacing any older SA for the same selectors: from the next
     /// batch on, workers seal with it.
-    pub fn install_outbound(&self, outbound: OutboundEntry) {
+    pub fn install_outbound(&self, outbound: OutboundEntry) -> Withdrawn {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Outbound::clone(&self.outbound.load());
         let selectors = outbound.selectors;
         let replaced: Vec<u32> =
             out.by_selectors.iter().filter(|e| e.selectors == selectors).map(|e| e.sa.spi()).collect();
         out.by_selectors.retain(|e| e.selectors != selectors);
+        let mut withdrawn = Withdrawn::default();
         for spi in replaced {
-            out.by_spi.remove(&spi);
+            withdrawn.outbound.extend(out.by_spi.remove(&spi));
         }
         let entry = Arc::new(outbound);
         out.by_spi.insert(entry.sa.spi(), entry.clone());
         out.by_selectors.insert(selectors.remote, entry);
         self.outbound.store(Arc::new(out));
+        withdrawn
     }
 
     /// Withdraws an SA pair: outbound first (nothing new is sealed with it), then inbound.
-    pub fn remove(&self, spi_in: u32, spi_out: u32) {
+    pub fn remove(&self, spi_in: u32, spi_out: u32) -> Withdrawn {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Outbound::clone(&self.outbound.load());
         out.by_selectors.retain(|e| e.sa.spi() != spi_out);
-        out.by_spi.remove(&spi_out);
+        let outbound: Vec<_> = out.by_spi.remove(&spi_out).into_iter().collect();
         self.outbound.store(Arc::new(out));
         let mut map = InboundMap::clone(&self.inbound.load());
-        map.remove(&spi_in);
+        let inbound: Vec<_> = map.remove(&spi_in).into_iter().collect();
         self.inbound.store(Arc::new(map));
+        Withdrawn { inbound, outbound }
     }
 
     /// Removes every SA of a connection.
-    pub fn remove_connection(&self, connection: &str) {
+    pub fn remove_connection(&self, connection: &str) -> Withdrawn {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut withdrawn = Withdrawn::default();
         let mut out = Outbound::clone(&self.outbound.load());
         out.by_selectors.retain(|e| &*e.connection != connection);
-        out.by_spi.retain(|_, e| &*e.connection != connection);
+        out.by_spi.retain(|_, e| {
+            let keep = &*e.connection != connection;
+            if !keep {
+                withdrawn.outbound.push(e.clone());
+            }
+            keep
+        });
         self.outbound.store(Arc::new(out));
         let mut map = InboundMap::clone(&self.inbound.load());
-        map.retain(|_, e| &*e.connection != connection);
+        map.retain(|_, e| {
+            let keep = &*e.connection != connection;
+            if !keep {
+                withdrawn.inbound.push(e.clone());
+            }
+            keep
+        });
         self.inbound.store(Arc::new(map));
+        withdrawn
+    }
+
+    /// Every inbound SA (for status and metrics).
+    pub fn inbound_all(&self) -> Vec<Arc<InboundEntry>> {
+        self.inbound.load().values().cloned().collect()
     }
 
     /// The inbound SA for an SPI: one atomic load, no lock.
@@ -343,18 +385,23 @@ mod tests {
         // A rekey: the new pair replaces the outbound SA for the same selectors, both inbound
         // SAs stay until the old one is removed.
         let (i2, o2) = entries("a", 101, 201, [10, 2, 0, 0]);
-        t.install(i2, o2);
+        let replaced = t.install(i2, o2);
         assert_eq!(t.len(), (2, 1));
+        // The replaced outbound SA comes back, for its final counters.
+        assert_eq!(replaced.outbound.iter().map(|e| e.sa.spi()).collect::<Vec<_>>(), vec![200]);
+        assert!(replaced.inbound.is_empty());
         assert_eq!(
             t.outbound_for(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 2, 0, 9)).map(|e| e.sa.spi()),
             Some(201)
         );
-        t.remove(100, 200);
+        let gone = t.remove(100, 200);
         assert_eq!(t.len(), (1, 1));
+        assert_eq!((gone.inbound.len(), gone.outbound.len()), (1, 0), "outbound 200 went at the switch");
         let (i3, o3) = entries("b", 300, 400, [10, 9, 0, 0]);
         t.install(i3, o3);
-        t.remove_connection("a");
+        let gone = t.remove_connection("a");
         assert_eq!(t.len(), (1, 1));
+        assert_eq!((gone.inbound[0].sa.spi(), gone.outbound[0].sa.spi()), (101, 201));
         assert!(t.inbound(300).is_some());
     }
 

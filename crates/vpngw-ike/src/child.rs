@@ -144,6 +144,12 @@ pub(crate) fn send_delete(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: u32) {
 pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32, reason: DeleteReason) {
     let Some(i) = sa.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
     let c = sa.children.remove(i);
+    // A replaced pair deleted by the peer is the normal end of a rekey, not a loss.
+    let reason = if reason == DeleteReason::PeerDeleted && c.state == ChildSaState::Replaced {
+        DeleteReason::Rekeyed
+    } else {
+        reason
+    };
     if c.state == ChildSaState::Active
         && let Some(next) = sa
             .children

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,6 +90,16 @@ pub struct Gateway {
     pub control_socket: PathBuf,
 }
 
+/// The Prometheus endpoint (`GET /metrics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// None: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Where `/metrics` listens unless configured: this host only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
+
 /// Engine timing, rarely changed (tests shorten it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -128,6 +138,7 @@ impl Connection {
 pub struct Config {
     pub gateway: Gateway,
     pub tuning: Tuning,
+    pub metrics: Metrics,
     pub connections: Vec<Connection>,
     /// Weak but accepted choices (the seed's defaults include some): printed by `vpngw check`
     /// and logged at start.
@@ -286,7 +297,7 @@ impl Walker {
     }
 
     fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys("", root, &["gateway", "connection", "tuning"]);
+        self.unknown_keys("", root, &["gateway", "connection", "tuning", "metrics"]);
         let gateway = match self.table("gateway", root, "gateway") {
             Some(g) => self.gateway(g),
             None => {
@@ -300,6 +311,9 @@ impl Walker {
             Some(t) => self.tuning(t),
             None => Tuning { retransmit_initial: Duration::from_secs(2), retransmit_tries: 5 },
         };
+        let empty = Table::new();
+        let metrics_table = self.table("metrics", root, "metrics").unwrap_or(&empty).clone();
+        let metrics = self.metrics(metrics_table);
         let mut connections = Vec::new();
         match root.get("connection") {
             None => {}
@@ -341,7 +355,7 @@ impl Walker {
                 }
             }
         }
-        Some(Config { gateway: gateway?, tuning, connections, warnings: Vec::new() })
+        Some(Config { gateway: gateway?, tuning, metrics, connections, warnings: Vec::new() })
     }
 
     fn gateway(&mut self, g: &Table) -> Option<Gateway> {
@@ -380,6 +394,22 @@ impl Walker {
             self.problem("gateway.control_socket", g.get("control_socket"), "must be an absolute path");
         }
         Some(Gateway { name, public_address: public_address?, tun, tun_mtu, path_mtu, workers, control_socket })
+    }
+
+    fn metrics(&mut self, t: Table) -> Metrics {
+        self.unknown_keys("metrics.", &t, &["enabled", "listen"]);
+        let enabled = self.boolean("metrics.enabled", &t, "enabled", true);
+        let listen = match self.string("metrics.listen", &t, "listen") {
+            None => DEFAULT_METRICS_LISTEN.parse().ok(),
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.problem("metrics.listen", t.get("listen"), "must be ADDRESS:PORT, e.g. \"127.0.0.1:9720\"");
+                    None
+                }
+            },
+        };
+        Metrics { listen: listen.filter(|_| enabled) }
     }
 
     fn tuning(&mut self, t: &Table) -> Tuning {

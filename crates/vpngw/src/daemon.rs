@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use vpngw_crypto::FastRng;
 use vpngw_dataplane::counters::DropReason;
 use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters, SaTable, Selectors, Transport};
@@ -26,6 +26,8 @@ use vpngw_ike::{
 use crate::config::{Config, ConfigError, Connection, Start};
 use crate::control::{self, Command, Request, Response};
 use crate::diagnose::{Diagnosis, FailureReport};
+use crate::ledger::Ledger;
+use crate::metrics::{self, ConnectionEvents, ConnectionMetrics, Snapshot, WorkerMetrics};
 use crate::routes::Routes;
 use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status, WorkerStatus};
 
@@ -57,6 +59,8 @@ pub enum DaemonError {
     Dataplane(#[from] vpngw_dataplane::DataplaneError),
     #[error("routes: {0}")]
     Routes(#[from] crate::routes::RouteError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 struct Failure {
@@ -93,6 +97,11 @@ struct Daemon {
     /// Inbound packet counts at the last look, by SPI: growth tells the engine (dead peer
     /// detection) that the peer is alive.
     inbound_seen: HashMap<u32, u64>,
+    /// ESP traffic per connection across SAs (for metrics).
+    ledger: Ledger,
+    /// Failures, rekeys, re-authentications, DPD timeouts per connection (for metrics).
+    events: HashMap<String, ConnectionEvents>,
+    unknown_peer_negotiations: u64,
 }
 
 fn engine_config(config: &Config) -> EngineConfig {
@@ -184,6 +193,15 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     }
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let control_task = control::serve(&config.gateway.control_socket, cmd_tx)?;
+    let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<Snapshot>>(16);
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => {
+            let task = metrics::serve(addr, metrics_tx).await?;
+            tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
@@ -203,6 +221,9 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         keylog,
         ready_outbound: HashMap::new(),
         inbound_seen: HashMap::new(),
+        ledger: Ledger::default(),
+        events: HashMap::new(),
+        unknown_peer_negotiations: 0,
     };
     if let Some(k) = &d.keylog {
         tracing::warn!(file = %k.display(), "ESP keys are written to this file (--esp-keylog): for debugging only, remove it when done");
@@ -246,6 +267,10 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                 let now = Instant::now();
                 d.report_inbound_traffic(now);
                 d.check_volumes(now);
+                d.ledger.settle();
+            }
+            Some(reply) = metrics_rx.recv() => {
+                let _ = reply.send(d.metrics_snapshot());
             }
             Some((request, reply)) = cmd_rx.recv() => {
                 let response = d.command(request);
@@ -264,6 +289,9 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     }
     d.flush().await;
     control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     if let Some(dp) = d.dataplane.take() {
         dp.stop();
     }
@@ -469,7 +497,8 @@ impl Daemon {
             Event::ChildSaActive { peer, spi_in, spi_out } => {
                 tracing::debug!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), "child SA sending");
                 if let Some(out) = self.ready_outbound.remove(&spi_out) {
-                    self.table.install_outbound(out);
+                    let replaced = self.table.install_outbound(out);
+                    self.ledger.retire(replaced);
                     if let Some(dp) = &self.dataplane {
                         dp.release_pending();
                     }
@@ -477,19 +506,34 @@ impl Daemon {
             }
             Event::ChildSaDeleted { peer, spi_in, spi_out, reason } => {
                 tracing::info!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), %reason, "child SA deleted");
-                self.table.remove(spi_in, spi_out);
+                let gone = self.table.remove(spi_in, spi_out);
+                self.ledger.retire(gone);
                 self.ready_outbound.remove(&spi_out);
+                if reason == DeleteReason::Rekeyed {
+                    self.events.entry(peer.clone()).or_default().rekeys += 1;
+                }
                 if !matches!(reason, DeleteReason::Local | DeleteReason::Rekeyed | DeleteReason::Reauthenticated) {
                     self.schedule_retry(&peer);
                 }
             }
             Event::IkeSaDeleted { peer, reason, .. } => {
                 tracing::info!(connection = %peer, %reason, "IKE SA deleted");
+                match reason {
+                    DeleteReason::DeadPeer => self.events.entry(peer.clone()).or_default().dpd_timeouts += 1,
+                    DeleteReason::Reauthenticated => {
+                        self.events.entry(peer.clone()).or_default().reauthentications += 1;
+                    }
+                    _ => {}
+                }
                 if !matches!(reason, DeleteReason::Local | DeleteReason::Reauthenticated) {
                     self.schedule_retry(&peer);
                 }
             }
             Event::NegotiationFailed { peer, remote, reason, detail } => {
+                match peer.as_deref().filter(|p| self.connection(p).is_some()) {
+                    Some(p) => self.events.entry(p.to_string()).or_default().failed(reason),
+                    None => self.unknown_peer_negotiations += 1,
+                }
                 let name = peer.clone().unwrap_or_else(|| format!("(unknown peer {})", remote.ip()));
                 let now = SystemTime::now();
                 let history = self.failures.entry(name.clone()).or_default();
@@ -579,6 +623,65 @@ impl Daemon {
         }
     }
 
+    /// What a Prometheus scrape reports (see `metrics.rs`).
+    fn metrics_snapshot(&mut self) -> Snapshot {
+        self.ledger.settle();
+        let traffic = self.ledger.traffic(&self.table);
+        let status = self.status();
+        let connections = status
+            .connections
+            .iter()
+            .map(|c| {
+                let events = self.events.get(&c.name).cloned().unwrap_or_default();
+                let mut child_sas = [0u64; 3];
+                for ch in &c.child_sas {
+                    if let Some(i) = metrics::CHILD_STATES.iter().position(|s| *s == ch.state) {
+                        child_sas[i] += 1;
+                    }
+                }
+                let established = c.ike_sa.as_ref().filter(|s| s.state == "established");
+                ConnectionMetrics {
+                    name: c.name.clone(),
+                    up: c.state == "up",
+                    ike_state: match (&c.ike_sa, established) {
+                        (None, _) => "none",
+                        (Some(_), None) => "negotiating",
+                        (Some(_), Some(_)) => "established",
+                    },
+                    ike_established_unix: established.and_then(|s| s.established_at_unix),
+                    child_sas,
+                    traffic: traffic.get(&c.name).cloned().unwrap_or_default(),
+                    failures: events.failures.to_vec(),
+                    rekeys: events.rekeys,
+                    reauthentications: events.reauthentications,
+                    dpd_timeouts: events.dpd_timeouts,
+                }
+            })
+            .collect();
+        let workers = self.dataplane.as_ref().map(|dp| dp.counters()).unwrap_or_default();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Snapshot {
+            gateway: self.config.gateway.name.clone(),
+            connections,
+            dataplane_drops: DropReason::all()
+                .into_iter()
+                .map(|r| (r.as_str(), workers.iter().map(|c| c.dropped(r)).sum()))
+                .collect(),
+            ike_drops: self.endpoint.drops().by_reason.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            unknown_peer_negotiations: self.unknown_peer_negotiations,
+            workers: workers
+                .iter()
+                .map(|c| WorkerMetrics {
+                    packets_in: load(&c.in_packets),
+                    packets_out: load(&c.out_packets),
+                    bytes_in: load(&c.in_bytes),
+                    bytes_out: load(&c.out_bytes),
+                    busy_seconds: load(&c.busy_ns) as f64 / 1e9,
+                })
+                .collect(),
+        }
+    }
+
     fn diagnose(&self, name: &str) -> Option<Diagnosis> {
         let connection = self.connection(name)?;
         let status = self.status().connections.into_iter().find(|c| c.name == name)?;
@@ -614,7 +717,8 @@ impl Daemon {
             Request::Down { connection } => match self.endpoint.terminate(now, &connection) {
                 Ok(()) => {
                     self.retries.remove(&connection);
-                    self.table.remove_connection(&connection);
+                    let gone = self.table.remove_connection(&connection);
+                    self.ledger.retire(gone);
                     self.ready_outbound.retain(|_, e| &*e.connection != connection.as_str());
                     Response::ok(format!("{connection} down"))
                 }
@@ -663,7 +767,8 @@ impl Daemon {
                 kept += 1;
             } else {
                 let _ = self.endpoint.remove_peer(now, &old.peer.name);
-                self.table.remove_connection(&old.peer.name);
+                let gone = self.table.remove_connection(&old.peer.name);
+                self.ledger.retire(gone);
                 self.ready_outbound.retain(|_, e| *e.connection != *old.peer.name);
                 self.retries.remove(&old.peer.name);
                 removed += 1;
@@ -673,6 +778,14 @@ impl Daemon {
             if self.endpoint.peer(&c.peer.name).is_none() {
                 let _ = self.endpoint.add_peer(c.peer.clone());
                 added += 1;
+            }
+        }
+        // Series of connections that are gone go with them (changed ones keep counting).
+        for old in &self.config.connections {
+            if !new.connections.iter().any(|c| c.peer.name == old.peer.name) {
+                self.ledger.forget(&old.peer.name);
+                self.events.remove(&old.peer.name);
+                self.failures.remove(&old.peer.name);
             }
         }
         self.config.connections = new.connections;

@@ -15,6 +15,8 @@ mod config;
 mod control;
 mod daemon;
 mod diagnose;
+mod ledger;
+mod metrics;
 mod routes;
 mod status;
 

@@ -1,0 +1,345 @@
+//! Prometheus metrics: `GET /metrics` in the classic text exposition format.
+//!
+//! A scrape asks the daemon loop for a [`Snapshot`] (plain numbers: the engine's state, the
+//! traffic ledger, the workers' counters read with relaxed loads; workers are never stopped
+//! or locked), then encodes it here, outside the loop, into a fresh registry. Every configured
+//! connection appears, up or not. Labels are bounded: connection names (from the
+//! configuration), direction, reason (fixed sets), worker index; never SPIs, cookies, ports or
+//! times.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::sync::{mpsc, oneshot};
+use vpngw_esp::OpenError;
+use vpngw_ike::FailReason;
+
+use crate::ledger::Traffic;
+
+/// What one scrape reports, gathered by the daemon loop.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub gateway: String,
+    pub connections: Vec<ConnectionMetrics>,
+    /// Dataplane drops by reason (every reason, zeros included).
+    pub dataplane_drops: Vec<(&'static str, u64)>,
+    /// IKE datagrams not acted on, by reason.
+    pub ike_drops: Vec<(String, u64)>,
+    /// Negotiations from addresses no connection is configured for.
+    pub unknown_peer_negotiations: u64,
+    pub workers: Vec<WorkerMetrics>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    pub name: String,
+    pub up: bool,
+    /// "none", "negotiating" or "established".
+    pub ike_state: &'static str,
+    pub ike_established_unix: Option<u64>,
+    /// Child SAs by state: installing, active, replaced.
+    pub child_sas: [u64; 3],
+    pub traffic: Traffic,
+    /// Negotiation failures by reason, in [`FailReason::ALL`] order.
+    pub failures: Vec<u64>,
+    pub rekeys: u64,
+    pub reauthentications: u64,
+    pub dpd_timeouts: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerMetrics {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub busy_seconds: f64,
+}
+
+/// Counters and gauges per connection and worker, for the daemon to keep between scrapes.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionEvents {
+    pub failures: [u64; FailReason::ALL.len()],
+    pub rekeys: u64,
+    pub reauthentications: u64,
+    pub dpd_timeouts: u64,
+}
+
+impl ConnectionEvents {
+    pub fn failed(&mut self, reason: FailReason) {
+        if let Some(i) = FailReason::ALL.iter().position(|r| *r == reason) {
+            self.failures[i] += 1;
+        }
+    }
+}
+
+pub const CHILD_STATES: [&str; 3] = ["installing", "active", "replaced"];
+const IKE_STATES: [&str; 3] = ["none", "negotiating", "established"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+    #[error("metrics: the daemon did not answer")]
+    Daemon,
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+struct Families {
+    registry: Registry,
+}
+
+impl Families {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> Result<C, MetricsError> {
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn float_gauge(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+        self.register(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn float_counter(&self, name: &str, help: &str, labels: &[&str]) -> Result<CounterVec, MetricsError> {
+        self.register(CounterVec::new(Opts::new(name, help), labels)?)
+    }
+}
+
+/// The text exposition of a snapshot (plus the process's own metrics).
+pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
+    let f = Families { registry: Registry::new() };
+    f.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    let build = f.gauge("vpngw_build_info", "vpngw's version; always 1", &["version", "gateway"])?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION"), s.gateway.as_str()]).set(1);
+
+    let up = f.gauge(
+        "vpngw_tunnel_up",
+        "1 when the connection's IKE SA and a child SA for every subnet pair are established",
+        &["connection"],
+    )?;
+    let ike = f.gauge("vpngw_ike_sa_state", "1 for the connection's IKE SA state now", &["connection", "state"])?;
+    let established = f.float_gauge(
+        "vpngw_ike_sa_established_timestamp_seconds",
+        "When the connection's current IKE SA was established (Unix time)",
+        &["connection"],
+    )?;
+    let children = f.gauge("vpngw_child_sas", "Child SA pairs installed, by state", &["connection", "state"])?;
+    let packets = f.counter(
+        "vpngw_esp_packets_total",
+        "ESP packets of the connection, all its SAs since start (in: opened, out: sealed and sent)",
+        &["connection", "direction"],
+    )?;
+    let bytes = f.counter(
+        "vpngw_esp_bytes_total",
+        "Inner (plaintext) bytes of the connection's ESP packets, all its SAs since start",
+        &["connection", "direction"],
+    )?;
+    let conn_drops = f.counter(
+        "vpngw_connection_dropped_packets_total",
+        "Inbound ESP packets the connection's SAs refused, by reason",
+        &["connection", "reason"],
+    )?;
+    let failures = f.counter(
+        "vpngw_negotiation_failures_total",
+        "IKE negotiation failures, by diagnosis reason (see docs/troubleshooting.md)",
+        &["connection", "reason"],
+    )?;
+    let rekeys = f.counter("vpngw_child_sa_rekeys_total", "Child SA pairs replaced by a rekey", &["connection"])?;
+    let reauths = f.counter(
+        "vpngw_ike_sa_reauthentications_total",
+        "IKE SAs replaced by a re-authentication of ours",
+        &["connection"],
+    )?;
+    let dpd = f.counter("vpngw_dpd_timeouts_total", "Peers declared dead by dead peer detection", &["connection"])?;
+    for c in &s.connections {
+        let n = c.name.as_str();
+        up.with_label_values(&[n]).set(i64::from(c.up));
+        for state in IKE_STATES {
+            ike.with_label_values(&[n, state]).set(i64::from(state == c.ike_state));
+        }
+        if let Some(t) = c.ike_established_unix {
+            established.with_label_values(&[n]).set(t as f64);
+        }
+        for (state, count) in CHILD_STATES.iter().zip(c.child_sas) {
+            children.with_label_values(&[n, state]).set(count as i64);
+        }
+        let t = &c.traffic;
+        packets.with_label_values(&[n, "in"]).inc_by(t.packets_in);
+        packets.with_label_values(&[n, "out"]).inc_by(t.packets_out);
+        bytes.with_label_values(&[n, "in"]).inc_by(t.bytes_in);
+        bytes.with_label_values(&[n, "out"]).inc_by(t.bytes_out);
+        for (r, count) in OpenError::ALL.iter().zip(t.drops) {
+            conn_drops.with_label_values(&[n, r.as_str()]).inc_by(count);
+        }
+        for (r, count) in FailReason::ALL.iter().zip(&c.failures) {
+            if *r != FailReason::UnknownPeer {
+                failures.with_label_values(&[n, r.as_str()]).inc_by(*count);
+            }
+        }
+        rekeys.with_label_values(&[n]).inc_by(c.rekeys);
+        reauths.with_label_values(&[n]).inc_by(c.reauthentications);
+        dpd.with_label_values(&[n]).inc_by(c.dpd_timeouts);
+    }
+
+    let drops = f.counter(
+        "vpngw_dropped_packets_total",
+        "Packets the dataplane dropped, by reason (gateway-wide)",
+        &["reason"],
+    )?;
+    for (r, n) in &s.dataplane_drops {
+        drops.with_label_values(&[r]).inc_by(*n);
+    }
+    let ike_drops = f.counter(
+        "vpngw_ike_dropped_datagrams_total",
+        "IKE datagrams not acted on, by reason (malformed, unknown SA, ...)",
+        &["reason"],
+    )?;
+    for (r, n) in &s.ike_drops {
+        ike_drops.with_label_values(&[r.as_str()]).inc_by(*n);
+    }
+    let unknown = f.counter(
+        "vpngw_unknown_peer_negotiations_total",
+        "IKE negotiations from addresses no connection is configured for",
+        &[],
+    )?;
+    unknown.with_label_values(&[] as &[&str]).inc_by(s.unknown_peer_negotiations);
+
+    let wp = f.counter("vpngw_worker_packets_total", "Packets a dataplane worker handled", &["worker", "direction"])?;
+    let wb =
+        f.counter("vpngw_worker_bytes_total", "Inner bytes a dataplane worker handled", &["worker", "direction"])?;
+    let busy = f.float_counter(
+        "vpngw_worker_busy_seconds_total",
+        "Time a dataplane worker spent working, not waiting (rate() = busy ratio)",
+        &["worker"],
+    )?;
+    for (i, w) in s.workers.iter().enumerate() {
+        let id = i.to_string();
+        wp.with_label_values(&[id.as_str(), "in"]).inc_by(w.packets_in);
+        wp.with_label_values(&[id.as_str(), "out"]).inc_by(w.packets_out);
+        wb.with_label_values(&[id.as_str(), "in"]).inc_by(w.bytes_in);
+        wb.with_label_values(&[id.as_str(), "out"]).inc_by(w.bytes_out);
+        busy.with_label_values(&[id.as_str()]).inc_by(w.busy_seconds);
+    }
+
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&f.registry.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+pub type SnapshotRequests = mpsc::Sender<oneshot::Sender<Snapshot>>;
+
+/// Binds `listen` and serves `/metrics` until the task is aborted.
+pub async fn serve(
+    listen: SocketAddr,
+    requests: SnapshotRequests,
+) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|source| MetricsError::Bind { addr: listen, source })?;
+    let app = Router::new().route("/metrics", get(scrape)).with_state(requests);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    }))
+}
+
+async fn scrape(State(requests): State<SnapshotRequests>) -> Response {
+    let answer = async {
+        let (tx, rx) = oneshot::channel();
+        requests.send(tx).await.map_err(|_| MetricsError::Daemon)?;
+        let snapshot = rx.await.map_err(|_| MetricsError::Daemon)?;
+        encode(&snapshot)
+    };
+    match answer.await {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn sample() -> Snapshot {
+        let mut failures = vec![0; FailReason::ALL.len()];
+        failures[0] = 3;
+        Snapshot {
+            gateway: "gw-a".into(),
+            connections: vec![
+                ConnectionMetrics {
+                    name: "to-b".into(),
+                    up: true,
+                    ike_state: "established",
+                    ike_established_unix: Some(1_790_000_000),
+                    child_sas: [0, 1, 1],
+                    traffic: Traffic {
+                        packets_in: 5,
+                        bytes_in: 500,
+                        packets_out: 7,
+                        bytes_out: 700,
+                        drops: [0; OpenError::COUNT],
+                    },
+                    failures,
+                    rekeys: 2,
+                    reauthentications: 1,
+                    dpd_timeouts: 0,
+                },
+                ConnectionMetrics {
+                    name: "to-c".into(),
+                    ike_state: "none",
+                    failures: vec![0; FailReason::ALL.len()],
+                    ..Default::default()
+                },
+            ],
+            dataplane_drops: vec![("no_sa", 4), ("replayed", 0)],
+            ike_drops: vec![("malformed".into(), 1)],
+            unknown_peer_negotiations: 0,
+            workers: vec![WorkerMetrics {
+                packets_in: 5,
+                packets_out: 7,
+                bytes_in: 500,
+                bytes_out: 700,
+                busy_seconds: 0.25,
+            }],
+        }
+    }
+
+    #[test]
+    fn every_connection_appears_and_counters_carry_their_values() {
+        let text = encode(&sample()).unwrap();
+        for line in [
+            "vpngw_tunnel_up{connection=\"to-b\"} 1",
+            "vpngw_tunnel_up{connection=\"to-c\"} 0",
+            "vpngw_ike_sa_state{connection=\"to-c\",state=\"none\"} 1",
+            "vpngw_ike_sa_state{connection=\"to-b\",state=\"established\"} 1",
+            "vpngw_child_sas{connection=\"to-b\",state=\"active\"} 1",
+            "vpngw_esp_bytes_total{connection=\"to-b\",direction=\"out\"} 700",
+            "vpngw_negotiation_failures_total{connection=\"to-b\",reason=\"phase1-proposal-mismatch\"} 3",
+            "vpngw_negotiation_failures_total{connection=\"to-c\",reason=\"pfs-mismatch\"} 0",
+            "vpngw_child_sa_rekeys_total{connection=\"to-b\"} 2",
+            "vpngw_dropped_packets_total{reason=\"no_sa\"} 4",
+            "vpngw_worker_busy_seconds_total{worker=\"0\"} 0.25",
+            "vpngw_ike_sa_established_timestamp_seconds{connection=\"to-b\"} 1790000000",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("# TYPE vpngw_esp_packets_total counter"));
+        assert!(text.contains("vpngw_build_info{gateway=\"gw-a\",version=\""));
+        assert!(!text.contains("to-c\",state=\"established\"} 1"));
+    }
+}

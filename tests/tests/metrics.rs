@@ -1,0 +1,161 @@
+//! Prometheus metrics, checked by Prometheus's own tools: `promtool check metrics` on what
+//! `/metrics` serves, and a real Prometheus server (Debian's, 2.42) scraping two vpngw
+//! gateways in their namespaces and answering queries about their tunnels.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
+use vpngw_tests::traffic::{RIGHT_HOST, ping, wait_ping};
+use vpngw_tests::vpngw::{Vpngw, config_text};
+
+const PSK: &str = "lab-psk-0123456789abcdef";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+fn connection(name: &str, remote: &str, local: &str, remote_net: &str, start: &str) -> String {
+    format!(
+        "[[connection]]\nname = \"{name}\"\nremote_address = \"{remote}\"\npre_shared_key = \"{PSK}\"\n\
+         local_subnets = [\"{local}\"]\nremote_subnets = [\"{remote_net}\"]\nstart = \"{start}\"\n\
+         [connection.ipsec]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\n"
+    )
+}
+
+/// An HTTP GET from inside a namespace (the endpoints listen on the namespace's loopback).
+fn http_get(lab: &Lab, ns: &str, url: &str) -> Option<String> {
+    let code =
+        "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end='')";
+    let out = lab.exec(ns, "python3", &["-c", code, url]);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of one series in an exposition, e.g. `vpngw_tunnel_up{connection="to-right"}`.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+fn promtool_check(text: &str) -> (bool, String) {
+    vpngw_tests::tool::require("/usr/bin/promtool", "apt-get install prometheus");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
+    let lab = Lab::gateways("metrics");
+    let right_cfg = config_text(
+        RIGHT_WAN,
+        &Vpngw::socket_for(&lab, "metrics-r"),
+        true,
+        &connection("to-left", LEFT_WAN, RIGHT_NET, LEFT_NET, "passive"),
+    );
+    // A second connection on the left that never comes up: it must appear all the same.
+    let left_cfg = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, "metrics-l"),
+        true,
+        &format!(
+            "{}{}",
+            connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active"),
+            connection("to-nowhere", "198.51.100.9", "10.1.1.0/24", "10.9.0.0/24", "passive")
+        ),
+    );
+    let right = Vpngw::start(&lab, &lab.right, "metrics-r", &right_cfg, &[]);
+    let left = Vpngw::start(&lab, &lab.left, "metrics-l", &left_cfg, &[]);
+    left.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", left.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    assert_eq!(ping(&lab, &lab.left_host, RIGHT_HOST, 10), 10);
+
+    let url = "http://127.0.0.1:9720/metrics";
+    let before = http_get(&lab, &lab.left, url).unwrap_or_else(|| panic!("no /metrics\n{}", left.log_text()));
+    let (clean, said) = promtool_check(&before);
+    assert!(clean, "promtool check metrics:\n{said}\n{before}");
+    assert_eq!(value(&before, "vpngw_tunnel_up{connection=\"to-right\"}"), Some(1.0), "{before}");
+    assert_eq!(value(&before, "vpngw_tunnel_up{connection=\"to-nowhere\"}"), Some(0.0), "{before}");
+    assert_eq!(value(&before, "vpngw_ike_sa_state{connection=\"to-nowhere\",state=\"none\"}"), Some(1.0));
+    assert_eq!(value(&before, "vpngw_child_sas{connection=\"to-right\",state=\"active\"}"), Some(1.0));
+    let out_before = value(&before, "vpngw_esp_packets_total{connection=\"to-right\",direction=\"out\"}").unwrap();
+    assert!(out_before >= 11.0, "{before}");
+    assert!(value(&before, "vpngw_build_info{gateway=\"gw-198.51.100.1\",version=\"0.1.0\"}").is_some(), "{before}");
+    assert!(value(&before, "process_resident_memory_bytes").is_some_and(|v| v > 1e6), "{before}");
+    // Labels stay bounded: no SPI, address or port anywhere in a label.
+    for line in before.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!line.contains("198.51.100.2") && !line.contains(":4500"), "unbounded label: {line}");
+    }
+    assert!(!before.contains(PSK));
+
+    // A rekey: new SPIs, fresh SA counters; the connection's totals carry on.
+    let out = left.cli(&["rekey", "to-right"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replaced = wait_for(Duration::from_secs(30), || {
+        let t = http_get(&lab, &lab.left, url)?;
+        (value(&t, "vpngw_child_sa_rekeys_total{connection=\"to-right\"}")? >= 1.0).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("no rekey counted\n{}", left.log_text()));
+    assert!(
+        value(&replaced, "vpngw_esp_packets_total{connection=\"to-right\",direction=\"out\"}").unwrap() >= out_before
+    );
+    assert_eq!(ping(&lab, &lab.left_host, RIGHT_HOST, 10), 10);
+    let after = http_get(&lab, &lab.left, url).unwrap();
+    let out_after = value(&after, "vpngw_esp_packets_total{connection=\"to-right\",direction=\"out\"}").unwrap();
+    assert!(out_after >= out_before + 10.0, "reset by the rekey? {out_before} then {out_after}\n{after}");
+    let right_text = http_get(&lab, &lab.right, url).unwrap();
+    let in_right = value(&right_text, "vpngw_esp_packets_total{connection=\"to-left\",direction=\"in\"}").unwrap();
+    assert!(in_right >= out_after - 2.0, "right received {in_right}, left sent {out_after}");
+
+    // A real Prometheus in the left namespace scrapes the left gateway.
+    vpngw_tests::tool::require(PROMETHEUS, "apt-get install prometheus");
+    let dir = lab.dir.join("prometheus");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: vpngw\n    \
+         static_configs:\n      - targets: ['127.0.0.1:9720']\n",
+    )
+    .unwrap();
+    let config_arg = format!("--config.file={}", dir.join("prometheus.yml").display());
+    let data_arg = format!("--storage.tsdb.path={}", dir.join("data").display());
+    lab.spawn(
+        &lab.left,
+        PROMETHEUS,
+        &[&config_arg, &data_arg, "--web.listen-address=127.0.0.1:9090"],
+        &[],
+        &dir.join("prometheus.log"),
+    );
+    // The first scrape lands some seconds after start: poll.
+    let query = "http://127.0.0.1:9090/api/v1/query?query=vpngw_tunnel_up";
+    let series = wait_for(Duration::from_secs(60), || {
+        let body = http_get(&lab, &lab.left, query)?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?.clone();
+        (result.len() == 2).then_some(result)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "Prometheus has no vpngw series: {}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        )
+    });
+    let up: Vec<(String, String)> = series
+        .iter()
+        .map(|s| (s["metric"]["connection"].as_str().unwrap().to_string(), s["value"][1].as_str().unwrap().to_string()))
+        .collect();
+    assert!(up.contains(&("to-right".into(), "1".into())) && up.contains(&("to-nowhere".into(), "0".into())), "{up:?}");
+    assert!(series.iter().all(|s| s["metric"]["job"] == "vpngw"));
+    // Scrapes are healthy (up == 1) and did not slow the tunnel: pings still all answered.
+    let health = http_get(&lab, &lab.left, "http://127.0.0.1:9090/api/v1/query?query=up").unwrap();
+    assert!(health.contains("\"value\":[") && health.contains(",\"1\"]"), "{health}");
+    assert_eq!(ping(&lab, &lab.left_host, RIGHT_HOST, 5), 5);
+    assert_eq!(left.stop(&lab), Some(0));
+    assert_eq!(right.stop(&lab), Some(0));
+}
