@@ -156,6 +156,52 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
     let health = http_get(&lab, &lab.left, "http://127.0.0.1:9090/api/v1/query?query=up").unwrap();
     assert!(health.contains("\"value\":[") && health.contains(",\"1\"]"), "{health}");
     assert_eq!(ping(&lab, &lab.left_host, RIGHT_HOST, 5), 5);
+
+    // The dashboard's and the alerts' expressions: each names metrics the gateway exports and
+    // is a query this Prometheus accepts.
+    let families: Vec<&str> =
+        after.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    for expr in monitoring_expressions() {
+        for name in metric_names(&expr) {
+            assert!(families.contains(&name.as_str()), "{name} (in {expr}) is not exported: {families:?}");
+        }
+        let q = expr.replace("$instance", ".*").replace("$connection", ".*");
+        let encoded: String = q
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let body = http_get(&lab, &lab.left, &format!("http://127.0.0.1:9090/api/v1/query?query={encoded}"))
+            .unwrap_or_else(|| panic!("Prometheus refused {q}"));
+        assert!(body.contains("\"status\":\"success\""), "{q}: {body}");
+    }
     assert_eq!(left.stop(&lab), Some(0));
     assert_eq!(right.stop(&lab), Some(0));
+}
+
+/// Every PromQL expression in `deploy/monitoring/` (dashboard targets and alert rules).
+fn monitoring_expressions() -> Vec<String> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap()).unwrap();
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    exprs.extend(rules.lines().filter_map(|l| l.trim().strip_prefix("expr: ")).map(str::to_string));
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    exprs
+}
+
+/// The vpngw_/process_ metric names an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, _) in expr.match_indices("vpngw_").chain(expr.match_indices("process_")) {
+        let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        names.push(name);
+    }
+    names
 }
