@@ -65,7 +65,7 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
         &Vpngw::socket_for(&lab, "metrics-l"),
         true,
         &format!(
-            "{}{}",
+            "{}[connection.health_check]\nlocal_address = \"10.1.0.1\"\nremote_address = \"10.2.0.10\"\n{}",
             connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active"),
             connection("to-nowhere", "198.51.100.9", "10.1.1.0/24", "10.9.0.0/24", "passive")
         ),
@@ -204,4 +204,80 @@ fn metric_names(expr: &str) -> Vec<String> {
         names.push(name);
     }
     names
+}
+
+fn health(v: &Vpngw) -> Value {
+    v.connection("to-right").map(|c| c["health"].clone()).unwrap_or(Value::Null)
+}
+
+#[test]
+fn health_check_measures_the_tunnel_and_flags_loss_once() {
+    let lab = Lab::gateways("health");
+    let right_cfg = config_text(
+        RIGHT_WAN,
+        &Vpngw::socket_for(&lab, "health-r"),
+        true,
+        &connection("to-left", LEFT_WAN, RIGHT_NET, LEFT_NET, "passive"),
+    );
+    // The left gateway's LAN address (10.1.0.1) probes the right host through the tunnel.
+    let probe = "[connection.health_check]\nlocal_address = \"10.1.0.1\"\nremote_address = \"10.2.0.10\"\n\
+                 interval_seconds = 1\nunhealthy_after = 3\n";
+    let left_cfg = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, "health-l"),
+        true,
+        &format!("{}{probe}", connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active")),
+    );
+    let right = Vpngw::start(&lab, &lab.right, "health-r", &right_cfg, &[]);
+    let left = Vpngw::start(&lab, &lab.left, "health-l", &left_cfg, &[]);
+    left.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", left.log_text()));
+    let h = wait_for(Duration::from_secs(15), || {
+        let h = health(&left);
+        (h["healthy"] == true && h["probes_answered"].as_u64() >= Some(3)).then_some(h)
+    })
+    .unwrap_or_else(|| panic!("never healthy: {}\n{}", health(&left), left.log_text()));
+    let rtt = h["rtt_ms"].as_f64().unwrap();
+    assert!(rtt > 0.0 && rtt < 100.0, "{h}");
+    assert!(h["jitter_ms"].as_f64().is_some(), "{h}");
+    // The probes went through the tunnel: the right gateway opened them.
+    let answered_before = h["probes_answered"].as_u64().unwrap();
+    let text = http_get(&lab, &lab.left, "http://127.0.0.1:9720/metrics").unwrap();
+    assert_eq!(value(&text, "vpngw_health_check_healthy{connection=\"to-right\"}"), Some(1.0), "{text}");
+    assert!(value(&text, "vpngw_health_check_rtt_seconds{connection=\"to-right\"}").is_some_and(|v| v > 0.0));
+    assert!(left.status_text().contains("health check 10.1.0.1 -> 10.2.0.10: healthy"), "{}", left.status_text());
+
+    // The right host stops answering pings: unhealthy after three losses, said once.
+    let nft = lab.dir.join("mute.nft");
+    std::fs::write(
+        &nft,
+        "add table inet mute\nadd chain inet mute input { type filter hook input priority 0 ; }\n\
+         add rule inet mute input icmp type echo-request drop\n",
+    )
+    .unwrap();
+    let out = lab.exec(&lab.right_host, "nft", &["-f", &nft.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let h = wait_for(Duration::from_secs(10), || {
+        let h = health(&left);
+        (h["healthy"] == false).then_some(h)
+    })
+    .unwrap_or_else(|| panic!("never unhealthy: {}\n{}", health(&left), left.log_text()));
+    assert!(h["loss_ratio"].as_f64().unwrap() > 0.0, "{h}");
+    std::thread::sleep(Duration::from_secs(4));
+    let warned = left.log_text().lines().filter(|l| l.contains("tunnel unhealthy")).count();
+    assert_eq!(warned, 1, "{}", left.log_text());
+    let text = http_get(&lab, &lab.left, "http://127.0.0.1:9720/metrics").unwrap();
+    assert_eq!(value(&text, "vpngw_health_check_healthy{connection=\"to-right\"}"), Some(0.0));
+    assert!(value(&text, "vpngw_health_check_probes_total{connection=\"to-right\",result=\"lost\"}").unwrap() >= 3.0);
+    // The tunnel itself is still up: health is about the path, not the SAs.
+    assert_eq!(left.connection("to-right").unwrap()["state"], "up");
+
+    // Answers again: healthy again, said once.
+    let out = lab.exec(&lab.right_host, "nft", &["delete", "table", "inet", "mute"]);
+    assert!(out.status.success());
+    wait_for(Duration::from_secs(10), || (health(&left)["healthy"] == true).then_some(()))
+        .unwrap_or_else(|| panic!("not healthy again: {}", health(&left)));
+    assert!(health(&left)["probes_answered"].as_u64().unwrap() > answered_before);
+    assert_eq!(left.log_text().lines().filter(|l| l.contains("tunnel healthy")).count(), 1, "{}", left.log_text());
+    assert_eq!(left.stop(&lab), Some(0));
+    assert_eq!(right.stop(&lab), Some(0));
 }

@@ -107,10 +107,23 @@ pub struct Tuning {
     pub retransmit_tries: u32,
 }
 
+/// A tunnel quality probe (like the cloud gateway's NQA health check): ICMP echo through the
+/// tunnel from an address of this gateway inside the local subnets to a host inside the
+/// remote subnets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub local_address: Ipv4Addr,
+    pub remote_address: Ipv4Addr,
+    pub interval: Duration,
+    /// Consecutive losses that make the tunnel unhealthy.
+    pub unhealthy_after: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub peer: PeerConfig,
     pub start: Start,
+    pub health_check: Option<HealthCheck>,
     /// Where the key came from (for status, never the key).
     pub psk_source: String,
 }
@@ -396,6 +409,48 @@ impl Walker {
         Some(Gateway { name, public_address: public_address?, tun, tun_mtu, path_mtu, workers, control_socket })
     }
 
+    fn health_check(
+        &mut self,
+        key: &str,
+        t: &Table,
+        local: &[Ipv4Subnet],
+        remote: &[Ipv4Subnet],
+    ) -> Option<HealthCheck> {
+        self.unknown_keys(
+            &format!("{key}."),
+            t,
+            &["enabled", "local_address", "remote_address", "interval_seconds", "unhealthy_after"],
+        );
+        let enabled = self.boolean(&format!("{key}.enabled"), t, "enabled", true);
+        let l = self.ipv4(&format!("{key}.local_address"), t, "local_address", true);
+        let r = self.ipv4(&format!("{key}.remote_address"), t, "remote_address", true);
+        if let Some(a) = l
+            && !local.is_empty()
+            && !local.iter().any(|n| n.contains(a))
+        {
+            self.problem(
+                &format!("{key}.local_address"),
+                t.get("local_address"),
+                "must be inside local_subnets (an address of this gateway there, e.g. its LAN address)",
+            );
+        }
+        if let Some(a) = r
+            && !remote.is_empty()
+            && !remote.iter().any(|n| n.contains(a))
+        {
+            self.problem(&format!("{key}.remote_address"), t.get("remote_address"), "must be inside remote_subnets");
+        }
+        let interval = self.integer(&format!("{key}.interval_seconds"), t, "interval_seconds", 1, 5).unwrap_or(2);
+        let after = self.integer(&format!("{key}.unhealthy_after"), t, "unhealthy_after", 3, 8).unwrap_or(3);
+        Some(HealthCheck {
+            local_address: l?,
+            remote_address: r?,
+            interval: Duration::from_secs(interval as u64),
+            unhealthy_after: after as u32,
+        })
+        .filter(|_| enabled)
+    }
+
     fn metrics(&mut self, t: Table) -> Metrics {
         self.unknown_keys("metrics.", &t, &["enabled", "listen"]);
         let enabled = self.boolean("metrics.enabled", &t, "enabled", true);
@@ -485,6 +540,7 @@ impl Walker {
                 "ike",
                 "ipsec",
                 "dpd",
+                "health_check",
             ],
         );
         let name = self.string(&format!("{key}.name"), t, "name");
@@ -542,6 +598,10 @@ impl Walker {
         let phase2 = self.ipsec(&format!("{key}.ipsec"), ipsec);
         let dpd_table = self.table(&format!("{key}.dpd"), t, "dpd").unwrap_or(&empty);
         let dpd = self.dpd(&format!("{key}.dpd"), dpd_table);
+        let health_check = match self.table(&format!("{key}.health_check"), t, "health_check") {
+            Some(h) => self.health_check(&format!("{key}.health_check"), &h.clone(), &local_subnets, &remote_subnets),
+            None => None,
+        };
         let peer = PeerConfig {
             name: name?,
             local_address: IpAddr::V4(public?),
@@ -556,7 +616,7 @@ impl Walker {
             force_udp_encapsulation: encapsulation == Encapsulation::Udp,
             dpd,
         };
-        Some(Connection { peer, start, psk_source })
+        Some(Connection { peer, start, health_check, psk_source })
     }
 
     /// Dead peer detection, the cloud gateway's way: on by default, timeout 30-60 s (30),
@@ -850,6 +910,13 @@ pfs = "yes"
 enabled = "yes"
 timeout_seconds = 10
 action = "reboot"
+[connection.health_check]
+local_address = "0.0.0.0"
+remote_address = "not-an-address"
+interval_seconds = 9
+unhealthy_after = 2
+[metrics]
+listen = "everywhere"
 "#;
         let Err(ParseError::Invalid(problems)) = Config::parse(text, Path::new(".")) else { panic!("accepted") };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -869,6 +936,11 @@ action = "reboot"
             "connection[0].dpd.enabled",
             "connection[0].dpd.timeout_seconds",
             "connection[0].dpd.action",
+            "connection[0].health_check.local_address",
+            "connection[0].health_check.remote_address",
+            "connection[0].health_check.interval_seconds",
+            "connection[0].health_check.unhealthy_after",
+            "metrics.listen",
         ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
@@ -901,6 +973,24 @@ action = "reboot"
             );
         let c = Config::parse(&text, Path::new(".")).unwrap();
         assert_eq!(c.connections[0].peer.subnets.len(), 6);
+    }
+
+    #[test]
+    fn health_check_addresses_must_lie_in_the_subnets_and_metrics_have_a_default() {
+        let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+        assert_eq!(c.metrics.listen, DEFAULT_METRICS_LISTEN.parse().ok());
+        assert_eq!(c.connections[0].health_check, None);
+        let ok = format!(
+            "{MINIMAL}[connection.health_check]\nlocal_address = \"10.1.0.1\"\nremote_address = \"10.2.0.10\"\n"
+        );
+        let h = Config::parse(&ok, Path::new(".")).unwrap().connections[0].health_check.clone().unwrap();
+        assert_eq!((h.interval, h.unhealthy_after), (Duration::from_secs(2), 3), "defaults");
+        let outside = ok.replace("10.1.0.1", "10.7.0.1").replace("10.2.0.10", "10.9.0.10");
+        let Err(ParseError::Invalid(problems)) = Config::parse(&outside, Path::new(".")) else { panic!("accepted") };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["connection[0].health_check.local_address", "connection[0].health_check.remote_address"]);
+        let off = format!("{MINIMAL}[metrics]\nenabled = false\n");
+        assert_eq!(Config::parse(&off, Path::new(".")).unwrap().metrics.listen, None);
     }
 
     #[test]

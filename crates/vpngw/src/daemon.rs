@@ -102,6 +102,14 @@ struct Daemon {
     /// Failures, rekeys, re-authentications, DPD timeouts per connection (for metrics).
     events: HashMap<String, ConnectionEvents>,
     unknown_peer_negotiations: u64,
+    /// Health probes per connection: the task and its latest status.
+    probes: HashMap<String, Probe>,
+}
+
+struct Probe {
+    check: crate::config::HealthCheck,
+    /// Stops the prober when dropped.
+    running: crate::health::Running,
 }
 
 fn engine_config(config: &Config) -> EngineConfig {
@@ -224,7 +232,9 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         ledger: Ledger::default(),
         events: HashMap::new(),
         unknown_peer_negotiations: 0,
+        probes: HashMap::new(),
     };
+    d.sync_probes();
     if let Some(k) = &d.keylog {
         tracing::warn!(file = %k.display(), "ESP keys are written to this file (--esp-keylog): for debugging only, remove it when done");
     }
@@ -289,6 +299,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     }
     d.flush().await;
     control_task.abort();
+    d.probes.clear();
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -623,6 +634,35 @@ impl Daemon {
         }
     }
 
+    /// Starts, restarts or stops health probes to match the configuration.
+    fn sync_probes(&mut self) {
+        let wanted: HashMap<String, crate::config::HealthCheck> = self
+            .config
+            .connections
+            .iter()
+            .filter_map(|c| c.health_check.clone().map(|h| (c.peer.name.clone(), h)))
+            .collect();
+        self.probes.retain(|name, p| wanted.get(name) == Some(&p.check));
+        for (name, check) in wanted {
+            if self.probes.contains_key(&name) {
+                continue;
+            }
+            // ICMP identifiers tell our probers' replies apart (raw sockets see them all).
+            let id = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (std::process::id(), &name).hash(&mut h);
+                h.finish() as u16
+            };
+            match crate::health::spawn(name.clone(), check.clone(), id) {
+                Ok(running) => {
+                    self.probes.insert(name, Probe { check, running });
+                }
+                Err(e) => tracing::error!(connection = %name, error = %e, "cannot start the health check"),
+            }
+        }
+    }
+
     /// What a Prometheus scrape reports (see `metrics.rs`).
     fn metrics_snapshot(&mut self) -> Snapshot {
         self.ledger.settle();
@@ -655,6 +695,7 @@ impl Daemon {
                     rekeys: events.rekeys,
                     reauthentications: events.reauthentications,
                     dpd_timeouts: events.dpd_timeouts,
+                    health: c.health.clone(),
                 }
             })
             .collect();
@@ -796,6 +837,7 @@ impl Daemon {
             }
         }
         self.spd.store(Arc::new(policies(&self.config)));
+        self.sync_probes();
         if let Err(e) = self.routes.sync(&wanted_routes(&self.config)).await {
             tracing::error!(error = %e, "routes after reload");
         }
@@ -879,6 +921,7 @@ impl Daemon {
                         at_unix: unix(f.at),
                         count: f.count,
                     }),
+                    health: self.probes.get(&p.name).map(|h| h.running.status.borrow().clone()),
                 }
             })
             .collect();

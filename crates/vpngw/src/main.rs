@@ -15,6 +15,7 @@ mod config;
 mod control;
 mod daemon;
 mod diagnose;
+mod health;
 mod ledger;
 mod metrics;
 mod routes;

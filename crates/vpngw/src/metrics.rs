@@ -50,6 +50,8 @@ pub struct ConnectionMetrics {
     pub rekeys: u64,
     pub reauthentications: u64,
     pub dpd_timeouts: u64,
+    /// The tunnel quality probe, when configured.
+    pub health: Option<crate::health::HealthStatus>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -164,6 +166,20 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
         &["connection"],
     )?;
     let dpd = f.counter("vpngw_dpd_timeouts_total", "Peers declared dead by dead peer detection", &["connection"])?;
+    let healthy = f.gauge(
+        "vpngw_health_check_healthy",
+        "1 while the tunnel's health probes are answered (0 after the configured consecutive losses)",
+        &["connection"],
+    )?;
+    let rtt =
+        f.float_gauge("vpngw_health_check_rtt_seconds", "Round trip of the last answered probe", &["connection"])?;
+    let jitter = f.float_gauge(
+        "vpngw_health_check_jitter_seconds",
+        "Smoothed round-trip variation of the probes (RFC 3550 style)",
+        &["connection"],
+    )?;
+    let loss = f.float_gauge("vpngw_health_check_loss_ratio", "Lost probes among the last 20", &["connection"])?;
+    let probes = f.counter("vpngw_health_check_probes_total", "Health probes by result", &["connection", "result"])?;
     for c in &s.connections {
         let n = c.name.as_str();
         up.with_label_values(&[n]).set(i64::from(c.up));
@@ -192,6 +208,18 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
         rekeys.with_label_values(&[n]).inc_by(c.rekeys);
         reauths.with_label_values(&[n]).inc_by(c.reauthentications);
         dpd.with_label_values(&[n]).inc_by(c.dpd_timeouts);
+        if let Some(h) = &c.health {
+            healthy.with_label_values(&[n]).set(i64::from(h.healthy == Some(true)));
+            if let Some(ms) = h.rtt_ms {
+                rtt.with_label_values(&[n]).set(ms / 1000.0);
+            }
+            if let Some(ms) = h.jitter_ms {
+                jitter.with_label_values(&[n]).set(ms / 1000.0);
+            }
+            loss.with_label_values(&[n]).set(h.loss_ratio);
+            probes.with_label_values(&[n, "answered"]).inc_by(h.probes_answered);
+            probes.with_label_values(&[n, "lost"]).inc_by(h.probes_lost);
+        }
     }
 
     let drops = f.counter(
@@ -298,6 +326,15 @@ mod tests {
                     rekeys: 2,
                     reauthentications: 1,
                     dpd_timeouts: 0,
+                    health: Some(crate::health::HealthStatus {
+                        healthy: Some(true),
+                        rtt_ms: Some(12.5),
+                        jitter_ms: Some(0.5),
+                        loss_ratio: 0.1,
+                        probes_answered: 9,
+                        probes_lost: 1,
+                        ..Default::default()
+                    }),
                 },
                 ConnectionMetrics {
                     name: "to-c".into(),
@@ -335,11 +372,15 @@ mod tests {
             "vpngw_dropped_packets_total{reason=\"no_sa\"} 4",
             "vpngw_worker_busy_seconds_total{worker=\"0\"} 0.25",
             "vpngw_ike_sa_established_timestamp_seconds{connection=\"to-b\"} 1790000000",
+            "vpngw_health_check_healthy{connection=\"to-b\"} 1",
+            "vpngw_health_check_rtt_seconds{connection=\"to-b\"} 0.0125",
+            "vpngw_health_check_probes_total{connection=\"to-b\",result=\"lost\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("# TYPE vpngw_esp_packets_total counter"));
         assert!(text.contains("vpngw_build_info{gateway=\"gw-a\",version=\""));
         assert!(!text.contains("to-c\",state=\"established\"} 1"));
+        assert!(!text.contains("vpngw_health_check_healthy{connection=\"to-c\"}"), "no series without a health check");
     }
 }

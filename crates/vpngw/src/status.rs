@@ -41,6 +41,9 @@ pub struct ConnectionStatus {
     pub ike_sa: Option<IkeSaStatus>,
     pub child_sas: Vec<ChildSaStatus>,
     pub last_failure: Option<FailureStatus>,
+    /// The tunnel quality probe, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,6 +166,25 @@ impl Status {
                     ch.bytes_in,
                     ch.packets_out,
                     ch.bytes_out
+                );
+            }
+            if let Some(h) = &c.health {
+                let verdict = match (h.healthy, &h.error) {
+                    (_, Some(e)) => format!("not probing: {e}"),
+                    (Some(true), _) => "healthy".into(),
+                    (Some(false), _) => "UNHEALTHY".into(),
+                    (None, _) => "no answer yet".into(),
+                };
+                let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+                let _ = writeln!(
+                    o,
+                    "  health check {} -> {}: {verdict}, rtt {}, jitter {}, loss {:.0}% of the last probes ({} sent)",
+                    h.local_address,
+                    h.remote_address,
+                    ms(h.rtt_ms),
+                    ms(h.jitter_ms),
+                    h.loss_ratio * 100.0,
+                    h.probes_sent
                 );
             }
             if let Some(f) = &c.last_failure {
