@@ -5,8 +5,9 @@ DEPS := tests/tools/install-deps.sh
 
 # Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP;
 # strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces; nftables silences
-# a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics.
-TEST_PACKAGES := tcpdump python3 python3-cryptography iproute2 iputils-ping nftables prometheus \
+# a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics;
+# python3-venv holds schemathesis (below).
+TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
 
 .DEFAULT_GOAL := help
@@ -36,8 +37,15 @@ demo: deps-demo
 	$(CARGO) build --release --locked -p vpngw
 	deploy/demo/demo.sh
 
+# schemathesis (PyPI) checks the management API against docs/api/openapi.yaml; pinned, in a
+# venv under target/ (Debian's Python is externally managed). Installed once.
+SCHEMATHESIS := schemathesis==4.32.5
+VENV := target/venv
+
 deps-test:
 	@$(DEPS) $(TEST_PACKAGES)
+	@test -x $(VENV)/bin/st || { echo "installing $(SCHEMATHESIS) into $(VENV)"; \
+		python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(SCHEMATHESIS); }
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -97,6 +97,19 @@ pub struct Metrics {
     pub listen: Option<SocketAddr>,
 }
 
+/// The management API (`docs/api/openapi.yaml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Api {
+    pub listen: SocketAddr,
+    /// Holds the bearer token clients must present.
+    pub token_file: PathBuf,
+    /// Connections created through the API, kept here across restarts.
+    pub state_file: PathBuf,
+}
+
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9721";
+pub const DEFAULT_API_STATE: &str = "/var/lib/vpngw/connections.toml";
+
 /// Where `/metrics` listens unless configured: this host only.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
 
@@ -152,6 +165,8 @@ pub struct Config {
     pub gateway: Gateway,
     pub tuning: Tuning,
     pub metrics: Metrics,
+    /// None: no management API.
+    pub api: Option<Api>,
     pub connections: Vec<Connection>,
     /// Weak but accepted choices (the seed's defaults include some): printed by `vpngw check`
     /// and logged at start.
@@ -181,6 +196,17 @@ impl Config {
         } else {
             Err(ParseError::Invalid(w.problems))
         }
+    }
+}
+
+/// One connection from its table (the API's body, a state-file entry): the same keys, checks
+/// and problem keys as in the configuration file, under `prefix`.
+pub fn parse_connection(t: &Table, public: Ipv4Addr, base: &Path, prefix: &str) -> Result<Connection, Vec<Problem>> {
+    let mut w = Walker { problems: Vec::new(), warnings: Vec::new(), base: base.to_path_buf() };
+    let c = w.connection(prefix, t, Some(public));
+    match c {
+        Some(c) if w.problems.is_empty() => Ok(c),
+        _ => Err(w.problems),
     }
 }
 
@@ -310,7 +336,7 @@ impl Walker {
     }
 
     fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys("", root, &["gateway", "connection", "tuning", "metrics"]);
+        self.unknown_keys("", root, &["gateway", "connection", "tuning", "metrics", "api"]);
         let gateway = match self.table("gateway", root, "gateway") {
             Some(g) => self.gateway(g),
             None => {
@@ -327,6 +353,10 @@ impl Walker {
         let empty = Table::new();
         let metrics_table = self.table("metrics", root, "metrics").unwrap_or(&empty).clone();
         let metrics = self.metrics(metrics_table);
+        let api = match self.table("api", root, "api") {
+            Some(t) => self.api(&t.clone()),
+            None => None,
+        };
         let mut connections = Vec::new();
         match root.get("connection") {
             None => {}
@@ -368,7 +398,7 @@ impl Walker {
                 }
             }
         }
-        Some(Config { gateway: gateway?, tuning, metrics, connections, warnings: Vec::new() })
+        Some(Config { gateway: gateway?, tuning, metrics, api, connections, warnings: Vec::new() })
     }
 
     fn gateway(&mut self, g: &Table) -> Option<Gateway> {
@@ -449,6 +479,29 @@ impl Walker {
             unhealthy_after: after as u32,
         })
         .filter(|_| enabled)
+    }
+
+    fn api(&mut self, t: &Table) -> Option<Api> {
+        self.unknown_keys("api.", t, &["enabled", "listen", "token_file", "state_file"]);
+        let enabled = self.boolean("api.enabled", t, "enabled", true);
+        let listen = match self.string("api.listen", t, "listen") {
+            None => DEFAULT_API_LISTEN.parse().ok(),
+            Some(s) => s.parse::<SocketAddr>().ok().or_else(|| {
+                self.problem("api.listen", t.get("listen"), "must be ADDRESS:PORT, e.g. \"127.0.0.1:9721\"");
+                None
+            }),
+        };
+        let token_file = match self.string("api.token_file", t, "token_file") {
+            Some(p) => Some(self.base.join(p)),
+            None => {
+                self.problem("api.token_file", None, "required: a file holding the bearer token");
+                None
+            }
+        };
+        let state = self.string("api.state_file", t, "state_file").unwrap_or(DEFAULT_API_STATE.into());
+        let state_file = self.base.join(state);
+        let api = Api { listen: listen?, token_file: token_file?, state_file };
+        enabled.then_some(api)
     }
 
     fn metrics(&mut self, t: Table) -> Metrics {
@@ -565,6 +618,21 @@ impl Walker {
                 None,
                 format!("{} local x remote pairs; at most 200", pairs.len()),
             );
+        }
+        // Routes to remote subnets point into the tunnel: one holding a gateway's own public
+        // address would swallow the IKE and ESP packets that carry the tunnel.
+        for r in &remote_subnets {
+            for (what, a) in [("the peer's remote_address", remote), ("our public_address", public)] {
+                if let Some(a) = a
+                    && r.contains(a)
+                {
+                    self.problem(
+                        &format!("{key}.remote_subnets"),
+                        Some(&Value::String(r.to_string())),
+                        format!("contains {what} {a}: the tunnel would carry its own packets"),
+                    );
+                }
+            }
         }
         for l in &local_subnets {
             for r in &remote_subnets {

@@ -15,10 +15,57 @@ use crate::status::Status;
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Status,
-    Up { connection: String },
-    Down { connection: String },
-    Rekey { connection: String },
-    Diagnose { connection: String },
+    Up {
+        connection: String,
+    },
+    Down {
+        connection: String,
+    },
+    Rekey {
+        connection: String,
+    },
+    Diagnose {
+        connection: String,
+    },
+    /// Every connection: where it is defined, its parameters (never the key), its state.
+    Connections,
+    /// Creates or replaces a runtime connection (configuration-file keys, as JSON); persisted.
+    PutConnection {
+        name: String,
+        connection: serde_json::Value,
+    },
+    /// Deletes a runtime connection (its SAs first).
+    DeleteConnection {
+        name: String,
+    },
+}
+
+/// What kind of failure an error answer is (the HTTP API maps it to a status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    NotFound,
+    /// The connection is defined in the configuration file: change it there.
+    Conflict,
+    Invalid,
+}
+
+/// One problem of a refused request, named by its configuration key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemView {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// A connection as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    pub name: String,
+    /// "file" (the configuration file; read-only here) or "api" (created at runtime).
+    pub source: String,
+    pub configured: crate::diagnose::Configured,
+    pub status: crate::status::ConnectionStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,15 +79,38 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<Box<Diagnosis>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<ConnectionView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ProblemView>,
+    /// For PutConnection: whether it was new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
 }
 
 impl Response {
     pub fn ok(message: impl Into<String>) -> Self {
-        Self { ok: true, error: None, message: Some(message.into()), status: None, diagnosis: None }
+        Self {
+            ok: true,
+            error: None,
+            message: Some(message.into()),
+            status: None,
+            diagnosis: None,
+            connections: None,
+            kind: None,
+            problems: Vec::new(),
+            created: None,
+        }
     }
 
     pub fn error(error: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(error.into()), message: None, status: None, diagnosis: None }
+        Self { ok: false, error: Some(error.into()), message: None, ..Self::ok("") }
+    }
+
+    pub fn failed(kind: ErrorKind, error: impl Into<String>) -> Self {
+        Self { kind: Some(kind), ..Self::error(error) }
     }
 }
 

@@ -24,7 +24,7 @@ use vpngw_ike::{
 };
 
 use crate::config::{Config, ConfigError, Connection, Start};
-use crate::control::{self, Command, Request, Response};
+use crate::control::{self, Command, ConnectionView, ErrorKind, ProblemView, Request, Response};
 use crate::diagnose::{Diagnosis, FailureReport};
 use crate::ledger::Ledger;
 use crate::metrics::{self, ConnectionEvents, ConnectionMetrics, Snapshot, WorkerMetrics};
@@ -61,6 +61,8 @@ pub enum DaemonError {
     Routes(#[from] crate::routes::RouteError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 struct Failure {
@@ -104,6 +106,8 @@ struct Daemon {
     unknown_peer_negotiations: u64,
     /// Health probes per connection: the task and its latest status.
     probes: HashMap<String, Probe>,
+    /// Connections created through the management API: their tables as given (persisted).
+    api_tables: std::collections::BTreeMap<String, toml::Table>,
 }
 
 struct Probe {
@@ -153,7 +157,18 @@ fn wanted_routes(config: &Config) -> BTreeSet<(Ipv4Addr, u8)> {
 }
 
 pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), DaemonError> {
-    let config = Config::load(config_path)?;
+    let mut config = Config::load(config_path)?;
+    // Connections created through the API in earlier runs.
+    let mut api_tables = std::collections::BTreeMap::new();
+    if let Some(api) = &config.api {
+        let taken: Vec<String> = config.connections.iter().map(|c| c.peer.name.clone()).collect();
+        let (restored, tables) = crate::api::load_state(&api.state_file, config.gateway.public_address, &taken);
+        if !restored.is_empty() {
+            tracing::info!(count = restored.len(), file = %api.state_file.display(), "runtime connections restored");
+        }
+        config.connections.extend(restored);
+        api_tables = tables;
+    }
     for w in &config.warnings {
         tracing::warn!(key = %w.key, value = %w.value, "{}", w.reason);
     }
@@ -200,6 +215,14 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         let _ = endpoint.add_peer(c.peer.clone());
     }
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let api_task = match &config.api {
+        Some(api) => {
+            let task = crate::api::serve(api, cmd_tx.clone()).await?;
+            tracing::info!(listen = %api.listen, "management API at http://{}/api/v1/", api.listen);
+            Some(task)
+        }
+        None => None,
+    };
     let control_task = control::serve(&config.gateway.control_socket, cmd_tx)?;
     let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<Snapshot>>(16);
     let metrics_task = match config.metrics.listen {
@@ -233,6 +256,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         events: HashMap::new(),
         unknown_peer_negotiations: 0,
         probes: HashMap::new(),
+        api_tables,
     };
     d.sync_probes();
     if let Some(k) = &d.keylog {
@@ -283,7 +307,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                 let _ = reply.send(d.metrics_snapshot());
             }
             Some((request, reply)) = cmd_rx.recv() => {
-                let response = d.command(request);
+                let response = d.command(request).await;
                 let _ = reply.send(response);
             }
             _ = sigterm.recv() => break,
@@ -299,6 +323,9 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     }
     d.flush().await;
     control_task.abort();
+    if let Some(t) = api_task {
+        t.abort();
+    }
     d.probes.clear();
     if let Some(t) = metrics_task {
         t.abort();
@@ -744,8 +771,9 @@ impl Daemon {
         Some(Diagnosis::new(connection, status, failures))
     }
 
-    fn command(&mut self, request: Request) -> Response {
+    async fn command(&mut self, request: Request) -> Response {
         let now = Instant::now();
+        let unknown = |c: &str| Response::failed(ErrorKind::NotFound, format!("no connection named {c:?}"));
         match request {
             Request::Status => Response { status: Some(self.status()), message: None, ..Response::ok("") },
             Request::Up { connection } => match self.endpoint.initiate(now, &connection) {
@@ -753,7 +781,7 @@ impl Daemon {
                     self.retries.remove(&connection);
                     Response::ok(format!("initiating {connection}"))
                 }
-                Err(e) => Response::error(e.to_string()),
+                Err(_) => unknown(&connection),
             },
             Request::Down { connection } => match self.endpoint.terminate(now, &connection) {
                 Ok(()) => {
@@ -763,18 +791,157 @@ impl Daemon {
                     self.ready_outbound.retain(|_, e| &*e.connection != connection.as_str());
                     Response::ok(format!("{connection} down"))
                 }
-                Err(e) => Response::error(e.to_string()),
+                Err(_) => unknown(&connection),
             },
             Request::Diagnose { connection } => match self.diagnose(&connection) {
                 Some(d) => Response { diagnosis: Some(Box::new(d)), message: None, ..Response::ok("") },
-                None => Response::error(format!("no connection named {connection:?}")),
+                None => unknown(&connection),
             },
             Request::Rekey { connection } => match self.endpoint.rekey_connection(now, &connection) {
                 Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
                 Ok(n) => Response::ok(format!("{connection}: rekeying {n} child SA(s)")),
-                Err(e) => Response::error(e.to_string()),
+                Err(_) => unknown(&connection),
             },
+            Request::Connections => {
+                Response { connections: Some(self.connection_views()), message: None, ..Response::ok("") }
+            }
+            Request::PutConnection { name, connection } => self.put_connection(name, connection).await,
+            Request::DeleteConnection { name } => self.delete_connection(&name).await,
         }
+    }
+
+    fn connection_views(&self) -> Vec<ConnectionView> {
+        let status = self.status();
+        self.config
+            .connections
+            .iter()
+            .filter_map(|c| {
+                let st = status.connections.iter().find(|s| s.name == c.peer.name)?.clone();
+                Some(ConnectionView {
+                    name: c.peer.name.clone(),
+                    source: if self.api_tables.contains_key(&c.peer.name) { "api" } else { "file" }.into(),
+                    configured: crate::diagnose::Configured::of(c),
+                    status: st,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates or replaces a runtime connection: the configuration file's keys and checks,
+    /// applied like a reload of that one connection, then persisted.
+    async fn put_connection(&mut self, name: String, body: serde_json::Value) -> Response {
+        let invalid = |problems: Vec<ProblemView>| Response {
+            problems,
+            ..Response::failed(ErrorKind::Invalid, "invalid connection (each problem names its key)")
+        };
+        let file_owned =
+            self.config.connections.iter().any(|c| c.peer.name == name) && !self.api_tables.contains_key(&name);
+        if file_owned {
+            return Response::failed(
+                ErrorKind::Conflict,
+                format!("{name:?} is defined in the configuration file: change it there"),
+            );
+        }
+        let mut table = match body {
+            serde_json::Value::Object(_) => match toml::Value::try_from(&body) {
+                Ok(toml::Value::Table(t)) => t,
+                _ => {
+                    return invalid(vec![ProblemView {
+                        key: "connection".into(),
+                        value: String::new(),
+                        reason: "values must be strings, numbers, booleans, arrays or objects (no null)".into(),
+                    }]);
+                }
+            },
+            _ => {
+                return invalid(vec![ProblemView {
+                    key: "connection".into(),
+                    value: String::new(),
+                    reason: "must be a JSON object of connection keys".into(),
+                }]);
+            }
+        };
+        match table.get("name") {
+            Some(toml::Value::String(n)) if *n != name => {
+                return invalid(vec![ProblemView {
+                    key: "connection.name".into(),
+                    value: format!("{n:?}"),
+                    reason: format!("differs from the name in the path ({name:?})"),
+                }]);
+            }
+            _ => {
+                table.insert("name".into(), toml::Value::String(name.clone()));
+            }
+        }
+        let base = self.config_path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let connection =
+            match crate::config::parse_connection(&table, self.config.gateway.public_address, &base, "connection") {
+                Ok(c) => c,
+                Err(problems) => {
+                    return invalid(
+                        problems
+                            .into_iter()
+                            .map(|p| ProblemView { key: p.key, value: p.value, reason: p.reason })
+                            .collect(),
+                    );
+                }
+            };
+        // The checks across connections of the configuration file.
+        if let Some(other) = self.config.connections.iter().find(|c| {
+            c.peer.name != name
+                && c.peer.remote_address == connection.peer.remote_address
+                && c.peer.psk != connection.peer.psk
+        }) {
+            return invalid(vec![ProblemView {
+                key: "connection.pre_shared_key".into(),
+                value: String::new(),
+                reason: format!(
+                    "connection {:?} has the same remote_address but another key; main mode selects the key by address, so they must be equal",
+                    other.peer.name
+                ),
+            }]);
+        }
+        let created = !self.api_tables.contains_key(&name);
+        let mut connections: Vec<Connection> =
+            self.config.connections.iter().filter(|c| c.peer.name != name).cloned().collect();
+        connections.push(connection);
+        let mut tables = self.api_tables.clone();
+        tables.insert(name.clone(), table);
+        if let Some(api) = &self.config.api
+            && let Err(e) = crate::api::save_state(&api.state_file, &tables)
+        {
+            tracing::error!(file = %api.state_file.display(), error = %e, "cannot save runtime connections");
+            return Response::error(format!("cannot save it: {e}"));
+        }
+        self.api_tables = tables;
+        self.apply_connections(connections).await;
+        tracing::info!(connection = %name, created, "runtime connection saved");
+        Response { created: Some(created), ..Response::ok(format!("{name} saved")) }
+    }
+
+    async fn delete_connection(&mut self, name: &str) -> Response {
+        if !self.api_tables.contains_key(name) {
+            return if self.config.connections.iter().any(|c| c.peer.name == name) {
+                Response::failed(
+                    ErrorKind::Conflict,
+                    format!("{name:?} is defined in the configuration file: remove it there"),
+                )
+            } else {
+                Response::failed(ErrorKind::NotFound, format!("no connection named {name:?}"))
+            };
+        }
+        let mut tables = self.api_tables.clone();
+        tables.remove(name);
+        if let Some(api) = &self.config.api
+            && let Err(e) = crate::api::save_state(&api.state_file, &tables)
+        {
+            return Response::error(format!("cannot save the change: {e}"));
+        }
+        self.api_tables = tables;
+        let connections = self.config.connections.iter().filter(|c| c.peer.name != name).cloned().collect();
+        self.apply_connections(connections).await;
+        tracing::info!(connection = %name, "runtime connection deleted");
+        Response::ok(format!("{name} deleted"))
     }
 
     /// SIGHUP: re-read the file. Unchanged connections keep their SAs; removed ones are deleted;
@@ -800,10 +967,28 @@ impl Daemon {
                 "gateway.public_address and gateway.control_socket changes need a restart; other changes applied"
             );
         }
+        self.config.warnings = new.warnings;
+        // Runtime connections stay, unless the file now defines one with the same name.
+        let mut connections = new.connections;
+        let file_names: Vec<String> = connections.iter().map(|c| c.peer.name.clone()).collect();
+        for c in &self.config.connections {
+            if self.api_tables.contains_key(&c.peer.name) && !file_names.contains(&c.peer.name) {
+                connections.push(c.clone());
+            }
+        }
+        self.api_tables.retain(|n, _| !file_names.contains(n));
+        let (kept, removed, added) = self.apply_connections(connections).await;
+        tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");
+    }
+
+    /// Makes `new` the set of connections: unchanged ones keep their SAs; removed and changed
+    /// ones are deleted (the peer is told); new and changed ones start. Returns (kept,
+    /// removed or changed, added).
+    async fn apply_connections(&mut self, new: Vec<Connection>) -> (usize, usize, usize) {
         let now = Instant::now();
         let (mut kept, mut removed, mut added) = (0, 0, 0);
         for old in self.config.connections.clone() {
-            let same = new.connections.iter().find(|c| c.peer.name == old.peer.name).is_some_and(|c| c.same_as(&old));
+            let same = new.iter().find(|c| c.peer.name == old.peer.name).is_some_and(|c| c.same_as(&old));
             if same {
                 kept += 1;
             } else {
@@ -815,7 +1000,7 @@ impl Daemon {
                 removed += 1;
             }
         }
-        for c in &new.connections {
+        for c in &new {
             if self.endpoint.peer(&c.peer.name).is_none() {
                 let _ = self.endpoint.add_peer(c.peer.clone());
                 added += 1;
@@ -823,14 +1008,13 @@ impl Daemon {
         }
         // Series of connections that are gone go with them (changed ones keep counting).
         for old in &self.config.connections {
-            if !new.connections.iter().any(|c| c.peer.name == old.peer.name) {
+            if !new.iter().any(|c| c.peer.name == old.peer.name) {
                 self.ledger.forget(&old.peer.name);
                 self.events.remove(&old.peer.name);
                 self.failures.remove(&old.peer.name);
             }
         }
-        self.config.connections = new.connections;
-        self.config.warnings = new.warnings;
+        self.config.connections = new;
         for c in self.config.connections.clone() {
             if c.start == Start::Active && !self.endpoint.ike_sas().iter().any(|s| s.peer == c.peer.name) {
                 self.initiate(now, &c.peer.name);
@@ -839,9 +1023,9 @@ impl Daemon {
         self.spd.store(Arc::new(policies(&self.config)));
         self.sync_probes();
         if let Err(e) = self.routes.sync(&wanted_routes(&self.config)).await {
-            tracing::error!(error = %e, "routes after reload");
+            tracing::error!(error = %e, "routes after a configuration change");
         }
-        tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");
+        (kept, removed, added)
     }
 
     fn status(&self) -> Status {

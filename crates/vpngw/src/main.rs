@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 mod config;
 mod control;
 mod daemon;
@@ -89,9 +90,38 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Runtime connections (the management API's, persisted in its state file).
+    Connection {
+        #[command(subcommand)]
+        action: ConnectionCmd,
+    },
     /// Replace a connection's child SAs now (new keys; traffic keeps flowing).
     Rekey {
         name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectionCmd {
+    /// Create or replace a connection from a TOML file holding one connection's keys (those of
+    /// a [[connection]] table: remote_address, pre_shared_key, local_subnets, [ike], ...).
+    Add {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a runtime connection (its SAs are deleted first, the peer is told).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every connection with its source (file or api), parameters and state, as JSON.
+    List {
         #[command(flatten)]
         target: Target,
     },
@@ -186,6 +216,8 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
                 } else {
                     print!("{}", d.render(now));
                 }
+            } else if let Some(c) = r.connections {
+                println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
             } else if let Some(status) = r.status {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
@@ -199,7 +231,14 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
         }
         Ok(r) => {
             eprintln!("error: {}", r.error.unwrap_or_default());
-            ExitCode::FAILURE
+            for p in &r.problems {
+                if p.value.is_empty() {
+                    eprintln!("  {}: {}", p.key, p.reason);
+                } else {
+                    eprintln!("  {} = {}: {}", p.key, p.value, p.reason);
+                }
+            }
+            if r.kind == Some(control::ErrorKind::Invalid) { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -239,5 +278,23 @@ fn main() -> ExitCode {
         Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
         Cmd::Rekey { name, target } => client(&target, Request::Rekey { connection: name }, false),
         Cmd::Diagnose { name, json, target } => client(&target, Request::Diagnose { connection: name }, json),
+        Cmd::Connection { action: ConnectionCmd::Add { name, file, target } } => {
+            let table = match std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|t| t.parse::<toml::Table>().map_err(|e| e.to_string()))
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let connection = serde_json::to_value(table).unwrap_or_default();
+            client(&target, Request::PutConnection { name, connection }, false)
+        }
+        Cmd::Connection { action: ConnectionCmd::Remove { name, target } } => {
+            client(&target, Request::DeleteConnection { name }, false)
+        }
+        Cmd::Connection { action: ConnectionCmd::List { target } } => client(&target, Request::Connections, true),
     }
 }

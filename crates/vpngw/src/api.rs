@@ -1,0 +1,277 @@
+//! The management API: HTTP + JSON as described by `docs/api/openapi.yaml`, for operators and
+//! MANO systems that never log into the gateway.
+//!
+//! Thin on purpose: each handler checks the bearer token, turns the request into the same
+//! [`Request`] the CLI sends over the control socket, and maps the daemon's [`Response`] to a
+//! status code. Validation, persistence and the SA work happen once, in the daemon, for both.
+//! Runtime connections are kept in the state file (`[api] state_file`, mode 0600: it holds
+//! their keys), read at start; keys are write-only in every answer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
+use toml::Table;
+
+use crate::config::{Api, Connection, parse_connection};
+use crate::control::{Command, ErrorKind, Request, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot read the API token file {path}: {source}")]
+    Token { path: String, source: std::io::Error },
+    #[error("the API token file {0} is empty")]
+    EmptyToken(String),
+    #[error("cannot listen for the API on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+#[derive(Clone)]
+struct Ctx {
+    commands: mpsc::Sender<Command>,
+    token: std::sync::Arc<Vec<u8>>,
+}
+
+/// Reads the token and serves the API until the task is aborted.
+pub async fn serve(api: &Api, commands: mpsc::Sender<Command>) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+    let path = api.token_file.display().to_string();
+    let text =
+        std::fs::read_to_string(&api.token_file).map_err(|source| ApiError::Token { path: path.clone(), source })?;
+    let token = text.trim().as_bytes().to_vec();
+    if token.is_empty() {
+        return Err(ApiError::EmptyToken(path));
+    }
+    let ctx = Ctx { commands, token: std::sync::Arc::new(token) };
+    let app = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/connections", get(list))
+        .route("/api/v1/connections/{name}", get(get_one).put(put).delete(delete))
+        .route("/api/v1/connections/{name}/initiate", post(initiate))
+        .route("/api/v1/connections/{name}/terminate", post(terminate))
+        .route("/api/v1/connections/{name}/diagnosis", get(diagnosis))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource (see docs/api/openapi.yaml)") })
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize))
+        .with_state(ctx);
+    let listener = tokio::net::TcpListener::bind(api.listen)
+        .await
+        .map_err(|source| ApiError::Bind { addr: api.listen, source })?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "management API stopped");
+        }
+    }))
+}
+
+fn error(code: StatusCode, message: &str) -> HttpResponse {
+    (code, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// `Authorization: Bearer TOKEN`, compared in constant time.
+async fn authorize(State(ctx): State<Ctx>, req: HttpRequest, next: Next) -> HttpResponse {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes);
+    let ok = presented.is_some_and(|p| p.len() == ctx.token.len() && bool::from(p.ct_eq(&ctx.token)));
+    if !ok {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+async fn ask(ctx: &Ctx, request: Request) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if ctx.commands.send((request, tx)).await.is_err() {
+        return Response::error("the daemon is shutting down");
+    }
+    rx.await.unwrap_or_else(|_| Response::error("the daemon is shutting down"))
+}
+
+/// A refused answer as HTTP: the kind picks the code; problems name the fields.
+fn refused(r: Response) -> HttpResponse {
+    let code = match r.kind {
+        Some(ErrorKind::NotFound) => StatusCode::NOT_FOUND,
+        Some(ErrorKind::Conflict) => StatusCode::CONFLICT,
+        Some(ErrorKind::Invalid) => StatusCode::UNPROCESSABLE_ENTITY,
+        None => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = json!({ "error": r.error.unwrap_or_default() });
+    if !r.problems.is_empty() {
+        body["problems"] = json!(r.problems);
+    }
+    (code, axum::Json(body)).into_response()
+}
+
+async fn status(State(ctx): State<Ctx>) -> HttpResponse {
+    match ask(&ctx, Request::Status).await {
+        Response { ok: true, status: Some(s), .. } => axum::Json(s).into_response(),
+        r => refused(r),
+    }
+}
+
+async fn list(State(ctx): State<Ctx>) -> HttpResponse {
+    match ask(&ctx, Request::Connections).await {
+        Response { ok: true, connections: Some(c), .. } => axum::Json(c).into_response(),
+        r => refused(r),
+    }
+}
+
+async fn get_one(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+    match ask(&ctx, Request::Connections).await {
+        Response { ok: true, connections: Some(c), .. } => match c.into_iter().find(|c| c.name == name) {
+            Some(c) => axum::Json(c).into_response(),
+            None => error(StatusCode::NOT_FOUND, &format!("no connection named {name:?}")),
+        },
+        r => refused(r),
+    }
+}
+
+async fn put(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<axum::Json<Value>, JsonRejection>,
+) -> HttpResponse {
+    let body = match body {
+        Ok(axum::Json(v)) => v,
+        Err(e) => {
+            let r = Response {
+                problems: vec![crate::control::ProblemView {
+                    key: "body".into(),
+                    value: String::new(),
+                    reason: e.body_text(),
+                }],
+                ..Response::failed(ErrorKind::Invalid, "the body must be a JSON object of connection keys")
+            };
+            return refused(r);
+        }
+    };
+    match ask(&ctx, Request::PutConnection { name: name.clone(), connection: body }).await {
+        Response { ok: true, created, .. } => {
+            let code = if created == Some(true) { StatusCode::CREATED } else { StatusCode::OK };
+            match ask(&ctx, Request::Connections).await {
+                Response { ok: true, connections: Some(c), .. } => match c.into_iter().find(|c| c.name == name) {
+                    Some(c) => (code, axum::Json(c)).into_response(),
+                    None => error(StatusCode::SERVICE_UNAVAILABLE, "the connection vanished meanwhile"),
+                },
+                r => refused(r),
+            }
+        }
+        r => refused(r),
+    }
+}
+
+async fn delete(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+    match ask(&ctx, Request::DeleteConnection { name }).await {
+        Response { ok: true, .. } => StatusCode::NO_CONTENT.into_response(),
+        r => refused(r),
+    }
+}
+
+async fn initiate(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+    accepted(ask(&ctx, Request::Up { connection: name }).await)
+}
+
+async fn terminate(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+    accepted(ask(&ctx, Request::Down { connection: name }).await)
+}
+
+fn accepted(r: Response) -> HttpResponse {
+    if r.ok {
+        (StatusCode::ACCEPTED, axum::Json(json!({ "message": r.message.unwrap_or_default() }))).into_response()
+    } else {
+        refused(r)
+    }
+}
+
+async fn diagnosis(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+    match ask(&ctx, Request::Diagnose { connection: name }).await {
+        Response { ok: true, diagnosis: Some(d), .. } => axum::Json(d).into_response(),
+        r => refused(r),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The state file: runtime connections across restarts.
+
+/// Reads the runtime connections saved by earlier runs. Entries that no longer validate, or
+/// whose name the configuration file now uses, are skipped and logged: the daemon starts.
+pub fn load_state(
+    path: &Path,
+    public: std::net::Ipv4Addr,
+    taken: &[String],
+) -> (Vec<Connection>, BTreeMap<String, Table>) {
+    let mut connections = Vec::new();
+    let mut tables = BTreeMap::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (connections, tables),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot read the API state file; runtime connections not restored");
+            return (connections, tables);
+        }
+    };
+    let root: Table = match text.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "API state file unreadable; runtime connections not restored");
+            return (connections, tables);
+        }
+    };
+    let base = path.parent().unwrap_or(Path::new("/"));
+    for item in root.get("connection").and_then(toml::Value::as_array).into_iter().flatten() {
+        let Some(t) = item.as_table() else { continue };
+        let name = t.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+        if taken.contains(&name) {
+            tracing::warn!(connection = %name, "runtime connection skipped: the configuration file defines one with this name");
+            continue;
+        }
+        match parse_connection(t, public, base, "connection") {
+            Ok(c) => {
+                connections.push(c);
+                tables.insert(name, t.clone());
+            }
+            Err(problems) => {
+                for p in problems {
+                    tracing::error!(connection = %name, problem = %p, "runtime connection skipped");
+                }
+            }
+        }
+    }
+    (connections, tables)
+}
+
+/// Writes the runtime connections (atomically; mode 0600: the keys are in it).
+pub fn save_state(path: &Path, tables: &BTreeMap<String, Table>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let list: Vec<toml::Value> = tables.values().cloned().map(toml::Value::Table).collect();
+    let mut root = Table::new();
+    root.insert("connection".into(), toml::Value::Array(list));
+    let text = format!(
+        "# Connections created through vpngw's management API. Written by the daemon: edit\n\
+         # through the API (or remove the file while vpngw is stopped).\n{}",
+        toml::to_string(&root).map_err(std::io::Error::other)?
+    );
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

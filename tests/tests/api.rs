@@ -1,0 +1,261 @@
+//! The management API (docs/api/openapi.yaml) on a running gateway: bearer tokens enforced,
+//! a connection created through it comes up with strongSwan and survives a restart, bad
+//! input gets a 4xx naming the field, keys are never returned, the CLI does the same through
+//! the control socket, and schemathesis finds the implementation true to the document.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
+use vpngw_tests::strongswan::{Charon, SwConn, esp_words, ike_words};
+use vpngw_tests::traffic::{RIGHT_HOST, wait_ping};
+use vpngw_tests::vpngw::{Vpngw, config_text};
+
+const PSK: &str = "api-psk-0123456789abcdef";
+const TOKEN: &str = "test-token-5f1e0c9a7b";
+const API: &str = "http://127.0.0.1:9721";
+
+/// One HTTP request from inside a namespace; returns (status, body).
+fn http(lab: &Lab, ns: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
+    let code = r#"
+import sys, urllib.request, urllib.error
+method, url, token, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+req = urllib.request.Request(url, method=method, data=body.encode() if body else None)
+if token:
+    req.add_header("Authorization", "Bearer " + token)
+if body:
+    req.add_header("Content-Type", "application/json")
+try:
+    r = urllib.request.urlopen(req, timeout=10)
+    code, text = r.status, r.read().decode()
+except urllib.error.HTTPError as e:
+    code, text = e.code, e.read().decode()
+print(code)
+print(text, end="")
+"#;
+    let url = format!("{API}{path}");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let out = lab.exec(ns, "python3", &["-c", code, method, &url, token.unwrap_or(""), &body]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, rest) =
+        text.split_once('\n').unwrap_or_else(|| panic!("no answer: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    (status.trim().parse().unwrap(), rest.to_string())
+}
+
+fn sw_conn() -> SwConn {
+    SwConn {
+        aggressive: false,
+        local_addr: RIGHT_WAN.into(),
+        remote_addr: LEFT_WAN.into(),
+        local_id: RIGHT_WAN.into(),
+        remote_id: LEFT_WAN.into(),
+        ike: ike_words("aes-128", "sha1", "dh14"),
+        esp: esp_words("aes-256", "sha1", "dh14"),
+        local_ts: vec![RIGHT_NET.into()],
+        remote_ts: vec![LEFT_NET.into()],
+        psk: PSK.into(),
+    }
+}
+
+/// A gateway with the API on, one connection in its file ("from-file", never up).
+fn gateway(lab: &Lab, name: &str) -> (String, PathBuf) {
+    let dir = lab.dir.join(format!("api-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
+    let state = dir.join("connections.toml");
+    let file_conn = format!(
+        "[[connection]]\nname = \"from-file\"\nremote_address = \"198.51.100.9\"\npre_shared_key = \"file-psk-abcdef\"\n\
+         local_subnets = [\"10.1.1.0/24\"]\nremote_subnets = [\"10.9.0.0/24\"]\nstart = \"passive\"\n\
+         [api]\ntoken_file = \"{}\"\nstate_file = \"{}\"\n",
+        dir.join("api.token").display(),
+        state.display()
+    );
+    // [api] must come after the connection in TOML terms only as its own table: put it last.
+    (config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), true, &file_conn), state)
+}
+
+fn the_connection() -> Value {
+    json!({
+        "remote_address": RIGHT_WAN,
+        "pre_shared_key": PSK,
+        "local_subnets": [LEFT_NET],
+        "remote_subnets": [RIGHT_NET],
+        "start": "active",
+        "ike": {"encryption": "aes-128", "authentication": "sha1", "dh_group": "dh14"},
+        "ipsec": {"encryption": "aes-256", "authentication": "sha1", "pfs": "dh14"}
+    })
+}
+
+#[test]
+fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_restart() {
+    let lab = Lab::gateways("api");
+    let charon = Charon::start_with(&lab, &lab.right, true);
+    charon.load(&sw_conn());
+    let (config, state) = gateway(&lab, "api");
+    let v = Vpngw::start(&lab, &lab.left, "api", &config, &[]);
+    wait_for(Duration::from_secs(10), || {
+        (http(&lab, &lab.left, "GET", "/api/v1/status", Some(TOKEN), None).0 == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("API not answering\n{}", v.log_text()));
+
+    // Tokens: none, wrong, right.
+    for token in [None, Some("wrong-token"), Some("")] {
+        let (code, body) = http(&lab, &lab.left, "GET", "/api/v1/connections", token, None);
+        assert_eq!(code, 401, "{token:?}: {body}");
+        assert!(body.contains("bearer token"), "{body}");
+    }
+    let (code, body) =
+        http(&lab, &lab.left, "PUT", "/api/v1/connections/x", Some("wrong-token"), Some(&the_connection()));
+    assert_eq!(code, 401, "{body}");
+
+    // Bad input: 422, every problem named by its key; nothing created.
+    let mut bad = the_connection();
+    bad["ike"]["encryption"] = json!("rot13");
+    bad["local_subnets"] = json!(["10.1.0.1/24"]);
+    bad["ipsec"]["lifetime_seconds"] = json!(5);
+    let (code, body) = http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&bad));
+    assert_eq!(code, 422, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = answer["problems"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
+    for k in ["connection.ike.encryption", "connection.local_subnets[0]", "connection.ipsec.lifetime_seconds"] {
+        assert!(keys.contains(&k), "{k} not named: {body}");
+    }
+    assert!(!body.contains(PSK), "{body}");
+    for (body, what) in [(json!([1, 2]), "an array"), (json!({"remote_address": null}), "a null")] {
+        let (code, text) = http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&body));
+        assert_eq!(code, 422, "{what}: {text}");
+    }
+    let mut other_name = the_connection();
+    other_name["name"] = json!("something-else");
+    assert_eq!(http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&other_name)).0, 422);
+    // The file's connection is read-only here; unknown names are 404.
+    let (code, body) =
+        http(&lab, &lab.left, "PUT", "/api/v1/connections/from-file", Some(TOKEN), Some(&the_connection()));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(http(&lab, &lab.left, "DELETE", "/api/v1/connections/from-file", Some(TOKEN), None).0, 409);
+    assert_eq!(http(&lab, &lab.left, "DELETE", "/api/v1/connections/nothing", Some(TOKEN), None).0, 404);
+    assert_eq!(http(&lab, &lab.left, "GET", "/api/v1/connections/nothing", Some(TOKEN), None).0, 404);
+    assert_eq!(http(&lab, &lab.left, "POST", "/api/v1/connections/nothing/initiate", Some(TOKEN), None).0, 404);
+
+    // Created: 201, listed (source api), the key nowhere in the answer; it comes up.
+    let (code, body) =
+        http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&the_connection()));
+    assert_eq!(code, 201, "{body}");
+    assert!(!body.contains(PSK), "the key came back: {body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((view["name"].as_str(), view["source"].as_str()), (Some("to-right"), Some("api")), "{view}");
+    assert_eq!(view["configured"]["ipsec"]["pfs"], "dh14", "{view}");
+    let up = wait_for(Duration::from_secs(20), || {
+        let (_, body) = http(&lab, &lab.left, "GET", "/api/v1/connections/to-right", Some(TOKEN), None);
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["status"]["state"] == "up").then_some(v)
+    })
+    .unwrap_or_else(|| panic!("never up\n{}\n{}", v.log_text(), charon.log()));
+    assert!(!up.to_string().contains(PSK));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    let sw = charon.list_sas();
+    assert_eq!(sw.children.len(), 1, "{sw:?}");
+    assert!(sw.children[0].algorithms.contains("AES_CBC-256"), "{sw:?}");
+    let (_, list) = http(&lab, &lab.left, "GET", "/api/v1/connections", Some(TOKEN), None);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["from-file", "to-right"]);
+    let (code, d) = http(&lab, &lab.left, "GET", "/api/v1/connections/to-right/diagnosis", Some(TOKEN), None);
+    assert_eq!(code, 200, "{d}");
+    assert!(d.contains("\"verdict\":\"up:"), "{d}");
+    // Persisted (mode 0600: the key is in it).
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&state).unwrap().contains("to-right"));
+
+    // Terminate and initiate.
+    let (code, _) = http(&lab, &lab.left, "POST", "/api/v1/connections/to-right/terminate", Some(TOKEN), None);
+    assert_eq!(code, 202);
+    let (code, _) = http(&lab, &lab.left, "POST", "/api/v1/connections/to-right/initiate", Some(TOKEN), None);
+    assert_eq!(code, 202);
+    v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
+
+    // A restart: the runtime connection is back and comes up again.
+    assert_eq!(v.stop(&lab), Some(0));
+    let v = Vpngw::start(&lab, &lab.left, "api", &config, &[]);
+    v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not restored\n{}", v.log_text()));
+    assert!(v.log_text().contains("runtime connections restored"), "{}", v.log_text());
+
+    // Delete: SAs gone at strongSwan too, no longer listed, not in the state file.
+    let (code, body) = http(&lab, &lab.left, "DELETE", "/api/v1/connections/to-right", Some(TOKEN), None);
+    assert_eq!(code, 204, "{body}");
+    wait_for(Duration::from_secs(5), || (charon.list_sas().ike_established == 0).then_some(()))
+        .unwrap_or_else(|| panic!("strongSwan still has SAs: {:?}", charon.list_sas()));
+    assert_eq!(http(&lab, &lab.left, "GET", "/api/v1/connections/to-right", Some(TOKEN), None).0, 404);
+    assert!(!std::fs::read_to_string(&state).unwrap().contains("to-right"));
+
+    // The CLI goes the same way (control socket, same validation).
+    let file = lab.dir.join("to-right.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "remote_address = \"{RIGHT_WAN}\"\npre_shared_key = \"{PSK}\"\nlocal_subnets = [\"{LEFT_NET}\"]\n\
+             remote_subnets = [\"{RIGHT_NET}\"]\n[ike]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\ndh_group = \"dh14\"\n\
+             [ipsec]\nencryption = \"aes-256\"\nauthentication = \"sha1\"\npfs = \"dh14\"\n"
+        ),
+    )
+    .unwrap();
+    let out = v.cli(&["connection", "add", "to-right", "--file", &file.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
+    std::fs::write(&file, "remote_address = \"nowhere\"\nlocal_subnets = []\n").unwrap();
+    let out = v.cli(&["connection", "add", "bad", "--file", &file.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("connection.remote_address") && err.contains("connection.remote_subnets"), "{err}");
+    let out = v.cli(&["connection", "remove", "to-right"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!v.log_text().contains(PSK), "the key in the log");
+    assert_eq!(v.stop(&lab), Some(0));
+}
+
+/// schemathesis, from PyPI (installed by `make test` into target/venv).
+fn schemathesis() -> PathBuf {
+    let st = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/st");
+    assert!(st.exists(), "{} missing: run `make test` (it installs schemathesis), or `make deps-test`", st.display());
+    st
+}
+
+#[test]
+fn schemathesis_finds_the_api_true_to_its_openapi_document() {
+    let st = schemathesis();
+    let lab = Lab::gateways("api-st");
+    let (config, _state) = gateway(&lab, "api-st");
+    let v = Vpngw::start(&lab, &lab.left, "api-st", &config, &[]);
+    wait_for(Duration::from_secs(10), || {
+        (http(&lab, &lab.left, "GET", "/api/v1/status", Some(TOKEN), None).0 == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("API not answering\n{}", v.log_text()));
+    let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/api/openapi.yaml");
+    let out = lab.exec(
+        &lab.left,
+        &st.display().to_string(),
+        &[
+            "run",
+            &schema.display().to_string(),
+            "--url",
+            API,
+            "--header",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "10",
+        ],
+    );
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found problems:\n{said}\n{}", v.log_text());
+    assert!(v.status().is_some(), "the daemon survived");
+    assert_eq!(v.stop(&lab), Some(0));
+}
