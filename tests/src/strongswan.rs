@@ -28,6 +28,26 @@ pub struct SwConn {
     pub psk: String,
 }
 
+impl SwConn {
+    /// strongSwan on the right gateway of a [`Lab`], facing vpngw on the left: the lab's
+    /// addresses as identities, the right network against the left one.
+    pub fn lab_right(ike: String, esp: String, psk: &str) -> Self {
+        use crate::netns::{LEFT_NET, LEFT_WAN, RIGHT_NET, RIGHT_WAN};
+        Self {
+            aggressive: false,
+            local_addr: RIGHT_WAN.into(),
+            remote_addr: LEFT_WAN.into(),
+            local_id: RIGHT_WAN.into(),
+            remote_id: LEFT_WAN.into(),
+            ike,
+            esp,
+            local_ts: vec![RIGHT_NET.into()],
+            remote_ts: vec![LEFT_NET.into()],
+            psk: psk.into(),
+        }
+    }
+}
+
 /// strongSwan's timers for a connection (swanctl words). The defaults keep it from rekeying
 /// or probing on its own during a test.
 #[derive(Clone, Debug)]

@@ -45,18 +45,7 @@ print(text, end="")
 }
 
 fn sw_conn() -> SwConn {
-    SwConn {
-        aggressive: false,
-        local_addr: RIGHT_WAN.into(),
-        remote_addr: LEFT_WAN.into(),
-        local_id: RIGHT_WAN.into(),
-        remote_id: LEFT_WAN.into(),
-        ike: ike_words("aes-128", "sha1", "dh14"),
-        esp: esp_words("aes-256", "sha1", "dh14"),
-        local_ts: vec![RIGHT_NET.into()],
-        remote_ts: vec![LEFT_NET.into()],
-        psk: PSK.into(),
-    }
+    SwConn::lab_right(ike_words("aes-128", "sha1", "dh14"), esp_words("aes-256", "sha1", "dh14"), PSK)
 }
 
 /// A gateway with the API on, one connection in its file ("from-file", never up).

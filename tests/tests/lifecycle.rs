@@ -79,18 +79,7 @@ fn rekeys_from_both_sides_lose_nothing_against_strongswan() {
     let lab = Lab::gateways("rekey-sw");
     let charon = Charon::start_with(&lab, &lab.right, true);
     charon.load_with(
-        &SwConn {
-            aggressive: false,
-            local_addr: RIGHT_WAN.into(),
-            remote_addr: LEFT_WAN.into(),
-            local_id: RIGHT_WAN.into(),
-            remote_id: LEFT_WAN.into(),
-            ike: ike_words("aes-128", "sha1", "dh14"),
-            esp: esp_words("aes-128", "sha1", "disable"),
-            local_ts: vec![RIGHT_NET.into()],
-            remote_ts: vec![LEFT_NET.into()],
-            psk: PSK.into(),
-        },
+        &sw_conn(),
         // strongSwan rekeys only when told to (swanctl --rekey); vpngw by its 30 s lifetime.
         &SwTimers::default(),
     );
@@ -172,18 +161,7 @@ fn strongswan_initiator(lab: &Lab) -> Charon {
 }
 
 fn sw_conn() -> SwConn {
-    SwConn {
-        aggressive: false,
-        local_addr: RIGHT_WAN.into(),
-        remote_addr: LEFT_WAN.into(),
-        local_id: RIGHT_WAN.into(),
-        remote_id: LEFT_WAN.into(),
-        ike: ike_words("aes-128", "sha1", "dh14"),
-        esp: esp_words("aes-128", "sha1", "disable"),
-        local_ts: vec![RIGHT_NET.into()],
-        remote_ts: vec![LEFT_NET.into()],
-        psk: PSK.into(),
-    }
+    SwConn::lab_right(ike_words("aes-128", "sha1", "dh14"), esp_words("aes-128", "sha1", "disable"), PSK)
 }
 
 const SUITE: &str = "[connection.ike]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\ndh_group = \"dh14\"\n\
@@ -281,21 +259,27 @@ fn dead_peer_detection_restarts_against_strongswan() {
     assert_eq!(v.stop(&lab), Some(0));
 }
 
-#[test]
-fn strongswan_crash_and_restart_is_survived_without_touching_vpngw() {
-    let lab = Lab::gateways("sw-crash");
-    let mut charon = Charon::start_with(&lab, &lab.right, true);
+/// vpngw (active, SUITE, DPD defaults) on the left and strongSwan on the right, up, pinging.
+fn vpngw_with_strongswan(name: &str, tuning: bool) -> (Lab, Charon, Vpngw, serde_json::Value) {
+    let lab = Lab::gateways(name);
+    let charon = Charon::start_with(&lab, &lab.right, true);
     charon.load(&sw_conn());
-    // Defaults on vpngw's side: DPD on, 30 s, clear; start active.
     let config = config_text(
         LEFT_WAN,
-        &Vpngw::socket_for(&lab, "sw-crash"),
-        false,
+        &Vpngw::socket_for(&lab, name),
+        tuning,
         &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active", SUITE),
     );
-    let v = Vpngw::start(&lab, &lab.left, "sw-crash", &config, &[]);
-    v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not up\n{}", v.log_text()));
+    let v = Vpngw::start(&lab, &lab.left, name, &config, &[]);
+    let up = v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not up\n{}", v.log_text()));
     assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    (lab, charon, v, up)
+}
+
+#[test]
+fn strongswan_crash_and_restart_is_survived_without_touching_vpngw() {
+    // Defaults on vpngw's side: DPD on, 30 s, clear; start active.
+    let (lab, mut charon, v, _) = vpngw_with_strongswan("sw-crash", false);
     charon.crash(&lab);
     std::thread::sleep(Duration::from_secs(2));
     // strongSwan comes back with its configuration and no SAs; it does not initiate.
@@ -448,18 +432,7 @@ fn reauthentication_by_strongswan_keeps_child_sas_and_loses_nothing() {
 
 #[test]
 fn a_rebooted_strongswan_that_initiates_replaces_the_stale_sas_at_once() {
-    let lab = Lab::gateways("sw-reboot");
-    let mut charon = Charon::start_with(&lab, &lab.right, true);
-    charon.load(&sw_conn());
-    let config = config_text(
-        LEFT_WAN,
-        &Vpngw::socket_for(&lab, "sw-reboot"),
-        true,
-        &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active", SUITE),
-    );
-    let v = Vpngw::start(&lab, &lab.left, "sw-reboot", &config, &[]);
-    let before = v.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
-    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    let (lab, mut charon, v, before) = vpngw_with_strongswan("sw-reboot", true);
     charon.crash(&lab);
     charon = Charon::start_with(&lab, &lab.right, true);
     charon.load(&sw_conn());
