@@ -93,4 +93,9 @@ nsx demo-left "$BIN" status --socket "$RUN/left.sock"
 echo
 nsx demo-right "$BIN" status --socket "$RUN/right.sock"
 
-step "Done. Next: docs/configuration.md to connect your own peer; make test runs every check."
+step "8. What Prometheus scrapes from site A's gateway (http://127.0.0.1:9720/metrics, an excerpt)"
+# bash's /dev/tcp: no curl needed.
+nsx demo-left bash -c 'exec 3<>/dev/tcp/127.0.0.1/9720 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3' \
+    | grep -E '^vpngw_(tunnel_up|ike_sa_state\{.*established|child_sas\{.*active|esp_packets_total)' | sed 's/^/  /' || true
+
+step "Done. Next: docs/configuration.md to connect your own peer, docs/troubleshooting.md when a tunnel does not come up; make test runs every check."
