@@ -116,6 +116,12 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
         let (code, text) = http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&body));
         assert_eq!(code, 422, "{what}: {text}");
     }
+    // Key files are for the configuration file, not the API.
+    let mut key_file = the_connection();
+    key_file["pre_shared_key_file"] = json!("/etc/shadow");
+    let (code, body) = http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&key_file));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("connection.pre_shared_key_file"), "{body}");
     let mut other_name = the_connection();
     other_name["name"] = json!("something-else");
     assert_eq!(http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&other_name)).0, 422);

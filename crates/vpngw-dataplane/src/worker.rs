@@ -162,9 +162,20 @@ impl Worker {
             let now = Instant::now();
             let spd = self.shared.spd.load();
             let mut expired = 0;
-            'policies: for q in spd.policies().filter_map(|p| p.pending.as_ref()) {
-                while filled < bufs.len() {
-                    let Some((at, packet)) = q.pop(now, &mut expired) else { continue 'policies };
+            // Only the queues of policies that have an SA now are drained (the others keep
+            // waiting, untouched: nothing circles here), each at most by what it held when we
+            // looked; room is left for one TUN read, so held packets never starve the TUN.
+            let room = bufs.len() - MAX_SEGMENTS;
+            let mut more = false;
+            for p in spd.policies() {
+                let Some(q) = p.pending.as_ref().filter(|q| !q.is_empty()) else { continue };
+                if view.lookup(p.selectors.local.addr, p.selectors.remote.addr).is_none() {
+                    continue;
+                }
+                let mut held = q.len();
+                while held > 0 && filled < room {
+                    held -= 1;
+                    let Some((at, packet)) = q.pop(now, &mut expired) else { break };
                     let Some(slot) = bufs[filled].get_mut(HEADROOM..HEADROOM + packet.len()) else { continue };
                     slot.copy_from_slice(&packet);
                     let range = HEADROOM..HEADROOM + packet.len();
@@ -172,10 +183,15 @@ impl Worker {
                     plan.push((self.classify(&view, &bufs[filled][range.clone()], Some(at)), range));
                     filled += 1;
                 }
+                if held > 0 {
+                    more = true;
+                    break;
+                }
+            }
+            if more {
                 // The batch is full: the rest next round.
                 self.shared.pending_ready.store(true, Ordering::Release);
                 self.shared.waker.wake();
-                break;
             }
             self.counters().drop_n(DropReason::PendingExpired, expired);
         }

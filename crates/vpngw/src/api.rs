@@ -107,6 +107,7 @@ fn refused(r: Response) -> HttpResponse {
         Some(ErrorKind::NotFound) => StatusCode::NOT_FOUND,
         Some(ErrorKind::Conflict) => StatusCode::CONFLICT,
         Some(ErrorKind::Invalid) => StatusCode::UNPROCESSABLE_ENTITY,
+        Some(ErrorKind::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
         None => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut body = json!({ "error": r.error.unwrap_or_default() });
@@ -148,15 +149,16 @@ async fn put(
     let body = match body {
         Ok(axum::Json(v)) => v,
         Err(e) => {
-            let r = Response {
-                problems: vec![crate::control::ProblemView {
-                    key: "body".into(),
-                    value: String::new(),
-                    reason: e.body_text(),
-                }],
-                ..Response::failed(ErrorKind::Invalid, "the body must be a JSON object of connection keys")
+            let code = match e {
+                JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
-            return refused(r);
+            let body = json!({
+                "error": "the body must be a JSON object of connection keys (Content-Type: application/json)",
+                "problems": [{ "key": "body", "value": "", "reason": e.body_text() }],
+            });
+            return (code, axum::Json(body)).into_response();
         }
     };
     match ask(&ctx, Request::PutConnection { name: name.clone(), connection: body }).await {
@@ -209,9 +211,11 @@ async fn diagnosis(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Ht
 
 /// Reads the runtime connections saved by earlier runs. Entries that no longer validate, or
 /// whose name the configuration file now uses, are skipped and logged: the daemon starts.
+/// Every entry's table comes back, the skipped ones too: a later save keeps them.
 pub fn load_state(
     path: &Path,
     public: std::net::Ipv4Addr,
+    base: &Path,
     taken: &[String],
 ) -> (Vec<Connection>, BTreeMap<String, Table>) {
     let mut connections = Vec::new();
@@ -231,7 +235,6 @@ pub fn load_state(
             return (connections, tables);
         }
     };
-    let base = path.parent().unwrap_or(Path::new("/"));
     for item in root.get("connection").and_then(toml::Value::as_array).into_iter().flatten() {
         let Some(t) = item.as_table() else { continue };
         let name = t.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
@@ -240,16 +243,14 @@ pub fn load_state(
             continue;
         }
         match parse_connection(t, public, base, "connection") {
-            Ok(c) => {
-                connections.push(c);
-                tables.insert(name, t.clone());
-            }
+            Ok(c) => connections.push(c),
             Err(problems) => {
                 for p in problems {
-                    tracing::error!(connection = %name, problem = %p, "runtime connection skipped");
+                    tracing::error!(connection = %name, problem = %p, "runtime connection skipped (kept in the state file)");
                 }
             }
         }
+        tables.insert(name, t.clone());
     }
     (connections, tables)
 }

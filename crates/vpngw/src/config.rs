@@ -156,6 +156,8 @@ impl Connection {
             && a.phase2 == b.phase2
             && a.subnets == b.subnets
             && a.force_udp_encapsulation == b.force_udp_encapsulation
+            // The engine holds the peer's settings; a DPD change takes a fresh start too.
+            && a.dpd == b.dpd
             && self.start == other.start
     }
 }

@@ -48,6 +48,8 @@ pub enum ErrorKind {
     /// The connection is defined in the configuration file: change it there.
     Conflict,
     Invalid,
+    /// The request was right; the gateway failed (e.g. cannot write its state file).
+    Internal,
 }
 
 /// One problem of a refused request, named by its configuration key.

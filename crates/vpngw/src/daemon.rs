@@ -162,7 +162,8 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     let mut api_tables = std::collections::BTreeMap::new();
     if let Some(api) = &config.api {
         let taken: Vec<String> = config.connections.iter().map(|c| c.peer.name.clone()).collect();
-        let (restored, tables) = crate::api::load_state(&api.state_file, config.gateway.public_address, &taken);
+        let base = config_path.parent().unwrap_or(Path::new("/"));
+        let (restored, tables) = crate::api::load_state(&api.state_file, config.gateway.public_address, base, &taken);
         if !restored.is_empty() {
             tracing::info!(count = restored.len(), file = %api.state_file.display(), "runtime connections restored");
         }
@@ -302,6 +303,11 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                 d.report_inbound_traffic(now);
                 d.check_volumes(now);
                 d.ledger.settle();
+                // A packet held by a worker that still saw the table from before an SA arrived
+                // would otherwise wait for the next SA: look again every second.
+                if let Some(dp) = &d.dataplane {
+                    dp.release_pending();
+                }
             }
             Some(reply) = metrics_rx.recv() => {
                 let _ = reply.send(d.metrics_snapshot());
@@ -834,6 +840,11 @@ impl Daemon {
             problems,
             ..Response::failed(ErrorKind::Invalid, "invalid connection (each problem names its key)")
         };
+        if self.config.api.is_none() {
+            return Response::error(
+                "runtime connections need an [api] section: its state_file keeps them across restarts",
+            );
+        }
         let file_owned =
             self.config.connections.iter().any(|c| c.peer.name == name) && !self.api_tables.contains_key(&name);
         if file_owned {
@@ -861,6 +872,14 @@ impl Daemon {
                 }]);
             }
         };
+        if table.contains_key("pre_shared_key_file") {
+            // Through the API a key file would let a client probe which files root can read.
+            return invalid(vec![ProblemView {
+                key: "connection.pre_shared_key_file".into(),
+                value: String::new(),
+                reason: "not taken through the API: send pre_shared_key (write-only); key files belong in the configuration file".into(),
+            }]);
+        }
         match table.get("name") {
             Some(toml::Value::String(n)) if *n != name => {
                 return invalid(vec![ProblemView {
@@ -911,7 +930,7 @@ impl Daemon {
             && let Err(e) = crate::api::save_state(&api.state_file, &tables)
         {
             tracing::error!(file = %api.state_file.display(), error = %e, "cannot save runtime connections");
-            return Response::error(format!("cannot save it: {e}"));
+            return Response::failed(ErrorKind::Internal, format!("cannot save it: {e}"));
         }
         self.api_tables = tables;
         self.apply_connections(connections).await;
@@ -935,7 +954,7 @@ impl Daemon {
         if let Some(api) = &self.config.api
             && let Err(e) = crate::api::save_state(&api.state_file, &tables)
         {
-            return Response::error(format!("cannot save the change: {e}"));
+            return Response::failed(ErrorKind::Internal, format!("cannot save the change: {e}"));
         }
         self.api_tables = tables;
         let connections = self.config.connections.iter().filter(|c| c.peer.name != name).cloned().collect();

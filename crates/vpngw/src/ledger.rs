@@ -75,6 +75,8 @@ impl Ledger {
     /// A connection that no longer exists: its series go.
     pub fn forget(&mut self, connection: &str) {
         self.totals.remove(connection);
+        self.waiting.inbound.retain(|e| &*e.connection != connection);
+        self.waiting.outbound.retain(|e| &*e.connection != connection);
     }
 
     /// Every connection's traffic now.
@@ -165,9 +167,10 @@ mod tests {
         ledger.settle();
         assert!(ledger.waiting.inbound.is_empty() && ledger.waiting.outbound.is_empty());
         assert_eq!(ledger.traffic(&table)["c"], t);
-        ledger.forget("c");
+        // A deleted connection: its SAs withdrawn, then forgotten; nothing comes back.
         ledger.retire(table.remove_connection("c"));
+        ledger.forget("c");
         ledger.settle();
-        assert_eq!(ledger.traffic(&table)["c"].packets_out, 1, "only the live SA's own count remains");
+        assert!(!ledger.traffic(&table).contains_key("c"));
     }
 }
