@@ -179,12 +179,15 @@ pub(crate) fn rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32) -> bool {
     c.rekey_at = None;
     let (pair, old) = (c.pair, c.spi_in);
     let busy = sa.quick_modes.iter().any(|q| q.pair == pair && q.state != crate::quick_mode::QmState::Done)
+        || sa.qm_queue.iter().any(|q| q.pair == pair)
         || sa.children.iter().any(|o| o.pair == pair && o.spi_in != old && o.state != ChildSaState::Replaced);
     if busy {
         return false;
     }
     tracing::info!(peer = %sa.peer.name, spi_in = %format!("{old:08x}"), selectors = %pair, "rekeying child SA");
-    crate::quick_mode::start(sa, ctx, pair);
+    // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
+    sa.qm_queue.push_back(crate::quick_mode::Queued { pair, replaces: Some(old) });
+    crate::quick_mode::pump(sa, ctx);
     true
 }
 

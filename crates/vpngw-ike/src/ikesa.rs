@@ -185,7 +185,10 @@ pub(crate) struct IkeSa {
     last_answer: Option<(u64, Vec<u8>)>,
     pub quick_modes: Vec<QuickMode>,
     /// Subnet pairs waiting for a quick mode of ours (a few run at a time).
-    pub qm_queue: std::collections::VecDeque<crate::config::SubnetPair>,
+    pub qm_queue: std::collections::VecDeque<crate::quick_mode::Queued>,
+    /// Message IDs of quick modes of ours given up after a refusal (their late answers are
+    /// dropped, not taken for new exchanges).
+    pub aborted_exchanges: std::collections::VecDeque<u32>,
     pub children: Vec<ChildRecord>,
     /// A responder that is not established by then is dropped.
     half_open_deadline: Option<Instant>,
@@ -263,6 +266,7 @@ impl IkeSa {
             last_answer: None,
             quick_modes: Vec::new(),
             qm_queue: std::collections::VecDeque::new(),
+            aborted_exchanges: std::collections::VecDeque::new(),
             children: Vec::new(),
             half_open_deadline: None,
             peer_id_b: Vec::new(),
@@ -1296,7 +1300,9 @@ impl IkeSa {
                     other => (FailReason::MalformedMessage, format!("the peer sent {other}")),
                 };
                 if n.protocol == ProtocolId::ESP || self.is_established() {
-                    crate::quick_mode::abort_pending(self, reason, &detail);
+                    // The notify's SPI, when it carries one, names the quick mode refused.
+                    let spi = <[u8; 4]>::try_from(n.spi.as_slice()).ok().map(u32::from_be_bytes);
+                    crate::quick_mode::abort_pending(self, ctx, spi, reason, &detail);
                 }
                 ctx.events.push_back(Event::NegotiationFailed {
                     peer: Some(self.peer.name.clone()),

@@ -74,12 +74,20 @@ pub(crate) fn start_all(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     for pair in pairs {
         let busy = sa.children.iter().any(|c| c.pair == pair)
             || sa.quick_modes.iter().any(|q| q.pair == pair && q.state != QmState::Done)
-            || sa.qm_queue.contains(&pair);
+            || sa.qm_queue.iter().any(|q| q.pair == pair);
         if !busy {
-            sa.qm_queue.push_back(pair);
+            sa.qm_queue.push_back(Queued { pair, replaces: None });
         }
     }
     pump(sa, ctx);
+}
+
+/// A quick mode waiting for its turn: a pair's first SA, or the replacement of the child SA
+/// with this inbound SPI (a rekey).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Queued {
+    pub pair: SubnetPair,
+    pub replaces: Option<u32>,
 }
 
 /// Quick modes of ours under way at once on one IKE SA. strongSwan keeps the CBC IV of only
@@ -95,10 +103,16 @@ pub(crate) fn pump(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         if in_flight >= MAX_IN_FLIGHT {
             return;
         }
-        let Some(pair) = sa.qm_queue.pop_front() else { return };
-        let busy = sa.children.iter().any(|c| c.pair == pair)
-            || sa.quick_modes.iter().any(|q| q.pair == pair && q.state != QmState::Done);
-        if !busy {
+        let Some(q) = sa.qm_queue.pop_front() else { return };
+        let pair = q.pair;
+        let exchanging = sa.quick_modes.iter().any(|m| m.pair == pair && m.state != QmState::Done);
+        let wanted = match q.replaces {
+            // A first SA: unless one came meanwhile (the peer's quick mode).
+            None => !sa.children.iter().any(|c| c.pair == pair),
+            // A rekey: while the SA to replace is still the one carrying the traffic.
+            Some(old) => sa.children.iter().any(|c| c.spi_in == old && c.state == ChildSaState::Active),
+        };
+        if wanted && !exchanging {
             start(sa, ctx, pair);
         }
     }
@@ -162,6 +176,12 @@ pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
         return;
     }
     let mid = rx.header.message_id;
+    if sa.aborted_exchanges.contains(&mid) {
+        // The peer answering a quick mode we gave up on (its refusal of another one did not
+        // say which): not a new exchange, nothing to decrypt with.
+        tracing::debug!(peer = %sa.peer.name, message_id = mid, "answer to an aborted quick mode: dropped");
+        return;
+    }
     if let Some(i) = sa.quick_modes.iter().position(|q| q.message_id == mid) {
         // Duplicate of a request we answered: resend the answer.
         if let Some((h, answer)) = &sa.quick_modes[i].last_answer
@@ -180,10 +200,15 @@ pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
             Ok(()) => crate::liveness::heard(sa, ctx.now),
             Err(f) => fail(sa, ctx, i, f),
         }
-    } else if let Err(f) = on_qm1(sa, ctx, rx).inspect(|()| crate::liveness::heard(sa, ctx.now)) {
+    } else {
+        let mut offered = None;
+        let Err(f) = on_qm1(sa, ctx, rx, &mut offered).inspect(|()| crate::liveness::heard(sa, ctx.now)) else {
+            return;
+        };
         tracing::debug!(peer = %sa.peer.name, reason = %f.reason, "quick mode refused");
         if let Some(n) = f.notify {
-            sa.send_notify(ctx, ProtocolId::ESP, n, vec![0; 4], Vec::new());
+            let spi = offered.unwrap_or(0).to_be_bytes().to_vec();
+            sa.send_notify(ctx, ProtocolId::ESP, n, spi, Vec::new());
         }
         ctx.events.push_back(Event::NegotiationFailed {
             peer: Some(sa.peer.name.clone()),
@@ -236,7 +261,9 @@ fn ids(payloads: &[Payload]) -> Option<(IdPayload, IdPayload)> {
 }
 
 /// Responder: QM1. Picks the configured pair and transform, answers with QM2.
-fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
+/// `offered_spi` gets the initiator's SPI once read: a refusal names it, so that the peer
+/// knows which of its quick modes failed.
+fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, offered_spi: &mut Option<u32>) -> Result<(), Failure> {
     let (Some(keys), Some(cipher)) = (sa.keys.as_ref(), sa.cipher.as_ref()) else { return Ok(()) };
     let mid = rx.header.message_id;
     let iv = phase2_iv(keys.hash, &sa.iv, mid, cipher.block_len());
@@ -249,6 +276,11 @@ fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Fa
         ));
     }
     let offer = payloads.iter().find_map(|p| if let Payload::Sa(s) = p { Some(s.clone()) } else { None });
+    *offered_spi = offer
+        .as_ref()
+        .and_then(|o| o.proposals.first())
+        .and_then(|p| <[u8; 4]>::try_from(p.spi.as_slice()).ok())
+        .map(u32::from_be_bytes);
     let n_i = payloads.iter().find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
     let ke = payloads.iter().find_map(|p| if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None });
     let (Some(offer), Some(n_i)) = (offer, n_i) else {
@@ -612,12 +644,26 @@ pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     child::handle_timeouts(sa, ctx);
 }
 
-/// Drops pending initiator exchanges after the peer refused them with a notify.
-pub(crate) fn abort_pending(sa: &mut IkeSa, reason: FailReason, detail: &str) {
-    sa.quick_modes.retain(|q| !(q.role == Role::Initiator && q.state == QmState::I1));
-    // The connection failed as a whole: the driver's retry starts every pair again.
-    sa.qm_queue.clear();
-    tracing::debug!(peer = %sa.peer.name, %reason, detail, "pending quick modes aborted");
+/// The peer refused a quick mode of ours with an error notify: drops that exchange when the
+/// notify's SPI names it, else every pending one of ours (IKEv1 notifies need not say which);
+/// the queued ones still start.
+pub(crate) fn abort_pending(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: Option<u32>, reason: FailReason, detail: &str) {
+    let pending = |q: &QuickMode| q.role == Role::Initiator && q.state == QmState::I1;
+    let named = spi.filter(|s| sa.quick_modes.iter().any(|q| pending(q) && q.spi_in == *s));
+    let dropped: Vec<u32> =
+        sa.quick_modes.iter().filter(|q| pending(q) && named.is_none_or(|s| q.spi_in == s)).map(|q| q.spi_in).collect();
+    for q in sa.quick_modes.iter().filter(|q| dropped.contains(&q.spi_in)) {
+        sa.aborted_exchanges.push_back(q.message_id);
+    }
+    while sa.aborted_exchanges.len() > 16 {
+        sa.aborted_exchanges.pop_front();
+    }
+    sa.quick_modes.retain(|q| !dropped.contains(&q.spi_in));
+    for s in &dropped {
+        ctx.spis.release(*s);
+    }
+    tracing::debug!(peer = %sa.peer.name, %reason, detail, aborted = dropped.len(), "pending quick modes aborted");
+    pump(sa, ctx);
 }
 
 /// Removes the child SA with this SPI (ours or the peer's).

@@ -167,6 +167,65 @@ fn quick_modes_of_many_pairs_run_two_at_a_time() {
     assert_eq!(most, 2, "quick modes of ours at once");
 }
 
+/// Largest number of A's quick modes under way at once in `wire[from..]`.
+fn most_in_flight(wire: &[(bool, std::net::SocketAddr, std::net::SocketAddr, Vec<u8>)]) -> usize {
+    let (mut open, mut most) = (std::collections::HashSet::new(), 0);
+    for (from_a, _, _, data) in wire {
+        let d = if data.starts_with(&[0, 0, 0, 0]) { &data[4..] } else { &data[..] };
+        if !*from_a || d.len() < 28 || d[18] != 32 {
+            continue;
+        }
+        let mid = u32::from_be_bytes([d[20], d[21], d[22], d[23]]);
+        if !open.insert(mid) {
+            open.remove(&mid);
+        }
+        most = most.max(open.len());
+    }
+    most
+}
+
+#[test]
+fn rekeying_many_pairs_at_once_runs_two_at_a_time_too() {
+    let (mut a, mut b) = configs();
+    for i in 1..=4 {
+        let (l, r) = (format!("10.1.{i}.0/24"), format!("10.2.{i}.0/24"));
+        a.subnets.push(SubnetPair { local: subnet(&l), remote: subnet(&r) });
+        b.subnets.push(SubnetPair { local: subnet(&r), remote: subnet(&l) });
+    }
+    let mut p = up(a, b, 19);
+    assert_up(&p, 5);
+    let before = p.wire.len();
+    // `vpngw rekey`: every pair at once.
+    assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 5);
+    p.drive(LIMIT);
+    assert_eq!(Pair::children(&p.a_events).len(), 10, "five replacements made");
+    assert_eq!(most_in_flight(&p.wire[before..]), 2, "rekey quick modes of ours at once");
+    assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+}
+
+#[test]
+fn a_refused_pair_does_not_keep_the_others_down() {
+    let (mut a, mut b) = configs();
+    // A asks for a pair B does not protect, first in line, then three B accepts.
+    a.subnets.insert(0, SubnetPair { local: subnet("10.1.9.0/24"), remote: subnet("10.2.9.0/24") });
+    for i in 1..=3 {
+        let (l, r) = (format!("10.1.{i}.0/24"), format!("10.2.{i}.0/24"));
+        a.subnets.push(SubnetPair { local: subnet(&l), remote: subnet(&r) });
+        b.subnets.push(SubnetPair { local: subnet(&r), remote: subnet(&l) });
+    }
+    let p = up(a, b, 23);
+    let failures = Pair::failures(&p.a_events);
+    assert!(!failures.is_empty(), "the refused pair is reported");
+    assert!(failures.iter().all(|f| f.0 == vpngw_ike::FailReason::TrafficSelectorMismatch), "{failures:?}");
+    // The original pair and the three accepted ones: up, whatever was under way when the
+    // refusal came.
+    let mut pairs: Vec<String> = Pair::children(&p.a_events).iter().map(|c| c.selectors.to_string()).collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs.len(), 4, "{pairs:?}");
+    assert!(!pairs.iter().any(|s| s.contains("10.2.9.0")), "{pairs:?}");
+}
+
 #[test]
 fn nat_is_detected_and_ike_floats_to_4500() {
     let (mut a, mut b) = configs();
