@@ -194,7 +194,12 @@ pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
         let result = match (sa.quick_modes[i].role, sa.quick_modes[i].state) {
             (Role::Initiator, QmState::I1) => on_qm2(sa, ctx, rx, i),
             (Role::Responder, QmState::R2) => on_qm3(sa, ctx, rx, i),
-            _ => Ok(()),
+            // Neither a duplicate we answered nor a step we expect: not read, so not a sign
+            // that the peer is alive either (anyone on the path could replay it).
+            _ => {
+                tracing::debug!(peer = %sa.peer.name, message_id = mid, "unexpected quick mode message: dropped");
+                return;
+            }
         };
         match result {
             Ok(()) => crate::liveness::heard(sa, ctx.now),
