@@ -2,14 +2,17 @@
 //!
 //! - `seal`: one packet at a time (`OutboundSa::seal_in_place`): sequence, IV, padding, serial
 //!   CBC, HMAC.
-//! - `seal_batch8`, `seal_batch32`: 8 or 32 packets of one SA per call (`seal_batch`):
-//!   multi-buffer CBC.
+//! - `seal_batch8`, `seal_batch32`, `seal_batch64`: 8, 32 or 64 packets of one SA per call
+//!   (`seal_batch`): multi-buffer CBC (AES: 8-30 lanes; bitsliced DES: 64).
 //! - `open`: one packet (`InboundSa::open_in_place`): replay check, HMAC verify, parallel CBC
 //!   decryption, trailer checks, replay commit.
 //! - `ceiling_seal` / `ceiling_open`: the raw transforms over the same bytes with the same crates
 //!   (CBC encrypt + HMAC; HMAC + CBC decrypt of freshly sealed packets, as `open` gets them),
 //!   nothing else. The printed ratios are engine /
-//!   ceiling: what the ESP framing costs.
+//!   ceiling: what the ESP framing costs. For DES and 3DES the ceiling is the `des` crate block
+//!   by block (serial CBC both ways), so the ratio also shows what the bitsliced DES gains.
+//! - `des_lanes`: 3DES multi-buffer encryption of n one-block packets, per block, against one
+//!   serial block: where the bitsliced pass starts to pay (`MIN_LANES` in vpngw-crypto).
 //!
 //! Run: `make bench` (or `cargo bench -p vpngw-benches --bench esp`); `VPNGW_BENCH_QUICK=1` for a
 //! shorter run.
@@ -20,7 +23,9 @@ use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use vpngw_benches::{criterion_dir, gbit_per_s, median_ns, mpps};
-use vpngw_crypto::{CbcCipher, EncryptionAlgorithm as E, FastRng, IntegrityAlgorithm as I, IntegrityKey, SecretBytes};
+use vpngw_crypto::{
+    CbcCipher, CbcJob, EncryptionAlgorithm as E, FastRng, IntegrityAlgorithm as I, IntegrityKey, SecretBytes,
+};
 use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys, SealPacket};
 
 const SUITES: [(&str, E, I); 6] = [
@@ -33,7 +38,7 @@ const SUITES: [(&str, E, I); 6] = [
 ];
 const SIZES: [usize; 3] = [64, 512, 1400];
 /// Packets of one SA per `seal_batch` call.
-const BATCHES: [usize; 2] = [8, 32];
+const BATCHES: [usize; 3] = [8, 32, 64];
 const HEADROOM: usize = 64;
 
 fn keys(e: E, i: I) -> SaKeys {
@@ -105,9 +110,13 @@ fn bench_suite(c: &mut Criterion, name: &str, e: E, i: I) {
         let iv = vec![7u8; block];
         let mut data = vec![0x45u8; auth_len];
         let mut icv = [0u8; 12];
+        let serial = SerialCeiling::new(e, k.encryption_key.expose());
         group.bench_function(BenchmarkId::new("ceiling_seal", size), |b| {
             b.iter(|| {
-                cipher.encrypt(&iv, black_box(&mut data[auth_len - enc_len..])).unwrap();
+                match &serial {
+                    Some(s) => s.encrypt(&iv, black_box(&mut data[auth_len - enc_len..])),
+                    None => cipher.encrypt(&iv, black_box(&mut data[auth_len - enc_len..])).unwrap(),
+                }
                 integrity.sign(black_box(&data), &mut icv);
             })
         });
@@ -126,13 +135,90 @@ fn bench_suite(c: &mut Criterion, name: &str, e: E, i: I) {
                     let (authenticated, icv) = esp.split_at_mut(auth_len);
                     black_box(integrity.verify(authenticated, icv));
                     let (iv, ciphertext) = authenticated[8..].split_at_mut(block);
-                    cipher.decrypt(iv, ciphertext).unwrap();
+                    match &serial {
+                        Some(s) => s.decrypt(iv, ciphertext),
+                        None => cipher.decrypt(iv, ciphertext).unwrap(),
+                    }
                 },
                 BatchSize::SmallInput,
             )
         });
     }
     group.finish();
+}
+
+/// The `des` crate through the `cbc` crate, block by block: the DES/3DES ceiling.
+#[allow(clippy::large_enum_variant)] // one per benchmark, on the stack
+enum SerialCeiling {
+    Des(des::Des),
+    TripleDes(des::TdesEde3),
+}
+
+impl SerialCeiling {
+    fn new(e: E, key: &[u8]) -> Option<Self> {
+        use des::cipher::KeyInit;
+        match e {
+            E::Des => Some(Self::Des(des::Des::new_from_slice(key).unwrap())),
+            E::TripleDes => Some(Self::TripleDes(des::TdesEde3::new_from_slice(key).unwrap())),
+            _ => None,
+        }
+    }
+
+    fn encrypt(&self, iv: &[u8], data: &mut [u8]) {
+        use cbc::cipher::{BlockModeEncrypt, InnerIvInit};
+        let iv = iv.try_into().unwrap();
+        let (blocks, _) = des::cipher::Array::slice_as_chunks_mut(data);
+        match self {
+            Self::Des(c) => cbc::Encryptor::<&des::Des>::inner_iv_init(c, iv).encrypt_blocks(blocks),
+            Self::TripleDes(c) => cbc::Encryptor::<&des::TdesEde3>::inner_iv_init(c, iv).encrypt_blocks(blocks),
+        }
+    }
+
+    fn decrypt(&self, iv: &[u8], data: &mut [u8]) {
+        use cbc::cipher::{BlockModeDecrypt, InnerIvInit};
+        let iv = iv.try_into().unwrap();
+        let (blocks, _) = des::cipher::Array::slice_as_chunks_mut(data);
+        match self {
+            Self::Des(c) => cbc::Decryptor::<&des::Des>::inner_iv_init(c, iv).decrypt_blocks(blocks),
+            Self::TripleDes(c) => cbc::Decryptor::<&des::TdesEde3>::inner_iv_init(c, iv).decrypt_blocks(blocks),
+        }
+    }
+}
+
+const LANE_COUNTS: [usize; 8] = [1, 2, 4, 6, 8, 16, 32, 64];
+
+/// 3DES multi-buffer encryption of n one-block packets (the bitsliced pass from MIN_LANES on),
+/// against the `des` crate's single block.
+fn bench_des_lanes(c: &mut Criterion) {
+    let key: Vec<u8> = (0..24u8).map(|b| b.wrapping_mul(29) ^ 0x3c).collect();
+    let cipher = CbcCipher::new(E::TripleDes, &key).unwrap();
+    let serial = SerialCeiling::new(E::TripleDes, &key).unwrap();
+    let mut group = c.benchmark_group("des_lanes");
+    let iv = [9u8; 8];
+    let mut one = [0u8; 8];
+    group.bench_function("serial", |b| b.iter(|| serial.encrypt(&iv, black_box(&mut one))));
+    for n in LANE_COUNTS {
+        let mut bufs = vec![[0u8; 8]; n];
+        group.bench_function(BenchmarkId::new("multi", n), |b| {
+            b.iter(|| {
+                let mut jobs: Vec<CbcJob<'_>> = bufs.iter_mut().map(|d| CbcJob { iv: &iv, data: d }).collect();
+                cipher.encrypt_multi(black_box(&mut jobs)).unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+fn report_des_lanes() {
+    let Some(serial) = median_ns("des_lanes", "serial", "") else { return };
+    let cells: Vec<String> = LANE_COUNTS
+        .iter()
+        .filter_map(|n| {
+            median_ns("des_lanes", "multi", &n.to_string()).map(|t| format!("{n}: {:.2}", serial / (t / *n as f64)))
+        })
+        .collect();
+    println!("\n3DES multi-buffer, one-block packets, speed per block relative to one serial block ({serial:.0} ns):");
+    println!("  {}", cells.join("  "));
 }
 
 fn report() {
@@ -145,13 +231,15 @@ fn report() {
         "/ceil",
         "batch32",
         "/ceil",
+        "batch64",
+        "/ceil",
         "open",
         "Mpps",
         "/ceil",
         "ceil seal",
         "ceil open",
     ];
-    let unit = ["Gbit/s", "", "", "Gbit/s", "", "Gbit/s", "", "Gbit/s", "", "", "Gbit/s", "Gbit/s"];
+    let unit = ["Gbit/s", "", "", "Gbit/s", "", "Gbit/s", "", "Gbit/s", "", "Gbit/s", "", "", "Gbit/s", "Gbit/s"];
     for row in [head, unit] {
         let cells: Vec<String> = row.iter().map(|c| format!("{c:>10}")).collect();
         println!(
@@ -165,10 +253,11 @@ fn report() {
         for size in SIZES {
             let p = size.to_string();
             let get = |f: &str| median_ns(name, f, &p);
-            let (Some(seal), Some(b8), Some(b32), Some(open), Some(cs), Some(co)) = (
+            let (Some(seal), Some(b8), Some(b32), Some(b64), Some(open), Some(cs), Some(co)) = (
                 get("seal"),
                 get("seal_batch8").map(|t| t / 8.0),
                 get("seal_batch32").map(|t| t / 32.0),
+                get("seal_batch64").map(|t| t / 64.0),
                 get("open"),
                 get("ceiling_seal"),
                 get("ceiling_open"),
@@ -183,6 +272,8 @@ fn report() {
                 format!("{:.2}", cs / b8),
                 format!("{:.3}", gbit_per_s(size, b32)),
                 format!("{:.2}", cs / b32),
+                format!("{:.3}", gbit_per_s(size, b64)),
+                format!("{:.2}", cs / b64),
                 format!("{:.3}", gbit_per_s(size, open)),
                 format!("{:.3}", mpps(open)),
                 format!("{:.2}", co / open),
@@ -208,6 +299,8 @@ fn main() {
     for (name, e, i) in SUITES {
         bench_suite(&mut c, name, e, i);
     }
+    bench_des_lanes(&mut c);
     c.final_summary();
     report();
+    report_des_lanes();
 }

@@ -9,7 +9,9 @@
 
 use core::fmt;
 
-use aes::cipher::consts::U16;
+use zeroize::Zeroize;
+
+use aes::cipher::consts::{U8, U16};
 use aes::cipher::typenum::Unsigned;
 use aes::cipher::{
     Array, BlockCipherDecrypt, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockModeDecrypt,
@@ -18,6 +20,7 @@ use aes::cipher::{
 use aes::{Aes128, Aes192, Aes256};
 use des::{Des, TdesEde3};
 
+use crate::bitsliced_des::{self, Direction, LANES, Schedule};
 use crate::error::CryptoError;
 use crate::registry::EncryptionAlgorithm;
 
@@ -26,8 +29,8 @@ use crate::registry::EncryptionAlgorithm;
 /// than the largest one's: thousands of SAs are kept in memory.
 #[derive(Clone)]
 pub enum CbcCipher {
-    Des(Box<Des>),
-    TripleDes(Box<TdesEde3>),
+    Des(Box<DesKeys<Des>>),
+    TripleDes(Box<DesKeys<TdesEde3>>),
     Aes128(Box<Aes128>),
     Aes192(Box<Aes192>),
     Aes256(Box<Aes256>),
@@ -51,11 +54,11 @@ macro_rules! dispatch {
     ($self:expr, $c:ident => $body:expr) => {
         match $self {
             CbcCipher::Des(b) => {
-                let $c = &**b;
+                let $c = &b.serial;
                 $body
             }
             CbcCipher::TripleDes(b) => {
-                let $c = &**b;
+                let $c = &b.serial;
                 $body
             }
             CbcCipher::Aes128(b) => {
@@ -86,11 +89,25 @@ impl CbcCipher {
         {
             return Err(CryptoError::WeakKey { algorithm });
         }
-        let length_error = |_| CryptoError::KeyLength { algorithm: spec.name, expected: spec.key_len, got: key.len() };
+        let length_error = |_: des::cipher::InvalidLength| CryptoError::KeyLength {
+            algorithm: spec.name,
+            expected: spec.key_len,
+            got: key.len(),
+        };
         Ok(match algorithm {
-            EncryptionAlgorithm::Des => Self::Des(Box::new(Des::new_from_slice(key).map_err(length_error)?)),
+            EncryptionAlgorithm::Des => {
+                let k: &[u8; 8] = key.try_into().map_err(|_| length_error(des::cipher::InvalidLength))?;
+                Self::Des(Box::new(DesKeys {
+                    serial: Des::new_from_slice(key).map_err(length_error)?,
+                    sliced: Schedule::des(k),
+                }))
+            }
             EncryptionAlgorithm::TripleDes => {
-                Self::TripleDes(Box::new(TdesEde3::new_from_slice(key).map_err(length_error)?))
+                let k: &[u8; 24] = key.try_into().map_err(|_| length_error(des::cipher::InvalidLength))?;
+                Self::TripleDes(Box::new(DesKeys {
+                    serial: TdesEde3::new_from_slice(key).map_err(length_error)?,
+                    sliced: Schedule::triple_des(k),
+                }))
             }
             EncryptionAlgorithm::Aes128 => Self::Aes128(Box::new(Aes128::new_from_slice(key).map_err(length_error)?)),
             EncryptionAlgorithm::Aes192 => Self::Aes192(Box::new(Aes192::new_from_slice(key).map_err(length_error)?)),
@@ -122,7 +139,11 @@ impl CbcCipher {
     /// previous ciphertext block, which is already known).
     pub fn decrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<(), CryptoError> {
         let algorithm = self.algorithm();
-        dispatch!(self, c => cbc_decrypt(c, algorithm, iv, data))
+        match self {
+            Self::Des(k) => k.decrypt(algorithm, iv, data),
+            Self::TripleDes(k) => k.decrypt(algorithm, iv, data),
+            _ => dispatch!(self, c => cbc_decrypt(c, algorithm, iv, data)),
+        }
     }
 
     /// CBC-encrypts several packets, interleaving their chains block by block (multi-buffer CBC).
@@ -134,12 +155,8 @@ impl CbcCipher {
             check_shape(algorithm, job.iv, job.data.len())?;
         }
         match self {
-            // DES has no parallel backend: interleaving would only add copies.
-            Self::Des(_) | Self::TripleDes(_) => {
-                for job in jobs.iter_mut() {
-                    self.encrypt(job.iv, job.data)?;
-                }
-            }
+            Self::Des(k) => k.encrypt_multi(algorithm, jobs),
+            Self::TripleDes(k) => k.encrypt_multi(algorithm, jobs),
             Self::Aes128(c) => cbc_encrypt_multi(&**c, jobs),
             Self::Aes192(c) => cbc_encrypt_multi(&**c, jobs),
             Self::Aes256(c) => cbc_encrypt_multi(&**c, jobs),
@@ -270,6 +287,125 @@ impl BlockCipherEncClosure for MultiBufferCbc<'_, '_> {
             }
         }
     }
+}
+
+/// A DES or 3DES key held twice: as the `des` crate's schedule, for the few-block cases, and as
+/// the bitsliced schedule, for CBC decryption of a packet and multi-buffer encryption of many
+/// ([`crate::bitsliced_des`]).
+#[derive(Clone)]
+pub struct DesKeys<C> {
+    serial: C,
+    sliced: Schedule,
+}
+
+impl<C> fmt::Debug for DesKeys<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DesKeys(<redacted>)")
+    }
+}
+
+impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
+    /// CBC decryption: every block is independent, so a packet of at least
+    /// [`bitsliced_des::MIN_LANES`] blocks is decrypted 64 blocks per pass.
+    fn decrypt(&self, algorithm: EncryptionAlgorithm, iv: &[u8], data: &mut [u8]) -> Result<(), CryptoError> {
+        check_shape(algorithm, iv, data.len())?;
+        if data.len() / 8 < bitsliced_des::MIN_LANES {
+            return cbc_decrypt(&self.serial, algorithm, iv, data);
+        }
+        let masks = self.sliced.expand(Direction::Decrypt);
+        let mut previous = block_u64(iv);
+        let mut lanes = [0u64; LANES];
+        let mut ciphertext = [0u64; LANES];
+        for chunk in data.chunks_mut(LANES * 8) {
+            let n = chunk.len() / 8;
+            if n < bitsliced_des::MIN_LANES {
+                // A short tail: cheaper block by block, chained from the last ciphertext block.
+                return cbc_decrypt(&self.serial, algorithm, &previous.to_be_bytes(), chunk);
+            }
+            for (c, b) in ciphertext.iter_mut().zip(chunk.chunks_exact(8)) {
+                *c = block_u64(b);
+            }
+            lanes = ciphertext;
+            masks.crypt(&mut lanes);
+            for (i, out) in chunk.chunks_exact_mut(8).enumerate() {
+                let chained = if i == 0 { previous } else { ciphertext[i - 1] };
+                out.copy_from_slice(&(lanes[i] ^ chained).to_be_bytes());
+            }
+            previous = ciphertext[n - 1];
+        }
+        lanes.zeroize();
+        Ok(())
+    }
+
+    /// Multi-buffer CBC encryption: one lane per packet, 64 packets per pass, a finished packet's
+    /// lane taken by the next waiting one (as for AES). When fewer than
+    /// [`bitsliced_des::MIN_LANES`] packets are left, they finish block by block. Shapes were
+    /// checked by the caller.
+    fn encrypt_multi(&self, algorithm: EncryptionAlgorithm, jobs: &mut [CbcJob<'_>]) {
+        let waiting = jobs.iter().filter(|j| !j.data.is_empty()).count();
+        if waiting < bitsliced_des::MIN_LANES {
+            for job in jobs.iter_mut() {
+                let _ = cbc_encrypt(&self.serial, algorithm, job.iv, job.data);
+            }
+            return;
+        }
+        let masks = self.sliced.expand(Direction::Encrypt);
+        // chain[k]: lane k's previous ciphertext block (the IV at first), then the cipher input.
+        let mut chain = [0u64; LANES];
+        let mut lane_job = [0usize; LANES];
+        let mut lane_pos = [0usize; LANES];
+        let mut active = 0;
+        let mut next_job = 0;
+        loop {
+            while active < LANES && next_job < jobs.len() {
+                let job = &jobs[next_job];
+                if !job.data.is_empty() {
+                    chain[active] = block_u64(job.iv);
+                    lane_job[active] = next_job;
+                    lane_pos[active] = 0;
+                    active += 1;
+                }
+                next_job += 1;
+            }
+            if active < bitsliced_des::MIN_LANES && next_job == jobs.len() {
+                // The stragglers: a whole pass for a few lanes costs more than serial blocks.
+                for k in 0..active {
+                    let job = &mut jobs[lane_job[k]];
+                    let pos = lane_pos[k];
+                    let _ = cbc_encrypt(&self.serial, algorithm, &chain[k].to_be_bytes(), &mut job.data[pos..]);
+                }
+                break;
+            }
+            for k in 0..active {
+                let pos = lane_pos[k];
+                chain[k] ^= block_u64(&jobs[lane_job[k]].data[pos..pos + 8]);
+            }
+            masks.crypt(&mut chain);
+            let mut k = 0;
+            while k < active {
+                let pos = lane_pos[k];
+                let data = &mut jobs[lane_job[k]].data;
+                data[pos..pos + 8].copy_from_slice(&chain[k].to_be_bytes());
+                if pos + 8 == data.len() {
+                    active -= 1;
+                    chain.swap(k, active);
+                    lane_job.swap(k, active);
+                    lane_pos.swap(k, active);
+                } else {
+                    lane_pos[k] = pos + 8;
+                    k += 1;
+                }
+            }
+        }
+        chain.zeroize();
+    }
+}
+
+/// An 8-byte block as a big-endian integer (the bitsliced DES's block form).
+fn block_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bitsliced_des;
 pub mod cipher;
 pub mod dh;
 mod error;

@@ -68,8 +68,24 @@ fn check_cbc(name: &str, cipher: &CbcCipher, iv: &[u8], plain: &[u8], expected: 
     cipher.encrypt_multi(&mut jobs).unwrap();
     assert_eq!(a, expected, "{name}: multi-buffer lane 0");
     assert_eq!(c, expected, "{name}: multi-buffer lane 2");
+    // Enough packets that DES takes its bitsliced multi-buffer path (one lane per packet).
+    let mut copies = vec![plain.to_vec(); 12];
+    let mut jobs: Vec<vpngw_crypto::CbcJob<'_>> =
+        copies.iter_mut().map(|data| vpngw_crypto::CbcJob { iv, data }).collect();
+    cipher.encrypt_multi(&mut jobs).unwrap();
+    for (k, copy) in copies.iter().enumerate() {
+        assert_eq!(copy, expected, "{name}: multi-buffer of 12, lane {k}");
+    }
     cipher.decrypt(iv, &mut buf).unwrap();
     assert_eq!(buf, plain, "{name}: decrypt");
+    // A long message that starts with the vector: its first blocks must encrypt to the vector's
+    // ciphertext, and decryption (bitsliced for DES: many independent blocks) must invert it.
+    let long: Vec<u8> = plain.iter().copied().cycle().take(plain.len() * 40).collect();
+    let mut sealed = long.clone();
+    cipher.encrypt(iv, &mut sealed).unwrap();
+    assert_eq!(&sealed[..expected.len()], expected, "{name}: long message prefix");
+    cipher.decrypt(iv, &mut sealed).unwrap();
+    assert!(sealed == long, "{name}: long message decrypt");
 }
 
 #[test]
