@@ -53,8 +53,8 @@ GATE ORN 2 Y=A+!B; PIN * UNKNOWN 1 999 1 0 1 0
 """
 RUST = {
     "BUF": "{A}", "INV": "!{A}", "AND2": "{A} & {B}", "OR2": "{A} | {B}", "XOR2": "{A} ^ {B}",
-    "ANDN": "{A} & !{B}", "XNOR2": "!({A} ^ {B})", "NAND2": "!({A} & {B})", "NOR2": "!({A} | {B})",
-    "ORN": "{A} | !{B}", "ZERO": "0", "ONE": "!0",
+    "ANDN": "{A}.andn({B})", "XNOR2": "!({A} ^ {B})", "NAND2": "!({A} & {B})", "NOR2": "!({A} | {B})",
+    "ORN": "{A} | !{B}", "ZERO": "W::ZERO", "ONE": "!W::ZERO",
 }
 PY = {
     "BUF": lambda a, b: a, "INV": lambda a, b: a ^ M, "AND2": lambda a, b: a & b, "OR2": lambda a, b: a | b,
@@ -138,7 +138,7 @@ def emit(n, gates, outputs):
     names = {f"a{t + 1}": f"a{t + 1}" for t in range(6)}
     lines = [
         "#[inline(always)]",
-        f"pub(super) fn s{n + 1}(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, a6: u64) -> [u64; 4] {{",
+        f"pub(super) fn s{n + 1}<W: Word>(a1: W, a2: W, a3: W, a4: W, a5: W, a6: W) -> [W; 4] {{",
     ]
     for i, (kind, pins) in enumerate(gates):
         v = f"t{i}"
@@ -169,7 +169,7 @@ def main():
         "//! `crates/vpngw-crypto/gen/des_sboxes.py` (Berkeley ABC); do not edit by hand.\n"
         f"//! Gates per S-box: {', '.join(map(str, counts))} (total {sum(counts)}).\n"
         "//! Inputs a1..a6 and outputs o1..o4 are numbered as in FIPS 46-3 (a1 = the leftmost bit).\n\n"
-        "#![allow(clippy::many_single_char_names)]\n"
+        "#![allow(clippy::many_single_char_names)]\n\nuse super::Word;\n"
     )
     with open(target, "w") as f:
         f.write(header + "\n" + "\n\n".join(parts) + "\n")

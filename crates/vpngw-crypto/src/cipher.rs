@@ -20,7 +20,7 @@ use aes::cipher::{
 use aes::{Aes128, Aes192, Aes256};
 use des::{Des, TdesEde3};
 
-use crate::bitsliced_des::{self, Direction, LANES, Schedule};
+use crate::bitsliced_des::{self, Direction, LANES, Schedule, WIDE_LANES};
 use crate::error::CryptoError;
 use crate::registry::EncryptionAlgorithm;
 
@@ -306,7 +306,8 @@ impl<C> fmt::Debug for DesKeys<C> {
 
 impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
     /// CBC decryption: every block is independent, so a packet of at least
-    /// [`bitsliced_des::MIN_LANES`] blocks is decrypted 64 blocks per pass.
+    /// [`bitsliced_des::MIN_LANES`] blocks is decrypted in bitsliced passes: 128 blocks per pass
+    /// while more than 64 are left, then 64, and a short tail block by block.
     fn decrypt(&self, algorithm: EncryptionAlgorithm, iv: &[u8], data: &mut [u8]) -> Result<(), CryptoError> {
         check_shape(algorithm, iv, data.len())?;
         if data.len() / 8 < bitsliced_des::MIN_LANES {
@@ -314,24 +315,31 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
         }
         let masks = self.sliced.expand(Direction::Decrypt);
         let mut previous = block_u64(iv);
-        let mut lanes = [0u64; LANES];
-        let mut ciphertext = [0u64; LANES];
-        for chunk in data.chunks_mut(LANES * 8) {
-            let n = chunk.len() / 8;
-            if n < bitsliced_des::MIN_LANES {
+        let mut lanes = [0u64; WIDE_LANES];
+        let mut ciphertext = [0u64; WIDE_LANES];
+        let mut rest = data;
+        while !rest.is_empty() {
+            let left = rest.len() / 8;
+            if left < bitsliced_des::MIN_LANES {
                 // A short tail: cheaper block by block, chained from the last ciphertext block.
-                return cbc_decrypt(&self.serial, algorithm, &previous.to_be_bytes(), chunk);
+                return cbc_decrypt(&self.serial, algorithm, &previous.to_be_bytes(), rest);
             }
+            let n = left.min(if left > LANES { WIDE_LANES } else { LANES });
+            let (chunk, tail) = rest.split_at_mut(n * 8);
             for (c, b) in ciphertext.iter_mut().zip(chunk.chunks_exact(8)) {
                 *c = block_u64(b);
             }
             lanes = ciphertext;
-            masks.crypt(&mut lanes);
+            match <&mut [u64; LANES]>::try_from(&mut lanes[..LANES]) {
+                Ok(narrow) if n <= LANES => masks.crypt(narrow),
+                _ => masks.crypt_wide(&mut lanes),
+            }
             for (i, out) in chunk.chunks_exact_mut(8).enumerate() {
                 let chained = if i == 0 { previous } else { ciphertext[i - 1] };
                 out.copy_from_slice(&(lanes[i] ^ chained).to_be_bytes());
             }
             previous = ciphertext[n - 1];
+            rest = tail;
         }
         lanes.zeroize();
         Ok(())
