@@ -61,12 +61,18 @@ use vpngw_ike::{
 const SAS: usize = 10_000;
 
 fn keys(seed: u32) -> SaKeys {
+    suite_keys(seed, EncryptionAlgorithm::Aes128, IntegrityAlgorithm::HmacSha1_96)
+}
+
+fn suite_keys(seed: u32, encryption: EncryptionAlgorithm, integrity: IntegrityAlgorithm) -> SaKeys {
     let b = seed.to_be_bytes();
+    let e_len = encryption.spec().key_len;
+    let i_len = integrity.spec().key_len;
     SaKeys {
-        encryption: EncryptionAlgorithm::Aes128,
-        encryption_key: SecretBytes::new((0..16).map(|i| b[i % 4] ^ (i as u8 * 17) ^ 0x5a).collect()),
-        integrity: IntegrityAlgorithm::HmacSha1_96,
-        integrity_key: SecretBytes::new((0..20).map(|i| b[i % 4] ^ i as u8).collect()),
+        encryption,
+        encryption_key: SecretBytes::new((0..e_len).map(|i| b[i % 4] ^ (i as u8).wrapping_mul(17) ^ 0x5a).collect()),
+        integrity,
+        integrity_key: SecretBytes::new((0..i_len).map(|i| b[i % 4] ^ i as u8).collect()),
     }
 }
 
@@ -76,7 +82,10 @@ fn remote_net(n: usize) -> Ipv4Addr {
 }
 
 fn install(table: &SaTable, n: usize) {
-    let k = keys(n as u32);
+    install_suite(table, n, &keys(n as u32));
+}
+
+fn install_suite(table: &SaTable, n: usize, k: &SaKeys) {
     let selectors = Selectors {
         local: Ipv4Net { addr: Ipv4Addr::new(10, 1, 0, 0), prefix: 24 },
         remote: Ipv4Net { addr: remote_net(n), prefix: 24 },
@@ -89,14 +98,14 @@ fn install(table: &SaTable, n: usize) {
     table.install(
         InboundEntry {
             connection: "c".into(),
-            sa: InboundSa::new(0x1000 + n as u32, &k, 1024).unwrap(),
+            sa: InboundSa::new(0x1000 + n as u32, k, 1024).unwrap(),
             selectors,
             transport,
             counters: SaCounters::default(),
         },
         OutboundEntry {
             connection: "c".into(),
-            sa: OutboundSa::new(0x8000_0000 + n as u32, &k).unwrap(),
+            sa: OutboundSa::new(0x8000_0000 + n as u32, k).unwrap(),
             selectors,
             transport,
             counters: SaCounters::default(),
@@ -308,6 +317,17 @@ fn main() {
     println!(
         "dataplane memory per SA pair: {per_pair_live:.0} bytes live heap, {per_pair_rss:.0} bytes RSS growth ({SAS} pairs)"
     );
+    drop(many);
+    // The seed's default suite: 3DES keeps two key schedules (the des crate's and the
+    // bitsliced one, docs/adr/0008-bitsliced-des.md).
+    let live_before = live();
+    let des = SaTable::new();
+    for n in 0..SAS {
+        install_suite(&des, n, &suite_keys(n as u32, EncryptionAlgorithm::TripleDes, IntegrityAlgorithm::HmacMd5_96));
+    }
+    let per_pair_des = (live() - live_before) as f64 / SAS as f64;
+    println!("dataplane memory per SA pair, 3des-md5 (the seed's default): {per_pair_des:.0} bytes live heap");
+    drop(des);
     std::thread::sleep(Duration::from_millis(10));
     let tunnels = 2000;
     let (l, r) = engine_memory(tunnels);

@@ -313,7 +313,8 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
         if data.len() / 8 < bitsliced_des::MIN_LANES {
             return cbc_decrypt(&self.serial, algorithm, iv, data);
         }
-        let masks = self.sliced.expand(Direction::Decrypt);
+        // One or two passes per packet: inline round keys beat expanding them.
+        let keys = self.sliced.inline(Direction::Decrypt);
         let mut previous = block_u64(iv);
         let mut lanes = [0u64; WIDE_LANES];
         let mut ciphertext = [0u64; WIDE_LANES];
@@ -331,8 +332,8 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
             }
             lanes = ciphertext;
             match <&mut [u64; LANES]>::try_from(&mut lanes[..LANES]) {
-                Ok(narrow) if n <= LANES => masks.crypt(narrow),
-                _ => masks.crypt_wide(&mut lanes),
+                Ok(narrow) if n <= LANES => bitsliced_des::crypt(&keys, narrow),
+                _ => bitsliced_des::crypt_wide(&keys, &mut lanes),
             }
             for (i, out) in chunk.chunks_exact_mut(8).enumerate() {
                 let chained = if i == 0 { previous } else { ciphertext[i - 1] };
@@ -388,7 +389,7 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
                 let pos = lane_pos[k];
                 chain[k] ^= block_u64(&jobs[lane_job[k]].data[pos..pos + 8]);
             }
-            masks.crypt(&mut chain);
+            bitsliced_des::crypt(&masks, &mut chain);
             let mut k = 0;
             while k < active {
                 let pos = lane_pos[k];

@@ -150,7 +150,15 @@ impl Schedule {
         Self::Triple(Box::new([part(0), part(1), part(2)]))
     }
 
-    /// The subkeys in the order a pass applies them, each bit spread to a whole-word mask.
+    /// The subkeys read as they are, each round's bits turned into masks inside the round: no
+    /// set-up cost (expanding 3DES's masks takes ~3 us, a third of a pass), ~4% more work per
+    /// pass. For calls of one or two passes: decrypting a packet.
+    pub(crate) fn inline(&self, direction: Direction) -> InlineKeys<'_> {
+        InlineKeys { schedule: self, decrypt: direction == Direction::Decrypt }
+    }
+
+    /// The subkeys in the order a pass applies them, each bit spread to a whole-word mask: for
+    /// calls of many passes (multi-buffer encryption).
     pub(crate) fn expand(&self, direction: Direction) -> RoundMasks {
         let mut masks = RoundMasks { rounds: [[0u64; 48]; 48], count: 0 };
         let mut push = |s: &DesSchedule, decrypt: bool| {
@@ -195,72 +203,145 @@ impl Drop for RoundMasks {
     }
 }
 
-impl RoundMasks {
-    /// Runs DES (or 3DES) on 64 blocks in place. Blocks are big-endian `u64`s; every lane is
-    /// processed, used or not.
-    pub(crate) fn crypt(&self, blocks: &mut [u64; LANES]) {
-        transpose(blocks);
-        self.crypt_planes(blocks);
-        transpose(blocks);
-    }
+/// Where a pass gets its round keys from: [`RoundMasks`] or [`InlineKeys`].
+pub(crate) trait RoundKeys {
+    type Round<'a>: KeyBits
+    where
+        Self: 'a;
+    /// DES operations in the pass: 1 or 3.
+    fn operations(&self) -> usize;
+    /// The keys of round `r` (0..16) of operation `op`, in the order the pass applies them.
+    fn round(&self, op: usize, r: usize) -> Self::Round<'_>;
+}
 
-    /// The same on 128 blocks: each plane is one 128-bit word (an SSE2 register on x86-64,
-    /// a pair of `u64`s elsewhere), so each gate covers 128 blocks.
-    pub(crate) fn crypt_wide(&self, blocks: &mut [u64; WIDE_LANES]) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        self.crypt_wide_with::<sse2::Sse2>(blocks);
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-        self.crypt_wide_with::<Pair>(blocks);
-    }
+/// One round's 48 subkey bits as masks.
+pub(crate) trait KeyBits: Copy {
+    /// All ones if subkey bit `j` (0-based) is set, else zero.
+    fn mask(self, j: usize) -> u64;
+}
 
-    fn crypt_wide_with<W: WideWord>(&self, blocks: &mut [u64; WIDE_LANES]) {
-        let (low, high) = blocks.split_at_mut(LANES);
-        let (Ok(low), Ok(high)) = (<&mut [u64; LANES]>::try_from(low), <&mut [u64; LANES]>::try_from(high)) else {
-            return;
-        };
-        transpose(low);
-        transpose(high);
-        let mut planes = [W::ZERO; LANES];
-        for ((p, l), h) in planes.iter_mut().zip(low.iter()).zip(high.iter()) {
-            *p = W::from_halves(*l, *h);
-        }
-        self.crypt_planes(&mut planes);
-        for ((p, l), h) in planes.iter_mut().zip(low.iter_mut()).zip(high.iter_mut()) {
-            (*l, *h) = p.halves();
-            *p = W::ZERO;
-        }
-        transpose(low);
-        transpose(high);
-    }
-
-    /// The rounds on transposed blocks: `planes[j]` holds bit j + 1 (FIPS numbering) of every
-    /// lane.
-    fn crypt_planes<W: Word>(&self, planes: &mut [W; LANES]) {
-        let mut a = [W::ZERO; 32];
-        let mut b = [W::ZERO; 32];
-        for j in 0..32 {
-            a[j] = planes[IP[j] as usize - 1];
-            b[j] = planes[IP[32 + j] as usize - 1];
-        }
-        for des in self.rounds[..self.count].chunks_exact(16) {
-            for pair in des.chunks_exact(2) {
-                round(&mut a, &b, &pair[0]);
-                round(&mut b, &a, &pair[1]);
-            }
-            // After 16 rounds the halves are (L16, R16) = (a, b); the output block is R16 L16,
-            // which is also the next DES's (L0, R0) once IP undoes IP^-1.
-            core::mem::swap(&mut a, &mut b);
-        }
-        // IP^-1: output bit IP[j] is pre-output bit j.
-        for j in 0..32 {
-            planes[IP[j] as usize - 1] = a[j];
-            planes[IP[32 + j] as usize - 1] = b[j];
-        }
-        a.iter_mut().chain(b.iter_mut()).for_each(|w| *w = W::ZERO);
+impl KeyBits for &[u64; 48] {
+    #[inline(always)]
+    fn mask(self, j: usize) -> u64 {
+        self[j]
     }
 }
 
-/// Lanes of [`RoundMasks::crypt_wide`].
+/// A subkey as stored (bit 47 = subkey bit 1).
+#[derive(Clone, Copy)]
+pub(crate) struct Subkey(u64);
+
+impl KeyBits for Subkey {
+    #[inline(always)]
+    fn mask(self, j: usize) -> u64 {
+        // Move bit 47 - j to the sign bit, then spread it: two shifts, no branch.
+        ((self.0 << (16 + j)) as i64 >> 63) as u64
+    }
+}
+
+impl RoundKeys for RoundMasks {
+    type Round<'a> = &'a [u64; 48];
+    fn operations(&self) -> usize {
+        self.count / 16
+    }
+    #[inline(always)]
+    fn round(&self, op: usize, r: usize) -> &[u64; 48] {
+        &self.rounds[op * 16 + r]
+    }
+}
+
+/// The subkeys of a [`Schedule`] read in pass order, without expansion.
+pub(crate) struct InlineKeys<'s> {
+    schedule: &'s Schedule,
+    decrypt: bool,
+}
+
+impl RoundKeys for InlineKeys<'_> {
+    type Round<'a>
+        = Subkey
+    where
+        Self: 'a;
+    fn operations(&self) -> usize {
+        match self.schedule {
+            Schedule::Single(_) => 1,
+            Schedule::Triple(_) => 3,
+        }
+    }
+    #[inline(always)]
+    fn round(&self, op: usize, r: usize) -> Subkey {
+        // Which key, and backwards or not: as in `Schedule::expand`.
+        let (key, backwards) = match (self.schedule, self.decrypt) {
+            (Schedule::Single(k), d) => (k, d),
+            (Schedule::Triple(k), false) => (&k[op], op == 1),
+            (Schedule::Triple(k), true) => (&k[2 - op], op != 1),
+        };
+        Subkey(key.0[if backwards { 15 - r } else { r }])
+    }
+}
+
+/// Runs DES (or 3DES) on 64 blocks in place. Blocks are big-endian `u64`s; every lane is
+/// processed, used or not.
+pub(crate) fn crypt(keys: &impl RoundKeys, blocks: &mut [u64; LANES]) {
+    transpose(blocks);
+    crypt_planes(keys, blocks);
+    transpose(blocks);
+}
+
+/// The same on 128 blocks: each plane is one 128-bit word (an SSE2 register on x86-64, a pair
+/// of `u64`s elsewhere), so each gate covers 128 blocks.
+pub(crate) fn crypt_wide(keys: &impl RoundKeys, blocks: &mut [u64; WIDE_LANES]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    crypt_wide_with::<sse2::Sse2>(keys, blocks);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    crypt_wide_with::<Pair>(keys, blocks);
+}
+
+fn crypt_wide_with<W: WideWord>(keys: &impl RoundKeys, blocks: &mut [u64; WIDE_LANES]) {
+    let (low, high) = blocks.split_at_mut(LANES);
+    let (Ok(low), Ok(high)) = (<&mut [u64; LANES]>::try_from(low), <&mut [u64; LANES]>::try_from(high)) else {
+        return;
+    };
+    transpose(low);
+    transpose(high);
+    let mut planes = [W::ZERO; LANES];
+    for ((p, l), h) in planes.iter_mut().zip(low.iter()).zip(high.iter()) {
+        *p = W::from_halves(*l, *h);
+    }
+    crypt_planes(keys, &mut planes);
+    for ((p, l), h) in planes.iter_mut().zip(low.iter_mut()).zip(high.iter_mut()) {
+        (*l, *h) = p.halves();
+        *p = W::ZERO;
+    }
+    transpose(low);
+    transpose(high);
+}
+
+/// The rounds on transposed blocks: `planes[j]` holds bit j + 1 (FIPS numbering) of every lane.
+fn crypt_planes<W: Word>(keys: &impl RoundKeys, planes: &mut [W; LANES]) {
+    let mut a = [W::ZERO; 32];
+    let mut b = [W::ZERO; 32];
+    for j in 0..32 {
+        a[j] = planes[IP[j] as usize - 1];
+        b[j] = planes[IP[32 + j] as usize - 1];
+    }
+    for op in 0..keys.operations() {
+        for r in (0..16).step_by(2) {
+            round(&mut a, &b, keys.round(op, r));
+            round(&mut b, &a, keys.round(op, r + 1));
+        }
+        // After 16 rounds the halves are (L16, R16) = (a, b); the output block is R16 L16,
+        // which is also the next DES's (L0, R0) once IP undoes IP^-1.
+        core::mem::swap(&mut a, &mut b);
+    }
+    // IP^-1: output bit IP[j] is pre-output bit j.
+    for j in 0..32 {
+        planes[IP[j] as usize - 1] = a[j];
+        planes[IP[32 + j] as usize - 1] = b[j];
+    }
+    a.iter_mut().chain(b.iter_mut()).for_each(|w| *w = W::ZERO);
+}
+
+/// Lanes of [`crypt_wide`].
 pub(crate) const WIDE_LANES: usize = 2 * LANES;
 
 /// A bit plane: one bit of every lane. Plain `u64` for 64 lanes, [`Pair`] for 128.
@@ -353,11 +434,11 @@ impl Word for Pair {
 
 /// One Feistel round: `l ^= P(S(E(r) ^ k))`.
 #[inline(always)]
-fn round<W: Word>(l: &mut [W; 32], r: &[W; 32], k: &[u64; 48]) {
+fn round<W: Word>(l: &mut [W; 32], r: &[W; 32], k: impl KeyBits) {
     macro_rules! sbox {
         ($n:literal, $f:path) => {{
             let i = $n * 6;
-            let x = |t: usize| r[E[i + t] as usize - 1] ^ W::splat(k[i + t]);
+            let x = |t: usize| r[E[i + t] as usize - 1] ^ W::splat(k.mask(i + t));
             let [o1, o2, o3, o4] = $f(x(0), x(1), x(2), x(3), x(4), x(5));
             l[P_INV[$n * 4]] ^= o1;
             l[P_INV[$n * 4 + 1]] ^= o2;
@@ -482,33 +563,31 @@ mod tests {
         ],
     ];
 
-    /// Through the 64-lane and the 128-lane pass; both must agree.
+    /// Through the 64-lane, the 128-lane and the portable 128-lane pass, each with expanded
+    /// and with inline round keys; all must agree.
     fn run(schedule: &Schedule, direction: Direction, blocks: &[u64]) -> Vec<u64> {
+        fn passes<const N: usize>(blocks: &[u64], mut pass: impl FnMut(&mut [u64; N])) -> Vec<u64> {
+            let mut out = Vec::new();
+            for chunk in blocks.chunks(N) {
+                let mut lanes = [0u64; N];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                pass(&mut lanes);
+                out.extend_from_slice(&lanes[..chunk.len()]);
+            }
+            out
+        }
         let masks = schedule.expand(direction);
-        let mut out = Vec::new();
-        for chunk in blocks.chunks(LANES) {
-            let mut lanes = [0u64; LANES];
-            lanes[..chunk.len()].copy_from_slice(chunk);
-            masks.crypt(&mut lanes);
-            out.extend_from_slice(&lanes[..chunk.len()]);
+        let inline = schedule.inline(direction);
+        let out = passes::<LANES>(blocks, |l| crypt(&masks, l));
+        let results = [
+            ("64 lanes, inline keys", passes::<LANES>(blocks, |l| crypt(&inline, l))),
+            ("128 lanes", passes::<WIDE_LANES>(blocks, |l| crypt_wide(&masks, l))),
+            ("128 lanes, inline keys", passes::<WIDE_LANES>(blocks, |l| crypt_wide(&inline, l))),
+            ("portable 128 lanes", passes::<WIDE_LANES>(blocks, |l| crypt_wide_with::<Pair>(&masks, l))),
+        ];
+        for (name, r) in results {
+            assert_eq!(out, r, "64 lanes and {name} differ");
         }
-        let mut wide = Vec::new();
-        for chunk in blocks.chunks(WIDE_LANES) {
-            let mut lanes = [0u64; WIDE_LANES];
-            lanes[..chunk.len()].copy_from_slice(chunk);
-            masks.crypt_wide(&mut lanes);
-            wide.extend_from_slice(&lanes[..chunk.len()]);
-        }
-        assert_eq!(out, wide, "64-lane and 128-lane passes differ");
-        // The portable 128-lane word too (used where SSE2 is not).
-        let mut portable = Vec::new();
-        for chunk in blocks.chunks(WIDE_LANES) {
-            let mut lanes = [0u64; WIDE_LANES];
-            lanes[..chunk.len()].copy_from_slice(chunk);
-            masks.crypt_wide_with::<Pair>(&mut lanes);
-            portable.extend_from_slice(&lanes[..chunk.len()]);
-        }
-        assert_eq!(out, portable, "64-lane and portable 128-lane passes differ");
         out
     }
 
@@ -573,12 +652,12 @@ mod timing {
         for _ in 0..7 {
             let t = std::time::Instant::now();
             for _ in 0..2000 {
-                masks.crypt(&mut narrow);
+                crypt(&masks, &mut narrow);
             }
             let n = t.elapsed().as_secs_f64();
             let t = std::time::Instant::now();
             for _ in 0..2000 {
-                masks.crypt_wide(&mut wide);
+                crypt_wide(&masks, &mut wide);
             }
             let w = t.elapsed().as_secs_f64();
             ratios.push(w / n);
@@ -586,5 +665,16 @@ mod timing {
         }
         ratios.sort_by(f64::total_cmp);
         println!("median 128-lane / 64-lane pass time: {:.2}", ratios[3]);
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            std::hint::black_box(s.expand(Direction::Decrypt));
+        }
+        println!("3DES round-key expansion: {:.2} us", t.elapsed().as_secs_f64() * 500.0);
+        let inline = s.inline(Direction::Encrypt);
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            crypt(&inline, &mut narrow);
+        }
+        println!("64-lane pass with inline keys: {:.2} us", t.elapsed().as_secs_f64() * 500.0);
     }
 }
