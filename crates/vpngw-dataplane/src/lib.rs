@@ -17,8 +17,8 @@
 //!
 //! ```text
 //! out: TUN queue -> ipv4 -> SA table (longest prefix) | SPD (no SA: hold or drop, acquire) -> MTU/ICMP
-//!      -> seal_batch (multi-buffer CBC) -> UDP 4500 (ESP in UDP) or raw ESP
-//! in:  UDP 4500 -> keepalive | IKE (to control) | ESP ;  raw ESP (BPF: this worker's SPIs)
+//!      -> seal_batch (multi-buffer CBC) -> UDP 4500 (ESP in UDP, GSO) or raw ESP (sendmmsg per run)
+//! in:  UDP 4500 (GRO) -> keepalive | IKE (to control) | ESP ;  raw ESP (recvmmsg; BPF: this worker's SPIs)
 //!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
 //! ```
 

@@ -2,30 +2,33 @@
 //! SO_REUSEPORT group) and, for raw ESP, one protocol-50 socket filtered to its share of SPIs.
 //!
 //! Per wake-up it drains each readable source in a bounded batch:
-//! - TUN -> SPD/SA lookup -> MTU check -> seal (multi-buffer, per run of one SA) -> UDP or raw;
+//! - TUN -> SPD/SA lookup -> MTU check -> seal (multi-buffer, per run of one SA) -> UDP (GSO)
+//!   or raw (one sendmmsg per run);
 //! - UDP 4500 -> keepalive | IKE (to the control plane) | ESP -> open -> selectors -> TUN;
-//! - raw ESP -> open -> selectors -> TUN.
+//! - raw ESP (recvmmsg, up to 64 packets a call) -> open -> selectors -> TUN.
 //!
 //! It holds SA references only inside a batch; `busy`/`epoch` let the control plane wait until
 //! no worker can still use an SA it removed.
 
-use std::io::{self, IoSliceMut, Read};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-use socket2::{SockAddr, Socket};
+use socket2::Socket;
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 use vpngw_crypto::FastRng;
 use vpngw_esp::{NextHeader, SealPacket, peek_spi};
 
 use crate::counters::{DropReason, WorkerCounters, bump};
 use crate::packet::{icmp_fragmentation_needed, ipv4};
-use crate::sa_table::{InboundMap, Outbound, OutboundEntry, Transport};
+use crate::sa_table::{InboundMap, Outbound, OutboundEntry};
 use crate::{Shared, ToControl};
 
 /// Room before an inner packet for SPI, sequence and IV (outer headers are the kernel's).
@@ -45,6 +48,10 @@ const UDP_BUFFERS: usize = 16;
 const UDP_BUFFER_LEN: usize = 64 * 1536;
 /// A UDP GSO send is one UDP datagram to the kernel first: at most 65507 bytes in all.
 const GSO_MAX_BYTES: usize = 65_507;
+/// Raw ESP packets read with one recvmmsg call (BATCH still bounds the packets per wake-up).
+const RAW_RECV: usize = 64;
+/// Room for one raw ESP packet as read: the largest IPv4 packet.
+const RAW_LEN: usize = 65536;
 
 pub(crate) struct Worker {
     pub id: usize,
@@ -99,6 +106,73 @@ impl TunOut {
     }
 }
 
+/// Raw ESP receiving, allocated once per worker: RAW_RECV buffers of RAW_LEN in one allocation
+/// (its pages are touched only where packets land), the headers recvmmsg fills, the lengths.
+struct RawIn {
+    buf: Vec<u8>,
+    headers: MultiHeaders<SockaddrIn>,
+    lens: [usize; RAW_RECV],
+}
+
+impl RawIn {
+    fn new(enabled: bool) -> Self {
+        let n = if enabled { RAW_RECV } else { 0 };
+        Self { buf: vec![0u8; n * RAW_LEN], headers: MultiHeaders::preallocate(n, None), lens: [0; RAW_RECV] }
+    }
+
+    /// Reads up to `want` (at most RAW_RECV) packets with one recvmmsg call, without waiting;
+    /// packet `k` is then `buf[k * RAW_LEN..][..lens[k]]`. `None`: nothing to read, or an error.
+    fn receive(&mut self, fd: RawFd, want: usize) -> Option<usize> {
+        let mut chunks = self.buf.chunks_mut(RAW_LEN);
+        let mut iovs: [[IoSliceMut<'_>; 1]; RAW_RECV] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let got = recvmmsg(fd, &mut self.headers, iovs.iter_mut().take(want), MsgFlags::MSG_DONTWAIT, None).ok()?;
+        let mut n = 0;
+        for (len, m) in self.lens.iter_mut().zip(got) {
+            *len = m.bytes;
+            n += 1;
+        }
+        Some(n)
+    }
+}
+
+/// Raw ESP sending, allocated once per worker: the headers sendmmsg fills and one destination
+/// per message (all the same one: a run of one SA).
+struct RawOut {
+    headers: MultiHeaders<SockaddrIn>,
+    to: Vec<Option<SockaddrIn>>,
+}
+
+impl RawOut {
+    fn new() -> Self {
+        Self { headers: MultiHeaders::preallocate(BATCH, None), to: vec![None; BATCH] }
+    }
+}
+
+/// The sealed raw ESP packets of one SA's run, in order, gathered for one sendmmsg (a run is
+/// at most BATCH packets), with each one's inner length for the byte counters.
+struct RawRun<'a> {
+    iovs: [[IoSlice<'a>; 1]; BATCH],
+    inner: [usize; BATCH],
+    len: usize,
+}
+
+impl<'a> RawRun<'a> {
+    fn new() -> Self {
+        Self { iovs: [[IoSlice::new(&[])]; BATCH], inner: [0; BATCH], len: 0 }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    fn push(&mut self, esp: &'a [u8], inner: usize) {
+        self.iovs[self.len] = [IoSlice::new(esp)];
+        self.inner[self.len] = inner;
+        self.len += 1;
+    }
+}
+
 impl Worker {
     fn counters(&self) -> &WorkerCounters {
         &self.shared.counters[self.id]
@@ -110,7 +184,8 @@ impl Worker {
         let mut tun_raw = vec![0u8; VIRTIO_NET_HDR_LEN + 65536];
         let mut out = TunOut::new();
         let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_BUFFERS).map(|_| vec![0u8; UDP_BUFFER_LEN]).collect();
-        let mut raw_buf = vec![0u8; 65536];
+        let mut raw_in = RawIn::new(self.raw.is_some());
+        let mut raw_out = RawOut::new();
         let mut gso = Gso::new(self.udp_state.max_gso_segments());
         let mut ready = [false; 4];
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -132,13 +207,13 @@ impl Worker {
             }
             let release = self.shared.pending_ready.swap(false, Ordering::AcqRel);
             if ready[1] || release {
-                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso, release);
+                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso, &mut raw_out, release);
             }
             if ready[2] {
                 self.inbound_udp(&mut udp_bufs, &mut out);
             }
             if self.raw.is_some() && ready[3] {
-                self.inbound_raw(&mut raw_buf, &mut out);
+                self.inbound_raw(&mut raw_in, &mut out);
             }
             self.flush_tun(&mut out);
             let c = self.counters();
@@ -153,7 +228,15 @@ impl Worker {
 
     /// Seals what the TUN has; with `release`, first the packets held for SAs being
     /// negotiated (on-traffic start), which are older.
-    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], gso: &mut Gso, release: bool) {
+    fn outbound(
+        &mut self,
+        raw: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        gso: &mut Gso,
+        raw_out: &mut RawOut,
+        release: bool,
+    ) {
         // One snapshot of the SA table for the batch: no lock, no reference counting per packet.
         let view = self.shared.table.outbound_view();
         let mut plan: Vec<(Option<&Arc<OutboundEntry>>, Range<usize>)> = Vec::with_capacity(bufs.len());
@@ -214,7 +297,8 @@ impl Worker {
             }
             filled += n;
         }
-        // Seal runs of packets of one SA together (multi-buffer CBC), then send each.
+        // Seal runs of packets of one SA together (multi-buffer CBC), then send them: ESP in UDP
+        // in GSO batches, raw ESP with one sendmmsg for the run.
         let mut i = 0;
         while i < plan.len() {
             let Some(entry) = plan[i].0 else {
@@ -232,6 +316,7 @@ impl Worker {
                 .collect();
             entry.sa.seal_batch(&mut self.rng, &mut packets);
             let (mut sent_packets, mut sent_bytes) = (0u64, 0u64);
+            let mut run = RawRun::new();
             for (p, pl) in packets.iter().zip(&plan[i..j]) {
                 match &p.outcome {
                     Some(Ok(sealed)) => {
@@ -239,20 +324,30 @@ impl Worker {
                             (self.shared.to_control)(ToControl::RekeyDue { spi_out: entry.sa.spi() });
                         }
                         let esp = &p.buf[sealed.range.clone()];
-                        let sent = if entry.transport.udp {
-                            self.gso_push(gso, entry.transport.remote, esp)
+                        if entry.transport.udp {
+                            if self.gso_push(gso, entry.transport.remote, esp) {
+                                sent_packets += 1;
+                                sent_bytes += pl.1.len() as u64;
+                            }
                         } else {
-                            self.send_esp(&entry.transport, esp)
-                        };
-                        if sent {
-                            sent_packets += 1;
-                            sent_bytes += pl.1.len() as u64;
+                            if run.is_full() {
+                                let (n, b) = self.raw_send(raw_out, entry.transport.remote, &mut run);
+                                sent_packets += n;
+                                sent_bytes += b;
+                            }
+                            run.push(esp, pl.1.len());
                         }
                     }
                     _ => self.counters().drop(DropReason::Seal),
                 }
             }
-            self.gso_flush(gso, entry.transport.remote);
+            if entry.transport.udp {
+                self.gso_flush(gso, entry.transport.remote);
+            } else {
+                let (n, b) = self.raw_send(raw_out, entry.transport.remote, &mut run);
+                sent_packets += n;
+                sent_bytes += b;
+            }
             entry.counters.packets.fetch_add(sent_packets, Ordering::Relaxed);
             entry.counters.bytes.fetch_add(sent_bytes, Ordering::Relaxed);
             bump(&self.counters().out_packets, sent_packets);
@@ -353,21 +448,37 @@ impl Worker {
         gso.count = 0;
     }
 
-    fn send_esp(&self, transport: &Transport, esp: &[u8]) -> bool {
-        let result = if transport.udp {
-            let t =
-                Transmit { destination: transport.remote, ecn: None, contents: esp, segment_size: None, src_ip: None };
-            self.udp_state.send(UdpSockRef::from(&self.udp), &t)
-        } else {
-            match &self.raw {
-                Some(raw) => raw.send_to(esp, &SockAddr::from(SocketAddr::new(transport.remote.ip(), 0))).map(|_| ()),
-                None => Err(io::Error::other("raw ESP not enabled")),
-            }
-        };
-        if result.is_err() {
-            self.counters().drop(DropReason::Send);
+    /// Sends the gathered raw ESP packets of one SA's run to `remote`, in order, with as few
+    /// sendmmsg calls as the kernel allows (see [`send_batched`]), and empties the run. Returns
+    /// the packets and inner bytes sent; every packet not sent counts as a `Send` drop.
+    fn raw_send(&self, out: &mut RawOut, remote: SocketAddr, run: &mut RawRun<'_>) -> (u64, u64) {
+        let n = std::mem::replace(&mut run.len, 0);
+        if n == 0 {
+            return (0, 0);
         }
-        result.is_ok()
+        let (Some(raw), IpAddr::V4(ip)) = (&self.raw, remote.ip()) else {
+            // Raw ESP not enabled, or not an IPv4 peer: nothing of this run can be sent.
+            self.counters().drop_n(DropReason::Send, n as u64);
+            return (0, 0);
+        };
+        let to = Some(SockaddrIn::from(SocketAddrV4::new(ip, 0)));
+        out.to[..n].fill(to);
+        let fd = raw.as_raw_fd();
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        let dropped = send_batched(
+            n,
+            |rest| {
+                // nix tells how many went out only through its results iterator: count it.
+                sendmmsg(fd, &mut out.headers, &run.iovs[rest.clone()], &out.to[rest], [], MsgFlags::empty())
+                    .map(Iterator::count)
+            },
+            |sent| {
+                packets += sent.len() as u64;
+                bytes += run.inner[sent].iter().sum::<usize>() as u64;
+            },
+        );
+        self.counters().drop_n(DropReason::Send, dropped);
+        (packets, bytes)
     }
 
     // ------------------------------------------------------------------------------------
@@ -409,22 +520,29 @@ impl Worker {
         }
     }
 
-    fn inbound_raw(&mut self, buf: &mut [u8], out: &mut TunOut) {
+    /// Reads raw ESP packets, up to RAW_RECV per recvmmsg call and BATCH per wake-up, and
+    /// opens each (the kernel hands them over with their IPv4 header).
+    fn inbound_raw(&mut self, rin: &mut RawIn, out: &mut TunOut) {
+        let Some(fd) = self.raw.as_ref().map(|r| r.as_raw_fd()) else { return };
         let view = self.shared.table.inbound_view();
-        for _ in 0..BATCH {
-            let Some(raw) = self.raw.as_ref() else { return };
-            let n = match (&*raw).read(buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
-            };
-            let packet = &mut buf[..n];
-            match ipv4(packet) {
-                Some(info) if info.protocol == 50 => {
-                    let (hl, tl) = (info.header_len, info.total_len);
-                    self.open_esp(&view, &mut packet[hl..tl], out);
+        let mut done = 0;
+        while done < BATCH {
+            let want = (BATCH - done).min(RAW_RECV);
+            let Some(n) = rin.receive(fd, want) else { return };
+            for (buf, &len) in rin.buf.chunks_mut(RAW_LEN).zip(&rin.lens).take(n) {
+                let packet = &mut buf[..len.min(RAW_LEN)];
+                match ipv4(packet) {
+                    Some(info) if info.protocol == 50 => {
+                        let (hl, tl) = (info.header_len, info.total_len);
+                        self.open_esp(&view, &mut packet[hl..tl], out);
+                    }
+                    _ => self.counters().drop(DropReason::Malformed),
                 }
-                _ => self.counters().drop(DropReason::Malformed),
+            }
+            done += n;
+            if n < want {
+                // Drained (poll tells when more arrive).
+                return;
             }
         }
     }
@@ -481,8 +599,90 @@ impl Worker {
     }
 }
 
+/// Sends packets `0..n` in order with `send`, which sends a prefix of the range it is given and
+/// returns its length (sendmmsg: it may send fewer than asked, then the rest goes in the next
+/// call); `sent` is told each range that went out. A full socket buffer or queue (EAGAIN,
+/// ENOBUFS) gives up on what is left; any other error drops the one packet it refused (as one
+/// send_to per packet did) and the rest is tried. Returns how many packets were dropped.
+fn send_batched(
+    n: usize,
+    mut send: impl FnMut(Range<usize>) -> Result<usize, Errno>,
+    mut sent: impl FnMut(Range<usize>),
+) -> u64 {
+    let mut dropped = 0;
+    let mut at = 0;
+    while at < n {
+        match send(at..n) {
+            Ok(k) if k > 0 => {
+                let k = k.min(n - at);
+                sent(at..at + k);
+                at += k;
+            }
+            Err(Errno::EAGAIN | Errno::ENOBUFS) => {
+                dropped += (n - at) as u64;
+                break;
+            }
+            _ => {
+                dropped += 1;
+                at += 1;
+            }
+        }
+    }
+    dropped
+}
+
 /// The first host address of a network (the source of our ICMP messages, so that they arrive
 /// on the TUN from where the tunnel's traffic comes).
 fn first_host(net: Ipv4Addr, prefix: u8) -> Ipv4Addr {
     if prefix >= 31 { net } else { Ipv4Addr::from(u32::from(net) + 1) }
+}
+
+#[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // vectors of ranges: the calls made, the ranges sent
+mod tests {
+    use super::*;
+
+    /// Runs `send_batched` over `n` packets against scripted sendmmsg answers; returns the
+    /// ranges each call was given, the ranges sent and the drop count.
+    fn script(n: usize, answers: &[Result<usize, Errno>]) -> (Vec<Range<usize>>, Vec<Range<usize>>, u64) {
+        let mut answers = answers.iter();
+        let (mut asked, mut sent) = (Vec::new(), Vec::new());
+        let dropped = send_batched(
+            n,
+            |rest| {
+                asked.push(rest);
+                *answers.next().expect("more calls than scripted")
+            },
+            |r| sent.push(r),
+        );
+        (asked, sent, dropped)
+    }
+
+    #[test]
+    fn one_call_sends_everything() {
+        assert_eq!(script(5, &[Ok(5)]), (vec![0..5], vec![0..5], 0));
+        assert_eq!(script(0, &[]), (vec![], vec![], 0));
+    }
+
+    #[test]
+    fn partial_sends_continue_with_the_rest() {
+        assert_eq!(script(10, &[Ok(3), Ok(4), Ok(3)]), (vec![0..10, 3..10, 7..10], vec![0..3, 3..7, 7..10], 0));
+    }
+
+    #[test]
+    fn a_full_buffer_drops_what_is_left() {
+        assert_eq!(script(10, &[Ok(4), Err(Errno::EAGAIN)]), (vec![0..10, 4..10], vec![0..4], 6));
+        assert_eq!(script(10, &[Err(Errno::ENOBUFS)]), (vec![0..10], vec![], 10));
+    }
+
+    #[test]
+    fn other_errors_drop_one_packet_and_go_on() {
+        // A partial send whose next packet failed: the kernel reports that error on the next call.
+        let (asked, sent, dropped) = script(6, &[Ok(2), Err(Errno::EMSGSIZE), Ok(3)]);
+        assert_eq!(asked, vec![0..6, 2..6, 3..6]);
+        assert_eq!(sent, vec![0..2, 3..6]);
+        assert_eq!(dropped, 1);
+        // Every packet refused: each dropped once, no endless loop (nor on a 0 answer).
+        assert_eq!(script(3, &[Err(Errno::EPERM), Ok(0), Err(Errno::EHOSTUNREACH)]).2, 3);
+    }
 }
