@@ -141,9 +141,15 @@ secrets {
   }
 }
 EOC
+    # A socket file left by the previous suite's charon would be found before the new one
+    # listens ("Connection refused"): remove it, then wait until the new one answers.
+    rm -f "$d/charon.vici"
     STRONGSWAN_CONF=$d/strongswan.conf ip netns exec "be-$side" sh -c 'mount --bind "$1" /run && exec "$2"' sh "$d" "$CHARON" >"$d/out" 2>&1 &
     PIDS+=($!)
-    for _ in $(seq 50); do [ -S "$d/charon.vici" ] && break; sleep 0.1; done
+    for _ in $(seq 50); do
+        [ -S "$d/charon.vici" ] && swanctl --stats --uri "unix://$d/charon.vici" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
     swanctl --load-all --noprompt --file "$d/swanctl.conf" --uri "unix://$d/charon.vici" >"$d/load.out" 2>&1 || { cat "$d/load.out"; return 1; }
 }
 
