@@ -125,10 +125,8 @@ impl Dataplane {
         let tuns = sys::tun_queues(&config.tun_name, config.tun_mtu, workers)
             .map_err(|source| DataplaneError::Tun { name: config.tun_name.clone(), source })?;
         let addr = SocketAddr::new(config.public_address.into(), config.nat_t_port);
-        let mut udps = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            udps.push(sys::udp_socket(addr).map_err(|source| DataplaneError::Udp { addr, source })?);
-        }
+        // Bound in worker order: socket k is index k of the group, which the SPI steering needs.
+        let udps = sys::udp_group(addr, workers).map_err(|source| DataplaneError::Udp { addr, source })?;
         let ike_socket = udps[0].try_clone().map_err(|source| DataplaneError::Udp { addr, source })?;
         let shared = Arc::new(Shared {
             table,

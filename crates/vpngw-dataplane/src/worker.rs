@@ -1,5 +1,9 @@
 //! One worker: an OS thread pinned to a core, owning one TUN queue, one UDP 4500 socket (in a
-//! SO_REUSEPORT group) and, for raw ESP, one protocol-50 socket filtered to its share of SPIs.
+//! SO_REUSEPORT group whose BPF program sends each datagram to socket `spi % workers`) and, for
+//! raw ESP, one protocol-50 socket filtered to the same share of SPIs: each SA is opened by one
+//! worker, and one peer's SAs spread over the workers. Worker 0's UDP socket also gets NAT
+//! keepalives and IKE (zero marker); GRO-coalesced reads can still hold other workers' SPIs
+//! (see `sys::udp_group`), which any worker opens as well.
 //!
 //! Per wake-up it drains each readable source in a bounded batch:
 //! - TUN -> SPD/SA lookup -> MTU check -> seal (multi-buffer, per run of one SA) -> UDP (GSO)

@@ -1,13 +1,20 @@
 //! The operating-system side of the dataplane: the TUN device, the ESP sockets, CPU pinning and
 //! waiting. Safe wrappers only (tun-rs, socket2, quinn-udp, nix): no `unsafe` here.
+//!
+//! Inbound ESP is spread over the workers by SPI, so that every SA is opened by one worker, in
+//! order, and one peer's SAs spread over the cores: the UDP 4500 sockets form one SO_REUSEPORT
+//! group whose classic BPF program picks socket `spi % workers` ([`udp_group`]), and each raw
+//! ESP socket has a filter keeping `spi % workers == worker` ([`raw_esp_socket`]).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
+use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
@@ -33,8 +40,55 @@ pub fn tun_queues(name: &str, mtu: u16, queues: usize) -> io::Result<Vec<SyncDev
     Ok(all)
 }
 
-/// A UDP socket on `addr` (port 4500) shared by all workers with SO_REUSEPORT: the kernel
-/// hashes each peer's flow to one worker. Non-blocking, with large buffers.
+/// The UDP sockets on `addr` (port 4500), one per worker, in one SO_REUSEPORT group steered by
+/// SPI: the datagram goes to socket `spi % workers`, i.e. to worker `spi % workers` (the same
+/// share as [`raw_esp_socket`]), so one peer's SAs spread over the workers although they all
+/// share one 4-tuple (which the kernel's default reuseport hash would send to one socket).
+///
+/// Kernel semantics relied on (net/core/sock_reuseport.c, net/ipv4/udp.c):
+/// - a socket's index in the group is the order in which it joined, i.e. was bound: the sockets
+///   are bound here in worker order, so the socket of worker `k` is index `k`;
+/// - SO_ATTACH_REUSEPORT_CBPF on a bound member sets the program of the whole group (on any
+///   member; attached before bind, a socket that then joins an existing group fails to bind
+///   with EADDRINUSE), so it is attached once, to socket 0, after all are bound;
+/// - for UDP the program sees the datagram past its UDP header (offset 0 = first payload byte:
+///   the SPI of ESP, the zero non-ESP marker of IKE), and its return value is the socket index;
+///   an index out of range falls back to the 4-tuple hash;
+/// - UDP GRO (the workers enable it) coalesces datagrams of one 4-tuple before the socket is
+///   chosen, and the program then sees the first one: a GRO read can hold other workers' SPIs
+///   (net/ipv4/udp_offload.c; read from the source, not measured here). Any worker opens any
+///   SA, so this costs at most some reordering between workers.
+///
+/// Payloads shorter than an SPI (the 1-byte NAT keepalive 0xff) go to socket 0, as does IKE
+/// (marker 0 = SPI 0): any worker hands IKE over to the control plane.
+pub fn udp_group(addr: SocketAddr, workers: usize) -> io::Result<Vec<UdpSocket>> {
+    let mut group = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        group.push(udp_socket(addr)?);
+    }
+    if group.len() > 1 {
+        let n = u32::try_from(group.len()).map_err(|_| io::Error::other("too many workers"))?;
+        let mut program = [
+            bpf(0x80, 0, 0, 0), // ld #len: A = payload length
+            bpf(0x35, 1, 0, 4), // A >= 4 ? skip 1 : next
+            bpf(0x06, 0, 0, 0), // ret #0: too short for an SPI (keepalive): socket 0
+            bpf(0x20, 0, 0, 0), // ld [0]: A = SPI (big-endian)
+            bpf(0x94, 0, 0, n), // A %= workers
+            bpf(0x16, 0, 0, 0), // ret A: socket index
+        ];
+        // The kernel copies the program during the call; the pointer is not kept.
+        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
+        setsockopt(&group[0], sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)?;
+    }
+    Ok(group)
+}
+
+fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// One UDP socket on `addr` (port 4500) with SO_REUSEPORT (a member of [`udp_group`]).
+/// Non-blocking, with large buffers.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
