@@ -22,9 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use arrayvec::ArrayVec;
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmmsg};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, recvmmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use socket2::Socket;
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 use vpngw_crypto::FastRng;
@@ -75,11 +77,13 @@ struct Gso {
     segment: usize,
     count: usize,
     max: usize,
+    /// Inner (plaintext) bytes of the gathered packets, for the counters once sent.
+    inner_bytes: u64,
 }
 
 impl Gso {
     fn new(max: usize) -> Self {
-        Self { buf: Vec::with_capacity(65536), segment: 0, count: 0, max: max.clamp(1, 64) }
+        Self { buf: Vec::with_capacity(65536), segment: 0, count: 0, max: max.clamp(1, 64), inner_bytes: 0 }
     }
 }
 
@@ -140,19 +144,6 @@ impl RawIn {
     }
 }
 
-/// Raw ESP sending, allocated once per worker: the headers sendmmsg fills and one destination
-/// per message (all the same one: a run of one SA).
-struct RawOut {
-    headers: MultiHeaders<SockaddrIn>,
-    to: Vec<Option<SockaddrIn>>,
-}
-
-impl RawOut {
-    fn new() -> Self {
-        Self { headers: MultiHeaders::preallocate(BATCH, None), to: vec![None; BATCH] }
-    }
-}
-
 /// The sealed raw ESP packets of one SA's run, in order, gathered for one sendmmsg (a run is
 /// at most BATCH packets), with each one's inner length for the byte counters.
 struct RawRun<'a> {
@@ -189,7 +180,6 @@ impl Worker {
         let mut out = TunOut::new();
         let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_BUFFERS).map(|_| vec![0u8; UDP_BUFFER_LEN]).collect();
         let mut raw_in = RawIn::new(self.raw.is_some());
-        let mut raw_out = RawOut::new();
         let mut gso = Gso::new(self.udp_state.max_gso_segments());
         let mut ready = [false; 4];
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -211,7 +201,7 @@ impl Worker {
             }
             let release = self.shared.pending_ready.swap(false, Ordering::AcqRel);
             if ready[1] || release {
-                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso, &mut raw_out, release);
+                self.outbound(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, &mut gso, release);
             }
             if ready[2] {
                 self.inbound_udp(&mut udp_bufs, &mut out);
@@ -232,15 +222,7 @@ impl Worker {
 
     /// Seals what the TUN has; with `release`, first the packets held for SAs being
     /// negotiated (on-traffic start), which are older.
-    fn outbound(
-        &mut self,
-        raw: &mut [u8],
-        bufs: &mut [Vec<u8>],
-        sizes: &mut [usize],
-        gso: &mut Gso,
-        raw_out: &mut RawOut,
-        release: bool,
-    ) {
+    fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], gso: &mut Gso, release: bool) {
         // One snapshot of the SA table for the batch: no lock, no reference counting per packet.
         let view = self.shared.table.outbound_view();
         let mut plan: Vec<(Option<&Arc<OutboundEntry>>, Range<usize>)> = Vec::with_capacity(bufs.len());
@@ -329,13 +311,13 @@ impl Worker {
                         }
                         let esp = &p.buf[sealed.range.clone()];
                         if entry.transport.udp {
-                            if self.gso_push(gso, entry.transport.remote, esp) {
-                                sent_packets += 1;
-                                sent_bytes += pl.1.len() as u64;
-                            }
+                            // Counted when the batch is handed to the kernel, not before.
+                            let (n, b) = self.gso_push(gso, entry.transport.remote, esp, pl.1.len());
+                            sent_packets += n;
+                            sent_bytes += b;
                         } else {
                             if run.is_full() {
-                                let (n, b) = self.raw_send(raw_out, entry.transport.remote, &mut run);
+                                let (n, b) = self.raw_send(entry.transport.remote, &mut run);
                                 sent_packets += n;
                                 sent_bytes += b;
                             }
@@ -346,9 +328,11 @@ impl Worker {
                 }
             }
             if entry.transport.udp {
-                self.gso_flush(gso, entry.transport.remote);
+                let (n, b) = self.gso_flush(gso, entry.transport.remote);
+                sent_packets += n;
+                sent_bytes += b;
             } else {
-                let (n, b) = self.raw_send(raw_out, entry.transport.remote, &mut run);
+                let (n, b) = self.raw_send(entry.transport.remote, &mut run);
                 sent_packets += n;
                 sent_bytes += b;
             }
@@ -414,27 +398,32 @@ impl Worker {
 
     /// Adds one ESP packet to the GSO batch for `dst` (one SA's run: always the same
     /// destination), sending the batch first when this packet cannot join it.
-    fn gso_push(&self, gso: &mut Gso, dst: SocketAddr, esp: &[u8]) -> bool {
+    fn gso_push(&self, gso: &mut Gso, dst: SocketAddr, esp: &[u8], inner_len: usize) -> (u64, u64) {
+        let mut sent = (0, 0);
         if gso.count > 0
             && (esp.len() > gso.segment || gso.count == gso.max || gso.buf.len() + esp.len() > GSO_MAX_BYTES)
         {
-            self.gso_flush(gso, dst);
+            sent = self.gso_flush(gso, dst);
         }
         if gso.count == 0 {
             gso.segment = esp.len();
         }
         gso.buf.extend_from_slice(esp);
         gso.count += 1;
+        gso.inner_bytes += inner_len as u64;
         // A shorter packet can only end a GSO batch.
         if esp.len() < gso.segment {
-            self.gso_flush(gso, dst);
+            let (n, b) = self.gso_flush(gso, dst);
+            sent = (sent.0 + n, sent.1 + b);
         }
-        true
+        sent
     }
 
-    fn gso_flush(&self, gso: &mut Gso, dst: SocketAddr) {
+    /// Sends the gathered batch; returns the packets and inner bytes sent (none if the send
+    /// failed: then each counts as a `Send` drop instead).
+    fn gso_flush(&self, gso: &mut Gso, dst: SocketAddr) -> (u64, u64) {
         if gso.count == 0 {
-            return;
+            return (0, 0);
         }
         let t = Transmit {
             destination: dst,
@@ -443,19 +432,22 @@ impl Worker {
             segment_size: (gso.count > 1).then_some(gso.segment),
             src_ip: None,
         };
-        if self.udp_state.send(UdpSockRef::from(&self.udp), &t).is_err() {
-            for _ in 0..gso.count {
-                self.counters().drop(DropReason::Send);
-            }
-        }
+        let sent = if self.udp_state.send(UdpSockRef::from(&self.udp), &t).is_ok() {
+            (gso.count as u64, gso.inner_bytes)
+        } else {
+            self.counters().drop_n(DropReason::Send, gso.count as u64);
+            (0, 0)
+        };
         gso.buf.clear();
         gso.count = 0;
+        gso.inner_bytes = 0;
+        sent
     }
 
     /// Sends the gathered raw ESP packets of one SA's run to `remote`, in order, with as few
     /// sendmmsg calls as the kernel allows (see [`send_batched`]), and empties the run. Returns
     /// the packets and inner bytes sent; every packet not sent counts as a `Send` drop.
-    fn raw_send(&self, out: &mut RawOut, remote: SocketAddr, run: &mut RawRun<'_>) -> (u64, u64) {
+    fn raw_send(&self, remote: SocketAddr, run: &mut RawRun<'_>) -> (u64, u64) {
         let n = std::mem::replace(&mut run.len, 0);
         if n == 0 {
             return (0, 0);
@@ -465,16 +457,21 @@ impl Worker {
             self.counters().drop_n(DropReason::Send, n as u64);
             return (0, 0);
         };
-        let to = Some(SockaddrIn::from(SocketAddrV4::new(ip, 0)));
-        out.to[..n].fill(to);
-        let fd = raw.as_raw_fd();
+        let to = SocketAddrAny::from(SocketAddrV4::new(ip, 0));
         let (mut packets, mut bytes) = (0u64, 0u64);
         let dropped = send_batched(
             n,
             |rest| {
-                // nix tells how many went out only through its results iterator: count it.
-                sendmmsg(fd, &mut out.headers, &run.iovs[rest.clone()], &out.to[rest], [], MsgFlags::empty())
-                    .map(Iterator::count)
+                // rustix's sendmmsg returns the count it sent. (nix's only tells it through a
+                // results iterator that reads a never-written address: undefined behaviour.)
+                let mut controls: ArrayVec<SendAncillaryBuffer<'_, '_, '_>, BATCH> =
+                    rest.clone().map(|_| SendAncillaryBuffer::default()).collect();
+                let mut messages: ArrayVec<MMsgHdr<'_>, BATCH> = run.iovs[rest]
+                    .iter()
+                    .zip(controls.iter_mut())
+                    .map(|(iov, control)| MMsgHdr::new_with_addr(&to, iov, control))
+                    .collect();
+                sendmmsg(raw, &mut messages, SendFlags::empty()).map_err(|e| Errno::from_raw(e.raw_os_error()))
             },
             |sent| {
                 packets += sent.len() as u64;
