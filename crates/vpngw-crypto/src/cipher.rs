@@ -291,7 +291,7 @@ impl BlockCipherEncClosure for MultiBufferCbc<'_, '_> {
 
 /// A DES or 3DES key held twice: as the `des` crate's schedule, for the few-block cases, and as
 /// the bitsliced schedule, for CBC decryption of a packet and multi-buffer encryption of many
-/// ([`crate::bitsliced_des`]).
+/// (`crate::bitsliced_des`).
 #[derive(Clone)]
 pub struct DesKeys<C> {
     serial: C,

@@ -1,9 +1,9 @@
 //! # vpngw-crypto: the algorithm registry and the crypto transforms of IPsec and IKEv1
 //!
 //! **Owns:** what each algorithm is ([`registry`]: names, wire numbers, sizes, weak flags) and the
-//! keyed transforms built from it: CBC ciphers with serial and multi-buffer encryption
-//! ([`cipher`]), HMAC integrity and the IKE PRFs ([`mac`]), MODP Diffie-Hellman with validated
-//! peer values ([`dh`]), zeroizing secret containers ([`secret`]) and the per-worker CSPRNG
+//! keyed transforms built from it: CBC ciphers with serial and multi-buffer encryption and
+//! bitsliced DES ([`cipher`]), HMAC integrity and the IKE PRFs ([`mac`]), MODP Diffie-Hellman
+//! with validated peer values ([`dh`]), zeroizing secret containers ([`secret`]) and the per-worker CSPRNG
 //! ([`rng`]).
 //!
 //! **Must not touch:** packet formats (ESP framing is `vpngw-esp`, ISAKMP and the IKEv1 key
@@ -11,12 +11,13 @@
 //! call anywhere in this crate is the one-time OS seed of [`rng::FastRng::from_os`].
 //!
 //! **Data in and out:** key bytes and algorithm identifiers go in; keyed objects come out, which
-//! then transform caller-owned buffers in place. Keys are expanded once (per SA), never per
-//! packet. Every key-holding type wipes itself on drop and prints as `<redacted>`.
+//! then transform caller-owned buffers in place. Key schedules are computed once (per SA), never
+//! per packet (the bitsliced DES only spreads its round-key bits to word masks per batch). Every key-holding type wipes itself on drop and prints as `<redacted>`.
 //!
-//! Implementations are RustCrypto's (aes, cbc, des, md-5, sha1, hmac) and crypto-bigint's; the
-//! only cipher-mode code written here is multi-buffer CBC, which no crate provides
-//! (docs/adr/0003-multi-buffer-cbc.md).
+//! Implementations are RustCrypto's (aes, cbc, des, md-5, sha1, hmac) and crypto-bigint's. Written
+//! here because no crate provides them: multi-buffer CBC (docs/adr/0003-multi-buffer-cbc.md) and a
+//! bitsliced, constant-time DES/3DES for CBC over many blocks (`bitsliced_des`,
+//! docs/adr/0008-bitsliced-des.md), the `des` crate doing the few-block cases.
 
 // `unsafe` only in bitsliced_des/sse2.rs (SSE2 intrinsics, register-only, with the proof there).
 #![deny(unsafe_code)]

@@ -137,7 +137,7 @@ impl Prf {
         self.hash.output_len()
     }
 
-    /// prf(key, parts[0] | parts[1] | ...), as secret bytes.
+    /// `prf(key, parts[0] | parts[1] | ...)`, as secret bytes.
     pub fn compute(&self, parts: &[&[u8]]) -> SecretBytes {
         let mut out = [0u8; MAX_MAC_LEN];
         let n = self.hmac.mac_parts(parts, &mut out);
