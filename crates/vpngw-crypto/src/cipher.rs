@@ -319,11 +319,13 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
         let mut lanes = [0u64; WIDE_LANES];
         let mut ciphertext = [0u64; WIDE_LANES];
         let mut rest = data;
+        let mut result = Ok(());
         while !rest.is_empty() {
             let left = rest.len() / 8;
             if left < bitsliced_des::MIN_LANES {
                 // A short tail: cheaper block by block, chained from the last ciphertext block.
-                return cbc_decrypt(&self.serial, algorithm, &previous.to_be_bytes(), rest);
+                result = cbc_decrypt(&self.serial, algorithm, &previous.to_be_bytes(), rest);
+                break;
             }
             let n = left.min(if left > LANES { WIDE_LANES } else { LANES });
             let (chunk, tail) = rest.split_at_mut(n * 8);
@@ -342,8 +344,9 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
             previous = ciphertext[n - 1];
             rest = tail;
         }
+        // The lanes held decrypted blocks (plaintext XOR public ciphertext).
         lanes.zeroize();
-        Ok(())
+        result
     }
 
     /// Multi-buffer CBC encryption: one lane per packet, 64 packets per pass, a finished packet's

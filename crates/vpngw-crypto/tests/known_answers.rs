@@ -68,13 +68,14 @@ fn check_cbc(name: &str, cipher: &CbcCipher, iv: &[u8], plain: &[u8], expected: 
     cipher.encrypt_multi(&mut jobs).unwrap();
     assert_eq!(a, expected, "{name}: multi-buffer lane 0");
     assert_eq!(c, expected, "{name}: multi-buffer lane 2");
-    // Enough packets that DES takes its bitsliced multi-buffer path (one lane per packet).
-    let mut copies = vec![plain.to_vec(); 12];
+    // Enough packets that DES takes its bitsliced multi-buffer path (one lane per packet; at
+    // least MIN_LANES = 20) and refills lanes (more than 64).
+    let mut copies = vec![plain.to_vec(); 70];
     let mut jobs: Vec<vpngw_crypto::CbcJob<'_>> =
         copies.iter_mut().map(|data| vpngw_crypto::CbcJob { iv, data }).collect();
     cipher.encrypt_multi(&mut jobs).unwrap();
     for (k, copy) in copies.iter().enumerate() {
-        assert_eq!(copy, expected, "{name}: multi-buffer of 12, lane {k}");
+        assert_eq!(copy, expected, "{name}: multi-buffer of 70, packet {k}");
     }
     cipher.decrypt(iv, &mut buf).unwrap();
     assert_eq!(buf, plain, "{name}: decrypt");

@@ -96,7 +96,7 @@ impl Drop for DesSchedule {
 
 impl DesSchedule {
     pub(crate) fn new(key: [u8; 8]) -> Self {
-        let key = u64::from_be_bytes(key);
+        let mut key = u64::from_be_bytes(key);
         let (mut c, mut d) = (0u32, 0u32);
         for (i, &n) in PC1.iter().enumerate() {
             let b = bit(key, n) as u32;
@@ -112,9 +112,11 @@ impl DesSchedule {
             c = rotate(c, shift);
             d = rotate(d, shift);
             // CD as the top 56 bits of a u64, so that `bit` numbers it from 1.
-            let cd = (u64::from(c) << 36) | (u64::from(d) << 8);
+            let mut cd = (u64::from(c) << 36) | (u64::from(d) << 8);
             *round = PC2.iter().fold(0u64, |acc, &n| (acc << 1) | bit(cd, n));
+            cd.zeroize();
         }
+        key.zeroize();
         c.zeroize();
         d.zeroize();
         Self(rounds)
@@ -312,6 +314,9 @@ fn crypt_wide_with<W: WideWord>(keys: &impl RoundKeys, blocks: &mut [u64; WIDE_L
         (*l, *h) = p.halves();
         *p = W::ZERO;
     }
+    // The planes held key- and data-dependent round state: keep the wipe above from being
+    // optimised away as a dead store.
+    core::hint::black_box(&mut planes);
     transpose(low);
     transpose(high);
 }
@@ -338,7 +343,10 @@ fn crypt_planes<W: Word>(keys: &impl RoundKeys, planes: &mut [W; LANES]) {
         planes[IP[j] as usize - 1] = a[j];
         planes[IP[32 + j] as usize - 1] = b[j];
     }
+    // Round state depends on key and data: wipe it, and keep the wipe from being optimised away
+    // as a dead store.
     a.iter_mut().chain(b.iter_mut()).for_each(|w| *w = W::ZERO);
+    core::hint::black_box((&mut a, &mut b));
 }
 
 /// Lanes of [`crypt_wide`].
