@@ -333,8 +333,8 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
                 *c = block_u64(b);
             }
             lanes = ciphertext;
-            match <&mut [u64; LANES]>::try_from(&mut lanes[..LANES]) {
-                Ok(narrow) if n <= LANES => bitsliced_des::crypt(&keys, narrow),
+            match lanes.first_chunk_mut::<LANES>() {
+                Some(narrow) if n <= LANES => bitsliced_des::crypt(&keys, narrow),
                 _ => bitsliced_des::crypt_wide(&keys, &mut lanes),
             }
             for (i, out) in chunk.chunks_exact_mut(8).enumerate() {
@@ -351,17 +351,12 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
 
     /// Multi-buffer CBC encryption: one lane per packet, 64 packets per pass, a finished packet's
     /// lane taken by the next waiting one (as for AES). When fewer than
-    /// [`bitsliced_des::MIN_LANES`] packets are left, they finish block by block. Shapes were
-    /// checked by the caller.
+    /// [`bitsliced_des::MIN_LANES`] packets are left (or were there at all), they finish block by
+    /// block. Shapes were checked by the caller.
     fn encrypt_multi(&self, algorithm: EncryptionAlgorithm, jobs: &mut [CbcJob<'_>]) {
-        let waiting = jobs.iter().filter(|j| !j.data.is_empty()).count();
-        if waiting < bitsliced_des::MIN_LANES {
-            for job in jobs.iter_mut() {
-                let _ = cbc_encrypt(&self.serial, algorithm, job.iv, job.data);
-            }
-            return;
-        }
-        let masks = self.sliced.expand(Direction::Encrypt);
+        // Spread the round keys only once a pass is due: a batch of fewer than MIN_LANES packets
+        // goes block by block from the start (the straggler path below) and never needs them.
+        let mut masks = None;
         // chain[k]: lane k's previous ciphertext block (the IV at first), then the cipher input.
         let mut chain = [0u64; LANES];
         let mut lane_job = [0usize; LANES];
@@ -380,7 +375,8 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
                 next_job += 1;
             }
             if active < bitsliced_des::MIN_LANES && next_job == jobs.len() {
-                // The stragglers: a whole pass for a few lanes costs more than serial blocks.
+                // The stragglers (or a small batch): a whole pass for a few lanes costs more
+                // than serial blocks. Each lane's chain value is its IV or last ciphertext block.
                 for k in 0..active {
                     let job = &mut jobs[lane_job[k]];
                     let pos = lane_pos[k];
@@ -392,7 +388,7 @@ impl<C: BlockCipherEncrypt<BlockSize = U8> + BlockCipherDecrypt> DesKeys<C> {
                 let pos = lane_pos[k];
                 chain[k] ^= block_u64(&jobs[lane_job[k]].data[pos..pos + 8]);
             }
-            bitsliced_des::crypt(&masks, &mut chain);
+            bitsliced_des::crypt(masks.get_or_insert_with(|| self.sliced.expand(Direction::Encrypt)), &mut chain);
             let mut k = 0;
             while k < active {
                 let pos = lane_pos[k];

@@ -29,8 +29,8 @@ use zeroize::Zeroize;
 pub(crate) const LANES: usize = 64;
 
 /// Below this many blocks per pass, the `des` crate's block-at-a-time 3DES is faster (a pass
-/// costs about as much as this many serial blocks; measured by `cargo bench --bench esp` and
-/// the `lanes` bench in docs/performance.md).
+/// costs about as much as this many serial blocks; measured by the `des_lanes` group of
+/// `cargo bench --bench esp`, docs/performance.md).
 pub(crate) const MIN_LANES: usize = 20;
 
 /// Initial permutation (FIPS 46-3): output bit i is input bit IP[i] (1-based).
