@@ -153,6 +153,60 @@ fn rekeys_from_both_sides_lose_nothing_between_two_vpngw() {
     assert_eq!(right.stop(&lab), Some(0));
 }
 
+/// Volume lifetimes under a stream fast enough that the last 6-15 % of the SA's kilobytes
+/// (where a fixed-percentage soft limit would start the replacement) go by in less time than
+/// a replacement takes to carry traffic: the rekey must start early enough for the rate, and
+/// nothing may be dropped for want of an SA (before the fix: `esp_no_sa` at the sender,
+/// `esp_unknown_spi` at the receiver, a few hundred packets per rekey in `make bench-e2e`).
+#[test]
+fn volume_rekeys_under_a_fast_stream_lose_nothing_between_two_vpngw() {
+    const SECONDS: u32 = 40;
+    let lab = Lab::gateways("volume-vg");
+    // 60,000 KB at the stream's 8,000 KiB/s: an SA lasts about 7.5 s; its last 6-15 % about
+    // 0.5-1.1 s, less than one lifecycle tick plus the initiator's 1 s activation delay.
+    let ipsec = "[connection.ipsec]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\nlifetime_kilobytes = 60000\n";
+    let right_cfg = config_text(
+        RIGHT_WAN,
+        &Vpngw::socket_for(&lab, "volume-r"),
+        true,
+        &connection("to-left", LEFT_WAN, RIGHT_NET, LEFT_NET, "passive", ipsec),
+    );
+    let left_cfg = config_text(
+        LEFT_WAN,
+        &Vpngw::socket_for(&lab, "volume-l"),
+        true,
+        &connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active", ipsec),
+    );
+    let right = Vpngw::start(&lab, &lab.right, "volume-r", &right_cfg, &[]);
+    let left = Vpngw::start(&lab, &lab.left, "volume-l", &left_cfg, &[]);
+    left.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not up\n{}", left.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    let report = Background::start(&lab, SECONDS, 8000).finish(&lab, Duration::from_secs(u64::from(SECONDS) + 30));
+    let logs = format!("--- left\n{}\n--- right\n{}", left.log_text(), right.log_text());
+    let summary = report.summary();
+    let sent = report.stream_sent["bytes"].as_u64().unwrap_or(0);
+    assert_eq!(report.stream_received["sha256"], report.stream_sent["sha256"], "stream differs: {summary}");
+    assert_eq!(report.pings_received, report.pings_sent, "pings lost: {summary}\n{logs}");
+    // Every dropped packet of the stream is a retransmission and a stall; pings show loss too.
+    assert!(report.max_gap() < 1.0, "the stream stalled: {summary}\n{logs}");
+    let volume_rekeys = logs.matches("near its volume lifetime: rekeying").count();
+    let expected = usize::try_from(sent / (60_000 * 1024)).unwrap_or(0);
+    assert!(expected >= 3, "the stream was too slow to test anything: {summary}");
+    assert!(volume_rekeys >= expected, "{volume_rekeys} volume rekeys for {sent} B: {summary}\n{logs}");
+    assert!(
+        !logs.contains("reached its volume lifetime"),
+        "an SA ran out before its replacement carried traffic\n{logs}"
+    );
+    for v in [&left, &right] {
+        let dropped = &v.status().unwrap()["dropped"];
+        for bad in ["esp_unknown_spi", "esp_replay", "esp_icv", "esp_no_sa"] {
+            assert!(dropped[bad].is_null(), "{bad} drops: {dropped}\n{summary}\n{logs}");
+        }
+    }
+    assert_eq!(left.stop(&lab), Some(0));
+    assert_eq!(right.stop(&lab), Some(0));
+}
+
 /// strongSwan as the initiator of an aes-128/sha1/dh14 tunnel to a passive vpngw on the left.
 fn strongswan_initiator(lab: &Lab) -> Charon {
     let charon = Charon::start_with(lab, &lab.right, true);

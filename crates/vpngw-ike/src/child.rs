@@ -140,7 +140,10 @@ pub(crate) fn send_delete(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: u32) {
 }
 
 /// Removes the child SA with this SPI (ours or the peer's). If it carried outbound traffic and
-/// another pair for the same selectors remains, the newest of those takes over first.
+/// another pair for the same selectors remains, the newest of those takes over first: also a
+/// replacement we initiated that is still waiting out its activation delay (the peer has had
+/// our QM3; the alternative is a gap with no SA at all, e.g. at a hard volume limit reached
+/// before the delay ran out), but not a responder's pair still waiting for QM3.
 pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32, reason: DeleteReason) {
     let Some(i) = sa.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
     let c = sa.children.remove(i);
@@ -154,7 +157,7 @@ pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32, reason: Delete
         && let Some(next) = sa
             .children
             .iter()
-            .filter(|o| o.pair == c.pair && o.state != ChildSaState::Installing)
+            .filter(|o| o.pair == c.pair && (o.state != ChildSaState::Installing || o.activate_at.is_some()))
             .max_by_key(|o| o.established_at)
             .map(|o| o.spi_in)
     {

@@ -141,6 +141,46 @@ fn hard_volume_limit_deletes_on_both_sides() {
     assert_eq!(deletes(&p.b_events, DeleteReason::PeerDeleted), 1);
 }
 
+/// The old pair reaches its hard volume limit while the replacement's initiator still waits out
+/// its activation delay (traffic faster than the soft margin allowed for): the replacement
+/// takes over at once on both sides instead of leaving the pair without an outbound SA.
+#[test]
+fn a_hard_limit_during_the_activation_delay_hands_over_to_the_replacement() {
+    for (seed, expiring_side_is_rekeyer) in [(45, true), (46, false)] {
+        let (a, b) = configs();
+        let mut p = Pair::new(a, b, seed);
+        let (mut ta, mut tb) = (Table::default(), Table::default());
+        p.a.initiate(p.now, "to-b").unwrap();
+        drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+        let old = *ta.outbound.values().next().unwrap();
+        assert!(p.a.rekey_child(p.now, old));
+        // The quick mode completes (no time passes on this wire); A's activation delay has not.
+        let elapsed = p.now - p.start;
+        drive_checked(&mut p, elapsed, &mut ta, &mut tb);
+        assert_eq!(Pair::children(&p.a_events).len(), 2, "the replacement is negotiated");
+        assert_eq!(*ta.outbound.values().next().unwrap(), old, "A still sends with the old SA");
+        if expiring_side_is_rekeyer {
+            p.a.expire_child(p.now, old);
+            // drive_checked fails if either side is left without an outbound SA at any step.
+            drive_checked(&mut p, elapsed + Duration::from_millis(100), &mut ta, &mut tb);
+        } else {
+            // B deletes the pair A still sends with: until A reads the Delete, what A sends is
+            // lost (unavoidable for a one-sided hard expiry, so not checked step by step);
+            // after it, A must send with the replacement, not with nothing.
+            p.b.expire_child(p.now, old);
+            p.drive(elapsed + Duration::from_millis(100));
+            ta.apply(&p.a_events);
+            tb.apply(&p.b_events);
+        }
+        let new = *ta.outbound.values().next().unwrap();
+        assert_ne!(new, old, "A switched to the replacement without waiting for the delay");
+        assert!(!ta.inbound.contains(&old) && !tb.inbound.contains(&old), "the expired pair is gone");
+        drive_checked(&mut p, Duration::from_secs(40), &mut ta, &mut tb);
+        assert_eq!(*ta.outbound.values().next().unwrap(), new);
+        assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+    }
+}
+
 #[test]
 fn without_a_replacement_the_sa_expires_on_both_sides() {
     let (a, b) = short_lifetimes(30);

@@ -30,6 +30,7 @@ use crate::ledger::Ledger;
 use crate::metrics::{self, ConnectionEvents, ConnectionMetrics, Snapshot, WorkerMetrics};
 use crate::routes::Routes;
 use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status, WorkerStatus};
+use crate::volume::{self, Volume};
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
@@ -99,6 +100,9 @@ struct Daemon {
     /// Inbound packet counts at the last look, by SPI: growth tells the engine (dead peer
     /// detection) that the peer is alive.
     inbound_seen: HashMap<u32, u64>,
+    /// Bytes each child SA had carried at the last volume check, by inbound SPI (the rate
+    /// pulls the rekey forward, see `volume`).
+    volume_seen: HashMap<u32, u64>,
     /// ESP traffic per connection across SAs (for metrics).
     ledger: Ledger,
     /// Failures, rekeys, re-authentications, DPD timeouts per connection (for metrics).
@@ -253,6 +257,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         keylog,
         ready_outbound: HashMap::new(),
         inbound_seen: HashMap::new(),
+        volume_seen: HashMap::new(),
         ledger: Ledger::default(),
         events: HashMap::new(),
         unknown_peer_negotiations: 0,
@@ -463,11 +468,13 @@ impl Daemon {
     }
 
     /// Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured on its own;
-    /// from 85-94 % of the limit (spread by SPI, so that tunnels set up together do not all
-    /// rekey together) a replacement is negotiated; at 100 % the pair is deleted.
+    /// a replacement is negotiated from 85-94 % of the limit (spread by SPI, so that tunnels
+    /// set up together do not all rekey together), earlier when the traffic of the last tick
+    /// would not leave time for it (`volume::soft_point`); at 100 % the pair is deleted.
     fn check_volumes(&mut self, now: Instant) {
         let mut soft = Vec::new();
         let mut hard = Vec::new();
+        let mut seen = HashMap::with_capacity(self.volume_seen.len());
         for s in self.endpoint.ike_sas() {
             for c in &s.children {
                 let Some(kb) = c.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
@@ -475,18 +482,21 @@ impl Daemon {
                 let bytes_in = self.table.inbound(c.spi_in).map_or(0, |e| e.counters.bytes());
                 let bytes_out = self.table.outbound_by_spi(c.spi_out).map_or(0, |e| e.counters.bytes());
                 let used = bytes_in.max(bytes_out);
-                if used >= limit {
-                    hard.push(c.spi_in);
-                } else if c.state == vpngw_ike::ChildSaState::Active
-                    && used >= limit / 100 * (85 + u64::from(c.spi_in % 10))
-                {
-                    soft.push(c.spi_in);
+                let last_tick = used.saturating_sub(self.volume_seen.get(&c.spi_in).copied().unwrap_or(0));
+                seen.insert(c.spi_in, used);
+                match volume::classify(limit, c.spi_in % 10, used, last_tick) {
+                    Volume::Hard => hard.push(c.spi_in),
+                    Volume::Soft if c.state == vpngw_ike::ChildSaState::Active => {
+                        soft.push((c.spi_in, used / (limit / 100).max(1), last_tick));
+                    }
+                    _ => {}
                 }
             }
         }
-        for spi in soft {
+        self.volume_seen = seen;
+        for (spi, percent, last_tick) in soft {
             if self.endpoint.rekey_child(now, spi) {
-                tracing::info!(spi_in = %format!("{spi:08x}"), "child SA near its volume lifetime: rekeying");
+                tracing::info!(spi_in = %format!("{spi:08x}"), used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
             }
         }
         for spi in hard {

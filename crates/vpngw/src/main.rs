@@ -21,6 +21,7 @@ mod ledger;
 mod metrics;
 mod routes;
 mod status;
+mod volume;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
