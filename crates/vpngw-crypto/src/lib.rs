@@ -17,9 +17,11 @@
 //! Implementations are RustCrypto's (aes, cbc, des, md-5, sha1, hmac) and crypto-bigint's. Written
 //! here because no crate provides them: multi-buffer CBC (docs/adr/0003-multi-buffer-cbc.md) and a
 //! bitsliced, constant-time DES/3DES for CBC over many blocks (`bitsliced_des`,
-//! docs/adr/0008-bitsliced-des.md), the `des` crate doing the few-block cases.
+//! docs/adr/0008-bitsliced-des.md), the `des` crate doing the few-block cases, and HMAC-SHA1
+//! of two messages at a time (`sha1_pair`, docs/adr/0009-two-lane-sha1.md).
 
-// `unsafe` only in bitsliced_des/sse2.rs (SSE2 intrinsics, register-only, with the proof there).
+// `unsafe` only in bitsliced_des/sse2.rs (SSE2 intrinsics, register-only) and sha1_pair/shani.rs
+// (SHA-NI intrinsics behind run-time detection), each with its proof there.
 #![deny(unsafe_code)]
 
 mod bitsliced_des;
@@ -31,6 +33,7 @@ pub mod mac;
 pub mod registry;
 pub mod rng;
 pub mod secret;
+mod sha1_pair;
 
 pub use cipher::{CbcCipher, CbcJob};
 pub use dh::DhPrivateKey;

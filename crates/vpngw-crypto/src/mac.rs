@@ -1,10 +1,15 @@
 //! HMAC, keyed once: ESP integrity (HMAC-MD5-96, HMAC-SHA1-96) and the IKEv1 PRFs.
 //!
-//! `hmac::Hmac<D>` holds the hash states after absorbing `key ^ ipad` and `key ^ opad`, so a
-//! per-packet MAC clones ~200 bytes of state instead of hashing two key blocks again.
+//! The keyed state is `hmac`'s block-level core: the hash states after absorbing `key ^ ipad`
+//! and `key ^ opad` (48 bytes for MD5, 56 for SHA-1, 80 for SHA-256), so a per-packet MAC
+//! copies that state instead of hashing two key blocks again. The core is kept without the
+//! empty 64-byte input buffer a full `Hmac<D>` carries (every SA holds two of these); each MAC
+//! gets a fresh buffer.
 
 use core::fmt;
 
+use hmac::block_api::HmacCore;
+use hmac::digest::block_api::CoreProxy;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha1::{Digest, Sha1};
@@ -14,23 +19,22 @@ use subtle::ConstantTimeEq;
 use crate::error::CryptoError;
 use crate::registry::{HashAlgorithm, IntegrityAlgorithm};
 use crate::secret::SecretBytes;
+use crate::sha1_pair::{self, HmacSha1Pair};
 
 /// The longest HMAC output we produce (SHA-256).
 pub const MAX_MAC_LEN: usize = 32;
 
+/// The hash cores wipe themselves on drop (RustCrypto `zeroize` feature).
 #[derive(Clone)]
 enum KeyedHmac {
-    Md5(Hmac<Md5>),
-    Sha1(Hmac<Sha1>),
-    Sha256(Hmac<Sha256>),
+    Md5(HmacCore<Md5>),
+    Sha1(HmacCore<Sha1>),
+    Sha256(HmacCore<Sha256>),
 }
 
 /// HMAC accepts keys of any length (RFC 2104 s.3): `new_from_slice` cannot fail for it.
-fn keyed<D: hmac::EagerHash>(key: &[u8]) -> Hmac<D>
-where
-    Hmac<D>: KeyInit,
-{
-    <Hmac<D> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+fn keyed<D: hmac::EagerHash>(key: &[u8]) -> HmacCore<D> {
+    <HmacCore<D> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
 }
 
 impl KeyedHmac {
@@ -45,8 +49,11 @@ impl KeyedHmac {
     /// Full-length MAC of the concatenation of `parts`, written to the front of `out`;
     /// returns the MAC length.
     fn mac_parts(&self, parts: &[&[u8]], out: &mut [u8; MAX_MAC_LEN]) -> usize {
-        fn run<M: Mac + Clone>(m: &M, parts: &[&[u8]], out: &mut [u8; MAX_MAC_LEN]) -> usize {
-            let mut m = m.clone();
+        fn run<D: hmac::EagerHash>(core: &HmacCore<D>, parts: &[&[u8]], out: &mut [u8; MAX_MAC_LEN]) -> usize
+        where
+            Hmac<D>: Mac + CoreProxy<Core = HmacCore<D>>,
+        {
+            let mut m = Hmac::<D>::compose(core.clone(), Default::default());
             for p in parts {
                 m.update(p);
             }
@@ -66,7 +73,26 @@ impl KeyedHmac {
 #[derive(Clone)]
 pub struct IntegrityKey {
     algorithm: IntegrityAlgorithm,
-    hmac: KeyedHmac,
+    hmac: IcvHmac,
+}
+
+/// HMAC-SHA1 through [`crate::sha1_pair`] (two packets at a time in batches, and a smaller
+/// keyed state than `hmac`'s), the others through `hmac`.
+#[derive(Clone)]
+enum IcvHmac {
+    Sha1(HmacSha1Pair),
+    Other(KeyedHmac),
+}
+
+impl IcvHmac {
+    fn mac(&self, data: &[u8], out: &mut [u8; MAX_MAC_LEN]) {
+        match self {
+            Self::Sha1(h) => out[..sha1_pair::OUTPUT].copy_from_slice(&h.mac(data)),
+            Self::Other(h) => {
+                h.mac_parts(&[data], out);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for IntegrityKey {
@@ -82,7 +108,11 @@ impl IntegrityKey {
         if key.len() != spec.key_len {
             return Err(CryptoError::KeyLength { algorithm: spec.name, expected: spec.key_len, got: key.len() });
         }
-        Ok(Self { algorithm, hmac: KeyedHmac::new(spec.hash, key) })
+        let hmac = match spec.hash {
+            HashAlgorithm::Sha1 => IcvHmac::Sha1(HmacSha1Pair::new(key)),
+            other => IcvHmac::Other(KeyedHmac::new(other, key)),
+        };
+        Ok(Self { algorithm, hmac })
     }
 
     pub fn algorithm(&self) -> IntegrityAlgorithm {
@@ -96,18 +126,43 @@ impl IntegrityKey {
     /// Writes the truncated ICV of `data` into `icv` (which must be `icv_len()` bytes).
     pub fn sign(&self, data: &[u8], icv: &mut [u8]) {
         let mut full = [0u8; MAX_MAC_LEN];
-        self.hmac.mac_parts(&[data], &mut full);
+        self.hmac.mac(data, &mut full);
         let n = icv.len().min(self.icv_len());
         icv[..n].copy_from_slice(&full[..n]);
+    }
+
+    /// The truncated ICVs of many messages (the ESP packets of one batch), each handed to
+    /// `emit` with its index: HMAC-SHA1 two messages at a time, the others one by one.
+    pub fn sign_many(&self, messages: &[&[u8]], mut emit: impl FnMut(usize, &[u8])) {
+        let n = self.icv_len();
+        match &self.hmac {
+            IcvHmac::Sha1(h) => h.mac_many(messages, |i, full| emit(i, &full[..n])),
+            IcvHmac::Other(_) => {
+                let mut full = [0u8; MAX_MAC_LEN];
+                for (i, m) in messages.iter().enumerate() {
+                    self.hmac.mac(m, &mut full);
+                    emit(i, &full[..n]);
+                }
+            }
+        }
     }
 
     /// Checks `icv` against the ICV of `data` in constant time (`subtle`): the time taken does
     /// not depend on how many leading bytes match. A wrong-length `icv` is a mismatch.
     pub fn verify(&self, data: &[u8], icv: &[u8]) -> bool {
         let mut full = [0u8; MAX_MAC_LEN];
-        self.hmac.mac_parts(&[data], &mut full);
+        self.hmac.mac(data, &mut full);
         let expected = &full[..self.icv_len()];
         icv.len() == expected.len() && bool::from(expected.ct_eq(icv))
+    }
+
+    /// [`IntegrityKey::verify`] for many messages: `icvs[i]` against the ICV of `messages[i]`,
+    /// each result handed to `emit` (constant-time compare, as there).
+    pub fn verify_many(&self, messages: &[&[u8]], icvs: &[&[u8]], mut emit: impl FnMut(usize, bool)) {
+        self.sign_many(messages, |i, expected| {
+            let icv = icvs.get(i).copied().unwrap_or_default();
+            emit(i, icv.len() == expected.len() && bool::from(expected.ct_eq(icv)));
+        });
     }
 }
 

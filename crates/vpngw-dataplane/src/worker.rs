@@ -30,7 +30,7 @@ use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmm
 use socket2::Socket;
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 use vpngw_crypto::FastRng;
-use vpngw_esp::{NextHeader, SealPacket, peek_spi};
+use vpngw_esp::{NextHeader, OpenPacket, SealPacket, peek_spi};
 
 use crate::counters::{DropReason, WorkerCounters, bump};
 use crate::packet::{icmp_fragmentation_needed, ipv4};
@@ -56,6 +56,8 @@ const UDP_BUFFER_LEN: usize = 64 * 1536;
 const GSO_MAX_BYTES: usize = 65_507;
 /// Raw ESP packets read with one recvmmsg call (BATCH still bounds the packets per wake-up).
 const RAW_RECV: usize = 64;
+/// ESP packets opened per batch call: a UDP GRO read holds at most 64 datagrams.
+const ESP_RUN: usize = 64;
 /// Room for one raw ESP packet as read: the largest IPv4 packet.
 const RAW_LEN: usize = 65536;
 
@@ -500,24 +502,27 @@ impl Worker {
         };
         let view = self.shared.table.inbound_view();
         for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
-            let stride = m.stride.max(1);
-            let mut off = 0;
-            while off < m.len {
-                let end = (off + stride).min(m.len);
-                self.on_udp_datagram(&view, m.addr, &mut buf[off..end], out);
-                off = end;
+            // The datagrams of one GRO read (`stride` apart, the last maybe shorter): ESP is
+            // gathered and opened in batches, keepalives and IKE are handled on the spot.
+            let mut esp: ArrayVec<&mut [u8], ESP_RUN> = ArrayVec::new();
+            let len = m.len.min(buf.len());
+            for data in buf[..len].chunks_mut(m.stride.max(1)) {
+                match data {
+                    [0xff] => bump(&self.counters().keepalives, 1),
+                    [0, 0, 0, 0, ike @ ..] if !ike.is_empty() => {
+                        bump(&self.counters().ike_forwarded, 1);
+                        (self.shared.to_control)(ToControl::Ike { from: m.addr, data: ike.to_vec() });
+                    }
+                    packet => {
+                        if esp.is_full() {
+                            self.open_esp(&view, &mut esp, out);
+                            esp.clear();
+                        }
+                        esp.push(packet);
+                    }
+                }
             }
-        }
-    }
-
-    fn on_udp_datagram(&self, view: &InboundMap, from: SocketAddr, data: &mut [u8], out: &mut TunOut) {
-        match data {
-            [0xff] => bump(&self.counters().keepalives, 1),
-            [0, 0, 0, 0, ike @ ..] if !ike.is_empty() => {
-                bump(&self.counters().ike_forwarded, 1);
-                (self.shared.to_control)(ToControl::Ike { from, data: ike.to_vec() });
-            }
-            esp => self.open_esp(view, esp, out),
+            self.open_esp(&view, &mut esp, out);
         }
     }
 
@@ -530,16 +535,22 @@ impl Worker {
         while done < BATCH {
             let want = (BATCH - done).min(RAW_RECV);
             let Some(n) = rin.receive(fd, want) else { return };
+            let mut esp: ArrayVec<&mut [u8], ESP_RUN> = ArrayVec::new();
             for (buf, &len) in rin.buf.chunks_mut(RAW_LEN).zip(&rin.lens).take(n) {
                 let packet = &mut buf[..len.min(RAW_LEN)];
                 match ipv4(packet) {
                     Some(info) if info.protocol == 50 => {
                         let (hl, tl) = (info.header_len, info.total_len);
-                        self.open_esp(&view, &mut packet[hl..tl], out);
+                        if esp.is_full() {
+                            self.open_esp(&view, &mut esp, out);
+                            esp.clear();
+                        }
+                        esp.push(&mut packet[hl..tl]);
                     }
                     _ => self.counters().drop(DropReason::Malformed),
                 }
             }
+            self.open_esp(&view, &mut esp, out);
             done += n;
             if n < want {
                 // Drained (poll tells when more arrive).
@@ -548,41 +559,59 @@ impl Worker {
         }
     }
 
-    fn open_esp(&self, view: &InboundMap, esp: &mut [u8], out: &mut TunOut) {
-        let Some(spi) = peek_spi(esp) else {
-            self.counters().drop(DropReason::Malformed);
-            return;
-        };
-        let Some(entry) = view.get(&spi) else {
-            self.counters().drop(DropReason::UnknownSpi);
-            return;
-        };
-        let opened = match entry.sa.open_in_place(esp) {
-            Ok(o) => o,
-            Err(e) => {
-                entry.counters.drop(e);
-                self.counters().drop(DropReason::Esp(e));
-                return;
+    /// Opens received ESP packets: each run of one SPI as a batch (its ICVs checked together,
+    /// see `InboundSa::open_batch`), then checks each inner packet against the SA's selectors
+    /// and queues it for the TUN.
+    fn open_esp(&self, view: &InboundMap, packets: &mut [&mut [u8]], out: &mut TunOut) {
+        let mut i = 0;
+        while i < packets.len() {
+            let Some(spi) = peek_spi(packets[i]) else {
+                self.counters().drop(DropReason::Malformed);
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            while j < packets.len() && peek_spi(packets[j]) == Some(spi) {
+                j += 1;
             }
-        };
-        let inner = &esp[opened.payload];
-        // The decrypted packet must belong to this SA's traffic (RFC 4301 s.5.2).
-        let allowed = ipv4(inner)
-            .is_some_and(|i| entry.selectors.remote.contains(i.src) && entry.selectors.local.contains(i.dst));
-        if !allowed {
-            self.counters().drop(DropReason::Policy);
-            return;
+            let run = &mut packets[i..j];
+            i = j;
+            let Some(entry) = view.get(&spi) else {
+                self.counters().drop_n(DropReason::UnknownSpi, run.len() as u64);
+                continue;
+            };
+            let mut batch: ArrayVec<OpenPacket<'_>, ESP_RUN> = run.iter_mut().map(|p| OpenPacket::new(p)).collect();
+            entry.sa.open_batch(&mut batch);
+            for p in batch {
+                let opened = match p.outcome {
+                    Some(Ok(o)) => o,
+                    Some(Err(e)) => {
+                        entry.counters.drop(e);
+                        self.counters().drop(DropReason::Esp(e));
+                        continue;
+                    }
+                    None => continue,
+                };
+                let inner = &p.buf[opened.payload];
+                // The decrypted packet must belong to this SA's traffic (RFC 4301 s.5.2).
+                let allowed = ipv4(inner)
+                    .is_some_and(|i| entry.selectors.remote.contains(i.src) && entry.selectors.local.contains(i.dst));
+                if !allowed {
+                    self.counters().drop(DropReason::Policy);
+                    continue;
+                }
+                if out.is_full() {
+                    self.flush_tun(out);
+                }
+                if !out.push(inner) {
+                    self.counters().drop(DropReason::Send);
+                    continue;
+                }
+                entry.counters.add(inner.len());
+                bump(&self.counters().in_packets, 1);
+                bump(&self.counters().in_bytes, inner.len() as u64);
+            }
         }
-        if out.is_full() {
-            self.flush_tun(out);
-        }
-        if !out.push(inner) {
-            self.counters().drop(DropReason::Send);
-            return;
-        }
-        entry.counters.add(inner.len());
-        bump(&self.counters().in_packets, 1);
-        bump(&self.counters().in_bytes, inner.len() as u64);
     }
 }
 
