@@ -51,7 +51,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vpngw_crypto::{EncryptionAlgorithm, FastRng, HashAlgorithm, IntegrityAlgorithm, SecretBytes};
-use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters, SaTable, Selectors, Transport};
+use vpngw_dataplane::sa_table::{
+    InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
+};
 use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys};
 use vpngw_ike::{
     Endpoint, EngineConfig, Event, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
@@ -95,20 +97,22 @@ fn install_suite(table: &SaTable, n: usize, k: &SaKeys) {
         remote: "198.51.100.2:4500".parse().unwrap(),
         udp: false,
     };
+    // One name per pair, shared by both entries, as the daemon installs them.
+    let connection: Arc<str> = "c".into();
     table.install(
         InboundEntry {
-            connection: "c".into(),
+            connection: connection.clone(),
             sa: InboundSa::new(0x1000 + n as u32, k, 1024).unwrap(),
             selectors,
             transport,
             counters: SaCounters::default(),
         },
         OutboundEntry {
-            connection: "c".into(),
+            connection,
             sa: OutboundSa::new(0x8000_0000 + n as u32, k).unwrap(),
             selectors,
             transport,
-            counters: SaCounters::default(),
+            counters: OutboundCounters::default(),
         },
     );
 }

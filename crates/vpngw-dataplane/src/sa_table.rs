@@ -51,7 +51,8 @@ pub struct Transport {
     pub udp: bool,
 }
 
-/// Per-SA counters: workers add, the control plane reads.
+/// An inbound SA's counters: packets and bytes opened, and the packets it refused by reason.
+/// Workers add, the control plane reads.
 #[derive(Debug, Default)]
 pub struct SaCounters {
     pub packets: AtomicU64,
@@ -82,6 +83,30 @@ impl SaCounters {
     }
 }
 
+/// An outbound SA's counters: packets and bytes sealed and sent. No drops: the reasons an SA
+/// counts are [`OpenError`]s, which only opening produces (a packet refused on the way out is
+/// counted per worker), so 72 bytes of always-zero counters per outbound SA are left out.
+#[derive(Debug, Default)]
+pub struct OutboundCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl OutboundCounters {
+    pub fn add(&self, bytes: usize) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug)]
 pub struct InboundEntry {
     pub connection: Arc<str>,
@@ -97,7 +122,7 @@ pub struct OutboundEntry {
     pub sa: OutboundSa,
     pub selectors: Selectors,
     pub transport: Transport,
-    pub counters: SaCounters,
+    pub counters: OutboundCounters,
 }
 
 /// Inbound SAs by SPI. FxHash: the keys are SPIs we chose at random ourselves, so a fast,
@@ -367,7 +392,13 @@ mod tests {
         let out = OutboundSa::new(spi_out, &keys()).unwrap_or_else(|_| unreachable!());
         (
             InboundEntry { connection: conn.into(), sa: inb, selectors, transport, counters: SaCounters::default() },
-            OutboundEntry { connection: conn.into(), sa: out, selectors, transport, counters: SaCounters::default() },
+            OutboundEntry {
+                connection: conn.into(),
+                sa: out,
+                selectors,
+                transport,
+                counters: OutboundCounters::default(),
+            },
         )
     }
 

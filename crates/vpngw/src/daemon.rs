@@ -15,7 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use vpngw_crypto::FastRng;
 use vpngw_dataplane::counters::DropReason;
-use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, SaCounters, SaTable, Selectors, Transport};
+use vpngw_dataplane::sa_table::{
+    InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
+};
 use vpngw_dataplane::spd::{PendingQueue, Policy, Spd};
 use vpngw_dataplane::{Dataplane, DataplaneConfig, ToControl};
 use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
@@ -637,7 +639,13 @@ impl Daemon {
                 });
                 self.ready_outbound.insert(
                     c.spi_out,
-                    OutboundEntry { connection: name, sa: out, selectors, transport, counters: SaCounters::default() },
+                    OutboundEntry {
+                        connection: name,
+                        sa: out,
+                        selectors,
+                        transport,
+                        counters: OutboundCounters::default(),
+                    },
                 );
             }
             (Err(e), _) | (_, Err(e)) => tracing::error!(connection, error = %e, "cannot install child SA"),

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use vpngw_dataplane::sa_table::{SaCounters, SaTable, Withdrawn};
+use vpngw_dataplane::sa_table::{OutboundCounters, SaCounters, SaTable, Withdrawn};
 use vpngw_esp::OpenError;
 
 /// One connection's ESP traffic since the daemon started.
@@ -35,7 +35,7 @@ impl Traffic {
         }
     }
 
-    fn add_out(&mut self, c: &SaCounters) {
+    fn add_out(&mut self, c: &OutboundCounters) {
         self.packets_out += c.packets();
         self.bytes_out += c.bytes();
     }
@@ -136,7 +136,7 @@ mod tests {
                 sa: OutboundSa::new(spi_out, &keys()).unwrap(),
                 selectors,
                 transport,
-                counters: SaCounters::default(),
+                counters: OutboundCounters::default(),
             },
         )
     }

@@ -79,22 +79,50 @@ const P_INV: [usize; 32] = {
     inv
 };
 
+/// How far C and D are rotated left for each round: the running sum of [`SHIFTS`] (28, the last,
+/// is a full turn).
+const ROTATION: [u32; 16] = {
+    let mut sums = [0u32; 16];
+    let mut total = 0;
+    let mut i = 0;
+    while i < 16 {
+        total += SHIFTS[i] as u32;
+        sums[i] = total;
+        i += 1;
+    }
+    sums
+};
+
 /// Bit `n` (1-based, MSB first) of a 64-bit big-endian value.
 fn bit(value: u64, n: u8) -> u64 {
     (value >> (64 - u32::from(n))) & 1
 }
 
-/// The 16 round subkeys of one DES key, 48 bits each (bit 47 = subkey bit 1). Wiped on drop.
-#[derive(Clone)]
-pub(crate) struct DesSchedule([u64; 16]);
+/// A 28-bit half rotated left by `by` (1..=28) within its 28 bits.
+#[inline(always)]
+fn rotate28(v: u32, by: u32) -> u32 {
+    ((v << by) | (v >> (28 - by))) & 0x0fff_ffff
+}
 
-impl Drop for DesSchedule {
+/// One DES key as the passes read it: the 28-bit halves C0 and D0 that PC1 makes of it (8
+/// bytes). The 16 round subkeys are not stored: round r's is PC2 of C0 and D0 rotated left by
+/// `ROTATION[r]`, and PC2 only picks bits, so a round rotates the two halves (a few word
+/// operations, by amounts that depend on the round number only) and reads each subkey bit
+/// straight out of them ([`RoundKey`]). Wiped on drop.
+#[derive(Clone)]
+pub(crate) struct DesKey {
+    c: u32,
+    d: u32,
+}
+
+impl Drop for DesKey {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.c.zeroize();
+        self.d.zeroize();
     }
 }
 
-impl DesSchedule {
+impl DesKey {
     pub(crate) fn new(key: [u8; 8]) -> Self {
         let mut key = u64::from_be_bytes(key);
         let (mut c, mut d) = (0u32, 0u32);
@@ -106,28 +134,23 @@ impl DesSchedule {
                 d = (d << 1) | b;
             }
         }
-        let rotate = |v: u32, by: u8| ((v << by) | (v >> (28 - by))) & 0x0fff_ffff;
-        let mut rounds = [0u64; 16];
-        for (round, &shift) in rounds.iter_mut().zip(&SHIFTS) {
-            c = rotate(c, shift);
-            d = rotate(d, shift);
-            // CD as the top 56 bits of a u64, so that `bit` numbers it from 1.
-            let mut cd = (u64::from(c) << 36) | (u64::from(d) << 8);
-            *round = PC2.iter().fold(0u64, |acc, &n| (acc << 1) | bit(cd, n));
-            cd.zeroize();
-        }
         key.zeroize();
-        c.zeroize();
-        d.zeroize();
-        Self(rounds)
+        Self { c, d }
+    }
+
+    /// The subkey of round `r` (0..16, encryption order).
+    #[inline(always)]
+    pub(crate) fn round(&self, r: usize) -> RoundKey {
+        let by = ROTATION[r];
+        RoundKey { c: rotate28(self.c, by), d: rotate28(self.d, by) }
     }
 }
 
-/// One DES key or the three of 3DES EDE3.
+/// One DES key or the three of 3DES EDE3 (8 or 24 bytes, inline).
 #[derive(Clone)]
 pub(crate) enum Schedule {
-    Single(DesSchedule),
-    Triple(Box<[DesSchedule; 3]>),
+    Single(DesKey),
+    Triple([DesKey; 3]),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -138,23 +161,23 @@ pub(crate) enum Direction {
 
 impl Schedule {
     pub(crate) fn des(key: &[u8; 8]) -> Self {
-        Self::Single(DesSchedule::new(*key))
+        Self::Single(DesKey::new(*key))
     }
 
     pub(crate) fn triple_des(key: &[u8; 24]) -> Self {
         let part = |i: usize| {
             let mut k = [0u8; 8];
             k.copy_from_slice(&key[8 * i..8 * i + 8]);
-            let s = DesSchedule::new(k);
+            let s = DesKey::new(k);
             k.zeroize();
             s
         };
-        Self::Triple(Box::new([part(0), part(1), part(2)]))
+        Self::Triple([part(0), part(1), part(2)])
     }
 
-    /// The subkeys read as they are, each round's bits turned into masks inside the round: no
-    /// set-up cost (expanding 3DES's masks takes ~3 us, a third of a pass), ~4% more work per
-    /// pass. For calls of one or two passes: decrypting a packet.
+    /// Each round's subkey rotated out of the halves and its bits turned into masks inside the
+    /// round: no set-up cost (expanding 3DES's masks takes ~2-3 us, a fifth to a third of a
+    /// pass), ~4% more work per pass. For calls of one or two passes: decrypting a packet.
     pub(crate) fn inline(&self, direction: Direction) -> InlineKeys<'_> {
         InlineKeys { schedule: self, decrypt: direction == Direction::Decrypt }
     }
@@ -163,13 +186,9 @@ impl Schedule {
     /// calls of many passes (multi-buffer encryption).
     pub(crate) fn expand(&self, direction: Direction) -> RoundMasks {
         let mut masks = RoundMasks { rounds: [[0u64; 48]; 48], count: 0 };
-        let mut push = |s: &DesSchedule, decrypt: bool| {
+        let mut push = |s: &DesKey, decrypt: bool| {
             for r in 0..16 {
-                let subkey = s.0[if decrypt { 15 - r } else { r }];
-                let slot = &mut masks.rounds[masks.count];
-                for (j, m) in slot.iter_mut().enumerate() {
-                    *m = 0u64.wrapping_sub((subkey >> (47 - j)) & 1);
-                }
+                s.round(if decrypt { 15 - r } else { r }).spread(&mut masks.rounds[masks.count]);
                 masks.count += 1;
             }
         };
@@ -229,15 +248,35 @@ impl KeyBits for &[u64; 48] {
     }
 }
 
-/// A subkey as stored (bit 47 = subkey bit 1).
+/// One round's subkey as C and D rotated for that round (28 bits each, CD bit 1 = bit 27 of
+/// `c`). Subkey bit j + 1 is CD bit PC2[j].
 #[derive(Clone, Copy)]
-pub(crate) struct Subkey(u64);
+pub(crate) struct RoundKey {
+    c: u32,
+    d: u32,
+}
 
-impl KeyBits for Subkey {
+impl RoundKey {
+    /// All 48 subkey bits as masks, each with its constant shifts (a loop over `j` would look
+    /// PC2 up and shift by variable amounts, twice the work).
+    fn spread(self, out: &mut [u64; 48]) {
+        macro_rules! bits {
+            ($($j:literal)*) => { $( out[$j] = self.mask($j); )* };
+        }
+        bits!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23
+              24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47);
+    }
+}
+
+impl KeyBits for RoundKey {
     #[inline(always)]
     fn mask(self, j: usize) -> u64 {
-        // Move bit 47 - j to the sign bit, then spread it: two shifts, no branch.
-        ((self.0 << (16 + j)) as i64 >> 63) as u64
+        // `j` is a constant where the rounds call this, so the PC2 lookup and the choice of
+        // half fold away: two shifts by constants, no branch, as for a stored subkey.
+        let n = u32::from(PC2[j]);
+        let (half, n) = if n <= 28 { (self.c, n) } else { (self.d, n - 28) };
+        // Move bit n of the half (bit 28 - n of the word) to the sign bit, then spread it.
+        ((u64::from(half) << (35 + n)) as i64 >> 63) as u64
     }
 }
 
@@ -260,7 +299,7 @@ pub(crate) struct InlineKeys<'s> {
 
 impl RoundKeys for InlineKeys<'_> {
     type Round<'a>
-        = Subkey
+        = RoundKey
     where
         Self: 'a;
     fn operations(&self) -> usize {
@@ -270,14 +309,14 @@ impl RoundKeys for InlineKeys<'_> {
         }
     }
     #[inline(always)]
-    fn round(&self, op: usize, r: usize) -> Subkey {
+    fn round(&self, op: usize, r: usize) -> RoundKey {
         // Which key, and backwards or not: as in `Schedule::expand`.
         let (key, backwards) = match (self.schedule, self.decrypt) {
             (Schedule::Single(k), d) => (k, d),
             (Schedule::Triple(k), false) => (&k[op], op == 1),
             (Schedule::Triple(k), true) => (&k[2 - op], op != 1),
         };
-        Subkey(key.0[if backwards { 15 - r } else { r }])
+        key.round(if backwards { 15 - r } else { r })
     }
 }
 
@@ -599,6 +638,49 @@ mod tests {
         out
     }
 
+    /// The 48-bit subkey (bit 47 = subkey bit 1) that a [`RoundKey`] hands to the rounds.
+    fn subkey(k: RoundKey) -> u64 {
+        (0..48).fold(0u64, |acc, j| (acc << 1) | (k.mask(j) & 1))
+    }
+
+    /// FIPS 46-3's key schedule, written the long way round (PC1, rotations one round at a time,
+    /// PC2 bit by bit): the reference for [`DesKey`], which rotates by running sums and reads
+    /// PC2 through masks.
+    fn reference_subkeys(key: u64) -> [u64; 16] {
+        let cd = PC1.iter().fold(0u64, |acc, &n| (acc << 1) | bit(key, n));
+        let (mut c, mut d) = ((cd >> 28) as u32, (cd & 0x0fff_ffff) as u32);
+        let mut subkeys = [0u64; 16];
+        for (k, &shift) in subkeys.iter_mut().zip(&SHIFTS) {
+            for _ in 0..shift {
+                c = ((c << 1) | (c >> 27)) & 0x0fff_ffff;
+                d = ((d << 1) | (d >> 27)) & 0x0fff_ffff;
+            }
+            let joined = (u64::from(c) << 36) | (u64::from(d) << 8);
+            *k = PC2.iter().fold(0u64, |acc, &n| (acc << 1) | bit(joined, n));
+        }
+        subkeys
+    }
+
+    /// Published subkeys: key 133457799bbcdff1 (J. Orlin Grabbe, "The DES Algorithm
+    /// Illustrated"), K1 and K16.
+    #[test]
+    fn round_keys_match_published_subkeys() {
+        let key = DesKey::new(0x1334_5779_9bbc_dff1u64.to_be_bytes());
+        let k1 = 0b000110_110000_001011_101111_111111_000111_000001_110010;
+        let k16 = 0b110010_110011_110110_001011_000011_100001_011111_110101;
+        assert_eq!(subkey(key.round(0)), k1);
+        assert_eq!(subkey(key.round(15)), k16);
+        assert_eq!(reference_subkeys(0x1334_5779_9bbc_dff1)[0], k1);
+        assert_eq!(reference_subkeys(0x1334_5779_9bbc_dff1)[15], k16);
+    }
+
+    /// A DES key is 8 bytes here (the 16 subkeys would be 128), 3DES 24 plus the variant.
+    #[test]
+    fn schedules_are_compact() {
+        assert_eq!(core::mem::size_of::<DesKey>(), 8);
+        assert!(core::mem::size_of::<Schedule>() <= 28);
+    }
+
     /// FIPS 81 / NBS known answer: key 0123456789abcdef, "Now is t" -> 3fa40e8a984d4815.
     #[test]
     fn des_known_answer() {
@@ -611,6 +693,28 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every round's subkey, read from the rotated halves, is FIPS 46-3's, and the expanded
+        /// masks hold the same bits in pass order (backwards for decryption).
+        #[test]
+        fn round_keys_are_the_fips_subkeys(key in any::<u64>()) {
+            let reference = reference_subkeys(key);
+            let k = DesKey::new(key.to_be_bytes());
+            for (r, want) in reference.iter().enumerate() {
+                prop_assert_eq!(subkey(k.round(r)), *want, "round {}", r + 1);
+            }
+            let s = Schedule::des(&key.to_be_bytes());
+            for (direction, order) in [(Direction::Encrypt, false), (Direction::Decrypt, true)] {
+                let masks = s.expand(direction);
+                prop_assert_eq!(masks.operations(), 1);
+                for r in 0..16 {
+                    let want = reference[if order { 15 - r } else { r }];
+                    let got = masks.round(0, r).iter().fold(0u64, |acc, m| (acc << 1) | (m & 1));
+                    prop_assert!(masks.round(0, r).iter().all(|m| *m == 0 || *m == u64::MAX));
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
 
         #[test]
         fn des_matches_the_des_crate(key in any::<[u8; 8]>(), blocks in proptest::collection::vec(any::<u64>(), 1..130)) {
