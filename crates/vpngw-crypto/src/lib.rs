@@ -12,7 +12,9 @@
 //!
 //! **Data in and out:** key bytes and algorithm identifiers go in; keyed objects come out, which
 //! then transform caller-owned buffers in place. Key schedules are computed once (per SA), never
-//! per packet (the bitsliced DES only spreads its round-key bits to word masks per batch). Every key-holding type wipes itself on drop and prints as `<redacted>`.
+//! per packet (the bitsliced DES keeps each key's two 28-bit halves and, per batch, rotates each
+//! round's subkey out of them and spreads its bits to word masks). Every key-holding type wipes
+//! itself on drop and prints as `<redacted>`.
 //!
 //! Implementations are RustCrypto's (aes, cbc, des, md-5, sha1, hmac) and crypto-bigint's. Written
 //! here because no crate provides them: multi-buffer CBC (docs/adr/0003-multi-buffer-cbc.md) and a
