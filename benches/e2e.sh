@@ -211,6 +211,8 @@ for suite in "${SUITE_LIST[@]}"; do
             nsx "be-$side" "$BIN" status --json --socket "$RUN/vg-$side.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin)["dropped"]; print("  drops at '"$side"':", d or "none")'
         done
         stop_all
+        # Each path's logs stay for a look afterwards (the next path reuses the file names).
+        for side in left right; do cp "$RUN/vg-$side.log" "$RUN/$label-$side.log"; done
     done
 done
 

@@ -31,8 +31,13 @@ pub enum Volume {
 /// the limit: an SA whose traffic would use it up in a few ticks has a lifetime too short for
 /// its rate, and rekeying it at once would only make that worse.
 pub fn soft_point(limit: u64, spread: u32, last_tick: u64) -> u64 {
-    let by_share = limit / 100 * (85 + u64::from(spread % 10));
-    let by_rate = limit.saturating_sub(last_tick.saturating_mul(LEAD_TICKS));
+    let spread = u64::from(spread % 10);
+    let by_share = limit / 100 * (85 + spread);
+    // The spread also shifts the rate-based point (by up to 3 ticks' worth): both ends of a
+    // pair see the same traffic, and without it they would reach the point in the same tick
+    // and start colliding quick modes.
+    let lead = last_tick.saturating_mul(LEAD_TICKS).saturating_add((last_tick / 3).saturating_mul(9 - spread));
+    let by_rate = limit.saturating_sub(lead);
     by_share.min(by_rate).max(limit / 2)
 }
 
@@ -70,6 +75,11 @@ mod tests {
         let p = soft_point(LIMIT, 9, tick);
         assert_eq!(p, LIMIT - LEAD_TICKS * tick);
         assert!(LIMIT - p >= LEAD_TICKS * tick);
+        // Lower spreads start earlier: the two ends of a pair (different SPIs) do not start
+        // their replacements in the same tick.
+        let slower = 100_000_000;
+        assert_eq!(soft_point(LIMIT, 0, slower), LIMIT - LEAD_TICKS * slower - slower / 3 * 9);
+        assert!((1..10).all(|s| soft_point(LIMIT, s - 1, slower) < soft_point(LIMIT, s, slower)));
         assert_eq!(classify(LIMIT, 9, p - 1, tick), Volume::Fine);
         assert_eq!(classify(LIMIT, 9, p, tick), Volume::Soft);
         assert_eq!(classify(LIMIT, 9, LIMIT - 1, tick), Volume::Soft);
