@@ -33,10 +33,10 @@ pub enum Volume {
 pub fn soft_point(limit: u64, spread: u32, last_tick: u64) -> u64 {
     let spread = u64::from(spread % 10);
     let by_share = limit / 100 * (85 + spread);
-    // The spread also shifts the rate-based point (by up to 3 ticks' worth): both ends of a
+    // The spread also shifts the rate-based point (by up to 1.5 ticks' worth): both ends of a
     // pair see the same traffic, and without it they would reach the point in the same tick
     // and start colliding quick modes.
-    let lead = last_tick.saturating_mul(LEAD_TICKS).saturating_add((last_tick / 3).saturating_mul(9 - spread));
+    let lead = last_tick.saturating_mul(LEAD_TICKS).saturating_add((last_tick / 6).saturating_mul(9 - spread));
     let by_rate = limit.saturating_sub(lead);
     by_share.min(by_rate).max(limit / 2)
 }
@@ -78,7 +78,7 @@ mod tests {
         // Lower spreads start earlier: the two ends of a pair (different SPIs) do not start
         // their replacements in the same tick.
         let slower = 100_000_000;
-        assert_eq!(soft_point(LIMIT, 0, slower), LIMIT - LEAD_TICKS * slower - slower / 3 * 9);
+        assert_eq!(soft_point(LIMIT, 0, slower), LIMIT - LEAD_TICKS * slower - slower / 6 * 9);
         assert!((1..10).all(|s| soft_point(LIMIT, s - 1, slower) < soft_point(LIMIT, s, slower)));
         assert_eq!(classify(LIMIT, 9, p - 1, tick), Volume::Fine);
         assert_eq!(classify(LIMIT, 9, p, tick), Volume::Soft);
