@@ -110,6 +110,8 @@ pub struct WorkerCounters {
     /// The worker is between poll() and the end of its batch (may hold SA references).
     pub busy: std::sync::atomic::AtomicBool,
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// The core the worker is pinned to, plus one (0 = not pinned).
+    core: AtomicU64,
 }
 
 impl Default for WorkerCounters {
@@ -125,6 +127,7 @@ impl Default for WorkerCounters {
             epoch: AtomicU64::new(0),
             busy: std::sync::atomic::AtomicBool::new(false),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            core: AtomicU64::new(0),
         }
     }
 }
@@ -135,6 +138,15 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl WorkerCounters {
+    /// The core this worker is pinned to, if it is.
+    pub fn core(&self) -> Option<usize> {
+        self.core.load(Ordering::Relaxed).checked_sub(1).map(|c| c as usize)
+    }
+
+    pub(crate) fn set_core(&self, core: usize) {
+        self.core.store(core as u64 + 1, Ordering::Relaxed);
+    }
+
     pub(crate) fn drop(&self, reason: DropReason) {
         bump(&self.drops[reason.index()], 1);
     }

@@ -62,7 +62,8 @@ pub type ControlSink = Arc<dyn Fn(ToControl) + Send + Sync>;
 pub struct DataplaneConfig {
     pub tun_name: String,
     pub tun_mtu: u16,
-    /// Worker threads; 0 = one per core.
+    /// Worker threads; 0 = one per core in `worker_cores` (or, without it, one per core this
+    /// process may use).
     pub workers: usize,
     pub public_address: Ipv4Addr,
     pub nat_t_port: u16,
@@ -70,7 +71,11 @@ pub struct DataplaneConfig {
     pub path_mtu: u16,
     /// Open raw IP protocol 50 sockets (ESP without UDP).
     pub raw_esp: bool,
+    /// Pin each worker to one core (worker i to the i-th core of the list, wrapping).
     pub pin_workers: bool,
+    /// The cores to pin to; empty = the cores of this process's affinity mask (`taskset`,
+    /// cgroup cpusets), so a gateway started on a subset of the machine stays inside it.
+    pub worker_cores: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,10 @@ pub enum DataplaneError {
     Rng(String),
     #[error("cannot start worker thread: {0}")]
     Thread(io::Error),
+    #[error("cannot read the cores this process may use: {0}")]
+    Affinity(io::Error),
+    #[error("gateway.worker_cores: core {core} is not one this process may use (allowed: {allowed:?})")]
+    CoreNotAllowed { core: usize, allowed: Vec<usize> },
 }
 
 pub(crate) struct Shared {
@@ -121,7 +130,12 @@ impl Dataplane {
         spd: Arc<ArcSwap<Spd>>,
         to_control: ControlSink,
     ) -> Result<Self, DataplaneError> {
-        let workers = if config.workers == 0 { sys::cpu_count() } else { config.workers };
+        let cores = worker_cores(config)?;
+        let workers = match (config.workers, config.worker_cores.is_empty()) {
+            (0, true) => sys::cpu_count(),
+            (0, false) => cores.len(),
+            (n, _) => n,
+        };
         let tuns = sys::tun_queues(&config.tun_name, config.tun_mtu, workers)
             .map_err(|source| DataplaneError::Tun { name: config.tun_name.clone(), source })?;
         let addr = SocketAddr::new(config.public_address.into(), config.nat_t_port);
@@ -138,11 +152,13 @@ impl Dataplane {
             to_control,
             path_mtu: config.path_mtu,
         });
-        let cpus = sys::cpu_count();
         let mut threads = Vec::with_capacity(workers);
         for (id, (tun, udp)) in tuns.into_iter().zip(udps).enumerate() {
             let raw = if config.raw_esp {
-                Some(sys::raw_esp_socket(id as u32, workers as u32).map_err(DataplaneError::Raw)?)
+                Some(
+                    sys::raw_esp_socket(config.public_address, id as u32, workers as u32)
+                        .map_err(DataplaneError::Raw)?,
+                )
             } else {
                 None
             };
@@ -150,21 +166,32 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Udp { addr, source })?;
             let rng = FastRng::from_os().map_err(|e| DataplaneError::Rng(e.to_string()))?;
             let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng };
-            let pin = config.pin_workers.then_some(id % cpus);
+            let pin = if config.pin_workers && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
+            let counters = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vpngw-worker-{id}"))
                 .spawn(move || {
-                    if let Some(cpu) = pin
-                        && let Err(e) = sys::pin_to_cpu(cpu)
-                    {
-                        tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
+                    if let Some(cpu) = pin {
+                        match sys::pin_to_cpu(cpu) {
+                            Ok(()) => counters.counters[id].set_core(cpu),
+                            Err(e) => tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker"),
+                        }
                     }
+                    drop(counters);
                     w.run();
                 })
                 .map_err(DataplaneError::Thread)?;
             threads.push(handle);
         }
-        tracing::info!(tun = %config.tun_name, mtu = config.tun_mtu, workers, raw_esp = config.raw_esp, "dataplane started");
+        tracing::info!(
+            tun = %config.tun_name,
+            mtu = config.tun_mtu,
+            workers,
+            cores = ?cores,
+            pinned = config.pin_workers,
+            raw_esp = config.raw_esp,
+            "dataplane started"
+        );
         Ok(Self { shared, threads, ike_socket, tun_name: config.tun_name.clone() })
     }
 
@@ -219,5 +246,60 @@ impl Dataplane {
             let _ = t.join();
         }
         tracing::info!("dataplane stopped");
+    }
+}
+
+/// The cores workers are pinned to, in order: the configured list, every one of which must be
+/// in the process's affinity mask (pinning outside it fails, or escapes a cpuset someone set on
+/// purpose), or else the mask itself.
+fn worker_cores(config: &DataplaneConfig) -> Result<Vec<usize>, DataplaneError> {
+    if !config.pin_workers {
+        return Ok(Vec::new());
+    }
+    let allowed = sys::allowed_cpus().map_err(DataplaneError::Affinity)?;
+    if config.worker_cores.is_empty() {
+        return Ok(allowed);
+    }
+    if let Some(&core) = config.worker_cores.iter().find(|c| !allowed.contains(c)) {
+        return Err(DataplaneError::CoreNotAllowed { core, allowed });
+    }
+    Ok(config.worker_cores.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pin_workers: bool, worker_cores: Vec<usize>) -> DataplaneConfig {
+        DataplaneConfig {
+            tun_name: "t".into(),
+            tun_mtu: 1400,
+            workers: 0,
+            public_address: Ipv4Addr::LOCALHOST,
+            nat_t_port: 4500,
+            path_mtu: 1500,
+            raw_esp: false,
+            pin_workers,
+            worker_cores,
+        }
+    }
+
+    #[test]
+    fn workers_are_placed_inside_the_processs_cores() {
+        let allowed = sys::allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        assert_eq!(worker_cores(&config(true, vec![])).unwrap(), allowed, "default: the affinity mask");
+        assert_eq!(worker_cores(&config(false, vec![allowed[0]])).unwrap(), Vec::<usize>::new(), "not pinned");
+        let last = *allowed.last().unwrap();
+        assert_eq!(worker_cores(&config(true, vec![last, allowed[0]])).unwrap(), [last, allowed[0]]);
+        // A core outside the mask (one past the highest allowed) is refused and named.
+        let outside = last + 1;
+        match worker_cores(&config(true, vec![allowed[0], outside])) {
+            Err(e @ DataplaneError::CoreNotAllowed { core, .. }) => {
+                assert_eq!(core, outside);
+                assert!(e.to_string().contains("gateway.worker_cores"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -87,6 +87,8 @@ pub struct Gateway {
     /// MTU of the outer path (the public interface).
     pub path_mtu: u16,
     pub workers: usize,
+    /// Cores to pin the workers to, in order (empty: the cores this process may use).
+    pub worker_cores: Vec<usize>,
     pub control_socket: PathBuf,
 }
 
@@ -407,7 +409,7 @@ impl Walker {
         self.unknown_keys(
             "gateway.",
             g,
-            &["name", "public_address", "tun", "tun_mtu", "path_mtu", "workers", "control_socket"],
+            &["name", "public_address", "tun", "tun_mtu", "path_mtu", "workers", "worker_cores", "control_socket"],
         );
         let name = self.string("gateway.name", g, "name").unwrap_or_else(|| "vpngw".into());
         if !valid_name(&name) {
@@ -419,6 +421,7 @@ impl Walker {
             self.problem("gateway.tun", g.get("tun"), "interface name: 1-15 characters, letters, digits, '-', '_'");
         }
         let workers = self.integer("gateway.workers", g, "workers", 0, 1024).unwrap_or(0) as usize;
+        let worker_cores = self.worker_cores(g);
         let path_mtu = self.integer("gateway.path_mtu", g, "path_mtu", 576, 9216).unwrap_or(1500) as u16;
         // ESP worst case: outer IPv4 20 + UDP 8 + SPI/seq 8 + IV 16 + padding 15 + trailer 2 +
         // ICV 12 = 81 bytes; rounded to 100 for headroom.
@@ -438,7 +441,42 @@ impl Walker {
         if !control_socket.is_absolute() {
             self.problem("gateway.control_socket", g.get("control_socket"), "must be an absolute path");
         }
-        Some(Gateway { name, public_address: public_address?, tun, tun_mtu, path_mtu, workers, control_socket })
+        Some(Gateway {
+            name,
+            public_address: public_address?,
+            tun,
+            tun_mtu,
+            path_mtu,
+            workers,
+            worker_cores,
+            control_socket,
+        })
+    }
+
+    /// `gateway.worker_cores`: CPU numbers, each once. Whether this process may use them is
+    /// known only where it runs: the dataplane checks that at start.
+    fn worker_cores(&mut self, g: &Table) -> Vec<usize> {
+        const KEY: &str = "gateway.worker_cores";
+        let Some(v) = g.get("worker_cores") else { return Vec::new() };
+        let Value::Array(items) = v else {
+            self.problem(KEY, Some(v), "must be a list of CPU numbers, e.g. [0, 1]");
+            return Vec::new();
+        };
+        let mut cores = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Integer(c) if (0..=4095).contains(c) => {
+                    let c = *c as usize;
+                    if cores.contains(&c) {
+                        self.problem(KEY, Some(item), "listed twice");
+                    } else {
+                        cores.push(c);
+                    }
+                }
+                other => self.problem(KEY, Some(other), "a CPU number: an integer between 0 and 4095"),
+            }
+        }
+        cores
     }
 
     fn health_check(
@@ -1017,6 +1055,29 @@ listen = "everywhere"
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|t| t.contains("must be one of: des, 3des, aes-128, aes-192, aes-256")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("did you mean 10.1.0.0/24")), "{text:?}");
+    }
+
+    #[test]
+    fn worker_cores_are_a_list_of_distinct_cpu_numbers() {
+        let with = |line: &str| MINIMAL.replace("[[connection]]", &format!("{line}\n\n[[connection]]"));
+        let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+        assert_eq!((c.gateway.workers, c.gateway.worker_cores.clone()), (0, vec![]), "default: the allowed cores");
+        let c = Config::parse(&with("worker_cores = [2, 0, 3]"), Path::new(".")).unwrap();
+        assert_eq!(c.gateway.worker_cores, [2, 0, 3], "in the order given");
+        for (line, shown) in [
+            ("worker_cores = [1, 1]", "1"),
+            ("worker_cores = [0, -1]", "-1"),
+            ("worker_cores = [4096]", "4096"),
+            ("worker_cores = [\"0\"]", "\"0\""),
+            ("worker_cores = 3", "3"),
+        ] {
+            let Err(ParseError::Invalid(problems)) = Config::parse(&with(line), Path::new(".")) else {
+                panic!("{line} accepted")
+            };
+            let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["gateway.worker_cores"], "{line}");
+            assert_eq!(problems[0].value, shown, "{line}: the offending value is shown");
+        }
     }
 
     #[test]

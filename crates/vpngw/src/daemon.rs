@@ -201,6 +201,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
             path_mtu: config.gateway.path_mtu,
             raw_esp: true,
             pin_workers: true,
+            worker_cores: config.gateway.worker_cores.clone(),
         },
         table.clone(),
         spd.clone(),
@@ -997,12 +998,21 @@ impl Daemon {
                 return;
             }
         };
-        if new.gateway.public_address != self.config.gateway.public_address
-            || new.gateway.control_socket != self.config.gateway.control_socket
-        {
-            tracing::warn!(
-                "gateway.public_address and gateway.control_socket changes need a restart; other changes applied"
-            );
+        let (was, now) = (&self.config.gateway, &new.gateway);
+        let restart_only: Vec<&str> = [
+            ("gateway.public_address", was.public_address != now.public_address),
+            ("gateway.control_socket", was.control_socket != now.control_socket),
+            ("gateway.tun", was.tun != now.tun),
+            ("gateway.tun_mtu", was.tun_mtu != now.tun_mtu),
+            ("gateway.path_mtu", was.path_mtu != now.path_mtu),
+            ("gateway.workers", was.workers != now.workers),
+            ("gateway.worker_cores", was.worker_cores != now.worker_cores),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !restart_only.is_empty() {
+            tracing::warn!(keys = %restart_only.join(", "), "these changes need a restart; other changes applied");
         }
         self.config.warnings = new.warnings;
         // Runtime connections stay, unless the file now defines one with the same name.
@@ -1169,6 +1179,7 @@ impl Daemon {
                 .iter()
                 .flat_map(|dp| dp.counters())
                 .map(|c| WorkerStatus {
+                    core: c.core(),
                     packets_out: c.out_packets.load(std::sync::atomic::Ordering::Relaxed),
                     packets_in: c.in_packets.load(std::sync::atomic::Ordering::Relaxed),
                     busy_seconds: c.busy_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,

@@ -21,6 +21,9 @@ pub struct Status {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerStatus {
+    /// The core the worker is pinned to (none: not pinned).
+    #[serde(default)]
+    pub core: Option<usize>,
     pub packets_out: u64,
     pub packets_in: u64,
     pub busy_seconds: f64,

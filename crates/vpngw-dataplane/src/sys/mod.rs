@@ -7,7 +7,7 @@
 //! ESP socket has a filter keeping `spi % workers == worker` ([`raw_esp_socket`]).
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
@@ -105,11 +105,17 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// by SPI (`spi % workers == worker`), so that all packets of an SA are opened by one worker, in
 /// order. (Spreading one SA's packets over workers by sequence blocks was tried: it reorders
 /// TCP segments, and halved 3DES throughput; see docs/performance.md.) Each packet is read once.
-pub fn raw_esp_socket(worker: u32, workers: u32) -> io::Result<Socket> {
+pub fn raw_esp_socket(address: Ipv4Addr, worker: u32, workers: u32) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_ESP)))?;
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
+    // Bound to the address IKE uses: ESP leaves from it whatever source the route would pick
+    // (a host with several addresses on the uplink), and only ESP sent to it arrives here.
+    // (Writing the outer header ourselves, IP_HDRINCL, was measured: the kernel then builds a
+    // route per packet instead of using its cached one, and it was no faster; see
+    // docs/performance.md.)
+    s.bind(&SocketAddr::from((address, 0)).into())?;
     if workers > 1 {
         // The filter sees the packet from its IPv4 header. Packets too short to hold an SPI go
         // to worker 0 (a load beyond the end would make the filter drop them uncounted).
@@ -139,6 +145,12 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).map_err(io::Error::from)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+/// The CPUs this process may run on: its affinity mask (`taskset`, a cgroup cpuset).
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(io::Error::from)?;
+    Ok((0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
 }
 
 pub fn cpu_count() -> usize {
