@@ -13,6 +13,13 @@
 //! Who replaces: both sides keep a soft deadline, the quick mode initiator's earlier than the
 //! responder's, so the responder only rekeys when the initiator did not. Volume (kilobytes) and
 //! sequence-number limits are watched by the driver, which calls [`crate::Endpoint::rekey_child`].
+//!
+//! Rekey collisions: both sides count the same traffic, so volume limits often make both start
+//! a replacement of the same pair at once. IKEv1 has no rule for this; left alone, each side
+//! would switch to a different new pair and later retire the one the other sends with. We use
+//! IKEv2's rule (RFC 7296 s.2.8.1): of two pairs replacing the same pair, the one whose quick
+//! mode had the lowest nonce is redundant. Both sides know all four nonces, so both pick the
+//! same survivor; the redundant pair is never sent with and retires like a replaced one.
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +63,11 @@ pub(crate) struct ChildRecord {
     pub activate_at: Option<Instant>,
     /// Replaced: Delete and remove then.
     pub retire_at: Option<Instant>,
+    /// The pair (inbound SPI) this one replaces, if any.
+    pub predecessor: Option<u32>,
+    /// Orders two pairs that replace the same one: the lower rank is redundant
+    /// ([`collision_rank`]).
+    pub rank: u64,
 }
 
 impl ChildRecord {
@@ -100,10 +112,48 @@ pub(crate) fn rekey_time(now: Instant, lifetime: Duration, role: Role, rng: &mut
     now + lifetime.saturating_sub(base + jitter)
 }
 
+/// A quick mode's place in a rekey collision: its lowest nonce, read as a big-endian number
+/// (the first 8 bytes; nonces are at least 8 bytes, RFC 2409 s.5). Equal ranks (a 2^-64
+/// chance) leave both pairs in place, as before this rule.
+pub(crate) fn collision_rank(n_i: &[u8], n_r: &[u8]) -> u64 {
+    let first8 = |n: &[u8]| {
+        let mut b = [0u8; 8];
+        let k = n.len().min(8);
+        b[..k].copy_from_slice(&n[..k]);
+        u64::from_be_bytes(b)
+    };
+    first8(n_i).min(first8(n_r))
+}
+
 /// Switches outbound traffic of `spi_in`'s pair to it; every other SA pair for the same
-/// selectors is replaced and retires after the grace period.
+/// selectors is replaced and retires after the grace period. In a rekey collision, the pair
+/// that loses is instead marked replaced itself, and traffic stays where it is until the
+/// winner activates.
 pub(crate) fn activate(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: u32) {
     let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) else { return };
+    let c = &sa.children[i];
+    let beaten = c.predecessor.is_some()
+        && sa.children.iter().any(|o| {
+            o.spi_in != spi_in
+                && o.pair == c.pair
+                && o.predecessor == c.predecessor
+                && o.state != ChildSaState::Replaced
+                && o.rank > c.rank
+        });
+    if beaten {
+        let c = &mut sa.children[i];
+        tracing::info!(
+            peer = %sa.peer.name,
+            spi_in = %format!("{spi_in:08x}"),
+            selectors = %c.pair,
+            "rekey collision: this pair is redundant (lower nonce), the peer's choice carries the traffic"
+        );
+        c.state = ChildSaState::Replaced;
+        c.activate_at = None;
+        c.rekey_at = None;
+        c.retire_at = Some((ctx.now + RETIRE_GRACE).min(c.expires_at));
+        return;
+    }
     let c = &mut sa.children[i];
     c.state = ChildSaState::Active;
     c.activate_at = None;

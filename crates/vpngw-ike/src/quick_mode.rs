@@ -52,6 +52,8 @@ pub(crate) struct QuickMode {
     pub retransmit: Option<Retransmit>,
     /// Hash of the last request and our answer (QM2 for a responder, QM3 for an initiator).
     last_answer: Option<(u64, Vec<u8>)>,
+    /// Initiator of a rekey: the pair (our inbound SPI) it replaces.
+    replaces: Option<u32>,
 }
 
 fn random_bytes(ctx: &mut Ctx<'_>, n: usize) -> Vec<u8> {
@@ -113,7 +115,7 @@ pub(crate) fn pump(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             Some(old) => sa.children.iter().any(|c| c.spi_in == old && c.state == ChildSaState::Active),
         };
         if wanted && !exchanging {
-            start(sa, ctx, pair);
+            start(sa, ctx, pair, q.replaces);
         }
     }
 }
@@ -127,8 +129,8 @@ fn new_message_id(sa: &IkeSa, ctx: &mut Ctx<'_>) -> u32 {
     }
 }
 
-/// Sends QM1 for `pair`.
-pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, pair: SubnetPair) {
+/// Sends QM1 for `pair`, a rekey of the pair with inbound SPI `replaces` or a first SA.
+pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, pair: SubnetPair, replaces: Option<u32>) {
     let (Some(keys), Some(cipher)) = (sa.keys.as_ref(), sa.cipher.as_ref()) else { return };
     let message_id = new_message_id(sa, ctx);
     let iv = phase2_iv(keys.hash, &sa.iv, message_id, cipher.block_len());
@@ -165,6 +167,7 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, pair: SubnetPair) {
         lifetime: (None, None),
         retransmit: Some(Retransmit::new(packet.clone(), ctx)),
         last_answer: None,
+        replaces,
     });
     sa.transmit(ctx, packet);
 }
@@ -420,6 +423,7 @@ fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, offered_spi: &mu
         lifetime: (Some(seconds), kilobytes),
         retransmit: Some(Retransmit::new(packet.clone(), ctx)),
         last_answer: Some((packet_hash(rx.data), packet.clone())),
+        replaces: None,
     });
     sa.transmit(ctx, packet);
     // Make-before-break: our inbound SA exists before the initiator, which switches when it
@@ -578,6 +582,12 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let lifetime = Duration::from_secs(seconds);
     let role = qm.role;
     let replaces = child::has_active(sa, &qm.pair);
+    // What this pair replaces: for our rekey, the pair we set out to replace; for the peer's
+    // quick mode, the pair carrying the traffic now. Two pairs replacing the same one are a
+    // rekey collision (child::activate settles it).
+    let predecessor = qm.replaces.or_else(|| {
+        sa.children.iter().find(|c| c.pair == qm.pair && c.state == ChildSaState::Active).map(|c| c.spi_in)
+    });
     let record = ChildRecord {
         spi_in: qm.spi_in,
         spi_out: qm.spi_out,
@@ -590,6 +600,8 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
         activate_at: (role == Role::Initiator)
             .then(|| ctx.now + if replaces { child::ACTIVATE_DELAY } else { child::FIRST_ACTIVATE_DELAY }),
         retire_at: None,
+        predecessor,
+        rank: child::collision_rank(&qm.n_i, &qm.n_r),
     };
     let child = ChildSa {
         spi_in: qm.spi_in,

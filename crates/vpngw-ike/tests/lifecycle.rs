@@ -181,6 +181,39 @@ fn a_hard_limit_during_the_activation_delay_hands_over_to_the_replacement() {
     }
 }
 
+/// Both sides start replacing the same pair at once: what volume limits do, since both count
+/// the same traffic. Each side's quick mode crosses the other's; without a rule, each side
+/// switched to the other's new pair and, ten seconds later, retired the pair the other was
+/// sending with (esp_unknown_spi drops in bench-e2e). Both must settle on one pair, and nothing
+/// sent may meet a missing SA on the way.
+#[test]
+fn a_rekey_collision_settles_on_one_pair_and_loses_nothing() {
+    let mut winners = HashSet::new();
+    for seed in 60..72 {
+        let (a, b) = configs();
+        let mut p = Pair::new(a, b, seed);
+        let (mut ta, mut tb) = (Table::default(), Table::default());
+        p.a.initiate(p.now, "to-b").unwrap();
+        drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+        let old = *ta.outbound.values().next().unwrap();
+        assert!(p.a.rekey_child(p.now, old), "seed {seed}: A starts a rekey");
+        assert!(p.b.rekey_child(p.now, old), "seed {seed}: so does B, before A's quick mode reaches it");
+        // Past the activation delay and the replaced pairs' retirement.
+        let elapsed = p.now - p.start;
+        drive_checked(&mut p, elapsed + Duration::from_secs(30), &mut ta, &mut tb);
+        assert_eq!(Pair::children(&p.a_events).len(), 3, "seed {seed}: both quick modes completed");
+        let a_out = *ta.outbound.values().next().unwrap();
+        let b_out = *tb.outbound.values().next().unwrap();
+        assert_eq!(ta.inbound, HashSet::from([b_out]), "seed {seed}: A keeps only the pair B sends with");
+        assert_eq!(tb.inbound, HashSet::from([a_out]), "seed {seed}: B keeps only the pair A sends with");
+        let survivor = Pair::children(&p.a_events).into_iter().find(|c| c.spi_out == a_out).unwrap();
+        assert_eq!(survivor.spi_in, b_out, "seed {seed}: one pair both ways");
+        winners.insert(format!("{:?}", survivor.role));
+        assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+    }
+    assert_eq!(winners.len(), 2, "either side's pair survives, by the nonces: {winners:?}");
+}
+
 #[test]
 fn without_a_replacement_the_sa_expires_on_both_sides() {
     let (a, b) = short_lifetimes(30);
