@@ -5,7 +5,14 @@
 #   (encapsulation = "udp": UDP GSO/GRO apply), for aes-128/sha1 and 3des/md5.
 # iperf3 TCP, 10 s, 3 repetitions, medians; plus 64-byte UDP packets per second.
 # Everything shares this machine's cores. Prints Mbit/s and the ratios vpngw/strongSwan and
-# vpngw/plain. Options (environment): SECONDS_PER_RUN=10 REPS=3 PPS_SECONDS=5.
+# vpngw/plain. Options (environment): SECONDS_PER_RUN=10 REPS=3 PPS_SECONDS=5, SUITE="aes-128
+# sha1 aes128-sha1" (one suite), PLACEMENT=own-core|shared.
+# PLACEMENT=own-core (the default, with 2+ cores): each lab gateway runs on a core of its own,
+# the left one on core 0 and the right one on core 1, strongSwan (taskset) and vpngw
+# (gateway.worker_cores) alike, as if each had its own machine; the hosts' iperf3 float.
+# PLACEMENT=shared: no placement; each vpngw pins one worker per core, and a tunnel's two
+# directions land on a core by their SPIs, so the two gateways' busy workers share one core
+# in about half of the runs (docs/performance.md, "placement").
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${VPNGW_BIN:-$ROOT/target/release/vpngw}
@@ -17,6 +24,9 @@ NS=(be-lhost be-left be-right be-rhost)
 PSK=bench-psk-0123456789abcdef
 CHARON=/usr/lib/ipsec/charon
 PIDS=()
+PLACEMENT=${PLACEMENT:-own-core}
+[ "$(nproc)" -ge 2 ] || PLACEMENT=shared
+core_of() { [ "$1" = left ] && echo 0 || echo 1; }
 
 nsx() { local n=$1; shift; ip netns exec "$n" "$@"; }
 stop_all() {
@@ -144,7 +154,9 @@ EOC
     # A socket file left by the previous suite's charon would be found before the new one
     # listens ("Connection refused"): remove it, then wait until the new one answers.
     rm -f "$d/charon.vici"
-    STRONGSWAN_CONF=$d/strongswan.conf ip netns exec "be-$side" sh -c 'mount --bind "$1" /run && exec "$2"' sh "$d" "$CHARON" >"$d/out" 2>&1 &
+    local pin=()
+    [ "$PLACEMENT" = own-core ] && pin=(taskset -c "$(core_of "$side")")
+    STRONGSWAN_CONF=$d/strongswan.conf ip netns exec "be-$side" "${pin[@]}" sh -c 'mount --bind "$1" /run && exec "$2"' sh "$d" "$CHARON" >"$d/out" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 50); do
         [ -S "$d/charon.vici" ] && swanctl --stats --uri "unix://$d/charon.vici" >/dev/null 2>&1 && break
@@ -161,6 +173,7 @@ vg_conf() {  # vg_conf SIDE ENC HASH ENCAPSULATION
 [gateway]
 public_address = "$me"
 control_socket = "$RUN/vg-$side.sock"
+$([ "$PLACEMENT" = own-core ] && echo "worker_cores = [$(core_of "$side")]")
 [[connection]]
 name = "bench"
 remote_address = "$peer"
@@ -183,7 +196,7 @@ EOC
 }
 
 rm -rf "$RUN"; mkdir -p "$RUN"; : >"$RUN/results"
-echo "end-to-end benchmark: iperf3 TCP ${T}s x ${REPS} (median), 64-byte UDP ${PPS_T}s; $(nproc) cores shared by everything"
+echo "end-to-end benchmark: iperf3 TCP ${T}s x ${REPS} (median), 64-byte UDP ${PPS_T}s; $(nproc) cores shared by everything; placement: $PLACEMENT"
 topology
 nsx be-left ip route add 10.2.0.0/24 via 198.51.100.2
 nsx be-right ip route add 10.1.0.0/24 via 198.51.100.1
@@ -196,11 +209,19 @@ SUITE_LIST=("aes-128 sha1 aes128-sha1" "3des md5 3des-md5")
 for suite in "${SUITE_LIST[@]}"; do
     set -- $suite
     enc=$1 hash=$2 sw=$3
-    sw_conf right "$sw-modp2048" "$sw"
-    sw_conf left "$sw-modp2048" "$sw"
-    swanctl --initiate --ike lab --child net --timeout 20 --uri "unix://$RUN/sw-left/charon.vici" >/dev/null
-    measure "strongswan-$sw"
-    stop_all
+    # strongSwan in the bench's placement and, when that is own-core, also unplaced: the
+    # ratios take the faster of the two (its kernel-libipsec threads may gain from two cores).
+    sw_placements=("$PLACEMENT"); [ "$PLACEMENT" = own-core ] && sw_placements+=(shared)
+    for sw_placement in "${sw_placements[@]}"; do
+        PLACEMENT_NOW=$PLACEMENT; PLACEMENT=$sw_placement
+        sw_conf right "$sw-modp2048" "$sw"
+        sw_conf left "$sw-modp2048" "$sw"
+        PLACEMENT=$PLACEMENT_NOW
+        swanctl --initiate --ike lab --child net --timeout 20 --uri "unix://$RUN/sw-left/charon.vici" >/dev/null
+        label="strongswan-$sw"; [ "$sw_placement" != "$PLACEMENT" ] && label="strongswan-$sw_placement-$sw"
+        measure "$label"
+        stop_all
+    done
     for encap in auto udp; do
         vg_conf right "$enc" "$hash" "$encap"
         vg_conf left "$enc" "$hash" "$encap"
@@ -224,12 +245,14 @@ for line in open(sys.argv[1]):
     rows[label] = (float(mbps), int(pps), runs)
 plain = rows["plain"][0]
 print()
-print(f"{'path':<24} {'TCP Mbit/s':>11} {'runs':>24} {'64B UDP pps':>12}")
+print(f"{'path':<30} {'TCP Mbit/s':>11} {'runs':>24} {'64B UDP pps':>12}")
 for label, (mbps, pps, runs) in rows.items():
-    print(f"{label:<24} {mbps:>11.1f} {' '.join(runs):>24} {pps:>12}")
+    print(f"{label:<30} {mbps:>11.1f} {' '.join(runs):>24} {pps:>12}")
 print()
 for suite in ("aes128-sha1", "3des-md5"):
-    sw = rows.get(f"strongswan-{suite}")
+    # The faster strongSwan placement is the one to beat.
+    sws = [rows[k] for k in (f"strongswan-{suite}", f"strongswan-shared-{suite}") if k in rows]
+    sw = max(sws, key=lambda r: r[0]) if sws else None
     for kind, name in (("vpngw", "raw ESP"), ("vpngw-udp", "ESP in UDP")):
         vg = rows.get(f"{kind}-{suite}")
         if sw and vg:
