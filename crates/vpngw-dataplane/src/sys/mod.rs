@@ -28,7 +28,12 @@ pub const IPPROTO_ESP: i32 = 50;
 /// the kernel's stack once per super-packet rather than once per packet.
 pub fn tun_queues(name: &str, mtu: u16, queues: usize) -> io::Result<Vec<SyncDevice>> {
     let first =
-        DeviceBuilder::new().name(name).mtu(mtu).multi_queue(queues > 1).offload(true).enable(true).build_sync()?;
+        DeviceBuilder::new().name(name).mtu(mtu).multi_queue(queues > 1).offload(true).enable(false).build_sync()?;
+    // The SPD is IPv4: IPv6 goes off before the link comes up, or the kernel's neighbour and
+    // router solicitations enter the TUN first and count as drops (`not_ipv4`) at every
+    // start. A kernel without IPv6 has no such file, and nothing to turn off.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    first.enabled(true)?;
     let mut all = Vec::with_capacity(queues);
     for _ in 1..queues {
         all.push(first.try_clone()?);
