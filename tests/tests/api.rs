@@ -99,6 +99,31 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
         http(&lab, &lab.left, "PUT", "/api/v1/connections/x", Some("wrong-token"), Some(&the_connection()));
     assert_eq!(code, 401, "{body}");
 
+    // Rotation: a new token in the file and a reload (SIGHUP); the old one is refused from
+    // then on. A file emptied by mistake keeps the token in use, and the log says so. No token
+    // ever appears in the log.
+    const ROTATED: &str = "rotated-token-0b7d4e2c93";
+    let token_file = lab.dir.join("api-api").join("api.token");
+    let hup =
+        || assert!(std::process::Command::new("kill").args(["-HUP", &v.pid.to_string()]).status().unwrap().success());
+    let accepted = |token: &str| http(&lab, &lab.left, "GET", "/api/v1/status", Some(token), None).0 == 200;
+    std::fs::write(&token_file, format!("{ROTATED}\n")).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), || accepted(ROTATED).then_some(()))
+        .unwrap_or_else(|| panic!("rotated token refused\n{}", v.log_text()));
+    assert!(!accepted(TOKEN), "the old token still works after the rotation");
+    std::fs::write(&token_file, "  \n").unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), || v.log_text().contains("API token not re-read").then_some(()))
+        .unwrap_or_else(|| panic!("an empty token file went unreported\n{}", v.log_text()));
+    assert!(accepted(ROTATED), "an empty token file locked the API");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), || accepted(TOKEN).then_some(()))
+        .unwrap_or_else(|| panic!("token not rotated back\n{}", v.log_text()));
+    let log = v.log_text();
+    assert!(!log.contains(ROTATED) && !log.contains(TOKEN), "a token in the log");
+
     // Bad input: 422, every problem named by its key; nothing created.
     let mut bad = the_connection();
     bad["ike"]["encryption"] = json!("rot13");

@@ -39,19 +39,48 @@ pub enum ApiError {
 #[derive(Clone)]
 struct Ctx {
     commands: mpsc::Sender<Command>,
-    token: std::sync::Arc<Vec<u8>>,
+    token: ApiToken,
+}
+
+/// The bearer token the API accepts; the daemon re-reads its file on reload (SIGHUP), so a
+/// token is rotated without a restart. Requests read it without a lock.
+#[derive(Clone)]
+pub struct ApiToken(std::sync::Arc<arc_swap::ArcSwap<zeroize::Zeroizing<Vec<u8>>>>);
+
+impl ApiToken {
+    fn read(api: &Api) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
+        let path = api.token_file.display().to_string();
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&api.token_file)
+                .map_err(|source| ApiError::Token { path: path.clone(), source })?,
+        );
+        let token = zeroize::Zeroizing::new(text.trim().as_bytes().to_vec());
+        if token.is_empty() {
+            return Err(ApiError::EmptyToken(path));
+        }
+        Ok(token)
+    }
+
+    /// Reads the token file again. On an error the token in use stays (an API locked out by
+    /// a half-written file helps nobody); the error names the file, never its content.
+    /// Returns whether the token changed.
+    pub fn reload(&self, api: &Api) -> Result<bool, ApiError> {
+        let token = Self::read(api)?;
+        let changed = self.0.load().as_slice() != token.as_slice();
+        if changed {
+            self.0.store(std::sync::Arc::new(token));
+        }
+        Ok(changed)
+    }
 }
 
 /// Reads the token and serves the API until the task is aborted.
-pub async fn serve(api: &Api, commands: mpsc::Sender<Command>) -> Result<tokio::task::JoinHandle<()>, ApiError> {
-    let path = api.token_file.display().to_string();
-    let text =
-        std::fs::read_to_string(&api.token_file).map_err(|source| ApiError::Token { path: path.clone(), source })?;
-    let token = text.trim().as_bytes().to_vec();
-    if token.is_empty() {
-        return Err(ApiError::EmptyToken(path));
-    }
-    let ctx = Ctx { commands, token: std::sync::Arc::new(token) };
+pub async fn serve(
+    api: &Api,
+    commands: mpsc::Sender<Command>,
+) -> Result<(tokio::task::JoinHandle<()>, ApiToken), ApiError> {
+    let token = ApiToken(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(ApiToken::read(api)?)));
+    let ctx = Ctx { commands, token: token.clone() };
     let app = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/connections", get(list))
@@ -65,11 +94,12 @@ pub async fn serve(api: &Api, commands: mpsc::Sender<Command>) -> Result<tokio::
     let listener = tokio::net::TcpListener::bind(api.listen)
         .await
         .map_err(|source| ApiError::Bind { addr: api.listen, source })?;
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "management API stopped");
         }
-    }))
+    });
+    Ok((task, token))
 }
 
 fn error(code: StatusCode, message: &str) -> HttpResponse {
@@ -84,7 +114,8 @@ async fn authorize(State(ctx): State<Ctx>, req: HttpRequest, next: Next) -> Http
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
-    let ok = presented.is_some_and(|p| p.len() == ctx.token.len() && bool::from(p.ct_eq(&ctx.token)));
+    let token = ctx.token.0.load();
+    let ok = presented.is_some_and(|p| p.len() == token.len() && bool::from(p.ct_eq(token.as_slice())));
     if !ok {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

@@ -114,6 +114,8 @@ struct Daemon {
     probes: HashMap<String, Probe>,
     /// Connections created through the management API: their tables as given (persisted).
     api_tables: std::collections::BTreeMap<String, toml::Table>,
+    /// The API's bearer token, re-read from its file on reload.
+    api_token: Option<crate::api::ApiToken>,
 }
 
 struct Probe {
@@ -212,8 +214,6 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         .map_err(|source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source })?;
     let sock_natt = UdpSocket::from_std(natt)
         .map_err(|source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source })?;
-    // The SPD is IPv4: keep the kernel from sending IPv6 neighbour discovery into the TUN.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", dataplane.tun_name()), "1");
     let mut routes = Routes::new(dataplane.tun_name())?;
     routes.sync(&wanted_routes(&config)).await?;
     let rng = FastRng::from_os().map_err(|e| DaemonError::Rng(e.to_string()))?;
@@ -223,13 +223,13 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         let _ = endpoint.add_peer(c.peer.clone());
     }
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
-    let api_task = match &config.api {
+    let (api_task, api_token) = match &config.api {
         Some(api) => {
-            let task = crate::api::serve(api, cmd_tx.clone()).await?;
+            let (task, token) = crate::api::serve(api, cmd_tx.clone()).await?;
             tracing::info!(listen = %api.listen, "management API at http://{}/api/v1/", api.listen);
-            Some(task)
+            (Some(task), Some(token))
         }
-        None => None,
+        None => (None, None),
     };
     let control_task = control::serve(&config.gateway.control_socket, cmd_tx)?;
     let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<Snapshot>>(16);
@@ -266,6 +266,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         unknown_peer_negotiations: 0,
         probes: HashMap::new(),
         api_tables,
+        api_token,
     };
     d.sync_probes();
     if let Some(k) = &d.keylog {
@@ -793,7 +794,7 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default();
-        Some(Diagnosis::new(connection, status, failures))
+        Some(Diagnosis::new(connection, status, failures, unix(SystemTime::now())))
     }
 
     async fn command(&mut self, request: Request) -> Response {
@@ -1007,12 +1008,28 @@ impl Daemon {
             ("gateway.path_mtu", was.path_mtu != now.path_mtu),
             ("gateway.workers", was.workers != now.workers),
             ("gateway.worker_cores", was.worker_cores != now.worker_cores),
+            ("metrics", self.config.metrics != new.metrics),
+            (
+                "api.listen, api.state_file",
+                self.config.api.as_ref().map(|a| (a.listen, &a.state_file))
+                    != new.api.as_ref().map(|a| (a.listen, &a.state_file)),
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
         .collect();
         if !restart_only.is_empty() {
             tracing::warn!(keys = %restart_only.join(", "), "these changes need a restart; other changes applied");
+        }
+        // A rotated API token takes effect now (the listener itself stays).
+        if let (Some(token), Some(api)) = (&self.api_token, &new.api) {
+            match token.reload(api) {
+                Ok(true) => {
+                    tracing::info!(file = %api.token_file.display(), "API token re-read: the new one is in use")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "API token not re-read: the previous one stays in use"),
+            }
         }
         self.config.warnings = new.warnings;
         // Runtime connections stay, unless the file now defines one with the same name.
