@@ -69,6 +69,18 @@ fn drive_checked(p: &mut Pair, limit: Duration, ta: &mut Table, tb: &mut Table) 
     });
 }
 
+/// Two engines with the default configurations, A's connection up (checked step by step):
+/// the pair, both tables, and A's outbound SPI.
+fn up(seed: u64) -> (Pair, Table, Table, u32) {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, seed);
+    let (mut ta, mut tb) = (Table::default(), Table::default());
+    p.a.initiate(p.now, "to-b").unwrap();
+    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+    let spi = *ta.outbound.values().next().unwrap();
+    (p, ta, tb, spi)
+}
+
 fn short_lifetimes(seconds: u32) -> (vpngw_ike::PeerConfig, vpngw_ike::PeerConfig) {
     let (mut a, mut b) = configs();
     a.phase2.lifetime_seconds = seconds;
@@ -98,11 +110,7 @@ fn time_rekeys_make_before_break() {
 
 #[test]
 fn either_side_can_rekey_on_volume_and_the_other_follows() {
-    let (a, b) = configs();
-    let mut p = Pair::new(a, b, 42);
-    let (mut ta, mut tb) = (Table::default(), Table::default());
-    p.a.initiate(p.now, "to-b").unwrap();
-    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
+    let (mut p, mut ta, mut tb, _) = up(42);
     let mut limit = 5;
     for round in 0..6 {
         // The side that was quick mode responder starts every other rekey.
@@ -129,12 +137,7 @@ fn either_side_can_rekey_on_volume_and_the_other_follows() {
 
 #[test]
 fn hard_volume_limit_deletes_on_both_sides() {
-    let (a, b) = configs();
-    let mut p = Pair::new(a, b, 43);
-    let (mut ta, mut tb) = (Table::default(), Table::default());
-    p.a.initiate(p.now, "to-b").unwrap();
-    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
-    let spi = *ta.outbound.values().next().unwrap();
+    let (mut p, _, _, spi) = up(43);
     p.a.expire_child(p.now, spi);
     p.drive(Duration::from_secs(10));
     assert_eq!(deletes(&p.a_events, DeleteReason::Expired), 1);
@@ -147,12 +150,7 @@ fn hard_volume_limit_deletes_on_both_sides() {
 #[test]
 fn a_hard_limit_during_the_activation_delay_hands_over_to_the_replacement() {
     for (seed, expiring_side_is_rekeyer) in [(45, true), (46, false)] {
-        let (a, b) = configs();
-        let mut p = Pair::new(a, b, seed);
-        let (mut ta, mut tb) = (Table::default(), Table::default());
-        p.a.initiate(p.now, "to-b").unwrap();
-        drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
-        let old = *ta.outbound.values().next().unwrap();
+        let (mut p, mut ta, mut tb, old) = up(seed);
         assert!(p.a.rekey_child(p.now, old));
         // The quick mode completes (no time passes on this wire); A's activation delay has not.
         let elapsed = p.now - p.start;
@@ -190,12 +188,7 @@ fn a_hard_limit_during_the_activation_delay_hands_over_to_the_replacement() {
 fn a_rekey_collision_settles_on_one_pair_and_loses_nothing() {
     let mut winners = HashSet::new();
     for seed in 60..72 {
-        let (a, b) = configs();
-        let mut p = Pair::new(a, b, seed);
-        let (mut ta, mut tb) = (Table::default(), Table::default());
-        p.a.initiate(p.now, "to-b").unwrap();
-        drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
-        let old = *ta.outbound.values().next().unwrap();
+        let (mut p, mut ta, mut tb, old) = up(seed);
         assert!(p.a.rekey_child(p.now, old), "seed {seed}: A starts a rekey");
         assert!(p.b.rekey_child(p.now, old), "seed {seed}: so does B, before A's quick mode reaches it");
         // Past the activation delay and the replaced pairs' retirement.
@@ -231,12 +224,7 @@ fn without_a_replacement_the_sa_expires_on_both_sides() {
 
 #[test]
 fn a_responder_whose_qm3_never_comes_drops_the_inbound_sa_and_says_so() {
-    let (a, b) = configs();
-    let mut p = Pair::new(a, b, 45);
-    let (mut ta, mut tb) = (Table::default(), Table::default());
-    p.a.initiate(p.now, "to-b").unwrap();
-    drive_checked(&mut p, Duration::from_secs(5), &mut ta, &mut tb);
-    let old = *ta.outbound.values().next().unwrap();
+    let (mut p, mut ta, mut tb, old) = up(45);
     assert!(p.a.rekey_child(p.now, old));
     // QM1 reaches B, QM2 reaches A, A's QM3 is lost (and so is everything A sends after).
     let qm1 = p.a.poll_transmit().unwrap();
