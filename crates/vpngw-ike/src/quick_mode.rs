@@ -583,10 +583,16 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let role = qm.role;
     let replaces = child::has_active(sa, &qm.pair);
     // What this pair replaces: for our rekey, the pair we set out to replace; for the peer's
-    // quick mode, the pair carrying the traffic now. Two pairs replacing the same one are a
-    // rekey collision (child::activate settles it).
+    // quick mode, the newest pair not yet replaced, which is the one the peer sends with or
+    // (our own rekey, still in its activation delay) the one it has just switched to: the peer
+    // replaces that one. Two pairs replacing the same one are a rekey collision
+    // (child::activate settles it).
     let predecessor = qm.replaces.or_else(|| {
-        sa.children.iter().find(|c| c.pair == qm.pair && c.state == ChildSaState::Active).map(|c| c.spi_in)
+        sa.children
+            .iter()
+            .filter(|c| c.pair == qm.pair && c.state != ChildSaState::Replaced)
+            .max_by_key(|c| c.established_at)
+            .map(|c| c.spi_in)
     });
     let record = ChildRecord {
         spi_in: qm.spi_in,

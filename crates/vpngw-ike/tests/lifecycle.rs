@@ -207,6 +207,36 @@ fn a_rekey_collision_settles_on_one_pair_and_loses_nothing() {
     assert_eq!(winners.len(), 2, "either side's pair survives, by the nonces: {winners:?}");
 }
 
+/// One side rekeys the pair it has just switched to while the other, that pair's quick mode
+/// initiator, still waits out its activation delay. Not a collision: the second pair replaces
+/// the first on both sides. (The first collision rule took the responder's "pair carrying the
+/// traffic" as what the peer's quick mode replaced, i.e. the older pair, and so saw two rivals
+/// where the peer saw a successor: a 13 s gap in rekeys_from_both_sides_lose_nothing_between_
+/// two_vpngw.)
+#[test]
+fn a_rekey_of_a_pair_still_in_its_activation_delay_is_not_a_collision() {
+    for seed in 80..92 {
+        let (mut p, mut ta, mut tb, old) = up(seed);
+        let b_old = *tb.outbound.values().next().unwrap();
+        assert!(p.b.rekey_child(p.now, old));
+        // B's quick mode completes (no time passes on this wire); A switched on QM3, B waits.
+        let elapsed = p.now - p.start;
+        drive_checked(&mut p, elapsed, &mut ta, &mut tb);
+        let first = *ta.outbound.values().next().unwrap();
+        assert_ne!(first, old, "seed {seed}: A sends with B's new pair");
+        assert_eq!(*tb.outbound.values().next().unwrap(), b_old, "seed {seed}: B still waits");
+        assert!(p.a.rekey_child(p.now, first), "seed {seed}: A rekeys the pair it sends with");
+        drive_checked(&mut p, elapsed + Duration::from_secs(30), &mut ta, &mut tb);
+        let a_out = *ta.outbound.values().next().unwrap();
+        let b_out = *tb.outbound.values().next().unwrap();
+        assert_eq!(ta.inbound, HashSet::from([b_out]), "seed {seed}: one pair left at A");
+        assert_eq!(tb.inbound, HashSet::from([a_out]), "seed {seed}: one pair left at B");
+        let last = Pair::children(&p.a_events).into_iter().last().unwrap();
+        assert_eq!((last.spi_in, last.spi_out), (b_out, a_out), "seed {seed}: A's rekey is the survivor");
+        assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+    }
+}
+
 #[test]
 fn without_a_replacement_the_sa_expires_on_both_sides() {
     let (a, b) = short_lifetimes(30);
