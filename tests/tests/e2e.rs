@@ -188,6 +188,11 @@ fn vpngw_and_vpngw_over_raw_esp() {
             // No replay drops from our own reordering, no ICV failures, and no IPv6 from the
             // kernel into the TUN (IPv6 is off before the link comes up).
             for v in [&left, &right] {
+                // Every worker pinned, to a core of its own.
+                let workers = v.status().unwrap()["workers"].as_array().unwrap().clone();
+                let cores: std::collections::BTreeSet<u64> =
+                    workers.iter().filter_map(|w| w["core"].as_u64()).collect();
+                assert_eq!(cores.len(), workers.len(), "{name}: worker placement: {workers:?}");
                 let dropped = &v.status().unwrap()["dropped"];
                 for bad in ["esp_replay", "esp_too_old", "esp_icv", "esp_not_ipv4"] {
                     assert!(dropped[bad].is_null(), "{name}: {bad} drops: {dropped}");

@@ -167,17 +167,15 @@ impl Dataplane {
             let rng = FastRng::from_os().map_err(|e| DataplaneError::Rng(e.to_string()))?;
             let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng };
             let pin = if config.pin_workers && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
-            let counters = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vpngw-worker-{id}"))
                 .spawn(move || {
                     if let Some(cpu) = pin {
                         match sys::pin_to_cpu(cpu) {
-                            Ok(()) => counters.counters[id].set_core(cpu),
+                            Ok(()) => w.shared.counters[id].set_core(cpu),
                             Err(e) => tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker"),
                         }
                     }
-                    drop(counters);
                     w.run();
                 })
                 .map_err(DataplaneError::Thread)?;

@@ -146,7 +146,7 @@ pub(crate) fn activate(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: u32) {
             peer = %sa.peer.name,
             spi_in = %format!("{spi_in:08x}"),
             selectors = %c.pair,
-            "rekey collision: this pair is redundant (lower nonce), the peer's choice carries the traffic"
+            "rekey collision: this pair is redundant (lower nonce); the other new pair will carry the traffic"
         );
         c.state = ChildSaState::Replaced;
         c.activate_at = None;

@@ -581,7 +581,7 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
     let seconds = qm.lifetime.0.unwrap_or(28_800).max(1);
     let lifetime = Duration::from_secs(seconds);
     let role = qm.role;
-    let replaces = child::has_active(sa, &qm.pair);
+    let another_active = child::has_active(sa, &qm.pair);
     // What this pair replaces: for our rekey, the pair we set out to replace; for the peer's
     // quick mode, the newest pair not yet replaced, which is the one the peer sends with or
     // (our own rekey, still in its activation delay) the one it has just switched to: the peer
@@ -604,7 +604,7 @@ fn install(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize) {
         expires_at: ctx.now + lifetime,
         rekey_at: Some(child::rekey_time(ctx.now, lifetime, role, ctx.rng)),
         activate_at: (role == Role::Initiator)
-            .then(|| ctx.now + if replaces { child::ACTIVATE_DELAY } else { child::FIRST_ACTIVATE_DELAY }),
+            .then(|| ctx.now + if another_active { child::ACTIVATE_DELAY } else { child::FIRST_ACTIVATE_DELAY }),
         retire_at: None,
         predecessor,
         rank: child::collision_rank(&qm.n_i, &qm.n_r),
