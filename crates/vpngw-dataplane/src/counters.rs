@@ -97,6 +97,8 @@ pub struct WorkerCounters {
     pub out_packets: AtomicU64,
     pub out_bytes: AtomicU64,
     /// ESP packets opened and written to the TUN.
+    /// Of `out_packets`, the raw ESP packets sent through the link path (see `link`).
+    pub out_link_packets: AtomicU64,
     pub in_packets: AtomicU64,
     pub in_bytes: AtomicU64,
     /// IKE datagrams received on port 4500 and handed to the control plane.
@@ -119,6 +121,7 @@ impl Default for WorkerCounters {
         Self {
             out_packets: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
+            out_link_packets: AtomicU64::new(0),
             in_packets: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             ike_forwarded: AtomicU64::new(0),

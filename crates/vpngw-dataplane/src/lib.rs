@@ -17,7 +17,8 @@
 //!
 //! ```text
 //! out: TUN queue -> ipv4 -> SA table (longest prefix) | SPD (no SA: hold or drop, acquire) -> MTU/ICMP
-//!      -> seal_batch (multi-buffer CBC) -> UDP 4500 (ESP in UDP, GSO) or raw ESP (sendmmsg per run)
+//!      -> seal_batch (multi-buffer CBC) -> UDP 4500 (ESP in UDP, GSO)
+//!         | raw ESP: link path (AF_PACKET, own IPv4+Ethernet headers; [`link`]) or raw IP socket
 //! in:  UDP 4500 (GRO) -> keepalive | IKE (to control) | ESP ;  raw ESP (recvmmsg; BPF: this worker's SPIs)
 //!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
 //! ```
@@ -25,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod counters;
+pub mod link;
 pub mod packet;
 pub mod sa_table;
 pub mod spd;
@@ -106,6 +108,9 @@ pub(crate) struct Shared {
     pub counters: Vec<WorkerCounters>,
     pub to_control: ControlSink,
     pub path_mtu: u16,
+    /// Source of the outer header of raw ESP sent through the link path.
+    pub public_address: Ipv4Addr,
+    pub links: link::LinkPaths,
 }
 
 /// The running dataplane. Dropping it without [`Dataplane::stop`] leaves the threads running
@@ -151,6 +156,8 @@ impl Dataplane {
             counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
             to_control,
             path_mtu: config.path_mtu,
+            public_address: config.public_address,
+            links: link::LinkPaths::default(),
         });
         let mut threads = Vec::with_capacity(workers);
         for (id, (tun, udp)) in tuns.into_iter().zip(udps).enumerate() {
@@ -165,7 +172,7 @@ impl Dataplane {
             let udp_state = quinn_udp::UdpSocketState::new(quinn_udp::UdpSockRef::from(&udp))
                 .map_err(|source| DataplaneError::Udp { addr, source })?;
             let rng = FastRng::from_os().map_err(|e| DataplaneError::Rng(e.to_string()))?;
-            let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng };
+            let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng, ip_id: 0 };
             let pin = if config.pin_workers && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
             let handle = std::thread::Builder::new()
                 .name(format!("vpngw-worker-{id}"))
@@ -197,6 +204,18 @@ impl Dataplane {
     /// workers' job: they hand IKE datagrams over through the control sink).
     pub fn ike_socket(&self) -> io::Result<UdpSocket> {
         self.ike_socket.try_clone()
+    }
+
+    /// Publishes the link paths of raw ESP (see [`link`]): exactly these peers send through
+    /// them, every other peer through the raw IP socket. Returns the peers whose interface's
+    /// socket could not be opened (they keep the raw IP socket).
+    pub fn set_link_paths(&self, hops: &[(Ipv4Addr, link::NextHop)]) -> Vec<(Ipv4Addr, io::Error)> {
+        self.shared.links.publish(hops)
+    }
+
+    /// The link paths in use, by peer.
+    pub fn link_paths(&self) -> Vec<(Ipv4Addr, link::NextHop)> {
+        self.shared.links.paths.load().iter().map(|(peer, path)| (*peer, path.hop.clone())).collect()
     }
 
     pub fn tun_name(&self) -> &str {

@@ -33,8 +33,10 @@ use vpngw_crypto::FastRng;
 use vpngw_esp::{NextHeader, OpenPacket, SealPacket, peek_spi};
 
 use crate::counters::{DropReason, WorkerCounters, bump};
-use crate::packet::{icmp_fragmentation_needed, ipv4};
+use crate::link::{ETHERNET_LEN, LinkPath};
+use crate::packet::{OUTER_IPV4_LEN, icmp_fragmentation_needed, ipv4, write_outer_ipv4};
 use crate::sa_table::{InboundMap, Outbound, OutboundEntry};
+use crate::sys::IPPROTO_ESP;
 use crate::{Shared, ToControl};
 
 /// Room before an inner packet for SPI, sequence and IV (outer headers are the kernel's).
@@ -69,6 +71,8 @@ pub(crate) struct Worker {
     pub udp_state: UdpSocketState,
     pub raw: Option<Socket>,
     pub rng: FastRng,
+    /// Identification field of the last outer IPv4 header this worker wrote (link path).
+    pub ip_id: u16,
 }
 
 /// ESP-in-UDP packets of one SA gathered for one UDP GSO send: equal-size segments back to
@@ -227,6 +231,7 @@ impl Worker {
     fn outbound(&mut self, raw: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize], gso: &mut Gso, release: bool) {
         // One snapshot of the SA table for the batch: no lock, no reference counting per packet.
         let view = self.shared.table.outbound_view();
+        let links = self.shared.links.paths.load();
         let mut plan: Vec<(Option<&Arc<OutboundEntry>>, Range<usize>)> = Vec::with_capacity(bufs.len());
         let mut filled = 0;
         if release {
@@ -304,37 +309,57 @@ impl Worker {
                 .collect();
             entry.sa.seal_batch(&mut self.rng, &mut packets);
             let (mut sent_packets, mut sent_bytes) = (0u64, 0u64);
+            let remote = entry.transport.remote;
+            let link = match remote.ip() {
+                IpAddr::V4(ip) if !entry.transport.udp => links.get(&ip).map(|path| (ip, path)),
+                _ => None,
+            };
             let mut run = RawRun::new();
-            for (p, pl) in packets.iter().zip(&plan[i..j]) {
+            let mut link_run = RawRun::new();
+            for (p, pl) in packets.iter_mut().zip(&plan[i..j]) {
                 match &p.outcome {
                     Some(Ok(sealed)) => {
                         if sealed.rekey_due {
                             (self.shared.to_control)(ToControl::RekeyDue { spi_out: entry.sa.spi() });
                         }
-                        let esp = &p.buf[sealed.range.clone()];
+                        let esp = sealed.range.clone();
                         if entry.transport.udp {
                             // Counted when the batch is handed to the kernel, not before.
-                            let (n, b) = self.gso_push(gso, entry.transport.remote, esp, pl.1.len());
+                            let (n, b) = self.gso_push(gso, remote, &p.buf[esp], pl.1.len());
                             sent_packets += n;
                             sent_bytes += b;
-                        } else {
-                            if run.is_full() {
-                                let (n, b) = self.raw_send(entry.transport.remote, &mut run);
+                        } else if let Some((path, frame)) =
+                            link.and_then(|(peer, path)| Some((path, self.frame(path, peer, p.buf, esp.clone())?)))
+                        {
+                            if link_run.is_full() {
+                                let (n, b) = self.link_send(path, &mut link_run);
                                 sent_packets += n;
                                 sent_bytes += b;
                             }
-                            run.push(esp, pl.1.len());
+                            link_run.push(&p.buf[frame], pl.1.len());
+                        } else {
+                            if run.is_full() {
+                                let (n, b) = self.raw_send(remote, &mut run);
+                                sent_packets += n;
+                                sent_bytes += b;
+                            }
+                            run.push(&p.buf[esp], pl.1.len());
                         }
                     }
                     _ => self.counters().drop(DropReason::Seal),
                 }
             }
             if entry.transport.udp {
-                let (n, b) = self.gso_flush(gso, entry.transport.remote);
+                let (n, b) = self.gso_flush(gso, remote);
                 sent_packets += n;
                 sent_bytes += b;
             } else {
-                let (n, b) = self.raw_send(entry.transport.remote, &mut run);
+                if let Some((_, path)) = link {
+                    let (n, b) = self.link_send(path, &mut link_run);
+                    sent_packets += n;
+                    sent_bytes += b;
+                }
+                let (n, b) = self.raw_send(remote, &mut run);
                 sent_packets += n;
                 sent_bytes += b;
             }
@@ -446,20 +471,50 @@ impl Worker {
         sent
     }
 
-    /// Sends the gathered raw ESP packets of one SA's run to `remote`, in order, with as few
-    /// sendmmsg calls as the kernel allows (see [`send_batched`]), and empties the run. Returns
-    /// the packets and inner bytes sent; every packet not sent counts as a `Send` drop.
+    /// Writes the Ethernet and outer IPv4 headers of the link path before the ESP packet at
+    /// `esp` in `buf` (in the headroom); returns the frame's range. `None` if the packet is too
+    /// big for the link (the raw IP socket sends it, fragmenting if it must) or the headroom is
+    /// short (never with HEADROOM 64: ESP's header and IV take at most 24 bytes of it).
+    fn frame(&mut self, path: &LinkPath, peer: Ipv4Addr, buf: &mut [u8], esp: Range<usize>) -> Option<Range<usize>> {
+        let total = u16::try_from(esp.len() + OUTER_IPV4_LEN).ok().filter(|&t| t <= path.hop.mtu)?;
+        let start = esp.start.checked_sub(ETHERNET_LEN + OUTER_IPV4_LEN)?;
+        let (ethernet, ip) = buf.get_mut(start..esp.start)?.split_at_mut(ETHERNET_LEN);
+        ethernet.copy_from_slice(&path.ethernet);
+        let ip: &mut [u8; OUTER_IPV4_LEN] = ip.try_into().ok()?;
+        self.ip_id = self.ip_id.wrapping_add(1);
+        write_outer_ipv4(ip, self.shared.public_address, peer, total, self.ip_id, IPPROTO_ESP as u8);
+        Some(start..esp.end)
+    }
+
+    /// Sends the gathered frames of one SA's run through its link path, in order, and empties
+    /// the run; as [`Self::raw_send`] otherwise.
+    fn link_send(&self, path: &LinkPath, run: &mut RawRun<'_>) -> (u64, u64) {
+        let (packets, bytes) = self.send_run(&path.socket, None, run);
+        bump(&self.counters().out_link_packets, packets);
+        (packets, bytes)
+    }
+
+    /// Sends the gathered raw ESP packets of one SA's run to `remote` through the raw IP socket,
+    /// in order, and empties the run. Returns the packets and inner bytes sent; every packet not
+    /// sent counts as a `Send` drop.
     fn raw_send(&self, remote: SocketAddr, run: &mut RawRun<'_>) -> (u64, u64) {
-        let n = std::mem::replace(&mut run.len, 0);
-        if n == 0 {
-            return (0, 0);
-        }
         let (Some(raw), IpAddr::V4(ip)) = (&self.raw, remote.ip()) else {
             // Raw ESP not enabled, or not an IPv4 peer: nothing of this run can be sent.
+            let n = std::mem::replace(&mut run.len, 0);
             self.counters().drop_n(DropReason::Send, n as u64);
             return (0, 0);
         };
         let to = SocketAddrAny::from(SocketAddrV4::new(ip, 0));
+        self.send_run(raw, Some(&to), run)
+    }
+
+    /// Sends a run with as few sendmmsg calls as the kernel allows (see [`send_batched`]), to
+    /// `to` or, without it, where the socket is bound; empties the run.
+    fn send_run(&self, socket: &Socket, to: Option<&SocketAddrAny>, run: &mut RawRun<'_>) -> (u64, u64) {
+        let n = std::mem::replace(&mut run.len, 0);
+        if n == 0 {
+            return (0, 0);
+        }
         let (mut packets, mut bytes) = (0u64, 0u64);
         let dropped = send_batched(
             n,
@@ -471,9 +526,12 @@ impl Worker {
                 let mut messages: ArrayVec<MMsgHdr<'_>, BATCH> = run.iovs[rest]
                     .iter()
                     .zip(controls.iter_mut())
-                    .map(|(iov, control)| MMsgHdr::new_with_addr(&to, iov, control))
+                    .map(|(iov, control)| match to {
+                        Some(to) => MMsgHdr::new_with_addr(to, iov, control),
+                        None => MMsgHdr::new(iov, control),
+                    })
                     .collect();
-                sendmmsg(raw, &mut messages, SendFlags::empty()).map_err(|e| Errno::from_raw(e.raw_os_error()))
+                sendmmsg(socket, &mut messages, SendFlags::empty()).map_err(|e| Errno::from_raw(e.raw_os_error()))
             },
             |sent| {
                 packets += sent.len() as u64;

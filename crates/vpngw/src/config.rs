@@ -54,6 +54,16 @@ pub enum Encapsulation {
     Udp,
 }
 
+/// How raw ESP (protocol 50, no UDP) leaves: `link` = through an AF_PACKET socket on the
+/// uplink with headers written by vpngw, to the next hop the kernel's route and neighbour
+/// tables name (the raw IP socket while they name none); `ip` = always through the raw IP
+/// socket and the kernel's IP output (its netfilter output hooks apply, it may fragment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EspOutput {
+    Link,
+    Ip,
+}
+
 /// When a connection is brought up (the seed's negotiation types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -89,6 +99,7 @@ pub struct Gateway {
     pub workers: usize,
     /// Cores to pin the workers to, in order (empty: the cores this process may use).
     pub worker_cores: Vec<usize>,
+    pub esp_output: EspOutput,
     pub control_socket: PathBuf,
 }
 
@@ -409,7 +420,17 @@ impl Walker {
         self.unknown_keys(
             "gateway.",
             g,
-            &["name", "public_address", "tun", "tun_mtu", "path_mtu", "workers", "worker_cores", "control_socket"],
+            &[
+                "name",
+                "public_address",
+                "tun",
+                "tun_mtu",
+                "path_mtu",
+                "workers",
+                "worker_cores",
+                "esp_output",
+                "control_socket",
+            ],
         );
         let name = self.string("gateway.name", g, "name").unwrap_or_else(|| "vpngw".into());
         if !valid_name(&name) {
@@ -422,6 +443,13 @@ impl Walker {
         }
         let workers = self.integer("gateway.workers", g, "workers", 0, 1024).unwrap_or(0) as usize;
         let worker_cores = self.worker_cores(g);
+        let esp_output = self.word(
+            "gateway.esp_output",
+            g,
+            "esp_output",
+            EspOutput::Link,
+            &[("link", EspOutput::Link), ("ip", EspOutput::Ip)],
+        );
         let path_mtu = self.integer("gateway.path_mtu", g, "path_mtu", 576, 9216).unwrap_or(1500) as u16;
         // ESP worst case: outer IPv4 20 + UDP 8 + SPI/seq 8 + IV 16 + padding 15 + trailer 2 +
         // ICV 12 = 81 bytes; rounded to 100 for headroom.
@@ -449,6 +477,7 @@ impl Walker {
             path_mtu,
             workers,
             worker_cores,
+            esp_output,
             control_socket,
         })
     }
@@ -1055,6 +1084,20 @@ listen = "everywhere"
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|t| t.contains("must be one of: des, 3des, aes-128, aes-192, aes-256")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("did you mean 10.1.0.0/24")), "{text:?}");
+    }
+
+    #[test]
+    fn esp_output_is_link_unless_set_to_ip() {
+        let with = |line: &str| MINIMAL.replace("[[connection]]", &format!("{line}\n\n[[connection]]"));
+        assert_eq!(Config::parse(MINIMAL, Path::new(".")).unwrap().gateway.esp_output, EspOutput::Link);
+        let c = Config::parse(&with("esp_output = \"ip\""), Path::new(".")).unwrap();
+        assert_eq!(c.gateway.esp_output, EspOutput::Ip);
+        let Err(ParseError::Invalid(problems)) = Config::parse(&with("esp_output = \"xdp\""), Path::new(".")) else {
+            panic!("esp_output = xdp accepted")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "gateway.esp_output");
+        assert!(problems[0].to_string().contains("must be one of: link, ip"), "{}", problems[0]);
     }
 
     #[test]

@@ -25,13 +25,16 @@ use vpngw_ike::{
     ChildSa, DeleteReason, Encapsulation, Endpoint, EngineConfig, Event, FailReason, IKE_PORT, Ipv4Subnet, NAT_T_PORT,
 };
 
-use crate::config::{Config, ConfigError, Connection, Start};
+use crate::config::{Config, ConfigError, Connection, EspOutput, Start};
 use crate::control::{self, Command, ConnectionView, ErrorKind, ProblemView, Request, Response};
 use crate::diagnose::{Diagnosis, FailureReport};
 use crate::ledger::Ledger;
+use crate::link_paths::LinkPaths;
 use crate::metrics::{self, ConnectionEvents, ConnectionMetrics, Snapshot, WorkerMetrics};
 use crate::routes::Routes;
-use crate::status::{ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, Status, WorkerStatus};
+use crate::status::{
+    ChildSaStatus, ConnectionStatus, FailureStatus, IkeSaStatus, LinkPathStatus, Status, WorkerStatus,
+};
 use crate::volume::{self, Volume};
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
@@ -43,6 +46,9 @@ const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// NAT keepalive interval (RFC 3948 s.4; strongSwan uses 20 s too).
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// How often raw ESP's link path is resolved again: also how long a peer whose neighbour entry
+/// went stale stays on the raw IP socket while the kernel verifies it again.
+const LINK_REFRESH: Duration = Duration::from_millis(500);
 /// How often SA byte counters are compared with volume lifetimes.
 const LIFECYCLE_TICK: Duration = Duration::from_secs(1);
 
@@ -116,6 +122,10 @@ struct Daemon {
     api_tables: std::collections::BTreeMap<String, toml::Table>,
     /// The API's bearer token, re-read from its file on reload.
     api_token: Option<crate::api::ApiToken>,
+    /// Resolves raw ESP's link path per peer (None: netlink unavailable, IP socket only).
+    link_paths: Option<LinkPaths>,
+    /// Peers whose link-path socket failed to open (logged once).
+    link_failed: BTreeSet<Ipv4Addr>,
 }
 
 struct Probe {
@@ -267,6 +277,10 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
         probes: HashMap::new(),
         api_tables,
         api_token,
+        link_paths: LinkPaths::new()
+            .inspect_err(|e| tracing::warn!(error = %e, "no link path for raw ESP (the raw IP socket carries it)"))
+            .ok(),
+        link_failed: BTreeSet::new(),
     };
     d.sync_probes();
     if let Some(k) = &d.keylog {
@@ -290,6 +304,8 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     d.flush().await;
     let mut buf_ike = vec![0u8; 65536];
     let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut link_refresh = tokio::time::interval(LINK_REFRESH);
+    link_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
     loop {
         let wake = d.next_wake();
@@ -307,6 +323,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
                 d.run_retries(now);
             }
             _ = keepalive.tick() => d.send_keepalives().await,
+            _ = link_refresh.tick() => d.refresh_link_paths().await,
             _ = lifecycle.tick() => {
                 let now = Instant::now();
                 d.report_inbound_traffic(now);
@@ -507,6 +524,37 @@ impl Daemon {
             tracing::info!(spi_in = %format!("{spi:08x}"), "child SA reached its volume lifetime: deleted");
             self.endpoint.expire_child(now, spi);
         }
+    }
+
+    /// Resolves the link path of every peer reached by raw ESP (see `link_paths`) and
+    /// publishes the outcome to the dataplane; with `gateway.esp_output = "ip"`, publishes none.
+    async fn refresh_link_paths(&mut self) {
+        let Some(dp) = &self.dataplane else { return };
+        let peers: BTreeSet<Ipv4Addr> = if self.config.gateway.esp_output == EspOutput::Link {
+            self.table
+                .outbound_all()
+                .iter()
+                .filter(|e| !e.transport.udp)
+                .filter_map(|e| match e.transport.remote.ip() {
+                    std::net::IpAddr::V4(a) => Some(a),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let hops = match &mut self.link_paths {
+            Some(resolver) => resolver.resolve(&peers, self.config.gateway.public_address).await,
+            None => Vec::new(),
+        };
+        let failed = dp.set_link_paths(&hops);
+        let now_failed: BTreeSet<Ipv4Addr> = failed.iter().map(|(peer, _)| *peer).collect();
+        for (peer, e) in failed {
+            if !self.link_failed.contains(&peer) {
+                tracing::warn!(%peer, error = %e, "cannot open the link path's socket: raw ESP to this peer takes the IP socket");
+            }
+        }
+        self.link_failed = now_failed;
     }
 
     /// NAT keepalives (one 0xFF byte, RFC 3948 s.2.3) to every peer we reach through UDP.
@@ -1198,8 +1246,20 @@ impl Daemon {
                 .map(|c| WorkerStatus {
                     core: c.core(),
                     packets_out: c.out_packets.load(std::sync::atomic::Ordering::Relaxed),
+                    packets_out_link: c.out_link_packets.load(std::sync::atomic::Ordering::Relaxed),
                     packets_in: c.in_packets.load(std::sync::atomic::Ordering::Relaxed),
                     busy_seconds: c.busy_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+                })
+                .collect(),
+            link_paths: self
+                .dataplane
+                .iter()
+                .flat_map(|dp| dp.link_paths())
+                .map(|(peer, hop)| LinkPathStatus {
+                    peer: peer.to_string(),
+                    device: hop.device,
+                    next_hop_mac: hop.destination_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                    mtu: hop.mtu,
                 })
                 .collect(),
             connections,

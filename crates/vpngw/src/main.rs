@@ -18,6 +18,7 @@ mod daemon;
 mod diagnose;
 mod health;
 mod ledger;
+mod link_paths;
 mod metrics;
 mod routes;
 mod status;

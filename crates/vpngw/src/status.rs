@@ -16,7 +16,19 @@ pub struct Status {
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Per dataplane worker: packets each way and time spent busy.
     pub workers: Vec<WorkerStatus>,
+    /// Peers whose raw ESP leaves through the link path (`gateway.esp_output = "link"`); raw
+    /// ESP to any other peer leaves through the raw IP socket.
+    #[serde(default)]
+    pub link_paths: Vec<LinkPathStatus>,
     pub connections: Vec<ConnectionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkPathStatus {
+    pub peer: String,
+    pub device: String,
+    pub next_hop_mac: String,
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +37,9 @@ pub struct WorkerStatus {
     #[serde(default)]
     pub core: Option<usize>,
     pub packets_out: u64,
+    /// Of `packets_out`, raw ESP sent through the link path.
+    #[serde(default)]
+    pub packets_out_link: u64,
     pub packets_in: u64,
     pub busy_seconds: f64,
 }
@@ -116,6 +131,13 @@ impl Status {
             "gateway {} ({}), vpngw {}, up {}s",
             self.gateway, self.public_address, self.version, self.uptime_seconds
         );
+        for l in &self.link_paths {
+            let _ = writeln!(
+                o,
+                "raw ESP to {}: link path on {} (next hop {}, mtu {})",
+                l.peer, l.device, l.next_hop_mac, l.mtu
+            );
+        }
         if self.connections.is_empty() {
             let _ = writeln!(o, "no connections configured");
         }

@@ -1,10 +1,15 @@
 //! The operating-system side of the dataplane: the TUN device, the ESP sockets, CPU pinning and
-//! waiting. Safe wrappers only (tun-rs, socket2, quinn-udp, nix): no `unsafe` here.
+//! waiting. Safe wrappers only (tun-rs, socket2, quinn-udp, nix): no `unsafe` here, and in
+//! [`link`] only to spell the AF_PACKET address socket2 has no constructor for.
 //!
 //! Inbound ESP is spread over the workers by SPI, so that every SA is opened by one worker, in
 //! order, and one peer's SAs spread over the cores: the UDP 4500 sockets form one SO_REUSEPORT
 //! group whose classic BPF program picks socket `spi % workers` ([`udp_group`]), and each raw
 //! ESP socket has a filter keeping `spi % workers == worker` ([`raw_esp_socket`]).
+
+mod link;
+
+pub use link::link_socket;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
