@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make bench-e2e: end-to-end throughput, host-left -> host-right, in one run through
 #   (a) plain routing (no tunnel), (b) the strongSwan 5.9.8 pair (kernel-libipsec: userspace ESP),
-#   (c) the vpngw pair, with raw ESP (no NAT between them) and with ESP in UDP forced
-#   (encapsulation = "udp": UDP GSO/GRO apply), for aes-128/sha1 and 3des/md5.
+#   (c) the vpngw pair, with raw ESP (no NAT between them) through the link path (the default,
+#   docs/adr/0011-raw-esp-link-path.md) and through the raw IP socket (esp_output = "ip"), and
+#   with ESP in UDP forced (encapsulation = "udp": UDP GSO/GRO apply), for aes-128/sha1 and 3des/md5.
 # iperf3 TCP, 10 s, 3 repetitions, medians; plus 64-byte UDP packets per second.
 # Everything shares this machine's cores. Prints Mbit/s and the ratios vpngw/strongSwan and
 # vpngw/plain. Options (environment): SECONDS_PER_RUN=10 REPS=3 PPS_SECONDS=5, SUITE="aes-128
@@ -165,14 +166,15 @@ EOC
     swanctl --load-all --noprompt --file "$d/swanctl.conf" --uri "unix://$d/charon.vici" >"$d/load.out" 2>&1 || { cat "$d/load.out"; return 1; }
 }
 
-vg_conf() {  # vg_conf SIDE ENC HASH ENCAPSULATION
-    local side=$1 enc=$2 hash=$3 encap=$4 me peer mynet peernet start
+vg_conf() {  # vg_conf SIDE ENC HASH ENCAPSULATION [ESP_OUTPUT]
+    local side=$1 enc=$2 hash=$3 encap=$4 output=${5:-link} me peer mynet peernet start
     if [ "$side" = left ]; then me=198.51.100.1 peer=198.51.100.2 mynet=10.1.0.0/24 peernet=10.2.0.0/24 start=active
     else me=198.51.100.2 peer=198.51.100.1 mynet=10.2.0.0/24 peernet=10.1.0.0/24 start=passive; fi
     cat >"$RUN/vg-$side.toml" <<EOC
 [gateway]
 public_address = "$me"
 control_socket = "$RUN/vg-$side.sock"
+esp_output = "$output"
 $([ "$PLACEMENT" = own-core ] && echo "worker_cores = [$(core_of "$side")]")
 [[connection]]
 name = "bench"
@@ -222,11 +224,16 @@ for suite in "${SUITE_LIST[@]}"; do
         measure "$label"
         stop_all
     done
-    for encap in auto udp; do
-        vg_conf right "$enc" "$hash" "$encap"
-        vg_conf left "$enc" "$hash" "$encap"
+    # Raw ESP through the link path (the default), raw ESP through the raw IP socket
+    # (esp_output = "ip"), ESP in UDP.
+    for path in link ip udp; do
+        encap=auto output=link
+        [ "$path" = udp ] && encap=udp
+        [ "$path" = ip ] && output=ip
+        vg_conf right "$enc" "$hash" "$encap" "$output"
+        vg_conf left "$enc" "$hash" "$encap" "$output"
         for _ in $(seq 100); do nsx be-left "$BIN" status --json --socket "$RUN/vg-left.sock" 2>/dev/null | grep -q '"state": "up"' && break; sleep 0.1; done
-        label="vpngw-$sw"; [ "$encap" = udp ] && label="vpngw-udp-$sw"
+        label="vpngw-$sw"; [ "$path" = udp ] && label="vpngw-udp-$sw"; [ "$path" = ip ] && label="vpngw-ipsock-$sw"
         measure "$label"
         for side in left right; do
             nsx "be-$side" "$BIN" status --json --socket "$RUN/vg-$side.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin)["dropped"]; print("  drops at '"$side"':", d or "none")'
@@ -253,7 +260,7 @@ for suite in ("aes128-sha1", "3des-md5"):
     # The faster strongSwan placement is the one to beat.
     sws = [rows[k] for k in (f"strongswan-{suite}", f"strongswan-shared-{suite}") if k in rows]
     sw = max(sws, key=lambda r: r[0]) if sws else None
-    for kind, name in (("vpngw", "raw ESP"), ("vpngw-udp", "ESP in UDP")):
+    for kind, name in (("vpngw", "raw ESP"), ("vpngw-ipsock", "raw ESP, IP socket"), ("vpngw-udp", "ESP in UDP")):
         vg = rows.get(f"{kind}-{suite}")
         if sw and vg:
             print(f"{suite} {name}: vpngw/strongSwan = {vg[0] / sw[0]:.2f}x, vpngw/plain = {vg[0] / plain:.3f}, "
