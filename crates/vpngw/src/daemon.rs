@@ -536,8 +536,8 @@ impl Daemon {
                 .iter()
                 .filter(|e| !e.transport.udp)
                 .filter_map(|e| match e.transport.remote.ip() {
-                    std::net::IpAddr::V4(a) => Some(a),
-                    std::net::IpAddr::V6(_) => None,
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
                 })
                 .collect()
         } else {

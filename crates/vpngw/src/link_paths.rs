@@ -22,6 +22,9 @@ use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, N
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use vpngw_dataplane::link::NextHop;
 
+/// Route lookups per refresh at most (see [`LinkPaths::resolve`]).
+const ROUTE_CHECKS: usize = 64;
+
 /// Why a peer's raw ESP does not take the link path (it takes the raw IP socket).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unusable {
@@ -100,7 +103,12 @@ pub fn choose(
 /// Resolves peers over netlink and remembers the last outcome of each (to log changes only).
 pub struct LinkPaths {
     handle: rtnetlink::Handle,
+    /// The last outcome logged per peer.
     last: BTreeMap<Ipv4Addr, Result<NextHop, Unusable>>,
+    /// The kernel's route per peer, as last looked up.
+    routes: BTreeMap<Ipv4Addr, Result<RouteInfo, Unusable>>,
+    /// Where the next round of route lookups starts (peers in address order).
+    route_cursor: Ipv4Addr,
 }
 
 impl std::fmt::Debug for LinkPaths {
@@ -113,16 +121,62 @@ impl LinkPaths {
     pub fn new() -> Result<Self, Unusable> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| Unusable::Netlink(e.to_string()))?;
         tokio::spawn(connection);
-        Ok(Self { handle, last: BTreeMap::new() })
+        Ok(Self { handle, last: BTreeMap::new(), routes: BTreeMap::new(), route_cursor: Ipv4Addr::UNSPECIFIED })
     }
 
     /// Resolves every peer (ESP from `source`); returns those that take the link path.
+    ///
+    /// Cost per call, whatever the number of peers: one neighbour dump (which is what notices
+    /// a hop going stale or failing), one link query per interface, and at most
+    /// ROUTE_CHECKS route lookups: new peers first, then the others in turn, so that with
+    /// thousands of peers each route is looked at again every few tens of seconds while the
+    /// control plane stays responsive.
     pub async fn resolve(&mut self, peers: &BTreeSet<Ipv4Addr>, source: Ipv4Addr) -> Vec<(Ipv4Addr, NextHop)> {
-        let mut neighbours = None;
+        self.routes.retain(|peer, _| peers.contains(peer));
+        if peers.is_empty() {
+            self.last.clear();
+            return Vec::new();
+        }
+        let mut due: Vec<Ipv4Addr> = peers.iter().filter(|p| !self.routes.contains_key(p)).copied().collect();
+        let known: Vec<Ipv4Addr> = peers.iter().filter(|p| self.routes.contains_key(p)).copied().collect();
+        if !known.is_empty() {
+            let from = known.partition_point(|p| *p < self.route_cursor);
+            let budget = ROUTE_CHECKS.saturating_sub(due.len()).min(known.len());
+            due.extend(known.iter().cycle().skip(from).take(budget).copied());
+            if let Some(last) = due.last() {
+                self.route_cursor = Ipv4Addr::from(u32::from(*last).wrapping_add(1));
+            }
+        }
+        for peer in due.into_iter().take(ROUTE_CHECKS.max(1)) {
+            let route = self.route(peer, source).await;
+            self.routes.insert(peer, route);
+        }
+        let neighbours = self.neighbours().await;
+        let mut links: BTreeMap<u32, Result<LinkInfo, Unusable>> = BTreeMap::new();
         let mut chosen = Vec::new();
         let mut outcomes = BTreeMap::new();
         for &peer in peers {
-            let outcome = self.resolve_one(peer, source, &mut neighbours).await;
+            let outcome = match (self.routes.get(&peer), &neighbours) {
+                (None, _) => continue,
+                (Some(Err(e)), _) | (_, Err(e)) => Err(e.clone()),
+                (Some(Ok(route)), Ok(neighbours)) => {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = links.entry(route.ifindex) {
+                        slot.insert(self.link(route.ifindex).await);
+                    }
+                    match links.get(&route.ifindex) {
+                        Some(Ok(link)) => {
+                            let hop = route.gateway.unwrap_or(peer);
+                            let entry = neighbours
+                                .iter()
+                                .find(|(ifindex, address, _)| *ifindex == route.ifindex && *address == hop)
+                                .map(|(_, _, n)| n);
+                            choose(peer, route, link, entry)
+                        }
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err(Unusable::Netlink("interface vanished".into())),
+                    }
+                }
+            };
             match (&outcome, self.last.get(&peer)) {
                 (Ok(hop), Some(Ok(old))) if hop == old => {}
                 (Ok(hop), _) => tracing::info!(
@@ -137,33 +191,19 @@ impl LinkPaths {
                 (Err(Unusable::Stale(_)), Some(Ok(_))) => {}
                 (Err(why), _) => tracing::info!(%peer, reason = %why, "raw ESP to this peer takes the IP socket"),
             }
-            if let Ok(hop) = &outcome {
-                chosen.push((peer, hop.clone()));
+            // What was last logged: a stale pause keeps the path it interrupts, so that its
+            // end is not logged as news either.
+            let remembered = match (&outcome, self.last.get(&peer)) {
+                (Err(Unusable::Stale(_)), Some(Ok(old))) => Ok(old.clone()),
+                _ => outcome.clone(),
+            };
+            if let Ok(hop) = outcome {
+                chosen.push((peer, hop));
             }
-            outcomes.insert(peer, outcome);
+            outcomes.insert(peer, remembered);
         }
         self.last = outcomes;
         chosen
-    }
-
-    async fn resolve_one(
-        &self,
-        peer: Ipv4Addr,
-        source: Ipv4Addr,
-        neighbours: &mut Option<Vec<(u32, Ipv4Addr, NeighbourInfo)>>,
-    ) -> Result<NextHop, Unusable> {
-        let route = self.route(peer, source).await?;
-        let link = self.link(route.ifindex).await?;
-        if neighbours.is_none() {
-            *neighbours = Some(self.neighbours().await?);
-        }
-        let hop = route.gateway.unwrap_or(peer);
-        let entry = neighbours
-            .iter()
-            .flatten()
-            .find(|(ifindex, address, _)| *ifindex == route.ifindex && *address == hop)
-            .map(|(_, _, n)| n);
-        choose(peer, &route, &link, entry)
     }
 
     /// The kernel's own route lookup for ESP from `source` to `peer` (policy rules included).
