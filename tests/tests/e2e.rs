@@ -212,6 +212,7 @@ fn vpngw_and_vpngw_over_raw_esp() {
             }
             if n == 1 {
                 path_mtu_discovery(&lab);
+                link_path_follows_the_neighbour_table(&lab, &left);
             }
             // No replay drops from our own reordering, no ICV failures, and no IPv6 from the
             // kernel into the TUN (IPv6 is off before the link comes up).
@@ -230,6 +231,38 @@ fn vpngw_and_vpngw_over_raw_esp() {
             assert_eq!(right.stop(&lab), Some(0));
         }
     }
+}
+
+/// The link path rests on the kernel's neighbour entry for the peer: with the entry gone
+/// (`ip neigh flush`), raw ESP falls back to the raw IP socket, whose packets make the kernel
+/// resolve the peer again, and then the link path returns; no ping is lost on the way.
+fn link_path_follows_the_neighbour_table(lab: &Lab, left: &Vpngw) {
+    let through_ip_socket = |v: &Vpngw| -> u64 {
+        let status = v.status().unwrap();
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["packets_out"].as_u64().unwrap_or(0) - w["packets_out_link"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = through_ip_socket(left);
+    let flush = lab.exec(&lab.left, "ip", &["neigh", "flush", "dev", "wan0"]);
+    assert!(flush.status.success(), "{}", String::from_utf8_lossy(&flush.stderr));
+    // 3 s of pings, 10 a second: across the refresh that finds no entry and the one after the
+    // kernel resolved it again.
+    let out = lab.exec(&lab.left_host, "ping", &["-c", "30", "-i", "0.1", "-W", "1", RIGHT_HOST]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0% packet loss"), "pings lost while the neighbour entry was rebuilt:\n{text}");
+    assert!(
+        through_ip_socket(left) > before,
+        "no packet took the raw IP socket while the kernel had no neighbour entry"
+    );
+    let back = wait_for(Duration::from_secs(5), || {
+        let status = left.status().unwrap();
+        (status["link_paths"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    assert!(back.is_some(), "the link path did not return:\n{}", left.log_text());
 }
 
 /// A packet too big for the tunnel with DF set is answered with ICMP "fragmentation needed"
