@@ -1258,7 +1258,7 @@ impl Daemon {
                 .map(|(peer, hop)| LinkPathStatus {
                     peer: peer.to_string(),
                     device: hop.device,
-                    next_hop_mac: hop.destination_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                    next_hop_mac: crate::link_paths::mac(&hop.destination_mac),
                     mtu: hop.mtu,
                 })
                 .collect(),

@@ -147,7 +147,7 @@ impl LinkPaths {
                 self.route_cursor = Ipv4Addr::from(u32::from(*last).wrapping_add(1));
             }
         }
-        for peer in due.into_iter().take(ROUTE_CHECKS.max(1)) {
+        for peer in due.into_iter().take(ROUTE_CHECKS) {
             let route = self.route(peer, source).await;
             self.routes.insert(peer, route);
         }
@@ -279,7 +279,8 @@ impl LinkPaths {
     }
 }
 
-fn mac(m: &[u8; 6]) -> String {
+/// A MAC address as `ip link` writes it.
+pub fn mac(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
