@@ -233,6 +233,7 @@ fn vpngw_and_vpngw_over_raw_esp() {
             if n == 1 {
                 path_mtu_discovery(&lab);
                 link_path_follows_the_neighbour_table(&lab, &left);
+                link_path_follows_a_route_change(&lab, &left);
             }
             // No replay drops from our own reordering, no ICV failures, and no IPv6 from the
             // kernel into the TUN (IPv6 is off before the link comes up).
@@ -283,6 +284,62 @@ fn link_path_follows_the_neighbour_table(lab: &Lab, left: &Vpngw) {
         (status["link_paths"].as_array().map(Vec::len) == Some(1)).then_some(())
     });
     assert!(back.is_some(), "the link path did not return:\n{}", left.log_text());
+}
+
+/// The link path follows the kernel's routing as it changes: a more specific route sends the
+/// peer through a second link (wan1), then its removal brings it back to wan0, each within a
+/// second or two, without a ping lost. The daemon learns of the changes from the kernel's
+/// announcements; without them, it would look the route up again only after 30 s.
+fn link_path_follows_a_route_change(lab: &Lab, left: &Vpngw) {
+    let path = |v: &Vpngw| -> Option<String> {
+        let status = v.status().unwrap();
+        let paths = status["link_paths"].as_array()?.clone();
+        paths.first().and_then(|p| p["device"].as_str()).map(str::to_string)
+    };
+    let run = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let rx_packets = |dev: &str| -> u64 {
+        let out = lab.exec(&lab.right, "cat", &[&format!("/sys/class/net/{dev}/statistics/rx_packets")]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    };
+    assert_eq!(path(left).as_deref(), Some("wan0"));
+    // A second link between the gateways. The right one takes ESP for its wan0 address on wan1
+    // too (the kernel's weak host model) as long as reverse-path filtering lets it in.
+    run(std::process::Command::new("ip")
+        .args(["link", "add", "wan1", "netns", &lab.left, "type", "veth", "peer", "name", "wan1", "netns", &lab.right])
+        .output()
+        .unwrap());
+    for (ns, addr) in [(&lab.left, "203.0.113.1/30"), (&lab.right, "203.0.113.2/30")] {
+        lab.ip(ns, &["addr", "add", addr, "dev", "wan1"]);
+        lab.ip(ns, &["link", "set", "wan1", "up"]);
+    }
+    run(lab.exec(&lab.right, "sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.wan1.rp_filter=0"]));
+    let pings = |what: &str| {
+        let out = lab.exec(&lab.left_host, "ping", &["-c", "20", "-i", "0.1", "-W", "1", RIGHT_HOST]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(" 0% packet loss"), "pings lost {what}:\n{text}");
+    };
+    let moved_within = |device: &str| {
+        // The kernel resolves the new next hop from the IP socket's packets first: pings
+        // keep it busy while we wait.
+        wait_for(Duration::from_secs(3), || {
+            let _ = lab.exec(&lab.left_host, "ping", &["-c", "1", "-W", "1", RIGHT_HOST]);
+            (path(left).as_deref() == Some(device)).then_some(())
+        })
+        .is_some()
+    };
+    lab.ip(&lab.left, &["route", "add", &format!("{RIGHT_WAN}/32"), "via", "203.0.113.2", "dev", "wan1"]);
+    assert!(moved_within("wan1"), "the link path did not follow the new route:\n{}", left.log_text());
+    let before = rx_packets("wan1");
+    pings("after the route change");
+    assert!(rx_packets("wan1") >= before + 20, "the ESP did not cross wan1 ({} packets)", rx_packets("wan1") - before);
+    lab.ip(&lab.left, &["route", "del", &format!("{RIGHT_WAN}/32")]);
+    assert!(moved_within("wan0"), "the link path did not return with the route:\n{}", left.log_text());
+    let before = rx_packets("wan1");
+    pings("after the route's removal");
+    assert!(rx_packets("wan1") < before + 5, "ESP still crosses wan1 after the route's removal");
+    lab.ip(&lab.left, &["link", "del", "wan1"]);
 }
 
 /// A packet too big for the tunnel with DF set is answered with ICMP "fragmentation needed"

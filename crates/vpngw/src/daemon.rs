@@ -29,7 +29,7 @@ use crate::config::{Config, ConfigError, Connection, EspOutput, Start};
 use crate::control::{self, Command, ConnectionView, ErrorKind, ProblemView, Request, Response};
 use crate::diagnose::{Diagnosis, FailureReport};
 use crate::ledger::Ledger;
-use crate::link_paths::LinkPaths;
+use crate::link_paths::{Changed, LinkPaths, ROUTE_RECHECK, RouteChanges};
 use crate::metrics::{self, ConnectionEvents, ConnectionMetrics, Snapshot, WorkerMetrics};
 use crate::routes::Routes;
 use crate::status::{
@@ -307,6 +307,20 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     let mut link_refresh = tokio::time::interval(LINK_REFRESH);
     link_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
+    // Route and rule changes, followed at once (see `link_paths`); without them, within
+    // ROUTE_RECHECK.
+    let mut route_changes = match &d.link_paths {
+        Some(_) => RouteChanges::open()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    error = %e,
+                    "cannot follow route changes as the kernel announces them: raw ESP's link path looks routes up again every {}s",
+                    ROUTE_RECHECK.as_secs()
+                )
+            })
+            .ok(),
+        None => None,
+    };
     loop {
         let wake = d.next_wake();
         tokio::select! {
@@ -324,6 +338,13 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
             }
             _ = keepalive.tick() => d.send_keepalives().await,
             _ = link_refresh.tick() => d.refresh_link_paths().await,
+            changed = next_route_change(&mut route_changes) => match changed {
+                Some(changed) => d.on_route_change(&changed).await,
+                None => {
+                    tracing::warn!("route change announcements stopped: raw ESP's link path looks routes up again every {}s", ROUTE_RECHECK.as_secs());
+                    route_changes = None;
+                }
+            },
             _ = lifecycle.tick() => {
                 let now = Instant::now();
                 d.report_inbound_traffic(now);
@@ -373,6 +394,14 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next route change, or never without announcements.
+async fn next_route_change(changes: &mut Option<RouteChanges>) -> Option<Changed> {
+    match changes {
+        Some(c) => c.next().await,
         None => std::future::pending().await,
     }
 }
@@ -555,6 +584,16 @@ impl Daemon {
             }
         }
         self.link_failed = now_failed;
+    }
+
+    /// A route or rule change the kernel announced: the peers it may concern leave the link
+    /// path now (the raw IP socket follows the kernel's routing) and are looked up again.
+    async fn on_route_change(&mut self, changed: &Changed) {
+        let forgotten = self.link_paths.as_mut().map_or(0, |resolver| resolver.forget_routes(changed));
+        if forgotten > 0 {
+            tracing::debug!(peers = forgotten, "route change: looking the peers' routes up again");
+            self.refresh_link_paths().await;
+        }
     }
 
     /// NAT keepalives (one 0xFF byte, RFC 3948 s.2.3) to every peer we reach through UDP.

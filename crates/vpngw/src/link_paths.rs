@@ -11,19 +11,33 @@
 //!
 //! A non-Ethernet uplink, a local or unreachable route, or any netlink error also leaves the
 //! peer on the raw IP socket. Changes are logged once, with the reason.
+//!
+//! Routes are looked up once per peer and then followed through the kernel's announcements
+//! ([`RouteChanges`]): a route or policy-rule change that may concern a peer forgets its route,
+//! which takes the peer off the link path (the raw IP socket follows the kernel's routing at
+//! once) until it is looked up again, at the next refresh. Every route is also looked up again
+//! every [`ROUTE_RECHECK`], in case an announcement was lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
-use rtnetlink::RouteMessageBuilder;
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkLayerType};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use vpngw_dataplane::link::NextHop;
 
-/// Route lookups per refresh at most (see [`LinkPaths::resolve`]).
+/// Lookups per refresh at most for peers whose route is unknown: new peers, and those whose
+/// route a change announced by the kernel may have moved (see [`LinkPaths::resolve`]).
+const NEW_ROUTE_CHECKS: usize = 256;
+/// Lookups per refresh at most for peers whose route is known and old enough to be checked.
 const ROUTE_CHECKS: usize = 64;
+/// How old a known route gets before it is looked up again without an announcement.
+pub const ROUTE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Why a peer's raw ESP does not take the link path (it takes the raw IP socket).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -105,10 +119,8 @@ pub struct LinkPaths {
     handle: rtnetlink::Handle,
     /// The last outcome logged per peer.
     last: BTreeMap<Ipv4Addr, Result<NextHop, Unusable>>,
-    /// The kernel's route per peer, as last looked up.
-    routes: BTreeMap<Ipv4Addr, Result<RouteInfo, Unusable>>,
-    /// Where the next round of route lookups starts (peers in address order).
-    route_cursor: Ipv4Addr,
+    /// The kernel's route per peer, and when it was looked up.
+    routes: BTreeMap<Ipv4Addr, (Result<RouteInfo, Unusable>, Instant)>,
 }
 
 impl std::fmt::Debug for LinkPaths {
@@ -121,43 +133,49 @@ impl LinkPaths {
     pub fn new() -> Result<Self, Unusable> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| Unusable::Netlink(e.to_string()))?;
         tokio::spawn(connection);
-        Ok(Self { handle, last: BTreeMap::new(), routes: BTreeMap::new(), route_cursor: Ipv4Addr::UNSPECIFIED })
+        Ok(Self { handle, last: BTreeMap::new(), routes: BTreeMap::new() })
+    }
+
+    /// Forgets the routes of the peers a change may concern (see [`Changed::concerns`]); they
+    /// leave the link path at the next [`Self::resolve`], which looks them up first. Returns how
+    /// many were forgotten.
+    pub fn forget_routes(&mut self, changed: &Changed) -> usize {
+        let before = self.routes.len();
+        self.routes.retain(|peer, _| !changed.concerns(*peer));
+        before - self.routes.len()
     }
 
     /// Resolves every peer (ESP from `source`); returns those that take the link path.
     ///
     /// Cost per call, whatever the number of peers: one neighbour dump (which is what notices
-    /// a hop going stale or failing), one link query per interface, and at most
-    /// ROUTE_CHECKS route lookups: new peers first, then the others in turn, so that with
-    /// thousands of peers each route is looked at again every few tens of seconds while the
-    /// control plane stays responsive.
+    /// a hop going stale or failing), one link query per interface, and route lookups only for
+    /// peers whose route is unknown (new, or forgotten after an announced change; at most
+    /// NEW_ROUTE_CHECKS) or older than ROUTE_RECHECK (at most ROUTE_CHECKS). A peer whose
+    /// route is unknown stays off the link path until it has been looked up.
     pub async fn resolve(&mut self, peers: &BTreeSet<Ipv4Addr>, source: Ipv4Addr) -> Vec<(Ipv4Addr, NextHop)> {
         self.routes.retain(|peer, _| peers.contains(peer));
         if peers.is_empty() {
             self.last.clear();
             return Vec::new();
         }
-        let mut due: Vec<Ipv4Addr> = peers.iter().filter(|p| !self.routes.contains_key(p)).copied().collect();
-        let known: Vec<Ipv4Addr> = peers.iter().filter(|p| self.routes.contains_key(p)).copied().collect();
-        if !known.is_empty() {
-            let from = known.partition_point(|p| *p < self.route_cursor);
-            let budget = ROUTE_CHECKS.saturating_sub(due.len()).min(known.len());
-            due.extend(known.iter().cycle().skip(from).take(budget).copied());
-            if let Some(last) = due.last() {
-                self.route_cursor = Ipv4Addr::from(u32::from(*last).wrapping_add(1));
-            }
-        }
-        for peer in due.into_iter().take(ROUTE_CHECKS) {
+        let now = Instant::now();
+        for peer in lookups_due(peers, &self.routes, now) {
             let route = self.route(peer, source).await;
-            self.routes.insert(peer, route);
+            self.routes.insert(peer, (route, Instant::now()));
         }
         let neighbours = self.neighbours().await;
         let mut links: BTreeMap<u32, Result<LinkInfo, Unusable>> = BTreeMap::new();
         let mut chosen = Vec::new();
         let mut outcomes = BTreeMap::new();
         for &peer in peers {
-            let outcome = match (self.routes.get(&peer), &neighbours) {
-                (None, _) => continue,
+            let outcome = match (self.routes.get(&peer).map(|(route, _)| route), &neighbours) {
+                // Not looked up yet: off the link path, and nothing to log before it is.
+                (None, _) => {
+                    if let Some(old) = self.last.get(&peer) {
+                        outcomes.insert(peer, old.clone());
+                    }
+                    continue;
+                }
                 (Some(Err(e)), _) | (_, Err(e)) => Err(e.clone()),
                 (Some(Ok(route)), Ok(neighbours)) => {
                     if let std::collections::btree_map::Entry::Vacant(slot) = links.entry(route.ifindex) {
@@ -279,6 +297,127 @@ impl LinkPaths {
     }
 }
 
+/// The peers whose route is looked up at this refresh: first those whose route is unknown (at
+/// most NEW_ROUTE_CHECKS), then known routes older than ROUTE_RECHECK, oldest first (at most
+/// ROUTE_CHECKS in all).
+fn lookups_due(
+    peers: &BTreeSet<Ipv4Addr>,
+    routes: &BTreeMap<Ipv4Addr, (Result<RouteInfo, Unusable>, Instant)>,
+    now: Instant,
+) -> Vec<Ipv4Addr> {
+    let mut due: Vec<Ipv4Addr> =
+        peers.iter().filter(|p| !routes.contains_key(p)).take(NEW_ROUTE_CHECKS).copied().collect();
+    let mut old: Vec<(Instant, Ipv4Addr)> = routes
+        .iter()
+        .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= ROUTE_RECHECK)
+        .map(|(peer, (_, at))| (*at, *peer))
+        .collect();
+    old.sort_unstable();
+    let room = ROUTE_CHECKS.saturating_sub(due.len());
+    due.extend(old.into_iter().take(room).map(|(_, peer)| peer));
+    due
+}
+
+/// What a change announced by the kernel may concern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Routes to destinations inside these prefixes (address, length): the peers inside them.
+    Prefixes(Vec<(Ipv4Addr, u8)>),
+    /// A policy rule, or a change that cannot be narrowed down: every peer.
+    Everything,
+}
+
+impl Changed {
+    /// Whether `peer`'s route may have changed: a route to a prefix decides only the lookups
+    /// of the addresses inside it (the longest match among the routes that contain them).
+    pub fn concerns(&self, peer: Ipv4Addr) -> bool {
+        match self {
+            Changed::Everything => true,
+            Changed::Prefixes(prefixes) => prefixes.iter().any(|(net, len)| within(peer, *net, *len)),
+        }
+    }
+
+    fn merge(&mut self, other: Changed) {
+        match (self, other) {
+            (Changed::Everything, _) => {}
+            (me, Changed::Everything) => *me = Changed::Everything,
+            (Changed::Prefixes(mine), Changed::Prefixes(theirs)) => mine.extend(theirs),
+        }
+    }
+
+    /// What an announcement concerns; none for what does not touch IPv4 unicast routing.
+    fn from_message(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<Changed> {
+        match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r)) => {
+                route_prefix(r).map(|p| Changed::Prefixes(vec![p]))
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_)) => {
+                Some(Changed::Everything)
+            }
+            // The kernel dropped announcements (its socket buffer overflowed): any may be lost.
+            NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => Some(Changed::Everything),
+            _ => None,
+        }
+    }
+}
+
+/// The destination prefix of an IPv4 route message; none for other families.
+fn route_prefix(r: &RouteMessage) -> Option<(Ipv4Addr, u8)> {
+    if r.header.address_family != rtnetlink::packet_route::AddressFamily::Inet {
+        return None;
+    }
+    let net = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    Some((net, r.header.destination_prefix_length.min(32)))
+}
+
+/// Whether `address` lies inside `net`/`len`.
+fn within(address: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+    u32::from(address) & mask == u32::from(net) & mask
+}
+
+/// The kernel's announcements of IPv4 route and policy-rule changes (netlink multicast, as
+/// `ip monitor route rule` shows them), on a connection of their own.
+pub struct RouteChanges {
+    messages:
+        futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, rtnetlink::sys::SocketAddr)>,
+}
+
+impl RouteChanges {
+    pub fn open() -> Result<Self, Unusable> {
+        let (connection, _, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route, MulticastGroup::Ipv4Rule])
+                .map_err(|e| Unusable::Netlink(e.to_string()))?;
+        tokio::spawn(connection);
+        Ok(Self { messages })
+    }
+
+    /// Waits for the next change that touches IPv4 routing, then takes the announcements
+    /// already queued behind it (a burst, such as an interface going down, is one change).
+    /// None once the connection is gone.
+    pub async fn next(&mut self) -> Option<Changed> {
+        let mut changed = loop {
+            let (message, _) = self.messages.next().await?;
+            if let Some(c) = Changed::from_message(&message) {
+                break c;
+            }
+        };
+        while let Ok((message, _)) = self.messages.try_recv() {
+            if let Some(c) = Changed::from_message(&message) {
+                changed.merge(c);
+            }
+        }
+        Some(changed)
+    }
+}
+
 /// A MAC address as `ip link` writes it.
 pub fn mac(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
@@ -359,5 +498,105 @@ mod tests {
         assert_eq!(choose(PEER, &direct(), &no_mac, Some(&n)), Err(Unusable::NoLinkAddress("wan0".into())));
         let local = RouteInfo { unicast: Err("Local".into()), ..direct() };
         assert_eq!(choose(PEER, &local, &link(), Some(&n)), Err(Unusable::NotUnicast("Local".into())));
+    }
+
+    fn known(at: Instant) -> (Result<RouteInfo, Unusable>, Instant) {
+        (Ok(direct()), at)
+    }
+
+    fn peer(n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(0x0a00_0000 + n)
+    }
+
+    #[test]
+    fn routes_are_looked_up_when_unknown_or_old_and_not_otherwise() {
+        let now = Instant::now();
+        let fresh = now - Duration::from_secs(1);
+        let old = now - ROUTE_RECHECK - Duration::from_secs(1);
+        let older = now - ROUTE_RECHECK - Duration::from_secs(5);
+        let peers: BTreeSet<Ipv4Addr> = (1..=4).map(peer).collect();
+        let routes = BTreeMap::from([(peer(1), known(fresh)), (peer(2), known(old)), (peer(3), known(older))]);
+        // The unknown one first, then the old ones, oldest first; the fresh one not at all.
+        assert_eq!(lookups_due(&peers, &routes, now), vec![peer(4), peer(3), peer(2)]);
+        // Everything known and fresh: no lookup (the steady state between announcements).
+        let all_fresh: BTreeMap<_, _> = peers.iter().map(|p| (*p, known(fresh))).collect();
+        assert!(lookups_due(&peers, &all_fresh, now).is_empty());
+    }
+
+    #[test]
+    fn lookups_per_refresh_are_bounded() {
+        let now = Instant::now();
+        let old = now - ROUTE_RECHECK;
+        let peers: BTreeSet<Ipv4Addr> = (0..10_000).map(peer).collect();
+        // 10,000 peers after a change of the default route: 256 at a time.
+        assert_eq!(lookups_due(&peers, &BTreeMap::new(), now).len(), NEW_ROUTE_CHECKS);
+        // All known and old: 64 at a time.
+        let routes: BTreeMap<_, _> = peers.iter().map(|p| (*p, known(old))).collect();
+        assert_eq!(lookups_due(&peers, &routes, now).len(), ROUTE_CHECKS);
+        // A few unknown among old ones: the unknown ones, and old ones up to 64 in all.
+        let mut some_unknown = routes.clone();
+        for n in 0..10 {
+            some_unknown.remove(&peer(n * 1000));
+        }
+        let due = lookups_due(&peers, &some_unknown, now);
+        assert_eq!(due.len(), ROUTE_CHECKS);
+        assert_eq!(&due[..10], &(0..10).map(|n| peer(n * 1000)).collect::<Vec<_>>()[..]);
+    }
+
+    #[test]
+    fn a_route_change_concerns_the_peers_inside_its_prefix() {
+        let change = Changed::Prefixes(vec![(Ipv4Addr::new(198, 51, 100, 0), 24)]);
+        assert!(change.concerns(PEER));
+        assert!(!change.concerns(Ipv4Addr::new(198, 51, 101, 2)));
+        let host = Changed::Prefixes(vec![(PEER, 32)]);
+        assert!(host.concerns(PEER));
+        assert!(!host.concerns(Ipv4Addr::new(198, 51, 100, 3)));
+        // The default route concerns every peer, as does a policy rule.
+        let default = Changed::Prefixes(vec![(Ipv4Addr::UNSPECIFIED, 0)]);
+        assert!(default.concerns(PEER) && default.concerns(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(Changed::Everything.concerns(PEER));
+        let mut merged = host.clone();
+        merged.merge(Changed::Prefixes(vec![(Ipv4Addr::new(203, 0, 113, 0), 24)]));
+        assert!(merged.concerns(PEER) && merged.concerns(Ipv4Addr::new(203, 0, 113, 9)));
+        merged.merge(Changed::Everything);
+        assert_eq!(merged, Changed::Everything);
+    }
+
+    #[test]
+    fn announcements_are_read_as_the_kernel_sends_them() {
+        use rtnetlink::packet_route::AddressFamily;
+        let route = |family: AddressFamily, dst: Option<Ipv4Addr>, len: u8| {
+            let mut r = RouteMessage::default();
+            r.header.address_family = family;
+            r.header.destination_prefix_length = len;
+            if let Some(d) = dst {
+                r.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(d)));
+            }
+            r
+        };
+        let message = |m: RouteNetlinkMessage| NetlinkMessage::from(m);
+        let host = route(AddressFamily::Inet, Some(PEER), 32);
+        assert_eq!(
+            Changed::from_message(&message(RouteNetlinkMessage::NewRoute(host.clone()))),
+            Some(Changed::Prefixes(vec![(PEER, 32)]))
+        );
+        assert_eq!(
+            Changed::from_message(&message(RouteNetlinkMessage::DelRoute(host))),
+            Some(Changed::Prefixes(vec![(PEER, 32)]))
+        );
+        // The default route carries no destination attribute.
+        assert_eq!(
+            Changed::from_message(&message(RouteNetlinkMessage::NewRoute(route(AddressFamily::Inet, None, 0)))),
+            Some(Changed::Prefixes(vec![(Ipv4Addr::UNSPECIFIED, 0)]))
+        );
+        assert_eq!(
+            Changed::from_message(&message(RouteNetlinkMessage::NewRoute(route(AddressFamily::Inet6, None, 0)))),
+            None
+        );
+        assert_eq!(
+            Changed::from_message(&message(RouteNetlinkMessage::NewRule(Default::default()))),
+            Some(Changed::Everything)
+        );
+        assert_eq!(Changed::from_message(&message(RouteNetlinkMessage::NewLink(Default::default()))), None);
     }
 }
