@@ -321,6 +321,9 @@ impl Endpoint {
         } else {
             (*first).clone()
         };
+        if !self.settle_crossed_initiation(now, &peer, rx) {
+            return;
+        }
         let id = self.new_id();
         let mut ctx = ctx!(self, now);
         let (mut sa, result) = IkeSa::respond(id, peer, &mut ctx, rx);
@@ -331,6 +334,45 @@ impl Endpoint {
             }
             Err(failure) => sa.fail(&mut ctx, failure),
         }
+    }
+
+    /// Both sides initiated phase 1 at once (both were told to start, or both restarted after
+    /// dead peer detection): the peer's first message arrives while ours to it is unanswered or
+    /// under way. Left alone, each side would build two IKE SAs and each side's INITIAL-CONTACT
+    /// would clear the other's. Both sides settle it the same way, from what both know: the
+    /// exchange with the higher initiator cookie goes on (cookies are random, and unlike
+    /// addresses they read the same on both sides of a NAT). Returns whether to answer the
+    /// peer's message: no when ours goes on (the peer, by the same rule, answers ours instead);
+    /// yes when theirs does, after dropping ours (nothing established, so nothing to delete).
+    fn settle_crossed_initiation(&mut self, now: Instant, peer: &Arc<PeerConfig>, rx: &Received<'_>) -> bool {
+        let theirs = rx.header.initiator_cookie;
+        let Some((id, ours)) = self
+            .sas
+            .iter()
+            .find(|(_, s)| {
+                s.peer.name == peer.name
+                    && s.role == crate::event::Role::Initiator
+                    && !s.is_established()
+                    && s.state != crate::ikesa::State::Dead
+            })
+            .map(|(id, s)| (*id, s.cky_i))
+        else {
+            return true;
+        };
+        if ours > theirs {
+            self.drops.count("crossed_initiation", rx.remote);
+            return false;
+        }
+        tracing::info!(
+            peer = %peer.name,
+            "both sides initiated phase 1 at once: answering the peer's exchange (higher cookie) and dropping ours"
+        );
+        let mut ctx = ctx!(self, now);
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.drop_all(&mut ctx, DeleteReason::Local);
+        }
+        self.reap();
+        true
     }
 
     /// After an SA handled something: INITIAL-CONTACT clears older SAs with the same peer, and

@@ -114,6 +114,40 @@ fn every_phase2_combination() {
     }
 }
 
+/// Both sides initiate at once (both told to start, or both restarting after dead peer
+/// detection): their first messages cross. One exchange goes on, the same one on both sides,
+/// whichever side's cookie is higher: one IKE SA and one pair of child SAs at each end, nothing
+/// failed or deleted, and it stays so. (Before: each side's INITIAL-CONTACT cleared the other
+/// side's IKE SA, and the tunnel stayed down until dead peer detection, 30 s or more.)
+#[test]
+fn both_sides_initiating_at_once_settle_on_one_exchange() {
+    for mode in [ExchangeMode::Main, ExchangeMode::Aggressive] {
+        for seed in 1..=8 {
+            let (mut a_cfg, mut b_cfg) = configs();
+            a_cfg.mode = mode;
+            b_cfg.mode = mode;
+            let (a_name, b_name) = (a_cfg.name.clone(), b_cfg.name.clone());
+            let mut p = Pair::new(a_cfg, b_cfg, seed);
+            p.a.initiate(p.now, &a_name).unwrap();
+            p.b.initiate(p.now, &b_name).unwrap();
+            p.drive(Duration::from_secs(600));
+            let deleted = |events: &[Event]| {
+                events.iter().filter(|e| matches!(e, Event::IkeSaDeleted { .. } | Event::ChildSaDeleted { .. })).count()
+            };
+            assert_eq!(deleted(&p.a_events), 0, "{mode} seed {seed}: A deleted SAs: {:?}", p.a_events);
+            assert_eq!(deleted(&p.b_events), 0, "{mode} seed {seed}: B deleted SAs: {:?}", p.b_events);
+            assert_up(&p, 1);
+            // The two sides did not both win: one is the IKE initiator, the other the responder.
+            let roles = |events: &[Event]| {
+                events
+                    .iter()
+                    .find_map(|e| if let Event::IkeSaEstablished { role, .. } = e { Some(*role) } else { None })
+            };
+            assert_ne!(roles(&p.a_events), roles(&p.b_events), "{mode} seed {seed}");
+        }
+    }
+}
+
 #[test]
 fn aggressive_mode_with_fqdn_identities() {
     let (mut a, mut b) = configs();
