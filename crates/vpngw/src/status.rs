@@ -124,12 +124,36 @@ fn ago(now: u64, then: u64) -> String {
 
 impl Status {
     /// The human form of `vpngw status`.
+    /// One line: how many workers, where they run, and what they carried.
+    fn render_workers(&self) -> String {
+        let cores: Vec<String> = self.workers.iter().filter_map(|w| w.core).map(|c| c.to_string()).collect();
+        let placement = match cores.len() {
+            0 => "not pinned".to_string(),
+            n if n == self.workers.len() => format!("on cores {}", cores.join(", ")),
+            _ => format!("{} of them pinned, on cores {}", cores.len(), cores.join(", ")),
+        };
+        let sum = |f: fn(&WorkerStatus) -> u64| self.workers.iter().map(f).sum::<u64>();
+        let (out, link, inbound) = (sum(|w| w.packets_out), sum(|w| w.packets_out_link), sum(|w| w.packets_in));
+        let link = if link > 0 { format!(" ({link} through the link path)") } else { String::new() };
+        let workers = if self.workers.len() == 1 { "worker" } else { "workers" };
+        format!("dataplane: {} {workers} {placement}; packets out {out}{link}, in {inbound}", self.workers.len())
+    }
+
     pub fn render(&self, now_unix: u64) -> String {
         let mut o = String::new();
         let _ = writeln!(
             o,
             "gateway {} ({}), vpngw {}, up {}s",
             self.gateway, self.public_address, self.version, self.uptime_seconds
+        );
+        if !self.workers.is_empty() {
+            let _ = writeln!(o, "{}", self.render_workers());
+        }
+        let dropped: Vec<String> = self.dropped.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+        let _ = writeln!(
+            o,
+            "dropped datagrams: {}",
+            if dropped.is_empty() { "none".to_string() } else { dropped.join(", ") }
         );
         for l in &self.link_paths {
             let _ = writeln!(
@@ -224,5 +248,47 @@ impl Status {
             }
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(workers: Vec<WorkerStatus>, dropped: &[(&str, u64)]) -> Status {
+        Status {
+            gateway: "gw".into(),
+            version: "0.1.0".into(),
+            public_address: "198.51.100.1".into(),
+            uptime_seconds: 5,
+            dropped: dropped.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            workers,
+            link_paths: vec![],
+            connections: vec![],
+        }
+    }
+
+    fn worker(core: Option<usize>, out: u64, link: u64, inbound: u64) -> WorkerStatus {
+        WorkerStatus { core, packets_out: out, packets_out_link: link, packets_in: inbound, busy_seconds: 0.0 }
+    }
+
+    #[test]
+    fn the_summary_names_worker_placement_traffic_and_drops() {
+        let s = status(
+            vec![worker(Some(0), 10, 8, 3), worker(Some(1), 5, 0, 4)],
+            &[("esp_no_sa", 9), ("ike_unknown_sa", 2)],
+        );
+        let text = s.render(0);
+        assert!(
+            text.contains("dataplane: 2 workers on cores 0, 1; packets out 15 (8 through the link path), in 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("dropped datagrams: esp_no_sa 9, ike_unknown_sa 2\n"), "{text}");
+        let s = status(vec![worker(None, 1, 0, 2)], &[]);
+        let text = s.render(0);
+        assert!(text.contains("dataplane: 1 worker not pinned; packets out 1, in 2\n"), "{text}");
+        assert!(text.contains("dropped datagrams: none\n"), "{text}");
+        let s = status(vec![worker(Some(3), 0, 0, 0), worker(None, 0, 0, 0)], &[]);
+        assert!(s.render(0).contains("2 workers 1 of them pinned, on cores 3;"), "{}", s.render(0));
     }
 }
