@@ -424,11 +424,34 @@ impl Daemon {
             if let Some(r) = self.retries.get_mut(&name) {
                 r.at = now + RETRY_MAX * 1000; // parked until the next failure reschedules it
             }
-            if self.connection(&name).is_some_and(|c| c.start == Start::Active) {
-                tracing::info!(connection = %name, "retrying");
-                self.initiate(now, &name);
+            let Some(subnet_pairs) =
+                self.connection(&name).filter(|c| c.start == Start::Active).map(|c| c.peer.subnets.len())
+            else {
+                continue;
+            };
+            // A retry scheduled by an event that did not take the connection down (an IKE SA
+            // that expired after another took over its child SAs) has nothing to do.
+            if self.is_up(&name, subnet_pairs) {
+                self.retries.remove(&name);
+                continue;
             }
+            tracing::info!(connection = %name, "retrying");
+            self.initiate(now, &name);
         }
+    }
+
+    /// An established IKE SA and an active child SA for each of the connection's subnet pairs
+    /// (what `vpngw status` shows as `up`).
+    fn is_up(&self, name: &str, subnet_pairs: usize) -> bool {
+        let sas = self.endpoint.ike_sas();
+        let established = sas.iter().any(|s| s.peer == name && s.state == "established");
+        let active = sas
+            .iter()
+            .filter(|s| s.peer == name)
+            .flat_map(|s| s.children.iter())
+            .filter(|c| c.state == vpngw_ike::ChildSaState::Active)
+            .count();
+        established && active >= subnet_pairs
     }
 
     fn schedule_retry(&mut self, name: &str) {
