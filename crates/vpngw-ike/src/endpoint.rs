@@ -344,9 +344,15 @@ impl Endpoint {
     /// addresses they read the same on both sides of a NAT). Returns whether to answer the
     /// peer's message: no when ours goes on (the peer, by the same rule, answers ours instead);
     /// yes when theirs does, after dropping ours (nothing established, so nothing to delete).
+    ///
+    /// Ours goes on only while the peer can hear it: if the peer's first message comes a third
+    /// time and ours is still unanswered, ours is not reaching it (a NAT or firewall in front of
+    /// the peer that lets only its own initiations through), and theirs goes on after all. Not
+    /// at the second copy: the peer retransmits when we do, and a lost first message of ours
+    /// would then make both sides drop their own exchange at once.
     fn settle_crossed_initiation(&mut self, now: Instant, peer: &Arc<PeerConfig>, rx: &Received<'_>) -> bool {
         let theirs = rx.header.initiator_cookie;
-        let Some((id, ours)) = self
+        let Some((id, ours, answered, dropped)) = self
             .sas
             .iter()
             .find(|(_, s)| {
@@ -355,17 +361,23 @@ impl Endpoint {
                     && !s.is_established()
                     && s.state != crate::ikesa::State::Dead
             })
-            .map(|(id, s)| (*id, s.cky_i))
+            .map(|(id, s)| (*id, s.cky_i, s.cky_r != [0; 8], s.crossed_dropped))
         else {
             return true;
         };
-        if ours > theirs {
+        let copies = dropped.filter(|(cookie, _)| *cookie == theirs).map_or(0, |(_, n)| n);
+        let unheard = !answered && copies >= 2;
+        if ours > theirs && !unheard {
+            if let Some(sa) = self.sas.get_mut(&id) {
+                sa.crossed_dropped = Some((theirs, copies + 1));
+            }
             self.drops.count("crossed_initiation", rx.remote);
             return false;
         }
+        let why = if unheard { "the peer does not hear ours" } else { "the peer's has the higher cookie" };
         tracing::info!(
             peer = %peer.name,
-            "both sides initiated phase 1 at once: answering the peer's exchange (higher cookie) and dropping ours"
+            "both sides initiated phase 1 at once: answering the peer's exchange and dropping ours ({why})"
         );
         let mut ctx = ctx!(self, now);
         if let Some(sa) = self.sas.get_mut(&id) {

@@ -169,6 +169,10 @@ pub(crate) struct IkeSa {
     pub initial_contact: bool,
     /// The peer sent INITIAL-CONTACT: the endpoint drops older SAs with it.
     pub initial_contact_received: bool,
+    /// The initiator cookie of the peer's exchange dropped for this one when both sides
+    /// initiated at once, and how many copies of its first message were dropped (see
+    /// `Endpoint::settle_crossed_initiation`).
+    pub crossed_dropped: Option<([u8; 8], u32)>,
     sa_i_b: Vec<u8>,
     dh: Option<DhPrivateKey>,
     g_i: Vec<u8>,
@@ -252,6 +256,7 @@ impl IkeSa {
             peer_supports_dpd: false,
             initial_contact: false,
             initial_contact_received: false,
+            crossed_dropped: None,
             sa_i_b: Vec::new(),
             dh: None,
             g_i: Vec::new(),

@@ -121,13 +121,21 @@ fn every_phase2_combination() {
 /// side's IKE SA, and the tunnel stayed down until dead peer detection, 30 s or more.)
 #[test]
 fn both_sides_initiating_at_once_settle_on_one_exchange() {
-    for mode in [ExchangeMode::Main, ExchangeMode::Aggressive] {
+    // Also with A's first message lost: both sides retransmit at the same moment, and must not
+    // both give way.
+    for (mode, lose_first) in [
+        (ExchangeMode::Main, false),
+        (ExchangeMode::Aggressive, false),
+        (ExchangeMode::Main, true),
+        (ExchangeMode::Aggressive, true),
+    ] {
         for seed in 1..=8 {
             let (mut a_cfg, mut b_cfg) = configs();
             a_cfg.mode = mode;
             b_cfg.mode = mode;
             let (a_name, b_name) = (a_cfg.name.clone(), b_cfg.name.clone());
             let mut p = Pair::new(a_cfg, b_cfg, seed);
+            p.drop_from_a = usize::from(lose_first);
             p.a.initiate(p.now, &a_name).unwrap();
             p.b.initiate(p.now, &b_name).unwrap();
             p.drive(Duration::from_secs(600));
@@ -145,6 +153,39 @@ fn both_sides_initiating_at_once_settle_on_one_exchange() {
             };
             assert_ne!(roles(&p.a_events), roles(&p.b_events), "{mode} seed {seed}");
         }
+    }
+}
+
+/// Both initiate at once, but A's first messages never reach B (B is behind a NAT that lets
+/// only its own initiations through): whichever cookie is higher, B's exchange goes on. When
+/// A's would win, A drops B's first message twice, then, its own still unanswered, answers the
+/// third copy: up within B's second retransmission, not after A's exchange times out.
+#[test]
+fn a_crossed_initiation_the_peer_cannot_hear_gives_way() {
+    for seed in 1..=8 {
+        let (a_cfg, b_cfg) = configs();
+        let (a_name, b_name) = (a_cfg.name.clone(), b_cfg.name.clone());
+        let mut p = Pair::new(a_cfg, b_cfg, seed);
+        p.b_unreachable_first = true;
+        p.a.initiate(p.now, &a_name).unwrap();
+        p.b.initiate(p.now, &b_name).unwrap();
+        let start = p.now;
+        let mut up_at = None;
+        p.drive_with(Duration::from_secs(120), |p| {
+            if up_at.is_none() && Pair::children(&p.a_events).len() == 1 && Pair::children(&p.b_events).len() == 1 {
+                up_at = Some(p.now - start);
+            }
+        });
+        let up_at = up_at.unwrap_or_else(|| panic!("seed {seed}: never up: {:?}", p.a_events));
+        // B retransmits after 1 s and 2 s more (the test engines' timers): up by then.
+        assert!(up_at <= Duration::from_secs(4), "seed {seed}: up after {up_at:?}");
+        assert_eq!(Pair::established(&p.a_events), 1, "seed {seed}");
+        assert_eq!(Pair::established(&p.b_events), 1, "seed {seed}");
+        let role = p
+            .b_events
+            .iter()
+            .find_map(|e| if let Event::IkeSaEstablished { role, .. } = e { Some(*role) } else { None });
+        assert_eq!(role, Some(vpngw_ike::Role::Initiator), "seed {seed}: B's exchange goes on");
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Pair {
     /// Drop everything A / B sends (a dead or unreachable peer).
     pub blackhole_a: bool,
     pub blackhole_b: bool,
+    /// Drop the first messages of A's phase 1 exchanges (B sits behind a NAT that lets only
+    /// its own initiations through; answers to them pass).
+    pub b_unreachable_first: bool,
     /// Every datagram delivered, with its direction (true = A to B).
     pub wire: Vec<(bool, SocketAddr, SocketAddr, Vec<u8>)>,
 }
@@ -91,6 +94,7 @@ impl Pair {
             drop_from_b: 0,
             blackhole_a: false,
             blackhole_b: false,
+            b_unreachable_first: false,
             wire: vec![],
         }
     }
@@ -147,6 +151,10 @@ impl Pair {
                 moved = true;
                 if self.drop_from_a > 0 || self.blackhole_a {
                     self.drop_from_a = self.drop_from_a.saturating_sub(1);
+                    continue;
+                }
+                // A first message of phase 1: no responder cookie yet, message ID 0.
+                if self.b_unreachable_first && t.payload.len() > 28 && t.payload[8..16] == [0; 8] {
                     continue;
                 }
                 let src = self.nat_out(t.local);
