@@ -150,17 +150,30 @@ fn net(s: Ipv4Subnet) -> Ipv4Net {
     Ipv4Net { addr: s.addr(), prefix: s.prefix() }
 }
 
-/// The policies of every configured subnet pair.
-fn policies(config: &Config) -> Spd {
+/// The policies of every configured subnet pair. An on-traffic policy that `previous` has too
+/// (same connection, same subnets) keeps its pending queue: packets held while its SA is being
+/// negotiated survive a reload.
+fn policies(config: &Config, previous: Option<&Spd>) -> Spd {
     Spd::new(config.connections.iter().flat_map(|c| {
         let name: Arc<str> = c.peer.name.as_str().into();
         let on_traffic = c.start == Start::OnTraffic;
-        c.peer.subnets.iter().map(move |p| Policy {
-            selectors: Selectors { local: net(p.local), remote: net(p.remote) },
-            connection: name.clone(),
-            // Traffic that starts the tunnel waits for it instead of being lost.
-            pending: on_traffic
-                .then(|| Arc::new(PendingQueue::new(PendingQueue::DEFAULT_PACKETS, PendingQueue::DEFAULT_MAX_AGE))),
+        c.peer.subnets.iter().map(move |p| {
+            let selectors = Selectors { local: net(p.local), remote: net(p.remote) };
+            let kept = previous.and_then(|spd| {
+                spd.policies()
+                    .find(|old| old.connection == name && old.selectors == selectors)
+                    .and_then(|old| old.pending.clone())
+            });
+            Policy {
+                selectors,
+                connection: name.clone(),
+                // Traffic that starts the tunnel waits for it instead of being lost.
+                pending: on_traffic.then(|| {
+                    kept.unwrap_or_else(|| {
+                        Arc::new(PendingQueue::new(PendingQueue::DEFAULT_PACKETS, PendingQueue::DEFAULT_MAX_AGE))
+                    })
+                }),
+            }
         })
     }))
 }
@@ -198,7 +211,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
     };
     let sock_ike = bind(IKE_PORT).await?;
     let table = Arc::new(SaTable::new());
-    let spd = Arc::new(ArcSwap::from_pointee(policies(&config)));
+    let spd = Arc::new(ArcSwap::from_pointee(policies(&config, None)));
     let (dp_tx, mut dp_rx) = mpsc::unbounded_channel::<ToControl>();
     let sink: vpngw_dataplane::ControlSink = Arc::new(move |m| {
         let _ = dp_tx.send(m);
@@ -1194,7 +1207,8 @@ impl Daemon {
                 self.initiate(now, &c.peer.name);
             }
         }
-        self.spd.store(Arc::new(policies(&self.config)));
+        let previous = self.spd.load_full();
+        self.spd.store(Arc::new(policies(&self.config, Some(&previous))));
         self.sync_probes();
         if let Err(e) = self.routes.sync(&wanted_routes(&self.config)).await {
             tracing::error!(error = %e, "routes after a configuration change");
@@ -1326,5 +1340,43 @@ impl Daemon {
                 .collect(),
             connections,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(start: &str, remote_subnets: &str) -> Config {
+        let text = format!(
+            "[gateway]\npublic_address = \"198.51.100.1\"\n[[connection]]\nname = \"branch\"\n\
+             remote_address = \"198.51.100.2\"\npre_shared_key = \"lab-psk-0123456789abcdef\"\n\
+             local_subnets = [\"10.1.0.0/24\"]\nremote_subnets = [{remote_subnets}]\nstart = \"{start}\"\n"
+        );
+        Config::parse(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn queue(spd: &Spd, remote: &str) -> Option<Arc<PendingQueue>> {
+        spd.policies().find(|p| p.selectors.remote.to_string() == remote).and_then(|p| p.pending.clone())
+    }
+
+    #[test]
+    fn a_reload_keeps_the_packets_held_for_an_unchanged_policy() {
+        let before = policies(&config("on-traffic", "\"10.2.0.0/24\", \"10.3.0.0/24\""), None);
+        let held = queue(&before, "10.2.0.0/24").unwrap();
+        held.push(Instant::now(), &[0x45; 20]);
+        // The same policy after a reload that dropped the other pair: the same queue, with its
+        // packet.
+        let after = policies(&config("on-traffic", "\"10.2.0.0/24\""), Some(&before));
+        let kept = queue(&after, "10.2.0.0/24").unwrap();
+        assert!(Arc::ptr_eq(&held, &kept));
+        assert_eq!(kept.len(), 1);
+        // A new pair gets a new, empty queue; a connection no longer started by traffic, none.
+        let grown = policies(&config("on-traffic", "\"10.2.0.0/24\", \"10.4.0.0/24\""), Some(&after));
+        assert!(queue(&grown, "10.4.0.0/24").is_some_and(|q| q.is_empty()));
+        let active = policies(&config("active", "\"10.2.0.0/24\""), Some(&after));
+        assert!(queue(&active, "10.2.0.0/24").is_none());
+        // Without a previous SPD (the start): fresh queues.
+        assert!(queue(&policies(&config("on-traffic", "\"10.2.0.0/24\""), None), "10.2.0.0/24").unwrap().is_empty());
     }
 }
