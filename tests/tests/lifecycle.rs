@@ -526,6 +526,27 @@ fn hold_ike(lab: &Lab, on: bool) {
     }
 }
 
+/// With IKE held in both directions since both gateways (these processes) started
+/// initiating: waits until both have sent their first message and its first retransmission
+/// (0.5 s) into the void, pauses both (SIGSTOP), lets IKE through, and resumes both together
+/// (SIGCONT) once their next retransmission (1.5 s after the start) is due, so that both
+/// retransmit at once and the two first messages cross in flight. Returns when they resumed.
+fn cross_first_messages(lab: &Lab, pids: [u32; 2]) -> Instant {
+    std::thread::sleep(Duration::from_millis(700));
+    let signal = |sig: &str| {
+        let out = std::process::Command::new("kill")
+            .args([sig, &pids[0].to_string(), &pids[1].to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kill {sig}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    signal("-STOP");
+    hold_ike(lab, false);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal("-CONT");
+    Instant::now()
+}
+
 /// Both gateways initiate at once (both `start = "active"`, as after a power cut at both
 /// sites, or both restarting after dead peer detection), and their first messages cross in
 /// flight. To make them cross: neither hears the other at first, both are paused (SIGSTOP),
@@ -555,21 +576,7 @@ fn both_gateways_initiating_at_once_settle_on_one_ike_sa() {
         &config(RIGHT_WAN, "crossed-r", LEFT_WAN, RIGHT_NET, LEFT_NET),
         &[],
     );
-    // Both have sent their first message (and a retransmission, 0.5 s later) into the void.
-    std::thread::sleep(Duration::from_millis(700));
-    let signal = |sig: &str| {
-        let out = std::process::Command::new("kill")
-            .args([sig, &left.pid.to_string(), &right.pid.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "kill {sig}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    signal("-STOP");
-    hold_ike(&lab, false);
-    // The next retransmission (1.5 s after the start) falls due while both are paused.
-    std::thread::sleep(Duration::from_millis(1500));
-    signal("-CONT");
-    let started = Instant::now();
+    let started = cross_first_messages(&lab, [left.pid, right.pid]);
     for v in [&left, &right] {
         v.wait_up("peer", Duration::from_secs(10))
             .unwrap_or_else(|| panic!("not up 10 s after the crossing:\n{}\n{}", left.log_text(), right.log_text()));
@@ -614,19 +621,7 @@ fn vpngw_and_strongswan_initiating_at_once_settle() {
     );
     let v = Vpngw::start(&lab, &lab.left, "crossed-sw", &config, &[]);
     charon.initiate_async();
-    std::thread::sleep(Duration::from_millis(700));
-    let signal = |sig: &str| {
-        let out = std::process::Command::new("kill")
-            .args([sig, &v.pid.to_string(), &charon.pid.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "kill {sig}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    signal("-STOP");
-    hold_ike(&lab, false);
-    std::thread::sleep(Duration::from_millis(1500));
-    signal("-CONT");
-    let started = Instant::now();
+    let started = cross_first_messages(&lab, [v.pid, charon.pid]);
     v.wait_up("to-right", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("not up 10 s after the crossing:\n{}\n{}", v.log_text(), charon.log()));
     eprintln!("up {:?} after the crossing", started.elapsed());
