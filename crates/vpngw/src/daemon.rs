@@ -154,16 +154,18 @@ fn net(s: Ipv4Subnet) -> Ipv4Net {
 /// (same connection, same subnets) keeps its pending queue: packets held while its SA is being
 /// negotiated survive a reload.
 fn policies(config: &Config, previous: Option<&Spd>) -> Spd {
+    let held: HashMap<(Arc<str>, Selectors), Arc<PendingQueue>> = previous
+        .into_iter()
+        .flat_map(|spd| spd.policies())
+        .filter_map(|old| old.pending.clone().map(|q| ((old.connection.clone(), old.selectors), q)))
+        .collect();
     Spd::new(config.connections.iter().flat_map(|c| {
         let name: Arc<str> = c.peer.name.as_str().into();
         let on_traffic = c.start == Start::OnTraffic;
+        let held = &held;
         c.peer.subnets.iter().map(move |p| {
             let selectors = Selectors { local: net(p.local), remote: net(p.remote) };
-            let kept = previous.and_then(|spd| {
-                spd.policies()
-                    .find(|old| old.connection == name && old.selectors == selectors)
-                    .and_then(|old| old.pending.clone())
-            });
+            let kept = held.get(&(name.clone(), selectors)).cloned();
             Policy {
                 selectors,
                 connection: name.clone(),
