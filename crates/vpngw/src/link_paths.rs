@@ -38,6 +38,8 @@ const NEW_ROUTE_CHECKS: usize = 256;
 const ROUTE_CHECKS: usize = 64;
 /// How old a known route gets before it is looked up again without an announcement.
 pub const ROUTE_RECHECK: Duration = Duration::from_secs(30);
+/// Route changes in one burst beyond which every peer counts as concerned ([`Changed::merge`]).
+const MERGED_PREFIXES: usize = 64;
 
 /// Why a peer's raw ESP does not take the link path (it takes the raw IP socket).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -337,11 +339,19 @@ impl Changed {
         }
     }
 
+    /// Adds another announcement's. A burst of more than MERGED_PREFIXES route changes (a
+    /// routing daemon loading a table) counts as everything: every peer is looked up again
+    /// (within the lookup bounds), rather than every peer checked against every prefix.
     fn merge(&mut self, other: Changed) {
-        match (self, other) {
+        match (&mut *self, other) {
             (Changed::Everything, _) => {}
             (me, Changed::Everything) => *me = Changed::Everything,
-            (Changed::Prefixes(mine), Changed::Prefixes(theirs)) => mine.extend(theirs),
+            (Changed::Prefixes(mine), Changed::Prefixes(theirs)) => {
+                mine.extend(theirs);
+                if mine.len() > MERGED_PREFIXES {
+                    *self = Changed::Everything;
+                }
+            }
         }
     }
 
@@ -560,6 +570,13 @@ mod tests {
         assert!(merged.concerns(PEER) && merged.concerns(Ipv4Addr::new(203, 0, 113, 9)));
         merged.merge(Changed::Everything);
         assert_eq!(merged, Changed::Everything);
+        // A burst of many route changes concerns everyone.
+        let mut burst = Changed::Prefixes(vec![]);
+        for n in 0..=MERGED_PREFIXES as u32 {
+            assert!(matches!(burst, Changed::Prefixes(_)), "after {n} prefixes");
+            burst.merge(Changed::Prefixes(vec![(Ipv4Addr::from(0xcb00_0000 + (n << 8)), 24)]));
+        }
+        assert_eq!(burst, Changed::Everything);
     }
 
     #[test]
