@@ -38,8 +38,6 @@ const NEW_ROUTE_CHECKS: usize = 256;
 const ROUTE_CHECKS: usize = 64;
 /// How old a known route gets before it is looked up again without an announcement.
 pub const ROUTE_RECHECK: Duration = Duration::from_secs(30);
-/// Route changes in one burst beyond which every peer counts as concerned ([`Changed::merge`]).
-const MERGED_PREFIXES: usize = 64;
 
 /// Why a peer's raw ESP does not take the link path (it takes the raw IP socket).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -138,13 +136,15 @@ impl LinkPaths {
         Ok(Self { handle, last: BTreeMap::new(), routes: BTreeMap::new() })
     }
 
-    /// Forgets the routes of the peers a change may concern (see [`Changed::concerns`]); they
+    /// Forgets the routes of the peers a change may concern (the addresses inside a changed
+    /// route's prefix; every peer for a rule or a lost announcement); they
     /// leave the link path at the next [`Self::resolve`], which looks them up first. Returns how
     /// many were forgotten.
+    ///
+    /// Each prefix costs a range lookup among the known peers, not a pass over all of them: a
+    /// routing daemon loading a full table announces hundreds of thousands of prefixes.
     pub fn forget_routes(&mut self, changed: &Changed) -> usize {
-        let before = self.routes.len();
-        self.routes.retain(|peer, _| !changed.concerns(*peer));
-        before - self.routes.len()
+        forget(&mut self.routes, changed)
     }
 
     /// Resolves every peer (ESP from `source`); returns those that take the link path.
@@ -331,27 +331,22 @@ pub enum Changed {
 
 impl Changed {
     /// Whether `peer`'s route may have changed: a route to a prefix decides only the lookups
-    /// of the addresses inside it (the longest match among the routes that contain them).
-    pub fn concerns(&self, peer: Ipv4Addr) -> bool {
+    /// of the addresses inside it (the longest match among the routes that contain them). The
+    /// rule [`forget`] applies with range lookups; this, one peer at a time, is what the tests
+    /// hold it to.
+    #[cfg(test)]
+    fn concerns(&self, peer: Ipv4Addr) -> bool {
         match self {
             Changed::Everything => true,
             Changed::Prefixes(prefixes) => prefixes.iter().any(|(net, len)| within(peer, *net, *len)),
         }
     }
 
-    /// Adds another announcement's. A burst of more than MERGED_PREFIXES route changes (a
-    /// routing daemon loading a table) counts as everything: every peer is looked up again
-    /// (within the lookup bounds), rather than every peer checked against every prefix.
     fn merge(&mut self, other: Changed) {
-        match (&mut *self, other) {
+        match (self, other) {
             (Changed::Everything, _) => {}
             (me, Changed::Everything) => *me = Changed::Everything,
-            (Changed::Prefixes(mine), Changed::Prefixes(theirs)) => {
-                mine.extend(theirs);
-                if mine.len() > MERGED_PREFIXES {
-                    *self = Changed::Everything;
-                }
-            }
+            (Changed::Prefixes(mine), Changed::Prefixes(theirs)) => mine.extend(theirs),
         }
     }
 
@@ -387,10 +382,37 @@ fn route_prefix(r: &RouteMessage) -> Option<(Ipv4Addr, u8)> {
     Some((net, r.header.destination_prefix_length.min(32)))
 }
 
+/// Removes the entries of the peers `changed` concerns; returns how many.
+fn forget<V>(routes: &mut BTreeMap<Ipv4Addr, V>, changed: &Changed) -> usize {
+    let before = routes.len();
+    match changed {
+        Changed::Everything => routes.clear(),
+        Changed::Prefixes(prefixes) => {
+            for &(net, len) in prefixes {
+                let (first, last) = span(net, len);
+                let inside: Vec<Ipv4Addr> = routes.range(first..=last).map(|(peer, _)| *peer).collect();
+                for peer in inside {
+                    routes.remove(&peer);
+                }
+            }
+        }
+    }
+    before - routes.len()
+}
+
 /// Whether `address` lies inside `net`/`len`.
+#[cfg(test)]
 fn within(address: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    // By mask, not through `span`: the tests hold `span` to this.
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
     u32::from(address) & mask == u32::from(net) & mask
+}
+
+/// The first and last address of `net`/`len`.
+fn span(net: Ipv4Addr, len: u8) -> (Ipv4Addr, Ipv4Addr) {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+    let first = u32::from(net) & mask;
+    (Ipv4Addr::from(first), Ipv4Addr::from(first | !mask))
 }
 
 /// The kernel's announcements of IPv4 route and policy-rule changes (netlink multicast, as
@@ -570,13 +592,31 @@ mod tests {
         assert!(merged.concerns(PEER) && merged.concerns(Ipv4Addr::new(203, 0, 113, 9)));
         merged.merge(Changed::Everything);
         assert_eq!(merged, Changed::Everything);
-        // A burst of many route changes concerns everyone.
-        let mut burst = Changed::Prefixes(vec![]);
-        for n in 0..=MERGED_PREFIXES as u32 {
-            assert!(matches!(burst, Changed::Prefixes(_)), "after {n} prefixes");
-            burst.merge(Changed::Prefixes(vec![(Ipv4Addr::from(0xcb00_0000 + (n << 8)), 24)]));
+        // Prefix edges, /0 and /32.
+        let edge = Changed::Prefixes(vec![(Ipv4Addr::new(198, 51, 100, 128), 25)]);
+        assert!(edge.concerns(Ipv4Addr::new(198, 51, 100, 128)) && edge.concerns(Ipv4Addr::new(198, 51, 100, 255)));
+        assert!(!edge.concerns(Ipv4Addr::new(198, 51, 100, 127)) && !edge.concerns(Ipv4Addr::new(198, 51, 101, 0)));
+        assert_eq!(span(Ipv4Addr::new(9, 9, 9, 9), 0), (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST));
+        assert_eq!(span(PEER, 32), (PEER, PEER));
+    }
+
+    #[test]
+    fn forgetting_removes_exactly_the_peers_a_change_concerns() {
+        let peers: Vec<Ipv4Addr> = (0..2000u32).map(|n| Ipv4Addr::from(0xc633_6000 + n * 37)).collect();
+        let changes = [
+            Changed::Prefixes(vec![(Ipv4Addr::new(198, 51, 100, 0), 24)]),
+            Changed::Prefixes(vec![(PEER, 32), (Ipv4Addr::new(198, 51, 120, 0), 21), (Ipv4Addr::new(10, 0, 0, 0), 8)]),
+            Changed::Prefixes(vec![(Ipv4Addr::UNSPECIFIED, 0)]),
+            Changed::Prefixes(vec![]),
+            Changed::Everything,
+        ];
+        for changed in changes {
+            let mut routes: BTreeMap<Ipv4Addr, ()> = peers.iter().map(|p| (*p, ())).collect();
+            let expected: Vec<Ipv4Addr> = peers.iter().filter(|p| !changed.concerns(**p)).copied().collect();
+            let gone = forget(&mut routes, &changed);
+            assert_eq!(routes.keys().copied().collect::<Vec<_>>(), expected, "{changed:?}");
+            assert_eq!(gone, peers.len() - expected.len(), "{changed:?}");
         }
-        assert_eq!(burst, Changed::Everything);
     }
 
     #[test]
