@@ -49,6 +49,8 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 /// How often raw ESP's link path is resolved again: also how long a peer whose neighbour entry
 /// went stale stays on the raw IP socket while the kernel verifies it again.
 const LINK_REFRESH: Duration = Duration::from_millis(500);
+/// How often a route change at most makes the link paths be resolved at once.
+const ROUTE_CHANGE_REFRESH: Duration = Duration::from_millis(100);
 /// How often SA byte counters are compared with volume lifetimes.
 const LIFECYCLE_TICK: Duration = Duration::from_secs(1);
 
@@ -126,6 +128,8 @@ struct Daemon {
     link_paths: Option<LinkPaths>,
     /// Peers whose link-path socket failed to open (logged once).
     link_failed: BTreeSet<Ipv4Addr>,
+    /// When a route change last made the link paths be resolved at once.
+    route_change_refresh: Option<Instant>,
 }
 
 struct Probe {
@@ -296,6 +300,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
             .inspect_err(|e| tracing::warn!(error = %e, "no link path for raw ESP (the raw IP socket carries it)"))
             .ok(),
         link_failed: BTreeSet::new(),
+        route_change_refresh: None,
     };
     d.sync_probes();
     if let Some(k) = &d.keylog {
@@ -625,11 +630,15 @@ impl Daemon {
     }
 
     /// A route or rule change the kernel announced: the peers it may concern leave the link
-    /// path now (the raw IP socket follows the kernel's routing) and are looked up again.
+    /// path now (the raw IP socket follows the kernel's routing) and are looked up again. At
+    /// most every ROUTE_CHANGE_REFRESH: while routes churn (a routing daemon converging), the
+    /// regular refresh, at most LINK_REFRESH later, does it.
     async fn on_route_change(&mut self, changed: &Changed) {
         let forgotten = self.link_paths.as_mut().map_or(0, |resolver| resolver.forget_routes(changed));
-        if forgotten > 0 {
+        let now = Instant::now();
+        if forgotten > 0 && self.route_change_refresh.is_none_or(|t| now.duration_since(t) >= ROUTE_CHANGE_REFRESH) {
             tracing::debug!(peers = forgotten, "route change: looking the peers' routes up again");
+            self.route_change_refresh = Some(now);
             self.refresh_link_paths().await;
         }
     }
