@@ -418,6 +418,19 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
+/// Whether a connection is up: an established IKE SA and an active child SA for each of its
+/// subnet pairs, among the engine's IKE SAs (`Endpoint::ike_sas`).
+fn connection_up(sas: &[vpngw_ike::IkeSaInfo], name: &str, subnet_pairs: usize) -> bool {
+    let established = sas.iter().any(|s| s.peer == name && s.state == "established");
+    let active = sas
+        .iter()
+        .filter(|s| s.peer == name)
+        .flat_map(|s| s.children.iter())
+        .filter(|c| c.state == vpngw_ike::ChildSaState::Active)
+        .count();
+    established && active >= subnet_pairs
+}
+
 /// The next route change, or never without announcements.
 async fn next_route_change(changes: &mut Option<RouteChanges>) -> Option<Changed> {
     match changes {
@@ -463,15 +476,7 @@ impl Daemon {
     /// An established IKE SA and an active child SA for each of the connection's subnet pairs
     /// (what `vpngw status` shows as `up`).
     fn is_up(&self, name: &str, subnet_pairs: usize) -> bool {
-        let sas = self.endpoint.ike_sas();
-        let established = sas.iter().any(|s| s.peer == name && s.state == "established");
-        let active = sas
-            .iter()
-            .filter(|s| s.peer == name)
-            .flat_map(|s| s.children.iter())
-            .filter(|c| c.state == vpngw_ike::ChildSaState::Active)
-            .count();
-        established && active >= subnet_pairs
+        connection_up(&self.endpoint.ike_sas(), name, subnet_pairs)
     }
 
     fn schedule_retry(&mut self, name: &str) {
@@ -1268,8 +1273,7 @@ impl Daemon {
                         }
                     })
                     .collect();
-                let active = children.iter().filter(|c| c.state == "active").count();
-                let up = ike.is_some_and(|s| s.state == "established") && active >= p.subnets.len();
+                let up = connection_up(&sas, &p.name, p.subnets.len());
                 ConnectionStatus {
                     name: p.name.clone(),
                     pre_shared_key: c.psk_source.clone(),
