@@ -1,0 +1,142 @@
+//! The walker's primitives (ADR 0006): each reads one value of a `toml::Table`, checks its type
+//! and range, and on a mismatch records a [`Problem`] under the value's key and goes on, so that
+//! one pass lists every problem of a file. The section parsers in the sibling files build on
+//! these.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+use super::Problem;
+
+/// Walks a document, collecting problems and warnings instead of stopping at the first.
+pub(super) struct Walker {
+    pub(super) problems: Vec<Problem>,
+    pub(super) warnings: Vec<Problem>,
+    /// Where relative paths (`pre_shared_key_file`, `api.token_file`) are taken from.
+    pub(super) base: PathBuf,
+}
+
+/// The characters a gateway or connection name may hold, as problems name them.
+pub(super) const NAME_CHARS: &str = "letters, digits, '-', '_' and '.'";
+
+pub(super) fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+impl Walker {
+    pub(super) fn new(base: &Path) -> Self {
+        Self { problems: Vec::new(), warnings: Vec::new(), base: base.to_path_buf() }
+    }
+
+    pub(super) fn problem(&mut self, key: &str, value: Option<&Value>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            value: value.map(show).unwrap_or_default(),
+            reason: reason.into(),
+        });
+    }
+
+    pub(super) fn warn(&mut self, key: &str, value: &str, reason: &str) {
+        self.warnings.push(Problem { key: key.into(), value: format!("{value:?}"), reason: reason.into() });
+    }
+
+    pub(super) fn unknown_keys(&mut self, prefix: &str, table: &Table, known: &[&str]) {
+        for k in table.keys() {
+            if !known.contains(&k.as_str()) {
+                self.problem(&format!("{prefix}{k}"), None, format!("unknown key (known here: {})", known.join(", ")));
+            }
+        }
+    }
+
+    pub(super) fn table<'t>(&mut self, key: &str, parent: &'t Table, name: &str) -> Option<&'t Table> {
+        match parent.get(name) {
+            None => None,
+            Some(Value::Table(t)) => Some(t),
+            Some(v) => {
+                self.problem(key, Some(v), "must be a table");
+                None
+            }
+        }
+    }
+
+    pub(super) fn string(&mut self, key: &str, t: &Table, name: &str) -> Option<String> {
+        match t.get(name) {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                self.problem(key, Some(v), "must be a string");
+                None
+            }
+        }
+    }
+
+    pub(super) fn integer(&mut self, key: &str, t: &Table, name: &str, min: i64, max: i64) -> Option<i64> {
+        match t.get(name) {
+            None => None,
+            Some(Value::Integer(i)) if (min..=max).contains(i) => Some(*i),
+            Some(v @ Value::Integer(_)) => {
+                self.problem(key, Some(v), format!("must be between {min} and {max}"));
+                None
+            }
+            Some(v) => {
+                self.problem(key, Some(v), "must be an integer");
+                None
+            }
+        }
+    }
+
+    pub(super) fn boolean(&mut self, key: &str, t: &Table, name: &str, default: bool) -> bool {
+        match t.get(name) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.problem(key, Some(v), "must be true or false");
+                default
+            }
+        }
+    }
+
+    /// A string from a closed set of words, with a default.
+    pub(super) fn word<T: Copy>(&mut self, key: &str, t: &Table, name: &str, default: T, words: &[(&str, T)]) -> T {
+        let Some(s) = self.string(key, t, name) else { return default };
+        match words.iter().find(|(w, _)| w.eq_ignore_ascii_case(&s)) {
+            Some((_, v)) => *v,
+            None => {
+                let allowed: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+                self.problem(key, t.get(name), format!("must be one of: {}", allowed.join(", ")));
+                default
+            }
+        }
+    }
+
+    pub(super) fn ipv4(&mut self, key: &str, t: &Table, name: &str, required: bool) -> Option<Ipv4Addr> {
+        let s = self.string(key, t, name);
+        match s {
+            None if required => {
+                self.problem(key, None, "required (an IPv4 address)");
+                None
+            }
+            None => None,
+            Some(s) => match s.parse::<Ipv4Addr>() {
+                Ok(a) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => Some(a),
+                Ok(_) => {
+                    self.problem(key, t.get(name), "must be a unicast address");
+                    None
+                }
+                Err(_) => {
+                    self.problem(key, t.get(name), "must be an IPv4 address");
+                    None
+                }
+            },
+        }
+    }
+}
