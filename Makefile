@@ -4,11 +4,12 @@ CARGO ?= cargo
 DEPS := tests/tools/install-deps.sh
 
 # Debian packages the test suite drives: tcpdump and Python's cryptography check our ESP;
-# strongSwan is the independent IKEv1 peer; iproute2 makes the namespaces; nftables silences
+# strongSwan is the independent IKEv1 peer (the harness loads its openssl plugin, in
+# libstrongswan-standard-plugins: only recommended, and install-deps.sh skips recommends); iproute2 makes the namespaces; nftables silences
 # a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics;
 # python3-venv holds schemathesis (below).
 TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus \
-	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
 .DEFAULT_GOAL := help
 # What make demo needs besides the build.
@@ -16,7 +17,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 
 # What make bench-e2e drives.
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
-	libcharon-extra-plugins libstrongswan-extra-plugins
+	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
 .PHONY: help demo test lint unit interop bench bench-e2e bench-scale deps-test deps-demo
 
