@@ -94,7 +94,7 @@ pub enum DataplaneError {
     Thread(io::Error),
     #[error("cannot read the cores this process may use: {0}")]
     Affinity(io::Error),
-    #[error("gateway.worker_cores: core {core} is not one this process may use (allowed: {allowed:?})")]
+    #[error("worker core {core} is not one this process may use (allowed: {allowed:?})")]
     CoreNotAllowed { core: usize, allowed: Vec<usize> },
 }
 
@@ -169,21 +169,24 @@ impl Dataplane {
             } else {
                 None
             };
-            let udp_state = quinn_udp::UdpSocketState::new(quinn_udp::UdpSockRef::from(&udp))
-                .map_err(|source| DataplaneError::Udp { addr, source })?;
+            let udp = sys::UdpPort::new(udp).map_err(|source| DataplaneError::Udp { addr, source })?;
             let rng = FastRng::from_os().map_err(|e| DataplaneError::Rng(e.to_string()))?;
-            let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng, ip_id: 0 };
+            let tun = sys::TunQueue::new(tun);
+            let shared = shared.clone();
             let pin = if config.pin_workers && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
             let handle = std::thread::Builder::new()
                 .name(format!("vpngw-worker-{id}"))
                 .spawn(move || {
                     if let Some(cpu) = pin {
                         match sys::pin_to_cpu(cpu) {
-                            Ok(()) => w.shared.counters[id].set_core(cpu),
+                            Ok(()) => shared.counters[id].set_core(cpu),
                             Err(e) => tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker"),
                         }
                     }
-                    w.run();
+                    // Built on its thread: the raw socket's recvmmsg headers hold pointers
+                    // (not `Send`).
+                    let raw = raw.map(sys::RawSocket::new);
+                    worker::Worker { id, shared, tun, udp, raw, rng, ip_id: 0 }.run();
                 })
                 .map_err(DataplaneError::Thread)?;
             threads.push(handle);
@@ -314,7 +317,10 @@ mod tests {
         match worker_cores(&config(true, vec![allowed[0], outside])) {
             Err(e @ DataplaneError::CoreNotAllowed { core, .. }) => {
                 assert_eq!(core, outside);
-                assert!(e.to_string().contains("gateway.worker_cores"), "{e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!("worker core {outside} is not one this process may use (allowed: {allowed:?})")
+                );
             }
             other => panic!("{other:?}"),
         }
