@@ -4,18 +4,21 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use nix::errno::Errno;
+use rustc_hash::FxHashMap;
+use socket2::{Domain, Socket, Type};
 use vpngw_crypto::{EncryptionAlgorithm, FastRng, IntegrityAlgorithm, SecretBytes};
 use vpngw_esp::{InboundSa, OpenError, OutboundSa, SaKeys};
 
 use super::{Ready, Worker, WorkerCtx};
 use crate::counters::{DropReason, WorkerCounters};
-use crate::link::LinkPaths;
+use crate::link::{ETHERNET_LEN, LinkPath, LinkPaths, NextHop};
 use crate::packet::{OUTER_IPV4_LEN, ipv4, write_outer_ipv4};
 use crate::sa_table::{
     InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
@@ -405,4 +408,66 @@ fn too_big_is_answered_with_icmp_and_strays_are_counted() {
     let control = b.control.lock().unwrap();
     let [ToControl::Ike { from: ike_from, data }] = &control[..] else { panic!("{control:?}") };
     assert_eq!((*ike_from, data.as_slice()), (from, &[0x11; 28][..]));
+}
+
+/// The ESP sequence number of an ESP packet.
+fn sequence(esp: &[u8]) -> u32 {
+    u32::from_be_bytes([esp[4], esp[5], esp[6], esp[7]])
+}
+
+#[test]
+fn raw_esp_takes_the_link_path_and_the_raw_socket_what_the_link_cannot_carry() {
+    let (mut a, mut b) = pair(false);
+    // The link path's socket: a UDP socket connected to a local receiver stands in for the
+    // AF_PACKET socket (both send each frame as it is, where the socket is bound).
+    let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+    socket.connect(&receiver.local_addr().unwrap().into()).unwrap();
+    let (source_mac, destination_mac) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let hop = NextHop { device: "wan0".into(), ifindex: 7, source_mac, destination_mac, mtu: 1000 };
+    let ethernet = [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let path = Arc::new(LinkPath { hop, ethernet, socket: Arc::new(socket) });
+    a.worker.shared.links.paths.store(Arc::new(FxHashMap::from_iter([(B, path)])));
+
+    let plain: Vec<Vec<u8>> = (0..60).map(|i| plaintext(i, 40 + (i * 53) % 1300, false)).collect();
+    a.worker.tun.incoming.extend(plain.iter().cloned());
+    a.drain(TUN_READY);
+
+    // What the link cannot carry (IPv4 + ESP over its MTU) took the raw IP socket.
+    let raw = std::mem::take(&mut a.worker.raw.as_mut().unwrap().sent);
+    assert!(raw.iter().all(|(to, esp)| *to == B && esp.len() + OUTER_IPV4_LEN > 1000));
+    let links = load(&a.counters().out_link_packets) as usize;
+    assert_eq!(links + raw.len(), plain.len());
+    assert!(links > 0 && !raw.is_empty(), "{links} by the link, {} by the raw socket", raw.len());
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 0..links {
+        let n = receiver.recv(&mut buf).unwrap();
+        frames.push(buf[..n].to_vec());
+    }
+    // Each frame: the hop's Ethernet header, then an outer IPv4 header as the kernel's would be
+    // (identification counting up), then the ESP packet.
+    for (k, frame) in frames.iter().enumerate() {
+        assert_eq!(frame[..ETHERNET_LEN], ethernet);
+        let ip = &frame[ETHERNET_LEN..];
+        let info = ipv4(ip).unwrap();
+        assert_eq!((info.src, info.dst, info.protocol, info.total_len, info.dont_fragment), (A, B, 50, ip.len(), true));
+        assert_eq!(u16::from_be_bytes([ip[4], ip[5]]) as usize, k + 1);
+        assert!(ip.len() <= 1000 && ip[20..24] == SPI_A_TO_B.to_be_bytes());
+    }
+    assert_eq!((load(&a.counters().out_packets), a.drops()), (plain.len() as u64, vec![]));
+
+    // B gets them all as its raw socket would (IPv4 header first), in sequence order.
+    let mut arriving: Vec<Vec<u8>> = frames.iter().map(|f| f[ETHERNET_LEN..].to_vec()).collect();
+    for (_, esp) in &raw {
+        let mut ip = [0u8; OUTER_IPV4_LEN];
+        write_outer_ipv4(&mut ip, A, B, (OUTER_IPV4_LEN + esp.len()) as u16, 0, 50);
+        arriving.push([&ip[..], esp].concat());
+    }
+    arriving.sort_by_key(|p| sequence(&p[OUTER_IPV4_LEN..]));
+    b.worker.raw.as_mut().unwrap().incoming.extend(arriving);
+    b.drain(RAW_READY);
+    assert_eq!(b.worker.tun.written, plain);
+    assert_eq!((load(&b.counters().in_packets), b.drops()), (plain.len() as u64, vec![]));
 }
