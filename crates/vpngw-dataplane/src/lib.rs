@@ -22,6 +22,11 @@
 //! in:  UDP 4500 (GRO) -> keepalive | IKE (to control) | ESP ;  raw ESP (recvmmsg; BPF: this worker's SPIs)
 //!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
 //! ```
+//!
+//! In the tree: `worker/mod.rs` (the loop, one wake-up), `worker/outbound.rs` (TUN to sealed
+//! runs, the ICMP step), `worker/tx.rs` (the transport of a run), `worker/inbound.rs` (sockets
+//! to the TUN); every system call of that path is in `sys/worker_io.rs`, behind the traits
+//! [`sys::Tun`], [`sys::UdpLink`] and [`sys::RawLink`] the worker is generic over.
 
 #![deny(unsafe_code)]
 

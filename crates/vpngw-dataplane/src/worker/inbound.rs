@@ -65,6 +65,24 @@ impl RawIn {
     }
 }
 
+/// What a datagram on UDP 4500 is (RFC 3948), told apart before any state is touched.
+enum Incoming<'a> {
+    /// A NAT keepalive: the one byte 0xff.
+    Keepalive,
+    /// IKE: the datagram past its four-byte zero non-ESP marker.
+    Ike(&'a [u8]),
+    /// Anything else is ESP (its SPI is never zero).
+    Esp(&'a mut [u8]),
+}
+
+fn parse_incoming(datagram: &mut [u8]) -> Incoming<'_> {
+    match datagram {
+        [0xff] => Incoming::Keepalive,
+        [0, 0, 0, 0, _, ..] => Incoming::Ike(&datagram[4..]),
+        _ => Incoming::Esp(datagram),
+    }
+}
+
 impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
     pub(super) fn inbound_udp(&mut self, ctx: &mut WorkerCtx) {
         let WorkerCtx { udp_bufs: bufs, tun_out: out, .. } = ctx;
@@ -87,13 +105,13 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
             let mut esp: ArrayVec<&mut [u8], ESP_RUN> = ArrayVec::new();
             let len = m.len.min(buf.len());
             for data in buf[..len].chunks_mut(m.stride.max(1)) {
-                match data {
-                    [0xff] => bump(&self.counters().keepalives, 1),
-                    [0, 0, 0, 0, ike @ ..] if !ike.is_empty() => {
+                match parse_incoming(data) {
+                    Incoming::Keepalive => bump(&self.counters().keepalives, 1),
+                    Incoming::Ike(ike) => {
                         bump(&self.counters().ike_forwarded, 1);
                         (self.shared.to_control)(ToControl::Ike { from: m.from, data: ike.to_vec() });
                     }
-                    packet => {
+                    Incoming::Esp(packet) => {
                         if esp.is_full() {
                             self.open_esp(&view, &mut esp, out);
                             esp.clear();
@@ -213,5 +231,21 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
             self.counters().drop(DropReason::Send);
         }
         out.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_on_port_4500_are_told_apart() {
+        assert!(matches!(parse_incoming(&mut [0xff]), Incoming::Keepalive));
+        assert!(matches!(parse_incoming(&mut [0, 0, 0, 0, 0x11, 0x22]), Incoming::Ike([0x11, 0x22])));
+        // A marker with nothing behind it is no IKE: ESP, which then finds it malformed.
+        assert!(matches!(parse_incoming(&mut [0, 0, 0, 0]), Incoming::Esp([0, 0, 0, 0])));
+        assert!(matches!(parse_incoming(&mut [0xff, 0xff]), Incoming::Esp([0xff, 0xff])));
+        assert!(matches!(parse_incoming(&mut [1, 2, 3, 4, 0, 0, 0, 1]), Incoming::Esp([1, 2, 3, 4, 0, 0, 0, 1])));
+        assert!(matches!(parse_incoming(&mut []), Incoming::Esp([])));
     }
 }
