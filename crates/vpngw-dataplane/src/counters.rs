@@ -38,8 +38,10 @@ pub enum DropReason {
 impl DropReason {
     pub const COUNT: usize = 10 + OpenError::COUNT;
 
-    pub fn all() -> Vec<Self> {
-        let mut v = vec![
+    /// Every reason, in the order of [`DropReason::index`].
+    pub const ALL: [Self; Self::COUNT] = {
+        let mut all = [Self::NotIpv4; Self::COUNT];
+        let head = [
             Self::NotIpv4,
             Self::NoPolicy,
             Self::NoSa,
@@ -49,10 +51,24 @@ impl DropReason {
             Self::Malformed,
             Self::UnknownSpi,
         ];
-        v.extend(OpenError::ALL.into_iter().map(Self::Esp));
-        v.push(Self::Policy);
-        v.push(Self::PendingExpired);
-        v
+        let mut i = 0;
+        while i < head.len() {
+            all[i] = head[i];
+            i += 1;
+        }
+        let mut k = 0;
+        while k < OpenError::COUNT {
+            all[head.len() + k] = Self::Esp(OpenError::ALL[k]);
+            k += 1;
+        }
+        all[head.len() + OpenError::COUNT] = Self::Policy;
+        all[head.len() + OpenError::COUNT + 1] = Self::PendingExpired;
+        all
+    };
+
+    /// Every reason (see [`DropReason::ALL`]).
+    pub const fn all() -> [Self; Self::COUNT] {
+        Self::ALL
     }
 
     pub fn index(self) -> usize {
@@ -96,9 +112,9 @@ pub struct WorkerCounters {
     /// Plaintext packets from the TUN sealed and sent.
     pub out_packets: AtomicU64,
     pub out_bytes: AtomicU64,
-    /// ESP packets opened and written to the TUN.
     /// Of `out_packets`, the raw ESP packets sent through the link path (see `link`).
     pub out_link_packets: AtomicU64,
+    /// ESP packets opened and written to the TUN.
     pub in_packets: AtomicU64,
     pub in_bytes: AtomicU64,
     /// IKE datagrams received on port 4500 and handed to the control plane.
@@ -170,7 +186,7 @@ mod tests {
     #[test]
     fn reasons_are_dense_and_labelled_once() {
         let all = DropReason::all();
-        assert_eq!(all.len(), DropReason::COUNT);
+        assert_eq!(all, DropReason::ALL);
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
         }

@@ -22,6 +22,11 @@
 //! in:  UDP 4500 (GRO) -> keepalive | IKE (to control) | ESP ;  raw ESP (recvmmsg; BPF: this worker's SPIs)
 //!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
 //! ```
+//!
+//! In the tree: `worker/mod.rs` (the loop, one wake-up), `worker/outbound.rs` (TUN to sealed
+//! runs, the ICMP step), `worker/tx.rs` (the transport of a run), `worker/inbound.rs` (sockets
+//! to the TUN); every system call of that path is in `sys/worker_io.rs`, behind the traits
+//! [`sys::Tun`], [`sys::UdpLink`] and [`sys::RawLink`] the worker is generic over.
 
 #![deny(unsafe_code)]
 
@@ -94,7 +99,7 @@ pub enum DataplaneError {
     Thread(io::Error),
     #[error("cannot read the cores this process may use: {0}")]
     Affinity(io::Error),
-    #[error("gateway.worker_cores: core {core} is not one this process may use (allowed: {allowed:?})")]
+    #[error("worker core {core} is not one this process may use (allowed: {allowed:?})")]
     CoreNotAllowed { core: usize, allowed: Vec<usize> },
 }
 
@@ -169,21 +174,24 @@ impl Dataplane {
             } else {
                 None
             };
-            let udp_state = quinn_udp::UdpSocketState::new(quinn_udp::UdpSockRef::from(&udp))
-                .map_err(|source| DataplaneError::Udp { addr, source })?;
+            let udp = sys::UdpPort::new(udp).map_err(|source| DataplaneError::Udp { addr, source })?;
             let rng = FastRng::from_os().map_err(|e| DataplaneError::Rng(e.to_string()))?;
-            let w = worker::Worker { id, shared: shared.clone(), tun, udp, udp_state, raw, rng, ip_id: 0 };
+            let tun = sys::TunQueue::new(tun);
+            let shared = shared.clone();
             let pin = if config.pin_workers && !cores.is_empty() { Some(cores[id % cores.len()]) } else { None };
             let handle = std::thread::Builder::new()
                 .name(format!("vpngw-worker-{id}"))
                 .spawn(move || {
                     if let Some(cpu) = pin {
                         match sys::pin_to_cpu(cpu) {
-                            Ok(()) => w.shared.counters[id].set_core(cpu),
+                            Ok(()) => shared.counters[id].set_core(cpu),
                             Err(e) => tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker"),
                         }
                     }
-                    w.run();
+                    // Built on its thread: the raw socket's recvmmsg headers hold pointers
+                    // (not `Send`).
+                    let raw = raw.map(sys::RawSocket::new);
+                    worker::Worker { id, shared, tun, udp, raw, rng, ip_id: 0 }.run();
                 })
                 .map_err(DataplaneError::Thread)?;
             threads.push(handle);
@@ -314,7 +322,10 @@ mod tests {
         match worker_cores(&config(true, vec![allowed[0], outside])) {
             Err(e @ DataplaneError::CoreNotAllowed { core, .. }) => {
                 assert_eq!(core, outside);
-                assert!(e.to_string().contains("gateway.worker_cores"), "{e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!("worker core {outside} is not one this process may use (allowed: {allowed:?})")
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -1,6 +1,8 @@
 //! The operating-system side of the dataplane: the TUN device, the ESP sockets, CPU pinning and
-//! waiting. Safe wrappers only (tun-rs, socket2, quinn-udp, nix): no `unsafe` here, and in
-//! [`link`] only to spell the AF_PACKET address socket2 has no constructor for.
+//! waiting, and (in `worker_io`) the traits a worker reads and writes packets through with their
+//! kernel implementations: every system call of the packet path is made here. Safe wrappers
+//! only (tun-rs, socket2, quinn-udp, nix, rustix): no `unsafe` here, and in `link` only to
+//! spell the AF_PACKET address socket2 has no constructor for.
 //!
 //! Inbound ESP is spread over the workers by SPI, so that every SA is opened by one worker, in
 //! order, and one peer's SAs spread over the cores: the UDP 4500 sockets form one SO_REUSEPORT
@@ -8,14 +10,19 @@
 //! ESP socket has a filter keeping `spi % workers == worker` ([`raw_esp_socket`]).
 
 mod link;
+mod worker_io;
 
 pub use link::link_socket;
+pub use worker_io::{
+    MAX_BATCH, MAX_UDP_READS, RawLink, RawSocket, Received, Tun, TunQueue, UdpLink, UdpPort, send_mmsg,
+};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
+use arrayvec::ArrayVec;
 use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -193,9 +200,17 @@ impl Waker {
     }
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes; returns which are readable.
+/// Most descriptors one [`wait`] watches.
+pub const MAX_WAIT_FDS: usize = 8;
+
+/// Waits until one of `fds` (at most [`MAX_WAIT_FDS`]) is readable or `timeout` passes; returns
+/// which are readable.
 pub fn wait(fds: &[BorrowedFd<'_>], timeout: Duration, ready: &mut [bool]) -> io::Result<()> {
-    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    if fds.len() > MAX_WAIT_FDS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors to wait for"));
+    }
+    let mut pfds: ArrayVec<PollFd<'_>, MAX_WAIT_FDS> =
+        fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     match poll(&mut pfds, PollTimeout::from(ms)) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}

@@ -1,0 +1,251 @@
+//! The inbound stage: UDP 4500 reads (GRO) -> keepalive | IKE (to the control plane) | ESP, and
+//! raw ESP reads (recvmmsg; the IPv4 header stripped) -> each run of one SPI opened as a batch
+//! (replay check, ICV, decrypt, replay commit) -> the SA's selectors -> gathered for one
+//! coalescing write into the TUN.
+
+use std::io::{self, IoSliceMut};
+
+use arrayvec::ArrayVec;
+use tun_rs::VIRTIO_NET_HDR_LEN;
+use vpngw_esp::{OpenPacket, peek_spi};
+
+use super::{BATCH, UDP_BUFFERS, Worker, WorkerCtx};
+use crate::ToControl;
+use crate::counters::{DropReason, bump};
+use crate::packet::ipv4;
+use crate::sa_table::InboundMap;
+use crate::sys::{RawLink, Received, Tun, UdpLink};
+
+/// Decrypted packets gathered for one coalescing write to the TUN.
+const TUN_OUT: usize = 64;
+/// Raw ESP packets read with one recvmmsg call (BATCH still bounds the packets per wake-up).
+const RAW_RECV: usize = 64;
+/// Room for one raw ESP packet as read: the largest IPv4 packet.
+const RAW_LEN: usize = 65536;
+/// ESP packets opened per batch call: a UDP GRO read holds at most 64 datagrams.
+const ESP_RUN: usize = 64;
+
+/// Decrypted packets waiting for the TUN, each at offset VIRTIO_NET_HDR_LEN in its buffer;
+/// written together so that TCP segments of one flow are coalesced (GRO) into one write.
+pub(super) struct TunOut {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl TunOut {
+    pub fn new() -> Self {
+        Self { bufs: (0..TUN_OUT).map(|_| Vec::with_capacity(65536)).collect(), len: 0 }
+    }
+
+    fn push(&mut self, packet: &[u8]) -> bool {
+        let Some(b) = self.bufs.get_mut(self.len) else { return false };
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.len += 1;
+        true
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.bufs.len()
+    }
+}
+
+/// Raw ESP receiving, allocated once per worker: RAW_RECV buffers of RAW_LEN in one allocation
+/// (its pages are touched only where packets land), and the length of each packet read.
+pub(super) struct RawIn {
+    buf: Vec<u8>,
+    lens: [usize; RAW_RECV],
+}
+
+impl RawIn {
+    pub fn new(enabled: bool) -> Self {
+        let n = if enabled { RAW_RECV } else { 0 };
+        Self { buf: vec![0u8; n * RAW_LEN], lens: [0; RAW_RECV] }
+    }
+}
+
+/// What a datagram on UDP 4500 is (RFC 3948), told apart before any state is touched.
+enum Incoming<'a> {
+    /// A NAT keepalive: the one byte 0xff.
+    Keepalive,
+    /// IKE: the datagram past its four-byte zero non-ESP marker.
+    Ike(&'a [u8]),
+    /// Anything else is ESP (its SPI is never zero).
+    Esp(&'a mut [u8]),
+}
+
+fn parse_incoming(datagram: &mut [u8]) -> Incoming<'_> {
+    match datagram {
+        [0xff] => Incoming::Keepalive,
+        [0, 0, 0, 0, _, ..] => Incoming::Ike(&datagram[4..]),
+        _ => Incoming::Esp(datagram),
+    }
+}
+
+impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
+    pub(super) fn inbound_udp(&mut self, ctx: &mut WorkerCtx) {
+        let WorkerCtx { udp_bufs: bufs, tun_out: out, .. } = ctx;
+        let mut meta = [Received::default(); UDP_BUFFERS];
+        let n = {
+            let mut iovs: ArrayVec<IoSliceMut<'_>, UDP_BUFFERS> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match self.udp.recv_batch(&mut iovs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(worker = self.id, error = %e, "UDP receive failed");
+                    return;
+                }
+            }
+        };
+        let view = self.shared.table.inbound_view();
+        for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+            // The datagrams of one GRO read (`stride` apart, the last maybe shorter): ESP is
+            // gathered and opened in batches, keepalives and IKE are handled on the spot.
+            let mut esp: ArrayVec<&mut [u8], ESP_RUN> = ArrayVec::new();
+            let len = m.len.min(buf.len());
+            for data in buf[..len].chunks_mut(m.stride.max(1)) {
+                match parse_incoming(data) {
+                    Incoming::Keepalive => bump(&self.counters().keepalives, 1),
+                    Incoming::Ike(ike) => {
+                        bump(&self.counters().ike_forwarded, 1);
+                        (self.shared.to_control)(ToControl::Ike { from: m.from, data: ike.to_vec() });
+                    }
+                    Incoming::Esp(packet) => {
+                        if esp.is_full() {
+                            self.open_esp(&view, &mut esp, out);
+                            esp.clear();
+                        }
+                        esp.push(packet);
+                    }
+                }
+            }
+            self.open_esp(&view, &mut esp, out);
+        }
+    }
+
+    /// Reads raw ESP packets, up to RAW_RECV per recvmmsg call and BATCH per wake-up, and
+    /// opens each (the kernel hands them over with their IPv4 header).
+    pub(super) fn inbound_raw(&mut self, ctx: &mut WorkerCtx) {
+        let WorkerCtx { raw_in: rin, tun_out: out, .. } = ctx;
+        if self.raw.is_none() {
+            return;
+        }
+        let view = self.shared.table.inbound_view();
+        let mut done = 0;
+        while done < BATCH {
+            let want = (BATCH - done).min(RAW_RECV);
+            let n = {
+                let mut iovs: ArrayVec<IoSliceMut<'_>, RAW_RECV> =
+                    rin.buf.chunks_mut(RAW_LEN).take(want).map(IoSliceMut::new).collect();
+                let Some(raw) = self.raw.as_mut() else { return };
+                let Some(n) = raw.recv_batch(&mut iovs, &mut rin.lens[..want]) else { return };
+                n.min(want)
+            };
+            let mut esp: ArrayVec<&mut [u8], ESP_RUN> = ArrayVec::new();
+            for (buf, &len) in rin.buf.chunks_mut(RAW_LEN).zip(&rin.lens).take(n) {
+                let packet = &mut buf[..len.min(RAW_LEN)];
+                match ipv4(packet) {
+                    Some(info) if info.protocol == 50 => {
+                        let (hl, tl) = (info.header_len, info.total_len);
+                        if esp.is_full() {
+                            self.open_esp(&view, &mut esp, out);
+                            esp.clear();
+                        }
+                        esp.push(&mut packet[hl..tl]);
+                    }
+                    _ => self.counters().drop(DropReason::Malformed),
+                }
+            }
+            self.open_esp(&view, &mut esp, out);
+            done += n;
+            if n < want {
+                // Drained (poll tells when more arrive).
+                return;
+            }
+        }
+    }
+
+    /// Opens received ESP packets: each run of one SPI as a batch (its ICVs checked together,
+    /// see `InboundSa::open_batch`), then checks each inner packet against the SA's selectors
+    /// and queues it for the TUN.
+    fn open_esp(&mut self, view: &InboundMap, packets: &mut [&mut [u8]], out: &mut TunOut) {
+        let mut i = 0;
+        while i < packets.len() {
+            let Some(spi) = peek_spi(packets[i]) else {
+                self.counters().drop(DropReason::Malformed);
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            while j < packets.len() && peek_spi(packets[j]) == Some(spi) {
+                j += 1;
+            }
+            let run = &mut packets[i..j];
+            i = j;
+            let Some(entry) = view.get(&spi) else {
+                self.counters().drop_n(DropReason::UnknownSpi, run.len() as u64);
+                continue;
+            };
+            let mut batch: ArrayVec<OpenPacket<'_>, ESP_RUN> = run.iter_mut().map(|p| OpenPacket::new(p)).collect();
+            entry.sa.open_batch(&mut batch);
+            for p in batch {
+                let opened = match p.outcome {
+                    Some(Ok(o)) => o,
+                    Some(Err(e)) => {
+                        entry.counters.drop(e);
+                        self.counters().drop(DropReason::Esp(e));
+                        continue;
+                    }
+                    None => continue,
+                };
+                let inner = &p.buf[opened.payload];
+                // The decrypted packet must belong to this SA's traffic (RFC 4301 s.5.2).
+                let allowed = ipv4(inner)
+                    .is_some_and(|i| entry.selectors.remote.contains(i.src) && entry.selectors.local.contains(i.dst));
+                if !allowed {
+                    self.counters().drop(DropReason::Policy);
+                    continue;
+                }
+                if out.is_full() {
+                    self.flush_tun(out);
+                }
+                if !out.push(inner) {
+                    self.counters().drop(DropReason::Send);
+                    continue;
+                }
+                entry.counters.add(inner.len());
+                bump(&self.counters().in_packets, 1);
+                bump(&self.counters().in_bytes, inner.len() as u64);
+            }
+        }
+    }
+
+    /// Writes the gathered decrypted packets to the TUN, coalescing TCP segments.
+    pub(super) fn flush_tun(&mut self, out: &mut TunOut) {
+        if out.len == 0 {
+            return;
+        }
+        if let Err(e) = self.tun.send_batch(&mut out.bufs[..out.len], VIRTIO_NET_HDR_LEN) {
+            tracing::debug!(worker = self.id, error = %e, "TUN write failed");
+            self.counters().drop(DropReason::Send);
+        }
+        out.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_on_port_4500_are_told_apart() {
+        assert!(matches!(parse_incoming(&mut [0xff]), Incoming::Keepalive));
+        assert!(matches!(parse_incoming(&mut [0, 0, 0, 0, 0x11, 0x22]), Incoming::Ike([0x11, 0x22])));
+        // A marker with nothing behind it is no IKE: ESP, which then finds it malformed.
+        assert!(matches!(parse_incoming(&mut [0, 0, 0, 0]), Incoming::Esp([0, 0, 0, 0])));
+        assert!(matches!(parse_incoming(&mut [0xff, 0xff]), Incoming::Esp([0xff, 0xff])));
+        assert!(matches!(parse_incoming(&mut [1, 2, 3, 4, 0, 0, 0, 1]), Incoming::Esp([1, 2, 3, 4, 0, 0, 0, 1])));
+        assert!(matches!(parse_incoming(&mut []), Incoming::Esp([])));
+    }
+}
