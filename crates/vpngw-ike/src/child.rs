@@ -28,7 +28,8 @@ use vpngw_crypto::rand_core::Rng;
 
 use crate::config::SubnetPair;
 use crate::event::{ChildSaInfo, ChildSaState, DeleteReason, Event, Role};
-use crate::ikesa::{Ctx, IkeSa};
+use crate::exchange::Ctx;
+use crate::ikesa::IkeSa;
 use crate::proposal::Phase2Choice;
 use crate::wire::{DOI_IPSEC, DeletePayload, Payload, ProtocolId};
 

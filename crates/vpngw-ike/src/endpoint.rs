@@ -12,7 +12,8 @@ use vpngw_crypto::FastRng;
 
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
-use crate::ikesa::{Ctx, IkeSa, Received, Transmit};
+use crate::exchange::{Ctx, Received, Transmit};
+use crate::ikesa::IkeSa;
 use crate::spi::SpiPool;
 use crate::wire::{ExchangeType, HEADER_LEN, IsakmpHeader, Payload, WireError, parse_payloads};
 

@@ -6,94 +6,30 @@
 //! informational IVs start at hash(last phase 1 block | M-ID); quick mode chains per M-ID,
 //! informational messages do not chain.
 
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vpngw_crypto::rand_core::Rng;
-use vpngw_crypto::{CbcCipher, DhPrivateKey, FastRng};
+use vpngw_crypto::{CbcCipher, DhPrivateKey};
 
 use crate::child::ChildRecord;
-use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
+use crate::config::{ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
+use crate::exchange::{
+    Ctx, IKE_PORT, NAT_T_PORT, NONCE_LEN, ProtocolError, Received, Retransmit, RetransmitDue, Transmit, hash_matches,
+    nonzero_cookie, packet_hash,
+};
 use crate::keys::{Phase1Inputs, Phase1Keys, nat_d, phase1_iv, phase2_iv};
 use crate::liveness::{self, Liveness};
 use crate::proposal::{self, Phase1Choice};
 use crate::quick_mode::QuickMode;
-use crate::spi::SpiPool;
+use crate::timer::Timer;
 use crate::wire::{
     DOI_IPSEC, DeletePayload, ExchangeType, FLAG_ENCRYPTED, HEADER_LEN, IdPayload, IsakmpHeader, NotifyPayload,
     NotifyType, Payload, PayloadChain, PayloadType, ProtocolId, SaPayload, VERSION_1_0, WireError, encode_payloads,
     parse_payloads, vendor_id,
 };
-
-pub const IKE_PORT: u16 = 500;
-pub const NAT_T_PORT: u16 = 4500;
-/// Nonce length we send (RFC 2409 allows 8..256; strongSwan sends 32).
-const NONCE_LEN: usize = 32;
-
-/// A datagram for the driver to send. `payload` is the ISAKMP message; on port 4500 the driver
-/// prepends the 4-byte non-ESP marker (RFC 3948 s.2.2).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub payload: Vec<u8>,
-}
-
-/// What an exchange handler gets from the endpoint.
-pub(crate) struct Ctx<'a> {
-    pub now: Instant,
-    pub rng: &'a mut FastRng,
-    pub config: &'a EngineConfig,
-    pub out: &'a mut VecDeque<Transmit>,
-    pub events: &'a mut VecDeque<Event>,
-    pub spis: &'a mut SpiPool,
-}
-
-/// A message waiting for its answer, resent with exponential backoff.
-#[derive(Debug, Clone)]
-pub(crate) struct Retransmit {
-    pub packet: Vec<u8>,
-    pub next_at: Instant,
-    pub interval: Duration,
-    pub tries_left: u32,
-}
-
-impl Retransmit {
-    pub fn new(packet: Vec<u8>, ctx: &Ctx<'_>) -> Self {
-        Self {
-            packet,
-            next_at: ctx.now + ctx.config.retransmit_initial,
-            interval: ctx.config.retransmit_initial,
-            tries_left: ctx.config.retransmit_tries,
-        }
-    }
-}
-
-/// Outcome of a due retransmission timer.
-pub(crate) enum RetransmitDue {
-    Resend(Vec<u8>),
-    GiveUp,
-    NotYet,
-}
-
-impl Retransmit {
-    pub fn poll(&mut self, now: Instant, factor: u32) -> RetransmitDue {
-        if now < self.next_at {
-            return RetransmitDue::NotYet;
-        }
-        if self.tries_left == 0 {
-            return RetransmitDue::GiveUp;
-        }
-        self.tries_left -= 1;
-        self.interval *= factor.max(1);
-        self.next_at = now + self.interval;
-        RetransmitDue::Resend(self.packet.clone())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -122,33 +58,6 @@ impl State {
             Self::Dead => "deleted",
         }
     }
-}
-
-/// A failure found while handling a message: what to tell the driver, and whether the peer is
-/// told too (`notify`).
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub reason: FailReason,
-    pub detail: String,
-    pub notify: Option<NotifyType>,
-}
-
-impl Failure {
-    pub fn new(reason: FailReason, detail: impl Into<String>, notify: Option<NotifyType>) -> Self {
-        Self { reason, detail: detail.into(), notify }
-    }
-
-    pub fn malformed(e: &WireError) -> Self {
-        Self::new(FailReason::MalformedMessage, e.to_string(), Some(NotifyType::PAYLOAD_MALFORMED))
-    }
-}
-
-/// The endpoint's view of a received datagram.
-pub(crate) struct Received<'a> {
-    pub header: IsakmpHeader,
-    pub data: &'a [u8],
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
 }
 
 pub(crate) struct IkeSa {
@@ -208,28 +117,6 @@ pub(crate) struct IkeSa {
     pub settled: bool,
     /// This SA re-authenticates that one: once established, it takes over.
     pub replaces: Option<IkeSaId>,
-}
-
-pub(crate) fn packet_hash(data: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    data.hash(&mut h);
-    h.finish()
-}
-
-fn random_bytes(rng: &mut FastRng, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    rng.fill_bytes(&mut v);
-    v
-}
-
-fn nonzero_cookie(rng: &mut FastRng) -> [u8; 8] {
-    loop {
-        let mut c = [0u8; 8];
-        rng.fill_bytes(&mut c);
-        if c != [0; 8] {
-            return c;
-        }
-    }
 }
 
 impl IkeSa {
@@ -391,16 +278,17 @@ impl IkeSa {
 
     /// Reports a failure, tells the peer when asked to, and ends this IKE SA if phase 1 is not
     /// complete.
-    pub(crate) fn fail(&mut self, ctx: &mut Ctx<'_>, failure: Failure) {
-        tracing::debug!(peer = %self.peer.name, reason = %failure.reason, detail = %failure.detail, "negotiation failed");
-        if let Some(n) = failure.notify {
+    pub(crate) fn fail(&mut self, ctx: &mut Ctx<'_>, failure: ProtocolError) {
+        let reason = failure.reason();
+        tracing::debug!(peer = %self.peer.name, %reason, detail = %failure, "negotiation failed");
+        if let Some(n) = failure.notify() {
             self.send_notify(ctx, ProtocolId::ISAKMP, n, self.cookies(), Vec::new());
         }
         ctx.events.push_back(Event::NegotiationFailed {
             peer: Some(self.peer.name.clone()),
             remote: self.remote,
-            reason: failure.reason,
-            detail: failure.detail,
+            reason,
+            detail: failure.into_detail(),
         });
         if !self.is_established() {
             self.state = State::Dead;
@@ -425,9 +313,8 @@ impl IkeSa {
     fn read_vendor_ids(&mut self, chain: &PayloadChain) {
         let mut rfc = false;
         let mut draft = false;
-        for p in chain.iter() {
-            let Payload::VendorId(v) = p else { continue };
-            match v.as_slice() {
+        for v in chain.vendor_ids() {
+            match v {
                 x if x == vendor_id::NAT_T_RFC3947 => rfc = true,
                 x if x == vendor_id::NAT_T_DRAFT_03
                     || x == vendor_id::NAT_T_DRAFT_02
@@ -478,23 +365,24 @@ impl IkeSa {
 
     /// Compares the peer's NAT-D payloads with the addresses we see; floats to port 4500 when
     /// a NAT is detected on either side (RFC 3947 s.3.2, s.4).
-    fn detect_nat(&mut self, chain: &PayloadChain) -> Result<(), Failure> {
+    fn detect_nat(&mut self, chain: &PayloadChain) -> Result<(), ProtocolError> {
         let (Some(_), Some(choice)) = (self.nat_t, self.choice.as_ref()) else { return Ok(()) };
-        let hashes: Vec<&Vec<u8>> =
-            chain.iter().filter_map(|p| if let Payload::NatD { hash, .. } = p { Some(hash) } else { None }).collect();
+        let hashes: Vec<&[u8]> = chain.nat_d().collect();
         let [ours, theirs @ ..] = hashes.as_slice() else {
-            return Err(Failure::new(
+            return Err(ProtocolError::unannounced(
                 FailReason::NatDetectionFailed,
                 "NAT-T was negotiated but the peer sent no NAT-D payloads",
-                None,
             ));
         };
         if theirs.is_empty() {
-            return Err(Failure::new(FailReason::NatDetectionFailed, "the peer sent only one NAT-D payload", None));
+            return Err(ProtocolError::unannounced(
+                FailReason::NatDetectionFailed,
+                "the peer sent only one NAT-D payload",
+            ));
         }
-        let local_ok = **ours == nat_d(choice.hash, &self.cky_i, &self.cky_r, self.local);
+        let local_ok = *ours == nat_d(choice.hash, &self.cky_i, &self.cky_r, self.local);
         let remote_hash = nat_d(choice.hash, &self.cky_i, &self.cky_r, self.remote);
-        let remote_ok = theirs.iter().any(|h| **h == remote_hash);
+        let remote_ok = theirs.iter().any(|h| *h == remote_hash);
         if !local_ok || !remote_ok || self.peer.force_udp_encapsulation {
             tracing::debug!(peer = %self.peer.name, local_behind_nat = !local_ok, peer_behind_nat = !remote_ok, forced = self.peer.force_udp_encapsulation, "NAT detected");
             self.nat_detected = true;
@@ -510,11 +398,11 @@ impl IkeSa {
         }
     }
 
-    fn derive_keys(&mut self, gxy: &[u8]) -> Result<(), Failure> {
+    fn derive_keys(&mut self, gxy: &[u8]) -> Result<(), ProtocolError> {
         let choice = self
             .choice
             .clone()
-            .ok_or_else(|| Failure::new(FailReason::MalformedMessage, "keys before proposal", None))?;
+            .ok_or_else(|| ProtocolError::unannounced(FailReason::MalformedMessage, "keys before proposal"))?;
         let keys = Phase1Keys::derive(
             &Phase1Inputs {
                 hash: choice.hash,
@@ -527,8 +415,9 @@ impl IkeSa {
             },
             choice.encryption,
         );
-        let cipher = CbcCipher::new(choice.encryption, keys.encryption_key.expose())
-            .map_err(|e| Failure::new(FailReason::MalformedMessage, format!("phase 1 key refused: {e}"), None))?;
+        let cipher = CbcCipher::new(choice.encryption, keys.encryption_key.expose()).map_err(|e| {
+            ProtocolError::unannounced(FailReason::MalformedMessage, format!("phase 1 key refused: {e}"))
+        })?;
         self.iv = phase1_iv(choice.hash, &self.g_i, &self.g_r, cipher.block_len());
         self.keys = Some(keys);
         self.cipher = Some(cipher);
@@ -547,25 +436,19 @@ impl IkeSa {
             .map_or_else(Vec::new, |k| k.auth_hash(&self.g_r, &self.g_i, &self.cky_r, &self.cky_i, &self.sa_i_b, id_b))
     }
 
-    fn check_peer_id(&self, id: Option<&IdPayload>) -> Result<(), Failure> {
-        let Some(id) = id else {
-            return Err(Failure::new(
-                FailReason::MalformedMessage,
-                "no ID payload",
-                Some(NotifyType::INVALID_PAYLOAD_TYPE),
-            ));
-        };
+    /// The peer's identity payload, checked against the configured `remote_id`.
+    fn check_peer_id<'c>(&self, chain: &'c PayloadChain) -> Result<&'c IdPayload, ProtocolError> {
+        let id = chain.id().map_err(|_| ProtocolError::MissingPayload("no ID payload".into()))?;
         match Identity::from_payload(id) {
-            Some(got) if got.matches(&self.peer.remote_id) => Ok(()),
-            got => Err(Failure::new(
-                FailReason::IdMismatch,
-                format!(
+            Some(got) if got.matches(&self.peer.remote_id) => Ok(id),
+            got => Err(ProtocolError::BadId {
+                reason: FailReason::IdMismatch,
+                detail: format!(
                     "remote_id: peer sent {}, configured {}",
                     got.map_or_else(|| format!("{} (unsupported)", id.id_type), |g| g.to_string()),
                     self.peer.remote_id
                 ),
-                Some(NotifyType::INVALID_ID_INFORMATION),
-            )),
+            }),
         }
     }
 
@@ -597,39 +480,57 @@ impl IkeSa {
         });
     }
 
-    fn require<'c, T>(
-        chain: &'c PayloadChain,
-        kind: PayloadType,
-        pick: impl Fn(&'c Payload) -> Option<T>,
-    ) -> Result<T, Failure> {
-        chain.iter().find_map(pick).ok_or_else(|| Failure::malformed(&WireError::MissingPayload(kind)))
+    /// The peer's KE and nonce, the KE checked against the chosen group.
+    fn take_ke_nonce(&self, chain: &PayloadChain) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+        let ke = chain.ke()?;
+        let nonce = chain.nonce()?;
+        self.check_ke(ke)?;
+        Ok((ke.to_vec(), nonce.to_vec()))
     }
 
-    fn check_ke(&self, ke: &[u8]) -> Result<(), Failure> {
+    fn check_ke(&self, ke: &[u8]) -> Result<(), ProtocolError> {
         let group = self.choice.as_ref().map(|c| c.dh_group);
         match group {
             Some(g) if ke.len() == g.modulus_len() => Ok(()),
-            Some(g) => Err(Failure::new(
-                FailReason::Phase1ProposalMismatch,
-                format!("dh_group: peer's key exchange has {} bytes, {} needs {}", ke.len(), g.name(), g.modulus_len()),
-                Some(NotifyType::INVALID_KEY_INFORMATION),
-            )),
-            None => Err(Failure::new(FailReason::MalformedMessage, "key exchange before proposal", None)),
+            Some(g) => Err(ProtocolError::BadKeyExchange {
+                reason: FailReason::Phase1ProposalMismatch,
+                detail: format!(
+                    "dh_group: peer's key exchange has {} bytes, {} needs {}",
+                    ke.len(),
+                    g.name(),
+                    g.modulus_len()
+                ),
+            }),
+            None => Err(ProtocolError::unannounced(FailReason::MalformedMessage, "key exchange before proposal")),
         }
     }
 
-    fn agree(&self, peer_public: &[u8]) -> Result<vpngw_crypto::SecretBytes, Failure> {
+    fn agree(&self, peer_public: &[u8]) -> Result<vpngw_crypto::SecretBytes, ProtocolError> {
         self.dh
             .as_ref()
-            .ok_or_else(|| Failure::new(FailReason::MalformedMessage, "no DH key", None))?
+            .ok_or_else(|| ProtocolError::unannounced(FailReason::MalformedMessage, "no DH key"))?
             .agree(peer_public)
-            .map_err(|e| {
-                Failure::new(
-                    FailReason::MalformedMessage,
-                    format!("peer's DH value refused: {e}"),
-                    Some(NotifyType::INVALID_KEY_INFORMATION),
-                )
+            .map_err(|e| ProtocolError::BadKeyExchange {
+                reason: FailReason::MalformedMessage,
+                detail: format!("peer's DH value refused: {e}"),
             })
+    }
+
+    /// Verifies the peer's HASH_I or HASH_R.
+    fn check_auth_hash(received: &[u8], expected: &[u8], which: &str) -> Result<(), ProtocolError> {
+        if hash_matches(received, expected) {
+            Ok(())
+        } else {
+            Err(ProtocolError::AuthenticationFailed(format!("{which} does not verify: pre-shared key mismatch")))
+        }
+    }
+
+    /// The responder's SA payload: our own proposal, or a mismatch.
+    fn accept_reply(&self, chain: &PayloadChain) -> Result<Phase1Choice, ProtocolError> {
+        proposal::accept_phase1_reply(&self.peer.phase1, chain.sa()?).map_err(|m| ProtocolError::NoProposalChosen {
+            reason: FailReason::Phase1ProposalMismatch,
+            detail: format!("peer answered with another proposal: {m}"),
+        })
     }
 
     // ---------------------------------------------------------------------------------------
@@ -659,7 +560,7 @@ impl IkeSa {
                 let dh = DhPrivateKey::generate(group, ctx.rng);
                 sa.g_i = dh.public_value().to_vec();
                 sa.dh = Some(dh);
-                sa.n_i = random_bytes(ctx.rng, NONCE_LEN);
+                sa.n_i = ctx.random_bytes(NONCE_LEN);
                 payloads.push(Payload::KeyExchange(sa.g_i.clone()));
                 payloads.push(Payload::Nonce(sa.n_i.clone()));
                 payloads.push(Payload::Id(sa.peer.local_id.to_payload()));
@@ -673,23 +574,16 @@ impl IkeSa {
     }
 
     /// MM2: the responder's choice and vendor IDs. Sends MM3 (KE, Ni, NAT-D).
-    fn on_mm2(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let chain = Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?;
-        let sa = Self::require(&chain, PayloadType::SA, |p| if let Payload::Sa(s) = p { Some(s) } else { None })?;
-        let choice = proposal::accept_phase1_reply(&self.peer.phase1, sa).map_err(|m| {
-            Failure::new(
-                FailReason::Phase1ProposalMismatch,
-                format!("peer answered with another proposal: {m}"),
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            )
-        })?;
+    fn on_mm2(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let chain = Self::plain_payloads(rx)?;
+        let choice = self.accept_reply(&chain)?;
         self.cky_r = rx.header.responder_cookie;
         self.read_vendor_ids(&chain);
         let dh = DhPrivateKey::generate(choice.dh_group, ctx.rng);
         self.g_i = dh.public_value().to_vec();
         self.dh = Some(dh);
         self.choice = Some(choice);
-        self.n_i = random_bytes(ctx.rng, NONCE_LEN);
+        self.n_i = ctx.random_bytes(NONCE_LEN);
         let mut payloads = vec![Payload::KeyExchange(self.g_i.clone()), Payload::Nonce(self.n_i.clone())];
         payloads.extend(self.nat_d_payloads());
         let (packet, _) = self.build(ExchangeType::IDENTITY_PROTECTION, 0, &payloads, None);
@@ -699,18 +593,9 @@ impl IkeSa {
     }
 
     /// MM4: the responder's KE and nonce. Derives keys, detects NAT, sends MM5 (ID, HASH_I).
-    fn on_mm4(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let chain = Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?;
-        let ke = Self::require(&chain, PayloadType::KE, |p| {
-            if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None }
-        })?;
-        let nr =
-            Self::require(
-                &chain,
-                PayloadType::NONCE,
-                |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None },
-            )?;
-        self.check_ke(&ke)?;
+    fn on_mm4(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let chain = Self::plain_payloads(rx)?;
+        let (ke, nr) = self.take_ke_nonce(&chain)?;
         let gxy = self.agree(&ke)?;
         self.g_r = ke;
         self.n_r = nr;
@@ -737,83 +622,39 @@ impl IkeSa {
     }
 
     /// MM6: the responder's identity and HASH_R. Phase 1 done.
-    fn on_mm6(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
+    fn on_mm6(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
         let psk_hint = || {
-            Failure::new(
+            ProtocolError::unannounced(
                 FailReason::AuthenticationFailed,
                 "main mode message 6 does not decrypt: likely pre-shared key mismatch",
-                None,
             )
         };
         if !rx.header.is_encrypted() {
-            return Err(Failure::new(FailReason::MalformedMessage, "main mode message 6 not encrypted", None));
+            return Err(ProtocolError::unannounced(FailReason::MalformedMessage, "main mode message 6 not encrypted"));
         }
         let (plain, last) = self.decrypt(rx, &self.iv.clone()).map_err(|_| psk_hint())?;
         let chain = parse_payloads(rx.header.next_payload, &plain, true).map_err(|_| psk_hint())?;
-        let id = chain.iter().find_map(|p| if let Payload::Id(i) = p { Some(i.clone()) } else { None });
-        self.check_peer_id(id.as_ref())?;
-        let hash =
-            Self::require(
-                &chain,
-                PayloadType::HASH,
-                |p| if let Payload::Hash(h) = p { Some(h.clone()) } else { None },
-            )?;
-        let expected = self.hash_r(&id.map(|i| i.body()).unwrap_or_default());
-        if !bool::from(subtle_eq(&hash, &expected)) {
-            return Err(Failure::new(
-                FailReason::AuthenticationFailed,
-                "HASH_R does not verify: pre-shared key mismatch",
-                Some(NotifyType::AUTHENTICATION_FAILED),
-            ));
-        }
+        let id = self.check_peer_id(&chain)?;
+        Self::check_auth_hash(chain.hash()?, &self.hash_r(&id.body()), "HASH_R")?;
         self.iv = last;
         self.established(ctx);
         Ok(())
     }
 
     /// AM2: everything from the responder at once. Verifies HASH_R, sends AM3 (HASH_I, NAT-D).
-    fn on_am2(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let chain = Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?;
-        let sa = Self::require(&chain, PayloadType::SA, |p| if let Payload::Sa(s) = p { Some(s) } else { None })?;
-        let choice = proposal::accept_phase1_reply(&self.peer.phase1, sa).map_err(|m| {
-            Failure::new(
-                FailReason::Phase1ProposalMismatch,
-                format!("peer answered with another proposal: {m}"),
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            )
-        })?;
+    fn on_am2(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let chain = Self::plain_payloads(rx)?;
+        let choice = self.accept_reply(&chain)?;
         self.cky_r = rx.header.responder_cookie;
         self.choice = Some(choice);
         self.read_vendor_ids(&chain);
-        let ke = Self::require(&chain, PayloadType::KE, |p| {
-            if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None }
-        })?;
-        let nr =
-            Self::require(
-                &chain,
-                PayloadType::NONCE,
-                |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None },
-            )?;
-        self.check_ke(&ke)?;
+        let (ke, nr) = self.take_ke_nonce(&chain)?;
         let gxy = self.agree(&ke)?;
         self.g_r = ke;
         self.n_r = nr;
         self.derive_keys(gxy.expose())?;
-        let id = chain.iter().find_map(|p| if let Payload::Id(i) = p { Some(i.clone()) } else { None });
-        self.check_peer_id(id.as_ref())?;
-        let hash =
-            Self::require(
-                &chain,
-                PayloadType::HASH,
-                |p| if let Payload::Hash(h) = p { Some(h.clone()) } else { None },
-            )?;
-        if !bool::from(subtle_eq(&hash, &self.hash_r(&id.map(|i| i.body()).unwrap_or_default()))) {
-            return Err(Failure::new(
-                FailReason::AuthenticationFailed,
-                "HASH_R does not verify: pre-shared key mismatch",
-                Some(NotifyType::AUTHENTICATION_FAILED),
-            ));
-        }
+        let id = self.check_peer_id(&chain)?;
+        Self::check_auth_hash(chain.hash()?, &self.hash_r(&id.body()), "HASH_R")?;
         self.detect_nat(&chain)?;
         self.float();
         let id = self.peer.local_id.to_payload();
@@ -839,7 +680,7 @@ impl IkeSa {
         peer: Arc<PeerConfig>,
         ctx: &mut Ctx<'_>,
         rx: &Received<'_>,
-    ) -> (Self, Result<(), Failure>) {
+    ) -> (Self, Result<(), ProtocolError>) {
         let mode =
             if rx.header.exchange == ExchangeType::AGGRESSIVE { ExchangeMode::Aggressive } else { ExchangeMode::Main };
         let mut sa = Self::new(id, peer, Role::Responder, mode, rx.local, rx.remote);
@@ -853,22 +694,20 @@ impl IkeSa {
         (sa, result)
     }
 
-    fn select(&mut self, rx: &Received<'_>, chain: &PayloadChain) -> Result<SaPayload, Failure> {
+    fn select(&mut self, rx: &Received<'_>, chain: &PayloadChain) -> Result<SaPayload, ProtocolError> {
         let raw = chain
             .payloads
             .iter()
             .find(|p| p.payload.kind() == PayloadType::SA)
-            .ok_or_else(|| Failure::malformed(&WireError::MissingPayload(PayloadType::SA)))?;
+            .ok_or(WireError::MissingPayload(PayloadType::SA))?;
         let Payload::Sa(offer) = &raw.payload else {
-            return Err(Failure::malformed(&WireError::MissingPayload(PayloadType::SA)));
+            return Err(WireError::MissingPayload(PayloadType::SA).into());
         };
-        let (reply, choice) = proposal::select_phase1(&self.peer.phase1, offer).map_err(|m| {
-            Failure::new(
-                FailReason::Phase1ProposalMismatch,
-                format!("phase 1 proposal mismatch with {}: {m}", rx.remote.ip()),
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            )
-        })?;
+        let (reply, choice) =
+            proposal::select_phase1(&self.peer.phase1, offer).map_err(|m| ProtocolError::NoProposalChosen {
+                reason: FailReason::Phase1ProposalMismatch,
+                detail: format!("phase 1 proposal mismatch with {}: {m}", rx.remote.ip()),
+            })?;
         let body = &rx.data[HEADER_LEN..rx.header.length as usize];
         self.sa_i_b = body[raw.body_range()].to_vec();
         self.choice = Some(choice);
@@ -882,8 +721,8 @@ impl IkeSa {
         v
     }
 
-    fn on_mm1(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let chain = Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?;
+    fn on_mm1(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let chain = Self::plain_payloads(rx)?;
         let reply = self.select(rx, &chain)?;
         let mut payloads = vec![Payload::Sa(reply)];
         payloads.extend(self.responder_vids());
@@ -893,31 +732,10 @@ impl IkeSa {
         Ok(())
     }
 
-    fn on_mm3(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let chain = Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?;
-        let ke = Self::require(&chain, PayloadType::KE, |p| {
-            if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None }
-        })?;
-        let ni =
-            Self::require(
-                &chain,
-                PayloadType::NONCE,
-                |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None },
-            )?;
-        self.check_ke(&ke)?;
-        let group = self
-            .choice
-            .as_ref()
-            .map(|c| c.dh_group)
-            .ok_or_else(|| Failure::new(FailReason::MalformedMessage, "no proposal", None))?;
-        let dh = DhPrivateKey::generate(group, ctx.rng);
-        self.g_r = dh.public_value().to_vec();
-        self.dh = Some(dh);
-        let gxy = self.agree(&ke)?;
-        self.g_i = ke;
-        self.n_i = ni;
-        self.n_r = random_bytes(ctx.rng, NONCE_LEN);
-        self.derive_keys(gxy.expose())?;
+    fn on_mm3(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let chain = Self::plain_payloads(rx)?;
+        let (ke, ni) = self.take_ke_nonce(&chain)?;
+        self.respond_ke(ctx, ke, ni)?;
         self.detect_nat(&chain)?;
         let mut payloads = vec![Payload::KeyExchange(self.g_r.clone()), Payload::Nonce(self.n_r.clone())];
         payloads.extend(self.nat_d_payloads());
@@ -927,42 +745,44 @@ impl IkeSa {
         Ok(())
     }
 
-    fn on_mm5(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let psk_hint = || {
-            Failure::new(
-                FailReason::AuthenticationFailed,
-                format!("cannot decrypt main mode message 5 from {}: likely pre-shared key mismatch", rx.remote.ip()),
-                Some(NotifyType::PAYLOAD_MALFORMED),
-            )
+    /// Responder: our DH value and nonce for the initiator's `ke` and `ni`, and the keys.
+    fn respond_ke(&mut self, ctx: &mut Ctx<'_>, ke: Vec<u8>, ni: Vec<u8>) -> Result<(), ProtocolError> {
+        let group = self
+            .choice
+            .as_ref()
+            .map(|c| c.dh_group)
+            .ok_or_else(|| ProtocolError::unannounced(FailReason::MalformedMessage, "no proposal"))?;
+        let dh = DhPrivateKey::generate(group, ctx.rng);
+        self.g_r = dh.public_value().to_vec();
+        self.dh = Some(dh);
+        let gxy = self.agree(&ke)?;
+        self.g_i = ke;
+        self.n_i = ni;
+        self.n_r = ctx.random_bytes(NONCE_LEN);
+        self.derive_keys(gxy.expose())
+    }
+
+    fn on_mm5(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let psk_hint = || ProtocolError::Malformed {
+            reason: FailReason::AuthenticationFailed,
+            detail: format!(
+                "cannot decrypt main mode message 5 from {}: likely pre-shared key mismatch",
+                rx.remote.ip()
+            ),
         };
         if !rx.header.is_encrypted() {
-            return Err(Failure::new(
-                FailReason::MalformedMessage,
-                "main mode message 5 not encrypted",
-                Some(NotifyType::PAYLOAD_MALFORMED),
-            ));
+            return Err(ProtocolError::Malformed {
+                reason: FailReason::MalformedMessage,
+                detail: "main mode message 5 not encrypted".into(),
+            });
         }
         let (plain, last) = self.decrypt(rx, &self.iv.clone()).map_err(|_| psk_hint())?;
         let chain = parse_payloads(rx.header.next_payload, &plain, true).map_err(|_| psk_hint())?;
-        let id = chain.iter().find_map(|p| if let Payload::Id(i) = p { Some(i.clone()) } else { None });
         // Later messages use the chain from here, whether we accept MM5 or report on it.
         self.iv = last;
-        self.check_peer_id(id.as_ref())?;
-        let hash =
-            Self::require(
-                &chain,
-                PayloadType::HASH,
-                |p| if let Payload::Hash(h) = p { Some(h.clone()) } else { None },
-            )?;
-        if !bool::from(subtle_eq(&hash, &self.hash_i(&id.map(|i| i.body()).unwrap_or_default()))) {
-            return Err(Failure::new(
-                FailReason::AuthenticationFailed,
-                "HASH_I does not verify: pre-shared key mismatch",
-                Some(NotifyType::AUTHENTICATION_FAILED),
-            ));
-        }
-        self.initial_contact_received =
-            chain.iter().any(|p| matches!(p, Payload::Notify(n) if n.notify_type == NotifyType::INITIAL_CONTACT));
+        let id = self.check_peer_id(&chain)?;
+        Self::check_auth_hash(chain.hash()?, &self.hash_i(&id.body()), "HASH_I")?;
+        self.initial_contact_received = chain.notifies().any(|n| n.notify_type == NotifyType::INITIAL_CONTACT);
         // The initiator floats to 4500 for MM5 when it sees a NAT: follow it.
         self.local = rx.local;
         self.remote = rx.remote;
@@ -976,35 +796,14 @@ impl IkeSa {
         Ok(())
     }
 
-    fn on_am1(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
-        let chain = Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?;
+    fn on_am1(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let chain = Self::plain_payloads(rx)?;
         let reply = self.select(rx, &chain)?;
-        let ke = Self::require(&chain, PayloadType::KE, |p| {
-            if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None }
-        })?;
-        let ni =
-            Self::require(
-                &chain,
-                PayloadType::NONCE,
-                |p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None },
-            )?;
-        let id = chain.iter().find_map(|p| if let Payload::Id(i) = p { Some(i.clone()) } else { None });
-        self.check_peer_id(id.as_ref())?;
-        self.peer_id_b = id.map(|i| i.body()).unwrap_or_default();
-        self.check_ke(&ke)?;
-        let group = self
-            .choice
-            .as_ref()
-            .map(|c| c.dh_group)
-            .ok_or_else(|| Failure::new(FailReason::MalformedMessage, "no proposal", None))?;
-        let dh = DhPrivateKey::generate(group, ctx.rng);
-        self.g_r = dh.public_value().to_vec();
-        self.dh = Some(dh);
-        let gxy = self.agree(&ke)?;
-        self.g_i = ke;
-        self.n_i = ni;
-        self.n_r = random_bytes(ctx.rng, NONCE_LEN);
-        self.derive_keys(gxy.expose())?;
+        let ke = chain.ke()?;
+        let ni = chain.nonce()?;
+        self.peer_id_b = self.check_peer_id(&chain)?.body();
+        self.check_ke(ke)?;
+        self.respond_ke(ctx, ke.to_vec(), ni.to_vec())?;
         let our_id = self.peer.local_id.to_payload();
         let mut payloads = vec![
             Payload::Sa(reply),
@@ -1023,42 +822,23 @@ impl IkeSa {
         Ok(())
     }
 
-    fn on_am3(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), Failure> {
+    fn on_am3(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Result<(), ProtocolError> {
+        let psk_hint = |detail: &str| ProtocolError::Malformed {
+            reason: FailReason::AuthenticationFailed,
+            detail: format!("{detail}: likely pre-shared key mismatch"),
+        };
         let chain = if rx.header.is_encrypted() {
-            let (plain, last) = self.decrypt(rx, &self.iv.clone()).map_err(|_| {
-                Failure::new(
-                    FailReason::AuthenticationFailed,
-                    "cannot decrypt aggressive mode message 3: likely pre-shared key mismatch",
-                    Some(NotifyType::PAYLOAD_MALFORMED),
-                )
-            })?;
-            let chain = parse_payloads(rx.header.next_payload, &plain, true).map_err(|_| {
-                Failure::new(
-                    FailReason::AuthenticationFailed,
-                    "aggressive mode message 3 decrypts to garbage: likely pre-shared key mismatch",
-                    Some(NotifyType::PAYLOAD_MALFORMED),
-                )
-            })?;
+            let (plain, last) =
+                self.decrypt(rx, &self.iv.clone()).map_err(|_| psk_hint("cannot decrypt aggressive mode message 3"))?;
+            let chain = parse_payloads(rx.header.next_payload, &plain, true)
+                .map_err(|_| psk_hint("aggressive mode message 3 decrypts to garbage"))?;
             self.iv = last;
             chain
         } else {
-            Self::plain_payloads(rx).map_err(|e| Failure::malformed(&e))?
+            Self::plain_payloads(rx)?
         };
-        let hash =
-            Self::require(
-                &chain,
-                PayloadType::HASH,
-                |p| if let Payload::Hash(h) = p { Some(h.clone()) } else { None },
-            )?;
         // HASH_I covers the ID payload body the initiator sent in AM1.
-        let expected = self.hash_i(&self.peer_id_b);
-        if !bool::from(subtle_eq(&hash, &expected)) {
-            return Err(Failure::new(
-                FailReason::AuthenticationFailed,
-                "HASH_I does not verify: pre-shared key mismatch",
-                Some(NotifyType::AUTHENTICATION_FAILED),
-            ));
-        }
+        Self::check_auth_hash(chain.hash()?, &self.hash_i(&self.peer_id_b), "HASH_I")?;
         // AM3 comes from the initiator's floated ports when it saw a NAT; its NAT-D payloads
         // describe the addresses of this very message.
         self.local = rx.local;
@@ -1083,11 +863,10 @@ impl IkeSa {
         if rx.header.exchange != expected {
             return self.fail(
                 ctx,
-                Failure::new(
-                    FailReason::ModeMismatch,
-                    format!("mode: peer uses {}, configured {}", rx.header.exchange, self.mode),
-                    Some(NotifyType::INVALID_EXCHANGE_TYPE),
-                ),
+                ProtocolError::WrongExchange(format!(
+                    "mode: peer uses {}, configured {}",
+                    rx.header.exchange, self.mode
+                )),
             );
         }
         let result = match self.state {
@@ -1109,69 +888,76 @@ impl IkeSa {
         }
     }
 
-    /// Timers: retransmission, half-open timeout, lifetimes. Returns the next deadline.
-    pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some(r) = self.retransmit.as_mut() {
-            match r.poll(ctx.now, ctx.config.retransmit_factor) {
-                RetransmitDue::Resend(p) => self.transmit(ctx, p),
-                RetransmitDue::NotYet => {}
-                RetransmitDue::GiveUp => {
-                    self.retransmit = None;
-                    let failure = match self.state {
-                        State::MmI5 => Failure::new(
-                            FailReason::AuthenticationFailed,
-                            "no answer to main mode message 5: likely pre-shared key mismatch (or the peer does not accept our identity)",
-                            None,
-                        ),
-                        State::MmI1 | State::AmI1 => Failure::new(
-                            FailReason::PeerUnreachable,
-                            format!(
-                                "no answer from {} after {} retransmissions",
-                                self.remote, ctx.config.retransmit_tries
-                            ),
-                            None,
-                        ),
-                        _ => Failure::new(
-                            FailReason::PeerUnreachable,
-                            format!("peer {} stopped answering during phase 1", self.remote),
-                            None,
-                        ),
-                    };
-                    self.fail(ctx, failure);
-                }
-            }
-        }
-        if !self.is_established() && self.state != State::Dead && self.half_open_deadline.is_some_and(|t| ctx.now >= t)
-        {
-            tracing::debug!(peer = %self.peer.name, "half-open IKE SA timed out");
-            self.state = State::Dead;
-        }
-        crate::quick_mode::handle_timeouts(self, ctx);
-        liveness::handle_timeout(self, ctx);
-        if self.expires_at.is_some_and(|t| ctx.now >= t) && self.is_established() {
-            self.delete(ctx, DeleteReason::Expired);
+    /// When `timer` is due next, if it is armed.
+    fn deadline(&self, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::Retransmit => self.retransmit.as_ref().map(|r| r.next_at),
+            Timer::HalfOpen => self.half_open_deadline.filter(|_| !self.is_established() && self.state != State::Dead),
+            Timer::QuickMode => self.quick_modes.iter().filter_map(|q| q.retransmit.as_ref().map(|r| r.next_at)).min(),
+            Timer::ChildSa => self.children.iter().filter_map(ChildRecord::next_timeout).min(),
+            Timer::Reauth => liveness::reauth_deadline(self),
+            Timer::Dpd => liveness::dpd_deadline(self),
+            Timer::Expiry => self.expires_at,
         }
     }
 
+    /// The earliest deadline of all timers.
     pub fn next_timeout(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = self.retransmit.as_ref().map(|r| r.next_at);
-        let mut consider = |x: Option<Instant>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |t| t.min(x)));
+        Timer::VALUES.into_iter().filter_map(|t| self.deadline(t)).min()
+    }
+
+    /// Fires the timers that are due, in [`Timer::VALUES`] order.
+    pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        for timer in Timer::VALUES {
+            if self.deadline(timer).is_some_and(|t| t <= ctx.now) {
+                self.on_timer(timer, ctx);
             }
-        };
-        if !self.is_established() && self.state != State::Dead {
-            consider(self.half_open_deadline);
         }
-        consider(self.expires_at);
-        consider(liveness::next_timeout(self));
-        for qm in &self.quick_modes {
-            consider(qm.retransmit.as_ref().map(|r| r.next_at));
+    }
+
+    fn on_timer(&mut self, timer: Timer, ctx: &mut Ctx<'_>) {
+        match timer {
+            Timer::Retransmit => self.on_retransmit_timer(ctx),
+            Timer::HalfOpen => {
+                tracing::debug!(peer = %self.peer.name, "half-open IKE SA timed out");
+                self.state = State::Dead;
+            }
+            Timer::QuickMode => crate::quick_mode::handle_timeouts(self, ctx),
+            Timer::ChildSa => crate::child::handle_timeouts(self, ctx),
+            Timer::Reauth => liveness::on_reauth_timer(self, ctx.now),
+            Timer::Dpd => liveness::on_dpd_timer(self, ctx),
+            Timer::Expiry => {
+                if self.is_established() {
+                    self.delete(ctx, DeleteReason::Expired);
+                }
+            }
         }
-        for c in &self.children {
-            consider(c.next_timeout());
+    }
+
+    fn on_retransmit_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(r) = self.retransmit.as_mut() else { return };
+        match r.poll(ctx.now, ctx.config.retransmit_factor) {
+            RetransmitDue::Resend(p) => self.transmit(ctx, p),
+            RetransmitDue::NotYet => {}
+            RetransmitDue::GiveUp => {
+                self.retransmit = None;
+                let failure = match self.state {
+                    State::MmI5 => ProtocolError::unannounced(
+                        FailReason::AuthenticationFailed,
+                        "no answer to main mode message 5: likely pre-shared key mismatch (or the peer does not accept our identity)",
+                    ),
+                    State::MmI1 | State::AmI1 => ProtocolError::unannounced(
+                        FailReason::PeerUnreachable,
+                        format!("no answer from {} after {} retransmissions", self.remote, ctx.config.retransmit_tries),
+                    ),
+                    _ => ProtocolError::unannounced(
+                        FailReason::PeerUnreachable,
+                        format!("peer {} stopped answering during phase 1", self.remote),
+                    ),
+                };
+                self.fail(ctx, failure);
+            }
         }
-        t
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1218,10 +1004,9 @@ impl IkeSa {
                 if self.state == State::MmI5 {
                     self.fail(
                         ctx,
-                        Failure::new(
+                        ProtocolError::unannounced(
                             FailReason::AuthenticationFailed,
                             "the peer's answer to main mode message 5 does not decrypt: likely pre-shared key mismatch",
-                            None,
                         ),
                     );
                 } else {
@@ -1235,7 +1020,7 @@ impl IkeSa {
                 return;
             };
             let rest = &plain[first.range.end..chain.end];
-            if !bool::from(subtle_eq(hash, &keys.hash_a(&[&rx.header.message_id.to_be_bytes(), rest]))) {
+            if !hash_matches(hash, &keys.hash_a(&[&rx.header.message_id.to_be_bytes(), rest])) {
                 tracing::debug!(peer = %self.peer.name, "informational with a bad HASH dropped");
                 return;
             }
@@ -1357,16 +1142,9 @@ impl IkeSa {
     /// Deletes this IKE SA: Delete for each child SA, then for the ISAKMP SA (RFC 2408 s.3.15).
     pub fn delete(&mut self, ctx: &mut Ctx<'_>, reason: DeleteReason) {
         if self.is_established() {
-            for c in self.children.clone() {
-                self.send_informational(
-                    ctx,
-                    vec![Payload::Delete(DeletePayload {
-                        doi: DOI_IPSEC,
-                        protocol: ProtocolId::ESP,
-                        spi_size: 4,
-                        spis: vec![c.spi_in.to_be_bytes().to_vec()],
-                    })],
-                );
+            let children: Vec<u32> = self.children.iter().map(|c| c.spi_in).collect();
+            for spi_in in children {
+                crate::child::send_delete(self, ctx, spi_in);
             }
             let cookies = self.cookies();
             self.send_informational(
@@ -1399,11 +1177,6 @@ impl IkeSa {
             children: self.children.iter().map(ChildRecord::info).collect(),
         }
     }
-}
-
-pub(crate) fn subtle_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
-    use subtle::ConstantTimeEq;
-    if a.len() != b.len() { subtle::Choice::from(0) } else { a.ct_eq(b) }
 }
 
 fn hex_string(b: &[u8]) -> String {

@@ -18,12 +18,14 @@ mod child;
 pub mod config;
 pub mod endpoint;
 pub mod event;
+mod exchange;
 mod ikesa;
 pub mod keys;
 mod liveness;
 pub mod proposal;
 mod quick_mode;
 pub mod spi;
+mod timer;
 pub mod wire;
 
 pub use config::{
@@ -32,5 +34,5 @@ pub use config::{
 };
 pub use endpoint::{DropCounters, Endpoint, IkeError};
 pub use event::{ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
-pub use ikesa::{IKE_PORT, NAT_T_PORT, Transmit};
+pub use exchange::{IKE_PORT, NAT_T_PORT, Transmit};
 pub use proposal::Encapsulation;

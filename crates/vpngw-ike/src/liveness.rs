@@ -17,7 +17,8 @@ use vpngw_crypto::rand_core::Rng;
 
 use crate::config::DpdAction;
 use crate::event::{DeleteReason, Event, FailReason};
-use crate::ikesa::{Ctx, IkeSa};
+use crate::exchange::Ctx;
+use crate::ikesa::IkeSa;
 use crate::wire::{NotifyPayload, NotifyType, ProtocolId};
 
 /// Liveness state of an established IKE SA.
@@ -64,29 +65,42 @@ fn dpd_active(sa: &IkeSa) -> bool {
     sa.is_established() && sa.peer_supports_dpd && sa.peer.dpd.is_some() && !sa.superseded
 }
 
-pub(crate) fn next_timeout(sa: &IkeSa) -> Option<Instant> {
+/// When to start re-authenticating.
+pub(crate) fn reauth_deadline(sa: &IkeSa) -> Option<Instant> {
+    sa.liveness.reauth_at.filter(|_| sa.is_established() && !sa.superseded)
+}
+
+/// When to probe the peer or declare it dead.
+pub(crate) fn dpd_deadline(sa: &IkeSa) -> Option<Instant> {
     if !sa.is_established() || sa.superseded {
         return None;
     }
-    let dpd = sa.peer.dpd.filter(|_| dpd_active(sa)).and_then(|p| {
+    sa.peer.dpd.filter(|_| dpd_active(sa)).and_then(|p| {
         let heard = sa.liveness.last_heard?;
         let probe = match sa.liveness.last_probe {
             Some(t) if t > heard => t + p.delay(),
             _ => heard + p.delay(),
         };
         Some(probe.min(heard + p.timeout))
-    });
-    [dpd, sa.liveness.reauth_at].into_iter().flatten().min()
+    })
 }
 
-pub(crate) fn handle_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+/// The re-authentication deadline passed: the endpoint starts a new main mode.
+pub(crate) fn on_reauth_timer(sa: &mut IkeSa, now: Instant) {
     if !sa.is_established() || sa.superseded {
         return;
     }
-    if sa.liveness.reauth_at.is_some_and(|t| ctx.now >= t) {
+    if sa.liveness.reauth_at.is_some_and(|t| now >= t) {
         sa.liveness.reauth_at = None;
         sa.liveness.reauth_due = true;
         tracing::info!(peer = %sa.peer.name, "IKE SA lifetime nearly over: re-authenticating");
+    }
+}
+
+/// Probes the silent peer, or declares it dead.
+pub(crate) fn on_dpd_timer(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    if !sa.is_established() || sa.superseded {
+        return;
     }
     let Some(policy) = sa.peer.dpd.filter(|_| dpd_active(sa)) else { return };
     let Some(heard) = sa.liveness.last_heard else { return };

@@ -8,20 +8,21 @@
 use std::time::Duration;
 
 use vpngw_crypto::rand_core::Rng;
-use vpngw_crypto::{DhPrivateKey, SecretBytes};
+use vpngw_crypto::{DhGroup, DhPrivateKey, SecretBytes};
 use vpngw_esp::SaKeys;
 
 use crate::child::{self, ChildRecord};
-use crate::config::{Ipv4Subnet, SubnetPair};
+use crate::config::{Ipv4Subnet, Phase2Policy, SubnetPair};
 use crate::event::{ChildSa, ChildSaState, DeleteReason, Event, FailReason, Role};
-use crate::ikesa::{Ctx, Failure, IkeSa, Received, Retransmit, RetransmitDue, packet_hash, subtle_eq};
+use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit, RetransmitDue, hash_matches, packet_hash};
+use crate::ikesa::IkeSa;
 use crate::keys::phase2_iv;
 use crate::proposal::{self, Encapsulation, Phase2Choice};
 use crate::wire::{
-    ExchangeType, IdPayload, NotifyPayload, NotifyType, Payload, ProtocolId, encode_payloads, parse_payloads,
+    ExchangeType, NotifyPayload, NotifyType, Payload, PayloadChain, ProtocolId, SaPayload, encode_payloads,
+    parse_payloads,
 };
 
-const NONCE_LEN: usize = 32;
 /// Finished exchanges kept to answer retransmissions of their last message.
 const DONE_KEPT: usize = 8;
 
@@ -54,12 +55,6 @@ pub(crate) struct QuickMode {
     last_answer: Option<(u64, Vec<u8>)>,
     /// Initiator of a rekey: the pair (our inbound SPI) it replaces.
     replaces: Option<u32>,
-}
-
-fn random_bytes(ctx: &mut Ctx<'_>, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    ctx.rng.fill_bytes(&mut v);
-    v
 }
 
 fn encapsulation(sa: &IkeSa) -> Encapsulation {
@@ -136,7 +131,7 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, pair: SubnetPair, replace
     let iv = phase2_iv(keys.hash, &sa.iv, message_id, cipher.block_len());
     let policy = sa.peer.phase2.clone();
     let spi_in = ctx.spis.allocate(ctx.rng);
-    let n_i = random_bytes(ctx, NONCE_LEN);
+    let n_i = ctx.random_bytes(NONCE_LEN);
     let dh = policy.pfs.map(|g| DhPrivateKey::generate(g, ctx.rng));
     let id_ci = pair.local.to_payload();
     let id_cr = pair.remote.to_payload();
@@ -213,21 +208,25 @@ pub(crate) fn handle(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
         let Err(f) = on_qm1(sa, ctx, rx, &mut offered).inspect(|()| crate::liveness::heard(sa, ctx.now)) else {
             return;
         };
-        tracing::debug!(peer = %sa.peer.name, reason = %f.reason, "quick mode refused");
-        if let Some(n) = f.notify {
-            let spi = offered.unwrap_or(0).to_be_bytes().to_vec();
-            sa.send_notify(ctx, ProtocolId::ESP, n, spi, Vec::new());
-        }
-        ctx.events.push_back(Event::NegotiationFailed {
-            peer: Some(sa.peer.name.clone()),
-            remote: sa.remote,
-            reason: f.reason,
-            detail: f.detail,
-        });
+        tracing::debug!(peer = %sa.peer.name, reason = %f.reason(), "quick mode refused");
+        report(sa, ctx, f, offered.unwrap_or(0));
     }
 }
 
-fn fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, f: Failure) {
+/// Tells the peer (a notify naming `spi`, when the failure sends one) and the driver.
+fn report(sa: &mut IkeSa, ctx: &mut Ctx<'_>, f: ProtocolError, spi: u32) {
+    if let Some(n) = f.notify() {
+        sa.send_notify(ctx, ProtocolId::ESP, n, spi.to_be_bytes().to_vec(), Vec::new());
+    }
+    ctx.events.push_back(Event::NegotiationFailed {
+        peer: Some(sa.peer.name.clone()),
+        remote: sa.remote,
+        reason: f.reason(),
+        detail: f.into_detail(),
+    });
+}
+
+fn fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, f: ProtocolError) {
     let qm = sa.quick_modes.remove(index);
     if sa.children.iter().any(|c| c.spi_in == qm.spi_in && c.state == ChildSaState::Installing) {
         // A responder's inbound SA, installed at QM2: QM3 never came right. The initiator may
@@ -237,145 +236,174 @@ fn fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>, index: usize, f: Failure) {
     } else {
         ctx.spis.release(qm.spi_in);
     }
-    if let Some(n) = f.notify {
-        sa.send_notify(ctx, ProtocolId::ESP, n, qm.spi_in.to_be_bytes().to_vec(), Vec::new());
-    }
-    ctx.events.push_back(Event::NegotiationFailed {
-        peer: Some(sa.peer.name.clone()),
-        remote: sa.remote,
-        reason: f.reason,
-        detail: f.detail,
-    });
+    report(sa, ctx, f, qm.spi_in);
     pump(sa, ctx);
 }
 
-/// Decrypts a quick mode message with `iv`, checks that HASH comes first and returns
-/// (plaintext, chain, hash, bytes after the HASH payload up to the end of the chain, last block).
-#[allow(clippy::type_complexity)]
-fn open(sa: &IkeSa, rx: &Received<'_>, iv: &[u8]) -> Result<(Vec<Payload>, Vec<u8>, Vec<u8>, Vec<u8>), Failure> {
-    let bad = |what: &str| Failure::new(FailReason::MalformedMessage, format!("quick mode message: {what}"), None);
+/// A decrypted quick mode message: its payloads (HASH first), the bytes after the HASH payload
+/// up to the end of the chain (what the HASH covers), and the last ciphertext block.
+struct Opened {
+    chain: PayloadChain,
+    hash: Vec<u8>,
+    rest: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl Opened {
+    /// Checks the HASH against prf(SKEYID_a, `covered` | the payloads after it); `which` names it.
+    fn check_hash(&self, expected: &[u8], which: &str) -> Result<(), ProtocolError> {
+        if hash_matches(&self.hash, expected) {
+            Ok(())
+        } else {
+            Err(ProtocolError::BadHash(format!("{which} does not verify")))
+        }
+    }
+}
+
+/// Decrypts a quick mode message with `iv` and checks that HASH comes first.
+fn open(sa: &IkeSa, rx: &Received<'_>, iv: &[u8]) -> Result<Opened, ProtocolError> {
+    let bad =
+        |what: &str| ProtocolError::unannounced(FailReason::MalformedMessage, format!("quick mode message: {what}"));
     let (plain, last) = sa.decrypt(rx, iv).map_err(|e| bad(&e.to_string()))?;
     let chain = parse_payloads(rx.header.next_payload, &plain, true).map_err(|e| bad(&e.to_string()))?;
     let first = chain.payloads.first().ok_or_else(|| bad("empty"))?;
     let Payload::Hash(hash) = &first.payload else { return Err(bad("HASH is not the first payload")) };
+    let hash = hash.clone();
     let rest = plain[first.range.end..chain.end].to_vec();
-    let payloads = chain.payloads.iter().skip(1).map(|p| p.payload.clone()).collect();
-    Ok((payloads, hash.clone(), rest, last))
-}
-
-fn ids(payloads: &[Payload]) -> Option<(IdPayload, IdPayload)> {
-    let mut it = payloads.iter().filter_map(|p| if let Payload::Id(i) = p { Some(i.clone()) } else { None });
-    Some((it.next()?, it.next()?))
+    Ok(Opened { chain, hash, rest, last })
 }
 
 /// Responder: QM1. Picks the configured pair and transform, answers with QM2.
 /// `offered_spi` gets the initiator's SPI once read: a refusal names it, so that the peer
 /// knows which of its quick modes failed.
-fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, offered_spi: &mut Option<u32>) -> Result<(), Failure> {
-    let (Some(keys), Some(cipher)) = (sa.keys.as_ref(), sa.cipher.as_ref()) else { return Ok(()) };
-    let mid = rx.header.message_id;
-    let iv = phase2_iv(keys.hash, &sa.iv, mid, cipher.block_len());
-    let (payloads, hash, rest, last) = open(sa, rx, &iv)?;
-    if !bool::from(subtle_eq(&hash, &keys.hash_a(&[&mid.to_be_bytes(), &rest]))) {
-        return Err(Failure::new(
-            FailReason::MalformedMessage,
-            "HASH(1) does not verify",
-            Some(NotifyType::INVALID_HASH_INFORMATION),
-        ));
-    }
-    let offer = payloads.iter().find_map(|p| if let Payload::Sa(s) = p { Some(s.clone()) } else { None });
+fn on_qm1(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    rx: &Received<'_>,
+    offered_spi: &mut Option<u32>,
+) -> Result<(), ProtocolError> {
+    let Some(qm1) = check_hash1(sa, rx)? else { return Ok(()) };
+    let chain = &qm1.chain;
+    let offer = chain.sa().ok();
     *offered_spi = offer
-        .as_ref()
         .and_then(|o| o.proposals.first())
         .and_then(|p| <[u8; 4]>::try_from(p.spi.as_slice()).ok())
         .map(u32::from_be_bytes);
-    let n_i = payloads.iter().find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
-    let ke = payloads.iter().find_map(|p| if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None });
-    let (Some(offer), Some(n_i)) = (offer, n_i) else {
-        return Err(Failure::new(
-            FailReason::MalformedMessage,
-            "quick mode without SA or nonce",
-            Some(NotifyType::INVALID_PAYLOAD_TYPE),
-        ));
+    let (Some(offer), Ok(n_i)) = (offer, chain.nonce()) else {
+        return Err(ProtocolError::MissingPayload("quick mode without SA or nonce".into()));
     };
-    // Without IDs the selectors are the two gateways' addresses (RFC 2409 s.5.5); vpngw always
-    // protects configured subnets, so a quick mode without IDs matches no pair.
-    let (id_ci, id_cr) = ids(&payloads).ok_or_else(|| {
-        Failure::new(
-            FailReason::TrafficSelectorMismatch,
-            "the peer's quick mode carries no traffic selectors",
-            Some(NotifyType::INVALID_ID_INFORMATION),
-        )
-    })?;
-    let (Some(their_net), Some(our_net)) = (Ipv4Subnet::from_payload(&id_ci), Ipv4Subnet::from_payload(&id_cr)) else {
-        return Err(Failure::new(
-            FailReason::TrafficSelectorMismatch,
-            format!("unsupported traffic selectors {} / {}", id_ci.id_type, id_cr.id_type),
-            Some(NotifyType::INVALID_ID_INFORMATION),
-        ));
+    let pair = match_selectors(sa, chain)?;
+    let spi_in = ctx.spis.allocate(ctx.rng);
+    let negotiated = select_proposal(sa, offer, spi_in)
+        .and_then(|selection| Ok((responder_pfs(ctx, selection.choice.pfs, chain.ke().ok())?, selection)));
+    let ((dh, gxy), selection) = negotiated.inspect_err(|_| ctx.spis.release(spi_in))?;
+    let mut choice = selection.choice;
+    let shorter = apply_our_lifetimes(&sa.peer.phase2, &mut choice);
+    let exchange = QuickMode {
+        message_id: rx.header.message_id,
+        role: Role::Responder,
+        state: QmState::R2,
+        pair,
+        iv: Vec::new(),
+        spi_in,
+        n_i: n_i.to_vec(),
+        n_r: ctx.random_bytes(NONCE_LEN),
+        dh,
+        lifetime: (choice.lifetime_seconds, choice.lifetime_kilobytes),
+        choice: Some(choice),
+        spi_out: selection.peer_spi,
+        gxy,
+        retransmit: None,
+        last_answer: None,
+        replaces: None,
+    };
+    reply_qm2(sa, ctx, rx, exchange, selection.reply, shorter, &qm1);
+    Ok(())
+}
+
+/// QM1's HASH(1) = prf(SKEYID_a, M-ID | payloads after HASH). None before phase 1 is done.
+fn check_hash1(sa: &IkeSa, rx: &Received<'_>) -> Result<Option<Opened>, ProtocolError> {
+    let (Some(keys), Some(cipher)) = (sa.keys.as_ref(), sa.cipher.as_ref()) else { return Ok(None) };
+    let mid = rx.header.message_id;
+    let iv = phase2_iv(keys.hash, &sa.iv, mid, cipher.block_len());
+    let qm1 = open(sa, rx, &iv)?;
+    qm1.check_hash(&keys.hash_a(&[&mid.to_be_bytes(), &qm1.rest]), "HASH(1)")?;
+    Ok(Some(qm1))
+}
+
+/// The peer's IDci/IDcr against the configured pairs: the pair as we see it (local, remote).
+/// Without IDs the selectors are the two gateways' addresses (RFC 2409 s.5.5); vpngw always
+/// protects configured subnets, so a quick mode without IDs matches no pair.
+fn match_selectors(sa: &IkeSa, chain: &PayloadChain) -> Result<SubnetPair, ProtocolError> {
+    let bad_id = |detail: String| ProtocolError::BadId { reason: FailReason::TrafficSelectorMismatch, detail };
+    let (id_ci, id_cr) =
+        chain.ids().ok_or_else(|| bad_id("the peer's quick mode carries no traffic selectors".into()))?;
+    let (Some(their_net), Some(our_net)) = (Ipv4Subnet::from_payload(id_ci), Ipv4Subnet::from_payload(id_cr)) else {
+        return Err(bad_id(format!("unsupported traffic selectors {} / {}", id_ci.id_type, id_cr.id_type)));
     };
     if !sa.peer.subnets.iter().any(|p| p.local.covers(&our_net) && p.remote.covers(&their_net)) {
         let configured: Vec<String> = sa.peer.subnets.iter().map(ToString::to_string).collect();
-        return Err(Failure::new(
-            FailReason::TrafficSelectorMismatch,
-            format!(
-                "traffic selectors: peer offered {our_net} <=> {their_net} (local <=> remote, our view), configured {}",
-                configured.join(", ")
-            ),
-            Some(NotifyType::INVALID_ID_INFORMATION),
-        ));
+        return Err(bad_id(format!(
+            "traffic selectors: peer offered {our_net} <=> {their_net} (local <=> remote, our view), configured {}",
+            configured.join(", ")
+        )));
     }
-    let spi_in = ctx.spis.allocate(ctx.rng);
-    let policy = sa.peer.phase2.clone();
-    let selection = match proposal::select_phase2(&policy, &offer, spi_in) {
-        Ok(s) => s,
-        Err(m) => {
-            ctx.spis.release(spi_in);
-            let reason = if m.is_pfs_only() {
-                FailReason::PfsMismatch
-            } else if m.is_mode_only() {
-                FailReason::ModeMismatch
-            } else {
-                FailReason::Phase2ProposalMismatch
-            };
-            return Err(Failure::new(
-                reason,
-                format!("phase 2 proposal mismatch with {}: {m}", sa.remote.ip()),
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            ));
+    Ok(SubnetPair { local: our_net, remote: their_net })
+}
+
+/// The first acceptable ESP transform of the offer, with our SPI in the reply.
+fn select_proposal(sa: &IkeSa, offer: &SaPayload, spi_in: u32) -> Result<proposal::Phase2Selection, ProtocolError> {
+    proposal::select_phase2(&sa.peer.phase2, offer, spi_in).map_err(|m| {
+        let reason = if m.is_pfs_only() {
+            FailReason::PfsMismatch
+        } else if m.is_mode_only() {
+            FailReason::ModeMismatch
+        } else {
+            FailReason::Phase2ProposalMismatch
+        };
+        ProtocolError::NoProposalChosen {
+            reason,
+            detail: format!("phase 2 proposal mismatch with {}: {m}", sa.remote.ip()),
         }
-    };
-    let mut choice = selection.choice;
-    let (dh, gxy) = match (choice.pfs, ke) {
+    })
+}
+
+/// Responder PFS: our DH value and g^xy when the chosen transform has a group and the peer
+/// sent a key exchange of its size; neither without PFS; a mismatch otherwise.
+#[allow(clippy::type_complexity)]
+fn responder_pfs(
+    ctx: &mut Ctx<'_>,
+    pfs: Option<DhGroup>,
+    ke: Option<&[u8]>,
+) -> Result<(Option<DhPrivateKey>, Option<SecretBytes>), ProtocolError> {
+    match (pfs, ke) {
         (Some(g), Some(ke)) if ke.len() == g.modulus_len() => {
             let dh = DhPrivateKey::generate(g, ctx.rng);
-            match dh.agree(&ke) {
-                Ok(gxy) => (Some(dh), Some(gxy)),
-                Err(e) => {
-                    ctx.spis.release(spi_in);
-                    return Err(Failure::new(
-                        FailReason::MalformedMessage,
-                        format!("PFS key exchange refused: {e}"),
-                        Some(NotifyType::INVALID_KEY_INFORMATION),
-                    ));
-                }
-            }
+            let gxy = dh.agree(ke).map_err(|e| pfs_refused(&e))?;
+            Ok((Some(dh), Some(gxy)))
         }
-        (None, None) => (None, None),
-        (pfs, ke) => {
-            ctx.spis.release(spi_in);
-            return Err(Failure::new(
-                FailReason::PfsMismatch,
-                format!(
-                    "pfs: peer {} a key exchange, configured {}",
-                    if ke.is_some() { "sent" } else { "did not send" },
-                    pfs.map_or("disable".into(), |g| g.name().to_string())
-                ),
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            ));
-        }
-    };
-    // Lifetimes: the offered ones unless ours are shorter; then we say so (RFC 2407 s.4.6.3.1).
+        (None, None) => Ok((None, None)),
+        (pfs, ke) => Err(ProtocolError::NoProposalChosen {
+            reason: FailReason::PfsMismatch,
+            detail: format!(
+                "pfs: peer {} a key exchange, configured {}",
+                if ke.is_some() { "sent" } else { "did not send" },
+                pfs.map_or("disable".into(), |g| g.name().to_string())
+            ),
+        }),
+    }
+}
+
+fn pfs_refused(e: &impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::BadKeyExchange {
+        reason: FailReason::MalformedMessage,
+        detail: format!("PFS key exchange refused: {e}"),
+    }
+}
+
+/// Lifetimes: the offered ones unless ours are shorter; then we say so (RFC 2407 s.4.6.3.1).
+/// Returns whether ours are shorter (a RESPONDER-LIFETIME goes into QM2).
+fn apply_our_lifetimes(policy: &Phase2Policy, choice: &mut Phase2Choice) -> bool {
     let ours =
         (u64::from(policy.lifetime_seconds), (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes));
     let seconds = choice.lifetime_seconds.map_or(ours.0, |t| t.min(ours.0));
@@ -386,142 +414,106 @@ fn on_qm1(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, offered_spi: &mu
     let shorter = Some(seconds) != choice.lifetime_seconds || kilobytes != choice.lifetime_kilobytes;
     choice.lifetime_seconds = Some(seconds);
     choice.lifetime_kilobytes = kilobytes;
-    let n_r = random_bytes(ctx, NONCE_LEN);
-    let mut rest = vec![Payload::Sa(selection.reply), Payload::Nonce(n_r.clone())];
-    if let Some(dh) = &dh {
+    shorter
+}
+
+/// Sends QM2 (HASH(2) = prf(SKEYID_a, M-ID | Ni_b | payloads after HASH)) for the responder
+/// exchange `qm` and installs our inbound SA.
+fn reply_qm2(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    rx: &Received<'_>,
+    mut qm: QuickMode,
+    reply: SaPayload,
+    shorter: bool,
+    qm1: &Opened,
+) {
+    let Some(keys) = sa.keys.as_ref() else { return };
+    let (id_ci, id_cr) = qm1.chain.ids().map(|(ci, cr)| (ci.clone(), cr.clone())).unzip();
+    let mut rest = vec![Payload::Sa(reply), Payload::Nonce(qm.n_r.clone())];
+    if let Some(dh) = &qm.dh {
         rest.push(Payload::KeyExchange(dh.public_value().to_vec()));
     }
-    rest.push(Payload::Id(id_ci.clone()));
-    rest.push(Payload::Id(id_cr.clone()));
+    rest.extend(id_ci.map(Payload::Id));
+    rest.extend(id_cr.map(Payload::Id));
     if shorter {
-        tracing::info!(peer = %sa.peer.name, seconds, ?kilobytes, "our IPsec SA lifetime is shorter than offered: sending RESPONDER-LIFETIME");
+        let (seconds, kilobytes) = qm.lifetime;
+        tracing::info!(peer = %sa.peer.name, seconds = seconds.unwrap_or_default(), ?kilobytes, "our IPsec SA lifetime is shorter than offered: sending RESPONDER-LIFETIME");
         rest.push(Payload::Notify(NotifyPayload::new(
             ProtocolId::ESP,
             NotifyType::RESPONDER_LIFETIME,
-            spi_in.to_be_bytes().to_vec(),
-            proposal::responder_lifetime_data(Some(seconds), kilobytes),
+            qm.spi_in.to_be_bytes().to_vec(),
+            proposal::responder_lifetime_data(seconds, kilobytes),
         )));
     }
-    let Some(keys) = sa.keys.as_ref() else { return Ok(()) };
-    let hash = keys.hash_a(&[&mid.to_be_bytes(), &n_i, &encode_payloads(&rest)]);
+    let mid = qm.message_id;
+    let hash = keys.hash_a(&[&mid.to_be_bytes(), &qm.n_i, &encode_payloads(&rest)]);
     let mut all = vec![Payload::Hash(hash)];
     all.extend(rest);
-    let (packet, last2) = sa.build(ExchangeType::QUICK_MODE, mid, &all, Some(&last));
-    sa.quick_modes.push(QuickMode {
-        message_id: mid,
-        role: Role::Responder,
-        state: QmState::R2,
-        pair: SubnetPair { local: our_net, remote: their_net },
-        iv: last2,
-        spi_in,
-        n_i,
-        n_r,
-        dh,
-        choice: Some(choice),
-        spi_out: selection.peer_spi,
-        gxy,
-        lifetime: (Some(seconds), kilobytes),
-        retransmit: Some(Retransmit::new(packet.clone(), ctx)),
-        last_answer: Some((packet_hash(rx.data), packet.clone())),
-        replaces: None,
-    });
+    let (packet, last) = sa.build(ExchangeType::QUICK_MODE, mid, &all, Some(&qm1.last));
+    qm.iv = last;
+    qm.retransmit = Some(Retransmit::new(packet.clone(), ctx));
+    qm.last_answer = Some((packet_hash(rx.data), packet.clone()));
+    sa.quick_modes.push(qm);
     sa.transmit(ctx, packet);
     // Make-before-break: our inbound SA exists before the initiator, which switches when it
     // sends QM3, can use it.
     install(sa, ctx, sa.quick_modes.len() - 1);
-    Ok(())
 }
 
 /// Initiator: QM2. Verifies, derives keys, sends QM3, installs.
-fn on_qm2(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) -> Result<(), Failure> {
+fn on_qm2(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) -> Result<(), ProtocolError> {
     let Some(keys) = sa.keys.clone() else { return Ok(()) };
     let mid = rx.header.message_id;
     let iv = sa.quick_modes[index].iv.clone();
-    let (payloads, hash, rest, last) = open(sa, rx, &iv)?;
+    let qm2 = open(sa, rx, &iv)?;
     let qm = &mut sa.quick_modes[index];
-    if !bool::from(subtle_eq(&hash, &keys.hash_a(&[&mid.to_be_bytes(), &qm.n_i, &rest]))) {
-        return Err(Failure::new(
-            FailReason::MalformedMessage,
-            "HASH(2) does not verify",
-            Some(NotifyType::INVALID_HASH_INFORMATION),
-        ));
-    }
-    let reply = payloads.iter().find_map(|p| if let Payload::Sa(s) = p { Some(s.clone()) } else { None });
-    let n_r = payloads.iter().find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
-    let (Some(reply), Some(n_r)) = (reply, n_r) else {
-        return Err(Failure::new(
-            FailReason::MalformedMessage,
-            "quick mode answer without SA or nonce",
-            Some(NotifyType::INVALID_PAYLOAD_TYPE),
-        ));
+    qm2.check_hash(&keys.hash_a(&[&mid.to_be_bytes(), &qm.n_i, &qm2.rest]), "HASH(2)")?;
+    let chain = &qm2.chain;
+    let (Ok(reply), Ok(n_r)) = (chain.sa(), chain.nonce()) else {
+        return Err(ProtocolError::MissingPayload("quick mode answer without SA or nonce".into()));
     };
-    let (mut choice, spi_out) = proposal::accept_phase2_reply(&sa.peer.phase2, &reply).map_err(|m| {
-        Failure::new(
-            FailReason::Phase2ProposalMismatch,
-            format!("peer answered with another proposal: {m}"),
-            Some(NotifyType::NO_PROPOSAL_CHOSEN),
-        )
-    })?;
-    if let Some((ci, cr)) = ids(&payloads) {
-        let got = (Ipv4Subnet::from_payload(&ci), Ipv4Subnet::from_payload(&cr));
+    let (mut choice, spi_out) =
+        proposal::accept_phase2_reply(&sa.peer.phase2, reply).map_err(|m| ProtocolError::NoProposalChosen {
+            reason: FailReason::Phase2ProposalMismatch,
+            detail: format!("peer answered with another proposal: {m}"),
+        })?;
+    if let Some((ci, cr)) = chain.ids() {
+        let got = (Ipv4Subnet::from_payload(ci), Ipv4Subnet::from_payload(cr));
         let ok = matches!(got, (Some(l), Some(r)) if qm.pair.local.covers(&l) && qm.pair.remote.covers(&r));
         if !ok {
-            return Err(Failure::new(
-                FailReason::TrafficSelectorMismatch,
-                format!("the peer narrowed {} to selectors outside it", qm.pair),
-                Some(NotifyType::INVALID_ID_INFORMATION),
-            ));
+            return Err(ProtocolError::BadId {
+                reason: FailReason::TrafficSelectorMismatch,
+                detail: format!("the peer narrowed {} to selectors outside it", qm.pair),
+            });
         }
     }
-    let gxy = match (
-        &qm.dh,
-        payloads.iter().find_map(|p| if let Payload::KeyExchange(k) = p { Some(k.clone()) } else { None }),
-    ) {
-        (Some(dh), Some(ke)) => Some(dh.agree(&ke).map_err(|e| {
-            Failure::new(
-                FailReason::MalformedMessage,
-                format!("PFS key exchange refused: {e}"),
-                Some(NotifyType::INVALID_KEY_INFORMATION),
-            )
-        })?),
+    let pfs_mismatch =
+        |detail: &str| ProtocolError::NoProposalChosen { reason: FailReason::PfsMismatch, detail: detail.into() };
+    let gxy = match (&qm.dh, chain.ke().ok()) {
+        (Some(dh), Some(ke)) => Some(dh.agree(ke).map_err(|e| pfs_refused(&e))?),
         (None, None) => None,
-        (Some(_), None) => {
-            return Err(Failure::new(
-                FailReason::PfsMismatch,
-                "pfs: the peer answered without a key exchange",
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(Failure::new(
-                FailReason::PfsMismatch,
-                "pfs: the peer answered with a key exchange, configured disable",
-                Some(NotifyType::NO_PROPOSAL_CHOSEN),
-            ));
-        }
+        (Some(_), None) => return Err(pfs_mismatch("pfs: the peer answered without a key exchange")),
+        (None, Some(_)) => return Err(pfs_mismatch("pfs: the peer answered with a key exchange, configured disable")),
     };
     // RESPONDER-LIFETIME: the smaller value wins.
-    for p in &payloads {
-        if let Payload::Notify(n) = p
-            && n.notify_type == NotifyType::RESPONDER_LIFETIME
-        {
-            let (s, kb) = proposal::parse_responder_lifetime(&n.data);
-            tracing::info!(peer = %sa.peer.name, seconds = ?s, kilobytes = ?kb, "peer sent RESPONDER-LIFETIME");
-            if let Some(s) = s {
-                choice.lifetime_seconds = Some(choice.lifetime_seconds.map_or(s, |c| c.min(s)));
-            }
-            if let Some(kb) = kb {
-                choice.lifetime_kilobytes = Some(choice.lifetime_kilobytes.map_or(kb, |c| c.min(kb)));
-            }
+    for n in chain.notifies().filter(|n| n.notify_type == NotifyType::RESPONDER_LIFETIME) {
+        let (s, kb) = proposal::parse_responder_lifetime(&n.data);
+        tracing::info!(peer = %sa.peer.name, seconds = ?s, kilobytes = ?kb, "peer sent RESPONDER-LIFETIME");
+        if let Some(s) = s {
+            choice.lifetime_seconds = Some(choice.lifetime_seconds.map_or(s, |c| c.min(s)));
+        }
+        if let Some(kb) = kb {
+            choice.lifetime_kilobytes = Some(choice.lifetime_kilobytes.map_or(kb, |c| c.min(kb)));
         }
     }
-    qm.n_r = n_r;
+    qm.n_r = n_r.to_vec();
     qm.spi_out = spi_out;
     qm.gxy = gxy;
     qm.lifetime = (choice.lifetime_seconds, choice.lifetime_kilobytes);
     qm.choice = Some(choice);
     let hash3 = keys.hash_a(&[&[0], &mid.to_be_bytes(), &qm.n_i, &qm.n_r]);
-    let (packet, _) = sa.build(ExchangeType::QUICK_MODE, mid, &[Payload::Hash(hash3)], Some(&last));
+    let (packet, _) = sa.build(ExchangeType::QUICK_MODE, mid, &[Payload::Hash(hash3)], Some(&qm2.last));
     let qm = &mut sa.quick_modes[index];
     qm.retransmit = None;
     qm.state = QmState::Done;
@@ -533,19 +525,13 @@ fn on_qm2(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) ->
 }
 
 /// Responder: QM3. Installs.
-fn on_qm3(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) -> Result<(), Failure> {
+fn on_qm3(sa: &mut IkeSa, ctx: &mut Ctx<'_>, rx: &Received<'_>, index: usize) -> Result<(), ProtocolError> {
     let Some(keys) = sa.keys.clone() else { return Ok(()) };
     let mid = rx.header.message_id;
     let iv = sa.quick_modes[index].iv.clone();
-    let (_, hash, _, _) = open(sa, rx, &iv)?;
+    let qm3 = open(sa, rx, &iv)?;
     let qm = &mut sa.quick_modes[index];
-    if !bool::from(subtle_eq(&hash, &keys.hash_a(&[&[0], &mid.to_be_bytes(), &qm.n_i, &qm.n_r]))) {
-        return Err(Failure::new(
-            FailReason::MalformedMessage,
-            "HASH(3) does not verify",
-            Some(NotifyType::INVALID_HASH_INFORMATION),
-        ));
-    }
+    qm3.check_hash(&keys.hash_a(&[&[0], &mid.to_be_bytes(), &qm.n_i, &qm.n_r]), "HASH(3)")?;
     qm.retransmit = None;
     qm.state = QmState::Done;
     qm.last_answer = None;
@@ -641,7 +627,7 @@ fn prune_done(sa: &mut IkeSa) {
     }
 }
 
-/// Retransmissions of our quick mode messages, and child SA timers.
+/// Retransmissions of our quick mode messages.
 pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let mut i = 0;
     while i < sa.quick_modes.len() {
@@ -658,13 +644,12 @@ pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                     "no answer to quick mode for {} after {} retransmissions",
                     qm.pair, ctx.config.retransmit_tries
                 );
-                fail(sa, ctx, i, Failure::new(FailReason::PeerUnreachable, detail, None));
+                fail(sa, ctx, i, ProtocolError::unannounced(FailReason::PeerUnreachable, detail));
                 continue;
             }
         }
         i += 1;
     }
-    child::handle_timeouts(sa, ctx);
 }
 
 /// The peer refused a quick mode of ours with an error notify: drops that exchange when the
