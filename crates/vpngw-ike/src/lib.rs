@@ -20,8 +20,13 @@ pub mod endpoint;
 pub mod event;
 mod exchange;
 mod ikesa;
+mod info;
 pub mod keys;
+mod lifetime;
 mod liveness;
+mod message;
+mod nat_t;
+mod phase1;
 pub mod proposal;
 mod quick_mode;
 pub mod spi;
@@ -33,6 +38,8 @@ pub use config::{
     SubnetPair,
 };
 pub use endpoint::{DropCounters, Endpoint, IkeError};
-pub use event::{ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
+pub use event::{
+    ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role,
+};
 pub use exchange::{IKE_PORT, NAT_T_PORT, Transmit};
 pub use proposal::Encapsulation;
