@@ -29,6 +29,7 @@ use crate::exchange::Ctx;
 use crate::info;
 use crate::message::Secured;
 use crate::proposal::Phase2Choice;
+use crate::snapshot::{ChildSaSnapshot, ago, before, until};
 
 /// How long an initiator waits after QM3 before sending with a replacement SA (the responder
 /// installs on QM3; this covers its processing and the network).
@@ -86,6 +87,44 @@ impl ChildRecord {
     }
 }
 
+impl ChildRecord {
+    /// As plain data, times relative to `now`.
+    pub fn snapshot(&self, now: Instant) -> ChildSaSnapshot {
+        ChildSaSnapshot {
+            spi_in: self.spi_in,
+            spi_out: self.spi_out,
+            selectors: self.pair,
+            choice: self.choice.clone(),
+            state: self.state,
+            age: ago(now, self.established_at),
+            expires_in: until(now, self.expires_at),
+            rekey_in: self.rekey_at.map(|t| until(now, t)),
+            activate_in: self.activate_at.map(|t| until(now, t)),
+            retire_in: self.retire_at.map(|t| until(now, t)),
+            predecessor: self.predecessor,
+            collision_rank: self.rank,
+        }
+    }
+
+    /// From plain data, times relative to `now`.
+    pub fn restore(s: &ChildSaSnapshot, now: Instant) -> Self {
+        Self {
+            spi_in: s.spi_in,
+            spi_out: s.spi_out,
+            pair: s.selectors,
+            choice: s.choice.clone(),
+            state: s.state,
+            established_at: before(now, s.age),
+            expires_at: now + s.expires_in,
+            rekey_at: s.rekey_in.map(|d| now + d),
+            activate_at: s.activate_in.map(|d| now + d),
+            retire_at: s.retire_in.map(|d| now + d),
+            predecessor: s.predecessor,
+            rank: s.collision_rank,
+        }
+    }
+}
+
 /// The child SAs of one IKE SA.
 #[derive(Debug, Default)]
 pub(crate) struct ChildSet {
@@ -96,6 +135,10 @@ impl ChildSet {
     /// The child SA with this SPI, ours (inbound) or the peer's (outbound).
     pub fn find(&self, spi: u32) -> Option<&ChildRecord> {
         self.records.iter().find(|c| c.spi_in == spi || c.spi_out == spi)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &ChildRecord> {
+        self.records.iter()
     }
 
     pub fn has_inbound(&self, spi_in: u32) -> bool {

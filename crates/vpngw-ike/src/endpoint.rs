@@ -14,6 +14,7 @@ use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
 use crate::exchange::{Ctx, Received, Transmit};
 use crate::ikesa::IkeSa;
+use crate::snapshot::{IkeSaSnapshot, SnapshotError};
 use crate::spi::SpiPool;
 use crate::wire::{ExchangeType, HEADER_LEN, IsakmpHeader, Payload, WireError, parse_payloads};
 
@@ -493,6 +494,33 @@ impl Endpoint {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Exports an established IKE SA with its child SAs as plain data ([`crate::snapshot`]).
+    pub fn export_ike_sa(&self, now: Instant, id: IkeSaId) -> Result<IkeSaSnapshot, SnapshotError> {
+        self.sas.get(&id).ok_or(SnapshotError::UnknownIkeSa(id))?.export(now)
+    }
+
+    /// Imports an IKE SA exported by another endpoint (its connection must be configured
+    /// here); it goes on talking to the peer from `now`. Returns its handle here.
+    pub fn import_ike_sa(&mut self, now: Instant, snapshot: IkeSaSnapshot) -> Result<IkeSaId, SnapshotError> {
+        let peer = self
+            .peers
+            .iter()
+            .find(|p| p.name == snapshot.connection)
+            .cloned()
+            .ok_or_else(|| SnapshotError::UnknownConnection(snapshot.connection.clone()))?;
+        if self.by_cookie.contains_key(&snapshot.initiator_cookie) {
+            return Err(SnapshotError::Duplicate);
+        }
+        let id = self.new_id();
+        let sa = IkeSa::import(id, peer, snapshot, now)?;
+        for spi in sa.child_spis() {
+            self.spis.reserve(spi);
+        }
+        self.by_cookie.insert(sa.cky_i(), id);
+        self.sas.insert(id, sa);
+        Ok(id)
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {

@@ -5,34 +5,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::child::{self, ChildRecord, ChildSet};
+use crate::child::{self, ChildRecord};
 use crate::config::{DpdPolicy, ExchangeMode, PeerConfig};
+use crate::established::Established;
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role};
 use crate::exchange::{Ctx, IKE_PORT, ProtocolError, Received, RetransmitDue, nonzero_cookie};
 use crate::info::{self, RefusalContext, Unopened};
-use crate::liveness::{DpdOutcome, Liveness};
+use crate::liveness::DpdOutcome;
 use crate::message::{Link, MessageCrypto, Secured, plain_payloads};
+use crate::nat_t::NatT;
 use crate::phase1::{Failed, Phase1, Phase1Done, Phase1Outcome};
-use crate::proposal::Phase1Choice;
-use crate::quick_mode::QuickModes;
+use crate::snapshot::{IkeSaSnapshot, SnapshotError};
 use crate::timer::Timer;
 use crate::wire::{DeletePayload, ExchangeType, NotifyPayload, NotifyType, Payload, ProtocolId};
-
-/// An established IKE SA: the only owner of its keys.
-struct Established {
-    crypto: MessageCrypto,
-    choice: Phase1Choice,
-    established_at: Instant,
-    expires_at: Instant,
-    liveness: Liveness,
-    quick_modes: QuickModes,
-    children: ChildSet,
-    /// A newer IKE SA with the same peer took over its child SAs: no DPD, no
-    /// re-authentication; it goes when the peer deletes it or soon after.
-    superseded: bool,
-}
 
 enum Phase {
     Negotiating(Box<Phase1>),
@@ -106,7 +93,7 @@ impl IkeSa {
                 Some(sa)
             }
             Err(Failed { error, crypto }) => {
-                announce_failure(ctx, &link, crypto.as_deref(), error);
+                info::announce_failure(ctx, &link, crypto.as_deref(), error);
                 None
             }
         }
@@ -256,7 +243,7 @@ impl IkeSa {
     /// Reports a failure, tells the peer when the failure says so, and ends this IKE SA if
     /// phase 1 is not complete.
     fn fail(&mut self, ctx: &mut Ctx<'_>, failure: ProtocolError) {
-        announce_failure(ctx, &self.link, self.crypto(), failure);
+        info::announce_failure(ctx, &self.link, self.crypto(), failure);
         if !self.is_established() {
             self.die();
         }
@@ -293,48 +280,46 @@ impl IkeSa {
             Ok(Phase1Outcome::Waiting(next)) => self.phase = Phase::Negotiating(next),
             Ok(Phase1Outcome::Done(done)) => self.establish(ctx, *done),
             Err(Failed { error, crypto }) => {
-                announce_failure(ctx, &self.link, crypto.as_deref(), error);
+                info::announce_failure(ctx, &self.link, crypto.as_deref(), error);
                 self.die();
             }
         }
     }
 
     fn establish(&mut self, ctx: &mut Ctx<'_>, done: Phase1Done) {
-        let Phase1Done { crypto, choice, initial_contact } = done;
-        if let Some(contact) = initial_contact {
+        if let Some(contact) = done.initial_contact {
             self.initial_contact_received = contact;
         }
         self.link.retransmit = None;
-        let link = &self.link;
-        let ours = link.peer.phase1.lifetime.as_secs();
-        let lifetime = choice.lifetime_seconds.map_or(ours, |theirs| theirs.min(ours)).max(1);
-        if choice.lifetime_seconds.is_some_and(|t| t != ours) {
-            tracing::info!(peer = %link.peer.name, offered = ?choice.lifetime_seconds, configured = ours, used = lifetime, "IKE SA lifetimes differ: the shorter is used");
+        self.phase = Phase::Established(Box::new(Established::start(ctx, &self.link, done)));
+    }
+
+    /// The established SA as plain data.
+    pub fn export(&self, now: Instant) -> Result<IkeSaSnapshot, SnapshotError> {
+        match &self.phase {
+            Phase::Established(est) => est.export(&self.link, now),
+            _ => Err(SnapshotError::NotEstablished(self.link.id)),
         }
-        let liveness = Liveness::start(ctx.now, ctx.rng, Duration::from_secs(lifetime), link.role);
-        ctx.events.push_back(Event::IkeSaEstablished {
-            peer: link.peer.name.clone(),
-            ike_sa: link.id,
-            role: link.role,
-            mode: link.mode,
-            local: link.local,
-            remote: link.remote,
-            encryption: choice.encryption,
-            hash: choice.hash,
-            dh_group: choice.dh_group,
-            lifetime_seconds: lifetime,
-            nat_detected: link.nat.detected,
-        });
-        self.phase = Phase::Established(Box::new(Established {
-            crypto,
-            choice,
-            established_at: ctx.now,
-            expires_at: ctx.now + Duration::from_secs(lifetime),
-            liveness,
-            quick_modes: QuickModes::default(),
-            children: ChildSet::default(),
-            superseded: false,
-        }));
+    }
+
+    /// An established SA from a snapshot, as handle `id` of connection `peer`.
+    pub fn import(
+        id: IkeSaId,
+        peer: Arc<PeerConfig>,
+        snapshot: IkeSaSnapshot,
+        now: Instant,
+    ) -> Result<Self, SnapshotError> {
+        let mut link = Link::new(id, peer, snapshot.role, snapshot.mode, snapshot.local, snapshot.remote);
+        link.cky_i = snapshot.initiator_cookie;
+        link.cky_r = snapshot.responder_cookie;
+        link.nat = NatT { variant: snapshot.nat_t, detected: snapshot.nat_detected };
+        link.peer_supports_dpd = snapshot.peer_supports_dpd;
+        let est = Established::import(snapshot, now)?;
+        let mut sa = Self::new(link);
+        sa.phase = Phase::Established(Box::new(est));
+        // Not a new SA: nothing for the endpoint to take over or start.
+        sa.settled = true;
+        Ok(sa)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -618,20 +603,4 @@ impl IkeSa {
             children: est.map(|e| e.children.infos()).unwrap_or_default(),
         }
     }
-}
-
-/// Reports a failure to the driver and tells the peer when the failure says so (encrypted
-/// once keys exist).
-fn announce_failure(ctx: &mut Ctx<'_>, link: &Link, crypto: Option<&MessageCrypto>, failure: ProtocolError) {
-    let reason = failure.reason();
-    tracing::debug!(peer = %link.peer.name, %reason, detail = %failure, "negotiation failed");
-    if let Some(n) = failure.notify() {
-        info::send(ctx, link, crypto, vec![info::notify(ProtocolId::ISAKMP, n, link.cookies(), Vec::new())]);
-    }
-    ctx.events.push_back(Event::NegotiationFailed {
-        peer: Some(link.peer.name.clone()),
-        remote: link.remote,
-        reason,
-        detail: failure.into_detail(),
-    });
 }

@@ -5,8 +5,8 @@
 use vpngw_crypto::rand_core::Rng;
 
 use crate::config::{ExchangeMode, PeerConfig};
-use crate::event::FailReason;
-use crate::exchange::{Ctx, Received, hash_matches};
+use crate::event::{Event, FailReason};
+use crate::exchange::{Ctx, ProtocolError, Received, hash_matches};
 use crate::message::{Link, MessageCrypto, Secured};
 use crate::wire::{
     DOI_IPSEC, DeletePayload, ExchangeType, NotifyPayload, NotifyType, Payload, PayloadChain, ProtocolId,
@@ -141,4 +141,20 @@ fn describe_phase2(p: &PeerConfig) -> String {
         p.phase2.integrity.name(),
         p.phase2.pfs.map_or("disable".to_string(), |g| g.name().to_string())
     )
+}
+
+/// Reports a failure to the driver and tells the peer when the failure says so (encrypted
+/// once keys exist).
+pub(crate) fn announce_failure(ctx: &mut Ctx<'_>, link: &Link, crypto: Option<&MessageCrypto>, failure: ProtocolError) {
+    let reason = failure.reason();
+    tracing::debug!(peer = %link.peer.name, %reason, detail = %failure, "negotiation failed");
+    if let Some(n) = failure.notify() {
+        send(ctx, link, crypto, vec![notify(ProtocolId::ISAKMP, n, link.cookies(), Vec::new())]);
+    }
+    ctx.events.push_back(Event::NegotiationFailed {
+        peer: Some(link.peer.name.clone()),
+        remote: link.remote,
+        reason,
+        detail: failure.into_detail(),
+    });
 }

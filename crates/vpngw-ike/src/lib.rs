@@ -17,6 +17,7 @@
 mod child;
 pub mod config;
 pub mod endpoint;
+mod established;
 pub mod event;
 mod exchange;
 mod ikesa;
@@ -29,6 +30,7 @@ mod nat_t;
 mod phase1;
 pub mod proposal;
 mod quick_mode;
+pub mod snapshot;
 pub mod spi;
 mod timer;
 pub mod wire;
@@ -43,3 +45,4 @@ pub use event::{
 };
 pub use exchange::{IKE_PORT, NAT_T_PORT, Transmit};
 pub use proposal::Encapsulation;
+pub use snapshot::{ChildSaSnapshot, IkeSaSnapshot, SnapshotError};

@@ -53,6 +53,17 @@ impl Liveness {
         Self { last_heard: now, dpd_seq, last_probe: None, reauth_at: Some(rekey_time(now, lifetime, role, rng)) }
     }
 
+    /// A liveness state from its parts (an imported IKE SA).
+    pub fn restore(last_heard: Instant, dpd_seq: u32, last_probe: Option<Instant>, reauth_at: Option<Instant>) -> Self {
+        Self { last_heard, dpd_seq, last_probe, reauth_at }
+    }
+
+    /// Its parts: when we last heard, the next R-U-THERE sequence number, the last probe and
+    /// the re-authentication time.
+    pub fn parts(&self) -> (Instant, u32, Option<Instant>, Option<Instant>) {
+        (self.last_heard, self.dpd_seq, self.last_probe, self.reauth_at)
+    }
+
     /// The peer showed signs of life.
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;

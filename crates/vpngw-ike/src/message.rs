@@ -223,6 +223,11 @@ impl MessageCrypto {
     pub fn advance(&mut self, last_block: Vec<u8>) {
         self.iv = last_block;
     }
+
+    /// The IV chain (after phase 1: the base of every later exchange's IV).
+    pub fn iv(&self) -> &[u8] {
+        &self.iv
+    }
 }
 
 /// An established (or keyed) IKE SA's way to its peer: the ends and the keys, lent together.

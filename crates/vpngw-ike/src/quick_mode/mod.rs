@@ -52,6 +52,20 @@ pub(crate) struct QuickModes {
 }
 
 impl QuickModes {
+    /// No exchange, but these message IDs given up (an imported IKE SA).
+    pub fn with_aborted(aborted: Vec<u32>) -> Self {
+        Self { aborted: aborted.into(), ..Self::default() }
+    }
+
+    pub fn aborted(&self) -> Vec<u32> {
+        self.aborted.iter().copied().collect()
+    }
+
+    /// Whether an exchange of ours or the peer's is under way, or one of ours waits.
+    pub fn is_busy(&self) -> bool {
+        self.exchanges.iter().any(QuickMode::is_open) || !self.queue.is_empty()
+    }
+
     /// Whether an exchange for `pair` is under way or queued.
     fn busy(&self, pair: &SubnetPair) -> bool {
         self.exchanges.iter().any(|q| q.pair == *pair && q.is_open()) || self.queue.iter().any(|q| q.pair == *pair)
