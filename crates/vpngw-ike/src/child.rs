@@ -23,14 +23,13 @@
 
 use std::time::{Duration, Instant};
 
-use vpngw_crypto::FastRng;
-use vpngw_crypto::rand_core::Rng;
-
 use crate::config::SubnetPair;
-use crate::event::{ChildSaInfo, ChildSaState, DeleteReason, Event, Role};
-use crate::ikesa::{Ctx, IkeSa};
+use crate::event::{ChildSaInfo, ChildSaState, DeleteReason, Event};
+use crate::exchange::Ctx;
+use crate::info;
+use crate::message::Secured;
 use crate::proposal::Phase2Choice;
-use crate::wire::{DOI_IPSEC, DeletePayload, Payload, ProtocolId};
+use crate::snapshot::{ChildSaSnapshot, ago, before, until};
 
 /// How long an initiator waits after QM3 before sending with a replacement SA (the responder
 /// installs on QM3; this covers its processing and the network).
@@ -42,11 +41,6 @@ pub const ACTIVATE_DELAY: Duration = Duration::from_secs(1);
 pub const FIRST_ACTIVATE_DELAY: Duration = Duration::from_millis(100);
 /// How long a replaced pair stays after the switch, for packets already in flight.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
-/// The replacement margin is a tenth of the lifetime, at least this (short lifetimes), ...
-const MARGIN_MIN: Duration = Duration::from_secs(10);
-/// ... at most this (strongSwan's default rekey margin).
-const MARGIN_MAX: Duration = Duration::from_secs(540);
-
 /// An installed (or, for a responder before QM3, half-installed) pair of child SAs.
 #[derive(Clone, Debug)]
 pub(crate) struct ChildRecord {
@@ -93,215 +87,250 @@ impl ChildRecord {
     }
 }
 
-/// The margin before the hard lifetime at which a replacement starts.
-pub(crate) fn margin(lifetime: Duration) -> Duration {
-    (lifetime / 10).max(MARGIN_MIN.min(lifetime / 3)).min(MARGIN_MAX)
-}
-
-/// When to start replacing a child SA established `now` with `lifetime`: the quick mode
-/// initiator at lifetime - margin - up to a third of the margin (jitter, so that many tunnels
-/// do not rekey at once), the responder only at lifetime - margin/2 - up to a sixth.
-pub(crate) fn rekey_time(now: Instant, lifetime: Duration, role: Role, rng: &mut FastRng) -> Instant {
-    let m = margin(lifetime);
-    let (base, spread) = match role {
-        Role::Initiator => (m, m / 3),
-        Role::Responder => (m / 2, m / 6),
-    };
-    let jitter_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-    let jitter = Duration::from_millis(if jitter_ms == 0 { 0 } else { rng.next_u64() % (jitter_ms + 1) });
-    now + lifetime.saturating_sub(base + jitter)
-}
-
-/// A quick mode's place in a rekey collision: its lowest nonce, read as a big-endian number
-/// (the first 8 bytes; nonces are at least 8 bytes, RFC 2409 s.5). Equal ranks (a 2^-64
-/// chance) leave both pairs in place, as before this rule.
-pub(crate) fn collision_rank(n_i: &[u8], n_r: &[u8]) -> u64 {
-    let first8 = |n: &[u8]| {
-        let mut b = [0u8; 8];
-        let k = n.len().min(8);
-        b[..k].copy_from_slice(&n[..k]);
-        u64::from_be_bytes(b)
-    };
-    first8(n_i).min(first8(n_r))
-}
-
-/// Switches outbound traffic of `spi_in`'s pair to it; every other SA pair for the same
-/// selectors is replaced and retires after the grace period. In a rekey collision, the pair
-/// that loses is instead marked replaced itself, and traffic stays where it is until the
-/// winner activates.
-pub(crate) fn activate(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: u32) {
-    let Some(i) = sa.children.iter().position(|c| c.spi_in == spi_in) else { return };
-    let c = &sa.children[i];
-    let beaten = c.predecessor.is_some()
-        && sa.children.iter().any(|o| {
-            o.spi_in != spi_in
-                && o.pair == c.pair
-                && o.predecessor == c.predecessor
-                && o.state != ChildSaState::Replaced
-                && o.rank > c.rank
-        });
-    if beaten {
-        let c = &mut sa.children[i];
-        tracing::info!(
-            peer = %sa.peer.name,
-            spi_in = %format!("{spi_in:08x}"),
-            selectors = %c.pair,
-            "rekey collision: this pair is redundant (lower nonce); the other new pair will carry the traffic"
-        );
-        c.state = ChildSaState::Replaced;
-        c.activate_at = None;
-        c.rekey_at = None;
-        c.retire_at = Some((ctx.now + RETIRE_GRACE).min(c.expires_at));
-        return;
-    }
-    let c = &mut sa.children[i];
-    c.state = ChildSaState::Active;
-    c.activate_at = None;
-    c.retire_at = None;
-    let (pair, spi_out) = (c.pair, c.spi_out);
-    ctx.events.push_back(Event::ChildSaActive { peer: sa.peer.name.clone(), spi_in, spi_out });
-    for other in sa.children.iter_mut().filter(|o| o.pair == pair && o.spi_in != spi_in) {
-        if other.state != ChildSaState::Replaced {
-            tracing::debug!(peer = %sa.peer.name, old = %format!("{:08x}", other.spi_in), new = %format!("{spi_in:08x}"), "child SA replaced");
+impl ChildRecord {
+    /// As plain data, times relative to `now`.
+    pub fn snapshot(&self, now: Instant) -> ChildSaSnapshot {
+        ChildSaSnapshot {
+            spi_in: self.spi_in,
+            spi_out: self.spi_out,
+            selectors: self.pair,
+            choice: self.choice.clone(),
+            state: self.state,
+            age: ago(now, self.established_at),
+            expires_in: until(now, self.expires_at),
+            rekey_in: self.rekey_at.map(|t| until(now, t)),
+            activate_in: self.activate_at.map(|t| until(now, t)),
+            retire_in: self.retire_at.map(|t| until(now, t)),
+            predecessor: self.predecessor,
+            collision_rank: self.rank,
         }
-        other.state = ChildSaState::Replaced;
-        other.rekey_at = None;
-        other.activate_at = None;
-        other.retire_at = Some(other.retire_at.unwrap_or(ctx.now + RETIRE_GRACE).min(other.expires_at));
+    }
+
+    /// From plain data, times relative to `now`.
+    pub fn restore(s: &ChildSaSnapshot, now: Instant) -> Self {
+        Self {
+            spi_in: s.spi_in,
+            spi_out: s.spi_out,
+            pair: s.selectors,
+            choice: s.choice.clone(),
+            state: s.state,
+            established_at: before(now, s.age),
+            expires_at: now + s.expires_in,
+            rekey_at: s.rekey_in.map(|d| now + d),
+            activate_at: s.activate_in.map(|d| now + d),
+            retire_at: s.retire_in.map(|d| now + d),
+            predecessor: s.predecessor,
+            rank: s.collision_rank,
+        }
     }
 }
 
-/// Whether another SA pair for `pair` carries outbound traffic now.
-pub(crate) fn has_active(sa: &IkeSa, pair: &SubnetPair) -> bool {
-    sa.children.iter().any(|c| c.pair == *pair && c.state == ChildSaState::Active)
+/// The child SAs of one IKE SA.
+#[derive(Debug, Default)]
+pub(crate) struct ChildSet {
+    records: Vec<ChildRecord>,
+}
+
+impl ChildSet {
+    /// The child SA with this SPI, ours (inbound) or the peer's (outbound).
+    pub fn find(&self, spi: u32) -> Option<&ChildRecord> {
+        self.records.iter().find(|c| c.spi_in == spi || c.spi_out == spi)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &ChildRecord> {
+        self.records.iter()
+    }
+
+    pub fn has_inbound(&self, spi_in: u32) -> bool {
+        self.records.iter().any(|c| c.spi_in == spi_in)
+    }
+
+    pub fn has_pair(&self, pair: &SubnetPair) -> bool {
+        self.records.iter().any(|c| c.pair == *pair)
+    }
+
+    /// Whether an SA pair for `pair` carries outbound traffic now.
+    pub fn has_active(&self, pair: &SubnetPair) -> bool {
+        self.records.iter().any(|c| c.pair == *pair && c.state == ChildSaState::Active)
+    }
+
+    /// Whether the SA with this inbound SPI is a responder's, waiting for QM3.
+    pub fn is_installing(&self, spi_in: u32) -> bool {
+        self.records.iter().any(|c| c.spi_in == spi_in && c.state == ChildSaState::Installing)
+    }
+
+    /// Whether the SA with inbound SPI `old` still carries the traffic (a rekey of it is wanted).
+    pub fn is_active(&self, spi_in: u32) -> bool {
+        self.records.iter().any(|c| c.spi_in == spi_in && c.state == ChildSaState::Active)
+    }
+
+    /// Whether another SA pair than `old` for `pair` is installed and not replaced: a
+    /// replacement is under way or done.
+    pub fn has_replacement(&self, pair: &SubnetPair, old: u32) -> bool {
+        self.records.iter().any(|o| o.pair == *pair && o.spi_in != old && o.state != ChildSaState::Replaced)
+    }
+
+    /// The inbound SPIs of the SAs that carry traffic.
+    pub fn active(&self) -> Vec<u32> {
+        self.records.iter().filter(|c| c.state == ChildSaState::Active).map(|c| c.spi_in).collect()
+    }
+
+    pub fn inbound_spis(&self) -> Vec<u32> {
+        self.records.iter().map(|c| c.spi_in).collect()
+    }
+
+    /// What a new pair for `pair` replaces when the peer started its quick mode: the newest
+    /// pair not yet replaced.
+    pub fn newest_unreplaced(&self, pair: &SubnetPair) -> Option<u32> {
+        self.records
+            .iter()
+            .filter(|c| c.pair == *pair && c.state != ChildSaState::Replaced)
+            .max_by_key(|c| c.established_at)
+            .map(|c| c.spi_in)
+    }
+
+    pub fn insert(&mut self, record: ChildRecord) {
+        self.records.push(record);
+    }
+
+    /// Hands every child SA over (to a newer IKE SA with the same peer).
+    pub fn take_all(&mut self) -> Vec<ChildRecord> {
+        std::mem::take(&mut self.records)
+    }
+
+    pub fn adopt(&mut self, records: Vec<ChildRecord>) {
+        self.records.extend(records);
+    }
+
+    pub fn infos(&self) -> Vec<ChildSaInfo> {
+        self.records.iter().map(ChildRecord::info).collect()
+    }
+
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.records.iter().filter_map(ChildRecord::next_timeout).min()
+    }
+
+    /// A replacement of the SA with this SPI (ours or the peer's) is wanted: it stops waiting
+    /// for its soft deadline. Returns its pair and inbound SPI while it carries the traffic.
+    pub fn begin_rekey(&mut self, spi: u32) -> Option<(SubnetPair, u32)> {
+        let c = self.records.iter_mut().find(|c| c.spi_in == spi || c.spi_out == spi)?;
+        if c.state != ChildSaState::Active {
+            return None;
+        }
+        c.rekey_at = None;
+        Some((c.pair, c.spi_in))
+    }
+
+    /// Switches outbound traffic of `spi_in`'s pair to it; every other SA pair for the same
+    /// selectors is replaced and retires after the grace period. In a rekey collision, the pair
+    /// that loses is instead marked replaced itself, and traffic stays where it is until the
+    /// winner activates.
+    pub fn activate(&mut self, ctx: &mut Ctx<'_>, peer: &str, spi_in: u32) {
+        let Some(i) = self.records.iter().position(|c| c.spi_in == spi_in) else { return };
+        let c = &self.records[i];
+        let beaten = c.predecessor.is_some()
+            && self.records.iter().any(|o| {
+                o.spi_in != spi_in
+                    && o.pair == c.pair
+                    && o.predecessor == c.predecessor
+                    && o.state != ChildSaState::Replaced
+                    && o.rank > c.rank
+            });
+        if beaten {
+            let c = &mut self.records[i];
+            tracing::info!(
+                peer = %peer,
+                spi_in = %format!("{spi_in:08x}"),
+                selectors = %c.pair,
+                "rekey collision: this pair is redundant (lower nonce); the other new pair will carry the traffic"
+            );
+            c.state = ChildSaState::Replaced;
+            c.activate_at = None;
+            c.rekey_at = None;
+            c.retire_at = Some((ctx.now + RETIRE_GRACE).min(c.expires_at));
+            return;
+        }
+        let c = &mut self.records[i];
+        c.state = ChildSaState::Active;
+        c.activate_at = None;
+        c.retire_at = None;
+        let (pair, spi_out) = (c.pair, c.spi_out);
+        ctx.events.push_back(Event::ChildSaActive { peer: peer.to_string(), spi_in, spi_out });
+        for other in self.records.iter_mut().filter(|o| o.pair == pair && o.spi_in != spi_in) {
+            if other.state != ChildSaState::Replaced {
+                tracing::debug!(peer = %peer, old = %format!("{:08x}", other.spi_in), new = %format!("{spi_in:08x}"), "child SA replaced");
+            }
+            other.state = ChildSaState::Replaced;
+            other.rekey_at = None;
+            other.activate_at = None;
+            other.retire_at = Some(other.retire_at.unwrap_or(ctx.now + RETIRE_GRACE).min(other.expires_at));
+        }
+    }
+
+    /// Removes the child SA with this SPI (ours or the peer's). If it carried outbound traffic and
+    /// another pair for the same selectors remains, the newest of those takes over first: also a
+    /// replacement we initiated that is still waiting out its activation delay (the peer has had
+    /// our QM3; the alternative is a gap with no SA at all, e.g. at a hard volume limit reached
+    /// before the delay ran out), but not a responder's pair still waiting for QM3.
+    pub fn remove(&mut self, ctx: &mut Ctx<'_>, peer: &str, spi: u32, reason: DeleteReason) {
+        let Some(i) = self.records.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
+        let c = self.records.remove(i);
+        // A replaced pair deleted by the peer is the normal end of a rekey, not a loss.
+        let reason = if reason == DeleteReason::PeerDeleted && c.state == ChildSaState::Replaced {
+            DeleteReason::Rekeyed
+        } else {
+            reason
+        };
+        if c.state == ChildSaState::Active
+            && let Some(next) = self
+                .records
+                .iter()
+                .filter(|o| o.pair == c.pair && (o.state != ChildSaState::Installing || o.activate_at.is_some()))
+                .max_by_key(|o| o.established_at)
+                .map(|o| o.spi_in)
+        {
+            self.activate(ctx, peer, next);
+        }
+        ctx.spis.release(c.spi_in);
+        ctx.events.push_back(Event::ChildSaDeleted {
+            peer: peer.to_string(),
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            reason,
+        });
+    }
+
+    /// Child SA timers: activation, retirement and hard expiry. Returns the inbound SPIs whose
+    /// soft deadline passed (their replacement is for quick mode to start).
+    pub fn handle_timeouts(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>) -> Vec<u32> {
+        let now = ctx.now;
+        let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
+        let activate_now: Vec<u32> = self.records.iter().filter(|c| due(c.activate_at)).map(|c| c.spi_in).collect();
+        for spi in activate_now {
+            self.activate(ctx, &channel.link.peer.name, spi);
+        }
+        let gone: Vec<(u32, DeleteReason)> = self
+            .records
+            .iter()
+            .filter_map(|c| {
+                if now >= c.expires_at {
+                    Some((c.spi_in, DeleteReason::Expired))
+                } else if due(c.retire_at) {
+                    Some((c.spi_in, DeleteReason::Rekeyed))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (spi, reason) in gone {
+            send_delete(ctx, channel, spi);
+            self.remove(ctx, &channel.link.peer.name, spi, reason);
+        }
+        self.records.iter().filter(|c| due(c.rekey_at)).map(|c| c.spi_in).collect()
+    }
 }
 
 /// Sends a Delete for one of our child SAs (our inbound SPI: the one the peer sends to).
-pub(crate) fn send_delete(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: u32) {
-    sa.send_informational(
-        ctx,
-        vec![Payload::Delete(DeletePayload {
-            doi: DOI_IPSEC,
-            protocol: ProtocolId::ESP,
-            spi_size: 4,
-            spis: vec![spi_in.to_be_bytes().to_vec()],
-        })],
-    );
-}
-
-/// Removes the child SA with this SPI (ours or the peer's). If it carried outbound traffic and
-/// another pair for the same selectors remains, the newest of those takes over first: also a
-/// replacement we initiated that is still waiting out its activation delay (the peer has had
-/// our QM3; the alternative is a gap with no SA at all, e.g. at a hard volume limit reached
-/// before the delay ran out), but not a responder's pair still waiting for QM3.
-pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32, reason: DeleteReason) {
-    let Some(i) = sa.children.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
-    let c = sa.children.remove(i);
-    // A replaced pair deleted by the peer is the normal end of a rekey, not a loss.
-    let reason = if reason == DeleteReason::PeerDeleted && c.state == ChildSaState::Replaced {
-        DeleteReason::Rekeyed
-    } else {
-        reason
-    };
-    if c.state == ChildSaState::Active
-        && let Some(next) = sa
-            .children
-            .iter()
-            .filter(|o| o.pair == c.pair && (o.state != ChildSaState::Installing || o.activate_at.is_some()))
-            .max_by_key(|o| o.established_at)
-            .map(|o| o.spi_in)
-    {
-        activate(sa, ctx, next);
-    }
-    ctx.spis.release(c.spi_in);
-    ctx.events.push_back(Event::ChildSaDeleted {
-        peer: sa.peer.name.clone(),
-        spi_in: c.spi_in,
-        spi_out: c.spi_out,
-        reason,
-    });
-}
-
-/// Starts replacing the child SA with this SPI (ours or the peer's) unless a replacement is
-/// under way or done. Returns whether a quick mode started.
-pub(crate) fn rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: u32) -> bool {
-    let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == spi || c.spi_out == spi) else { return false };
-    if c.state != ChildSaState::Active {
-        return false;
-    }
-    c.rekey_at = None;
-    let (pair, old) = (c.pair, c.spi_in);
-    let busy = sa.quick_modes.iter().any(|q| q.pair == pair && q.state != crate::quick_mode::QmState::Done)
-        || sa.qm_queue.iter().any(|q| q.pair == pair)
-        || sa.children.iter().any(|o| o.pair == pair && o.spi_in != old && o.state != ChildSaState::Replaced);
-    if busy {
-        return false;
-    }
-    tracing::info!(peer = %sa.peer.name, spi_in = %format!("{old:08x}"), selectors = %pair, "rekeying child SA");
-    // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
-    sa.qm_queue.push_back(crate::quick_mode::Queued { pair, replaces: Some(old) });
-    crate::quick_mode::pump(sa, ctx);
-    true
-}
-
-/// Child SA timers: activation, replacement, retirement and hard expiry.
-pub(crate) fn handle_timeouts(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
-    let now = ctx.now;
-    let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
-    let activate_now: Vec<u32> = sa.children.iter().filter(|c| due(c.activate_at)).map(|c| c.spi_in).collect();
-    for spi in activate_now {
-        activate(sa, ctx, spi);
-    }
-    let gone: Vec<(u32, DeleteReason)> = sa
-        .children
-        .iter()
-        .filter_map(|c| {
-            if now >= c.expires_at {
-                Some((c.spi_in, DeleteReason::Expired))
-            } else if due(c.retire_at) {
-                Some((c.spi_in, DeleteReason::Rekeyed))
-            } else {
-                None
-            }
-        })
-        .collect();
-    for (spi, reason) in gone {
-        send_delete(sa, ctx, spi);
-        remove(sa, ctx, spi, reason);
-    }
-    let soft: Vec<u32> = sa.children.iter().filter(|c| due(c.rekey_at)).map(|c| c.spi_in).collect();
-    for spi in soft {
-        rekey(sa, ctx, spi);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn margins_scale_with_the_lifetime() {
-        assert_eq!(margin(Duration::from_secs(3600)), Duration::from_secs(360));
-        assert_eq!(margin(Duration::from_secs(86_400)), MARGIN_MAX);
-        assert_eq!(margin(Duration::from_secs(30)), Duration::from_secs(10));
-        assert_eq!(margin(Duration::from_secs(12)), Duration::from_secs(4));
-    }
-
-    #[test]
-    fn the_initiator_rekeys_before_the_responder() {
-        let mut rng = FastRng::from_seed_for_tests(7);
-        let now = Instant::now();
-        for lifetime in [30u64, 300, 3600, 28_800] {
-            let l = Duration::from_secs(lifetime);
-            for _ in 0..200 {
-                let i = rekey_time(now, l, Role::Initiator, &mut rng);
-                let r = rekey_time(now, l, Role::Responder, &mut rng);
-                assert!(i < r, "{lifetime}: initiator {:?} responder {:?}", i - now, r - now);
-                assert!(r < now + l);
-                // The responder's deadline still leaves a quarter of the margin for its own
-                // quick mode and the grace period.
-                assert!(now + l - r >= margin(l) / 3);
-            }
-        }
-    }
+pub(crate) fn send_delete(ctx: &mut Ctx<'_>, channel: Secured<'_>, spi_in: u32) {
+    info::send_secured(ctx, channel, vec![info::delete_esp(spi_in)]);
 }

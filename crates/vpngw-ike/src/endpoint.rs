@@ -12,7 +12,9 @@ use vpngw_crypto::FastRng;
 
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
-use crate::ikesa::{Ctx, IkeSa, Received, Transmit};
+use crate::exchange::{Ctx, Received, Transmit};
+use crate::ikesa::IkeSa;
+use crate::snapshot::{IkeSaSnapshot, SnapshotError};
 use crate::spi::SpiPool;
 use crate::wire::{ExchangeType, HEADER_LEN, IsakmpHeader, Payload, WireError, parse_payloads};
 
@@ -136,12 +138,12 @@ impl Endpoint {
             .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
         let mut ctx = ctx!(self, now);
         if let Some(sa) =
-            self.sas.values_mut().rev().find(|s| s.peer.name == name && s.is_established() && !s.superseded)
+            self.sas.values_mut().rev().find(|s| s.peer().name == name && s.is_established() && !s.is_superseded())
         {
-            crate::quick_mode::start_all(sa, &mut ctx);
+            sa.start_quick_modes(&mut ctx);
             return Ok(());
         }
-        if self.sas.values().any(|s| s.peer.name == name && s.state != crate::ikesa::State::Dead) {
+        if self.sas.values().any(|s| s.peer().name == name && !s.is_dead()) {
             return Ok(()); // phase 1 under way
         }
         let id = IkeSaId(self.next_id);
@@ -149,7 +151,7 @@ impl Endpoint {
         let mut ctx = ctx!(self, now);
         // No IKE SA with this peer: first contact, so the peer may drop stale state of ours.
         let sa = IkeSa::initiate(id, peer, &mut ctx, true);
-        self.by_cookie.insert(sa.cky_i, id);
+        self.by_cookie.insert(sa.cky_i(), id);
         self.sas.insert(id, sa);
         Ok(())
     }
@@ -160,7 +162,7 @@ impl Endpoint {
             return Err(IkeError::UnknownConnection(name.into()));
         }
         let mut ctx = ctx!(self, now);
-        for sa in self.sas.values_mut().filter(|s| s.peer.name == name) {
+        for sa in self.sas.values_mut().filter(|s| s.peer().name == name) {
             sa.delete(&mut ctx, DeleteReason::Local);
         }
         self.reap();
@@ -170,8 +172,8 @@ impl Endpoint {
     /// ESP arrived on the child SA with this inbound SPI: the peer is alive (dead peer
     /// detection probes only after silence).
     pub fn traffic_received(&mut self, now: Instant, spi_in: u32) {
-        if let Some(sa) = self.sas.values_mut().find(|s| s.children.iter().any(|c| c.spi_in == spi_in)) {
-            crate::liveness::heard(sa, now);
+        if let Some(sa) = self.sas.values_mut().find(|s| s.has_inbound_child(spi_in)) {
+            sa.heard(now);
         }
     }
 
@@ -180,14 +182,10 @@ impl Endpoint {
     /// replacement is already under way.
     pub fn rekey_child(&mut self, now: Instant, spi: u32) -> bool {
         let mut ctx = ctx!(self, now);
-        let Some(sa) = self
-            .sas
-            .values_mut()
-            .find(|s| s.is_established() && s.children.iter().any(|c| c.spi_in == spi || c.spi_out == spi))
-        else {
+        let Some(sa) = self.sas.values_mut().find(|s| s.has_child(spi)) else {
             return false;
         };
-        crate::child::rekey(sa, &mut ctx, spi)
+        sa.rekey_child(&mut ctx, spi)
     }
 
     /// Replaces every child SA of a connection now (an operator's request, e.g. after a
@@ -198,15 +196,9 @@ impl Endpoint {
         }
         let mut ctx = ctx!(self, now);
         let mut started = 0;
-        for sa in self.sas.values_mut().filter(|s| s.peer.name == name && s.is_established()) {
-            let active: Vec<u32> = sa
-                .children
-                .iter()
-                .filter(|c| c.state == crate::event::ChildSaState::Active)
-                .map(|c| c.spi_in)
-                .collect();
-            for spi in active {
-                started += usize::from(crate::child::rekey(sa, &mut ctx, spi));
+        for sa in self.sas.values_mut().filter(|s| s.peer().name == name && s.is_established()) {
+            for spi in sa.active_children() {
+                started += usize::from(sa.rekey_child(&mut ctx, spi));
             }
         }
         Ok(started)
@@ -217,10 +209,7 @@ impl Endpoint {
     pub fn expire_child(&mut self, now: Instant, spi: u32) {
         let mut ctx = ctx!(self, now);
         for sa in self.sas.values_mut() {
-            if let Some(spi_in) = sa.children.iter().find(|c| c.spi_in == spi || c.spi_out == spi).map(|c| c.spi_in) {
-                crate::child::send_delete(sa, &mut ctx, spi_in);
-                crate::child::remove(sa, &mut ctx, spi_in, DeleteReason::Expired);
-            }
+            sa.expire_child(&mut ctx, spi);
         }
     }
 
@@ -247,9 +236,9 @@ impl Endpoint {
         let phase1 = matches!(rx.header.exchange, ExchangeType::IDENTITY_PROTECTION | ExchangeType::AGGRESSIVE);
         let existing = self.by_cookie.get(&rx.header.initiator_cookie).copied().filter(|id| {
             self.sas.get(id).is_some_and(|sa| {
-                sa.remote.ip() == remote.ip()
-                    && (sa.cky_r == [0; 8]
-                        || sa.cky_r == rx.header.responder_cookie
+                sa.remote().ip() == remote.ip()
+                    && (sa.cky_r() == [0; 8]
+                        || sa.cky_r() == rx.header.responder_cookie
                         || rx.header.responder_cookie == [0; 8])
             })
         });
@@ -259,7 +248,7 @@ impl Endpoint {
                 let Some(sa) = self.sas.get_mut(&id) else { return };
                 match rx.header.exchange {
                     _ if phase1 && rx.header.message_id == 0 => sa.handle_phase1(&mut ctx, &rx),
-                    ExchangeType::QUICK_MODE => crate::quick_mode::handle(sa, &mut ctx, &rx),
+                    ExchangeType::QUICK_MODE => sa.handle_quick_mode(&mut ctx, &rx),
                     ExchangeType::INFORMATIONAL => sa.handle_informational(&mut ctx, &rx),
                     _ => self.drops.count("unsupported_exchange", remote),
                 }
@@ -326,13 +315,9 @@ impl Endpoint {
         }
         let id = self.new_id();
         let mut ctx = ctx!(self, now);
-        let (mut sa, result) = IkeSa::respond(id, peer, &mut ctx, rx);
-        match result {
-            Ok(()) => {
-                self.by_cookie.insert(sa.cky_i, id);
-                self.sas.insert(id, sa);
-            }
-            Err(failure) => sa.fail(&mut ctx, failure),
+        if let Some(sa) = IkeSa::respond(id, peer, &mut ctx, rx) {
+            self.by_cookie.insert(sa.cky_i(), id);
+            self.sas.insert(id, sa);
         }
     }
 
@@ -356,12 +341,12 @@ impl Endpoint {
             .sas
             .iter()
             .find(|(_, s)| {
-                s.peer.name == peer.name
-                    && s.role == crate::event::Role::Initiator
+                s.peer().name == peer.name
+                    && s.role() == crate::event::Role::Initiator
                     && !s.is_established()
-                    && s.state != crate::ikesa::State::Dead
+                    && !s.is_dead()
             })
-            .map(|(id, s)| (*id, s.cky_i, s.cky_r != [0; 8], s.crossed_dropped))
+            .map(|(id, s)| (*id, s.cky_i(), s.cky_r() != [0; 8], s.crossed_dropped))
         else {
             return true;
         };
@@ -393,11 +378,11 @@ impl Endpoint {
         let contact = self
             .sas
             .get_mut(&id)
-            .and_then(|sa| std::mem::take(&mut sa.initial_contact_received).then(|| sa.peer.name.clone()));
+            .and_then(|sa| std::mem::take(&mut sa.initial_contact_received).then(|| sa.peer().name.clone()));
         if let Some(name) = contact {
             let mut ctx = ctx!(self, now);
             for (other, sa) in self.sas.iter_mut() {
-                if *other != id && sa.peer.name == name {
+                if *other != id && sa.peer().name == name {
                     tracing::info!(peer = %name, "INITIAL-CONTACT: dropping older SAs with this peer");
                     sa.drop_all(&mut ctx, DeleteReason::PeerDeleted);
                 }
@@ -417,19 +402,17 @@ impl Endpoint {
             return;
         }
         new.settled = true;
-        let (name, replaces) = (new.peer.name.clone(), new.replaces);
+        let (name, replaces) = (new.peer().name.clone(), new.replaces);
         let older: Vec<IkeSaId> = self
             .sas
             .iter()
-            .filter(|(o, s)| **o != id && s.peer.name == name && s.is_established() && !s.superseded)
+            .filter(|(o, s)| **o != id && s.peer().name == name && s.is_established() && !s.is_superseded())
             .map(|(o, _)| *o)
             .collect();
         let mut moved = Vec::new();
         for o in &older {
             if let Some(old) = self.sas.get_mut(o) {
-                moved.append(&mut old.children);
-                old.superseded = true;
-                old.quick_modes.retain(|q| q.state != crate::quick_mode::QmState::Done);
+                moved.append(&mut old.supersede());
             }
         }
         let mut ctx = ctx!(self, now);
@@ -437,10 +420,10 @@ impl Endpoint {
             tracing::info!(peer = %name, child_sas = moved.len(), ours = replaces.is_some(), "new IKE SA takes over the child SAs");
         }
         if let Some(new) = self.sas.get_mut(&id) {
-            new.children.extend(moved);
+            new.adopt_children(moved);
             // An initiator negotiates the pairs that still have no child SA.
-            if new.role == crate::event::Role::Initiator {
-                crate::quick_mode::start_all(new, &mut ctx);
+            if new.role() == crate::event::Role::Initiator {
+                new.start_quick_modes(&mut ctx);
             }
         }
         for o in older {
@@ -448,21 +431,20 @@ impl Endpoint {
             if replaces.is_some() {
                 old.delete(&mut ctx, DeleteReason::Reauthenticated);
             } else {
-                old.expires_at = Some(old.expires_at.map_or(now, |t| t.min(now + SUPERSEDED_KEPT)));
+                old.expire_by(now + SUPERSEDED_KEPT);
             }
         }
     }
 
     fn reap(&mut self) {
-        let dead: Vec<IkeSaId> =
-            self.sas.iter().filter(|(_, s)| s.state == crate::ikesa::State::Dead).map(|(id, _)| *id).collect();
+        let dead: Vec<IkeSaId> = self.sas.iter().filter(|(_, s)| s.is_dead()).map(|(id, _)| *id).collect();
         for id in dead {
             if let Some(sa) = self.sas.remove(&id) {
-                for c in &sa.children {
-                    self.spis.release(c.spi_in);
+                for spi in sa.child_spis() {
+                    self.spis.release(spi);
                 }
-                if self.by_cookie.get(&sa.cky_i) == Some(&id) {
-                    self.by_cookie.remove(&sa.cky_i);
+                if self.by_cookie.get(&sa.cky_i()) == Some(&id) {
+                    self.by_cookie.remove(&sa.cky_i());
                 }
             }
         }
@@ -476,11 +458,11 @@ impl Endpoint {
             if sa.next_timeout().is_some_and(|t| t <= now) {
                 sa.handle_timeout(&mut ctx);
             }
-            if std::mem::take(&mut sa.liveness.reauth_due) {
-                reauth.push((*id, sa.peer.clone()));
+            if sa.take_reauth_due() {
+                reauth.push((*id, sa.peer().clone()));
             }
-            if std::mem::take(&mut sa.liveness.restart_due) {
-                restart.push(sa.peer.name.clone());
+            if sa.take_restart_due() {
+                restart.push(sa.peer().name.clone());
             }
         }
         self.reap();
@@ -493,7 +475,7 @@ impl Endpoint {
             // No INITIAL-CONTACT: the peer must keep our child SAs for the new IKE SA.
             let mut sa = IkeSa::initiate(id, peer, &mut ctx, false);
             sa.replaces = Some(old);
-            self.by_cookie.insert(sa.cky_i, id);
+            self.by_cookie.insert(sa.cky_i(), id);
             self.sas.insert(id, sa);
         }
         for name in restart {
@@ -512,6 +494,33 @@ impl Endpoint {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Exports an established IKE SA with its child SAs as plain data ([`crate::snapshot`]).
+    pub fn export_ike_sa(&self, now: Instant, id: IkeSaId) -> Result<IkeSaSnapshot, SnapshotError> {
+        self.sas.get(&id).ok_or(SnapshotError::UnknownIkeSa(id))?.export(now)
+    }
+
+    /// Imports an IKE SA exported by another endpoint (its connection must be configured
+    /// here); it goes on talking to the peer from `now`. Returns its handle here.
+    pub fn import_ike_sa(&mut self, now: Instant, snapshot: IkeSaSnapshot) -> Result<IkeSaId, SnapshotError> {
+        let peer = self
+            .peers
+            .iter()
+            .find(|p| p.name == snapshot.connection)
+            .cloned()
+            .ok_or_else(|| SnapshotError::UnknownConnection(snapshot.connection.clone()))?;
+        if self.by_cookie.contains_key(&snapshot.initiator_cookie) {
+            return Err(SnapshotError::Duplicate);
+        }
+        let id = self.new_id();
+        let sa = IkeSa::import(id, peer, snapshot, now)?;
+        for spi in sa.child_spis() {
+            self.spis.reserve(spi);
+        }
+        self.by_cookie.insert(sa.cky_i(), id);
+        self.sas.insert(id, sa);
+        Ok(id)
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {

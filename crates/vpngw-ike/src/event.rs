@@ -231,13 +231,41 @@ pub enum Event {
     },
 }
 
+/// Where an IKE SA stands. Renders as the words status, JSON, metrics and the API show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IkeSaState {
+    /// Main mode under way.
+    NegotiatingMain,
+    /// Aggressive mode under way.
+    NegotiatingAggressive,
+    Established,
+    Deleted,
+}
+
+impl IkeSaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NegotiatingMain => "negotiating (main mode)",
+            Self::NegotiatingAggressive => "negotiating (aggressive mode)",
+            Self::Established => "established",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+impl fmt::Display for IkeSaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of one IKE SA, for status displays.
 #[derive(Clone, Debug)]
 pub struct IkeSaInfo {
     pub id: IkeSaId,
     pub peer: String,
     pub role: Role,
-    pub state: &'static str,
+    pub state: IkeSaState,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub encryption: Option<EncryptionAlgorithm>,

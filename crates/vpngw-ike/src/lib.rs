@@ -10,20 +10,38 @@
 //!
 //! **Data in and out:** the driver feeds received datagrams (with their local and remote
 //! address) and timeouts in; it takes datagrams to send, the next timer and events (IKE SA and
-//! child SA established or deleted, negotiation failures with a reason) out.
+//! child SA established or deleted, negotiation failures with a reason) out. An established
+//! IKE SA can be exported as plain data and imported into another endpoint ([`snapshot`]).
+//!
+//! **Rooms, bottom up** (no two files import each other): `exchange` (what every handler
+//! shares: `Ctx`, `Received`, `Transmit`, retransmission, `ProtocolError`), `timer`, `keys`,
+//! `nat_t`, `message` (`Link`: an IKE SA's two ends; `MessageCrypto`: its keys), `info`
+//! (informational exchanges), `lifetime`, `child` (`ChildSet`), `liveness` (DPD,
+//! re-authentication), `quick_mode` (`QuickModes`), `phase1` (main and aggressive mode as
+//! consuming typestates), `established` (the keyed state after phase 1), `ikesa` (composes
+//! them), `endpoint` (demultiplexes datagrams to IKE SAs).
 
 #![forbid(unsafe_code)]
 
 mod child;
 pub mod config;
 pub mod endpoint;
+mod established;
 pub mod event;
+mod exchange;
 mod ikesa;
+mod info;
 pub mod keys;
+mod lifetime;
 mod liveness;
+mod message;
+mod nat_t;
+mod phase1;
 pub mod proposal;
 mod quick_mode;
+pub mod snapshot;
 pub mod spi;
+mod timer;
 pub mod wire;
 
 pub use config::{
@@ -31,6 +49,9 @@ pub use config::{
     SubnetPair,
 };
 pub use endpoint::{DropCounters, Endpoint, IkeError};
-pub use event::{ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, Role};
-pub use ikesa::{IKE_PORT, NAT_T_PORT, Transmit};
+pub use event::{
+    ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role,
+};
+pub use exchange::{IKE_PORT, NAT_T_PORT, Transmit};
 pub use proposal::Encapsulation;
+pub use snapshot::{ChildSaSnapshot, IkeSaSnapshot, SnapshotError};

@@ -13,118 +13,135 @@
 
 use std::time::{Duration, Instant};
 
+use vpngw_crypto::FastRng;
 use vpngw_crypto::rand_core::Rng;
 
-use crate::config::DpdAction;
-use crate::event::{DeleteReason, Event, FailReason};
-use crate::ikesa::{Ctx, IkeSa};
-use crate::wire::{NotifyPayload, NotifyType, ProtocolId};
+use crate::config::{DpdAction, DpdPolicy};
+use crate::event::{Event, FailReason, Role};
+use crate::exchange::Ctx;
+use crate::info;
+use crate::lifetime::rekey_time;
+use crate::message::Secured;
+use crate::wire::{NotifyType, ProtocolId};
 
 /// Liveness state of an established IKE SA.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Liveness {
     /// When we last heard from the peer on this IKE SA or its child SAs.
-    pub last_heard: Option<Instant>,
+    last_heard: Instant,
     /// Sequence number of our next (or repeated) R-U-THERE.
-    pub dpd_seq: u32,
-    pub last_probe: Option<Instant>,
+    dpd_seq: u32,
+    last_probe: Option<Instant>,
     /// Start a new main mode then.
-    pub reauth_at: Option<Instant>,
-    /// For the endpoint: start a re-authentication now / negotiate again after DPD restart.
-    pub reauth_due: bool,
-    pub restart_due: bool,
+    reauth_at: Option<Instant>,
 }
 
-/// Called when the IKE SA is established.
-pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>, lifetime: Duration) {
-    sa.liveness.last_heard = Some(ctx.now);
-    sa.liveness.dpd_seq = ctx.rng.next_u32() & 0x7fff_ffff;
-    sa.liveness.reauth_at = Some(crate::child::rekey_time(ctx.now, lifetime, sa.role, ctx.rng));
+/// What a DPD timer found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DpdOutcome {
+    /// Not yet dead (a probe may have gone out).
+    Alive,
+    /// Silent for the whole timeout: the IKE SA is to be deleted, and with action restart
+    /// negotiated again.
+    Dead { restart: bool },
 }
 
-/// The peer showed signs of life.
-pub(crate) fn heard(sa: &mut IkeSa, now: Instant) {
-    if sa.is_established() {
-        sa.liveness.last_heard = Some(now);
+impl Liveness {
+    /// The IKE SA is established `now`, for `lifetime`, in `role`.
+    pub fn start(now: Instant, rng: &mut FastRng, lifetime: Duration, role: Role) -> Self {
+        let dpd_seq = rng.next_u32() & 0x7fff_ffff;
+        Self { last_heard: now, dpd_seq, last_probe: None, reauth_at: Some(rekey_time(now, lifetime, role, rng)) }
     }
-}
 
-/// An R-U-THERE-ACK: counts only with the sequence number we sent.
-pub(crate) fn on_ack(sa: &mut IkeSa, now: Instant, data: &[u8]) {
-    let Ok(seq) = <[u8; 4]>::try_from(data).map(u32::from_be_bytes) else { return };
-    if seq == sa.liveness.dpd_seq {
-        sa.liveness.dpd_seq = sa.liveness.dpd_seq.wrapping_add(1) & 0x7fff_ffff;
-        heard(sa, now);
-    } else {
-        tracing::debug!(peer = %sa.peer.name, seq, expected = sa.liveness.dpd_seq, "R-U-THERE-ACK with another sequence number ignored");
+    /// A liveness state from its parts (an imported IKE SA).
+    pub fn restore(last_heard: Instant, dpd_seq: u32, last_probe: Option<Instant>, reauth_at: Option<Instant>) -> Self {
+        Self { last_heard, dpd_seq, last_probe, reauth_at }
     }
-}
 
-fn dpd_active(sa: &IkeSa) -> bool {
-    sa.is_established() && sa.peer_supports_dpd && sa.peer.dpd.is_some() && !sa.superseded
-}
-
-pub(crate) fn next_timeout(sa: &IkeSa) -> Option<Instant> {
-    if !sa.is_established() || sa.superseded {
-        return None;
+    /// Its parts: when we last heard, the next R-U-THERE sequence number, the last probe and
+    /// the re-authentication time.
+    pub fn parts(&self) -> (Instant, u32, Option<Instant>, Option<Instant>) {
+        (self.last_heard, self.dpd_seq, self.last_probe, self.reauth_at)
     }
-    let dpd = sa.peer.dpd.filter(|_| dpd_active(sa)).and_then(|p| {
-        let heard = sa.liveness.last_heard?;
-        let probe = match sa.liveness.last_probe {
+
+    /// The peer showed signs of life.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// An R-U-THERE-ACK: counts only with the sequence number we sent.
+    pub fn on_ack(&mut self, now: Instant, data: &[u8], peer: &str) {
+        let Ok(seq) = <[u8; 4]>::try_from(data).map(u32::from_be_bytes) else { return };
+        if seq == self.dpd_seq {
+            self.dpd_seq = self.dpd_seq.wrapping_add(1) & 0x7fff_ffff;
+            self.heard(now);
+        } else {
+            tracing::debug!(peer = %peer, seq, expected = self.dpd_seq, "R-U-THERE-ACK with another sequence number ignored");
+        }
+    }
+
+    /// When to start re-authenticating.
+    pub fn reauth_deadline(&self) -> Option<Instant> {
+        self.reauth_at
+    }
+
+    /// When to probe the peer or declare it dead, under `dpd` (None: DPD is off).
+    pub fn dpd_deadline(&self, dpd: Option<DpdPolicy>) -> Option<Instant> {
+        let p = dpd?;
+        let heard = self.last_heard;
+        let probe = match self.last_probe {
             Some(t) if t > heard => t + p.delay(),
             _ => heard + p.delay(),
         };
         Some(probe.min(heard + p.timeout))
-    });
-    [dpd, sa.liveness.reauth_at].into_iter().flatten().min()
-}
+    }
 
-pub(crate) fn handle_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
-    if !sa.is_established() || sa.superseded {
-        return;
+    /// Whether the re-authentication deadline passed (then the endpoint starts a new main
+    /// mode; asked once).
+    #[must_use]
+    pub fn on_reauth_timer(&mut self, now: Instant, peer: &str) -> bool {
+        if self.reauth_at.is_some_and(|t| now >= t) {
+            self.reauth_at = None;
+            tracing::info!(peer = %peer, "IKE SA lifetime nearly over: re-authenticating");
+            return true;
+        }
+        false
     }
-    if sa.liveness.reauth_at.is_some_and(|t| ctx.now >= t) {
-        sa.liveness.reauth_at = None;
-        sa.liveness.reauth_due = true;
-        tracing::info!(peer = %sa.peer.name, "IKE SA lifetime nearly over: re-authenticating");
-    }
-    let Some(policy) = sa.peer.dpd.filter(|_| dpd_active(sa)) else { return };
-    let Some(heard) = sa.liveness.last_heard else { return };
-    let silent = ctx.now.saturating_duration_since(heard);
-    if silent >= policy.timeout {
-        tracing::warn!(peer = %sa.peer.name, silent_seconds = silent.as_secs(), action = %policy.action, "dead peer detected");
-        ctx.events.push_back(Event::NegotiationFailed {
-            peer: Some(sa.peer.name.clone()),
-            remote: sa.remote,
-            reason: FailReason::PeerUnreachable,
-            detail: format!(
-                "dead peer detection: nothing heard from {} for {} s (dpd action {})",
-                sa.remote.ip(),
-                silent.as_secs(),
-                policy.action
-            ),
-        });
-        sa.liveness.restart_due = policy.action == DpdAction::Restart;
-        sa.delete(ctx, DeleteReason::DeadPeer);
-        return;
-    }
-    let probe_due = match sa.liveness.last_probe {
-        Some(t) if t > heard => ctx.now >= t + policy.delay(),
-        _ => silent >= policy.delay(),
-    };
-    if probe_due {
-        sa.liveness.last_probe = Some(ctx.now);
-        let seq = sa.liveness.dpd_seq;
-        tracing::debug!(peer = %sa.peer.name, seq, "R-U-THERE");
-        let cookies = sa.cookies();
-        sa.send_informational(
-            ctx,
-            vec![crate::wire::Payload::Notify(NotifyPayload::new(
-                ProtocolId::ISAKMP,
-                NotifyType::R_U_THERE,
-                cookies,
-                seq.to_be_bytes().to_vec(),
-            ))],
-        );
+
+    /// Probes the silent peer, or declares it dead.
+    #[must_use]
+    pub fn on_dpd_timer(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, dpd: Option<DpdPolicy>) -> DpdOutcome {
+        let Some(policy) = dpd else { return DpdOutcome::Alive };
+        let link = channel.link;
+        let heard = self.last_heard;
+        let silent = ctx.now.saturating_duration_since(heard);
+        if silent >= policy.timeout {
+            tracing::warn!(peer = %link.peer.name, silent_seconds = silent.as_secs(), action = %policy.action, "dead peer detected");
+            ctx.events.push_back(Event::NegotiationFailed {
+                peer: Some(link.peer.name.clone()),
+                remote: link.remote,
+                reason: FailReason::PeerUnreachable,
+                detail: format!(
+                    "dead peer detection: nothing heard from {} for {} s (dpd action {})",
+                    link.remote.ip(),
+                    silent.as_secs(),
+                    policy.action
+                ),
+            });
+            return DpdOutcome::Dead { restart: policy.action == DpdAction::Restart };
+        }
+        let probe_due = match self.last_probe {
+            Some(t) if t > heard => ctx.now >= t + policy.delay(),
+            _ => silent >= policy.delay(),
+        };
+        if probe_due {
+            self.last_probe = Some(ctx.now);
+            let seq = self.dpd_seq;
+            tracing::debug!(peer = %link.peer.name, seq, "R-U-THERE");
+            let probe =
+                info::notify(ProtocolId::ISAKMP, NotifyType::R_U_THERE, link.cookies(), seq.to_be_bytes().to_vec());
+            info::send_secured(ctx, channel, vec![probe]);
+        }
+        DpdOutcome::Alive
     }
 }

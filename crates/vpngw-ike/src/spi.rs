@@ -21,6 +21,11 @@ impl SpiPool {
         }
     }
 
+    /// Marks an SPI taken (an imported child SA's); false if it was already.
+    pub fn reserve(&mut self, spi: u32) -> bool {
+        self.used.insert(spi)
+    }
+
     pub fn release(&mut self, spi: u32) {
         self.used.remove(&spi);
     }

@@ -391,7 +391,7 @@ fn reauthentication_keeps_the_child_sas() {
     assert!(p.a_events.iter().all(|e| !matches!(e, Event::ChildSaDeleted { .. })));
     assert!(p.b_events.iter().all(|e| !matches!(e, Event::ChildSaDeleted { .. })));
     let sas = p.a.ike_sas();
-    assert_eq!(sas.iter().filter(|s| s.state == "established").count(), 1, "{sas:#?}");
+    assert_eq!(sas.iter().filter(|s| s.state.as_str() == "established").count(), 1, "{sas:#?}");
     assert_eq!(p.a.ike_sas().iter().map(|s| s.children.len()).sum::<usize>(), 1);
     // Child SA rekeys still work under the newest IKE SA.
     let spi = *ta.outbound.values().next().unwrap();

@@ -51,7 +51,7 @@ fn seed_defaults_main_mode() {
     assert_eq!(p.wire.len(), 9);
     let info: Vec<IkeSaInfo> = p.a.ike_sas();
     assert_eq!(info.len(), 1);
-    assert_eq!(info[0].state, "established");
+    assert_eq!(info[0].state.as_str(), "established");
     assert_eq!(info[0].children.len(), 1);
 }
 

@@ -421,7 +421,7 @@ async fn sleep_until(t: Option<Instant>) {
 /// Whether a connection is up: an established IKE SA and an active child SA for each of its
 /// subnet pairs, among the engine's IKE SAs (`Endpoint::ike_sas`).
 fn connection_up(sas: &[vpngw_ike::IkeSaInfo], name: &str, subnet_pairs: usize) -> bool {
-    let established = sas.iter().any(|s| s.peer == name && s.state == "established");
+    let established = sas.iter().any(|s| s.peer == name && s.state == vpngw_ike::IkeSaState::Established);
     let active = sas
         .iter()
         .filter(|s| s.peer == name)
@@ -1290,7 +1290,7 @@ impl Daemon {
                         "down".into()
                     },
                     ike_sa: ike.map(|s| IkeSaStatus {
-                        state: s.state.into(),
+                        state: s.state.as_str().into(),
                         role: s.role.to_string(),
                         local: s.local.to_string(),
                         remote: s.remote.to_string(),

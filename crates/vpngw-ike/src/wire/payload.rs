@@ -212,6 +212,57 @@ impl PayloadChain {
     pub fn iter(&self) -> impl Iterator<Item = &Payload> {
         self.payloads.iter().map(|p| &p.payload)
     }
+
+    /// The first payload `pick` accepts, or [`WireError::MissingPayload`] naming `kind`.
+    fn first<'a, T: ?Sized>(
+        &'a self,
+        kind: PayloadType,
+        pick: impl Fn(&'a Payload) -> Option<&'a T>,
+    ) -> Result<&'a T, WireError> {
+        self.iter().find_map(pick).ok_or(WireError::MissingPayload(kind))
+    }
+
+    /// The (first) SA payload.
+    pub fn sa(&self) -> Result<&SaPayload, WireError> {
+        self.first(PayloadType::SA, |p| if let Payload::Sa(s) = p { Some(s) } else { None })
+    }
+
+    /// The key exchange value.
+    pub fn ke(&self) -> Result<&[u8], WireError> {
+        self.first(PayloadType::KE, |p| if let Payload::KeyExchange(k) = p { Some(k.as_slice()) } else { None })
+    }
+
+    pub fn nonce(&self) -> Result<&[u8], WireError> {
+        self.first(PayloadType::NONCE, |p| if let Payload::Nonce(n) = p { Some(n.as_slice()) } else { None })
+    }
+
+    pub fn hash(&self) -> Result<&[u8], WireError> {
+        self.first(PayloadType::HASH, |p| if let Payload::Hash(h) = p { Some(h.as_slice()) } else { None })
+    }
+
+    /// The (first) ID payload: phase 1 identity.
+    pub fn id(&self) -> Result<&IdPayload, WireError> {
+        self.first(PayloadType::ID, |p| if let Payload::Id(i) = p { Some(i) } else { None })
+    }
+
+    /// The first two ID payloads: quick mode's IDci and IDcr.
+    pub fn ids(&self) -> Option<(&IdPayload, &IdPayload)> {
+        let mut ids = self.iter().filter_map(|p| if let Payload::Id(i) = p { Some(i) } else { None });
+        Some((ids.next()?, ids.next()?))
+    }
+
+    /// The NAT-D hashes, in order.
+    pub fn nat_d(&self) -> impl Iterator<Item = &[u8]> {
+        self.iter().filter_map(|p| if let Payload::NatD { hash, .. } = p { Some(hash.as_slice()) } else { None })
+    }
+
+    pub fn vendor_ids(&self) -> impl Iterator<Item = &[u8]> {
+        self.iter().filter_map(|p| if let Payload::VendorId(v) = p { Some(v.as_slice()) } else { None })
+    }
+
+    pub fn notifies(&self) -> impl Iterator<Item = &NotifyPayload> {
+        self.iter().filter_map(|p| if let Payload::Notify(n) = p { Some(n) } else { None })
+    }
 }
 
 /// At most this many payloads in one message: a bound against amplification by tiny payloads.

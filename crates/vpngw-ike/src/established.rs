@@ -1,0 +1,125 @@
+//! An established IKE SA's own state: the keys (the only place they live after phase 1), the
+//! phase 1 choice and lifetime, liveness, quick modes and child SAs; and how it becomes plain
+//! data and back ([`crate::snapshot`]).
+
+use std::time::{Duration, Instant};
+
+use vpngw_crypto::CbcCipher;
+
+use crate::child::{ChildRecord, ChildSet};
+use crate::event::Event;
+use crate::exchange::Ctx;
+use crate::liveness::Liveness;
+use crate::message::{Link, MessageCrypto};
+use crate::phase1::Phase1Done;
+use crate::proposal::Phase1Choice;
+use crate::quick_mode::QuickModes;
+use crate::snapshot::{IkeSaSnapshot, SnapshotError, ago, before, until};
+
+/// An established IKE SA: the only owner of its keys.
+pub(crate) struct Established {
+    pub crypto: MessageCrypto,
+    pub choice: Phase1Choice,
+    pub established_at: Instant,
+    pub expires_at: Instant,
+    pub liveness: Liveness,
+    pub quick_modes: QuickModes,
+    pub children: ChildSet,
+    /// A newer IKE SA with the same peer took over its child SAs: no DPD, no
+    /// re-authentication; it goes when the peer deletes it or soon after.
+    pub superseded: bool,
+}
+
+impl Established {
+    /// Phase 1 of `link` is done: the lifetime is the shorter of ours and the peer's, and the
+    /// driver hears of it.
+    pub fn start(ctx: &mut Ctx<'_>, link: &Link, done: Phase1Done) -> Self {
+        let Phase1Done { crypto, choice, .. } = done;
+        let ours = link.peer.phase1.lifetime.as_secs();
+        let lifetime = choice.lifetime_seconds.map_or(ours, |theirs| theirs.min(ours)).max(1);
+        if choice.lifetime_seconds.is_some_and(|t| t != ours) {
+            tracing::info!(peer = %link.peer.name, offered = ?choice.lifetime_seconds, configured = ours, used = lifetime, "IKE SA lifetimes differ: the shorter is used");
+        }
+        let liveness = Liveness::start(ctx.now, ctx.rng, Duration::from_secs(lifetime), link.role);
+        ctx.events.push_back(Event::IkeSaEstablished {
+            peer: link.peer.name.clone(),
+            ike_sa: link.id,
+            role: link.role,
+            mode: link.mode,
+            local: link.local,
+            remote: link.remote,
+            encryption: choice.encryption,
+            hash: choice.hash,
+            dh_group: choice.dh_group,
+            lifetime_seconds: lifetime,
+            nat_detected: link.nat.detected,
+        });
+        Self {
+            crypto,
+            choice,
+            established_at: ctx.now,
+            expires_at: ctx.now + Duration::from_secs(lifetime),
+            liveness,
+            quick_modes: QuickModes::default(),
+            children: ChildSet::default(),
+            superseded: false,
+        }
+    }
+
+    /// The SA as plain data, times relative to `now`. Refused while a quick mode is under way.
+    pub fn export(&self, link: &Link, now: Instant) -> Result<IkeSaSnapshot, SnapshotError> {
+        if self.quick_modes.is_busy() {
+            return Err(SnapshotError::Busy(link.id));
+        }
+        let (last_heard, dpd_sequence, last_probe, reauth_at) = self.liveness.parts();
+        Ok(IkeSaSnapshot {
+            connection: link.peer.name.clone(),
+            role: link.role,
+            mode: link.mode,
+            initiator_cookie: link.cky_i,
+            responder_cookie: link.cky_r,
+            local: link.local,
+            remote: link.remote,
+            nat_t: link.nat.variant,
+            nat_detected: link.nat.detected,
+            peer_supports_dpd: link.peer_supports_dpd,
+            choice: self.choice.clone(),
+            keys: self.crypto.keys.clone(),
+            iv_base: self.crypto.iv().to_vec(),
+            age: ago(now, self.established_at),
+            expires_in: until(now, self.expires_at),
+            reauth_in: reauth_at.map(|t| until(now, t)),
+            last_heard_ago: ago(now, last_heard),
+            dpd_sequence,
+            last_probe_ago: last_probe.map(|t| ago(now, t)),
+            superseded: self.superseded,
+            aborted_message_ids: self.quick_modes.aborted(),
+            children: self.children.records().map(|c| c.snapshot(now)).collect(),
+        })
+    }
+
+    /// The SA of a snapshot, times relative to `now`.
+    pub fn import(snapshot: IkeSaSnapshot, now: Instant) -> Result<Self, SnapshotError> {
+        let s = snapshot;
+        let cipher = CbcCipher::new(s.choice.encryption, s.keys.encryption_key.expose())
+            .map_err(|e| SnapshotError::BadKey(e.to_string()))?;
+        let mut children = ChildSet::default();
+        children.adopt(s.children.iter().map(|c| ChildRecord::restore(c, now)).collect());
+        let liveness = Liveness::restore(
+            before(now, s.last_heard_ago),
+            s.dpd_sequence,
+            s.last_probe_ago.map(|d| before(now, d)),
+            s.reauth_in.map(|d| now + d),
+        );
+        Ok(Self {
+            crypto: MessageCrypto::new(s.keys, cipher, s.iv_base),
+            choice: s.choice,
+            established_at: before(now, s.age),
+            expires_at: now + s.expires_in,
+            liveness,
+            quick_modes: QuickModes::with_aborted(s.aborted_message_ids),
+            children,
+            superseded: s.superseded,
+        })
+    }
+}

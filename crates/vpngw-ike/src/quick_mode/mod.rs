@@ -1,0 +1,319 @@
+//! Quick mode (RFC 2409 s.5.5): one exchange per subnet pair, ESP in tunnel mode (or UDP-
+//! encapsulated tunnel mode behind NAT), optional PFS, lifetimes with RESPONDER-LIFETIME.
+//! [`QuickModes`] owns an established IKE SA's exchanges, the queue of ours waiting for their
+//! turn and the message IDs of those given up; the exchanges install into a [`ChildSet`].
+
+mod exchange;
+mod initiator;
+mod responder;
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use vpngw_crypto::rand_core::Rng;
+
+use self::exchange::{QmState, QuickMode, install};
+use crate::child::{self, ChildSet};
+use crate::config::SubnetPair;
+use crate::event::{DeleteReason, Event, FailReason, Role};
+use crate::exchange::{Ctx, ProtocolError, Received, RetransmitDue, packet_hash};
+use crate::info;
+use crate::message::Secured;
+use crate::wire::ProtocolId;
+
+/// Finished exchanges kept to answer retransmissions of their last message.
+const DONE_KEPT: usize = 8;
+/// Message IDs of given-up exchanges remembered.
+const ABORTED_KEPT: usize = 16;
+
+/// Quick modes of ours under way at once on one IKE SA. strongSwan keeps the CBC IV of only
+/// its last three exchanges (keymat_v1.c, MAX_IV): a fourth concurrent one makes it forget
+/// the oldest's IV and fail to decrypt its last message. Two leave room for an informational
+/// exchange (DPD, Delete) and a quick mode the peer starts.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// A quick mode waiting for its turn: a pair's first SA, or the replacement of the child SA
+/// with this inbound SPI (a rekey).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Queued {
+    pair: SubnetPair,
+    replaces: Option<u32>,
+}
+
+/// The quick modes of one established IKE SA.
+#[derive(Default)]
+pub(crate) struct QuickModes {
+    exchanges: Vec<QuickMode>,
+    /// Subnet pairs waiting for a quick mode of ours (a few run at a time).
+    queue: VecDeque<Queued>,
+    /// Message IDs of quick modes of ours given up after a refusal (their late answers are
+    /// dropped, not taken for new exchanges).
+    aborted: VecDeque<u32>,
+}
+
+impl QuickModes {
+    /// No exchange, but these message IDs given up (an imported IKE SA).
+    pub fn with_aborted(aborted: Vec<u32>) -> Self {
+        Self { aborted: aborted.into(), ..Self::default() }
+    }
+
+    pub fn aborted(&self) -> Vec<u32> {
+        self.aborted.iter().copied().collect()
+    }
+
+    /// Whether an exchange of ours or the peer's is under way, or one of ours waits.
+    pub fn is_busy(&self) -> bool {
+        self.exchanges.iter().any(QuickMode::is_open) || !self.queue.is_empty()
+    }
+
+    /// Whether an exchange for `pair` is under way or queued.
+    fn busy(&self, pair: &SubnetPair) -> bool {
+        self.exchanges.iter().any(|q| q.pair == *pair && q.is_open()) || self.queue.iter().any(|q| q.pair == *pair)
+    }
+
+    /// Starts a quick mode for every configured pair that has neither an SA nor an exchange.
+    /// They run [`MAX_IN_FLIGHT`] at a time, the rest queued.
+    pub fn start_all(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+        for pair in &channel.link.peer.subnets {
+            if !children.has_pair(pair) && !self.busy(pair) {
+                self.queue.push_back(Queued { pair: *pair, replaces: None });
+            }
+        }
+        self.pump(ctx, channel, children);
+    }
+
+    /// Starts replacing the child SA with this SPI (ours or the peer's) unless a replacement
+    /// is under way or done. Returns whether a quick mode started.
+    pub fn rekey(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, spi: u32) -> bool {
+        let Some((pair, old)) = children.begin_rekey(spi) else { return false };
+        if self.busy(&pair) || children.has_replacement(&pair, old) {
+            return false;
+        }
+        tracing::info!(peer = %channel.link.peer.name, spi_in = %format!("{old:08x}"), selectors = %pair, "rekeying child SA");
+        // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
+        self.queue.push_back(Queued { pair, replaces: Some(old) });
+        self.pump(ctx, channel, children);
+        true
+    }
+
+    /// Starts queued quick modes while fewer than [`MAX_IN_FLIGHT`] of ours are under way.
+    fn pump(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+        loop {
+            let in_flight = self.exchanges.iter().filter(|q| q.role == Role::Initiator && q.is_open()).count();
+            if in_flight >= MAX_IN_FLIGHT {
+                return;
+            }
+            let Some(q) = self.queue.pop_front() else { return };
+            let pair = q.pair;
+            let exchanging = self.exchanges.iter().any(|m| m.pair == pair && m.is_open());
+            let wanted = match q.replaces {
+                // A first SA: unless one came meanwhile (the peer's quick mode).
+                None => !children.has_pair(&pair),
+                // A rekey: while the SA to replace is still the one carrying the traffic.
+                Some(old) => children.is_active(old),
+            };
+            if wanted && !exchanging {
+                let message_id = self.new_message_id(ctx);
+                let qm = initiator::start(ctx, channel, message_id, pair, q.replaces);
+                self.exchanges.push(qm);
+            }
+        }
+    }
+
+    fn new_message_id(&self, ctx: &mut Ctx<'_>) -> u32 {
+        loop {
+            let id = ctx.rng.next_u32();
+            if id != 0 && !self.exchanges.iter().any(|q| q.message_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// A quick mode message. Returns whether it was authentic (the peer is alive).
+    pub fn handle(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: Secured<'_>,
+        children: &mut ChildSet,
+        rx: &Received<'_>,
+    ) -> bool {
+        let peer = &channel.link.peer.name;
+        let mid = rx.header.message_id;
+        if self.aborted.contains(&mid) {
+            // The peer answering a quick mode we gave up on (its refusal of another one did not
+            // say which): not a new exchange, nothing to decrypt with.
+            tracing::debug!(peer = %peer, message_id = mid, "answer to an aborted quick mode: dropped");
+            return false;
+        }
+        let Some(i) = self.exchanges.iter().position(|q| q.message_id == mid) else {
+            return self.respond(ctx, channel, children, rx);
+        };
+        let qm = &mut self.exchanges[i];
+        // Duplicate of a request we answered: resend the answer.
+        if let Some((h, answer)) = &qm.last_answer
+            && *h == packet_hash(rx.data)
+        {
+            channel.link.transmit(ctx, answer.clone());
+            return false;
+        }
+        let result = match (qm.role, qm.state) {
+            (Role::Initiator, QmState::I1) => initiator::on_qm2(ctx, channel, qm, rx).map(|()| {
+                install(ctx, channel, children, qm);
+                true
+            }),
+            (Role::Responder, QmState::R2) => responder::on_qm3(ctx, channel, children, qm, rx).map(|()| false),
+            // Neither a duplicate we answered nor a step we expect: not read, so not a sign
+            // that the peer is alive either (anyone on the path could replay it).
+            _ => {
+                tracing::debug!(peer = %peer, message_id = mid, "unexpected quick mode message: dropped");
+                return false;
+            }
+        };
+        match result {
+            Ok(installed) => {
+                if installed {
+                    self.prune_done();
+                    self.pump(ctx, channel, children);
+                }
+                true
+            }
+            Err(f) => {
+                self.fail(ctx, channel, children, i, f);
+                false
+            }
+        }
+    }
+
+    /// A new exchange the peer starts (QM1).
+    fn respond(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, rx: &Received<'_>) -> bool {
+        let mut offered = None;
+        match responder::on_qm1(ctx, channel, rx, &mut offered) {
+            Ok(mut qm) => {
+                // Make-before-break: our inbound SA exists before the initiator, which
+                // switches when it sends QM3, can use it.
+                install(ctx, channel, children, &mut qm);
+                self.exchanges.push(qm);
+                self.prune_done();
+                true
+            }
+            Err(f) => {
+                tracing::debug!(peer = %channel.link.peer.name, reason = %f.reason(), "quick mode refused");
+                report(ctx, channel, f, offered.unwrap_or(0));
+                false
+            }
+        }
+    }
+
+    fn fail(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: Secured<'_>,
+        children: &mut ChildSet,
+        index: usize,
+        f: ProtocolError,
+    ) {
+        let qm = self.exchanges.remove(index);
+        if children.is_installing(qm.spi_in) {
+            // A responder's inbound SA, installed at QM2: QM3 never came right. The initiator may
+            // be sending with it already: the Delete sends it back to an older pair.
+            child::send_delete(ctx, channel, qm.spi_in);
+            children.remove(ctx, &channel.link.peer.name, qm.spi_in, DeleteReason::Abandoned);
+        } else {
+            ctx.spis.release(qm.spi_in);
+        }
+        report(ctx, channel, f, qm.spi_in);
+        self.pump(ctx, channel, children);
+    }
+
+    fn prune_done(&mut self) {
+        while self.exchanges.iter().filter(|q| q.state == QmState::Done).count() > DONE_KEPT {
+            if let Some(i) = self.exchanges.iter().position(|q| q.state == QmState::Done) {
+                self.exchanges.remove(i);
+            }
+        }
+    }
+
+    /// Finished exchanges are forgotten (the child SAs moved to another IKE SA).
+    pub fn forget_finished(&mut self) {
+        self.exchanges.retain(QuickMode::is_open);
+    }
+
+    /// When a message of ours is to be resent next.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.exchanges.iter().filter_map(|q| q.retransmit.as_ref().map(|r| r.next_at)).min()
+    }
+
+    /// Retransmissions of our quick mode messages.
+    pub fn handle_timeouts(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
+        let mut i = 0;
+        while i < self.exchanges.len() {
+            let due = match self.exchanges[i].retransmit.as_mut() {
+                Some(r) => r.poll(ctx.now, ctx.config.retransmit_factor),
+                None => RetransmitDue::NotYet,
+            };
+            match due {
+                RetransmitDue::Resend(p) => channel.link.transmit(ctx, p),
+                RetransmitDue::NotYet => {}
+                RetransmitDue::GiveUp => {
+                    let detail = format!(
+                        "no answer to quick mode for {} after {} retransmissions",
+                        self.exchanges[i].pair, ctx.config.retransmit_tries
+                    );
+                    let f = ProtocolError::unannounced(FailReason::PeerUnreachable, detail);
+                    self.fail(ctx, channel, children, i, f);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// The peer refused a quick mode of ours with an error notify: drops that exchange when the
+    /// notify's SPI names it, else every pending one of ours (IKEv1 notifies need not say
+    /// which); the queued ones still start.
+    pub fn abort_pending(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: Secured<'_>,
+        children: &ChildSet,
+        spi: Option<u32>,
+        reason: FailReason,
+        detail: &str,
+    ) {
+        let pending = |q: &QuickMode| q.role == Role::Initiator && q.state == QmState::I1;
+        let named = spi.filter(|s| self.exchanges.iter().any(|q| pending(q) && q.spi_in == *s));
+        let dropped: Vec<u32> = self
+            .exchanges
+            .iter()
+            .filter(|q| pending(q) && named.is_none_or(|s| q.spi_in == s))
+            .map(|q| q.spi_in)
+            .collect();
+        for q in self.exchanges.iter().filter(|q| dropped.contains(&q.spi_in)) {
+            self.aborted.push_back(q.message_id);
+        }
+        while self.aborted.len() > ABORTED_KEPT {
+            self.aborted.pop_front();
+        }
+        self.exchanges.retain(|q| !dropped.contains(&q.spi_in));
+        for s in &dropped {
+            ctx.spis.release(*s);
+        }
+        tracing::debug!(peer = %channel.link.peer.name, %reason, detail, aborted = dropped.len(), "pending quick modes aborted");
+        self.pump(ctx, channel, children);
+    }
+}
+
+/// Tells the peer (a notify naming `spi`, when the failure sends one) and the driver.
+fn report(ctx: &mut Ctx<'_>, channel: Secured<'_>, f: ProtocolError, spi: u32) {
+    let link = channel.link;
+    if let Some(n) = f.notify() {
+        let refusal = info::notify(ProtocolId::ESP, n, spi.to_be_bytes().to_vec(), Vec::new());
+        info::send_secured(ctx, channel, vec![refusal]);
+    }
+    ctx.events.push_back(Event::NegotiationFailed {
+        peer: Some(link.peer.name.clone()),
+        remote: link.remote,
+        reason: f.reason(),
+        detail: f.into_detail(),
+    });
+}

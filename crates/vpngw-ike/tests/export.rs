@@ -1,0 +1,131 @@
+//! Export and import of established state: one side's IKE SA moves, mid-life, into a fresh
+//! endpoint, which goes on talking to the untouched peer (DPD both ways, quick-mode rekeys
+//! started by either side, Deletes from either side).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Pair, assert_mirrored, configs, engine_config};
+use vpngw_crypto::FastRng;
+use vpngw_ike::{DeleteReason, DpdAction, DpdPolicy, Endpoint, Event, IkeSaState, PeerConfig};
+
+fn with_dpd() -> (PeerConfig, PeerConfig) {
+    let (mut a, mut b) = configs();
+    let policy = DpdPolicy { timeout: Duration::from_secs(30), action: DpdAction::Clear };
+    a.dpd = Some(policy);
+    b.dpd = Some(policy);
+    (a, b)
+}
+
+/// Informational messages sent after `skip` datagrams, by A (`from_a`) or by B.
+fn informationals(p: &Pair, from_a: bool, skip: usize) -> usize {
+    p.wire[skip..].iter().filter(|(a, _, _, d)| *a == from_a && d.get(18) == Some(&5)).count()
+}
+
+fn trouble(events: &[Event]) -> Vec<&Event> {
+    events.iter().filter(|e| matches!(e, Event::NegotiationFailed { .. } | Event::IkeSaDeleted { .. })).collect()
+}
+
+fn deleted(events: &[Event], reason: DeleteReason) -> Vec<(u32, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaDeleted { spi_in, spi_out, reason: r, .. } if *r == reason => Some((*spi_in, *spi_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `p` for `d` more of virtual time.
+fn run(p: &mut Pair, d: Duration) {
+    let until = p.now - p.start + d;
+    p.drive_until(until);
+}
+
+/// The newest child SA each side established after the marks, checked to be one tunnel.
+fn newest_mirrored(p: &Pair, a_mark: usize, b_mark: usize) -> (u32, u32) {
+    let a = Pair::children(&p.a_events[a_mark..]);
+    let b = Pair::children(&p.b_events[b_mark..]);
+    let (x, y) = (a.last().expect("A got a new child SA"), b.last().expect("B got a new child SA"));
+    assert_mirrored(x, y);
+    (x.spi_in, y.spi_in)
+}
+
+#[test]
+fn an_exported_ike_sa_goes_on_in_a_fresh_endpoint() {
+    let (a_cfg, b_cfg) = with_dpd();
+    let mut p = Pair::new(a_cfg.clone(), b_cfg, 61);
+    p.a.initiate(p.now, "to-b").unwrap();
+    run(&mut p, Duration::from_secs(10));
+    // Mid-life: DPD probes both ways (silence), then a rekey and the Delete of the old pair.
+    run(&mut p, Duration::from_secs(50));
+    assert!(informationals(&p, true, 0) > 0 && informationals(&p, false, 0) > 0);
+    assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 1);
+    run(&mut p, Duration::from_secs(30));
+    assert_eq!(deleted(&p.a_events, DeleteReason::Rekeyed).len(), 1, "the old pair retired");
+    assert!(trouble(&p.a_events).is_empty() && trouble(&p.b_events).is_empty());
+
+    let before = &p.a.ike_sas()[0];
+    let children_before: HashSet<(u32, u32)> = before.children.iter().map(|c| (c.spi_in, c.spi_out)).collect();
+    let b_sa = p.b.ike_sas()[0].id;
+    let snapshot = p.a.export_ike_sa(p.now, before.id).unwrap();
+    let shown = format!("{snapshot:?}");
+    assert!(shown.contains("redacted"), "{shown}");
+    for secret in [&snapshot.keys.skeyid, &snapshot.keys.skeyid_d, &snapshot.keys.skeyid_a, &snapshot.keys.skeyid_e] {
+        assert!(!shown.contains(&format!("{:?}", secret.expose())), "a key in Debug: {shown}");
+    }
+    assert_eq!(snapshot.children.len(), 1);
+
+    // A restarts from the snapshot: a fresh endpoint, another RNG, the same configuration.
+    let mut fresh = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(777));
+    fresh.add_peer(a_cfg).unwrap();
+    fresh.import_ike_sa(p.now, snapshot.clone()).unwrap();
+    assert!(fresh.import_ike_sa(p.now, snapshot).is_err(), "the same SA twice");
+    p.a = fresh;
+    let after = &p.a.ike_sas()[0];
+    assert_eq!(after.state, IkeSaState::Established);
+    assert_eq!(after.children.iter().map(|c| (c.spi_in, c.spi_out)).collect::<HashSet<_>>(), children_before);
+    let (a_mark, b_mark, wire_mark) = (p.a_events.len(), p.b_events.len(), p.wire.len());
+
+    // DPD both ways, past several timeouts: each side's probes are read and answered.
+    run(&mut p, Duration::from_secs(120));
+    assert!(informationals(&p, true, wire_mark) >= 2 && informationals(&p, false, wire_mark) >= 2);
+    assert!(trouble(&p.a_events[a_mark..]).is_empty(), "{:?}", &p.a_events[a_mark..]);
+    assert!(trouble(&p.b_events[b_mark..]).is_empty(), "{:?}", &p.b_events[b_mark..]);
+    assert_eq!(p.b.ike_sas().len(), 1);
+    assert_eq!(p.b.ike_sas()[0].id, b_sa, "the peer's IKE SA is the one it had");
+
+    // Quick-mode rekeys, started by the imported side and by the peer.
+    assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 1);
+    run(&mut p, Duration::from_secs(30));
+    newest_mirrored(&p, a_mark, b_mark);
+    let (a_mark, b_mark) = (p.a_events.len(), p.b_events.len());
+    assert_eq!(p.b.rekey_connection(p.now, "to-a").unwrap(), 1);
+    run(&mut p, Duration::from_secs(30));
+    let (a_spi, b_spi) = newest_mirrored(&p, a_mark, b_mark);
+    assert!(trouble(&p.a_events).is_empty() && trouble(&p.b_events).is_empty());
+
+    // Deletes: a child SA from the imported side, one from the peer, then the IKE SA.
+    let (a_mark, b_mark) = (p.a_events.len(), p.b_events.len());
+    p.a.expire_child(p.now, a_spi);
+    run(&mut p, Duration::from_secs(1));
+    assert_eq!(deleted(&p.b_events[b_mark..], DeleteReason::PeerDeleted), vec![(b_spi, a_spi)]);
+    p.a.initiate(p.now, "to-b").unwrap();
+    run(&mut p, Duration::from_secs(5));
+    let (a_spi, b_spi) = newest_mirrored(&p, a_mark, b_mark);
+    let a_mark = p.a_events.len();
+    p.b.expire_child(p.now, b_spi);
+    run(&mut p, Duration::from_secs(1));
+    assert_eq!(deleted(&p.a_events[a_mark..], DeleteReason::PeerDeleted), vec![(a_spi, b_spi)]);
+    p.b.terminate(p.now, "to-a").unwrap();
+    run(&mut p, Duration::from_secs(1));
+    assert!(
+        p.a_events[a_mark..].iter().any(|e| matches!(e, Event::IkeSaDeleted { reason: DeleteReason::PeerDeleted, .. })),
+        "{:?}",
+        &p.a_events[a_mark..]
+    );
+    assert!(p.a.ike_sas().is_empty() && p.b.ike_sas().is_empty());
+}
