@@ -30,7 +30,9 @@ impl FastRng {
         Ok(Self(rng))
     }
 
-    /// A reproducible generator for tests and benchmarks. Never for keys or IVs in service.
+    /// A reproducible generator for tests and benchmarks (feature `testing`). Never for keys
+    /// or IVs in service.
+    #[cfg(any(test, feature = "testing"))]
     pub fn from_seed_for_tests(seed: u64) -> Self {
         Self(ChaCha12Rng::seed_from_u64(seed))
     }

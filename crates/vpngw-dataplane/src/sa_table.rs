@@ -340,7 +340,8 @@ impl SaTable {
     }
 
     /// The outbound SA whose selectors cover a packet from `src` to `dst` (longest remote
-    /// prefix first).
+    /// prefix first). Tests only: the workers look up in an [`SaTable::outbound_view`].
+    #[cfg(test)]
     pub fn outbound_for(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<Arc<OutboundEntry>> {
         self.outbound.load().lookup(src, dst).cloned()
     }

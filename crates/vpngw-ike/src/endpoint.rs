@@ -41,10 +41,6 @@ impl DropCounters {
         tracing::debug!(%remote, reason, "IKE datagram dropped");
         *self.by_reason.entry(reason).or_default() += 1;
     }
-
-    pub fn total(&self) -> u64 {
-        self.by_reason.values().sum()
-    }
 }
 
 pub struct Endpoint {
