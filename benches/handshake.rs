@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use vpngw_benches::{criterion_dir, median_ns};
 use vpngw_crypto::{DhGroup, EncryptionAlgorithm, FastRng, HashAlgorithm, SecretBytes};
+use vpngw_ike::testing::Pair;
 use vpngw_ike::{
-    Endpoint, EngineConfig, Event, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
-    SubnetPair,
+    Endpoint, EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
 };
 
 const A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -49,28 +49,11 @@ fn handshake(group: DhGroup, pfs: bool, seed: u64) {
     let mut b = Endpoint::new(EngineConfig::default(), FastRng::from_seed_for_tests(seed ^ 0xffff));
     a.add_peer(peer("to-b", A, B, group, pfs, "10.1.0.0", "10.2.0.0")).unwrap();
     b.add_peer(peer("to-a", B, A, group, pfs, "10.2.0.0", "10.1.0.0")).unwrap();
-    let now = Instant::now();
-    a.initiate(now, "to-b").unwrap();
-    let mut children = 0;
-    loop {
-        let mut moved = false;
-        while let Some(t) = a.poll_transmit() {
-            moved = true;
-            b.handle(now, t.remote, t.local, &t.payload);
-        }
-        while let Some(t) = b.poll_transmit() {
-            moved = true;
-            a.handle(now, t.remote, t.local, &t.payload);
-        }
-        for e in std::iter::from_fn(|| a.poll_event()).chain(std::iter::from_fn(|| b.poll_event())) {
-            if matches!(e, Event::ChildSaEstablished { .. }) {
-                children += 1;
-            }
-        }
-        if !moved {
-            break;
-        }
-    }
+    let mut pair = Pair::with_endpoints(a, b, Instant::now());
+    pair.record_wire = false;
+    pair.a.initiate(pair.now, "to-b").unwrap();
+    pair.settle();
+    let children = Pair::children_established(&pair.a_events) + Pair::children_established(&pair.b_events);
     assert_eq!(children, 2, "negotiation did not complete");
 }
 

@@ -55,9 +55,9 @@ use vpngw_dataplane::sa_table::{
     InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
 };
 use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys};
+use vpngw_ike::testing::Pair;
 use vpngw_ike::{
-    Endpoint, EngineConfig, Event, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
-    SubnetPair,
+    Endpoint, EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
 };
 
 const SAS: usize = 10_000;
@@ -257,26 +257,12 @@ fn engine_memory(tunnels: usize) -> (f64, f64) {
         // One spoke at a time: its engine is dropped after, only the hub's state remains.
         let mut s = Endpoint::new(EngineConfig::default(), FastRng::from_seed_for_tests(n as u64 + 2));
         s.add_peer(peer("hub".into(), spoke(n), hub_addr, n, true)).unwrap();
-        s.initiate(now, "hub").unwrap();
-        loop {
-            let mut moved = false;
-            while let Some(t) = s.poll_transmit() {
-                moved = true;
-                hub.handle(now, t.remote, t.local, &t.payload);
-            }
-            while let Some(t) = hub.poll_transmit() {
-                moved = true;
-                s.handle(now, t.remote, t.local, &t.payload);
-            }
-            if !moved {
-                break;
-            }
-        }
-        while let Some(e) = hub.poll_event() {
-            if matches!(e, Event::ChildSaEstablished { .. }) {
-                established += 1;
-            }
-        }
+        let mut pair = Pair::with_endpoints(s, hub, now);
+        pair.record_wire = false;
+        pair.a.initiate(now, "hub").unwrap();
+        pair.settle();
+        established += Pair::children_established(&pair.b_events);
+        (_, hub) = pair.into_endpoints();
     }
     assert_eq!(established, tunnels);
     let per_live = (live() - live_before) as f64 / tunnels as f64;

@@ -19,7 +19,8 @@
 //! (informational exchanges), `lifetime`, `child` (`ChildSet`), `liveness` (DPD,
 //! re-authentication), `quick_mode` (`QuickModes`), `phase1` (main and aggressive mode as
 //! consuming typestates), `established` (the keyed state after phase 1), `ikesa` (composes
-//! them), `endpoint` (demultiplexes datagrams to IKE SAs).
+//! them), `endpoint` (demultiplexes datagrams to IKE SAs). Feature `testing` (tests and
+//! benchmarks only) adds [`testing`]: two endpoints on an in-memory network and virtual clock.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,8 @@ pub mod proposal;
 mod quick_mode;
 pub mod snapshot;
 pub mod spi;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod timer;
 pub mod wire;
 

@@ -1,21 +1,17 @@
-//! Two engines on a virtual network and clock (quinn-proto's `Pair`): datagrams move between
-//! them in memory, time jumps to the next timer, and a NAT or packet loss can be put between.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+//! What the IKE tests share: the standard pair's addresses and configurations, and a check that
+//! two child SAs are the two ends of one tunnel. The pair itself is `vpngw_ike::testing::Pair`.
+// Each test binary uses a part of this module (dead code, unused re-exports); a failed unwrap is
+// a failed test.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr};
 
 use vpngw_crypto::{FastRng, SecretBytes};
-use vpngw_ike::{
-    Endpoint, EngineConfig, Event, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
-    SubnetPair,
-};
+pub use vpngw_ike::testing::{A_PRIVATE, NAT_PUBLIC, Pair, engine_config};
+use vpngw_ike::{ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair};
 
 pub const A_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-/// With NAT, A sits behind it with this private address; B sees NAT_PUBLIC.
-pub const A_PRIVATE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
-pub const NAT_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 pub const PSK: &[u8] = b"lab-psk-0123456789abcdef";
 
 pub fn subnet(s: &str) -> Ipv4Subnet {
@@ -47,176 +43,6 @@ pub fn configs() -> (PeerConfig, PeerConfig) {
         peer("to-b", A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"),
         peer("to-a", B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"),
     )
-}
-
-pub struct Pair {
-    pub a: Endpoint,
-    pub b: Endpoint,
-    pub now: Instant,
-    pub start: Instant,
-    pub a_events: Vec<Event>,
-    pub b_events: Vec<Event>,
-    /// Put A behind a NAT (ports 500/4500 map to 10500/14500 on NAT_PUBLIC).
-    pub nat: bool,
-    /// Drop the next n datagrams sent by A / by B.
-    pub drop_from_a: usize,
-    pub drop_from_b: usize,
-    /// Drop everything A / B sends (a dead or unreachable peer).
-    pub blackhole_a: bool,
-    pub blackhole_b: bool,
-    /// Drop the first messages of A's phase 1 exchanges (B sits behind a NAT that lets only
-    /// its own initiations through; answers to them pass).
-    pub b_unreachable_first: bool,
-    /// Every datagram delivered, with its direction (true = A to B).
-    pub wire: Vec<(bool, SocketAddr, SocketAddr, Vec<u8>)>,
-}
-
-pub fn engine_config() -> EngineConfig {
-    EngineConfig { retransmit_initial: Duration::from_secs(1), ..EngineConfig::default() }
-}
-
-impl Pair {
-    pub fn new(a_cfg: PeerConfig, b_cfg: PeerConfig, seed: u64) -> Self {
-        let mut a = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(seed));
-        let mut b = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(seed + 1000));
-        a.add_peer(a_cfg).unwrap();
-        b.add_peer(b_cfg).unwrap();
-        let now = Instant::now();
-        Self {
-            a,
-            b,
-            now,
-            start: now,
-            a_events: vec![],
-            b_events: vec![],
-            nat: false,
-            drop_from_a: 0,
-            drop_from_b: 0,
-            blackhole_a: false,
-            blackhole_b: false,
-            b_unreachable_first: false,
-            wire: vec![],
-        }
-    }
-
-    fn nat_out(&self, addr: SocketAddr) -> SocketAddr {
-        if self.nat && addr.ip() == IpAddr::V4(A_PRIVATE) {
-            SocketAddr::new(IpAddr::V4(NAT_PUBLIC), addr.port() + 10000)
-        } else {
-            addr
-        }
-    }
-
-    fn nat_in(&self, addr: SocketAddr) -> SocketAddr {
-        if self.nat && addr.ip() == IpAddr::V4(NAT_PUBLIC) {
-            SocketAddr::new(IpAddr::V4(A_PRIVATE), addr.port() - 10000)
-        } else {
-            addr
-        }
-    }
-
-    /// Moves datagrams and events until nothing is in flight; then jumps to the next timer,
-    /// until `limit` of virtual time has passed since the pair was made.
-    pub fn drive(&mut self, limit: Duration) {
-        self.drive_with(limit, |_| {});
-    }
-
-    /// [`Pair::drive`], then the clock stands at `limit` after the start (for tests that act
-    /// at given times).
-    pub fn drive_until(&mut self, limit: Duration) {
-        self.drive(limit);
-        self.now = self.now.max(self.start + limit);
-        self.a.handle_timeout(self.now);
-        self.b.handle_timeout(self.now);
-        self.drive(limit);
-    }
-
-    fn take_events(&mut self) {
-        while let Some(e) = self.a.poll_event() {
-            self.a_events.push(e);
-        }
-        while let Some(e) = self.b.poll_event() {
-            self.b_events.push(e);
-        }
-    }
-
-    /// [`Pair::drive`], calling `check` after every datagram and timer, once both sides'
-    /// events so far are in `a_events` / `b_events` (a driver acts on events before it sends).
-    pub fn drive_with(&mut self, limit: Duration, mut check: impl FnMut(&Pair)) {
-        loop {
-            let mut moved = false;
-            self.take_events();
-            check(self);
-            while let Some(t) = self.a.poll_transmit() {
-                moved = true;
-                if self.drop_from_a > 0 || self.blackhole_a {
-                    self.drop_from_a = self.drop_from_a.saturating_sub(1);
-                    continue;
-                }
-                // A first message of phase 1: no responder cookie yet, message ID 0.
-                if self.b_unreachable_first && t.payload.len() > 28 && t.payload[8..16] == [0; 8] {
-                    continue;
-                }
-                let src = self.nat_out(t.local);
-                self.wire.push((true, src, t.remote, t.payload.clone()));
-                self.b.handle(self.now, t.remote, src, &t.payload);
-                self.take_events();
-                check(self);
-            }
-            while let Some(t) = self.b.poll_transmit() {
-                moved = true;
-                if self.drop_from_b > 0 || self.blackhole_b {
-                    self.drop_from_b = self.drop_from_b.saturating_sub(1);
-                    continue;
-                }
-                let dst = self.nat_in(t.remote);
-                self.wire.push((false, t.local, t.remote, t.payload.clone()));
-                self.a.handle(self.now, dst, t.local, &t.payload);
-                self.take_events();
-                check(self);
-            }
-            if moved {
-                continue;
-            }
-            let next = [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
-            match next {
-                Some(t) if t <= self.start + limit => {
-                    self.now = self.now.max(t);
-                    self.a.handle_timeout(self.now);
-                    self.b.handle_timeout(self.now);
-                }
-                _ => {
-                    self.take_events();
-                    check(self);
-                    return;
-                }
-            }
-        }
-    }
-
-    pub fn children(events: &[Event]) -> Vec<vpngw_ike::ChildSa> {
-        events
-            .iter()
-            .filter_map(|e| if let Event::ChildSaEstablished { child, .. } = e { Some(child.clone()) } else { None })
-            .collect()
-    }
-
-    pub fn failures(events: &[Event]) -> Vec<(vpngw_ike::FailReason, String)> {
-        events
-            .iter()
-            .filter_map(|e| {
-                if let Event::NegotiationFailed { reason, detail, .. } = e {
-                    Some((*reason, detail.clone()))
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
-    pub fn established(events: &[Event]) -> usize {
-        events.iter().filter(|e| matches!(e, Event::IkeSaEstablished { .. })).count()
-    }
 }
 
 /// Checks that two child SAs are the two ends of one tunnel: SPIs and keys crossed, and packets
