@@ -16,7 +16,7 @@ use crate::keylog::KeyLog;
 use crate::ledger::{Ledger, Traffic};
 
 /// The engine's subnet as the SA table's.
-pub fn net(s: Ipv4Subnet) -> Ipv4Net {
+pub fn table_net(s: Ipv4Subnet) -> Ipv4Net {
     Ipv4Net { addr: s.addr(), prefix: s.prefix() }
 }
 
@@ -41,7 +41,7 @@ impl ChildSaPublisher {
 
     /// A child SA was negotiated: inbound now; outbound when [`Self::activate`]d.
     pub fn established(&mut self, connection: &str, c: &ChildSa) {
-        let selectors = Selectors { local: net(c.selectors.local), remote: net(c.selectors.remote) };
+        let selectors = Selectors { local: table_net(c.selectors.local), remote: table_net(c.selectors.remote) };
         let transport = Transport {
             local: c.local,
             remote: c.remote,

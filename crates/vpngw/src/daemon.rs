@@ -114,51 +114,51 @@ struct Signals {
 pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), DaemonError> {
     let (config, api_tables) = load(config_path)?;
     let (dp_tx, mut from_dataplane) = mpsc::unbounded_channel::<ToControl>();
-    let (mut d, mut surfaces) = Daemon::start(config_path, config, api_tables, keylog, dp_tx).await?;
+    let (mut daemon, mut surfaces) = Daemon::start(config_path, config, api_tables, keylog, dp_tx).await?;
     let mut signals = Signals {
         term: signal(SignalKind::terminate()).map_err(DaemonError::Signal)?,
         int: signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?,
         hup: signal(SignalKind::hangup()).map_err(DaemonError::Signal)?,
     };
-    d.begin().await;
+    daemon.begin().await;
     let mut buf_ike = vec![0u8; 65536];
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     let mut link_refresh = tokio::time::interval(LINK_REFRESH);
     link_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
     loop {
-        let wake = d.next_wake();
+        let wake = daemon.next_wake();
         tokio::select! {
-            () = d.ike.receive(&mut buf_ike) => {}
-            Some(m) = from_dataplane.recv() => d.on_dataplane(m),
+            () = daemon.ike.receive(&mut buf_ike) => {}
+            Some(m) = from_dataplane.recv() => daemon.on_dataplane(m),
             () = sleep_until(wake) => {
                 let now = Instant::now();
-                d.ike.endpoint.handle_timeout(now);
-                d.run_retries(now);
+                daemon.ike.endpoint.handle_timeout(now);
+                daemon.run_retries(now);
             }
-            _ = keepalive.tick() => d.ike.send_keepalives(d.child_sas.table()).await,
-            _ = link_refresh.tick() => d.refresh_link_paths().await,
-            Some(changed) = d.link_paths.next_route_change() => {
-                if let Some(dp) = &d.dataplane {
-                    let (link, public) = (d.config.gateway.esp_output == EspOutput::Link, d.config.gateway.public_address);
-                    d.link_paths.on_route_change(&changed, dp, d.child_sas.table(), link, public).await;
+            _ = keepalive.tick() => daemon.ike.send_keepalives(daemon.child_sas.table()).await,
+            _ = link_refresh.tick() => daemon.refresh_link_paths().await,
+            Some(changed) = daemon.link_paths.next_route_change() => {
+                if let Some(dp) = &daemon.dataplane {
+                    let (link, public) = (daemon.config.gateway.esp_output == EspOutput::Link, daemon.config.gateway.public_address);
+                    daemon.link_paths.on_route_change(&changed, dp, daemon.child_sas.table(), link, public).await;
                 }
             }
-            _ = lifecycle.tick() => d.lifecycle_tick(),
+            _ = lifecycle.tick() => daemon.lifecycle_tick(),
             Some(reply) = surfaces.scrapes.recv() => {
-                let _ = reply.send(d.metrics_snapshot());
+                let _ = reply.send(daemon.metrics_snapshot());
             }
             Some((request, reply)) = surfaces.commands.recv() => {
-                let response = d.command(request).await;
+                let response = daemon.command(request).await;
                 let _ = reply.send(response);
             }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
-            _ = signals.hup.recv() => d.reload().await,
+            _ = signals.hup.recv() => daemon.reload().await,
         }
-        d.flush().await;
+        daemon.flush().await;
     }
-    d.shutdown(surfaces).await;
+    daemon.shutdown(surfaces).await;
     Ok(())
 }
 
@@ -282,7 +282,7 @@ impl Daemon {
         let link_paths = LinkPathDriver::open();
         let mut probes = Probes::default();
         probes.sync(&config.connections);
-        let d = Daemon {
+        let daemon = Daemon {
             config_path: config_path.to_path_buf(),
             ike: IkeDriver::new(endpoint, sock_ike, sock_natt, config.gateway.public_address),
             config,
@@ -298,7 +298,7 @@ impl Daemon {
             link_paths,
             started: Instant::now(),
         };
-        Ok((d, surfaces))
+        Ok((daemon, surfaces))
     }
 
     /// Says the gateway runs, starts the active connections, and follows route changes.

@@ -35,7 +35,7 @@ impl Daemon {
                 Err(_) => unknown(&connection),
             },
             Request::Diagnose { connection } => match self.read(|s| diagnose::for_connection(s, &connection)) {
-                Some(d) => Response { diagnosis: Some(Box::new(d)), message: None, ..Response::ok("") },
+                Some(diagnosis) => Response { diagnosis: Some(Box::new(diagnosis)), message: None, ..Response::ok("") },
                 None => unknown(&connection),
             },
             Request::Rekey { connection } => match self.ike.endpoint.rekey_connection(now, &connection) {

@@ -11,7 +11,7 @@ use vpngw_dataplane::sa_table::Selectors;
 use vpngw_dataplane::spd::{PendingQueue, Policy, Spd};
 
 use super::Daemon;
-use crate::child_sas::net;
+use crate::child_sas::table_net;
 use crate::config::{Config, ConfigError, Connection, Start};
 
 /// The policies of every configured subnet pair. An on-traffic policy that `previous` has too
@@ -28,7 +28,7 @@ pub(super) fn policies(config: &Config, previous: Option<&Spd>) -> Spd {
         let on_traffic = c.start == Start::OnTraffic;
         let held = &held;
         c.peer.subnets.iter().map(move |p| {
-            let selectors = Selectors { local: net(p.local), remote: net(p.remote) };
+            let selectors = Selectors { local: table_net(p.local), remote: table_net(p.remote) };
             let kept = held.get(&(name.clone(), selectors)).cloned();
             Policy {
                 selectors,
