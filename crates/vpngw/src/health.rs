@@ -6,9 +6,10 @@
 //! [`Prober`] is the sans-IO part (what to send, what a reply or a timeout means); [`spawn`]
 //! drives it on a thread with a raw ICMP socket bound to the local address. The kernel routes the echo
 //! into the TUN like any other packet for the remote subnet, so it travels exactly the path
-//! user traffic takes (SPD, SA, ESP) and its reply comes back through the tunnel.
+//! user traffic takes (SPD, SA, ESP) and its reply comes back through the tunnel. [`Probes`]
+//! keeps one prober per configured health check.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::config::HealthCheck;
+use crate::config::{Connection, HealthCheck};
 
 /// Probes the loss ratio is computed over.
 const WINDOW: usize = 20;
@@ -216,6 +217,55 @@ pub struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The probers the configuration asks for, by connection.
+#[derive(Default)]
+pub struct Probes {
+    running: HashMap<String, Probe>,
+}
+
+struct Probe {
+    check: HealthCheck,
+    /// Stops the prober when dropped.
+    running: Running,
+}
+
+impl Probes {
+    /// Starts, restarts or stops probers to match the configured connections' health checks.
+    pub fn sync(&mut self, connections: &[Connection]) {
+        let wanted: HashMap<String, HealthCheck> =
+            connections.iter().filter_map(|c| c.health_check.clone().map(|h| (c.peer.name.clone(), h))).collect();
+        self.running.retain(|name, p| wanted.get(name) == Some(&p.check));
+        for (name, check) in wanted {
+            if self.running.contains_key(&name) {
+                continue;
+            }
+            // ICMP identifiers tell our probers' replies apart (raw sockets see them all).
+            let id = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (std::process::id(), &name).hash(&mut h);
+                h.finish() as u16
+            };
+            match spawn(name.clone(), check.clone(), id) {
+                Ok(running) => {
+                    self.running.insert(name, Probe { check, running });
+                }
+                Err(e) => tracing::error!(connection = %name, error = %e, "cannot start the health check"),
+            }
+        }
+    }
+
+    /// The connection's probe status, when it has a health check.
+    pub fn status(&self, name: &str) -> Option<HealthStatus> {
+        self.running.get(name).map(|p| p.running.status.borrow().clone())
+    }
+
+    /// Stops every prober.
+    pub fn stop(&mut self) {
+        self.running.clear();
     }
 }
 

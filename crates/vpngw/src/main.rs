@@ -1,28 +1,37 @@
 //! # vpngw: the gateway daemon and its command-line interface
 //!
 //! **Owns:** the configuration file, the daemon's event loop (driving the IKE engine over UDP
-//! 500/4500 and publishing SAs to the dataplane's table), the control socket, signals, logging,
-//! and the CLI (`run`, `check`, `status`, `up`, `down`, `rekey`).
+//! 500/4500 and publishing SAs to the dataplane's table), raw ESP's link-path resolution over
+//! netlink, health probes, the control socket, the management API (HTTP, runtime
+//! connections), Prometheus metrics, signals, logging, and the CLI (`run`, `check`, `status`,
+//! `up`, `down`, `rekey`, `diagnose`, `connection add/remove/list`).
 //!
 //! **Must not touch:** protocol logic (that is `vpngw-ike`) or packet crypto (`vpngw-esp`).
 //!
 //! **Data in and out:** TOML in; UDP datagrams through the engine; SAs out to the SA table;
-//! JSON over the control socket; logs to stderr.
+//! netlink (routes into the TUN, link-path lookups); ICMP health probes through the tunnel;
+//! JSON over the control socket and the management API; Prometheus text on `/metrics`; logs
+//! to stderr.
 
 #![forbid(unsafe_code)]
 
-mod api;
+// The daemon's loop and wiring, and the owners it drives.
+mod child_sas;
 mod config;
-mod control;
 mod daemon;
-mod diagnose;
 mod health;
+mod history;
+mod ike_driver;
+mod keylog;
 mod ledger;
 mod link_paths;
-mod metrics;
+mod retry;
 mod routes;
-mod status;
+mod runtime_connections;
+mod state;
 mod volume;
+// The operator's surfaces and read models.
+mod ops;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,7 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONTROL_SOCKET};
-use crate::control::Request;
+use crate::ops::control::{self, Request};
 
 #[derive(Parser)]
 #[command(name = "vpngw", version, about = "IPsec VPN gateway (IKEv1, ESP)")]

@@ -9,6 +9,15 @@
 //! were dropped (`no_sa` on one side, `unknown_spi` on the other) at each such rekey. So the
 //! soft point is also pulled forward by what the SA carried in the last tick, times
 //! [`LEAD_TICKS`]: the replacement starts early enough for the traffic it actually carries.
+//!
+//! [`SaWatch`] applies this every lifecycle tick, and also tells the engine which child SAs
+//! received ESP (dead peer detection counts that as a sign of life).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use vpngw_dataplane::sa_table::SaTable;
+use vpngw_ike::{ChildSaState, Endpoint};
 
 /// How many lifecycle ticks' worth of traffic must still fit under the hard limit when a
 /// replacement starts: one tick until the next look, one second of initiator activation delay
@@ -50,6 +59,78 @@ pub fn classify(limit: u64, spread: u32, used: u64, last_tick: u64) -> Volume {
         Volume::Soft
     } else {
         Volume::Fine
+    }
+}
+
+/// What the child SAs' counters were at the last look, by inbound SPI.
+#[derive(Default)]
+pub struct SaWatch {
+    /// Inbound packet counts: growth tells the engine (dead peer detection) that the peer is
+    /// alive.
+    inbound_seen: HashMap<u32, u64>,
+    /// Bytes each child SA had carried at the last volume check (the rate pulls the rekey
+    /// forward, see [`soft_point`]).
+    volume_seen: HashMap<u32, u64>,
+}
+
+impl SaWatch {
+    /// One lifecycle tick: inbound traffic reported, then volumes checked.
+    pub fn tick(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
+        self.report_inbound_traffic(endpoint, table, now);
+        self.check_volumes(endpoint, table, now);
+    }
+
+    /// Tells the engine which child SAs received ESP since the last look.
+    fn report_inbound_traffic(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
+        let mut seen = HashMap::with_capacity(self.inbound_seen.len());
+        for s in endpoint.ike_sas() {
+            for c in &s.children {
+                let packets = table.inbound(c.spi_in).map_or(0, |e| e.counters.packets());
+                if packets > self.inbound_seen.get(&c.spi_in).copied().unwrap_or(0) {
+                    endpoint.traffic_received(now, c.spi_in);
+                }
+                seen.insert(c.spi_in, packets);
+            }
+        }
+        self.inbound_seen = seen;
+    }
+
+    /// Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured on its own;
+    /// a replacement is negotiated from 85-94 % of the limit (spread by SPI, so that tunnels
+    /// set up together do not all rekey together), earlier when the traffic of the last tick
+    /// would not leave time for it ([`soft_point`]); at 100 % the pair is deleted.
+    fn check_volumes(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
+        let mut soft = Vec::new();
+        let mut hard = Vec::new();
+        let mut seen = HashMap::with_capacity(self.volume_seen.len());
+        for s in endpoint.ike_sas() {
+            for c in &s.children {
+                let Some(kb) = c.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
+                let limit = kb.saturating_mul(1024);
+                let bytes_in = table.inbound(c.spi_in).map_or(0, |e| e.counters.bytes());
+                let bytes_out = table.outbound_by_spi(c.spi_out).map_or(0, |e| e.counters.bytes());
+                let used = bytes_in.max(bytes_out);
+                let last_tick = used.saturating_sub(self.volume_seen.get(&c.spi_in).copied().unwrap_or(0));
+                seen.insert(c.spi_in, used);
+                match classify(limit, c.spi_in % 10, used, last_tick) {
+                    Volume::Hard => hard.push(c.spi_in),
+                    Volume::Soft if c.state == ChildSaState::Active => {
+                        soft.push((c.spi_in, used / (limit / 100).max(1), last_tick));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.volume_seen = seen;
+        for (spi, percent, last_tick) in soft {
+            if endpoint.rekey_child(now, spi) {
+                tracing::info!(spi_in = %format!("{spi:08x}"), used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
+            }
+        }
+        for spi in hard {
+            tracing::info!(spi_in = %format!("{spi:08x}"), "child SA reached its volume lifetime: deleted");
+            endpoint.expire_child(now, spi);
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! configuration), direction, reason (fixed sets), worker index; never SPIs, cookies, ports or
 //! times.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,10 +18,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::sync::{mpsc, oneshot};
+use vpngw_dataplane::counters::DropReason;
 use vpngw_esp::OpenError;
-use vpngw_ike::FailReason;
+use vpngw_ike::{ChildSaState, FailReason};
 
+use super::Sources;
 use crate::ledger::Traffic;
+use crate::state::{ConnectionState, IkeProgress, current_ike_sa, ike_sa_established};
 
 /// What one scrape reports, gathered by the daemon loop.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +45,7 @@ pub struct ConnectionMetrics {
     pub name: String,
     pub up: bool,
     /// "none", "negotiating" or "established".
-    pub ike_state: &'static str,
+    pub ike_state: IkeProgress,
     pub ike_established_unix: Option<u64>,
     /// Child SAs by state: installing, active, replaced.
     pub child_sas: [u64; 3],
@@ -80,8 +85,64 @@ impl ConnectionEvents {
     }
 }
 
-pub const CHILD_STATES: [&str; 3] = ["installing", "active", "replaced"];
-const IKE_STATES: [&str; 3] = ["none", "negotiating", "established"];
+/// The order of [`ConnectionMetrics::child_sas`].
+const CHILD_STATES: [ChildSaState; 3] = [ChildSaState::Installing, ChildSaState::Active, ChildSaState::Replaced];
+
+/// What a scrape reports now. `traffic` is the ledger's, settled just before.
+pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
+    let connections = s
+        .config
+        .connections
+        .iter()
+        .map(|c| {
+            let name = &c.peer.name;
+            let events = s.history.events(name);
+            let mut child_sas = [0u64; 3];
+            for ch in s.ike_sas.iter().filter(|sa| sa.peer == *name).flat_map(|sa| sa.children.iter()) {
+                if let Some(i) = CHILD_STATES.iter().position(|st| *st == ch.state) {
+                    child_sas[i] += 1;
+                }
+            }
+            let current = current_ike_sa(s.ike_sas, name);
+            let established = current.filter(|sa| ike_sa_established(sa));
+            ConnectionMetrics {
+                name: name.clone(),
+                up: ConnectionState::of(s.ike_sas, name, c.peer.subnets.len()) == ConnectionState::Up,
+                ike_state: IkeProgress::of(current),
+                ike_established_unix: established.and_then(|sa| sa.established_at).map(|t| s.unix_at(t)),
+                child_sas,
+                traffic: traffic.get(name).cloned().unwrap_or_default(),
+                failures: events.failures.to_vec(),
+                rekeys: events.rekeys,
+                reauthentications: events.reauthentications,
+                dpd_timeouts: events.dpd_timeouts,
+                health: s.probes.status(name),
+            }
+        })
+        .collect();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Snapshot {
+        gateway: s.config.gateway.name.clone(),
+        connections,
+        dataplane_drops: DropReason::all()
+            .into_iter()
+            .map(|r| (r.as_str(), s.workers.iter().map(|c| c.dropped(r)).sum()))
+            .collect(),
+        ike_drops: s.ike_drops.by_reason.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        unknown_peer_negotiations: s.history.unknown_peer_negotiations(),
+        workers: s
+            .workers
+            .iter()
+            .map(|c| WorkerMetrics {
+                packets_in: load(&c.in_packets),
+                packets_out: load(&c.out_packets),
+                bytes_in: load(&c.in_bytes),
+                bytes_out: load(&c.out_bytes),
+                busy_seconds: load(&c.busy_ns) as f64 / 1e9,
+            })
+            .collect(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -127,101 +188,8 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
     let build = f.gauge("vpngw_build_info", "vpngw's version; always 1", &["version", "gateway"])?;
     build.with_label_values(&[env!("CARGO_PKG_VERSION"), s.gateway.as_str()]).set(1);
 
-    let up = f.gauge(
-        "vpngw_tunnel_up",
-        "1 when the connection's IKE SA and a child SA for every subnet pair are established",
-        &["connection"],
-    )?;
-    let ike = f.gauge("vpngw_ike_sa_state", "1 for the connection's IKE SA state now", &["connection", "state"])?;
-    let established = f.float_gauge(
-        "vpngw_ike_sa_established_timestamp_seconds",
-        "When the connection's current IKE SA was established (Unix time)",
-        &["connection"],
-    )?;
-    let children = f.gauge("vpngw_child_sas", "Child SA pairs installed, by state", &["connection", "state"])?;
-    let packets = f.counter(
-        "vpngw_esp_packets_total",
-        "ESP packets of the connection, all its SAs since start (in: opened, out: sealed and sent)",
-        &["connection", "direction"],
-    )?;
-    let bytes = f.counter(
-        "vpngw_esp_bytes_total",
-        "Inner (plaintext) bytes of the connection's ESP packets, all its SAs since start",
-        &["connection", "direction"],
-    )?;
-    let conn_drops = f.counter(
-        "vpngw_connection_dropped_packets_total",
-        "Inbound ESP packets the connection's SAs refused, by reason",
-        &["connection", "reason"],
-    )?;
-    let failures = f.counter(
-        "vpngw_negotiation_failures_total",
-        "IKE negotiation failures, by diagnosis reason (see docs/troubleshooting.md)",
-        &["connection", "reason"],
-    )?;
-    let rekeys = f.counter("vpngw_child_sa_rekeys_total", "Child SA pairs replaced by a rekey", &["connection"])?;
-    let reauths = f.counter(
-        "vpngw_ike_sa_reauthentications_total",
-        "IKE SAs replaced by a re-authentication of ours",
-        &["connection"],
-    )?;
-    let dpd = f.counter("vpngw_dpd_timeouts_total", "Peers declared dead by dead peer detection", &["connection"])?;
-    let healthy = f.gauge(
-        "vpngw_health_check_healthy",
-        "1 while the tunnel's health probes are answered (0 after the configured consecutive losses)",
-        &["connection"],
-    )?;
-    let rtt =
-        f.float_gauge("vpngw_health_check_rtt_seconds", "Round trip of the last answered probe", &["connection"])?;
-    let jitter = f.float_gauge(
-        "vpngw_health_check_jitter_seconds",
-        "Smoothed round-trip variation of the probes (RFC 3550 style)",
-        &["connection"],
-    )?;
-    let loss = f.float_gauge("vpngw_health_check_loss_ratio", "Lost probes among the last 20", &["connection"])?;
-    let probes = f.counter("vpngw_health_check_probes_total", "Health probes by result", &["connection", "result"])?;
-    for c in &s.connections {
-        let n = c.name.as_str();
-        up.with_label_values(&[n]).set(i64::from(c.up));
-        for state in IKE_STATES {
-            ike.with_label_values(&[n, state]).set(i64::from(state == c.ike_state));
-        }
-        if let Some(t) = c.ike_established_unix {
-            established.with_label_values(&[n]).set(t as f64);
-        }
-        for (state, count) in CHILD_STATES.iter().zip(c.child_sas) {
-            children.with_label_values(&[n, state]).set(count as i64);
-        }
-        let t = &c.traffic;
-        packets.with_label_values(&[n, "in"]).inc_by(t.packets_in);
-        packets.with_label_values(&[n, "out"]).inc_by(t.packets_out);
-        bytes.with_label_values(&[n, "in"]).inc_by(t.bytes_in);
-        bytes.with_label_values(&[n, "out"]).inc_by(t.bytes_out);
-        for (r, count) in OpenError::ALL.iter().zip(t.drops) {
-            conn_drops.with_label_values(&[n, r.as_str()]).inc_by(count);
-        }
-        for (r, count) in FailReason::ALL.iter().zip(&c.failures) {
-            if *r != FailReason::UnknownPeer {
-                failures.with_label_values(&[n, r.as_str()]).inc_by(*count);
-            }
-        }
-        rekeys.with_label_values(&[n]).inc_by(c.rekeys);
-        reauths.with_label_values(&[n]).inc_by(c.reauthentications);
-        dpd.with_label_values(&[n]).inc_by(c.dpd_timeouts);
-        if let Some(h) = &c.health {
-            healthy.with_label_values(&[n]).set(i64::from(h.healthy == Some(true)));
-            if let Some(ms) = h.rtt_ms {
-                rtt.with_label_values(&[n]).set(ms / 1000.0);
-            }
-            if let Some(ms) = h.jitter_ms {
-                jitter.with_label_values(&[n]).set(ms / 1000.0);
-            }
-            loss.with_label_values(&[n]).set(h.loss_ratio);
-            probes.with_label_values(&[n, "answered"]).inc_by(h.probes_answered);
-            probes.with_label_values(&[n, "lost"]).inc_by(h.probes_lost);
-        }
-    }
-
+    encode_connections(&f, &s.connections)?;
+    encode_health(&f, &s.connections)?;
     let drops = f.counter(
         "vpngw_dropped_packets_total",
         "Packets the dataplane dropped, by reason (gateway-wide)",
@@ -265,6 +233,113 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&f.registry.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The per-connection series: state, traffic, failures and events.
+fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result<(), MetricsError> {
+    let up = f.gauge(
+        "vpngw_tunnel_up",
+        "1 when the connection's IKE SA and a child SA for every subnet pair are established",
+        &["connection"],
+    )?;
+    let ike = f.gauge("vpngw_ike_sa_state", "1 for the connection's IKE SA state now", &["connection", "state"])?;
+    let established = f.float_gauge(
+        "vpngw_ike_sa_established_timestamp_seconds",
+        "When the connection's current IKE SA was established (Unix time)",
+        &["connection"],
+    )?;
+    let children = f.gauge("vpngw_child_sas", "Child SA pairs installed, by state", &["connection", "state"])?;
+    let packets = f.counter(
+        "vpngw_esp_packets_total",
+        "ESP packets of the connection, all its SAs since start (in: opened, out: sealed and sent)",
+        &["connection", "direction"],
+    )?;
+    let bytes = f.counter(
+        "vpngw_esp_bytes_total",
+        "Inner (plaintext) bytes of the connection's ESP packets, all its SAs since start",
+        &["connection", "direction"],
+    )?;
+    let conn_drops = f.counter(
+        "vpngw_connection_dropped_packets_total",
+        "Inbound ESP packets the connection's SAs refused, by reason",
+        &["connection", "reason"],
+    )?;
+    let failures = f.counter(
+        "vpngw_negotiation_failures_total",
+        "IKE negotiation failures, by diagnosis reason (see docs/troubleshooting.md)",
+        &["connection", "reason"],
+    )?;
+    let rekeys = f.counter("vpngw_child_sa_rekeys_total", "Child SA pairs replaced by a rekey", &["connection"])?;
+    let reauths = f.counter(
+        "vpngw_ike_sa_reauthentications_total",
+        "IKE SAs replaced by a re-authentication of ours",
+        &["connection"],
+    )?;
+    let dpd = f.counter("vpngw_dpd_timeouts_total", "Peers declared dead by dead peer detection", &["connection"])?;
+    for c in connections {
+        let n = c.name.as_str();
+        up.with_label_values(&[n]).set(i64::from(c.up));
+        for state in IkeProgress::ALL {
+            ike.with_label_values(&[n, state.as_str()]).set(i64::from(state == c.ike_state));
+        }
+        if let Some(t) = c.ike_established_unix {
+            established.with_label_values(&[n]).set(t as f64);
+        }
+        for (state, count) in CHILD_STATES.iter().zip(c.child_sas) {
+            children.with_label_values(&[n, state.as_str()]).set(count as i64);
+        }
+        let t = &c.traffic;
+        packets.with_label_values(&[n, "in"]).inc_by(t.packets_in);
+        packets.with_label_values(&[n, "out"]).inc_by(t.packets_out);
+        bytes.with_label_values(&[n, "in"]).inc_by(t.bytes_in);
+        bytes.with_label_values(&[n, "out"]).inc_by(t.bytes_out);
+        for (r, count) in OpenError::ALL.iter().zip(t.drops) {
+            conn_drops.with_label_values(&[n, r.as_str()]).inc_by(count);
+        }
+        for (r, count) in FailReason::ALL.iter().zip(&c.failures) {
+            if *r != FailReason::UnknownPeer {
+                failures.with_label_values(&[n, r.as_str()]).inc_by(*count);
+            }
+        }
+        rekeys.with_label_values(&[n]).inc_by(c.rekeys);
+        reauths.with_label_values(&[n]).inc_by(c.reauthentications);
+        dpd.with_label_values(&[n]).inc_by(c.dpd_timeouts);
+    }
+    Ok(())
+}
+
+/// The health-check series of the connections that have one.
+fn encode_health(f: &Families, connections: &[ConnectionMetrics]) -> Result<(), MetricsError> {
+    let healthy = f.gauge(
+        "vpngw_health_check_healthy",
+        "1 while the tunnel's health probes are answered (0 after the configured consecutive losses)",
+        &["connection"],
+    )?;
+    let rtt =
+        f.float_gauge("vpngw_health_check_rtt_seconds", "Round trip of the last answered probe", &["connection"])?;
+    let jitter = f.float_gauge(
+        "vpngw_health_check_jitter_seconds",
+        "Smoothed round-trip variation of the probes (RFC 3550 style)",
+        &["connection"],
+    )?;
+    let loss = f.float_gauge("vpngw_health_check_loss_ratio", "Lost probes among the last 20", &["connection"])?;
+    let probes = f.counter("vpngw_health_check_probes_total", "Health probes by result", &["connection", "result"])?;
+    for c in connections {
+        let n = c.name.as_str();
+        if let Some(h) = &c.health {
+            healthy.with_label_values(&[n]).set(i64::from(h.healthy == Some(true)));
+            if let Some(ms) = h.rtt_ms {
+                rtt.with_label_values(&[n]).set(ms / 1000.0);
+            }
+            if let Some(ms) = h.jitter_ms {
+                jitter.with_label_values(&[n]).set(ms / 1000.0);
+            }
+            loss.with_label_values(&[n]).set(h.loss_ratio);
+            probes.with_label_values(&[n, "answered"]).inc_by(h.probes_answered);
+            probes.with_label_values(&[n, "lost"]).inc_by(h.probes_lost);
+        }
+    }
+    Ok(())
 }
 
 pub type SnapshotRequests = mpsc::Sender<oneshot::Sender<Snapshot>>;
@@ -312,7 +387,7 @@ mod tests {
                 ConnectionMetrics {
                     name: "to-b".into(),
                     up: true,
-                    ike_state: "established",
+                    ike_state: IkeProgress::Established,
                     ike_established_unix: Some(1_790_000_000),
                     child_sas: [0, 1, 1],
                     traffic: Traffic {
@@ -338,7 +413,7 @@ mod tests {
                 },
                 ConnectionMetrics {
                     name: "to-c".into(),
-                    ike_state: "none",
+                    ike_state: IkeProgress::None,
                     failures: vec![0; FailReason::ALL.len()],
                     ..Default::default()
                 },

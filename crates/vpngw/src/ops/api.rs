@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use toml::Table;
 
 use crate::config::{Api, Connection, parse_connection};
-use crate::control::{Command, ErrorKind, Request, Response};
+use crate::ops::control::{Command, ErrorKind, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

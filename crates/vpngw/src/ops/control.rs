@@ -8,8 +8,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::diagnose::Diagnosis;
-use crate::status::Status;
+use crate::ops::diagnose::Diagnosis;
+use crate::ops::status::Status;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
@@ -66,8 +66,8 @@ pub struct ConnectionView {
     pub name: String,
     /// "file" (the configuration file; read-only here) or "api" (created at runtime).
     pub source: String,
-    pub configured: crate::diagnose::Configured,
-    pub status: crate::status::ConnectionStatus,
+    pub configured: crate::ops::diagnose::Configured,
+    pub status: crate::ops::status::ConnectionStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,16 +10,18 @@
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-use vpngw_ike::{FailReason, PeerConfig};
+use vpngw_ike::{ChildSaState, FailReason, PeerConfig};
 
+use super::{Sources, unix};
 use crate::config::Connection;
-use crate::status::ConnectionStatus;
+use crate::ops::status::{self, ConnectionStatus};
+use crate::state::ConnectionState;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Diagnosis {
     pub connection: String,
     /// up / connecting / down, as in `vpngw status`.
-    pub state: String,
+    pub state: ConnectionState,
     /// One line: what is wrong (or that nothing is), and the first thing to do.
     pub verdict: String,
     pub configured: Configured,
@@ -45,7 +47,7 @@ const VOLUME_ADVICE_MIN_AGE: u64 = 5;
 /// rate it has carried since it was established.
 pub fn advice(status: &ConnectionStatus, now_unix: u64) -> Vec<String> {
     let mut out = Vec::new();
-    for ch in status.child_sas.iter().filter(|c| c.state == "active") {
+    for ch in status.child_sas.iter().filter(|c| c.state == ChildSaState::Active) {
         let Some(kb) = ch.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
         let age = now_unix.saturating_sub(ch.established_at_unix);
         let used = ch.bytes_in.max(ch.bytes_out);
@@ -155,6 +157,23 @@ impl Configured {
     }
 }
 
+/// The diagnosis of the configured connection `name` (none if there is no such connection).
+pub fn for_connection(s: &Sources, name: &str) -> Option<Diagnosis> {
+    let connection = s.connection(name)?;
+    let failures = s
+        .history
+        .failures(name)
+        .map(|f| FailureReport {
+            reason: f.reason.to_string(),
+            detail: f.detail.clone(),
+            at_unix: unix(f.at),
+            count: f.count,
+            hint: hint(f.reason).into(),
+        })
+        .collect();
+    Some(Diagnosis::new(connection, status::connection(s, connection), failures, unix(s.wall)))
+}
+
 /// What to check and do for each reason (the troubleshooting guide, in one sentence each).
 pub fn hint(reason: FailReason) -> &'static str {
     match reason {
@@ -197,13 +216,13 @@ pub fn hint(reason: FailReason) -> &'static str {
 
 impl Diagnosis {
     pub fn new(c: &Connection, status: ConnectionStatus, failures: Vec<FailureReport>, now_unix: u64) -> Self {
-        let verdict = match (status.state.as_str(), failures.first()) {
-            ("up", _) => {
-                let n = status.child_sas.iter().filter(|c| c.state == "active").count();
+        let verdict = match (status.state, failures.first()) {
+            (ConnectionState::Up, _) => {
+                let n = status.child_sas.iter().filter(|c| c.state == ChildSaState::Active).count();
                 format!("up: IKE SA established, {n} child SA(s) carrying traffic")
             }
             (state, Some(f)) => format!("{state}: {} ({}). {}", f.reason, f.detail, f.hint),
-            ("connecting", None) => "connecting: negotiation under way, no failure so far".into(),
+            (ConnectionState::Connecting, None) => "connecting: negotiation under way, no failure so far".into(),
             (_, None) if c.start == crate::config::Start::Passive => {
                 "down: passive connection waiting for the peer to initiate; no failure so far".into()
             }
@@ -214,7 +233,7 @@ impl Diagnosis {
         };
         Self {
             connection: c.peer.name.clone(),
-            state: status.state.clone(),
+            state: status.state,
             verdict,
             configured: Configured::of(c),
             advice: advice(&status, now_unix),
@@ -298,9 +317,9 @@ impl Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::ChildSaStatus;
+    use crate::ops::status::ChildSaStatus;
 
-    fn child(state: &str, established_at_unix: u64, kb: Option<u64>, bytes_out: u64) -> ChildSaStatus {
+    fn child(state: ChildSaState, established_at_unix: u64, kb: Option<u64>, bytes_out: u64) -> ChildSaStatus {
         ChildSaStatus {
             spi_in: "c0000001".into(),
             spi_out: "c0000002".into(),
@@ -310,7 +329,7 @@ mod tests {
             authentication: "sha1".into(),
             pfs: "disable".into(),
             encapsulation: "esp".into(),
-            state: state.into(),
+            state,
             established_at_unix,
             expires_in_seconds: 3000,
             rekey_in_seconds: None,
@@ -333,26 +352,26 @@ mod tests {
             mode: "main".into(),
             local_id: "ip".into(),
             remote_id: "ip".into(),
-            state: "up".into(),
+            state: ConnectionState::Up,
             ike_sa: None,
             child_sas: children,
             last_failure: None,
             health: None,
         };
         // The seed's default volume at 200 MB/s (1.6 Gbit/s): 9 s. Advised, with the numbers.
-        let fast = status(vec![child("active", now - 6, Some(1_843_200), 6 * 200_000_000)]);
+        let fast = status(vec![child(ChildSaState::Active, now - 6, Some(1_843_200), 6 * 200_000_000)]);
         let a = advice(&fast, now);
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].contains("1843200 KB") && a[0].contains("about 9 s") && a[0].contains("1600 Mbit/s"), "{a:?}");
         assert!(a[0].contains("lifetime_kilobytes"), "{a:?}");
         // Not: 10 MB/s (3 minutes), no volume limit, too young to tell, replaced SAs, idle.
         for quiet in [
-            child("active", now - 6, Some(1_843_200), 6 * 10_000_000),
-            child("active", now - 6, None, 6 * 200_000_000),
-            child("active", now - 6, Some(0), 6 * 200_000_000),
-            child("active", now - 2, Some(1_843_200), 2 * 200_000_000),
-            child("replaced", now - 6, Some(1_843_200), 6 * 200_000_000),
-            child("active", now - 600, Some(1_843_200), 0),
+            child(ChildSaState::Active, now - 6, Some(1_843_200), 6 * 10_000_000),
+            child(ChildSaState::Active, now - 6, None, 6 * 200_000_000),
+            child(ChildSaState::Active, now - 6, Some(0), 6 * 200_000_000),
+            child(ChildSaState::Active, now - 2, Some(1_843_200), 2 * 200_000_000),
+            child(ChildSaState::Replaced, now - 6, Some(1_843_200), 6 * 200_000_000),
+            child(ChildSaState::Active, now - 600, Some(1_843_200), 0),
         ] {
             assert!(advice(&status(vec![quiet.clone()]), now).is_empty(), "{quiet:?}");
         }

@@ -1,0 +1,131 @@
+//! Control requests (the control socket's and the management API's): the operator's verbs, the
+//! read models, and runtime connections created or deleted.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::Daemon;
+use crate::config::Connection;
+use crate::ops::control::{ConnectionView, ErrorKind, ProblemView, Request, Response};
+use crate::ops::{diagnose, status};
+use crate::runtime_connections;
+
+fn unknown(c: &str) -> Response {
+    Response::failed(ErrorKind::NotFound, format!("no connection named {c:?}"))
+}
+
+impl Daemon {
+    pub(super) async fn command(&mut self, request: Request) -> Response {
+        let now = Instant::now();
+        match request {
+            Request::Status => Response { status: Some(self.read(status::build)), message: None, ..Response::ok("") },
+            Request::Up { connection } => match self.ike.endpoint.initiate(now, &connection) {
+                Ok(()) => {
+                    self.retries.cancel(&connection);
+                    Response::ok(format!("initiating {connection}"))
+                }
+                Err(_) => unknown(&connection),
+            },
+            Request::Down { connection } => match self.ike.endpoint.terminate(now, &connection) {
+                Ok(()) => {
+                    self.retries.cancel(&connection);
+                    self.child_sas.withdraw_connection(&connection);
+                    Response::ok(format!("{connection} down"))
+                }
+                Err(_) => unknown(&connection),
+            },
+            Request::Diagnose { connection } => match self.read(|s| diagnose::for_connection(s, &connection)) {
+                Some(diagnosis) => Response { diagnosis: Some(Box::new(diagnosis)), message: None, ..Response::ok("") },
+                None => unknown(&connection),
+            },
+            Request::Rekey { connection } => match self.ike.endpoint.rekey_connection(now, &connection) {
+                Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
+                Ok(n) => Response::ok(format!("{connection}: rekeying {n} child SA(s)")),
+                Err(_) => unknown(&connection),
+            },
+            Request::Connections => {
+                Response { connections: Some(self.connection_views()), message: None, ..Response::ok("") }
+            }
+            Request::PutConnection { name, connection } => self.put_connection(name, connection).await,
+            Request::DeleteConnection { name } => self.delete_connection(&name).await,
+        }
+    }
+
+    fn connection_views(&self) -> Vec<ConnectionView> {
+        self.read(|s| {
+            s.config
+                .connections
+                .iter()
+                .map(|c| ConnectionView {
+                    name: c.peer.name.clone(),
+                    source: self.runtime.source(&c.peer.name).into(),
+                    configured: crate::ops::diagnose::Configured::of(c),
+                    status: status::connection(s, c),
+                })
+                .collect()
+        })
+    }
+
+    /// Creates or replaces a runtime connection: the configuration file's keys and checks,
+    /// applied like a reload of that one connection, then persisted.
+    async fn put_connection(&mut self, name: String, body: serde_json::Value) -> Response {
+        let Some(api) = self.config.api.clone() else {
+            return Response::error(
+                "runtime connections need an [api] section: its state_file keeps them across restarts",
+            );
+        };
+        let file_owned = self.connection(&name).is_some() && !self.runtime.contains(&name);
+        if file_owned {
+            return Response::failed(
+                ErrorKind::Conflict,
+                format!("{name:?} is defined in the configuration file: change it there"),
+            );
+        }
+        let base = self.config_path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let public = self.config.gateway.public_address;
+        let (connection, table) = match runtime_connections::parse(&name, body, public, &base, &self.config.connections)
+        {
+            Ok(parsed) => parsed,
+            Err(problems) => return invalid(problems),
+        };
+        let mut connections: Vec<Connection> =
+            self.config.connections.iter().filter(|c| c.peer.name != name).cloned().collect();
+        connections.push(connection);
+        let created = match self.runtime.put(&api, &name, table) {
+            Ok(created) => created,
+            Err(e) => {
+                tracing::error!(file = %api.state_file.display(), error = %e, "cannot save runtime connections");
+                return Response::failed(ErrorKind::Internal, format!("cannot save it: {e}"));
+            }
+        };
+        self.apply_connections(connections).await;
+        tracing::info!(connection = %name, created, "runtime connection saved");
+        Response { created: Some(created), ..Response::ok(format!("{name} saved")) }
+    }
+
+    async fn delete_connection(&mut self, name: &str) -> Response {
+        if !self.runtime.contains(name) {
+            return if self.connection(name).is_some() {
+                Response::failed(
+                    ErrorKind::Conflict,
+                    format!("{name:?} is defined in the configuration file: remove it there"),
+                )
+            } else {
+                unknown(name)
+            };
+        }
+        if let Some(api) = &self.config.api
+            && let Err(e) = self.runtime.delete(api, name)
+        {
+            return Response::failed(ErrorKind::Internal, format!("cannot save the change: {e}"));
+        }
+        let connections = self.config.connections.iter().filter(|c| c.peer.name != name).cloned().collect();
+        self.apply_connections(connections).await;
+        tracing::info!(connection = %name, "runtime connection deleted");
+        Response::ok(format!("{name} deleted"))
+    }
+}
+
+fn invalid(problems: Vec<ProblemView>) -> Response {
+    Response { problems, ..Response::failed(ErrorKind::Invalid, "invalid connection (each problem names its key)") }
+}

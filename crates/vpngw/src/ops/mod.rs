@@ -1,0 +1,59 @@
+//! The operator's surfaces: the control socket (`vpngw status`, `up`, ...), the management
+//! API, Prometheus metrics, and the read models they show. The read models (`status::build`,
+//! `metrics::snapshot`, `diagnose::for_connection`) are pure functions over [`Sources`], a
+//! borrowed snapshot the daemon loop takes; none of them changes anything or derives from
+//! another.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vpngw_dataplane::counters::WorkerCounters;
+use vpngw_dataplane::link::NextHop;
+use vpngw_dataplane::sa_table::SaTable;
+use vpngw_ike::{DropCounters, IkeSaInfo};
+
+use crate::config::{Config, Connection};
+use crate::health::Probes;
+use crate::history::ConnectionHistory;
+
+pub mod api;
+pub mod control;
+pub mod diagnose;
+pub mod metrics;
+pub mod status;
+
+/// What the read models are built from, as the daemon loop sees it at one moment.
+pub struct Sources<'a> {
+    pub now: Instant,
+    pub wall: SystemTime,
+    pub config: &'a Config,
+    /// The engine's IKE SAs and their child SAs (`Endpoint::ike_sas`).
+    pub ike_sas: &'a [IkeSaInfo],
+    pub ike_drops: &'a DropCounters,
+    /// The SAs the dataplane uses, with their counters.
+    pub table: &'a SaTable,
+    pub history: &'a ConnectionHistory,
+    pub probes: &'a Probes,
+    /// The dataplane's workers' counters (none once it stopped).
+    pub workers: &'a [WorkerCounters],
+    /// Peers whose raw ESP takes the link path, and through what.
+    pub link_paths: &'a [(Ipv4Addr, NextHop)],
+    pub uptime: Duration,
+}
+
+impl Sources<'_> {
+    /// The configured connection named `name`.
+    pub fn connection(&self, name: &str) -> Option<&Connection> {
+        self.config.connections.iter().find(|c| c.peer.name == name)
+    }
+
+    /// Unix time of a moment of the monotonic clock (in the past).
+    pub fn unix_at(&self, t: Instant) -> u64 {
+        unix(self.wall - self.now.saturating_duration_since(t))
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,416 @@
+//! What `vpngw status` shows: built ([`build`]) from the engine's snapshot and the SA table's
+//! counters; rendered as a table for people or JSON for programs. No key material, ever.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use vpngw_dataplane::counters::DropReason;
+use vpngw_ike::{ChildSaInfo, ChildSaState, IkeSaInfo};
+
+use super::{Sources, unix};
+use crate::config::Connection;
+use crate::link_paths::MacAddr;
+use crate::state::{ConnectionState, child_sa_state_serde, current_ike_sa, ike_sa_state};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub gateway: String,
+    pub version: String,
+    pub public_address: String,
+    pub uptime_seconds: u64,
+    /// Datagrams not acted on, by reason (malformed, unknown SA or peer, ESP before the
+    /// dataplane exists, ...).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    /// Per dataplane worker: packets each way and time spent busy.
+    pub workers: Vec<WorkerStatus>,
+    /// Peers whose raw ESP leaves through the link path (`gateway.esp_output = "link"`); raw
+    /// ESP to any other peer leaves through the raw IP socket.
+    #[serde(default)]
+    pub link_paths: Vec<LinkPathStatus>,
+    pub connections: Vec<ConnectionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkPathStatus {
+    pub peer: String,
+    pub device: String,
+    pub next_hop_mac: String,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    /// The core the worker is pinned to (none: not pinned).
+    #[serde(default)]
+    pub core: Option<usize>,
+    pub packets_out: u64,
+    /// Of `packets_out`, raw ESP sent through the link path.
+    #[serde(default)]
+    pub packets_out_link: u64,
+    pub packets_in: u64,
+    pub busy_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionStatus {
+    pub name: String,
+    /// Where the key comes from ("inline" or "file PATH"); never the key.
+    pub pre_shared_key: String,
+    pub remote_address: String,
+    pub start: String,
+    pub mode: String,
+    pub local_id: String,
+    pub remote_id: String,
+    /// "up" when an IKE SA and every subnet pair's child SA are established.
+    pub state: ConnectionState,
+    pub ike_sa: Option<IkeSaStatus>,
+    pub child_sas: Vec<ChildSaStatus>,
+    pub last_failure: Option<FailureStatus>,
+    /// The tunnel quality probe, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IkeSaStatus {
+    pub state: String,
+    pub role: String,
+    pub local: String,
+    pub remote: String,
+    pub encryption: Option<String>,
+    pub authentication: Option<String>,
+    pub dh_group: Option<String>,
+    pub nat_detected: bool,
+    pub established_at_unix: Option<u64>,
+    pub expires_in_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildSaStatus {
+    /// Hex, as strongSwan and tcpdump print them.
+    pub spi_in: String,
+    pub spi_out: String,
+    pub local_subnet: String,
+    pub remote_subnet: String,
+    pub encryption: String,
+    pub authentication: String,
+    pub pfs: String,
+    pub encapsulation: String,
+    /// installing (inbound only), active (carries outbound traffic), replaced (going).
+    #[serde(with = "child_sa_state_serde")]
+    pub state: ChildSaState,
+    pub established_at_unix: u64,
+    pub expires_in_seconds: u64,
+    /// When this side starts replacing it (absent once under way, or when replaced).
+    #[serde(default)]
+    pub rekey_in_seconds: Option<u64>,
+    pub lifetime_kilobytes: Option<u64>,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailureStatus {
+    pub reason: String,
+    pub detail: String,
+    pub at_unix: u64,
+    pub count: u64,
+}
+
+/// The status of the gateway and every configured connection.
+pub fn build(s: &Sources) -> Status {
+    Status {
+        gateway: s.config.gateway.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        public_address: s.config.gateway.public_address.to_string(),
+        uptime_seconds: s.uptime.as_secs(),
+        dropped: dropped(s),
+        workers: s
+            .workers
+            .iter()
+            .map(|c| WorkerStatus {
+                core: c.core(),
+                packets_out: c.out_packets.load(Ordering::Relaxed),
+                packets_out_link: c.out_link_packets.load(Ordering::Relaxed),
+                packets_in: c.in_packets.load(Ordering::Relaxed),
+                busy_seconds: c.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            })
+            .collect(),
+        link_paths: s
+            .link_paths
+            .iter()
+            .map(|(peer, hop)| LinkPathStatus {
+                peer: peer.to_string(),
+                device: hop.device.clone(),
+                next_hop_mac: MacAddr(&hop.destination_mac).to_string(),
+                mtu: hop.mtu,
+            })
+            .collect(),
+        connections: s.config.connections.iter().map(|c| connection(s, c)).collect(),
+    }
+}
+
+/// Datagrams not acted on: the engine's by reason (`ike_`), the workers' (`esp_`) where not 0.
+fn dropped(s: &Sources) -> std::collections::BTreeMap<String, u64> {
+    let mut d: std::collections::BTreeMap<String, u64> =
+        s.ike_drops.by_reason.iter().map(|(k, v)| (format!("ike_{k}"), *v)).collect();
+    for r in DropReason::all() {
+        let n: u64 = s.workers.iter().map(|c| c.dropped(r)).sum();
+        if n > 0 {
+            d.insert(format!("esp_{}", r.as_str()), n);
+        }
+    }
+    d
+}
+
+/// One connection's status.
+pub fn connection(s: &Sources, c: &Connection) -> ConnectionStatus {
+    let p = &c.peer;
+    let ike = current_ike_sa(s.ike_sas, &p.name);
+    let child_sas = s
+        .ike_sas
+        .iter()
+        .filter(|sa| sa.peer == p.name)
+        .flat_map(|sa| sa.children.iter())
+        .map(|ch| child_sa(s, ch))
+        .collect();
+    ConnectionStatus {
+        name: p.name.clone(),
+        pre_shared_key: c.psk_source.clone(),
+        remote_address: p.remote_address.to_string(),
+        start: c.start.as_str().into(),
+        mode: p.mode.to_string(),
+        local_id: p.local_id.to_string(),
+        remote_id: p.remote_id.to_string(),
+        state: ConnectionState::of(s.ike_sas, &p.name, p.subnets.len()),
+        ike_sa: ike.map(|sa| ike_sa(s, sa)),
+        child_sas,
+        last_failure: s.history.last_failure(&p.name).map(|f| FailureStatus {
+            reason: f.reason.to_string(),
+            detail: f.detail.clone(),
+            at_unix: unix(f.at),
+            count: f.count,
+        }),
+        health: s.probes.status(&p.name),
+    }
+}
+
+fn ike_sa(s: &Sources, sa: &IkeSaInfo) -> IkeSaStatus {
+    IkeSaStatus {
+        state: ike_sa_state(sa).into(),
+        role: sa.role.to_string(),
+        local: sa.local.to_string(),
+        remote: sa.remote.to_string(),
+        encryption: sa.encryption.map(|a| a.name().into()),
+        authentication: sa.hash.map(|h| h.name().into()),
+        dh_group: sa.dh_group.map(|g| g.name().into()),
+        nat_detected: sa.nat_detected,
+        established_at_unix: sa.established_at.map(|t| s.unix_at(t)),
+        expires_in_seconds: sa.expires_at.map(|t| t.saturating_duration_since(s.now).as_secs()),
+    }
+}
+
+fn child_sa(s: &Sources, ch: &ChildSaInfo) -> ChildSaStatus {
+    let inb = s.table.inbound(ch.spi_in);
+    let out = s.table.outbound_by_spi(ch.spi_out);
+    ChildSaStatus {
+        spi_in: format!("{:08x}", ch.spi_in),
+        spi_out: format!("{:08x}", ch.spi_out),
+        local_subnet: ch.selectors.local.to_string(),
+        remote_subnet: ch.selectors.remote.to_string(),
+        encryption: ch.encryption.name().into(),
+        authentication: ch.integrity.name().into(),
+        pfs: ch.pfs.map_or("disable".into(), |g| g.name().into()),
+        encapsulation: ch.encapsulation.to_string(),
+        state: ch.state,
+        established_at_unix: s.unix_at(ch.established_at),
+        expires_in_seconds: ch.expires_at.saturating_duration_since(s.now).as_secs(),
+        rekey_in_seconds: ch.rekey_at.map(|t| t.saturating_duration_since(s.now).as_secs()),
+        lifetime_kilobytes: ch.lifetime_kilobytes,
+        packets_in: inb.as_ref().map_or(0, |e| e.counters.packets()),
+        bytes_in: inb.as_ref().map_or(0, |e| e.counters.bytes()),
+        packets_out: out.as_ref().map_or(0, |e| e.counters.packets()),
+        bytes_out: out.as_ref().map_or(0, |e| e.counters.bytes()),
+    }
+}
+
+fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    if s < 120 {
+        format!("{s}s ago")
+    } else if s < 7200 {
+        format!("{}m ago", s / 60)
+    } else {
+        format!("{}h ago", s / 3600)
+    }
+}
+
+impl Status {
+    /// One line: how many workers, where they run, and what they carried.
+    fn render_workers(&self) -> String {
+        let cores: Vec<String> = self.workers.iter().filter_map(|w| w.core).map(|c| c.to_string()).collect();
+        let placement = match cores.len() {
+            0 => "not pinned".to_string(),
+            n if n == self.workers.len() => format!("on cores {}", cores.join(", ")),
+            _ => format!("{} of them pinned, on cores {}", cores.len(), cores.join(", ")),
+        };
+        let sum = |f: fn(&WorkerStatus) -> u64| self.workers.iter().map(f).sum::<u64>();
+        let (out, link, inbound) = (sum(|w| w.packets_out), sum(|w| w.packets_out_link), sum(|w| w.packets_in));
+        let link = if link > 0 { format!(" ({link} through the link path)") } else { String::new() };
+        let workers = if self.workers.len() == 1 { "worker" } else { "workers" };
+        format!("dataplane: {} {workers} {placement}; packets out {out}{link}, in {inbound}", self.workers.len())
+    }
+
+    /// The human form of `vpngw status`.
+    pub fn render(&self, now_unix: u64) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "gateway {} ({}), vpngw {}, up {}s",
+            self.gateway, self.public_address, self.version, self.uptime_seconds
+        );
+        if !self.workers.is_empty() {
+            let _ = writeln!(o, "{}", self.render_workers());
+        }
+        let dropped: Vec<String> = self.dropped.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+        let _ = writeln!(
+            o,
+            "dropped datagrams: {}",
+            if dropped.is_empty() { "none".to_string() } else { dropped.join(", ") }
+        );
+        for l in &self.link_paths {
+            let _ = writeln!(
+                o,
+                "raw ESP to {}: link path on {} (next hop {}, mtu {})",
+                l.peer, l.device, l.next_hop_mac, l.mtu
+            );
+        }
+        if self.connections.is_empty() {
+            let _ = writeln!(o, "no connections configured");
+        }
+        for c in &self.connections {
+            render_connection(&mut o, c, now_unix);
+        }
+        o
+    }
+}
+
+/// One connection in the human form: its line, its SAs, its health check and last failure.
+fn render_connection(o: &mut String, c: &ConnectionStatus, now_unix: u64) {
+    let _ = writeln!(
+        o,
+        "\n{}: {} (peer {}, {} mode, start {}, ids {} <-> {})",
+        c.name, c.state, c.remote_address, c.mode, c.start, c.local_id, c.remote_id
+    );
+    match &c.ike_sa {
+        Some(ike) => {
+            let algs = format!(
+                "{}/{}/{}",
+                ike.encryption.as_deref().unwrap_or("?"),
+                ike.authentication.as_deref().unwrap_or("?"),
+                ike.dh_group.as_deref().unwrap_or("?")
+            );
+            let since =
+                ike.established_at_unix.map(|t| format!(", established {}", ago(now_unix, t))).unwrap_or_default();
+            let expires = ike.expires_in_seconds.map(|s| format!(", expires in {s}s")).unwrap_or_default();
+            let nat = if ike.nat_detected { ", NAT detected (ESP in UDP 4500)" } else { "" };
+            let _ = writeln!(
+                o,
+                "  IKE SA: {} as {}, {} <-> {}, {}{}{}{}",
+                ike.state, ike.role, ike.local, ike.remote, algs, since, expires, nat
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  IKE SA: none");
+        }
+    }
+    for ch in &c.child_sas {
+        let _ = writeln!(
+            o,
+            "  child SA {} <=> {} ({}): SPIs in {} out {}, {}/{} pfs {}, {}, established {}, {}expires in {}s, in {} pkts/{} B, out {} pkts/{} B",
+            ch.local_subnet,
+            ch.remote_subnet,
+            ch.state,
+            ch.spi_in,
+            ch.spi_out,
+            ch.encryption,
+            ch.authentication,
+            ch.pfs,
+            ch.encapsulation,
+            ago(now_unix, ch.established_at_unix),
+            ch.rekey_in_seconds.map(|s| format!("rekey in {s}s, ")).unwrap_or_default(),
+            ch.expires_in_seconds,
+            ch.packets_in,
+            ch.bytes_in,
+            ch.packets_out,
+            ch.bytes_out
+        );
+    }
+    if let Some(h) = &c.health {
+        let verdict = match (h.healthy, &h.error) {
+            (_, Some(e)) => format!("not probing: {e}"),
+            (Some(true), _) => "healthy".into(),
+            (Some(false), _) => "UNHEALTHY".into(),
+            (None, _) => "no answer yet".into(),
+        };
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let _ = writeln!(
+            o,
+            "  health check {} -> {}: {verdict}, rtt {}, jitter {}, loss {:.0}% of the last probes ({} sent)",
+            h.local_address,
+            h.remote_address,
+            ms(h.rtt_ms),
+            ms(h.jitter_ms),
+            h.loss_ratio * 100.0,
+            h.probes_sent
+        );
+    }
+    if let Some(f) = &c.last_failure {
+        let _ = writeln!(o, "  last failure ({}, {}x): {}: {}", ago(now_unix, f.at_unix), f.count, f.reason, f.detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(workers: Vec<WorkerStatus>, dropped: &[(&str, u64)]) -> Status {
+        Status {
+            gateway: "gw".into(),
+            version: "0.1.0".into(),
+            public_address: "198.51.100.1".into(),
+            uptime_seconds: 5,
+            dropped: dropped.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            workers,
+            link_paths: vec![],
+            connections: vec![],
+        }
+    }
+
+    fn worker(core: Option<usize>, out: u64, link: u64, inbound: u64) -> WorkerStatus {
+        WorkerStatus { core, packets_out: out, packets_out_link: link, packets_in: inbound, busy_seconds: 0.0 }
+    }
+
+    #[test]
+    fn the_summary_names_worker_placement_traffic_and_drops() {
+        let s = status(
+            vec![worker(Some(0), 10, 8, 3), worker(Some(1), 5, 0, 4)],
+            &[("esp_no_sa", 9), ("ike_unknown_sa", 2)],
+        );
+        let text = s.render(0);
+        assert!(
+            text.contains("dataplane: 2 workers on cores 0, 1; packets out 15 (8 through the link path), in 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("dropped datagrams: esp_no_sa 9, ike_unknown_sa 2\n"), "{text}");
+        let s = status(vec![worker(None, 1, 0, 2)], &[]);
+        let text = s.render(0);
+        assert!(text.contains("dataplane: 1 worker not pinned; packets out 1, in 2\n"), "{text}");
+        assert!(text.contains("dropped datagrams: none\n"), "{text}");
+        let s = status(vec![worker(Some(3), 0, 0, 0), worker(None, 0, 0, 0)], &[]);
+        assert!(s.render(0).contains("2 workers 1 of them pinned, on cores 3;"), "{}", s.render(0));
+    }
+}
