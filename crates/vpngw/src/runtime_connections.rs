@@ -41,11 +41,14 @@ impl RuntimeConnections {
         Ok(created)
     }
 
-    /// Deletes the connection (state file first, then here).
-    pub fn delete(&mut self, api: &Api, name: &str) -> std::io::Result<()> {
+    /// Deletes the connection (state file first, when the API keeps one, then here). Without
+    /// `[api]` (removed by a reload while its listener still runs) it is forgotten all the same.
+    pub fn delete(&mut self, api: Option<&Api>, name: &str) -> std::io::Result<()> {
         let mut tables = self.tables.clone();
         tables.remove(name);
-        api::save_state(&api.state_file, &tables)?;
+        if let Some(api) = api {
+            api::save_state(&api.state_file, &tables)?;
+        }
         self.tables = tables;
         Ok(())
     }
@@ -131,4 +134,18 @@ pub fn parse(
         ));
     }
     Ok((connection, table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_connection_is_forgotten_without_an_api_section_too() {
+        let tables = BTreeMap::from([("to-b".to_string(), toml::Table::new())]);
+        let mut runtime = RuntimeConnections::new(tables, None);
+        assert!(runtime.contains("to-b"));
+        assert!(runtime.delete(None, "to-b").is_ok());
+        assert!(!runtime.contains("to-b"), "kept after its DELETE");
+    }
 }

@@ -114,9 +114,7 @@ impl Daemon {
                 unknown(name)
             };
         }
-        if let Some(api) = &self.config.api
-            && let Err(e) = self.runtime.delete(api, name)
-        {
+        if let Err(e) = self.runtime.delete(self.config.api.as_ref(), name) {
             return Response::failed(ErrorKind::Internal, format!("cannot save the change: {e}"));
         }
         let connections = self.config.connections.iter().filter(|c| c.peer.name != name).cloned().collect();
