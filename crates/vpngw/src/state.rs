@@ -1,7 +1,5 @@
 //! Typed states as the daemon reads them from the engine's snapshot (`Endpoint::ike_sas`), each
 //! rendering to the one word that status text, JSON, metrics and the API show.
-//!
-//! The engine's IKE SA state is read in one place only, [`ike_sa_state`].
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vpngw_ike::{ChildSaState, IkeSaInfo, IkeSaState};
@@ -61,7 +59,7 @@ impl IkeProgress {
     pub fn of(current: Option<&IkeSaInfo>) -> Self {
         match current {
             None => Self::None,
-            Some(s) if ike_sa_established(s) => Self::Established,
+            Some(s) if s.state == IkeSaState::Established => Self::Established,
             Some(_) => Self::Negotiating,
         }
     }
@@ -75,15 +73,6 @@ impl IkeProgress {
     }
 }
 
-/// The engine's word for the IKE SA's state (status and JSON show it as it is).
-pub fn ike_sa_state(info: &IkeSaInfo) -> &'static str {
-    info.state.as_str()
-}
-
-pub fn ike_sa_established(info: &IkeSaInfo) -> bool {
-    info.state == IkeSaState::Established
-}
-
 /// The IKE SA status and metrics show for a connection: the newest established one, else the
 /// newest negotiating one.
 pub fn current_ike_sa<'a>(sas: &'a [IkeSaInfo], name: &str) -> Option<&'a IkeSaInfo> {
@@ -93,7 +82,7 @@ pub fn current_ike_sa<'a>(sas: &'a [IkeSaInfo], name: &str) -> Option<&'a IkeSaI
 /// Whether a connection is up: an established IKE SA and an active child SA for each of its
 /// subnet pairs, among the engine's IKE SAs (`Endpoint::ike_sas`).
 pub fn connection_up(sas: &[IkeSaInfo], name: &str, subnet_pairs: usize) -> bool {
-    let established = sas.iter().any(|s| s.peer == name && ike_sa_established(s));
+    let established = sas.iter().any(|s| s.peer == name && s.state == IkeSaState::Established);
     let active = sas
         .iter()
         .filter(|s| s.peer == name)

@@ -20,11 +20,11 @@ use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts
 use tokio::sync::{mpsc, oneshot};
 use vpngw_dataplane::counters::DropReason;
 use vpngw_esp::OpenError;
-use vpngw_ike::{ChildSaState, FailReason};
+use vpngw_ike::{ChildSaState, FailReason, IkeSaState};
 
 use super::Sources;
 use crate::ledger::Traffic;
-use crate::state::{ConnectionState, IkeProgress, current_ike_sa, ike_sa_established};
+use crate::state::{IkeProgress, connection_up, current_ike_sa};
 
 /// What one scrape reports, gathered by the daemon loop.
 #[derive(Debug, Clone, Default)]
@@ -104,10 +104,10 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
                 }
             }
             let current = current_ike_sa(s.ike_sas, name);
-            let established = current.filter(|sa| ike_sa_established(sa));
+            let established = current.filter(|sa| sa.state == IkeSaState::Established);
             ConnectionMetrics {
                 name: name.clone(),
-                up: ConnectionState::of(s.ike_sas, name, c.peer.subnets.len()) == ConnectionState::Up,
+                up: connection_up(s.ike_sas, name, c.peer.subnets.len()),
                 ike_state: IkeProgress::of(current),
                 ike_established_unix: established.and_then(|sa| sa.established_at).map(|t| s.unix_at(t)),
                 child_sas,

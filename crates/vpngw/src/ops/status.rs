@@ -11,7 +11,7 @@ use vpngw_ike::{ChildSaInfo, ChildSaState, IkeSaInfo};
 use super::{Sources, unix};
 use crate::config::Connection;
 use crate::link_paths::MacAddr;
-use crate::state::{ConnectionState, child_sa_state_serde, current_ike_sa, ike_sa_state};
+use crate::state::{ConnectionState, child_sa_state_serde, current_ike_sa};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -200,7 +200,7 @@ pub fn connection(s: &Sources, c: &Connection) -> ConnectionStatus {
 
 fn ike_sa(s: &Sources, sa: &IkeSaInfo) -> IkeSaStatus {
     IkeSaStatus {
-        state: ike_sa_state(sa).into(),
+        state: sa.state.as_str().into(),
         role: sa.role.to_string(),
         local: sa.local.to_string(),
         remote: sa.remote.to_string(),
