@@ -12,6 +12,7 @@ use core::fmt;
 
 /// Block ciphers in CBC mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum EncryptionAlgorithm {
     Des,
     TripleDes,
@@ -155,6 +156,7 @@ impl fmt::Display for EncryptionAlgorithm {
 
 /// ESP/AH integrity algorithms (truncated HMAC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum IntegrityAlgorithm {
     HmacMd5_96,
     HmacSha1_96,
@@ -229,6 +231,7 @@ impl fmt::Display for IntegrityAlgorithm {
 
 /// Hash functions: the IKEv1 phase 1 "Hash Algorithm", which also selects the HMAC PRF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum HashAlgorithm {
     Md5,
     Sha1,
@@ -309,6 +312,7 @@ impl fmt::Display for HashAlgorithm {
 
 /// Diffie-Hellman MODP groups. The discriminant is the IKE group number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[repr(u16)]
 pub enum DhGroup {
     /// RFC 2409 s.6.1, 768-bit.

@@ -8,6 +8,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Zeroized on drop. `Debug` shows only the length, so a secret that ends up in a log line,
 /// a status answer or an error message reveals nothing. There is deliberately no `Display`.
 #[derive(Clone, Default, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
 pub struct SecretBytes(Vec<u8>);
 
 impl SecretBytes {

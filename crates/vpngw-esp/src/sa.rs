@@ -31,6 +31,7 @@ pub const BATCH_STEP: usize = 64;
 
 /// Keys and algorithms of one direction of an ESP SA, as the control plane derives them.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SaKeys {
     pub encryption: EncryptionAlgorithm,
     pub encryption_key: SecretBytes,

@@ -29,7 +29,7 @@ use crate::exchange::Ctx;
 use crate::info;
 use crate::message::Secured;
 use crate::proposal::Phase2Choice;
-use crate::snapshot::{ChildSaSnapshot, ago, before, until};
+use crate::snapshot::{ChildSaSnapshot, SnapshotError, after, after_opt, ago, before, until};
 
 /// How long an initiator waits after QM3 before sending with a replacement SA (the responder
 /// installs on QM3; this covers its processing and the network).
@@ -107,21 +107,21 @@ impl ChildRecord {
     }
 
     /// From plain data, times relative to `now`.
-    pub fn restore(s: &ChildSaSnapshot, now: Instant) -> Self {
-        Self {
+    pub fn restore(s: &ChildSaSnapshot, now: Instant) -> Result<Self, SnapshotError> {
+        Ok(Self {
             spi_in: s.spi_in,
             spi_out: s.spi_out,
             pair: s.selectors,
             choice: s.choice.clone(),
             state: s.state,
             established_at: before(now, s.age),
-            expires_at: now + s.expires_in,
-            rekey_at: s.rekey_in.map(|d| now + d),
-            activate_at: s.activate_in.map(|d| now + d),
-            retire_at: s.retire_in.map(|d| now + d),
+            expires_at: after(now, s.expires_in)?,
+            rekey_at: after_opt(now, s.rekey_in)?,
+            activate_at: after_opt(now, s.activate_in)?,
+            retire_at: after_opt(now, s.retire_in)?,
             predecessor: s.predecessor,
             rank: s.collision_rank,
-        }
+        })
     }
 }
 

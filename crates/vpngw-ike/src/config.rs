@@ -55,6 +55,11 @@ impl fmt::Display for Identity {
 
 /// An IPv4 subnet (a protected network).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
 pub struct Ipv4Subnet {
     addr: Ipv4Addr,
     prefix: u8,
@@ -128,8 +133,35 @@ impl fmt::Display for Ipv4Subnet {
     }
 }
 
+/// `a.b.c.d/len`, as [`Ipv4Subnet`]'s `Display` writes it.
+impl std::str::FromStr for Ipv4Subnet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not an IPv4 subnet (a.b.c.d/len)");
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        Self::new(addr, prefix.parse().map_err(|_| bad())?).ok_or_else(bad)
+    }
+}
+
+impl TryFrom<String> for Ipv4Subnet {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Ipv4Subnet> for String {
+    fn from(s: Ipv4Subnet) -> Self {
+        s.to_string()
+    }
+}
+
 /// One local/remote protected-network pair: one quick mode, one pair of ESP SAs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SubnetPair {
     pub local: Ipv4Subnet,
     pub remote: Ipv4Subnet,
@@ -142,6 +174,7 @@ impl fmt::Display for SubnetPair {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ExchangeMode {
     Main,
     Aggressive,

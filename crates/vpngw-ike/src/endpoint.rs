@@ -510,10 +510,17 @@ impl Endpoint {
             return Err(SnapshotError::Duplicate);
         }
         let id = self.new_id();
-        let sa = IkeSa::import(id, peer, snapshot, now)?;
-        for spi in sa.child_spis() {
-            self.spis.reserve(spi);
+        let mut sa = IkeSa::import(id, peer, snapshot, now)?;
+        // All or nothing: an SPI in use here (or twice in the snapshot) refuses the import.
+        let spis = sa.spis_in();
+        for (i, spi) in spis.iter().enumerate() {
+            if !self.spis.reserve(*spi) {
+                spis[..i].iter().for_each(|s| self.spis.release(*s));
+                return Err(SnapshotError::SpiInUse(*spi));
+            }
         }
+        let mut ctx = ctx!(self, now);
+        sa.resume(&mut ctx);
         self.by_cookie.insert(sa.cky_i(), id);
         self.sas.insert(id, sa);
         Ok(id)

@@ -14,7 +14,7 @@ use crate::message::{Link, MessageCrypto};
 use crate::phase1::Phase1Done;
 use crate::proposal::Phase1Choice;
 use crate::quick_mode::QuickModes;
-use crate::snapshot::{IkeSaSnapshot, SnapshotError, ago, before, until};
+use crate::snapshot::{AnsweredRequest, IkeSaSnapshot, SnapshotError, after, after_opt, ago, before, until};
 
 /// An established IKE SA: the only owner of its keys.
 pub(crate) struct Established {
@@ -66,13 +66,11 @@ impl Established {
         }
     }
 
-    /// The SA as plain data, times relative to `now`. Refused while a quick mode is under way.
-    pub fn export(&self, link: &Link, now: Instant) -> Result<IkeSaSnapshot, SnapshotError> {
-        if self.quick_modes.is_busy() {
-            return Err(SnapshotError::Busy(link.id));
-        }
+    /// The SA as plain data, times relative to `now`.
+    pub fn export(&self, link: &Link, now: Instant) -> IkeSaSnapshot {
         let (last_heard, dpd_sequence, last_probe, reauth_at) = self.liveness.parts();
-        Ok(IkeSaSnapshot {
+        let quick_modes = self.quick_modes.export();
+        IkeSaSnapshot {
             connection: link.peer.name.clone(),
             role: link.role,
             mode: link.mode,
@@ -93,9 +91,15 @@ impl Established {
             dpd_sequence,
             last_probe_ago: last_probe.map(|t| ago(now, t)),
             superseded: self.superseded,
-            aborted_message_ids: self.quick_modes.aborted(),
+            aborted_message_ids: quick_modes.aborted,
+            phase1_answer: link
+                .last_answer
+                .as_ref()
+                .map(|(request_hash, answer)| AnsweredRequest { request_hash: *request_hash, answer: answer.clone() }),
+            quick_modes: quick_modes.kept,
+            queued_quick_modes: quick_modes.queued,
             children: self.children.records().map(|c| c.snapshot(now)).collect(),
-        })
+        }
     }
 
     /// The SA of a snapshot, times relative to `now`.
@@ -104,20 +108,20 @@ impl Established {
         let cipher = CbcCipher::new(s.choice.encryption, s.keys.encryption_key.expose())
             .map_err(|e| SnapshotError::BadKey(e.to_string()))?;
         let mut children = ChildSet::default();
-        children.adopt(s.children.iter().map(|c| ChildRecord::restore(c, now)).collect());
+        children.adopt(s.children.iter().map(|c| ChildRecord::restore(c, now)).collect::<Result<_, _>>()?);
         let liveness = Liveness::restore(
             before(now, s.last_heard_ago),
             s.dpd_sequence,
             s.last_probe_ago.map(|d| before(now, d)),
-            s.reauth_in.map(|d| now + d),
+            after_opt(now, s.reauth_in)?,
         );
         Ok(Self {
             crypto: MessageCrypto::new(s.keys, cipher, s.iv_base),
             choice: s.choice,
             established_at: before(now, s.age),
-            expires_at: now + s.expires_in,
+            expires_at: after(now, s.expires_in)?,
             liveness,
-            quick_modes: QuickModes::with_aborted(s.aborted_message_ids),
+            quick_modes: QuickModes::import(s.quick_modes, s.queued_quick_modes, s.aborted_message_ids),
             children,
             superseded: s.superseded,
         })

@@ -16,6 +16,7 @@ use crate::proposal::Encapsulation;
 pub struct IkeSaId(pub u64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Role {
     Initiator,
     Responder,
@@ -155,6 +156,7 @@ pub struct ChildSa {
 
 /// Where a child SA pair is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ChildSaState {
     /// Inbound installed, outbound not yet in use (responder before QM3; initiator waiting to
     /// switch from an older pair).

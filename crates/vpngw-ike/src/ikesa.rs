@@ -175,6 +175,26 @@ impl IkeSa {
         }
     }
 
+    /// Our inbound SPIs: the child SAs' and those of the quick modes under way.
+    pub fn spis_in(&self) -> Vec<u32> {
+        match &self.phase {
+            Phase::Established(est) => {
+                let mut spis = est.children.inbound_spis();
+                spis.extend(est.quick_modes.spis_in().filter(|s| est.children.find(*s).is_none()));
+                spis
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// After an import: exchanges carried over go on, queued quick modes start.
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some((est, link)) = self.established() {
+            let channel = Secured { link, crypto: &est.crypto };
+            est.quick_modes.resume(ctx, channel, &est.children);
+        }
+    }
+
     /// A newer IKE SA with the peer takes over: hands over the child SAs, keeps only the
     /// quick modes under way, and stops DPD and re-authentication.
     pub fn supersede(&mut self) -> Vec<ChildRecord> {
@@ -297,7 +317,7 @@ impl IkeSa {
     /// The established SA as plain data.
     pub fn export(&self, now: Instant) -> Result<IkeSaSnapshot, SnapshotError> {
         match &self.phase {
-            Phase::Established(est) => est.export(&self.link, now),
+            Phase::Established(est) => Ok(est.export(&self.link, now)),
             _ => Err(SnapshotError::NotEstablished(self.link.id)),
         }
     }
@@ -314,6 +334,7 @@ impl IkeSa {
         link.cky_r = snapshot.responder_cookie;
         link.nat = NatT { variant: snapshot.nat_t, detected: snapshot.nat_detected };
         link.peer_supports_dpd = snapshot.peer_supports_dpd;
+        link.last_answer = snapshot.phase1_answer.as_ref().map(|a| (a.request_hash, a.answer.clone()));
         let est = Established::import(snapshot, now)?;
         let mut sa = Self::new(link);
         sa.phase = Phase::Established(Box::new(est));

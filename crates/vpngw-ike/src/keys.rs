@@ -10,6 +10,7 @@ use vpngw_crypto::{EncryptionAlgorithm, HashAlgorithm, Prf, SecretBytes};
 
 /// SKEYID and the three keys derived from it, plus the phase 1 encryption key.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Phase1Keys {
     pub hash: HashAlgorithm,
     pub skeyid: SecretBytes,

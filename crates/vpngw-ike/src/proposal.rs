@@ -87,6 +87,7 @@ fn cipher_words(alg: Option<EncryptionAlgorithm>, id: Option<u64>, key_len: Opti
 
 /// What phase 1 settled on.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Phase1Choice {
     pub encryption: EncryptionAlgorithm,
     pub hash: HashAlgorithm,
@@ -267,6 +268,7 @@ pub fn accept_phase1_reply(policy: &Phase1Policy, reply: &SaPayload) -> Result<P
 
 /// How ESP packets travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Encapsulation {
     /// Raw ESP, IP protocol 50.
     Tunnel,
@@ -314,6 +316,7 @@ impl fmt::Display for Encapsulation {
 
 /// What a quick mode settled on.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Phase2Choice {
     pub encryption: EncryptionAlgorithm,
     pub integrity: IntegrityAlgorithm,

@@ -4,9 +4,17 @@
 //! the export and of the import, so a snapshot may cross processes. Secrets stay in
 //! [`SecretBytes`](vpngw_crypto::SecretBytes) (zeroized on drop, redacted in `Debug`).
 //!
-//! Not in a snapshot: exchanges under way (an SA with a quick mode in flight is not exported:
-//! export when it is quiet) and the child SAs' ESP keys and volume, which the driver holds
-//! (it got them with [`crate::Event::ChildSaEstablished`]).
+//! Exchanges under way travel too: a quick mode the peer started and we answered (our
+//! inbound SA installed, QM3 awaited) goes on where it was; one of ours waiting for QM2 is
+//! given up (its late answer dropped) and queued to start afresh after the import, as are the
+//! queued ones; finished exchanges keep their last answer, so a lost QM3 or phase 1 answer
+//! is resent as before. Not in a snapshot: the child SAs' ESP keys, sequence numbers and
+//! volume, which the driver and the dataplane hold (the driver got the keys with
+//! [`crate::Event::ChildSaEstablished`]).
+//!
+//! With the `serde` feature the types serialize; a request is known again by a 64-bit hash of
+//! its bytes computed by this build (std's SipHash with fixed keys): read a snapshot with the
+//! build that wrote it, as the two servers of a hot-backup pair run.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,6 +26,7 @@ use crate::proposal::{Phase1Choice, Phase2Choice};
 
 /// An established IKE SA, with its child SAs.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IkeSaSnapshot {
     /// The connection (peer configuration) it belongs to.
     pub connection: String,
@@ -50,11 +59,53 @@ pub struct IkeSaSnapshot {
     pub superseded: bool,
     /// Message IDs of quick modes of ours given up (their late answers are dropped).
     pub aborted_message_ids: Vec<u32>,
+    /// The last phase 1 request we answered, to answer its duplicates.
+    pub phase1_answer: Option<AnsweredRequest>,
+    /// Quick modes the peer started that wait for QM3, and finished ones kept for duplicates.
+    pub quick_modes: Vec<QuickModeSnapshot>,
+    /// Quick modes of ours to start after the import (queued, or under way at the export).
+    pub queued_quick_modes: Vec<QueuedQuickMode>,
     pub children: Vec<ChildSaSnapshot>,
+}
+
+/// A request we answered and our answer (resent, not recomputed, when the request comes again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct AnsweredRequest {
+    pub request_hash: u64,
+    pub answer: Vec<u8>,
+}
+
+/// A quick mode kept across the export: finished (kept to answer duplicates), or one the peer
+/// started that waits for its QM3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct QuickModeSnapshot {
+    pub message_id: u32,
+    pub role: Role,
+    pub selectors: SubnetPair,
+    /// We sent QM2 and installed our inbound SA; QM3 switches the pair on.
+    pub awaiting_qm3: bool,
+    pub spi_in: u32,
+    /// The exchange's CBC IV chain (the last block of its latest message) and its nonces.
+    pub iv: Vec<u8>,
+    pub n_i: Vec<u8>,
+    pub n_r: Vec<u8>,
+    pub last_answer: Option<AnsweredRequest>,
+}
+
+/// A quick mode of ours to start: a pair's first SA, or the replacement of the pair with
+/// this inbound SPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct QueuedQuickMode {
+    pub selectors: SubnetPair,
+    pub replaces: Option<u32>,
 }
 
 /// One pair of child SAs.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChildSaSnapshot {
     pub spi_in: u32,
     pub spi_out: u32,
@@ -78,14 +129,16 @@ pub enum SnapshotError {
     UnknownIkeSa(IkeSaId),
     #[error("IKE SA {0:?} is not established")]
     NotEstablished(IkeSaId),
-    #[error("IKE SA {0:?} has an exchange under way: export it once that is done")]
-    Busy(IkeSaId),
     #[error("no connection named {0:?}")]
     UnknownConnection(String),
     #[error("an IKE SA with these cookies exists already")]
     Duplicate,
     #[error("the phase 1 key does not fit the cipher: {0}")]
     BadKey(String),
+    #[error("SPI {0:08x} of the snapshot is in use here")]
+    SpiInUse(u32),
+    #[error("a time in the snapshot is out of range: {0:?} from now")]
+    TimeOutOfRange(Duration),
 }
 
 /// How long ago `t` was, seen at `now`.
@@ -96,6 +149,16 @@ pub(crate) fn ago(now: Instant, t: Instant) -> Duration {
 /// How long until `t`, seen at `now` (zero when past).
 pub(crate) fn until(now: Instant, t: Instant) -> Duration {
     t.saturating_duration_since(now)
+}
+
+/// The instant `d` after `now`: an error, not a panic, when a snapshot's figure is absurd.
+pub(crate) fn after(now: Instant, d: Duration) -> Result<Instant, SnapshotError> {
+    now.checked_add(d).ok_or(SnapshotError::TimeOutOfRange(d))
+}
+
+/// [`after`] for an optional time.
+pub(crate) fn after_opt(now: Instant, d: Option<Duration>) -> Result<Option<Instant>, SnapshotError> {
+    d.map(|d| after(now, d)).transpose()
 }
 
 /// The instant `d` before `now` (`now` itself if the clock does not reach back that far).

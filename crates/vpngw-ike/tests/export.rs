@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Pair, assert_mirrored, configs, engine_config};
 use vpngw_crypto::FastRng;
-use vpngw_ike::{DeleteReason, DpdAction, DpdPolicy, Endpoint, Event, IkeSaState, PeerConfig};
+use vpngw_ike::{DeleteReason, DpdAction, DpdPolicy, Endpoint, Event, IkeSaState, PeerConfig, SnapshotError};
 
 fn with_dpd() -> (PeerConfig, PeerConfig) {
     let (mut a, mut b) = configs();
@@ -128,4 +128,152 @@ fn an_exported_ike_sa_goes_on_in_a_fresh_endpoint() {
         &p.a_events[a_mark..]
     );
     assert!(p.a.ike_sas().is_empty() && p.b.ike_sas().is_empty());
+}
+
+/// Moves one datagram A sent to B (`deliver`) or loses it. Returns whether there was one.
+fn a_to_b(p: &mut Pair, deliver: bool) -> bool {
+    let Some(t) = p.a.poll_transmit() else { return false };
+    if deliver {
+        p.b.handle(p.now, t.remote, t.local, &t.payload);
+    }
+    true
+}
+
+/// Moves one datagram B sent to A (`deliver`) or loses it.
+fn b_to_a(p: &mut Pair, deliver: bool) -> bool {
+    let Some(t) = p.b.poll_transmit() else { return false };
+    if deliver {
+        p.a.handle(p.now, t.remote, t.local, &t.payload);
+    }
+    true
+}
+
+/// A pair with one tunnel up and quiet.
+fn established_pair(seed: u64) -> (Pair, PeerConfig) {
+    let (a_cfg, b_cfg) = with_dpd();
+    let mut p = Pair::new(a_cfg.clone(), b_cfg, seed);
+    p.a.initiate(p.now, "to-b").unwrap();
+    run(&mut p, Duration::from_secs(10));
+    assert_eq!(p.a.ike_sas()[0].children.len(), 1);
+    (p, a_cfg)
+}
+
+/// A's only IKE SA moves into a fresh endpoint (another RNG, the same configuration).
+fn restart_a(p: &mut Pair, a_cfg: PeerConfig) {
+    let id = p.a.ike_sas()[0].id;
+    let snapshot = p.a.export_ike_sa(p.now, id).unwrap();
+    let mut fresh = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(4242));
+    fresh.add_peer(a_cfg).unwrap();
+    fresh.import_ike_sa(p.now, snapshot).unwrap();
+    p.a = fresh;
+}
+
+/// The number of child SAs each side established after the marks, and no trouble on either.
+fn settled_rekey(p: &Pair, a_mark: usize, b_mark: usize) {
+    assert!(trouble(&p.a_events[a_mark..]).is_empty(), "A: {:?}", &p.a_events[a_mark..]);
+    assert!(trouble(&p.b_events[b_mark..]).is_empty(), "B: {:?}", &p.b_events[b_mark..]);
+    let a_sas = &p.a.ike_sas()[0];
+    let b_sas = &p.b.ike_sas()[0];
+    let active = |info: &vpngw_ike::IkeSaInfo| {
+        info.children
+            .iter()
+            .filter(|c| c.state == vpngw_ike::ChildSaState::Active)
+            .map(|c| (c.spi_in, c.spi_out))
+            .collect::<Vec<_>>()
+    };
+    let (a_active, b_active) = (active(a_sas), active(b_sas));
+    assert_eq!(a_active.len(), 1, "{a_sas:?}");
+    assert_eq!(b_active.len(), 1, "{b_sas:?}");
+    assert_eq!(a_active[0], (b_active[0].1, b_active[0].0), "one tunnel, mirrored");
+}
+
+#[test]
+fn an_export_between_qm2_and_a_lost_qm3_goes_on_when_the_peer_resends_qm2() {
+    // The peer rekeys; we answer QM1 with QM2 (our inbound SA installed), its QM3 is lost,
+    // and we restart from a snapshot taken then: the restored exchange resends QM2, the peer
+    // answers the duplicate with QM3 again, and the pair switches over on both sides.
+    let (mut p, a_cfg) = established_pair(71);
+    let old = p.a.ike_sas()[0].children[0].spi_in;
+    let (a_mark, b_mark) = (p.a_events.len(), p.b_events.len());
+    assert_eq!(p.b.rekey_connection(p.now, "to-a").unwrap(), 1);
+    assert!(b_to_a(&mut p, true), "QM1");
+    assert!(a_to_b(&mut p, true), "QM2");
+    assert!(b_to_a(&mut p, false), "QM3, lost");
+    restart_a(&mut p, a_cfg);
+    run(&mut p, Duration::from_secs(60));
+    settled_rekey(&p, a_mark, b_mark);
+    assert_ne!(
+        p.a.ike_sas()[0].children.iter().find(|c| c.state == vpngw_ike::ChildSaState::Active).unwrap().spi_in,
+        old
+    );
+}
+
+#[test]
+fn an_export_after_our_qm3_was_lost_answers_the_peers_duplicate_qm2() {
+    // Our rekey: QM1 and QM2 pass, our QM3 is lost, then we restart: the peer resends QM2 and
+    // the restored finished exchange answers with the same QM3 (not a new exchange, which
+    // would fail with INVALID-HASH-INFORMATION).
+    let (mut p, a_cfg) = established_pair(72);
+    let (a_mark, b_mark) = (p.a_events.len(), p.b_events.len());
+    assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 1);
+    assert!(a_to_b(&mut p, true), "QM1");
+    assert!(b_to_a(&mut p, true), "QM2");
+    assert!(a_to_b(&mut p, false), "QM3, lost");
+    restart_a(&mut p, a_cfg);
+    run(&mut p, Duration::from_secs(60));
+    settled_rekey(&p, a_mark, b_mark);
+    let replies = p.wire.iter().filter(|(from_a, _, _, d)| *from_a && d.get(18) == Some(&32)).count();
+    assert!(replies >= 1, "the lost QM3 was resent");
+}
+
+#[test]
+fn an_export_while_our_qm1_is_unanswered_starts_that_quick_mode_again() {
+    // Our rekey's QM1 is lost and we restart before the retransmission: the restored SA
+    // starts the rekey afresh (a new message ID) and the answer to the old one, should it
+    // come, is dropped.
+    let (mut p, a_cfg) = established_pair(73);
+    let (a_mark, b_mark) = (p.a_events.len(), p.b_events.len());
+    assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 1);
+    assert!(a_to_b(&mut p, false), "QM1, lost");
+    let id = p.a.ike_sas()[0].id;
+    let snapshot = p.a.export_ike_sa(p.now, id).unwrap();
+    assert_eq!(snapshot.queued_quick_modes.len(), 1, "{snapshot:?}");
+    restart_a(&mut p, a_cfg);
+    run(&mut p, Duration::from_secs(60));
+    settled_rekey(&p, a_mark, b_mark);
+    assert_eq!(Pair::children(&p.b_events[b_mark..]).len(), 1, "one new pair at the peer");
+}
+
+#[test]
+fn a_snapshot_with_absurd_times_or_spis_in_use_is_refused_and_changes_nothing() {
+    let (p, a_cfg) = established_pair(74);
+    let id = p.a.ike_sas()[0].id;
+    let good = p.a.export_ike_sa(p.now, id).unwrap();
+    let fresh = || {
+        let mut e = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(5));
+        e.add_peer(a_cfg.clone()).unwrap();
+        e
+    };
+
+    let mut e = fresh();
+    let mut s = good.clone();
+    s.expires_in = Duration::MAX;
+    assert_eq!(e.import_ike_sa(p.now, s), Err(SnapshotError::TimeOutOfRange(Duration::MAX)));
+    let mut s = good.clone();
+    s.children[0].rekey_in = Some(Duration::MAX);
+    assert_eq!(e.import_ike_sa(p.now, s), Err(SnapshotError::TimeOutOfRange(Duration::MAX)));
+    assert!(e.ike_sas().is_empty());
+
+    // The same child SPI twice: refused, and nothing reserved (the good one imports after).
+    let mut s = good.clone();
+    s.initiator_cookie[0] ^= 1;
+    s.children.push(s.children[0].clone());
+    let spi = s.children[0].spi_in;
+    assert_eq!(e.import_ike_sa(p.now, s), Err(SnapshotError::SpiInUse(spi)));
+    e.import_ike_sa(p.now, good.clone()).unwrap();
+    // Another IKE SA claiming the SPIs now in use: refused.
+    let mut s = good;
+    s.initiator_cookie[0] ^= 1;
+    assert_eq!(e.import_ike_sa(p.now, s), Err(SnapshotError::SpiInUse(spi)));
+    assert_eq!(e.ike_sas().len(), 1);
 }

@@ -13,6 +13,7 @@ use crate::exchange::{Ctx, ProtocolError, Received, Retransmit, hash_matches};
 use crate::lifetime::{collision_rank, rekey_time};
 use crate::message::{MessageCrypto, Secured};
 use crate::proposal::Phase2Choice;
+use crate::snapshot::{AnsweredRequest, QuickModeSnapshot};
 use crate::wire::{Payload, PayloadChain, ProtocolId, parse_payloads};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,47 @@ impl QuickMode {
     /// Still under way (not kept only for duplicates).
     pub fn is_open(&self) -> bool {
         self.state != QmState::Done
+    }
+
+    /// As plain data: finished, or the peer's waiting for QM3 (not ours waiting for QM2:
+    /// their DH and offer do not travel).
+    pub fn snapshot(&self) -> QuickModeSnapshot {
+        QuickModeSnapshot {
+            message_id: self.message_id,
+            role: self.role,
+            selectors: self.pair,
+            awaiting_qm3: self.state == QmState::R2,
+            spi_in: self.spi_in,
+            iv: self.iv.clone(),
+            n_i: self.n_i.clone(),
+            n_r: self.n_r.clone(),
+            last_answer: self
+                .last_answer
+                .as_ref()
+                .map(|(request_hash, answer)| AnsweredRequest { request_hash: *request_hash, answer: answer.clone() }),
+        }
+    }
+
+    /// From plain data; a restored exchange waiting for QM3 resends QM2 once resumed.
+    pub fn restore(s: QuickModeSnapshot) -> Self {
+        Self {
+            message_id: s.message_id,
+            role: s.role,
+            state: if s.awaiting_qm3 { QmState::R2 } else { QmState::Done },
+            pair: s.selectors,
+            iv: s.iv,
+            spi_in: s.spi_in,
+            n_i: s.n_i,
+            n_r: s.n_r,
+            dh: None,
+            choice: None,
+            spi_out: 0,
+            gxy: None,
+            lifetime: (None, None),
+            retransmit: None,
+            last_answer: s.last_answer.map(|a| (a.request_hash, a.answer)),
+            replaces: None,
+        }
     }
 }
 

@@ -16,9 +16,10 @@ use self::exchange::{QmState, QuickMode, install};
 use crate::child::{self, ChildSet};
 use crate::config::SubnetPair;
 use crate::event::{DeleteReason, Event, FailReason, Role};
-use crate::exchange::{Ctx, ProtocolError, Received, RetransmitDue, packet_hash};
+use crate::exchange::{Ctx, ProtocolError, Received, Retransmit, RetransmitDue, packet_hash};
 use crate::info;
 use crate::message::Secured;
+use crate::snapshot::{QueuedQuickMode, QuickModeSnapshot};
 use crate::wire::ProtocolId;
 
 /// Finished exchanges kept to answer retransmissions of their last message.
@@ -51,19 +52,58 @@ pub(crate) struct QuickModes {
     aborted: VecDeque<u32>,
 }
 
+/// What [`QuickModes::export`] keeps of the exchanges.
+pub(crate) struct ExportedQuickModes {
+    pub kept: Vec<QuickModeSnapshot>,
+    pub queued: Vec<QueuedQuickMode>,
+    pub aborted: Vec<u32>,
+}
+
 impl QuickModes {
-    /// No exchange, but these message IDs given up (an imported IKE SA).
-    pub fn with_aborted(aborted: Vec<u32>) -> Self {
-        Self { aborted: aborted.into(), ..Self::default() }
+    /// As plain data: the peer's exchanges waiting for QM3 and the finished ones as they are;
+    /// ours waiting for QM2 given up (their message IDs with the aborted ones, so their late
+    /// answers are dropped) and queued again ahead of the queue.
+    pub fn export(&self) -> ExportedQuickModes {
+        let mut queued = Vec::new();
+        let mut aborted: Vec<u32> = self.aborted.iter().copied().collect();
+        let mut kept = Vec::new();
+        for q in &self.exchanges {
+            if q.state == QmState::I1 {
+                queued.push(QueuedQuickMode { selectors: q.pair, replaces: q.replaces });
+                aborted.push(q.message_id);
+            } else {
+                kept.push(q.snapshot());
+            }
+        }
+        queued.extend(self.queue.iter().map(|q| QueuedQuickMode { selectors: q.pair, replaces: q.replaces }));
+        let excess = aborted.len().saturating_sub(ABORTED_KEPT);
+        aborted.drain(..excess);
+        ExportedQuickModes { kept, queued, aborted }
     }
 
-    pub fn aborted(&self) -> Vec<u32> {
-        self.aborted.iter().copied().collect()
+    /// From plain data ([`Self::export`]); [`Self::resume`] sets them going.
+    pub fn import(kept: Vec<QuickModeSnapshot>, queued: Vec<QueuedQuickMode>, aborted: Vec<u32>) -> Self {
+        Self {
+            exchanges: kept.into_iter().map(QuickMode::restore).collect(),
+            queue: queued.into_iter().map(|q| Queued { pair: q.selectors, replaces: q.replaces }).collect(),
+            aborted: aborted.into(),
+        }
     }
 
-    /// Whether an exchange of ours or the peer's is under way, or one of ours waits.
-    pub fn is_busy(&self) -> bool {
-        self.exchanges.iter().any(QuickMode::is_open) || !self.queue.is_empty()
+    /// After an import: the peer's exchanges waiting for QM3 resend QM2 until it comes (as
+    /// before the export), and the queued ones of ours start.
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+        for q in self.exchanges.iter_mut().filter(|q| q.state == QmState::R2 && q.retransmit.is_none()) {
+            if let Some((_, answer)) = &q.last_answer {
+                q.retransmit = Some(Retransmit::new(answer.clone(), ctx));
+            }
+        }
+        self.pump(ctx, channel, children);
+    }
+
+    /// The SPIs our exchanges hold (the child SAs' aside).
+    pub fn spis_in(&self) -> impl Iterator<Item = u32> + '_ {
+        self.exchanges.iter().filter(|q| q.is_open()).map(|q| q.spi_in)
     }
 
     /// Whether an exchange for `pair` is under way or queued.
