@@ -133,6 +133,7 @@ impl fmt::Display for DeleteReason {
 
 /// A negotiated pair of ESP SAs, ready for the dataplane.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChildSa {
     /// Our inbound SPI (chosen by us, carried in our SA payload).
     pub spi_in: u32,

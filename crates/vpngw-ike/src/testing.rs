@@ -7,13 +7,53 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use vpngw_crypto::FastRng;
+use vpngw_crypto::{FastRng, SecretBytes};
 
-use crate::{ChildSa, Endpoint, EngineConfig, Event, FailReason, PeerConfig};
+use crate::{
+    ChildSa, Endpoint, EngineConfig, Event, ExchangeMode, FailReason, Identity, Ipv4Subnet, PeerConfig, Phase1Policy,
+    Phase2Policy, SubnetPair,
+};
 
 /// With NAT, A sits behind it with this private address; B sees [`NAT_PUBLIC`].
 pub const A_PRIVATE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 pub const NAT_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+/// The standard pair's public addresses and pre-shared key.
+pub const A_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const PSK: &[u8] = b"lab-psk-0123456789abcdef";
+
+/// # Panics
+/// If `s` is not `a.b.c.d/len`.
+pub fn subnet(s: &str) -> Ipv4Subnet {
+    s.parse().expect("a subnet")
+}
+
+/// A connection from `local` to `remote` with the seed's defaults.
+pub fn peer(name: &str, local: Ipv4Addr, remote: Ipv4Addr, local_net: &str, remote_net: &str) -> PeerConfig {
+    PeerConfig {
+        name: name.into(),
+        local_address: IpAddr::V4(local),
+        remote_address: IpAddr::V4(remote),
+        psk: SecretBytes::from_slice(PSK),
+        local_id: Identity::Ipv4(local),
+        remote_id: Identity::Ipv4(remote),
+        mode: ExchangeMode::Main,
+        phase1: Phase1Policy::default(),
+        phase2: Phase2Policy::default(),
+        subnets: vec![SubnetPair { local: subnet(local_net), remote: subnet(remote_net) }],
+        force_udp_encapsulation: false,
+        dpd: None,
+    }
+}
+
+/// The standard pair: A (10.1.0.0/24) and B (10.2.0.0/24), seed defaults on both sides.
+pub fn configs() -> (PeerConfig, PeerConfig) {
+    (
+        peer("to-b", A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"),
+        peer("to-a", B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"),
+    )
+}
 
 /// The engine configuration of [`Pair::new`]: defaults, retransmitting after one second.
 pub fn engine_config() -> EngineConfig {

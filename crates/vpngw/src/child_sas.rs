@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use vpngw_dataplane::sa_table::{
     InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
@@ -14,6 +15,7 @@ use vpngw_ike::{ChildSa, Encapsulation, Ipv4Subnet};
 
 use crate::keylog::KeyLog;
 use crate::ledger::{Ledger, Traffic};
+use crate::saved_tunnels::SavedChildSa;
 
 /// The engine's subnet as the SA table's.
 pub fn table_net(s: Ipv4Subnet) -> Ipv4Net {
@@ -24,6 +26,9 @@ pub struct ChildSaPublisher {
     table: Arc<SaTable>,
     /// Outbound SAs negotiated but not yet sending (make-before-break), by SPI.
     ready_outbound: HashMap<u32, OutboundEntry>,
+    /// The pairs published, as negotiated (keys included), by inbound SPI: what a saved state
+    /// needs besides the engine's snapshot.
+    negotiated: HashMap<u32, ChildSa>,
     /// ESP traffic per connection across SAs (for metrics).
     ledger: Ledger,
     keylog: Option<KeyLog>,
@@ -31,7 +36,7 @@ pub struct ChildSaPublisher {
 
 impl ChildSaPublisher {
     pub fn new(table: Arc<SaTable>, keylog: Option<KeyLog>) -> Self {
-        Self { table, ready_outbound: HashMap::new(), ledger: Ledger::default(), keylog }
+        Self { table, ready_outbound: HashMap::new(), negotiated: HashMap::new(), ledger: Ledger::default(), keylog }
     }
 
     /// The table the dataplane reads.
@@ -41,40 +46,61 @@ impl ChildSaPublisher {
 
     /// A child SA was negotiated: inbound now; outbound when [`Self::activate`]d.
     pub fn established(&mut self, connection: &str, c: &ChildSa) {
-        let selectors = Selectors { local: table_net(c.selectors.local), remote: table_net(c.selectors.remote) };
-        let transport = Transport {
-            local: c.local,
-            remote: c.remote,
-            udp: matches!(c.encapsulation, Encapsulation::UdpTunnel { .. }),
-        };
-        let inbound = InboundSa::new(c.spi_in, &c.keys_in, DEFAULT_WINDOW);
-        let outbound = OutboundSa::new(c.spi_out, &c.keys_out);
-        match (inbound, outbound) {
-            (Ok(inb), Ok(out)) => {
-                let name: Arc<str> = connection.into();
-                self.table.install_inbound(InboundEntry {
-                    connection: name.clone(),
-                    sa: inb,
-                    selectors,
-                    transport,
-                    counters: SaCounters::default(),
-                });
-                self.ready_outbound.insert(
-                    c.spi_out,
-                    OutboundEntry {
-                        connection: name,
-                        sa: out,
-                        selectors,
-                        transport,
-                        counters: OutboundCounters::default(),
-                    },
-                );
-            }
-            (Err(e), _) | (_, Err(e)) => tracing::error!(connection, error = %e, "cannot install child SA"),
+        if let Some((inbound, outbound)) = entries(connection, c) {
+            self.table.install_inbound(inbound);
+            self.ready_outbound.insert(c.spi_out, outbound);
+            self.published(c);
         }
+    }
+
+    fn published(&mut self, c: &ChildSa) {
         if let Some(keylog) = &self.keylog {
             keylog.append(c);
         }
+        self.negotiated.insert(c.spi_in, c.clone());
+    }
+
+    /// The pair with this inbound SPI as the dataplane holds it now, for a saved state.
+    pub fn save(&self, spi_in: u32) -> Option<SavedChildSa> {
+        let child = self.negotiated.get(&spi_in)?;
+        let inbound = self.table.inbound(spi_in)?;
+        let outbound = self.table.outbound_by_spi(child.spi_out).filter(|o| *o.connection == *inbound.connection);
+        Some(SavedChildSa {
+            child: child.clone(),
+            inbound_highest: inbound.sa.replay_window().highest(),
+            inbound_packets: inbound.counters.packets(),
+            inbound_bytes: inbound.counters.bytes(),
+            sending: outbound.is_some(),
+            outbound_last_sequence: outbound.as_ref().map_or(0, |o| o.sa.sequence_used()),
+            outbound_packets: outbound.as_ref().map_or(0, |o| o.counters.packets()),
+            outbound_bytes: outbound.as_ref().map_or(0, |o| o.counters.bytes()),
+        })
+    }
+
+    /// A pair from a saved state: inbound with its replay window at the highest number
+    /// received, outbound (when it was sending; else held until activated) numbering on from
+    /// `sequence_margin` past the last number sent; counters (volume lifetimes) go on.
+    pub fn restore(&mut self, connection: &str, saved: &SavedChildSa, sequence_margin: u32) {
+        let c = &saved.child;
+        let Some((inbound, mut outbound)) = entries(connection, c) else { return };
+        if saved.inbound_highest > 0 {
+            // Marks the highest as seen: older numbers inside the window are accepted once
+            // more (what arrived of them before the save is not known here).
+            let _ = inbound.sa.replay_window().commit(saved.inbound_highest);
+        }
+        inbound.counters.packets.store(saved.inbound_packets, Ordering::Relaxed);
+        inbound.counters.bytes.store(saved.inbound_bytes, Ordering::Relaxed);
+        let next = saved.outbound_last_sequence.saturating_add(u64::from(sequence_margin));
+        outbound.sa = outbound.sa.with_last_sequence(u32::try_from(next).unwrap_or(u32::MAX));
+        outbound.counters.packets.store(saved.outbound_packets, Ordering::Relaxed);
+        outbound.counters.bytes.store(saved.outbound_bytes, Ordering::Relaxed);
+        self.table.install_inbound(inbound);
+        if saved.sending {
+            self.ledger.retire(self.table.install_outbound(outbound));
+        } else {
+            self.ready_outbound.insert(c.spi_out, outbound);
+        }
+        self.published(c);
     }
 
     /// The peer can open the SA: it carries the outbound traffic from now on. Returns whether
@@ -91,6 +117,7 @@ impl ChildSaPublisher {
         let gone = self.table.remove(spi_in, spi_out);
         self.ledger.retire(gone);
         self.ready_outbound.remove(&spi_out);
+        self.negotiated.remove(&spi_in);
     }
 
     /// Every SA of the connection goes (taken down, removed or changed).
@@ -98,6 +125,8 @@ impl ChildSaPublisher {
         let gone = self.table.remove_connection(connection);
         self.ledger.retire(gone);
         self.ready_outbound.retain(|_, e| &*e.connection != connection);
+        let table = &self.table;
+        self.negotiated.retain(|spi, _| table.inbound(*spi).is_some());
     }
 
     /// A connection that no longer exists: its traffic series go.
@@ -113,5 +142,36 @@ impl ChildSaPublisher {
     /// Every connection's traffic now.
     pub fn traffic(&self) -> HashMap<String, Traffic> {
         self.ledger.traffic(&self.table)
+    }
+}
+
+/// The table's entries for a negotiated pair (None, logged, if its keys do not fit).
+fn entries(connection: &str, c: &ChildSa) -> Option<(InboundEntry, OutboundEntry)> {
+    let selectors = Selectors { local: table_net(c.selectors.local), remote: table_net(c.selectors.remote) };
+    let transport =
+        Transport { local: c.local, remote: c.remote, udp: matches!(c.encapsulation, Encapsulation::UdpTunnel { .. }) };
+    match (InboundSa::new(c.spi_in, &c.keys_in, DEFAULT_WINDOW), OutboundSa::new(c.spi_out, &c.keys_out)) {
+        (Ok(inb), Ok(out)) => {
+            let name: Arc<str> = connection.into();
+            let inbound = InboundEntry {
+                connection: name.clone(),
+                sa: inb,
+                selectors,
+                transport,
+                counters: SaCounters::default(),
+            };
+            let outbound = OutboundEntry {
+                connection: name,
+                sa: out,
+                selectors,
+                transport,
+                counters: OutboundCounters::default(),
+            };
+            Some((inbound, outbound))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(connection, error = %e, "cannot install child SA");
+            None
+        }
     }
 }

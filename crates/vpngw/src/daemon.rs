@@ -49,6 +49,7 @@ use crate::ops::{Sources, api};
 use crate::retry::Retries;
 use crate::routes::Routes;
 use crate::runtime_connections::RuntimeConnections;
+use crate::saved_tunnels;
 use crate::state::connection_up;
 use crate::volume::SaWatch;
 
@@ -77,6 +78,17 @@ pub enum DaemonError {
     Metrics(#[from] metrics::MetricsError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error("cannot restore tunnels: {0}")]
+    SavedTunnels(#[from] saved_tunnels::SavedTunnelsError),
+}
+
+/// How the daemon was asked to stop (`vpngw stop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// As SIGTERM: every SA deleted, the peers told.
+    DeleteTunnels,
+    /// The tunnels were saved for the next start: nothing is deleted.
+    KeepTunnels,
 }
 
 struct Daemon {
@@ -94,6 +106,7 @@ struct Daemon {
     runtime: RuntimeConnections,
     link_paths: LinkPathDriver,
     started: Instant,
+    stopping: Option<Stop>,
 }
 
 /// The operator's ways in: their tasks, and the requests they pass to the loop.
@@ -111,10 +124,14 @@ struct Signals {
     hup: Signal,
 }
 
-pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), DaemonError> {
+pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<PathBuf>) -> Result<(), DaemonError> {
     let (config, api_tables) = load(config_path)?;
+    let saved = restore.map(|path| saved_tunnels::read(&path)).transpose()?;
     let (dp_tx, mut from_dataplane) = mpsc::unbounded_channel::<ToControl>();
     let (mut daemon, mut surfaces) = Daemon::start(config_path, config, api_tables, keylog, dp_tx).await?;
+    if let Some(saved) = saved {
+        daemon.restore_tunnels(saved);
+    }
     let mut signals = Signals {
         term: signal(SignalKind::terminate()).map_err(DaemonError::Signal)?,
         int: signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?,
@@ -151,6 +168,9 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>) -> Result<(), Daem
             Some((request, reply)) = surfaces.commands.recv() => {
                 let response = daemon.command(request).await;
                 let _ = reply.send(response);
+                if daemon.stopping.is_some() {
+                    break;
+                }
             }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
@@ -297,6 +317,7 @@ impl Daemon {
             runtime: RuntimeConnections::new(api_tables, api_token),
             link_paths,
             started: Instant::now(),
+            stopping: None,
         };
         Ok((daemon, surfaces))
     }
@@ -325,12 +346,24 @@ impl Daemon {
     /// SIGTERM or SIGINT: every IKE SA deleted (the peers told), then the surfaces and the
     /// dataplane stopped.
     async fn shutdown(mut self, surfaces: Surfaces) {
-        tracing::info!("shutting down: deleting SAs");
-        let now = Instant::now();
-        for name in self.ike.endpoint.peer_names() {
-            let _ = self.ike.endpoint.terminate(now, &name);
+        if self.stopping == Some(Stop::KeepTunnels) {
+            // Saved: no Delete goes out, and nothing more is sent with the saved SAs.
+            tracing::info!("shutting down: the tunnels stay (saved)");
+            if let Some(dp) = self.dataplane.take() {
+                dp.stop();
+            }
+        } else {
+            tracing::info!("shutting down: deleting SAs");
+            let now = Instant::now();
+            for name in self.ike.endpoint.peer_names() {
+                let _ = self.ike.endpoint.terminate(now, &name);
+            }
+            self.flush().await;
         }
-        self.flush().await;
+        if self.stopping.is_some() {
+            // The answer to `vpngw stop` is still on its way out of the control socket.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         surfaces.control.abort();
         if let Some(t) = surfaces.api {
             t.abort();
@@ -344,6 +377,15 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.config.gateway.control_socket);
         tracing::info!("stopped");
+    }
+
+    /// Goes on with saved tunnels (`saved_tunnels`), before any connection starts.
+    fn restore_tunnels(&mut self, saved: saved_tunnels::SavedTunnels) {
+        let restored = saved_tunnels::restore(saved, &mut self.ike.endpoint, &mut self.child_sas);
+        for (connection, why) in &restored.refused {
+            tracing::warn!(connection, reason = %why, "saved IKE SA not restored: the connection negotiates anew");
+        }
+        tracing::info!(ike_sas = restored.ike_sas, child_sas = restored.child_sas, "tunnels restored");
     }
 
     fn next_wake(&self) -> Option<Instant> {

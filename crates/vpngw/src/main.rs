@@ -3,8 +3,9 @@
 //! **Owns:** the configuration file, the daemon's event loop (driving the IKE engine over UDP
 //! 500/4500 and publishing SAs to the dataplane's table), raw ESP's link-path resolution over
 //! netlink, health probes, the control socket, the management API (HTTP, runtime
-//! connections), Prometheus metrics, signals, logging, and the CLI (`run`, `check`, `status`,
-//! `up`, `down`, `rekey`, `diagnose`, `connection add/remove/list`).
+//! connections), Prometheus metrics, signals, logging, saved tunnels (a restart without
+//! renegotiation), and the CLI (`run`, `check`, `status`, `up`, `down`, `rekey`, `diagnose`,
+//! `connection add/remove/list`, `stop`).
 //!
 //! **Must not touch:** protocol logic (that is `vpngw-ike`) or packet crypto (`vpngw-esp`).
 //!
@@ -28,6 +29,7 @@ mod link_paths;
 mod retry;
 mod routes;
 mod runtime_connections;
+mod saved_tunnels;
 mod state;
 mod volume;
 // The operator's surfaces and read models.
@@ -67,6 +69,10 @@ enum Cmd {
         /// secrets format (like SSLKEYLOGFILE). Anyone who reads FILE can decrypt the traffic.
         #[arg(long, value_name = "FILE")]
         esp_keylog: Option<PathBuf>,
+        /// Go on with the tunnels `vpngw stop --save-tunnels FILE` saved: the same IKE SAs and
+        /// SPIs, no renegotiation with the peers.
+        #[arg(long, value_name = "FILE")]
+        restore_tunnels: Option<PathBuf>,
     },
     /// Validate a configuration file: every problem with its key; weak algorithms are warned about.
     Check {
@@ -109,6 +115,16 @@ enum Cmd {
     /// Replace a connection's child SAs now (new keys; traffic keeps flowing).
     Rekey {
         name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the daemon: as SIGTERM (every SA deleted, the peers told), or with --save-tunnels
+    /// without a word to the peers, its tunnels saved for `vpngw run --restore-tunnels`.
+    Stop {
+        /// Save the established tunnels (keys included: written mode 0600) to FILE and stop
+        /// without deleting them.
+        #[arg(long, value_name = "FILE")]
+        save_tunnels: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -262,7 +278,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Check { config } => check(&config),
-        Cmd::Run { config, log_format, esp_keylog } => {
+        Cmd::Run { config, log_format, esp_keylog, restore_tunnels } => {
             init_logging(log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
@@ -271,7 +287,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(daemon::run(&config, esp_keylog)) {
+            match rt.block_on(daemon::run(&config, esp_keylog, restore_tunnels)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(daemon::DaemonError::Config(e)) => {
                     print_config_error(&e);
@@ -288,6 +304,17 @@ fn main() -> ExitCode {
         Cmd::Up { name, target } => client(&target, Request::Up { connection: name }, false),
         Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
         Cmd::Rekey { name, target } => client(&target, Request::Rekey { connection: name }, false),
+        Cmd::Stop { save_tunnels, target } => {
+            // The daemon writes the file: a relative path means the caller's directory.
+            let save_tunnels = match save_tunnels.map(|p| std::path::absolute(&p)).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: --save-tunnels: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            client(&target, Request::Stop { save_tunnels }, false)
+        }
         Cmd::Diagnose { name, json, target } => client(&target, Request::Diagnose { connection: name }, json),
         Cmd::Connection { action: ConnectionCmd::Add { name, file, target } } => {
             let table = match std::fs::read_to_string(&file)

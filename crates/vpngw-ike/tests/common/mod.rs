@@ -7,43 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use vpngw_crypto::{FastRng, SecretBytes};
-pub use vpngw_ike::testing::{A_PRIVATE, NAT_PUBLIC, Pair, engine_config};
+pub use vpngw_ike::testing::{A_ADDR, A_PRIVATE, B_ADDR, NAT_PUBLIC, PSK, Pair, configs, engine_config, peer, subnet};
 use vpngw_ike::{ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair};
-
-pub const A_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-pub const PSK: &[u8] = b"lab-psk-0123456789abcdef";
-
-pub fn subnet(s: &str) -> Ipv4Subnet {
-    let (a, p) = s.split_once('/').unwrap();
-    Ipv4Subnet::new(a.parse().unwrap(), p.parse().unwrap()).unwrap()
-}
-
-/// A connection from `local` to `remote` with the seed's defaults.
-pub fn peer(name: &str, local: Ipv4Addr, remote: Ipv4Addr, local_net: &str, remote_net: &str) -> PeerConfig {
-    PeerConfig {
-        name: name.into(),
-        local_address: IpAddr::V4(local),
-        remote_address: IpAddr::V4(remote),
-        psk: SecretBytes::from_slice(PSK),
-        local_id: Identity::Ipv4(local),
-        remote_id: Identity::Ipv4(remote),
-        mode: ExchangeMode::Main,
-        phase1: Phase1Policy::default(),
-        phase2: Phase2Policy::default(),
-        subnets: vec![SubnetPair { local: subnet(local_net), remote: subnet(remote_net) }],
-        force_udp_encapsulation: false,
-        dpd: None,
-    }
-}
-
-/// The standard pair: A (10.1.0.0/24) and B (10.2.0.0/24), seed defaults on both sides.
-pub fn configs() -> (PeerConfig, PeerConfig) {
-    (
-        peer("to-b", A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"),
-        peer("to-a", B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"),
-    )
-}
 
 /// Checks that two child SAs are the two ends of one tunnel: SPIs and keys crossed, and packets
 /// sealed by one open at the other.

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::Daemon;
+use super::{Daemon, Stop};
 use crate::config::Connection;
 use crate::ops::control::{ConnectionView, ErrorKind, ProblemView, Request, Response};
 use crate::ops::{diagnose, status};
-use crate::runtime_connections;
+use crate::{runtime_connections, saved_tunnels};
 
 fn unknown(c: &str) -> Response {
     Response::failed(ErrorKind::NotFound, format!("no connection named {c:?}"))
@@ -48,6 +48,26 @@ impl Daemon {
             }
             Request::PutConnection { name, connection } => self.put_connection(name, connection).await,
             Request::DeleteConnection { name } => self.delete_connection(&name).await,
+            Request::Stop { save_tunnels: None } => {
+                self.stopping = Some(Stop::DeleteTunnels);
+                Response::ok("stopping: deleting every SA")
+            }
+            Request::Stop { save_tunnels: Some(path) } => {
+                let saved = saved_tunnels::collect(&self.ike.endpoint, &self.child_sas, now);
+                let (ike_sas, child_sas) =
+                    (saved.tunnels.len(), saved.tunnels.iter().map(|t| t.child_sas.len()).sum::<usize>());
+                match saved_tunnels::write(&path, &saved) {
+                    Ok(()) => {
+                        tracing::info!(file = %path.display(), ike_sas, child_sas, "tunnels saved: stopping without deleting them");
+                        self.stopping = Some(Stop::KeepTunnels);
+                        Response::ok(format!(
+                            "saved {ike_sas} IKE SA(s) with {child_sas} child SA(s) to {}; stopping (restart with --restore-tunnels)",
+                            path.display()
+                        ))
+                    }
+                    Err(e) => Response::failed(ErrorKind::Internal, format!("not stopping: {e}")),
+                }
+            }
         }
     }
 

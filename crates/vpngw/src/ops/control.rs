@@ -38,6 +38,12 @@ pub enum Request {
     DeleteConnection {
         name: String,
     },
+    /// Stops the daemon: its SAs deleted, or (with a file) saved there and left to the
+    /// restarted daemon (`saved_tunnels`).
+    Stop {
+        #[serde(default)]
+        save_tunnels: Option<std::path::PathBuf>,
+    },
 }
 
 /// What kind of failure an error answer is (the HTTP API maps it to a status code).
