@@ -23,9 +23,10 @@
 //!      -> SA by SPI -> open (replay check, ICV, decrypt, replay commit) -> selectors -> TUN
 //! ```
 //!
-//! In the tree: `worker/mod.rs` (the loop, one wake-up), `worker/outbound.rs` (TUN to sealed
-//! runs, the ICMP step), `worker/tx.rs` (the transport of a run), `worker/inbound.rs` (sockets
-//! to the TUN); every system call of that path is in `sys/worker_io.rs`, behind the traits
+//! In the tree: `worker/mod.rs` (the loop, one wake-up), `worker/base.rs` and `worker/ctx.rs`
+//! (the worker, its batch sizes and its scratch), `worker/outbound.rs` (TUN to sealed runs, the
+//! ICMP step), `worker/tx.rs` (the transport of a run), `worker/inbound.rs` (sockets to the
+//! TUN); every system call of that path is in `sys/worker_io.rs`, behind the traits
 //! [`sys::Tun`], [`sys::UdpLink`] and [`sys::RawLink`] the worker is generic over.
 
 #![deny(unsafe_code)]

@@ -13,14 +13,16 @@
 //! child SA established or deleted, negotiation failures with a reason) out. An established
 //! IKE SA can be exported as plain data and imported into another endpoint ([`snapshot`]).
 //!
-//! **Rooms, bottom up** (no two files import each other): `exchange` (what every handler
-//! shares: `Ctx`, `Received`, `Transmit`, retransmission, `ProtocolError`), `timer`, `keys`,
-//! `nat_t`, `message` (`Link`: an IKE SA's two ends; `MessageCrypto`: its keys), `info`
-//! (informational exchanges), `lifetime`, `child` (`ChildSet`), `liveness` (DPD,
-//! re-authentication), `quick_mode` (`QuickModes`), `phase1` (main and aggressive mode as
-//! consuming typestates), `established` (the keyed state after phase 1), `ikesa` (composes
-//! them), `endpoint` (demultiplexes datagrams to IKE SAs). Feature `testing` (tests and
-//! benchmarks only) adds [`testing`]: two endpoints on an in-memory network and virtual clock.
+//! **Rooms, bottom up** (no two files import each other): `wire` (the codec, itself bottom up:
+//! `numbers`, `error`, `reader`, `header`, `sa`, `payload`; `wire/mod.rs` only re-exports),
+//! `exchange` (what every handler shares: `Ctx`, `Received`, `Transmit`, retransmission,
+//! `ProtocolError`), `timer`, `keys`, `nat_t`, `message` (`Link`: an IKE SA's two ends;
+//! `MessageCrypto`: its keys), `info` (informational exchanges), `lifetime`, `child`
+//! (`ChildSet`), `liveness` (DPD, re-authentication), `quick_mode` (`QuickModes`), `phase1`
+//! (main and aggressive mode as consuming typestates), `established` (the keyed state after
+//! phase 1), `ikesa` (composes them), `endpoint` (demultiplexes datagrams to IKE SAs). Feature
+//! `testing` (tests and benchmarks only) adds [`testing`]: two endpoints on an in-memory
+//! network and virtual clock.
 
 #![forbid(unsafe_code)]
 

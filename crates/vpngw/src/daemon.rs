@@ -12,11 +12,13 @@
 //!
 //! The daemon's own methods are split by job too: `daemon/events.rs` (what the engine's events
 //! mean), `daemon/commands.rs` (control requests), `daemon/reload.rs` (SIGHUP and applying a
-//! new set of connections).
+//! new set of connections), `daemon/wanted.rs` (the policies and routes a set of connections
+//! implies).
 
 mod commands;
 mod events;
 mod reload;
+mod wanted;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -286,12 +288,12 @@ impl Daemon {
         let sock_ike =
             UdpSocket::bind(ike_addr).await.map_err(|source| DaemonError::Bind { addr: ike_addr, source })?;
         let table = Arc::new(SaTable::new());
-        let spd = Arc::new(ArcSwap::from_pointee(reload::policies(&config, None)));
+        let spd = Arc::new(ArcSwap::from_pointee(wanted::policies(&config, None)));
         let dataplane = start_dataplane(&config, table.clone(), spd.clone(), to_control)?;
         let natt_bind = |source| DaemonError::Bind { addr: SocketAddr::new(public, NAT_T_PORT), source };
         let sock_natt = UdpSocket::from_std(dataplane.ike_socket().map_err(natt_bind)?).map_err(natt_bind)?;
         let mut routes = Routes::new(dataplane.tun_name())?;
-        routes.sync(&reload::wanted_routes(&config)).await?;
+        routes.sync(&wanted::wanted_routes(&config)).await?;
         let rng = FastRng::from_os().map_err(|e| DaemonError::Rng(e.to_string()))?;
         let mut endpoint = Endpoint::new(engine_config(&config), rng);
         for c in &config.connections {

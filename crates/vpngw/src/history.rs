@@ -8,8 +8,6 @@ use std::time::SystemTime;
 
 use vpngw_ike::FailReason;
 
-use crate::ops::metrics::ConnectionEvents;
-
 /// Distinct failures remembered per connection for `vpngw diagnose`.
 const FAILURES_KEPT: usize = 10;
 
@@ -19,6 +17,23 @@ pub struct LastFailure {
     pub detail: String,
     pub at: SystemTime,
     pub count: u64,
+}
+
+/// Counters and gauges per connection and worker, for the daemon to keep between scrapes.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionEvents {
+    pub failures: [u64; FailReason::ALL.len()],
+    pub rekeys: u64,
+    pub reauthentications: u64,
+    pub dpd_timeouts: u64,
+}
+
+impl ConnectionEvents {
+    pub fn failed(&mut self, reason: FailReason) {
+        if let Some(i) = FailReason::ALL.iter().position(|r| *r == reason) {
+            self.failures[i] += 1;
+        }
+    }
 }
 
 #[derive(Default)]

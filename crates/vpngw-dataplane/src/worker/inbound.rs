@@ -9,61 +9,16 @@ use arrayvec::ArrayVec;
 use tun_rs::VIRTIO_NET_HDR_LEN;
 use vpngw_esp::{OpenPacket, peek_spi};
 
-use super::{BATCH, UDP_BUFFERS, Worker, WorkerCtx};
+use super::base::{BATCH, UDP_BUFFERS, Worker};
+use super::ctx::{RAW_LEN, RAW_RECV, TunOut, WorkerCtx};
 use crate::ToControl;
 use crate::counters::{DropReason, bump};
 use crate::packet::ipv4;
 use crate::sa_table::InboundMap;
 use crate::sys::{RawLink, Received, Tun, UdpLink};
 
-/// Decrypted packets gathered for one coalescing write to the TUN.
-const TUN_OUT: usize = 64;
-/// Raw ESP packets read with one recvmmsg call (BATCH still bounds the packets per wake-up).
-const RAW_RECV: usize = 64;
-/// Room for one raw ESP packet as read: the largest IPv4 packet.
-const RAW_LEN: usize = 65536;
 /// ESP packets opened per batch call: a UDP GRO read holds at most 64 datagrams.
 const ESP_RUN: usize = 64;
-
-/// Decrypted packets waiting for the TUN, each at offset VIRTIO_NET_HDR_LEN in its buffer;
-/// written together so that TCP segments of one flow are coalesced (GRO) into one write.
-pub(super) struct TunOut {
-    bufs: Vec<Vec<u8>>,
-    len: usize,
-}
-
-impl TunOut {
-    pub fn new() -> Self {
-        Self { bufs: (0..TUN_OUT).map(|_| Vec::with_capacity(65536)).collect(), len: 0 }
-    }
-
-    fn push(&mut self, packet: &[u8]) -> bool {
-        let Some(b) = self.bufs.get_mut(self.len) else { return false };
-        b.clear();
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(packet);
-        self.len += 1;
-        true
-    }
-
-    fn is_full(&self) -> bool {
-        self.len == self.bufs.len()
-    }
-}
-
-/// Raw ESP receiving, allocated once per worker: RAW_RECV buffers of RAW_LEN in one allocation
-/// (its pages are touched only where packets land), and the length of each packet read.
-pub(super) struct RawIn {
-    buf: Vec<u8>,
-    lens: [usize; RAW_RECV],
-}
-
-impl RawIn {
-    pub fn new(enabled: bool) -> Self {
-        let n = if enabled { RAW_RECV } else { 0 };
-        Self { buf: vec![0u8; n * RAW_LEN], lens: [0; RAW_RECV] }
-    }
-}
 
 /// What a datagram on UDP 4500 is (RFC 3948), told apart before any state is touched.
 enum Incoming<'a> {

@@ -15,7 +15,13 @@
 //! tests); its scratch is a [`WorkerCtx`], allocated once. It holds SA references only inside a
 //! batch; `busy`/`epoch` let the control plane wait until no worker can still use an SA it
 //! removed.
+//!
+//! Beside the stages: `base.rs` (the [`Worker`], the batch and buffer sizes: what every file
+//! uses) and `ctx.rs` (the scratch, with the inbound stage's buffers; the transmit stage's
+//! `Gso` is in `tx.rs`); this file runs the loop.
 
+mod base;
+mod ctx;
 mod inbound;
 mod outbound;
 #[cfg(test)]
@@ -23,85 +29,15 @@ mod tests;
 mod tx;
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
-use vpngw_crypto::FastRng;
 
-use crate::Shared;
 use crate::counters::{WorkerCounters, bump};
 use crate::sys::{self, RawLink, Tun, UdpLink};
-use inbound::{RawIn, TunOut};
-use tx::Gso;
-
-/// Room before an inner packet for SPI, sequence and IV (outer headers are the kernel's).
-const HEADROOM: usize = 64;
-/// Room after it for padding, trailer and ICV.
-const TAILROOM: usize = 64;
-/// Largest inner packet read from the TUN.
-const MAX_INNER: usize = 9000;
-/// Packets drained per source per wake-up: bounds the time any SA reference is held.
-pub(crate) const BATCH: usize = 128;
-const UDP_BUFFERS: usize = sys::MAX_UDP_READS;
-/// A UDP GRO read can hold up to 64 coalesced datagrams: room for 64 full-size ones.
-const UDP_BUFFER_LEN: usize = 64 * 1536;
-/// Room for one ICMP "fragmentation needed" after the TUN's virtio header.
-const ICMP_LEN: usize = 128;
-
-pub(crate) struct Worker<T, U, R> {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub tun: T,
-    pub udp: U,
-    pub raw: Option<R>,
-    pub rng: FastRng,
-    /// Identification field of the last outer IPv4 header this worker wrote (link path).
-    pub ip_id: u16,
-}
-
-/// Which of a worker's sources poll found readable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Ready {
-    /// The control plane woke the worker (SAs arrived for held packets, or stop).
-    pub waker: bool,
-    pub tun: bool,
-    pub udp: bool,
-    pub raw: bool,
-}
-
-/// A worker's scratch, allocated once when it starts: nothing on the packet path allocates.
-pub(crate) struct WorkerCtx {
-    /// Plaintext read from the TUN, each at HEADROOM in its buffer, sealed in place.
-    tun_bufs: Vec<Vec<u8>>,
-    tun_sizes: [usize; BATCH],
-    /// UDP 4500 reads (GRO: several datagrams each).
-    udp_bufs: Vec<Vec<u8>>,
-    raw_in: RawIn,
-    gso: Gso,
-    tun_out: TunOut,
-    /// An ICMP "fragmentation needed" on its way into the TUN.
-    icmp: Vec<u8>,
-    pub ready: Ready,
-}
-
-impl WorkerCtx {
-    /// Scratch for a worker with (or without) a raw ESP socket whose UDP socket sends up to
-    /// `max_segments` datagrams per GSO call.
-    pub fn new(raw_esp: bool, max_segments: usize) -> Self {
-        Self {
-            tun_bufs: (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_INNER + TAILROOM]).collect(),
-            tun_sizes: [0; BATCH],
-            udp_bufs: (0..UDP_BUFFERS).map(|_| vec![0u8; UDP_BUFFER_LEN]).collect(),
-            raw_in: RawIn::new(raw_esp),
-            gso: Gso::new(max_segments),
-            tun_out: TunOut::new(),
-            icmp: Vec::with_capacity(tun_rs::VIRTIO_NET_HDR_LEN + ICMP_LEN),
-            ready: Ready::default(),
-        }
-    }
-}
+pub(crate) use base::Worker;
+use ctx::{Ready, WorkerCtx};
 
 impl<T: Tun + AsFd, U: UdpLink + AsFd, R: RawLink + AsFd> Worker<T, U, R> {
     pub fn run(mut self) {

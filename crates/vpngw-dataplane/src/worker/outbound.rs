@@ -14,7 +14,8 @@ use arrayvec::ArrayVec;
 use tun_rs::VIRTIO_NET_HDR_LEN;
 use vpngw_esp::{NextHeader, SealPacket};
 
-use super::{BATCH, HEADROOM, ICMP_LEN, Worker, WorkerCtx};
+use super::base::{BATCH, HEADROOM, ICMP_LEN, Worker};
+use super::ctx::WorkerCtx;
 use crate::ToControl;
 use crate::counters::{DropReason, bump};
 use crate::packet::{Ipv4Info, icmp_fragmentation_needed, ipv4};

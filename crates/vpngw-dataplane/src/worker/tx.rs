@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use vpngw_esp::SealPacket;
 
-use super::{BATCH, Worker};
+use super::base::{BATCH, Worker};
 use crate::ToControl;
 use crate::counters::{DropReason, WorkerCounters, bump};
 use crate::link::{ETHERNET_LEN, LinkPath};

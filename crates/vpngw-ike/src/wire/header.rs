@@ -1,6 +1,8 @@
 //! The 28-byte ISAKMP header (RFC 2408 s.3.1).
 
-use super::{ExchangeType, PayloadType, Reader, WireError};
+use super::error::WireError;
+use super::numbers::{ExchangeType, PayloadType};
+use super::reader::Reader;
 
 pub const HEADER_LEN: usize = 28;
 /// Major version 1, minor 0.

@@ -4,12 +4,14 @@
 //! [`WireError`] naming what was wrong. Numbers are newtypes with constants (as rustls does), so
 //! unknown values survive a round trip and print in their numeric form.
 
+mod error;
 mod header;
 mod numbers;
 mod payload;
 mod reader;
 mod sa;
 
+pub use error::WireError;
 pub use header::{FLAG_COMMIT, FLAG_ENCRYPTED, HEADER_LEN, IsakmpHeader, VERSION_1_0};
 pub use numbers::*;
 pub use payload::{
@@ -17,37 +19,3 @@ pub use payload::{
 };
 pub use reader::Reader;
 pub use sa::{Attribute, ProposalPayload, SaPayload, TransformPayload};
-
-/// Why a message could not be parsed. Drops are counted by [`WireError::label`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("truncated: {what} needs {needed} bytes, {available} left")]
-    Truncated { what: &'static str, needed: usize, available: usize },
-    #[error("bad length in {what}: {len}")]
-    BadLength { what: &'static str, len: usize },
-    #[error("unsupported ISAKMP version {0:#04x}")]
-    Version(u8),
-    #[error("trailing bytes after the last payload of an unencrypted message ({0} bytes)")]
-    TrailingData(usize),
-    #[error("payload {0} not allowed here")]
-    UnexpectedPayload(PayloadType),
-    #[error("missing {0} payload")]
-    MissingPayload(PayloadType),
-    #[error("bad {what}: {detail}")]
-    Invalid { what: &'static str, detail: String },
-}
-
-impl WireError {
-    /// Stable label for counters and metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Truncated { .. } => "truncated",
-            Self::BadLength { .. } => "bad_length",
-            Self::Version(_) => "version",
-            Self::TrailingData(_) => "trailing_data",
-            Self::UnexpectedPayload(_) => "unexpected_payload",
-            Self::MissingPayload(_) => "missing_payload",
-            Self::Invalid { .. } => "invalid",
-        }
-    }
-}

@@ -2,7 +2,10 @@
 
 use core::ops::Range;
 
-use super::{DOI_IPSEC, IdType, PayloadType, ProtocolId, Reader, SaPayload, WireError};
+use super::error::WireError;
+use super::numbers::{DOI_IPSEC, IdType, NotifyType, PayloadType, ProtocolId};
+use super::reader::Reader;
+use super::sa::SaPayload;
 
 /// Identification payload body (RFC 2407 s.4.6.2): type, protocol, port, data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,13 +41,13 @@ impl IdPayload {
 pub struct NotifyPayload {
     pub doi: u32,
     pub protocol: ProtocolId,
-    pub notify_type: super::NotifyType,
+    pub notify_type: NotifyType,
     pub spi: Vec<u8>,
     pub data: Vec<u8>,
 }
 
 impl NotifyPayload {
-    pub fn new(protocol: ProtocolId, notify_type: super::NotifyType, spi: Vec<u8>, data: Vec<u8>) -> Self {
+    pub fn new(protocol: ProtocolId, notify_type: NotifyType, spi: Vec<u8>, data: Vec<u8>) -> Self {
         Self { doi: DOI_IPSEC, protocol, notify_type, spi, data }
     }
 
@@ -53,7 +56,7 @@ impl NotifyPayload {
         let doi = r.u32("notify DOI")?;
         let protocol = ProtocolId(r.u8("notify protocol")?);
         let spi_size = r.u8("notify SPI size")? as usize;
-        let notify_type = super::NotifyType(r.u16("notify type")?);
+        let notify_type = NotifyType(r.u16("notify type")?);
         let spi = r.take(spi_size, "notify SPI")?.to_vec();
         Ok(Self { doi, protocol, notify_type, spi, data: r.rest().to_vec() })
     }
@@ -314,7 +317,7 @@ pub fn encode_payloads(payloads: &[Payload]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Attribute, NotifyType, ProposalPayload, TransformPayload};
+    use crate::wire::sa::{Attribute, ProposalPayload, TransformPayload};
 
     fn sample() -> Vec<Payload> {
         vec![

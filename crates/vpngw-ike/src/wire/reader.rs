@@ -1,6 +1,6 @@
 //! A bounds-checked cursor over received bytes.
 
-use super::WireError;
+use super::error::WireError;
 
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {

@@ -1,6 +1,8 @@
 //! SA, Proposal and Transform payloads and their attributes (RFC 2408 s.3.4-3.6, s.3.3).
 
-use super::{PayloadType, ProtocolId, Reader, WireError};
+use super::error::WireError;
+use super::numbers::{PayloadType, ProtocolId};
+use super::reader::Reader;
 
 /// A data attribute: basic (TV, 2-byte value) or variable (TLV).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use toml::{Table, Value};
 use vpngw_crypto::SecretBytes;
 use vpngw_ike::{DpdAction, DpdPolicy, Ipv4Subnet, PeerConfig, SubnetPair};
 
-use super::walker::{NAME_CHARS, Walker, valid_name};
-use super::{Connection, HealthCheck, Problem, Start, UdpEncapsulation};
+use super::walker::{NAME_CHARS, Problem, Walker, valid_name};
+use super::{Connection, HealthCheck, Start, UdpEncapsulation};
 
 const CONNECTION_KEYS: &[&str] = &[
     "name",

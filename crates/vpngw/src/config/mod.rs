@@ -4,17 +4,17 @@
 //! problem at once, each with its key (`connection[1].ike.encryption`), the value and the
 //! reason. Secrets never appear in problems: a bad `pre_shared_key` is shown as `<redacted>`.
 //!
-//! This file holds the model, the entry points and the root walk; the walker's primitives are in
-//! `walker.rs` and the sections' parsers follow docs/configuration.md: `gateway.rs` (`[gateway]`,
-//! `[metrics]`, `[api]`, `[tuning]`), `connection.rs` (`[[connection]]` with its `dpd` and
-//! `health_check`) and `ike_ipsec.rs` (`[connection.ike]`, `[connection.ipsec]`).
+//! This file holds the model, the entry points and the root walk; the walker's primitives and
+//! the [`Problem`] they record are in `walker.rs` and the sections' parsers follow
+//! docs/configuration.md: `gateway.rs` (`[gateway]`, `[metrics]`, `[api]`, `[tuning]`),
+//! `connection.rs` (`[[connection]]` with its `dpd` and `health_check`) and `ike_ipsec.rs`
+//! (`[connection.ike]`, `[connection.ipsec]`).
 
 mod connection;
 mod gateway;
 mod ike_ipsec;
 mod walker;
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,27 +22,10 @@ use std::time::Duration;
 use toml::Table;
 use vpngw_ike::PeerConfig;
 
+pub use walker::Problem;
 use walker::Walker;
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpngw/vpngw.sock";
-
-/// One thing wrong with a configuration file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub value: String,
-    pub reason: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.value.is_empty() {
-            write!(f, "{}: {}", self.key, self.reason)
-        } else {
-            write!(f, "{} = {}: {}", self.key, self.value, self.reason)
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

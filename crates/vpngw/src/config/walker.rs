@@ -3,12 +3,29 @@
 //! one pass lists every problem of a file. The section parsers in the sibling files build on
 //! these.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::Problem;
+/// One thing wrong with a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.key, self.reason)
+        } else {
+            write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+        }
+    }
+}
 
 /// Walks a document, collecting problems and warnings instead of stopping at the first.
 pub(super) struct Walker {

@@ -13,8 +13,8 @@ use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use vpngw_dataplane::link::NextHop;
 
+use super::choice::{LinkInfo, MacAddr, NeighbourInfo, RouteInfo, Unusable, choose};
 use super::route_changes::{Changed, forget};
-use super::{LinkInfo, MacAddr, NeighbourInfo, RouteInfo, Unusable, choose};
 
 /// Lookups per refresh at most for peers whose route is unknown: new peers, and those whose
 /// route a change announced by the kernel may have moved (see [`LinkPathResolver::resolve`]).

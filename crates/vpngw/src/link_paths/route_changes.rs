@@ -10,7 +10,7 @@ use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 
-use super::Unusable;
+use super::choice::Unusable;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Changed {

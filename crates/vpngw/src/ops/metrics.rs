@@ -68,23 +68,6 @@ pub struct WorkerMetrics {
     pub busy_seconds: f64,
 }
 
-/// Counters and gauges per connection and worker, for the daemon to keep between scrapes.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionEvents {
-    pub failures: [u64; FailReason::ALL.len()],
-    pub rekeys: u64,
-    pub reauthentications: u64,
-    pub dpd_timeouts: u64,
-}
-
-impl ConnectionEvents {
-    pub fn failed(&mut self, reason: FailReason) {
-        if let Some(i) = FailReason::ALL.iter().position(|r| *r == reason) {
-            self.failures[i] += 1;
-        }
-    }
-}
-
 /// The order of [`ConnectionMetrics::child_sas`].
 const CHILD_STATES: [ChildSaState; 3] = [ChildSaState::Installing, ChildSaState::Active, ChildSaState::Replaced];
 
