@@ -162,9 +162,23 @@ impl Lab {
     pub fn stop(&self, pid: u32, grace: Duration) -> Option<i32> {
         let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let i = children.iter().position(|c| c.id() == pid)?;
-        let mut child = children.remove(i);
+        let child = children.remove(i);
         drop(children);
         let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        Self::reap(child, grace)
+    }
+
+    /// Waits for a process this lab started to exit by itself (SIGKILL after `timeout`);
+    /// returns its exit code.
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) -> Option<i32> {
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = children.iter().position(|c| c.id() == pid)?;
+        let child = children.remove(i);
+        drop(children);
+        Self::reap(child, timeout)
+    }
+
+    fn reap(mut child: Child, grace: Duration) -> Option<i32> {
         let deadline = Instant::now() + grace;
         loop {
             if let Ok(Some(status)) = child.try_wait() {

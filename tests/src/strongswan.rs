@@ -86,6 +86,8 @@ impl Default for SwTimers {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwSas {
     pub ike_established: usize,
+    /// Each established IKE SA's unique ID and SPIs (cookies), e.g. "#1 7b49d8a53d575e67_i afa843d7bd09156a_r*".
+    pub ike_sas: Vec<String>,
     /// The IKE SA's algorithm line, e.g. "3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768".
     pub ike_algorithms: Vec<String>,
     pub children: Vec<SwChild>,
@@ -305,6 +307,9 @@ pub fn parse_list_sas(text: &str) -> SwSas {
         let l = lines[i];
         if !l.starts_with(' ') && l.contains(", ESTABLISHED, IKEv1") {
             sas.ike_established += 1;
+            let unique = l.split(": ").nth(1).and_then(|r| r.split(',').next()).unwrap_or("");
+            let spis = l.split(", ESTABLISHED, IKEv1, ").nth(1).unwrap_or("").trim();
+            sas.ike_sas.push(format!("{unique} {spis}"));
             // The algorithm line is the first one that looks like ALG/ALG/...
             if let Some(a) =
                 lines[i + 1..].iter().take(4).map(|l| l.trim()).find(|l| l.contains('/') && !l.contains(' '))
@@ -347,6 +352,7 @@ mod tests {
                     in  9c57499a,      0 bytes,     0 packets\n    out 52cacf04,      0 bytes,     0 packets\n    local  10.2.0.0/24\n    remote 10.1.0.0/24\n";
         let s = parse_list_sas(text);
         assert_eq!(s.ike_established, 1);
+        assert_eq!(s.ike_sas, ["#1 7b49d8a53d575e67_i afa843d7bd09156a_r*"]);
         assert_eq!(s.ike_algorithms, ["3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768"]);
         assert_eq!(
             s.children,
