@@ -89,8 +89,8 @@ fn install(table: &SaTable, n: usize) {
 
 fn install_suite(table: &SaTable, n: usize, k: &SaKeys) {
     let selectors = Selectors {
-        local: Ipv4Net { addr: Ipv4Addr::new(10, 1, 0, 0), prefix: 24 },
-        remote: Ipv4Net { addr: remote_net(n), prefix: 24 },
+        local: Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24),
+        remote: Ipv4Net::new_assert(remote_net(n), 24),
     };
     let transport = Transport {
         local: "198.51.100.1:4500".parse().unwrap(),

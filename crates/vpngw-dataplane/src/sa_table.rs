@@ -15,25 +15,8 @@ use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap as HashMap;
 use vpngw_esp::{InboundSa, OpenError, OutboundSa};
 
-/// An IPv4 network as a selector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Ipv4Net {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// An IPv4 network as a selector (the one network type of the workspace).
+pub use ipnet::Ipv4Net;
 
 /// Traffic an SA pair protects: local network <=> remote network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -145,15 +128,17 @@ impl<T> Default for NetIndex<T> {
     }
 }
 
-fn mask(addr: Ipv4Addr, prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::from(addr) & (u32::MAX << (32 - u32::from(prefix.min(32)))) }
+/// The network of `addr` with this prefix length (at most 32), as the index's key.
+fn network(addr: Ipv4Addr, prefix: u8) -> u32 {
+    Ipv4Net::new(addr, prefix).map_or(0, |n| u32::from(n.network()))
 }
 
 impl<T> NetIndex<T> {
     pub fn insert(&mut self, remote: Ipv4Net, item: T) {
-        self.by_net.entry((mask(remote.addr, remote.prefix), remote.prefix)).or_default().push(item);
-        if !self.prefixes.contains(&remote.prefix) {
-            self.prefixes.push(remote.prefix);
+        let prefix = remote.prefix_len();
+        self.by_net.entry((u32::from(remote.network()), prefix)).or_default().push(item);
+        if !self.prefixes.contains(&prefix) {
+            self.prefixes.push(prefix);
             self.prefixes.sort_unstable_by(|a, b| b.cmp(a));
         }
     }
@@ -170,7 +155,7 @@ impl<T> NetIndex<T> {
     /// The first item for the longest remote network holding `dst` whose `local` test passes.
     pub fn lookup(&self, dst: Ipv4Addr, mut local: impl FnMut(&T) -> bool) -> Option<&T> {
         for &p in &self.prefixes {
-            if let Some(items) = self.by_net.get(&(mask(dst, p), p))
+            if let Some(items) = self.by_net.get(&(network(dst, p), p))
                 && let Some(hit) = items.iter().find(|i| local(i))
             {
                 return Some(hit);
@@ -202,7 +187,7 @@ pub struct Outbound {
 impl Outbound {
     /// The SA whose selectors cover a packet from `src` to `dst` (longest remote prefix).
     pub fn lookup(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&Arc<OutboundEntry>> {
-        self.by_selectors.lookup(dst, |e| e.selectors.local.contains(src))
+        self.by_selectors.lookup(dst, |e| e.selectors.local.contains(&src))
     }
 }
 
@@ -381,8 +366,8 @@ mod tests {
 
     fn entries(conn: &str, spi_in: u32, spi_out: u32, remote: [u8; 4]) -> (InboundEntry, OutboundEntry) {
         let selectors = Selectors {
-            local: Ipv4Net { addr: Ipv4Addr::new(10, 1, 0, 0), prefix: 24 },
-            remote: Ipv4Net { addr: Ipv4Addr::from(remote), prefix: 24 },
+            local: Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24),
+            remote: Ipv4Net::new_assert(Ipv4Addr::from(remote), 24),
         };
         let transport = Transport {
             local: "198.51.100.1:4500".parse().unwrap_or_else(|_| unreachable!()),

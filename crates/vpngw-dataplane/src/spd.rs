@@ -117,7 +117,7 @@ impl Spd {
     }
 
     pub fn lookup(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&Policy> {
-        self.index.lookup(dst, |p| p.selectors.local.contains(src))
+        self.index.lookup(dst, |p| p.selectors.local.contains(&src))
     }
 
     pub fn len(&self) -> usize {
@@ -141,7 +141,7 @@ mod tests {
     fn p(local: &str, remote: &str, conn: &str) -> Policy {
         let net = |s: &str| {
             let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-            Ipv4Net { addr: a.parse().unwrap_or(Ipv4Addr::UNSPECIFIED), prefix: l.parse().unwrap_or(32) }
+            Ipv4Net::new_assert(a.parse().unwrap_or(Ipv4Addr::UNSPECIFIED), l.parse().unwrap_or(32))
         };
         Policy {
             selectors: Selectors { local: net(local), remote: net(remote) },

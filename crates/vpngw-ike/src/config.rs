@@ -5,6 +5,8 @@ use core::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
+
 use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm, SecretBytes};
 
 use crate::wire::{IdPayload, IdType};
@@ -60,45 +62,43 @@ impl fmt::Display for Identity {
     derive(serde::Serialize, serde::Deserialize),
     serde(try_from = "String", into = "String")
 )]
-pub struct Ipv4Subnet {
-    addr: Ipv4Addr,
-    prefix: u8,
-}
+pub struct Ipv4Subnet(Ipv4Net);
 
 impl Ipv4Subnet {
     /// The network address is masked: 10.1.0.7/24 becomes 10.1.0.0/24. `None` if prefix > 32.
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
-        (prefix <= 32).then(|| Self { addr: Ipv4Addr::from(u32::from(addr) & Self::mask_bits(prefix)), prefix })
+        Ipv4Net::new(addr, prefix).ok().map(|n| Self(n.trunc()))
     }
 
-    fn mask_bits(prefix: u8) -> u32 {
-        if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+    /// As the workspace's network type (the dataplane's selectors, routes).
+    pub fn net(&self) -> Ipv4Net {
+        self.0
     }
 
     pub fn addr(&self) -> Ipv4Addr {
-        self.addr
+        self.0.network()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(Self::mask_bits(self.prefix))
+        self.0.netmask()
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask_bits(self.prefix) == u32::from(self.addr)
+        self.0.contains(&ip)
     }
 
     /// Whether `other` lies wholly inside this subnet.
     pub fn covers(&self, other: &Self) -> bool {
-        other.prefix >= self.prefix && self.contains(other.addr)
+        self.0.contains(&other.0)
     }
 
     /// As a quick mode identity: ID_IPV4_ADDR_SUBNET (address and mask), any protocol and port.
     pub fn to_payload(&self) -> IdPayload {
-        let mut data = self.addr.octets().to_vec();
+        let mut data = self.addr().octets().to_vec();
         data.extend_from_slice(&self.mask().octets());
         IdPayload { id_type: IdType::IPV4_ADDR_SUBNET, protocol: 0, port: 0, data }
     }
@@ -116,11 +116,12 @@ impl Ipv4Subnet {
             }
             IdType::IPV4_ADDR_SUBNET => {
                 let a = <[u8; 4]>::try_from(id.data.get(..4)?).ok()?;
-                let m = u32::from_be_bytes(<[u8; 4]>::try_from(id.data.get(4..8)?).ok()?);
-                if id.data.len() != 8 || m.leading_ones() + m.trailing_zeros() != 32 {
+                let m = <[u8; 4]>::try_from(id.data.get(4..8)?).ok()?;
+                if id.data.len() != 8 {
                     return None;
                 }
-                Self::new(Ipv4Addr::from(a), m.leading_ones() as u8)
+                // A mask that is not contiguous has no prefix length: refused.
+                Self::new(Ipv4Addr::from(a), ipnet::ipv4_mask_to_prefix(Ipv4Addr::from(m)).ok()?)
             }
             _ => None,
         }
@@ -129,7 +130,7 @@ impl Ipv4Subnet {
 
 impl fmt::Display for Ipv4Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}", self.0)
     }
 }
 
@@ -138,10 +139,8 @@ impl std::str::FromStr for Ipv4Subnet {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not an IPv4 subnet (a.b.c.d/len)");
-        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        Self::new(addr, prefix.parse().map_err(|_| bad())?).ok_or_else(bad)
+        let net: Ipv4Net = s.parse().map_err(|_| format!("{s:?} is not an IPv4 subnet (a.b.c.d/len)"))?;
+        Ok(Self(net.trunc()))
     }
 }
 
@@ -343,6 +342,10 @@ mod tests {
         assert_eq!(Ipv4Subnet::from_payload(&holey), None);
         assert_eq!(Ipv4Subnet::new(Ipv4Addr::new(0, 0, 0, 0), 0).unwrap().mask(), Ipv4Addr::new(0, 0, 0, 0));
         assert!(Ipv4Subnet::new(Ipv4Addr::new(1, 2, 3, 4), 33).is_none());
+        assert_eq!("10.1.0.7/24".parse::<Ipv4Subnet>(), Ok(s));
+        for bad in ["10.1.0.0/33", "10.1.0.0", "10.1.0/24", "x/8"] {
+            assert!(bad.parse::<Ipv4Subnet>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -8,19 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use vpngw_dataplane::sa_table::{
-    InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
+    InboundEntry, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
 };
 use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
-use vpngw_ike::{ChildSa, Encapsulation, Ipv4Subnet};
+use vpngw_ike::{ChildSa, Encapsulation};
 
 use crate::keylog::KeyLog;
 use crate::ledger::{Ledger, Traffic};
 use crate::saved_tunnels::SavedChildSa;
-
-/// The engine's subnet as the SA table's.
-pub fn table_net(s: Ipv4Subnet) -> Ipv4Net {
-    Ipv4Net { addr: s.addr(), prefix: s.prefix() }
-}
 
 pub struct ChildSaPublisher {
     table: Arc<SaTable>,
@@ -147,7 +142,7 @@ impl ChildSaPublisher {
 
 /// The table's entries for a negotiated pair (None, logged, if its keys do not fit).
 fn entries(connection: &str, c: &ChildSa) -> Option<(InboundEntry, OutboundEntry)> {
-    let selectors = Selectors { local: table_net(c.selectors.local), remote: table_net(c.selectors.remote) };
+    let selectors = Selectors { local: c.selectors.local.net(), remote: c.selectors.remote.net() };
     let transport =
         Transport { local: c.local, remote: c.remote, udp: matches!(c.encapsulation, Encapsulation::UdpTunnel { .. }) };
     match (InboundSa::new(c.spi_in, &c.keys_in, DEFAULT_WINDOW), OutboundSa::new(c.spi_out, &c.keys_out)) {

@@ -115,8 +115,8 @@ mod tests {
 
     fn pair(spi_in: u32, spi_out: u32) -> (InboundEntry, OutboundEntry) {
         let selectors = Selectors {
-            local: Ipv4Net { addr: Ipv4Addr::new(10, 1, 0, 0), prefix: 24 },
-            remote: Ipv4Net { addr: Ipv4Addr::new(10, 2, 0, 0), prefix: 24 },
+            local: Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24),
+            remote: Ipv4Net::new_assert(Ipv4Addr::new(10, 2, 0, 0), 24),
         };
         let transport = Transport {
             local: "198.51.100.1:4500".parse().unwrap(),

@@ -157,7 +157,7 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                 let inner = &p.buf[opened.payload];
                 // The decrypted packet must belong to this SA's traffic (RFC 4301 s.5.2).
                 let allowed = ipv4(inner)
-                    .is_some_and(|i| entry.selectors.remote.contains(i.src) && entry.selectors.local.contains(i.dst));
+                    .is_some_and(|i| entry.selectors.remote.contains(&i.src) && entry.selectors.local.contains(&i.dst));
                 if !allowed {
                     self.counters().drop(DropReason::Policy);
                     continue;

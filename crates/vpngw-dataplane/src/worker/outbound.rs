@@ -118,7 +118,7 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
         let mut more = false;
         for p in spd.policies() {
             let Some(q) = p.pending.as_ref().filter(|q| !q.is_empty()) else { continue };
-            if view.lookup(p.selectors.local.addr, p.selectors.remote.addr).is_none() {
+            if view.lookup(p.selectors.local.network(), p.selectors.remote.network()).is_none() {
                 continue;
             }
             let mut held = q.len();
@@ -212,7 +212,7 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
         max_inner: usize,
         icmp: &mut Vec<u8>,
     ) {
-        let from = first_host(entry.selectors.remote.addr, entry.selectors.remote.prefix);
+        let from = first_host(entry.selectors.remote.network(), entry.selectors.remote.prefix_len());
         icmp.clear();
         icmp.resize(VIRTIO_NET_HDR_LEN + ICMP_LEN, 0);
         if let Some(n) =

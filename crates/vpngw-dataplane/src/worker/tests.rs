@@ -138,8 +138,8 @@ struct Side {
 
 const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-const A_NET: Ipv4Net = Ipv4Net { addr: Ipv4Addr::new(10, 1, 0, 0), prefix: 24 };
-const B_NET: Ipv4Net = Ipv4Net { addr: Ipv4Addr::new(10, 2, 0, 0), prefix: 24 };
+const A_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24);
+const B_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 2, 0, 0), 24);
 const SPI_A_TO_B: u32 = 0x1000_0001;
 const SPI_B_TO_A: u32 = 0x2000_0002;
 const REPLAY_WINDOW: u32 = 64;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use vpngw_dataplane::sa_table::Selectors;
 use vpngw_dataplane::spd::{PendingQueue, Policy, Spd};
 
-use crate::child_sas::table_net;
 use crate::config::{Config, Start};
 
 /// The policies of every configured subnet pair. An on-traffic policy that `previous` has too
@@ -25,7 +24,7 @@ pub(super) fn policies(config: &Config, previous: Option<&Spd>) -> Spd {
         let on_traffic = c.start == Start::OnTraffic;
         let held = &held;
         c.peer.subnets.iter().map(move |p| {
-            let selectors = Selectors { local: table_net(p.local), remote: table_net(p.remote) };
+            let selectors = Selectors { local: p.local.net(), remote: p.remote.net() };
             let kept = held.get(&(name.clone(), selectors)).cloned();
             Policy {
                 selectors,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::MulticastGroup;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -94,16 +95,14 @@ pub(super) fn forget<V>(routes: &mut BTreeMap<Ipv4Addr, V>, changed: &Changed) -
 /// Whether `address` lies inside `net`/`len`.
 #[cfg(test)]
 fn within(address: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
-    // By mask, not through `span`: the tests hold `span` to this.
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
-    u32::from(address) & mask == u32::from(net) & mask
+    // By containment, not through `span`: the tests hold `span` to this.
+    Ipv4Net::new(net, len.min(32)).is_ok_and(|n| n.contains(&address))
 }
 
 /// The first and last address of `net`/`len`.
 fn span(net: Ipv4Addr, len: u8) -> (Ipv4Addr, Ipv4Addr) {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
-    let first = u32::from(net) & mask;
-    (Ipv4Addr::from(first), Ipv4Addr::from(first | !mask))
+    let net = Ipv4Net::new(net, len.min(32)).map_or(Ipv4Net::default(), |n| n.trunc());
+    (net.network(), net.broadcast())
 }
 
 /// The kernel's announcements of IPv4 route and policy-rule changes (netlink multicast, as
