@@ -114,8 +114,8 @@ impl SealError {
 pub enum SaError {
     #[error(transparent)]
     Crypto(#[from] vpngw_crypto::CryptoError),
-    #[error("replay window {0} out of range ({min}..={max})", min = crate::replay::MIN_WINDOW, max = crate::replay::MAX_WINDOW)]
-    ReplayWindow(u32),
+    #[error("replay window {size} out of range ({min}..={max})")]
+    ReplayWindow { size: u32, min: u32, max: u32 },
 }
 
 #[cfg(test)]

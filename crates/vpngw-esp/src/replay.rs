@@ -40,7 +40,7 @@ impl ReplayWindow {
     /// A window of `size` packets (64..=16384).
     pub fn new(size: u32) -> Result<Self, SaError> {
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&size) {
-            return Err(SaError::ReplayWindow(size));
+            return Err(SaError::ReplayWindow { size, min: MIN_WINDOW, max: MAX_WINDOW });
         }
         let words = size.div_ceil(BLOCK_BITS as u32) as usize + 1;
         let ring = (0..words).map(|_| AtomicU64::new(0)).collect();

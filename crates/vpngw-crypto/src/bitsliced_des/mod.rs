@@ -20,10 +20,11 @@
 mod sboxes;
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod sse2;
-
-use core::ops::{BitAnd, BitOr, BitXor, BitXorAssign, Not};
+mod word;
 
 use zeroize::Zeroize;
+
+use self::word::{WideWord, Word};
 
 /// Blocks processed by one pass (the bits of a `u64` plane).
 pub(crate) const LANES: usize = 64;
@@ -334,7 +335,7 @@ pub(crate) fn crypt_wide(keys: &impl RoundKeys, blocks: &mut [u64; WIDE_LANES]) 
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     crypt_wide_with::<sse2::Sse2>(keys, blocks);
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-    crypt_wide_with::<Pair>(keys, blocks);
+    crypt_wide_with::<word::Pair>(keys, blocks);
 }
 
 fn crypt_wide_with<W: WideWord>(keys: &impl RoundKeys, blocks: &mut [u64; WIDE_LANES]) {
@@ -390,94 +391,6 @@ fn crypt_planes<W: Word>(keys: &impl RoundKeys, planes: &mut [W; LANES]) {
 
 /// Lanes of [`crypt_wide`].
 pub(crate) const WIDE_LANES: usize = 2 * LANES;
-
-/// A bit plane: one bit of every lane. Plain `u64` for 64 lanes, [`Pair`] for 128.
-pub(crate) trait Word:
-    Copy + BitAnd<Output = Self> + BitOr<Output = Self> + BitXor<Output = Self> + BitXorAssign + Not<Output = Self>
-{
-    const ZERO: Self;
-    /// `self & !other` (one SSE2 instruction, `pandn`).
-    fn andn(self, other: Self) -> Self;
-    /// A round-key mask (0 or all ones) on every lane.
-    fn splat(mask: u64) -> Self;
-}
-
-impl Word for u64 {
-    const ZERO: Self = 0;
-    #[inline(always)]
-    fn andn(self, other: Self) -> Self {
-        self & !other
-    }
-    #[inline(always)]
-    fn splat(mask: u64) -> Self {
-        mask
-    }
-}
-
-/// A 128-lane plane: two 64-lane halves.
-pub(crate) trait WideWord: Word {
-    fn from_halves(low: u64, high: u64) -> Self;
-    fn halves(self) -> (u64, u64);
-}
-
-/// Two 64-lane planes side by side: the portable 128-lane word for targets without SSE2.
-#[derive(Clone, Copy, Default)]
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
-pub(crate) struct Pair([u64; 2]);
-
-impl WideWord for Pair {
-    #[inline(always)]
-    fn from_halves(low: u64, high: u64) -> Self {
-        Pair([low, high])
-    }
-    #[inline(always)]
-    fn halves(self) -> (u64, u64) {
-        (self.0[0], self.0[1])
-    }
-}
-
-macro_rules! pair_op {
-    ($trait:ident, $f:ident, $op:tt) => {
-        impl $trait for Pair {
-            type Output = Pair;
-            #[inline(always)]
-            fn $f(self, o: Pair) -> Pair {
-                Pair([self.0[0] $op o.0[0], self.0[1] $op o.0[1]])
-            }
-        }
-    };
-}
-pair_op!(BitAnd, bitand, &);
-pair_op!(BitOr, bitor, |);
-pair_op!(BitXor, bitxor, ^);
-
-impl BitXorAssign for Pair {
-    #[inline(always)]
-    fn bitxor_assign(&mut self, o: Pair) {
-        self.0[0] ^= o.0[0];
-        self.0[1] ^= o.0[1];
-    }
-}
-
-impl Not for Pair {
-    type Output = Pair;
-    #[inline(always)]
-    fn not(self) -> Pair {
-        Pair([!self.0[0], !self.0[1]])
-    }
-}
-
-impl Word for Pair {
-    const ZERO: Self = Pair([0; 2]);
-    #[inline(always)]
-    fn andn(self, other: Self) -> Self {
-        Pair([self.0[0] & !other.0[0], self.0[1] & !other.0[1]])
-    }
-    #[inline(always)]
-    fn splat(mask: u64) -> Self {
-        Pair([mask; 2])
-    }
-}
 
 /// One Feistel round: `l ^= P(S(E(r) ^ k))`.
 #[inline(always)]
@@ -630,7 +543,7 @@ mod tests {
             ("64 lanes, inline keys", passes::<LANES>(blocks, |l| crypt(&inline, l))),
             ("128 lanes", passes::<WIDE_LANES>(blocks, |l| crypt_wide(&masks, l))),
             ("128 lanes, inline keys", passes::<WIDE_LANES>(blocks, |l| crypt_wide(&inline, l))),
-            ("portable 128 lanes", passes::<WIDE_LANES>(blocks, |l| crypt_wide_with::<Pair>(&masks, l))),
+            ("portable 128 lanes", passes::<WIDE_LANES>(blocks, |l| crypt_wide_with::<word::Pair>(&masks, l))),
         ];
         for (name, r) in results {
             assert_eq!(out, r, "64 lanes and {name} differ");

@@ -5,7 +5,7 @@
 
 #![allow(clippy::many_single_char_names)]
 
-use super::Word;
+use super::word::Word;
 
 #[inline(always)]
 pub(super) fn s1<W: Word>(a1: W, a2: W, a3: W, a4: W, a5: W, a6: W) -> [W; 4] {

@@ -1,6 +1,6 @@
 //! A 128-lane bit plane in one SSE2 register, for [`super::RoundMasks::crypt_wide`].
 //!
-//! The compiler does not vectorise the portable [`super::Pair`] well (measured: a 128-lane pass
+//! The compiler does not vectorise the portable [`super::word::Pair`] well (measured: a 128-lane pass
 //! took 2.4x a 64-lane one), while SSE2 does one 128-bit operation per gate, and `pandn` makes
 //! the AND-NOT gates (half of the circuit) one instruction instead of two.
 
@@ -12,7 +12,7 @@ use core::arch::x86_64::{
 };
 use core::ops::{BitAnd, BitOr, BitXor, BitXorAssign, Not};
 
-use super::{WideWord, Word};
+use super::word::{WideWord, Word};
 
 // SAFETY (every `unsafe` block in this file): this module is compiled only when the target has
 // SSE2 statically enabled (`cfg(target_feature = "sse2")` on the `mod` item; every x86_64 target
