@@ -229,6 +229,9 @@ impl SaTable {
 
     /// Publishes an SA pair: inbound first, so that the peer's first packet under the new
     /// keys already finds its SA; then outbound, replacing any older SA for the same selectors.
+    /// For tests and benchmarks: the daemon installs outbound SAs on activation
+    /// (make-before-break), with [`SaTable::install_inbound`] and [`SaTable::install_outbound`].
+    #[cfg(any(test, feature = "testing"))]
     pub fn install(&self, inbound: InboundEntry, outbound: OutboundEntry) -> Withdrawn {
         self.install_inbound(inbound);
         self.install_outbound(outbound)
