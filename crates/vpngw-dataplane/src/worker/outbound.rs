@@ -89,7 +89,7 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                 .map(|(b, p)| SealPacket::new(b, p.1.clone(), NextHeader::IPV4))
                 .collect();
             entry.sa.seal_batch(&mut self.rng, &mut packets);
-            let sent = self.transmit_run(entry, &links, packets, gso);
+            let sent = self.transmit_run(entry, &links, &mut packets, gso);
             entry.counters.packets.fetch_add(sent.packets, Ordering::Relaxed);
             entry.counters.bytes.fetch_add(sent.bytes, Ordering::Relaxed);
             bump(&self.counters().out_packets, sent.packets);
