@@ -35,6 +35,7 @@ pub mod counters;
 pub mod link;
 pub mod packet;
 pub mod sa_table;
+mod shared;
 pub mod spd;
 pub mod sys;
 mod worker;
@@ -51,20 +52,9 @@ use vpngw_crypto::FastRng;
 
 use crate::counters::WorkerCounters;
 use crate::sa_table::SaTable;
+use crate::shared::Shared;
+pub use crate::shared::{ControlSink, ToControl};
 use crate::spd::Spd;
-
-/// What workers tell the control plane.
-#[derive(Debug, Clone)]
-pub enum ToControl {
-    /// An IKE datagram received on port 4500 (non-ESP marker removed).
-    Ike { from: SocketAddr, data: Vec<u8> },
-    /// A packet matched this connection's policy but no SA: negotiate if on-traffic.
-    Acquire { connection: Arc<str> },
-    /// The outbound SA crossed its soft sequence limit.
-    RekeyDue { spi_out: u32 },
-}
-
-pub type ControlSink = Arc<dyn Fn(ToControl) + Send + Sync>;
 
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
@@ -102,21 +92,6 @@ pub enum DataplaneError {
     Affinity(io::Error),
     #[error("gateway.worker_cores: core {core} is not one this process may use (allowed: {allowed:?})")]
     CoreNotAllowed { core: usize, allowed: Vec<usize> },
-}
-
-pub(crate) struct Shared {
-    pub table: Arc<SaTable>,
-    pub spd: Arc<ArcSwap<Spd>>,
-    pub stop: AtomicBool,
-    /// An SA arrived: a worker drains the pending queues (on-traffic start) through it.
-    pub pending_ready: AtomicBool,
-    pub waker: sys::Waker,
-    pub counters: Vec<WorkerCounters>,
-    pub to_control: ControlSink,
-    pub path_mtu: u16,
-    /// Source of the outer header of raw ESP sent through the link path.
-    pub public_address: Ipv4Addr,
-    pub links: link::LinkPaths,
 }
 
 /// The running dataplane. Dropping it without [`Dataplane::stop`] leaves the threads running

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use vpngw_dataplane::sa_table::{
     InboundEntry, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
 };
@@ -15,7 +16,21 @@ use vpngw_ike::{ChildSa, Encapsulation};
 
 use crate::keylog::KeyLog;
 use crate::ledger::{Ledger, Traffic};
-use crate::saved_tunnels::SavedChildSa;
+
+/// One child SA pair as the dataplane held it.
+#[derive(Serialize, Deserialize)]
+pub struct SavedChildSa {
+    /// As negotiated: SPIs, keys, selectors, transport.
+    pub child: ChildSa,
+    pub inbound_highest: u32,
+    pub inbound_packets: u64,
+    pub inbound_bytes: u64,
+    /// Whether the outbound SA carried traffic (else it waits for its activation).
+    pub sending: bool,
+    pub outbound_last_sequence: u64,
+    pub outbound_packets: u64,
+    pub outbound_bytes: u64,
+}
 
 pub struct ChildSaPublisher {
     table: Arc<SaTable>,

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use vpngw_ike::{ChildSa, Endpoint, IkeSaSnapshot, IkeSaState};
+use vpngw_ike::{Endpoint, IkeSaSnapshot, IkeSaState};
 
-use crate::child_sas::ChildSaPublisher;
+use crate::child_sas::{ChildSaPublisher, SavedChildSa};
 
 /// The file format's version: a file of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
@@ -46,21 +46,6 @@ pub struct SavedTunnels {
 pub struct SavedTunnel {
     pub ike: IkeSaSnapshot,
     pub child_sas: Vec<SavedChildSa>,
-}
-
-/// One child SA pair as the dataplane held it.
-#[derive(Serialize, Deserialize)]
-pub struct SavedChildSa {
-    /// As negotiated: SPIs, keys, selectors, transport.
-    pub child: ChildSa,
-    pub inbound_highest: u32,
-    pub inbound_packets: u64,
-    pub inbound_bytes: u64,
-    /// Whether the outbound SA carried traffic (else it waits for its activation).
-    pub sending: bool,
-    pub outbound_last_sequence: u64,
-    pub outbound_packets: u64,
-    pub outbound_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

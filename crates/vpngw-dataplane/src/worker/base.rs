@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vpngw_crypto::FastRng;
 
-use crate::Shared;
+use crate::shared::Shared;
 use crate::sys;
 
 /// Room before an inner packet for SPI, sequence and IV (outer headers are the kernel's).

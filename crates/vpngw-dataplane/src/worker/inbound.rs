@@ -11,10 +11,10 @@ use vpngw_esp::{OpenPacket, peek_spi};
 
 use super::base::{BATCH, UDP_BUFFERS, Worker};
 use super::ctx::{RAW_LEN, RAW_RECV, TunOut, WorkerCtx};
-use crate::ToControl;
 use crate::counters::{DropReason, bump};
 use crate::packet::ipv4;
 use crate::sa_table::InboundMap;
+use crate::shared::ToControl;
 use crate::sys::{RawLink, Received, Tun, UdpLink};
 
 /// ESP packets opened per batch call: a UDP GRO read holds at most 64 datagrams.

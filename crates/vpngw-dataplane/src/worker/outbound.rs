@@ -16,10 +16,10 @@ use vpngw_esp::{NextHeader, SealPacket};
 
 use super::base::{BATCH, HEADROOM, ICMP_LEN, Worker};
 use super::ctx::WorkerCtx;
-use crate::ToControl;
 use crate::counters::{DropReason, bump};
 use crate::packet::{Ipv4Info, icmp_fragmentation_needed, ipv4};
 use crate::sa_table::{Outbound, OutboundEntry};
+use crate::shared::ToControl;
 use crate::sys::{RawLink, Tun, UdpLink};
 
 /// One TUN read yields at most this many segments (a 64 KiB TSO packet of small MSS).

@@ -23,9 +23,9 @@ use crate::packet::{OUTER_IPV4_LEN, ipv4, write_outer_ipv4};
 use crate::sa_table::{
     InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
 };
+use crate::shared::{Shared, ToControl};
 use crate::spd::Spd;
 use crate::sys::{RawLink, Received, Tun, UdpLink, Waker};
-use crate::{Shared, ToControl};
 
 /// A TUN queue in memory: each read gives one packet, as the kernel's does without TSO.
 #[derive(Default)]

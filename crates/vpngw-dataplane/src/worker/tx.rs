@@ -14,11 +14,11 @@ use std::sync::Arc;
 use vpngw_esp::SealPacket;
 
 use super::base::{BATCH, Worker};
-use crate::ToControl;
 use crate::counters::{DropReason, WorkerCounters, bump};
 use crate::link::{ETHERNET_LEN, LinkPath};
 use crate::packet::{OUTER_IPV4_LEN, write_outer_ipv4};
 use crate::sa_table::{OutboundEntry, Transport};
+use crate::shared::ToControl;
 use crate::sys::{self, IPPROTO_ESP, RawLink, Tun, UdpLink};
 
 /// A UDP GSO send is one UDP datagram to the kernel first: at most 65507 bytes in all.
