@@ -26,7 +26,7 @@ use vpngw_benches::{criterion_dir, gbit_per_s, median_ns, mpps};
 use vpngw_crypto::{
     CbcCipher, CbcJob, EncryptionAlgorithm as E, FastRng, IntegrityAlgorithm as I, IntegrityKey, SecretBytes,
 };
-use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys, SealPacket};
+use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys, SealPacket, Spi};
 
 const SUITES: [(&str, E, I); 6] = [
     ("des-md5", E::Des, I::HmacMd5_96),
@@ -61,7 +61,7 @@ fn bench_suite(c: &mut Criterion, name: &str, e: E, i: I) {
     let mut group = c.benchmark_group(name);
     for size in SIZES {
         group.throughput(Throughput::Bytes(size as u64));
-        let out = OutboundSa::new(1, &k).unwrap();
+        let out = OutboundSa::new(Spi::new(1), &k).unwrap();
         let mut rng = FastRng::from_os().unwrap();
         let mut buf = packet_buf(size);
         group.bench_function(BenchmarkId::new("seal", size), |b| {
@@ -69,7 +69,7 @@ fn bench_suite(c: &mut Criterion, name: &str, e: E, i: I) {
         });
 
         for batch in BATCHES {
-            let out = OutboundSa::new(1, &k).unwrap();
+            let out = OutboundSa::new(Spi::new(1), &k).unwrap();
             let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| packet_buf(size)).collect();
             group.throughput(Throughput::Bytes((size * batch) as u64));
             group.bench_function(BenchmarkId::new(format!("seal_batch{batch}"), size), |b| {
@@ -86,8 +86,8 @@ fn bench_suite(c: &mut Criterion, name: &str, e: E, i: I) {
 
         // open: every iteration needs a fresh sequence number, so packets are sealed in the
         // (untimed) setup.
-        let out = OutboundSa::new(2, &k).unwrap();
-        let inb = InboundSa::new(2, &k, 1024).unwrap();
+        let out = OutboundSa::new(Spi::new(2), &k).unwrap();
+        let inb = InboundSa::new(Spi::new(2), &k, 1024).unwrap();
         group.bench_function(BenchmarkId::new("open", size), |b| {
             b.iter_batched_ref(
                 || {
@@ -121,7 +121,7 @@ fn bench_suite(c: &mut Criterion, name: &str, e: E, i: I) {
             })
         });
         // Fresh packets from the same setup as `open`, so both see the same cache state.
-        let ceiling_out = OutboundSa::new(3, &k).unwrap();
+        let ceiling_out = OutboundSa::new(Spi::new(3), &k).unwrap();
         group.bench_function(BenchmarkId::new("ceiling_open", size), |b| {
             b.iter_batched_ref(
                 || {

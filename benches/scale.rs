@@ -54,7 +54,7 @@ use vpngw_crypto::{EncryptionAlgorithm, FastRng, HashAlgorithm, IntegrityAlgorit
 use vpngw_dataplane::sa_table::{
     InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
 };
-use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys};
+use vpngw_esp::{InboundSa, NextHeader, OutboundSa, SaKeys, Spi};
 use vpngw_ike::testing::Pair;
 use vpngw_ike::{
     Endpoint, EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy, SubnetPair,
@@ -102,14 +102,14 @@ fn install_suite(table: &SaTable, n: usize, k: &SaKeys) {
     table.install(
         InboundEntry {
             connection: connection.clone(),
-            sa: InboundSa::new(0x1000 + n as u32, k, 1024).unwrap(),
+            sa: InboundSa::new(Spi::new(0x1000 + n as u32), k, 1024).unwrap(),
             selectors,
             transport,
             counters: SaCounters::default(),
         },
         OutboundEntry {
             connection,
-            sa: OutboundSa::new(0x8000_0000 + n as u32, k).unwrap(),
+            sa: OutboundSa::new(Spi::new(0x8000_0000 + n as u32), k).unwrap(),
             selectors,
             transport,
             counters: OutboundCounters::default(),
@@ -164,7 +164,7 @@ fn lookups(table: &SaTable, spread: usize) -> (f64, f64) {
             let start = Instant::now();
             let view = table.inbound_view();
             for i in 0..n {
-                black_box(view.get(&(0x1000 + ((i * 7919) % spread) as u32)));
+                black_box(view.get(&Spi::new(0x1000 + ((i * 7919) % spread) as u32)));
             }
             start.elapsed().as_nanos() as f64 / n as f64
         })
@@ -185,8 +185,8 @@ fn lookups(table: &SaTable, spread: usize) -> (f64, f64) {
 
 /// Two threads sealing 64-byte packets: with one shared SA, or one SA each. ns per packet.
 fn shared_sa(shared: bool) -> f64 {
-    let a = Arc::new(OutboundSa::new(1, &keys(1)).unwrap());
-    let b = if shared { a.clone() } else { Arc::new(OutboundSa::new(2, &keys(2)).unwrap()) };
+    let a = Arc::new(OutboundSa::new(Spi::new(1), &keys(1)).unwrap());
+    let b = if shared { a.clone() } else { Arc::new(OutboundSa::new(Spi::new(2), &keys(2)).unwrap()) };
     let per_thread = 500_000;
     let runs: Vec<f64> = (0..5)
         .map(|_| {

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use serde_json::json;
 use vpngw_crypto::{EncryptionAlgorithm, FastRng, IntegrityAlgorithm, SecretBytes};
-use vpngw_esp::{NextHeader, OutboundSa, SaKeys};
+use vpngw_esp::{NextHeader, OutboundSa, SaKeys, Spi};
 use vpngw_tests::packet::{PROTO_ESP, PROTO_UDP, dns_query, ipv4, ipv6, udp, udp6};
 use vpngw_tests::pcap::PcapWriter;
 use vpngw_tests::tool;
@@ -66,7 +66,7 @@ fn build_capture(tag: &str) -> Capture {
                 integrity: i,
                 integrity_key: SecretBytes::from_slice(&ik),
             };
-            let out = OutboundSa::new(spi, &keys).unwrap();
+            let out = OutboundSa::new(Spi::new(spi), &keys).unwrap();
             let udp_encap = suite_index % 2 == 0;
             let mut expected = Vec::new();
             for n in 0..PACKETS_PER_SA {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap as HashMap;
-use vpngw_esp::{InboundSa, OpenError, OutboundSa};
+use vpngw_esp::{InboundSa, OpenError, OutboundSa, Spi};
 
 /// An IPv4 network as a selector (the one network type of the workspace).
 pub use ipnet::Ipv4Net;
@@ -110,7 +110,7 @@ pub struct OutboundEntry {
 
 /// Inbound SAs by SPI. FxHash: the keys are SPIs we chose at random ourselves, so a fast,
 /// non-keyed hash cannot be attacked.
-pub type InboundMap = HashMap<u32, Arc<InboundEntry>>;
+pub type InboundMap = HashMap<Spi, Arc<InboundEntry>>;
 
 /// Items keyed by a remote network, found by longest-prefix match on a destination (then the
 /// first whose local network holds the source). Cost: one hash lookup per distinct prefix
@@ -181,7 +181,7 @@ impl<T> NetIndex<T> {
 #[derive(Clone, Debug, Default)]
 pub struct Outbound {
     by_selectors: NetIndex<Arc<OutboundEntry>>,
-    by_spi: HashMap<u32, Arc<OutboundEntry>>,
+    by_spi: HashMap<Spi, Arc<OutboundEntry>>,
 }
 
 impl Outbound {
@@ -252,7 +252,7 @@ impl SaTable {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Outbound::clone(&self.outbound.load());
         let selectors = outbound.selectors;
-        let replaced: Vec<u32> =
+        let replaced: Vec<Spi> =
             out.by_selectors.iter().filter(|e| e.selectors == selectors).map(|e| e.sa.spi()).collect();
         out.by_selectors.retain(|e| e.selectors != selectors);
         let mut withdrawn = Withdrawn::default();
@@ -267,7 +267,7 @@ impl SaTable {
     }
 
     /// Withdraws an SA pair: outbound first (nothing new is sealed with it), then inbound.
-    pub fn remove(&self, spi_in: u32, spi_out: u32) -> Withdrawn {
+    pub fn remove(&self, spi_in: Spi, spi_out: Spi) -> Withdrawn {
         let _writer = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Outbound::clone(&self.outbound.load());
         out.by_selectors.retain(|e| e.sa.spi() != spi_out);
@@ -311,7 +311,7 @@ impl SaTable {
     }
 
     /// The inbound SA for an SPI: one atomic load, no lock.
-    pub fn inbound(&self, spi: u32) -> Option<Arc<InboundEntry>> {
+    pub fn inbound(&self, spi: Spi) -> Option<Arc<InboundEntry>> {
         self.inbound.load().get(&spi).cloned()
     }
 
@@ -334,7 +334,7 @@ impl SaTable {
         self.outbound.load().lookup(src, dst).cloned()
     }
 
-    pub fn outbound_by_spi(&self, spi: u32) -> Option<Arc<OutboundEntry>> {
+    pub fn outbound_by_spi(&self, spi: Spi) -> Option<Arc<OutboundEntry>> {
         self.outbound.load().by_spi.get(&spi).cloned()
     }
 
@@ -368,6 +368,7 @@ mod tests {
     }
 
     fn entries(conn: &str, spi_in: u32, spi_out: u32, remote: [u8; 4]) -> (InboundEntry, OutboundEntry) {
+        let (spi_in, spi_out) = (Spi::new(spi_in), Spi::new(spi_out));
         let selectors = Selectors {
             local: Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24),
             remote: Ipv4Net::new_assert(Ipv4Addr::from(remote), 24),
@@ -396,10 +397,10 @@ mod tests {
         let t = SaTable::new();
         let (i, o) = entries("a", 100, 200, [10, 2, 0, 0]);
         t.install(i, o);
-        assert!(t.inbound(100).is_some());
+        assert!(t.inbound(Spi::new(100)).is_some());
         assert_eq!(
             t.outbound_for(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 2, 0, 9)).map(|e| e.sa.spi()),
-            Some(200)
+            Some(Spi::new(200))
         );
         assert!(t.outbound_for(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 3, 0, 9)).is_none());
         // A rekey: the new pair replaces the outbound SA for the same selectors, both inbound
@@ -408,21 +409,21 @@ mod tests {
         let replaced = t.install(i2, o2);
         assert_eq!(t.len(), (2, 1));
         // The replaced outbound SA comes back, for its final counters.
-        assert_eq!(replaced.outbound.iter().map(|e| e.sa.spi()).collect::<Vec<_>>(), vec![200]);
+        assert_eq!(replaced.outbound.iter().map(|e| e.sa.spi()).collect::<Vec<_>>(), vec![Spi::new(200)]);
         assert!(replaced.inbound.is_empty());
         assert_eq!(
             t.outbound_for(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 2, 0, 9)).map(|e| e.sa.spi()),
-            Some(201)
+            Some(Spi::new(201))
         );
-        let gone = t.remove(100, 200);
+        let gone = t.remove(Spi::new(100), Spi::new(200));
         assert_eq!(t.len(), (1, 1));
         assert_eq!((gone.inbound.len(), gone.outbound.len()), (1, 0), "outbound 200 went at the switch");
         let (i3, o3) = entries("b", 300, 400, [10, 9, 0, 0]);
         t.install(i3, o3);
         let gone = t.remove_connection("a");
         assert_eq!(t.len(), (1, 1));
-        assert_eq!((gone.inbound[0].sa.spi(), gone.outbound[0].sa.spi()), (101, 201));
-        assert!(t.inbound(300).is_some());
+        assert_eq!((gone.inbound[0].sa.spi(), gone.outbound[0].sa.spi()), (Spi::new(101), Spi::new(201)));
+        assert!(t.inbound(Spi::new(300)).is_some());
     }
 
     #[test]
@@ -430,14 +431,16 @@ mod tests {
         let t = Arc::new(SaTable::new());
         let (i, o) = entries("a", 1000, 2000, [10, 2, 0, 0]);
         t.install(i, o);
-        let held = t.inbound(1000);
-        t.remove(1000, 2000);
-        assert!(t.inbound(1000).is_none());
-        assert_eq!(held.map(|e| e.sa.spi()), Some(1000), "an in-flight packet keeps its SA");
+        let held = t.inbound(Spi::new(1000));
+        t.remove(Spi::new(1000), Spi::new(2000));
+        assert!(t.inbound(Spi::new(1000)).is_none());
+        assert_eq!(held.map(|e| e.sa.spi()), Some(Spi::new(1000)), "an in-flight packet keeps its SA");
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let t = Arc::clone(&t);
-                std::thread::spawn(move || (0..100_000).filter(|n| t.inbound(5000 + n % 10).is_some()).count())
+                std::thread::spawn(move || {
+                    (0..100_000).filter(|n| t.inbound(Spi::new(5000 + n % 10)).is_some()).count()
+                })
             })
             .collect();
         for n in 0..50u32 {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
+use vpngw_esp::Spi;
 
 use crate::counters::WorkerCounters;
 use crate::sa_table::SaTable;
@@ -21,7 +22,7 @@ pub enum ToControl {
     /// A packet matched this connection's policy but no SA: negotiate if on-traffic.
     Acquire { connection: Arc<str> },
     /// The outbound SA crossed its soft sequence limit.
-    RekeyDue { spi_out: u32 },
+    RekeyDue { spi_out: Spi },
 }
 
 pub type ControlSink = Arc<dyn Fn(ToControl) + Send + Sync>;

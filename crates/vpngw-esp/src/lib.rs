@@ -21,9 +21,11 @@
 mod error;
 pub mod replay;
 pub mod sa;
+mod spi;
 pub mod wire;
 
 pub use error::{OpenError, SaError, SealError};
 pub use replay::{DEFAULT_WINDOW, ReplayWindow};
 pub use sa::{DEFAULT_SOFT_SEQUENCE_LIMIT, InboundSa, OpenPacket, Opened, OutboundSa, SaKeys, SealPacket, Sealed};
+pub use spi::Spi;
 pub use wire::{EspPacket, NextHeader, peek_spi};

@@ -19,6 +19,7 @@ use vpngw_crypto::{CbcCipher, CbcJob, EncryptionAlgorithm, IntegrityAlgorithm, I
 
 use crate::error::{OpenError, SaError, SealError};
 use crate::replay::ReplayWindow;
+use crate::spi::Spi;
 use crate::wire::{ESP_HEADER_LEN, ESP_TRAILER_LEN, EspPacket, NextHeader};
 
 /// Rekey is requested when this sequence number is handed out, leaving 2^28 packets (268 s at
@@ -129,7 +130,7 @@ impl<'a> OpenPacket<'a> {
 /// The sending half of an ESP SA.
 #[derive(Debug)]
 pub struct OutboundSa {
-    spi: u32,
+    spi: Spi,
     transform: Transform,
     /// Last sequence number handed out. 64 bits wide so that it can never wrap: numbers above
     /// 2^32 - 1 are refused instead of being sent.
@@ -138,7 +139,7 @@ pub struct OutboundSa {
 }
 
 impl OutboundSa {
-    pub fn new(spi: u32, keys: &SaKeys) -> Result<Self, SaError> {
+    pub fn new(spi: Spi, keys: &SaKeys) -> Result<Self, SaError> {
         Ok(Self {
             spi,
             transform: Transform::new(keys)?,
@@ -159,7 +160,7 @@ impl OutboundSa {
         self
     }
 
-    pub fn spi(&self) -> u32 {
+    pub fn spi(&self) -> Spi {
         self.spi
     }
 
@@ -351,18 +352,18 @@ struct Checked {
 /// The receiving half of an ESP SA.
 #[derive(Debug)]
 pub struct InboundSa {
-    spi: u32,
+    spi: Spi,
     transform: Transform,
     window: ReplayWindow,
 }
 
 impl InboundSa {
     /// `replay_window`: packets, 64..=16384 ([`crate::replay::DEFAULT_WINDOW`] is 1024).
-    pub fn new(spi: u32, keys: &SaKeys, replay_window: u32) -> Result<Self, SaError> {
+    pub fn new(spi: Spi, keys: &SaKeys, replay_window: u32) -> Result<Self, SaError> {
         Ok(Self { spi, transform: Transform::new(keys)?, window: ReplayWindow::new(replay_window)? })
     }
 
-    pub fn spi(&self) -> u32 {
+    pub fn spi(&self) -> Spi {
         self.spi
     }
 

@@ -7,6 +7,7 @@
 //! The caller adds (on send) and strips (on receive) the outer IP or UDP header.
 
 use crate::error::OpenError;
+use crate::spi::Spi;
 
 /// SPI and sequence number.
 pub const ESP_HEADER_LEN: usize = 8;
@@ -42,9 +43,9 @@ impl NextHeader {
 
 /// The SPI of an ESP packet, if it is long enough to have one (for the SA lookup that comes
 /// before any cryptography).
-pub fn peek_spi(packet: &[u8]) -> Option<u32> {
+pub fn peek_spi(packet: &[u8]) -> Option<Spi> {
     let bytes: [u8; 4] = packet.get(0..4)?.try_into().ok()?;
-    Some(u32::from_be_bytes(bytes))
+    Some(Spi::from_be_bytes(bytes))
 }
 
 /// A view of an ESP packet whose lengths have been checked against an SA's sizes: once built,
@@ -76,8 +77,8 @@ impl<T: AsRef<[u8]>> EspPacket<T> {
         self.buffer.as_ref()
     }
 
-    pub fn spi(&self) -> u32 {
-        u32::from_be_bytes([self.bytes()[0], self.bytes()[1], self.bytes()[2], self.bytes()[3]])
+    pub fn spi(&self) -> Spi {
+        Spi::from_be_bytes([self.bytes()[0], self.bytes()[1], self.bytes()[2], self.bytes()[3]])
     }
 
     pub fn sequence(&self) -> u32 {
@@ -124,7 +125,7 @@ mod tests {
         p.extend_from_slice(&[0xbb; 16]);
         p.extend_from_slice(&[0xcc; 12]);
         let v = EspPacket::new_checked(&p[..], 16, 16, 12).unwrap();
-        assert_eq!(v.spi(), 0x1122_3344);
+        assert_eq!(v.spi(), Spi::new(0x1122_3344));
         assert_eq!(v.sequence(), 5);
         assert_eq!(v.iv(), &[0xaa; 16]);
         assert_eq!(v.icv(), &[0xcc; 12]);
@@ -133,7 +134,7 @@ mod tests {
         assert_eq!(EspPacket::new_checked(&p[..51], 16, 16, 12).unwrap_err(), OpenError::Truncated);
         p.push(0);
         assert_eq!(EspPacket::new_checked(&p[..], 16, 16, 12).unwrap_err(), OpenError::BadLength);
-        assert_eq!(peek_spi(&p), Some(0x1122_3344));
+        assert_eq!(peek_spi(&p), Some(Spi::new(0x1122_3344)));
         assert_eq!(peek_spi(&p[..3]), None);
     }
 

@@ -7,9 +7,9 @@ mod common;
 
 use common::{FixedBytes, all_suites, inner_packet, keys};
 use vpngw_crypto::{CbcCipher, EncryptionAlgorithm, FastRng, IntegrityAlgorithm, IntegrityKey, SecretBytes};
-use vpngw_esp::{InboundSa, NextHeader, OpenError, OpenPacket, OutboundSa, SaKeys, SealError, SealPacket};
+use vpngw_esp::{InboundSa, NextHeader, OpenError, OpenPacket, OutboundSa, SaKeys, SealError, SealPacket, Spi};
 
-const SPI: u32 = 0xc0ffee01;
+const SPI: Spi = Spi::new(0xc0ffee01);
 
 fn pair(e: EncryptionAlgorithm, i: IntegrityAlgorithm) -> (OutboundSa, InboundSa) {
     let k = keys(e, i, 9);
@@ -277,7 +277,7 @@ fn open_batch_equals_one_by_one() {
     for (e, i) in all_suites() {
         let k = keys(e, i, 4);
         let out = OutboundSa::new(SPI, &k).unwrap();
-        let other = OutboundSa::new(SPI ^ 1, &k).unwrap();
+        let other = OutboundSa::new(Spi::new(SPI.get() ^ 1), &k).unwrap();
         let mut rng = FastRng::from_seed_for_tests(11);
         let mut packets: Vec<Vec<u8>> = Vec::new();
         for n in 0..150usize {
@@ -339,7 +339,7 @@ fn rfc3602_tunnel_mode_packets_byte_for_byte() {
     // checked against an independently keyed HMAC).
     for case in ["rfc3602_case7", "rfc3602_case8"] {
         let v = vector_case(case);
-        let spi = u32::from_be_bytes(v["spi"][..].try_into().unwrap());
+        let spi = Spi::from_be_bytes(v["spi"][..].try_into().unwrap());
         let seq = u32::from_be_bytes(v["seq"][..].try_into().unwrap());
         let keys = SaKeys {
             encryption: EncryptionAlgorithm::Aes128,

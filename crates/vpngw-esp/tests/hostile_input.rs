@@ -7,7 +7,7 @@ mod common;
 use common::{all_suites, inner_packet, keys};
 use proptest::prelude::*;
 use vpngw_crypto::FastRng;
-use vpngw_esp::{InboundSa, NextHeader, OutboundSa};
+use vpngw_esp::{InboundSa, NextHeader, OutboundSa, Spi};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
@@ -15,10 +15,10 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(suite in 0usize..10, bytes in prop::collection::vec(any::<u8>(), 0..2048), spi_match in any::<bool>()) {
         let (e, i) = all_suites()[suite];
-        let inb = InboundSa::new(0x100, &keys(e, i, 1), 64).unwrap();
+        let inb = InboundSa::new(Spi::new(0x100), &keys(e, i, 1), 64).unwrap();
         let mut buf = bytes;
         if spi_match && buf.len() >= 4 {
-            buf[..4].copy_from_slice(&0x100u32.to_be_bytes());
+            buf[..4].copy_from_slice(&Spi::new(0x100).to_be_bytes());
         }
         // Random bytes cannot carry a valid ICV: the result is an error.
         prop_assert!(inb.open_in_place(&mut buf).is_err());
@@ -33,8 +33,8 @@ proptest! {
     ) {
         let (e, i) = all_suites()[suite];
         let k = keys(e, i, 2);
-        let out = OutboundSa::new(0x100, &k).unwrap();
-        let inb = InboundSa::new(0x100, &k, 64).unwrap();
+        let out = OutboundSa::new(Spi::new(0x100), &k).unwrap();
+        let inb = InboundSa::new(Spi::new(0x100), &k, 64).unwrap();
         let inner = inner_packet(len, 9);
         let mut buf = vec![0u8; len + 100];
         let sealed = out.seal(&mut FastRng::from_seed_for_tests(1), &inner, NextHeader::IPV4, &mut buf).unwrap();

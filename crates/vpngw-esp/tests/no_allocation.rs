@@ -11,7 +11,7 @@ use std::cell::Cell;
 
 use common::{all_suites, inner_packet, keys};
 use vpngw_crypto::FastRng;
-use vpngw_esp::{InboundSa, NextHeader, OpenPacket, OutboundSa, SealPacket};
+use vpngw_esp::{InboundSa, NextHeader, OpenPacket, OutboundSa, SealPacket, Spi};
 
 struct Counting;
 
@@ -56,8 +56,8 @@ static GLOBAL: Counting = Counting;
 fn seal_and_open_do_not_allocate() {
     for (e, i) in all_suites() {
         let k = keys(e, i, 4);
-        let out = OutboundSa::new(7, &k).unwrap();
-        let inb = InboundSa::new(7, &k, 1024).unwrap();
+        let out = OutboundSa::new(Spi::new(7), &k).unwrap();
+        let inb = InboundSa::new(Spi::new(7), &k, 1024).unwrap();
         let mut rng = FastRng::from_seed_for_tests(1);
         let h = out.header_len();
         let sizes = [0usize, 1, 40, 64, 511, 1400];

@@ -23,6 +23,8 @@
 
 use std::time::{Duration, Instant};
 
+use vpngw_esp::Spi;
+
 use crate::config::SubnetPair;
 use crate::event::{ChildSaInfo, ChildSaState, DeleteReason, Event};
 use crate::exchange::Ctx;
@@ -44,8 +46,8 @@ pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
 /// An installed (or, for a responder before QM3, half-installed) pair of child SAs.
 #[derive(Clone, Debug)]
 pub(crate) struct ChildRecord {
-    pub spi_in: u32,
-    pub spi_out: u32,
+    pub spi_in: Spi,
+    pub spi_out: Spi,
     pub pair: SubnetPair,
     pub choice: Phase2Choice,
     pub state: ChildSaState,
@@ -58,7 +60,7 @@ pub(crate) struct ChildRecord {
     /// Replaced: Delete and remove then.
     pub retire_at: Option<Instant>,
     /// The pair (inbound SPI) this one replaces, if any.
-    pub predecessor: Option<u32>,
+    pub predecessor: Option<Spi>,
     /// Orders two pairs that replace the same one: the lower rank is redundant
     /// ([`collision_rank`]).
     pub rank: u64,
@@ -133,7 +135,7 @@ pub(crate) struct ChildSet {
 
 impl ChildSet {
     /// The child SA with this SPI, ours (inbound) or the peer's (outbound).
-    pub fn find(&self, spi: u32) -> Option<&ChildRecord> {
+    pub fn find(&self, spi: Spi) -> Option<&ChildRecord> {
         self.records.iter().find(|c| c.spi_in == spi || c.spi_out == spi)
     }
 
@@ -141,7 +143,7 @@ impl ChildSet {
         self.records.iter()
     }
 
-    pub fn has_inbound(&self, spi_in: u32) -> bool {
+    pub fn has_inbound(&self, spi_in: Spi) -> bool {
         self.records.iter().any(|c| c.spi_in == spi_in)
     }
 
@@ -155,33 +157,33 @@ impl ChildSet {
     }
 
     /// Whether the SA with this inbound SPI is a responder's, waiting for QM3.
-    pub fn is_installing(&self, spi_in: u32) -> bool {
+    pub fn is_installing(&self, spi_in: Spi) -> bool {
         self.records.iter().any(|c| c.spi_in == spi_in && c.state == ChildSaState::Installing)
     }
 
     /// Whether the SA with inbound SPI `old` still carries the traffic (a rekey of it is wanted).
-    pub fn is_active(&self, spi_in: u32) -> bool {
+    pub fn is_active(&self, spi_in: Spi) -> bool {
         self.records.iter().any(|c| c.spi_in == spi_in && c.state == ChildSaState::Active)
     }
 
     /// Whether another SA pair than `old` for `pair` is installed and not replaced: a
     /// replacement is under way or done.
-    pub fn has_replacement(&self, pair: &SubnetPair, old: u32) -> bool {
+    pub fn has_replacement(&self, pair: &SubnetPair, old: Spi) -> bool {
         self.records.iter().any(|o| o.pair == *pair && o.spi_in != old && o.state != ChildSaState::Replaced)
     }
 
     /// The inbound SPIs of the SAs that carry traffic.
-    pub fn active(&self) -> Vec<u32> {
+    pub fn active(&self) -> Vec<Spi> {
         self.records.iter().filter(|c| c.state == ChildSaState::Active).map(|c| c.spi_in).collect()
     }
 
-    pub fn inbound_spis(&self) -> Vec<u32> {
+    pub fn inbound_spis(&self) -> Vec<Spi> {
         self.records.iter().map(|c| c.spi_in).collect()
     }
 
     /// What a new pair for `pair` replaces when the peer started its quick mode: the newest
     /// pair not yet replaced.
-    pub fn newest_unreplaced(&self, pair: &SubnetPair) -> Option<u32> {
+    pub fn newest_unreplaced(&self, pair: &SubnetPair) -> Option<Spi> {
         self.records
             .iter()
             .filter(|c| c.pair == *pair && c.state != ChildSaState::Replaced)
@@ -212,7 +214,7 @@ impl ChildSet {
 
     /// A replacement of the SA with this SPI (ours or the peer's) is wanted: it stops waiting
     /// for its soft deadline. Returns its pair and inbound SPI while it carries the traffic.
-    pub fn begin_rekey(&mut self, spi: u32) -> Option<(SubnetPair, u32)> {
+    pub fn begin_rekey(&mut self, spi: Spi) -> Option<(SubnetPair, Spi)> {
         let c = self.records.iter_mut().find(|c| c.spi_in == spi || c.spi_out == spi)?;
         if c.state != ChildSaState::Active {
             return None;
@@ -225,7 +227,7 @@ impl ChildSet {
     /// selectors is replaced and retires after the grace period. In a rekey collision, the pair
     /// that loses is instead marked replaced itself, and traffic stays where it is until the
     /// winner activates.
-    pub fn activate(&mut self, ctx: &mut Ctx<'_>, peer: &str, spi_in: u32) {
+    pub fn activate(&mut self, ctx: &mut Ctx<'_>, peer: &str, spi_in: Spi) {
         let Some(i) = self.records.iter().position(|c| c.spi_in == spi_in) else { return };
         let c = &self.records[i];
         let beaten = c.predecessor.is_some()
@@ -240,7 +242,7 @@ impl ChildSet {
             let c = &mut self.records[i];
             tracing::info!(
                 peer = %peer,
-                spi_in = %format!("{spi_in:08x}"),
+                %spi_in,
                 selectors = %c.pair,
                 "rekey collision: this pair is redundant (lower nonce); the other new pair will carry the traffic"
             );
@@ -258,7 +260,7 @@ impl ChildSet {
         ctx.events.push_back(Event::ChildSaActive { peer: peer.to_string(), spi_in, spi_out });
         for other in self.records.iter_mut().filter(|o| o.pair == pair && o.spi_in != spi_in) {
             if other.state != ChildSaState::Replaced {
-                tracing::debug!(peer = %peer, old = %format!("{:08x}", other.spi_in), new = %format!("{spi_in:08x}"), "child SA replaced");
+                tracing::debug!(peer = %peer, old = %other.spi_in, new = %spi_in, "child SA replaced");
             }
             other.state = ChildSaState::Replaced;
             other.rekey_at = None;
@@ -272,7 +274,7 @@ impl ChildSet {
     /// replacement we initiated that is still waiting out its activation delay (the peer has had
     /// our QM3; the alternative is a gap with no SA at all, e.g. at a hard volume limit reached
     /// before the delay ran out), but not a responder's pair still waiting for QM3.
-    pub fn remove(&mut self, ctx: &mut Ctx<'_>, peer: &str, spi: u32, reason: DeleteReason) {
+    pub fn remove(&mut self, ctx: &mut Ctx<'_>, peer: &str, spi: Spi, reason: DeleteReason) {
         let Some(i) = self.records.iter().position(|c| c.spi_in == spi || c.spi_out == spi) else { return };
         let c = self.records.remove(i);
         // A replaced pair deleted by the peer is the normal end of a rekey, not a loss.
@@ -302,14 +304,14 @@ impl ChildSet {
 
     /// Child SA timers: activation, retirement and hard expiry. Returns the inbound SPIs whose
     /// soft deadline passed (their replacement is for quick mode to start).
-    pub fn handle_timeouts(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>) -> Vec<u32> {
+    pub fn handle_timeouts(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>) -> Vec<Spi> {
         let now = ctx.now;
         let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
-        let activate_now: Vec<u32> = self.records.iter().filter(|c| due(c.activate_at)).map(|c| c.spi_in).collect();
+        let activate_now: Vec<Spi> = self.records.iter().filter(|c| due(c.activate_at)).map(|c| c.spi_in).collect();
         for spi in activate_now {
             self.activate(ctx, &channel.link.peer.name, spi);
         }
-        let gone: Vec<(u32, DeleteReason)> = self
+        let gone: Vec<(Spi, DeleteReason)> = self
             .records
             .iter()
             .filter_map(|c| {
@@ -331,6 +333,6 @@ impl ChildSet {
 }
 
 /// Sends a Delete for one of our child SAs (our inbound SPI: the one the peer sends to).
-pub(crate) fn send_delete(ctx: &mut Ctx<'_>, channel: Secured<'_>, spi_in: u32) {
+pub(crate) fn send_delete(ctx: &mut Ctx<'_>, channel: Secured<'_>, spi_in: Spi) {
     info::send_secured(ctx, channel, vec![info::delete_esp(spi_in)]);
 }

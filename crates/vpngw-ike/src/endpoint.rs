@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vpngw_crypto::FastRng;
+use vpngw_esp::Spi;
 
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
@@ -167,7 +168,7 @@ impl Endpoint {
 
     /// ESP arrived on the child SA with this inbound SPI: the peer is alive (dead peer
     /// detection probes only after silence).
-    pub fn traffic_received(&mut self, now: Instant, spi_in: u32) {
+    pub fn traffic_received(&mut self, now: Instant, spi_in: Spi) {
         if let Some(sa) = self.sas.values_mut().find(|s| s.has_inbound_child(spi_in)) {
             sa.heard(now);
         }
@@ -176,7 +177,7 @@ impl Endpoint {
     /// Starts replacing the child SA with this SPI (inbound or outbound) now: its volume or
     /// sequence-number soft limit was reached. Returns false when there is no such SA or a
     /// replacement is already under way.
-    pub fn rekey_child(&mut self, now: Instant, spi: u32) -> bool {
+    pub fn rekey_child(&mut self, now: Instant, spi: Spi) -> bool {
         let mut ctx = ctx!(self, now);
         let Some(sa) = self.sas.values_mut().find(|s| s.has_child(spi)) else {
             return false;
@@ -202,7 +203,7 @@ impl Endpoint {
 
     /// Deletes the child SA with this SPI now (its hard volume limit was reached); the peer is
     /// told.
-    pub fn expire_child(&mut self, now: Instant, spi: u32) {
+    pub fn expire_child(&mut self, now: Instant, spi: Spi) {
         let mut ctx = ctx!(self, now);
         for sa in self.sas.values_mut() {
             sa.expire_child(&mut ctx, spi);

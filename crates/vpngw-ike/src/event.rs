@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm};
-use vpngw_esp::SaKeys;
+use vpngw_esp::{SaKeys, Spi};
 
 use crate::config::{ExchangeMode, SubnetPair};
 use crate::proposal::Encapsulation;
@@ -136,9 +136,9 @@ impl fmt::Display for DeleteReason {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChildSa {
     /// Our inbound SPI (chosen by us, carried in our SA payload).
-    pub spi_in: u32,
+    pub spi_in: Spi,
     /// Our outbound SPI (chosen by the peer).
-    pub spi_out: u32,
+    pub spi_out: Spi,
     pub keys_in: SaKeys,
     pub keys_out: SaKeys,
     pub selectors: SubnetPair,
@@ -210,13 +210,13 @@ pub enum Event {
     },
     ChildSaActive {
         peer: String,
-        spi_in: u32,
-        spi_out: u32,
+        spi_in: Spi,
+        spi_out: Spi,
     },
     ChildSaDeleted {
         peer: String,
-        spi_in: u32,
-        spi_out: u32,
+        spi_in: Spi,
+        spi_out: Spi,
         reason: DeleteReason,
     },
     IkeSaDeleted {
@@ -282,8 +282,8 @@ pub struct IkeSaInfo {
 
 #[derive(Clone, Debug)]
 pub struct ChildSaInfo {
-    pub spi_in: u32,
-    pub spi_out: u32,
+    pub spi_in: Spi,
+    pub spi_out: Spi,
     pub selectors: SubnetPair,
     pub encryption: EncryptionAlgorithm,
     pub integrity: IntegrityAlgorithm,

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use vpngw_esp::Spi;
+
 use crate::child::{self, ChildRecord};
 use crate::config::{DpdPolicy, ExchangeMode, PeerConfig};
 use crate::established::Established;
@@ -152,23 +154,23 @@ impl IkeSa {
     // Child SAs, for the endpoint
 
     /// Whether a child SA of this IKE SA has this SPI (inbound or outbound).
-    pub fn has_child(&self, spi: u32) -> bool {
+    pub fn has_child(&self, spi: Spi) -> bool {
         matches!(&self.phase, Phase::Established(est) if est.children.find(spi).is_some())
     }
 
-    pub fn has_inbound_child(&self, spi_in: u32) -> bool {
+    pub fn has_inbound_child(&self, spi_in: Spi) -> bool {
         matches!(&self.phase, Phase::Established(est) if est.children.has_inbound(spi_in))
     }
 
     /// The inbound SPIs of the child SAs that carry traffic.
-    pub fn active_children(&self) -> Vec<u32> {
+    pub fn active_children(&self) -> Vec<Spi> {
         match &self.phase {
             Phase::Established(est) => est.children.active(),
             _ => Vec::new(),
         }
     }
 
-    pub fn child_spis(&self) -> Vec<u32> {
+    pub fn child_spis(&self) -> Vec<Spi> {
         match &self.phase {
             Phase::Established(est) => est.children.inbound_spis(),
             _ => Vec::new(),
@@ -176,7 +178,7 @@ impl IkeSa {
     }
 
     /// Our inbound SPIs: the child SAs' and those of the quick modes under way.
-    pub fn spis_in(&self) -> Vec<u32> {
+    pub fn spis_in(&self) -> Vec<Spi> {
         match &self.phase {
             Phase::Established(est) => {
                 let mut spis = est.children.inbound_spis();
@@ -226,14 +228,14 @@ impl IkeSa {
     }
 
     /// Starts replacing the child SA with this SPI. Returns whether a quick mode started.
-    pub fn rekey_child(&mut self, ctx: &mut Ctx<'_>, spi: u32) -> bool {
+    pub fn rekey_child(&mut self, ctx: &mut Ctx<'_>, spi: Spi) -> bool {
         let Some((est, link)) = self.established() else { return false };
         let channel = Secured { link, crypto: &est.crypto };
         est.quick_modes.rekey(ctx, channel, &mut est.children, spi)
     }
 
     /// Deletes the child SA with this SPI (inbound or outbound); the peer is told.
-    pub fn expire_child(&mut self, ctx: &mut Ctx<'_>, spi: u32) {
+    pub fn expire_child(&mut self, ctx: &mut Ctx<'_>, spi: Spi) {
         let Some((est, link)) = self.established() else { return };
         let Some(spi_in) = est.children.find(spi).map(|c| c.spi_in) else { return };
         child::send_delete(ctx, Secured { link, crypto: &est.crypto }, spi_in);
@@ -548,7 +550,7 @@ impl IkeSa {
         let (reason, detail) = info::describe_refusal(n, &at);
         if let Some((est, link)) = self.established() {
             // The notify's SPI, when it carries one, names the quick mode refused.
-            let spi = <[u8; 4]>::try_from(n.spi.as_slice()).ok().map(u32::from_be_bytes);
+            let spi = <[u8; 4]>::try_from(n.spi.as_slice()).ok().map(Spi::from_be_bytes);
             let channel = Secured { link, crypto: &est.crypto };
             est.quick_modes.abort_pending(ctx, channel, &est.children, spi, reason, &detail);
         }
@@ -572,7 +574,7 @@ impl IkeSa {
                 let Some((est, link)) = self.established() else { return };
                 for spi in &d.spis {
                     let Ok(b) = <[u8; 4]>::try_from(spi.as_slice()) else { continue };
-                    est.children.remove(ctx, &link.peer.name, u32::from_be_bytes(b), DeleteReason::PeerDeleted);
+                    est.children.remove(ctx, &link.peer.name, Spi::from_be_bytes(b), DeleteReason::PeerDeleted);
                 }
             }
             _ => {}

@@ -3,6 +3,7 @@
 //! notify from the peer means.
 
 use vpngw_crypto::rand_core::Rng;
+use vpngw_esp::Spi;
 
 use crate::config::{ExchangeMode, PeerConfig};
 use crate::event::{Event, FailReason};
@@ -41,7 +42,7 @@ pub(crate) fn notify(protocol: ProtocolId, kind: NotifyType, spi: Vec<u8>, data:
 }
 
 /// A Delete for one of our child SAs (our inbound SPI: the one the peer sends to).
-pub(crate) fn delete_esp(spi_in: u32) -> Payload {
+pub(crate) fn delete_esp(spi_in: Spi) -> Payload {
     Payload::Delete(DeletePayload {
         doi: DOI_IPSEC,
         protocol: ProtocolId::ESP,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use vpngw_crypto::mac::hash;
 use vpngw_crypto::{EncryptionAlgorithm, HashAlgorithm, Prf, SecretBytes};
+use vpngw_esp::Spi;
 
 /// SKEYID and the three keys derived from it, plus the phase 1 encryption key.
 #[derive(Clone, Debug)]
@@ -103,7 +104,7 @@ impl Phase1Keys {
         &self,
         pfs_gxy: Option<&[u8]>,
         protocol: u8,
-        spi: u32,
+        spi: Spi,
         ni: &[u8],
         nr: &[u8],
         len: usize,
@@ -178,15 +179,15 @@ mod tests {
             skeyid_e: SecretBytes::from_slice(&[4; 16]),
             encryption_key: SecretBytes::from_slice(&[5; 24]),
         };
-        let long = keys.keymat(None, 3, 0x1234, b"ni", b"nr", 44);
-        let short = keys.keymat(None, 3, 0x1234, b"ni", b"nr", 16);
+        let long = keys.keymat(None, 3, Spi::new(0x1234), b"ni", b"nr", 44);
+        let short = keys.keymat(None, 3, Spi::new(0x1234), b"ni", b"nr", 16);
         assert_eq!(&long.expose()[..16], short.expose());
         let prf = Prf::new(HashAlgorithm::Md5, &[2; 16]);
         let k1 = prf.compute(&[&[3], &0x1234u32.to_be_bytes(), b"ni", b"nr"]);
         let k2 = prf.compute(&[k1.expose(), &[3], &0x1234u32.to_be_bytes(), b"ni", b"nr"]);
         assert_eq!(&long.expose()[..16], k1.expose());
         assert_eq!(&long.expose()[16..32], k2.expose());
-        assert_ne!(keys.keymat(None, 3, 0x1235, b"ni", b"nr", 16), short, "another SPI, other keys");
-        assert_ne!(keys.keymat(Some(b"g"), 3, 0x1234, b"ni", b"nr", 16), short, "PFS changes the keys");
+        assert_ne!(keys.keymat(None, 3, Spi::new(0x1235), b"ni", b"nr", 16), short, "another SPI, other keys");
+        assert_ne!(keys.keymat(Some(b"g"), 3, Spi::new(0x1234), b"ni", b"nr", 16), short, "PFS changes the keys");
     }
 }

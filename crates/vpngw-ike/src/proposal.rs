@@ -4,6 +4,7 @@
 use core::fmt;
 
 use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm, IntegrityAlgorithm};
+use vpngw_esp::Spi;
 
 use crate::config::{Phase1Policy, Phase2Policy};
 use crate::wire::{
@@ -349,7 +350,7 @@ fn phase2_transform(number: u8, c: &Phase2Choice) -> TransformPayload {
     TransformPayload { number, transform_id: spec.esp_transform_id, attributes }
 }
 
-fn phase2_sa(proposal_number: u8, spi: u32, transform: TransformPayload) -> SaPayload {
+fn phase2_sa(proposal_number: u8, spi: Spi, transform: TransformPayload) -> SaPayload {
     SaPayload {
         doi: DOI_IPSEC,
         situation: SIT_IDENTITY_ONLY,
@@ -363,7 +364,7 @@ fn phase2_sa(proposal_number: u8, spi: u32, transform: TransformPayload) -> SaPa
 }
 
 /// The initiator's quick mode SA: one ESP proposal with our SPI and our one transform.
-pub fn phase2_offer(policy: &Phase2Policy, spi: u32, encapsulation: Encapsulation) -> SaPayload {
+pub fn phase2_offer(policy: &Phase2Policy, spi: Spi, encapsulation: Encapsulation) -> SaPayload {
     let choice = Phase2Choice {
         encryption: policy.encryption,
         integrity: policy.integrity,
@@ -441,12 +442,12 @@ pub struct Phase2Selection {
     pub reply: SaPayload,
     pub choice: Phase2Choice,
     /// The initiator's SPI (our outbound SPI).
-    pub peer_spi: u32,
+    pub peer_spi: Spi,
 }
 
 /// Responder: the first acceptable ESP transform. The reply echoes the offered lifetimes (a
 /// shorter one of ours goes in a RESPONDER-LIFETIME notify, sent by the caller).
-pub fn select_phase2(policy: &Phase2Policy, offered: &SaPayload, our_spi: u32) -> Result<Phase2Selection, Mismatch> {
+pub fn select_phase2(policy: &Phase2Policy, offered: &SaPayload, our_spi: Spi) -> Result<Phase2Selection, Mismatch> {
     let mut closest: Option<Vec<Difference>> = None;
     for p in &offered.proposals {
         if p.protocol != ProtocolId::ESP {
@@ -459,7 +460,7 @@ pub fn select_phase2(policy: &Phase2Policy, offered: &SaPayload, our_spi: u32) -
                 return Ok(Phase2Selection {
                     reply: phase2_sa(p.number, our_spi, phase2_transform(t.number, &choice)),
                     choice,
-                    peer_spi: u32::from_be_bytes(spi_bytes),
+                    peer_spi: Spi::from_be_bytes(spi_bytes),
                 });
             }
             if closest.as_ref().is_none_or(|c| differences.len() < c.len()) {
@@ -474,7 +475,7 @@ pub fn select_phase2(policy: &Phase2Policy, offered: &SaPayload, our_spi: u32) -
 }
 
 /// Initiator: the responder's answer must be our transform; returns its choice and SPI.
-pub fn accept_phase2_reply(policy: &Phase2Policy, reply: &SaPayload) -> Result<(Phase2Choice, u32), Mismatch> {
+pub fn accept_phase2_reply(policy: &Phase2Policy, reply: &SaPayload) -> Result<(Phase2Choice, Spi), Mismatch> {
     let malformed = || Mismatch {
         differences: vec![Difference {
             parameter: "proposal",
@@ -488,7 +489,7 @@ pub fn accept_phase2_reply(policy: &Phase2Policy, reply: &SaPayload) -> Result<(
         return Err(malformed());
     }
     let (differences, choice) = phase2_differences(policy, t);
-    choice.map(|c| (c, u32::from_be_bytes(spi))).ok_or(Mismatch { differences })
+    choice.map(|c| (c, Spi::from_be_bytes(spi))).ok_or(Mismatch { differences })
 }
 
 /// The attributes of a RESPONDER-LIFETIME notify (RFC 2407 s.4.6.3.1): life type/duration pairs.
@@ -591,23 +592,28 @@ mod tests {
     fn phase2_pfs_and_mode_mismatches() {
         let ours = Phase2Policy::default();
         let pfs = Phase2Policy { pfs: Some(DhGroup::Modp2048), ..Phase2Policy::default() };
-        let m = select_phase2(&ours, &phase2_offer(&pfs, 7, Encapsulation::Tunnel), 9).unwrap_err();
+        let m = select_phase2(&ours, &phase2_offer(&pfs, Spi::new(7), Encapsulation::Tunnel), Spi::new(9)).unwrap_err();
         assert!(m.is_pfs_only(), "{m}");
         assert_eq!(m.to_string(), "pfs: peer offered dh14, configured disable");
-        let mut transport = phase2_offer(&ours, 7, Encapsulation::Tunnel);
+        let mut transport = phase2_offer(&ours, Spi::new(7), Encapsulation::Tunnel);
         for a in &mut transport.proposals[0].transforms[0].attributes {
             if a.kind == p2_attr::ENCAPSULATION_MODE {
                 *a = Attribute::number(p2_attr::ENCAPSULATION_MODE, p2_attr::ENCAP_TRANSPORT);
             }
         }
-        let m = select_phase2(&ours, &transport, 9).unwrap_err();
+        let m = select_phase2(&ours, &transport, Spi::new(9)).unwrap_err();
         assert!(m.is_mode_only(), "{m}");
-        let ok = select_phase2(&ours, &phase2_offer(&ours, 7, Encapsulation::UdpTunnel { draft: false }), 9).unwrap();
-        assert_eq!(ok.peer_spi, 7);
+        let ok = select_phase2(
+            &ours,
+            &phase2_offer(&ours, Spi::new(7), Encapsulation::UdpTunnel { draft: false }),
+            Spi::new(9),
+        )
+        .unwrap();
+        assert_eq!(ok.peer_spi, Spi::new(7));
         assert_eq!(ok.choice.encapsulation, Encapsulation::UdpTunnel { draft: false });
         assert_eq!(ok.choice.lifetime_kilobytes, Some(1_843_200));
         let (choice, spi) = accept_phase2_reply(&ours, &ok.reply).unwrap();
-        assert_eq!((choice, spi), (ok.choice, 9));
+        assert_eq!((choice, spi), (ok.choice, Spi::new(9)));
     }
 
     #[test]

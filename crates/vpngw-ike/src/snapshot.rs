@@ -19,6 +19,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use vpngw_esp::Spi;
+
 use crate::config::{ExchangeMode, SubnetPair};
 use crate::event::{ChildSaState, IkeSaId, Role};
 use crate::keys::Phase1Keys;
@@ -86,7 +88,7 @@ pub struct QuickModeSnapshot {
     pub selectors: SubnetPair,
     /// We sent QM2 and installed our inbound SA; QM3 switches the pair on.
     pub awaiting_qm3: bool,
-    pub spi_in: u32,
+    pub spi_in: Spi,
     /// The exchange's CBC IV chain (the last block of its latest message) and its nonces.
     pub iv: Vec<u8>,
     pub n_i: Vec<u8>,
@@ -100,15 +102,15 @@ pub struct QuickModeSnapshot {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct QueuedQuickMode {
     pub selectors: SubnetPair,
-    pub replaces: Option<u32>,
+    pub replaces: Option<Spi>,
 }
 
 /// One pair of child SAs.
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChildSaSnapshot {
-    pub spi_in: u32,
-    pub spi_out: u32,
+    pub spi_in: Spi,
+    pub spi_out: Spi,
     pub selectors: SubnetPair,
     pub choice: Phase2Choice,
     pub state: ChildSaState,
@@ -118,7 +120,7 @@ pub struct ChildSaSnapshot {
     pub activate_in: Option<Duration>,
     pub retire_in: Option<Duration>,
     /// The pair (inbound SPI) this one replaces, and its rank in a rekey collision.
-    pub predecessor: Option<u32>,
+    pub predecessor: Option<Spi>,
     pub collision_rank: u64,
 }
 
@@ -135,8 +137,8 @@ pub enum SnapshotError {
     Duplicate,
     #[error("the phase 1 key does not fit the cipher: {0}")]
     BadKey(String),
-    #[error("SPI {0:08x} of the snapshot is in use here")]
-    SpiInUse(u32),
+    #[error("SPI {0} of the snapshot is in use here")]
+    SpiInUse(Spi),
     #[error("a time in the snapshot is out of range: {0:?} from now")]
     TimeOutOfRange(Duration),
 }

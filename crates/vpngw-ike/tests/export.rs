@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{Pair, assert_mirrored, configs, engine_config};
 use vpngw_crypto::FastRng;
+use vpngw_esp::Spi;
 use vpngw_ike::{DeleteReason, DpdAction, DpdPolicy, Endpoint, Event, IkeSaState, PeerConfig, SnapshotError};
 
 fn with_dpd() -> (PeerConfig, PeerConfig) {
@@ -29,7 +30,7 @@ fn trouble(events: &[Event]) -> Vec<&Event> {
     events.iter().filter(|e| matches!(e, Event::NegotiationFailed { .. } | Event::IkeSaDeleted { .. })).collect()
 }
 
-fn deleted(events: &[Event], reason: DeleteReason) -> Vec<(u32, u32)> {
+fn deleted(events: &[Event], reason: DeleteReason) -> Vec<(Spi, Spi)> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -46,7 +47,7 @@ fn run(p: &mut Pair, d: Duration) {
 }
 
 /// The newest child SA each side established after the marks, checked to be one tunnel.
-fn newest_mirrored(p: &Pair, a_mark: usize, b_mark: usize) -> (u32, u32) {
+fn newest_mirrored(p: &Pair, a_mark: usize, b_mark: usize) -> (Spi, Spi) {
     let a = Pair::children(&p.a_events[a_mark..]);
     let b = Pair::children(&p.b_events[b_mark..]);
     let (x, y) = (a.last().expect("A got a new child SA"), b.last().expect("B got a new child SA"));
@@ -69,7 +70,7 @@ fn an_exported_ike_sa_goes_on_in_a_fresh_endpoint() {
     assert!(trouble(&p.a_events).is_empty() && trouble(&p.b_events).is_empty());
 
     let before = &p.a.ike_sas()[0];
-    let children_before: HashSet<(u32, u32)> = before.children.iter().map(|c| (c.spi_in, c.spi_out)).collect();
+    let children_before: HashSet<(Spi, Spi)> = before.children.iter().map(|c| (c.spi_in, c.spi_out)).collect();
     let b_sa = p.b.ike_sas()[0].id;
     let snapshot = p.a.export_ike_sa(p.now, before.id).unwrap();
     let shown = format!("{snapshot:?}");

@@ -9,15 +9,16 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
+use vpngw_esp::Spi;
 use vpngw_ike::{DeleteReason, Event, SubnetPair};
 
 /// What a driver following the events would have in its SA table.
 #[derive(Default, Debug)]
 struct Table {
-    inbound: HashSet<u32>,
+    inbound: HashSet<Spi>,
     /// Outbound SPI per selectors (local, remote).
-    outbound: HashMap<SubnetPair, u32>,
-    ready: HashMap<u32, SubnetPair>,
+    outbound: HashMap<SubnetPair, Spi>,
+    ready: HashMap<Spi, SubnetPair>,
     seen: usize,
     ever_up: HashSet<SubnetPair>,
 }
@@ -60,7 +61,7 @@ fn drive_checked(p: &mut Pair, limit: Duration, ta: &mut Table, tb: &mut Table) 
         tb.apply(&p.b_events);
         for (x, y, name) in [(&*ta, &*tb, "A->B"), (&*tb, &*ta, "B->A")] {
             for (pair, spi) in &x.outbound {
-                assert!(y.inbound.contains(spi), "{name}: outbound {spi:08x} for {pair} has no inbound SA at the peer");
+                assert!(y.inbound.contains(spi), "{name}: outbound {spi} for {pair} has no inbound SA at the peer");
             }
             for pair in &x.ever_up {
                 assert!(x.outbound.contains_key(pair), "{name}: {pair} lost its outbound SA");
@@ -71,7 +72,7 @@ fn drive_checked(p: &mut Pair, limit: Duration, ta: &mut Table, tb: &mut Table) 
 
 /// Two engines with the default configurations, A's connection up (checked step by step):
 /// the pair, both tables, and A's outbound SPI.
-fn up(seed: u64) -> (Pair, Table, Table, u32) {
+fn up(seed: u64) -> (Pair, Table, Table, Spi) {
     let (a, b) = configs();
     let mut p = Pair::new(a, b, seed);
     let (mut ta, mut tb) = (Table::default(), Table::default());
@@ -272,7 +273,7 @@ fn a_responder_whose_qm3_never_comes_drops_the_inbound_sa_and_says_so() {
     assert_eq!(deletes(&p.a_events, DeleteReason::PeerDeleted), 1);
     assert!(Pair::failures(&p.b_events).iter().any(|(r, _)| *r == vpngw_ike::FailReason::PeerUnreachable));
     for spi in ta.outbound.values() {
-        assert!(tb.inbound.contains(spi), "A sends with {spi:08x}, unknown to B");
+        assert!(tb.inbound.contains(spi), "A sends with {spi}, unknown to B");
     }
     // Once A is heard again, bringing the connection up (what the daemon's retry does)
     // repairs it on both sides.

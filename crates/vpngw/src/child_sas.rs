@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vpngw_dataplane::sa_table::{
     InboundEntry, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
 };
-use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa};
+use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa, Spi};
 use vpngw_ike::{ChildSa, Encapsulation};
 
 use crate::keylog::KeyLog;
@@ -35,10 +35,10 @@ pub struct SavedChildSa {
 pub struct ChildSaPublisher {
     table: Arc<SaTable>,
     /// Outbound SAs negotiated but not yet sending (make-before-break), by SPI.
-    ready_outbound: HashMap<u32, OutboundEntry>,
+    ready_outbound: HashMap<Spi, OutboundEntry>,
     /// The pairs published, as negotiated (keys included), by inbound SPI: what a saved state
     /// needs besides the engine's snapshot.
-    negotiated: HashMap<u32, ChildSa>,
+    negotiated: HashMap<Spi, ChildSa>,
     /// ESP traffic per connection across SAs (for metrics).
     ledger: Ledger,
     keylog: Option<KeyLog>,
@@ -71,7 +71,7 @@ impl ChildSaPublisher {
     }
 
     /// The pair with this inbound SPI as the dataplane holds it now, for a saved state.
-    pub fn save(&self, spi_in: u32) -> Option<SavedChildSa> {
+    pub fn save(&self, spi_in: Spi) -> Option<SavedChildSa> {
         let child = self.negotiated.get(&spi_in)?;
         let inbound = self.table.inbound(spi_in)?;
         let outbound = self.table.outbound_by_spi(child.spi_out).filter(|o| *o.connection == *inbound.connection);
@@ -115,7 +115,7 @@ impl ChildSaPublisher {
 
     /// The peer can open the SA: it carries the outbound traffic from now on. Returns whether
     /// it was installed (packets held for it can go).
-    pub fn activate(&mut self, spi_out: u32) -> bool {
+    pub fn activate(&mut self, spi_out: Spi) -> bool {
         let Some(out) = self.ready_outbound.remove(&spi_out) else { return false };
         let replaced = self.table.install_outbound(out);
         self.ledger.retire(replaced);
@@ -123,7 +123,7 @@ impl ChildSaPublisher {
     }
 
     /// The pair was deleted.
-    pub fn deleted(&mut self, spi_in: u32, spi_out: u32) {
+    pub fn deleted(&mut self, spi_in: Spi, spi_out: Spi) {
         let gone = self.table.remove(spi_in, spi_out);
         self.ledger.retire(gone);
         self.ready_outbound.remove(&spi_out);

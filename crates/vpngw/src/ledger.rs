@@ -100,7 +100,7 @@ mod tests {
 
     use vpngw_crypto::{EncryptionAlgorithm, IntegrityAlgorithm, SecretBytes};
     use vpngw_dataplane::sa_table::{InboundEntry, Ipv4Net, OutboundEntry, Selectors, Transport};
-    use vpngw_esp::{InboundSa, OutboundSa, SaKeys};
+    use vpngw_esp::{InboundSa, OutboundSa, SaKeys, Spi};
 
     use super::*;
 
@@ -113,7 +113,7 @@ mod tests {
         }
     }
 
-    fn pair(spi_in: u32, spi_out: u32) -> (InboundEntry, OutboundEntry) {
+    fn pair(spi_in: Spi, spi_out: Spi) -> (InboundEntry, OutboundEntry) {
         let selectors = Selectors {
             local: Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24),
             remote: Ipv4Net::new_assert(Ipv4Addr::new(10, 2, 0, 0), 24),
@@ -145,18 +145,18 @@ mod tests {
     fn traffic_survives_rekeys_and_is_counted_once() {
         let table = SaTable::new();
         let mut ledger = Ledger::default();
-        let (i, o) = pair(1, 2);
+        let (i, o) = pair(Spi::new(1), Spi::new(2));
         ledger.retire(table.install(i, o));
-        table.inbound(1).unwrap().counters.add(100);
-        table.outbound_by_spi(2).unwrap().counters.add(50);
-        table.inbound(1).unwrap().counters.drop(OpenError::Replayed);
+        table.inbound(Spi::new(1)).unwrap().counters.add(100);
+        table.outbound_by_spi(Spi::new(2)).unwrap().counters.add(50);
+        table.inbound(Spi::new(1)).unwrap().counters.drop(OpenError::Replayed);
         // A rekey: the new pair takes over outbound; the old outbound comes back at once.
-        let (i, o) = pair(3, 4);
+        let (i, o) = pair(Spi::new(3), Spi::new(4));
         ledger.retire(table.install(i, o));
-        table.outbound_by_spi(4).unwrap().counters.add(70);
+        table.outbound_by_spi(Spi::new(4)).unwrap().counters.add(70);
         // A worker still holds the old inbound SA while it is being removed.
-        let held = table.inbound(1).unwrap();
-        ledger.retire(table.remove(1, 2));
+        let held = table.inbound(Spi::new(1)).unwrap();
+        ledger.retire(table.remove(Spi::new(1), Spi::new(2)));
         held.counters.add(30);
         ledger.settle();
         let t = ledger.traffic(&table)["c"].clone();

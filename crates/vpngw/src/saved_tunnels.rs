@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use vpngw_esp::Spi;
 use vpngw_ike::{Endpoint, IkeSaSnapshot, IkeSaState};
 
 use crate::child_sas::{ChildSaPublisher, SavedChildSa};
@@ -123,7 +124,7 @@ pub fn restore(saved: SavedTunnels, endpoint: &mut Endpoint, child_sas: &mut Chi
     let mut restored = Restored::default();
     for tunnel in saved.tunnels {
         let connection = tunnel.ike.connection.clone();
-        let spis: Vec<u32> = tunnel.ike.children.iter().map(|c| c.spi_in).collect();
+        let spis: Vec<Spi> = tunnel.ike.children.iter().map(|c| c.spi_in).collect();
         match endpoint.import_ike_sa(at_save, tunnel.ike) {
             Ok(_) => {
                 restored.ike_sas += 1;
@@ -186,6 +187,12 @@ mod tests {
 
         let saved = collect(&p.a, &publisher, p.now);
         assert_eq!(saved.tunnels.len(), 1);
+        // SPIs are plain numbers in the file (as when they were bare u32).
+        let json = serde_json::to_value(&saved).unwrap();
+        let tunnel = &json["tunnels"][0];
+        assert_eq!(tunnel["child_sas"][0]["child"]["spi_in"], serde_json::json!(child.spi_in.get()));
+        assert_eq!(tunnel["child_sas"][0]["child"]["spi_out"], serde_json::json!(child.spi_out.get()));
+        assert_eq!(tunnel["ike"]["children"][0]["spi_in"], serde_json::json!(child.spi_in.get()));
         let dir = std::env::temp_dir().join(format!("vpngw-saved-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tunnels.json");

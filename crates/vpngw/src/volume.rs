@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use vpngw_dataplane::sa_table::SaTable;
+use vpngw_esp::Spi;
 use vpngw_ike::{ChildSaState, Endpoint};
 
 /// How many lifecycle ticks' worth of traffic must still fit under the hard limit when a
@@ -67,10 +68,10 @@ pub fn classify(limit: u64, spread: u32, used: u64, last_tick: u64) -> Volume {
 pub struct SaWatch {
     /// Inbound packet counts: growth tells the engine (dead peer detection) that the peer is
     /// alive.
-    inbound_seen: HashMap<u32, u64>,
+    inbound_seen: HashMap<Spi, u64>,
     /// Bytes each child SA had carried at the last volume check (the rate pulls the rekey
     /// forward, see [`soft_point`]).
-    volume_seen: HashMap<u32, u64>,
+    volume_seen: HashMap<Spi, u64>,
 }
 
 impl SaWatch {
@@ -112,7 +113,7 @@ impl SaWatch {
                 let used = bytes_in.max(bytes_out);
                 let last_tick = used.saturating_sub(self.volume_seen.get(&c.spi_in).copied().unwrap_or(0));
                 seen.insert(c.spi_in, used);
-                match classify(limit, c.spi_in % 10, used, last_tick) {
+                match classify(limit, c.spi_in.get() % 10, used, last_tick) {
                     Volume::Hard => hard.push(c.spi_in),
                     Volume::Soft if c.state == ChildSaState::Active => {
                         soft.push((c.spi_in, used / (limit / 100).max(1), last_tick));
@@ -124,11 +125,11 @@ impl SaWatch {
         self.volume_seen = seen;
         for (spi, percent, last_tick) in soft {
             if endpoint.rekey_child(now, spi) {
-                tracing::info!(spi_in = %format!("{spi:08x}"), used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
+                tracing::info!(spi_in = %spi, used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
             }
         }
         for spi in hard {
-            tracing::info!(spi_in = %format!("{spi:08x}"), "child SA reached its volume lifetime: deleted");
+            tracing::info!(spi_in = %spi, "child SA reached its volume lifetime: deleted");
             endpoint.expire_child(now, spi);
         }
     }

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Socket, Type};
 use vpngw_crypto::{EncryptionAlgorithm, FastRng, IntegrityAlgorithm, SecretBytes};
-use vpngw_esp::{InboundSa, OpenError, OutboundSa, SaKeys};
+use vpngw_esp::{InboundSa, OpenError, OutboundSa, SaKeys, Spi};
 
 use super::{Ready, Worker, WorkerCtx};
 use crate::counters::{DropReason, WorkerCounters};
@@ -140,8 +140,8 @@ const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const A_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 1, 0, 0), 24);
 const B_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 2, 0, 0), 24);
-const SPI_A_TO_B: u32 = 0x1000_0001;
-const SPI_B_TO_A: u32 = 0x2000_0002;
+const SPI_A_TO_B: Spi = Spi::new(0x1000_0001);
+const SPI_B_TO_A: Spi = Spi::new(0x2000_0002);
 const REPLAY_WINDOW: u32 = 64;
 const PATH_MTU: u16 = 1500;
 
@@ -195,8 +195,8 @@ fn pair(udp: bool) -> (Side, Side) {
             remote: SocketAddr::from((to.address, 4500)),
             udp,
         };
-        let seed_out = (spi_out >> 28) as u8;
-        let seed_in = (spi_in >> 28) as u8;
+        let seed_out = (spi_out.get() >> 28) as u8;
+        let seed_in = (spi_in.get() >> 28) as u8;
         from.table.install(
             InboundEntry {
                 connection: "tunnel".into(),

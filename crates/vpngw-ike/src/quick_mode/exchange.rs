@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use vpngw_crypto::{DhPrivateKey, SecretBytes};
-use vpngw_esp::SaKeys;
+use vpngw_esp::{SaKeys, Spi};
 
 use crate::child::{ACTIVATE_DELAY, ChildRecord, ChildSet, FIRST_ACTIVATE_DELAY};
 use crate::config::SubnetPair;
@@ -33,19 +33,19 @@ pub(crate) struct QuickMode {
     pub pair: SubnetPair,
     /// The IV chain of this exchange: the last CBC block of its latest message.
     pub iv: Vec<u8>,
-    pub spi_in: u32,
+    pub spi_in: Spi,
     pub n_i: Vec<u8>,
     pub n_r: Vec<u8>,
     pub dh: Option<DhPrivateKey>,
     pub choice: Option<Phase2Choice>,
-    pub spi_out: u32,
+    pub spi_out: Spi,
     pub gxy: Option<SecretBytes>,
     pub lifetime: (Option<u64>, Option<u64>),
     pub retransmit: Option<Retransmit>,
     /// Hash of the last request and our answer (QM2 for a responder, QM3 for an initiator).
     pub last_answer: Option<(u64, Vec<u8>)>,
     /// Initiator of a rekey: the pair (our inbound SPI) it replaces.
-    pub replaces: Option<u32>,
+    pub replaces: Option<Spi>,
 }
 
 impl QuickMode {
@@ -86,7 +86,7 @@ impl QuickMode {
             n_r: s.n_r,
             dh: None,
             choice: None,
-            spi_out: 0,
+            spi_out: Spi::new(0),
             gxy: None,
             lifetime: (None, None),
             retransmit: None,

@@ -5,6 +5,7 @@
 //! HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)
 
 use vpngw_crypto::DhPrivateKey;
+use vpngw_esp::Spi;
 
 use super::exchange::{QmState, QuickMode, open, pfs_refused};
 use crate::config::{Ipv4Subnet, SubnetPair};
@@ -21,7 +22,7 @@ pub(crate) fn start(
     channel: Secured<'_>,
     message_id: u32,
     pair: SubnetPair,
-    replaces: Option<u32>,
+    replaces: Option<Spi>,
 ) -> QuickMode {
     let (link, crypto) = (channel.link, channel.crypto);
     let iv = crypto.exchange_iv(message_id);
@@ -53,7 +54,7 @@ pub(crate) fn start(
         n_r: Vec::new(),
         dh,
         choice: None,
-        spi_out: 0,
+        spi_out: Spi::new(0),
         gxy: None,
         lifetime: (None, None),
         retransmit: Some(Retransmit::new(packet.clone(), ctx)),

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use vpngw_crypto::rand_core::Rng;
+use vpngw_esp::Spi;
 
 use self::exchange::{QmState, QuickMode, install};
 use crate::child::{self, ChildSet};
@@ -38,7 +39,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Queued {
     pair: SubnetPair,
-    replaces: Option<u32>,
+    replaces: Option<Spi>,
 }
 
 /// The quick modes of one established IKE SA.
@@ -102,7 +103,7 @@ impl QuickModes {
     }
 
     /// The SPIs our exchanges hold (the child SAs' aside).
-    pub fn spis_in(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn spis_in(&self) -> impl Iterator<Item = Spi> + '_ {
         self.exchanges.iter().filter(|q| q.is_open()).map(|q| q.spi_in)
     }
 
@@ -124,12 +125,12 @@ impl QuickModes {
 
     /// Starts replacing the child SA with this SPI (ours or the peer's) unless a replacement
     /// is under way or done. Returns whether a quick mode started.
-    pub fn rekey(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, spi: u32) -> bool {
+    pub fn rekey(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, spi: Spi) -> bool {
         let Some((pair, old)) = children.begin_rekey(spi) else { return false };
         if self.busy(&pair) || children.has_replacement(&pair, old) {
             return false;
         }
-        tracing::info!(peer = %channel.link.peer.name, spi_in = %format!("{old:08x}"), selectors = %pair, "rekeying child SA");
+        tracing::info!(peer = %channel.link.peer.name, spi_in = %old, selectors = %pair, "rekeying child SA");
         // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
         self.queue.push_back(Queued { pair, replaces: Some(old) });
         self.pump(ctx, channel, children);
@@ -238,7 +239,7 @@ impl QuickModes {
             }
             Err(f) => {
                 tracing::debug!(peer = %channel.link.peer.name, reason = %f.reason(), "quick mode refused");
-                report(ctx, channel, f, offered.unwrap_or(0));
+                report(ctx, channel, f, offered.unwrap_or(Spi::new(0)));
                 false
             }
         }
@@ -316,13 +317,13 @@ impl QuickModes {
         ctx: &mut Ctx<'_>,
         channel: Secured<'_>,
         children: &ChildSet,
-        spi: Option<u32>,
+        spi: Option<Spi>,
         reason: FailReason,
         detail: &str,
     ) {
         let pending = |q: &QuickMode| q.role == Role::Initiator && q.state == QmState::I1;
         let named = spi.filter(|s| self.exchanges.iter().any(|q| pending(q) && q.spi_in == *s));
-        let dropped: Vec<u32> = self
+        let dropped: Vec<Spi> = self
             .exchanges
             .iter()
             .filter(|q| pending(q) && named.is_none_or(|s| q.spi_in == s))
@@ -344,7 +345,7 @@ impl QuickModes {
 }
 
 /// Tells the peer (a notify naming `spi`, when the failure sends one) and the driver.
-fn report(ctx: &mut Ctx<'_>, channel: Secured<'_>, f: ProtocolError, spi: u32) {
+fn report(ctx: &mut Ctx<'_>, channel: Secured<'_>, f: ProtocolError, spi: Spi) {
     let link = channel.link;
     if let Some(n) = f.notify() {
         let refusal = info::notify(ProtocolId::ESP, n, spi.to_be_bytes().to_vec(), Vec::new());

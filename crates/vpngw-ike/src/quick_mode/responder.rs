@@ -2,6 +2,7 @@
 //! lifetimes), QM2 out, QM3 in.
 
 use vpngw_crypto::{DhGroup, DhPrivateKey, SecretBytes};
+use vpngw_esp::Spi;
 
 use super::exchange::{Opened, QmState, QuickMode, open, pfs_refused};
 use crate::child::ChildSet;
@@ -21,7 +22,7 @@ pub(crate) fn on_qm1(
     ctx: &mut Ctx<'_>,
     channel: Secured<'_>,
     rx: &Received<'_>,
-    offered_spi: &mut Option<u32>,
+    offered_spi: &mut Option<Spi>,
 ) -> Result<QuickMode, ProtocolError> {
     let qm1 = check_hash1(channel, rx)?;
     let chain = &qm1.chain;
@@ -29,7 +30,7 @@ pub(crate) fn on_qm1(
     *offered_spi = offer
         .and_then(|o| o.proposals.first())
         .and_then(|p| <[u8; 4]>::try_from(p.spi.as_slice()).ok())
-        .map(u32::from_be_bytes);
+        .map(Spi::from_be_bytes);
     let (Some(offer), Ok(n_i)) = (offer, chain.nonce()) else {
         return Err(ProtocolError::MissingPayload("quick mode without SA or nonce".into()));
     };
@@ -93,7 +94,7 @@ fn match_selectors(channel: Secured<'_>, chain: &PayloadChain) -> Result<SubnetP
 }
 
 /// The first acceptable ESP transform of the offer, with our SPI in the reply.
-fn select_proposal(channel: Secured<'_>, offer: &SaPayload, spi_in: u32) -> Result<Phase2Selection, ProtocolError> {
+fn select_proposal(channel: Secured<'_>, offer: &SaPayload, spi_in: Spi) -> Result<Phase2Selection, ProtocolError> {
     proposal::select_phase2(&channel.link.peer.phase2, offer, spi_in).map_err(|m| {
         let reason = if m.is_pfs_only() {
             FailReason::PfsMismatch

@@ -45,7 +45,7 @@ impl Daemon {
                 }
             }
             ToControl::RekeyDue { spi_out } => {
-                tracing::info!(spi_out = %format!("{spi_out:08x}"), "outbound SA near its sequence-number limit: rekeying");
+                tracing::info!(%spi_out, "outbound SA near its sequence-number limit: rekeying");
                 self.ike.endpoint.rekey_child(Instant::now(), spi_out);
             }
         }
@@ -69,7 +69,7 @@ impl Daemon {
             }
             Event::ChildSaEstablished { peer, child, .. } => self.child_sa_established(&peer, &child),
             Event::ChildSaActive { peer, spi_in, spi_out } => {
-                tracing::debug!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), "child SA sending");
+                tracing::debug!(connection = %peer, %spi_in, %spi_out, "child SA sending");
                 if self.child_sas.activate(spi_out)
                     && let Some(dp) = &self.dataplane
                 {
@@ -77,7 +77,7 @@ impl Daemon {
                 }
             }
             Event::ChildSaDeleted { peer, spi_in, spi_out, reason } => {
-                tracing::info!(connection = %peer, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), %reason, "child SA deleted");
+                tracing::info!(connection = %peer, %spi_in, %spi_out, %reason, "child SA deleted");
                 self.child_sas.deleted(spi_in, spi_out);
                 if reason == DeleteReason::Rekeyed {
                     self.history.rekeyed(&peer);
@@ -106,8 +106,8 @@ impl Daemon {
     fn child_sa_established(&mut self, peer: &str, child: &ChildSa) {
         tracing::info!(
             connection = %peer,
-            spi_in = %format!("{:08x}", child.spi_in),
-            spi_out = %format!("{:08x}", child.spi_out),
+            spi_in = %child.spi_in,
+            spi_out = %child.spi_out,
             selectors = %child.selectors,
             encryption = %child.encryption,
             authentication = %child.integrity.name(),

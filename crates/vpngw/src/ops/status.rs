@@ -217,8 +217,8 @@ fn child_sa(s: &Sources, ch: &ChildSaInfo) -> ChildSaStatus {
     let inb = s.table.inbound(ch.spi_in);
     let out = s.table.outbound_by_spi(ch.spi_out);
     ChildSaStatus {
-        spi_in: format!("{:08x}", ch.spi_in),
-        spi_out: format!("{:08x}", ch.spi_out),
+        spi_in: ch.spi_in.to_string(),
+        spi_out: ch.spi_out.to_string(),
         local_subnet: ch.selectors.local.to_string(),
         remote_subnet: ch.selectors.remote.to_string(),
         encryption: ch.encryption.name().into(),
