@@ -2,19 +2,23 @@
 //! phase 1 choice and lifetime, liveness, quick modes and child SAs; and how it becomes plain
 //! data and back ([`crate::snapshot`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vpngw_crypto::CbcCipher;
 
 use crate::child::{ChildRecord, ChildSet};
-use crate::event::Event;
+use crate::config::{DpdPolicy, PeerConfig};
+use crate::event::{Event, IkeSaId};
 use crate::exchange::Ctx;
 use crate::liveness::Liveness;
 use crate::message::{Link, MessageCrypto};
+use crate::nat_t::NatT;
 use crate::phase1::Phase1Done;
 use crate::proposal::Phase1Choice;
 use crate::quick_mode::QuickModes;
 use crate::snapshot::{AnsweredRequest, IkeSaSnapshot, SnapshotError, after, after_opt, ago, before, until};
+use crate::timer::Timer;
 
 /// An established IKE SA: the only owner of its keys.
 pub(crate) struct Established {
@@ -64,6 +68,34 @@ impl Established {
             children: ChildSet::default(),
             superseded: false,
         }
+    }
+
+    /// The DPD policy in force: configured, supported by the peer, not superseded.
+    pub fn dpd_policy(&self, link: &Link) -> Option<DpdPolicy> {
+        link.peer.dpd.filter(|_| link.peer_supports_dpd && !self.superseded)
+    }
+
+    /// When one of this SA's own timers is due next (None: not armed, or not one of its own).
+    pub fn deadline(&self, timer: Timer, link: &Link) -> Option<Instant> {
+        match timer {
+            Timer::QuickMode => self.quick_modes.next_timeout(),
+            Timer::ChildSa => self.children.next_timeout(),
+            Timer::Reauth => self.liveness.reauth_deadline().filter(|_| !self.superseded),
+            Timer::Dpd => self.liveness.dpd_deadline(self.dpd_policy(link)),
+            Timer::Expiry => Some(self.expires_at),
+            Timer::Retransmit | Timer::HalfOpen => None,
+        }
+    }
+
+    /// The link of a snapshot's SA, as handle `id` of connection `peer`.
+    pub fn restore_link(id: IkeSaId, peer: Arc<PeerConfig>, s: &IkeSaSnapshot) -> Link {
+        let mut link = Link::new(id, peer, s.role, s.mode, s.local, s.remote);
+        link.cky_i = s.initiator_cookie;
+        link.cky_r = s.responder_cookie;
+        link.nat = NatT { variant: s.nat_t, detected: s.nat_detected };
+        link.peer_supports_dpd = s.peer_supports_dpd;
+        link.last_answer = s.phase1_answer.as_ref().map(|a| (a.request_hash, a.answer.clone()));
+        link
     }
 
     /// The SA as plain data, times relative to `now`.

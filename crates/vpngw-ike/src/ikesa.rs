@@ -10,14 +10,13 @@ use std::time::Instant;
 use vpngw_esp::Spi;
 
 use crate::child::{self, ChildRecord};
-use crate::config::{DpdPolicy, ExchangeMode, PeerConfig};
+use crate::config::{ExchangeMode, PeerConfig};
 use crate::established::Established;
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role};
 use crate::exchange::{Ctx, IKE_PORT, ProtocolError, Received, RetransmitDue, nonzero_cookie};
 use crate::info::{self, RefusalContext, Unopened};
 use crate::liveness::DpdOutcome;
 use crate::message::{Link, MessageCrypto, Secured, plain_payloads};
-use crate::nat_t::NatT;
 use crate::phase1::{Failed, Phase1, Phase1Done, Phase1Outcome};
 use crate::snapshot::{IkeSaSnapshot, SnapshotError};
 use crate::timer::Timer;
@@ -331,12 +330,7 @@ impl IkeSa {
         snapshot: IkeSaSnapshot,
         now: Instant,
     ) -> Result<Self, SnapshotError> {
-        let mut link = Link::new(id, peer, snapshot.role, snapshot.mode, snapshot.local, snapshot.remote);
-        link.cky_i = snapshot.initiator_cookie;
-        link.cky_r = snapshot.responder_cookie;
-        link.nat = NatT { variant: snapshot.nat_t, detected: snapshot.nat_detected };
-        link.peer_supports_dpd = snapshot.peer_supports_dpd;
-        link.last_answer = snapshot.phase1_answer.as_ref().map(|a| (a.request_hash, a.answer.clone()));
+        let link = Established::restore_link(id, peer, &snapshot);
         let est = Established::import(snapshot, now)?;
         let mut sa = Self::new(link);
         sa.phase = Phase::Established(Box::new(est));
@@ -364,11 +358,6 @@ impl IkeSa {
     // ---------------------------------------------------------------------------------------
     // Timers
 
-    /// The DPD policy in force: configured, supported by the peer, not superseded.
-    fn dpd_policy(&self, est: &Established) -> Option<DpdPolicy> {
-        self.link.peer.dpd.filter(|_| self.link.peer_supports_dpd && !est.superseded)
-    }
-
     /// When `timer` is due next, if it is armed.
     fn deadline(&self, timer: Timer) -> Option<Instant> {
         let est = match &self.phase {
@@ -378,11 +367,7 @@ impl IkeSa {
         match timer {
             Timer::Retransmit => self.link.retransmit.as_ref().map(|r| r.next_at),
             Timer::HalfOpen => self.half_open_deadline.filter(|_| matches!(self.phase, Phase::Negotiating(_))),
-            Timer::QuickMode => est?.quick_modes.next_timeout(),
-            Timer::ChildSa => est?.children.next_timeout(),
-            Timer::Reauth => est.filter(|e| !e.superseded)?.liveness.reauth_deadline(),
-            Timer::Dpd => est.and_then(|e| e.liveness.dpd_deadline(self.dpd_policy(e))),
-            Timer::Expiry => Some(est?.expires_at),
+            _ => est?.deadline(timer, &self.link),
         }
     }
 
@@ -434,7 +419,7 @@ impl IkeSa {
                 }
             }
             Timer::Dpd => {
-                let policy = link.peer.dpd.filter(|_| link.peer_supports_dpd && !est.superseded);
+                let policy = est.dpd_policy(link);
                 if let DpdOutcome::Dead { restart } = est.liveness.on_dpd_timer(ctx, channel, policy) {
                     self.restart_due = restart;
                     self.delete(ctx, DeleteReason::DeadPeer);
