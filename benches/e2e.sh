@@ -16,6 +16,8 @@
 # in about half of the runs (docs/performance.md, "placement").
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lab.sh
+. "$ROOT/benches/lab.sh"
 BIN=${VPNGW_BIN:-$ROOT/target/release/vpngw}
 RUN=/tmp/vpngw-bench-e2e
 T=${SECONDS_PER_RUN:-10}
@@ -46,23 +48,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 [ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
 
-topology() {
-    for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null || true; ip netns add "$n"; nsx "$n" ip link set lo up; done
-    ip link add eth0 netns be-lhost type veth peer name lan0 netns be-left
-    ip link add wan0 netns be-left type veth peer name wan0 netns be-right
-    ip link add lan0 netns be-right type veth peer name eth0 netns be-rhost
-    nsx be-lhost ip addr add 10.1.0.10/24 dev eth0
-    nsx be-left ip addr add 10.1.0.1/24 dev lan0
-    nsx be-left ip addr add 198.51.100.1/24 dev wan0
-    nsx be-right ip addr add 198.51.100.2/24 dev wan0
-    nsx be-right ip addr add 10.2.0.1/24 dev lan0
-    nsx be-rhost ip addr add 10.2.0.10/24 dev eth0
-    for n in "${NS[@]}"; do for d in $(nsx "$n" ls /sys/class/net); do nsx "$n" ip link set "$d" up; done; done
-    nsx be-lhost ip route add default via 10.1.0.1
-    nsx be-rhost ip route add default via 10.2.0.1
-    nsx be-left sysctl -qw net.ipv4.ip_forward=1
-    nsx be-right sysctl -qw net.ipv4.ip_forward=1
-}
+topology() { lab_topology be; }
 
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.1f}")' "$@"; }
 

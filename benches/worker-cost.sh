@@ -10,6 +10,8 @@
 # packet (perf stat on the syscall tracepoints), each call named. Lines are appended to
 # RESULTS (default /tmp/vpngw-worker-cost/results.txt). Needs root, iperf3 and perf.
 set -euo pipefail
+# shellcheck source=benches/lab.sh
+. "$(dirname "$0")/lab.sh"
 BIN=$1 LABEL=$2 OUTPUT=${3:-ip}
 T=${T:-10} REPS=${REPS:-3} PPS_T=${PPS_T:-8}
 BASE=/tmp/vpngw-worker-cost
@@ -21,21 +23,7 @@ PIDS=()
 nsx() { local n=$1; shift; ip netns exec "$n" "$@"; }
 cleanup() { set +e; for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done; for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done; }
 trap cleanup EXIT
-for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null || true; ip netns add "$n"; nsx "$n" ip link set lo up; done
-ip link add eth0 netns ri-lhost type veth peer name lan0 netns ri-left
-ip link add wan0 netns ri-left type veth peer name wan0 netns ri-right
-ip link add lan0 netns ri-right type veth peer name eth0 netns ri-rhost
-nsx ri-lhost ip addr add 10.1.0.10/24 dev eth0
-nsx ri-left ip addr add 10.1.0.1/24 dev lan0
-nsx ri-left ip addr add 198.51.100.1/24 dev wan0
-nsx ri-right ip addr add 198.51.100.2/24 dev wan0
-nsx ri-right ip addr add 10.2.0.1/24 dev lan0
-nsx ri-rhost ip addr add 10.2.0.10/24 dev eth0
-for n in "${NS[@]}"; do for d in $(nsx "$n" ls /sys/class/net); do nsx "$n" ip link set "$d" up; done; done
-nsx ri-lhost ip route add default via 10.1.0.1
-nsx ri-rhost ip route add default via 10.2.0.1
-nsx ri-left sysctl -qw net.ipv4.ip_forward=1
-nsx ri-right sysctl -qw net.ipv4.ip_forward=1
+lab_topology ri
 encap=auto output=link
 [ "$OUTPUT" = udp ] && encap=udp
 [ "$OUTPUT" = ip ] && output=ip
