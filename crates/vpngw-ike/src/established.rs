@@ -11,6 +11,7 @@ use crate::child::{ChildRecord, ChildSet};
 use crate::config::{DpdPolicy, PeerConfig};
 use crate::event::{Event, IkeSaId};
 use crate::exchange::Ctx;
+use crate::lifetime::{PEER_FLOOR_SECONDS, bounded};
 use crate::liveness::Liveness;
 use crate::message::{Link, MessageCrypto};
 use crate::nat_t::NatT;
@@ -40,7 +41,7 @@ impl Established {
     pub fn start(ctx: &mut Ctx<'_>, link: &Link, done: Phase1Done) -> Self {
         let Phase1Done { crypto, choice, .. } = done;
         let ours = link.peer.phase1.lifetime.as_secs();
-        let lifetime = choice.lifetime_seconds.map_or(ours, |theirs| theirs.min(ours)).max(1);
+        let lifetime = bounded(ours, choice.lifetime_seconds, PEER_FLOOR_SECONDS).max(1);
         if choice.lifetime_seconds.is_some_and(|t| t != ours) {
             tracing::info!(peer = %link.peer.name, offered = ?choice.lifetime_seconds, configured = ours, used = lifetime, "IKE SA lifetimes differ: the shorter is used");
         }

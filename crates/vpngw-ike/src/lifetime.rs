@@ -1,6 +1,6 @@
-//! When SAs are replaced: the margin before a hard lifetime, the jittered rekey time (the
-//! initiator's earlier than the responder's), and the rank that settles rekey collisions. Pure
-//! functions.
+//! How long SAs live and when they are replaced: the lifetimes a peer may impose, the margin
+//! before a hard lifetime, the jittered rekey time (the initiator's earlier than the
+//! responder's), and the rank that settles rekey collisions. Pure functions.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +8,34 @@ use vpngw_crypto::FastRng;
 use vpngw_crypto::rand_core::Rng;
 
 use crate::event::Role;
+
+/// The shortest lifetime a peer may impose on an SA of ours (unless ours is shorter still): a
+/// peer's 1 s or 1 KB would otherwise have us rekey without pause.
+pub(crate) const PEER_FLOOR_SECONDS: u64 = 30;
+pub(crate) const PEER_FLOOR_KILOBYTES: u64 = 1024;
+
+/// The lifetime we use when we configured `ours` and the peer chose `theirs` (offered, answered,
+/// or in a RESPONDER-LIFETIME): never longer than ours (a peer may only shorten it, RFC 2407
+/// s.4.6.3.1; so no peer value reaches a clock unbounded), never below `floor` unless ours is.
+pub(crate) fn bounded(ours: u64, theirs: Option<u64>, floor: u64) -> u64 {
+    theirs.map_or(ours, |t| t.min(ours)).max(floor.min(ours))
+}
+
+/// A child SA's (seconds, kilobytes) from ours (`ours_kb` None: no volume limit configured)
+/// and the peer's choice: [`bounded`] each; a volume limit only the peer set still has the floor.
+pub(crate) fn phase2_lifetimes(
+    ours_s: u64,
+    ours_kb: Option<u64>,
+    theirs_s: Option<u64>,
+    theirs_kb: Option<u64>,
+) -> (u64, Option<u64>) {
+    let seconds = bounded(ours_s, theirs_s, PEER_FLOOR_SECONDS);
+    let kilobytes = match ours_kb {
+        Some(o) => Some(bounded(o, theirs_kb, PEER_FLOOR_KILOBYTES)),
+        None => theirs_kb.map(|t| t.max(PEER_FLOOR_KILOBYTES)),
+    };
+    (seconds, kilobytes)
+}
 
 /// The replacement margin is a tenth of the lifetime, at least this (short lifetimes), ...
 const MARGIN_MIN: Duration = Duration::from_secs(10);
@@ -49,6 +77,20 @@ pub(crate) fn collision_rank(n_i: &[u8], n_r: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_may_shorten_our_lifetimes_down_to_the_floor_and_never_lengthen_them() {
+        assert_eq!(bounded(3600, None, 30), 3600);
+        assert_eq!(bounded(3600, Some(1800), 30), 1800);
+        assert_eq!(bounded(3600, Some(u64::MAX), 30), 3600, "no longer than ours, so no overflow");
+        assert_eq!(bounded(3600, Some(1), 30), 30, "the floor");
+        assert_eq!(bounded(3600, Some(0), 30), 30);
+        assert_eq!(bounded(10, Some(1), 30), 10, "ours below the floor is ours");
+        assert_eq!(phase2_lifetimes(3600, None, Some(5), Some(1)), (30, Some(PEER_FLOOR_KILOBYTES)));
+        assert_eq!(phase2_lifetimes(3600, Some(100_000), None, Some(u64::MAX)), (3600, Some(100_000)));
+        assert_eq!(phase2_lifetimes(3600, Some(500), Some(60), Some(2)), (60, Some(500)));
+        assert_eq!(phase2_lifetimes(3600, None, None, None), (3600, None));
+    }
 
     #[test]
     fn margins_scale_with_the_lifetime() {

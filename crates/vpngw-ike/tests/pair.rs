@@ -373,6 +373,21 @@ fn responder_lifetime_is_honoured() {
 }
 
 #[test]
+fn a_peer_cannot_impose_lifetimes_below_the_floor() {
+    // B (its own configuration, below the floor) asks for 5 s and 5 KB: B keeps its own; A
+    // takes the shorter lifetime only down to 30 s and 1024 KB (a rekey storm otherwise).
+    let (a, mut b) = configs();
+    b.phase2.lifetime_seconds = 5;
+    b.phase2.lifetime_kilobytes = 5;
+    let mut p = Pair::new(a, b, 14);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(2));
+    let (a_first, b_first) = (&Pair::children(&p.a_events)[0], &Pair::children(&p.b_events)[0]);
+    assert_eq!((a_first.lifetime_seconds, a_first.lifetime_kilobytes), (30, Some(1024)));
+    assert_eq!((b_first.lifetime_seconds, b_first.lifetime_kilobytes), (5, Some(5)));
+}
+
+#[test]
 fn terminate_sends_deletes_and_the_peer_honours_them() {
     let (a, b) = configs();
     let mut p = up(a, b, 13);

@@ -9,6 +9,7 @@ use crate::child::ChildSet;
 use crate::config::{Ipv4Subnet, Phase2Policy, SubnetPair};
 use crate::event::{FailReason, Role};
 use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit, packet_hash};
+use crate::lifetime::phase2_lifetimes;
 use crate::message::Secured;
 use crate::proposal::{self, Phase2Choice, Phase2Selection};
 use crate::wire::{
@@ -136,17 +137,19 @@ fn responder_pfs(
     }
 }
 
-/// Lifetimes: the offered ones unless ours are shorter; then we say so (RFC 2407 s.4.6.3.1).
-/// Returns whether ours are shorter (a RESPONDER-LIFETIME goes into QM2).
+/// Lifetimes: the offered ones unless ours are shorter (then we say so, RFC 2407 s.4.6.3.1),
+/// and not below the floor ([`phase2_lifetimes`]). Returns whether ours are shorter than
+/// offered, or the offer had none (a RESPONDER-LIFETIME goes into QM2).
 fn apply_our_lifetimes(policy: &Phase2Policy, choice: &mut Phase2Choice) -> bool {
-    let ours =
-        (u64::from(policy.lifetime_seconds), (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes));
-    let seconds = choice.lifetime_seconds.map_or(ours.0, |t| t.min(ours.0));
-    let kilobytes = match (choice.lifetime_kilobytes, ours.1) {
-        (Some(t), Some(o)) => Some(t.min(o)),
-        (t, o) => t.or(o),
-    };
-    let shorter = Some(seconds) != choice.lifetime_seconds || kilobytes != choice.lifetime_kilobytes;
+    let ours_kb = (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes);
+    let (offered_s, offered_kb) = (choice.lifetime_seconds, choice.lifetime_kilobytes);
+    let (seconds, kilobytes) = phase2_lifetimes(u64::from(policy.lifetime_seconds), ours_kb, offered_s, offered_kb);
+    let shorter = offered_s.is_none_or(|t| seconds < t)
+        || match (kilobytes, offered_kb) {
+            (Some(k), Some(t)) => k < t,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
     choice.lifetime_seconds = Some(seconds);
     choice.lifetime_kilobytes = kilobytes;
     shorter
