@@ -231,12 +231,14 @@ impl Endpoint {
         };
         let rx = Received { header, data, local, remote };
         let phase1 = matches!(rx.header.exchange, ExchangeType::IDENTITY_PROTECTION | ExchangeType::AGGRESSIVE);
+        // Exact cookies: a zero responder cookie names an SA only in a retransmitted first
+        // message (anything else with it is someone guessing the initiator cookie); an SA that
+        // has no responder cookie yet (ours, waiting for the answer) learns it from the answer.
+        let first_message = phase1 && rx.header.message_id == 0 && rx.header.responder_cookie == [0; 8];
         let existing = self.by_cookie.get(&rx.header.initiator_cookie).copied().filter(|id| {
             self.sas.get(id).is_some_and(|sa| {
                 sa.remote().ip() == remote.ip()
-                    && (sa.cky_r() == [0; 8]
-                        || sa.cky_r() == rx.header.responder_cookie
-                        || rx.header.responder_cookie == [0; 8])
+                    && (sa.cky_r() == [0; 8] || sa.cky_r() == rx.header.responder_cookie || first_message)
             })
         });
         match existing {

@@ -489,13 +489,14 @@ impl IkeSa {
                 Err(_) => return,
             }
         };
-        if rx.header.is_encrypted() {
+        let authenticated = rx.header.is_encrypted();
+        if authenticated {
             self.heard(ctx.now);
         }
         for p in chain.iter() {
             match p {
                 Payload::Delete(d) => self.on_delete(ctx, d),
-                Payload::Notify(n) => self.on_notify(ctx, n),
+                Payload::Notify(n) => self.on_notify(ctx, n, authenticated),
                 _ => {}
             }
         }
@@ -505,7 +506,9 @@ impl IkeSa {
         matches!(&self.phase, Phase::Negotiating(p1) if p1.awaits_mm6())
     }
 
-    fn on_notify(&mut self, ctx: &mut Ctx<'_>, n: &NotifyPayload) {
+    /// A notify; `authenticated`: it came encrypted with a valid HASH (anyone on the path can
+    /// send a cleartext one).
+    fn on_notify(&mut self, ctx: &mut Ctx<'_>, n: &NotifyPayload, authenticated: bool) {
         match n.notify_type {
             NotifyType::R_U_THERE if n.data.len() == 4 => {
                 // Answered in a new exchange with the same sequence number (RFC 3706 s.5.2).
@@ -518,7 +521,8 @@ impl IkeSa {
                     est.liveness.on_ack(ctx.now, &n.data, &link.peer.name);
                 }
             }
-            NotifyType::INITIAL_CONTACT => self.initial_contact_received = true,
+            // It drops every other SA with the peer: only the peer itself may say so.
+            NotifyType::INITIAL_CONTACT if authenticated => self.initial_contact_received = true,
             t if t.is_error() => self.on_refusal(ctx, n),
             _ => tracing::debug!(peer = %self.link.peer.name, notify = %n.notify_type, "notify ignored"),
         }

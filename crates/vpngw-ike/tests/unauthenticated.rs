@@ -1,0 +1,92 @@
+//! Unauthenticated input never changes established state (issue 16): from the peer's own
+//! address, with no keys, a spoofed main-mode first message and a cleartext INFORMATIONAL
+//! carrying INITIAL-CONTACT with its cookies (the two-packet attack that used to drop every SA
+//! with the peer), with the responder cookie left zero or set to the one we answered with.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+const NOTIFY: u8 = 11;
+const INFORMATIONAL: u8 = 5;
+const INITIAL_CONTACT: u16 = 24578;
+
+/// A cleartext INFORMATIONAL with one INITIAL-CONTACT notify naming these cookies.
+fn cleartext_initial_contact(cky_i: [u8; 8], cky_r: [u8; 8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&cky_i);
+    m.extend_from_slice(&cky_r);
+    m.extend_from_slice(&[NOTIFY, 0x10, INFORMATIONAL, 0]);
+    m.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    m.extend_from_slice(&56u32.to_be_bytes());
+    // Notify: generic header, DOI 1, protocol ISAKMP, SPI size 16, type, the cookies.
+    m.extend_from_slice(&[0, 0, 0, 28, 0, 0, 0, 1, 1, 16]);
+    m.extend_from_slice(&INITIAL_CONTACT.to_be_bytes());
+    m.extend_from_slice(&cky_i);
+    m.extend_from_slice(&cky_r);
+    m
+}
+
+/// B initiated; the tunnel is up. Returns the pair, B's first message and the addresses B
+/// sends from and to.
+fn established_by_b(seed: u64) -> (Pair, Vec<u8>, SocketAddr, SocketAddr) {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, seed);
+    p.b.initiate(p.now, "to-a").unwrap();
+    p.drive(Duration::from_secs(10));
+    let (_, from, to, first) = p.wire.iter().find(|(a_to_b, ..)| !a_to_b).cloned().unwrap();
+    assert_eq!(first[18], 2, "B's first message is main mode");
+    (p, first, from, to)
+}
+
+/// A's SAs as (IKE SA, child SPIs), to compare before and after.
+fn sas(p: &Pair) -> Vec<(vpngw_ike::IkeSaId, Vec<(String, String)>)> {
+    p.a.ike_sas()
+        .iter()
+        .filter(|s| s.state == vpngw_ike::IkeSaState::Established)
+        .map(|s| (s.id, s.children.iter().map(|c| (c.spi_in.to_string(), c.spi_out.to_string())).collect()))
+        .collect()
+}
+
+fn spoof(respond_with_our_cookie: bool, seed: u64) {
+    let (mut p, first, from, to) = established_by_b(seed);
+    let before = sas(&p);
+    assert_eq!(before.len(), 1);
+    let mark = p.a_events.len();
+    // The spoofed first message: B's, with a fresh initiator cookie.
+    let mut mm1 = first.clone();
+    let cky_i = [0x5a; 8];
+    mm1[..8].copy_from_slice(&cky_i);
+    p.a.handle(p.now, to, from, &mm1);
+    // A answers it (to the real B, who ignores it); an on-path attacker would see the cookie.
+    let mut cky_r = [0u8; 8];
+    while let Some(t) = p.a.poll_transmit() {
+        if t.payload[..8] == cky_i {
+            cky_r.copy_from_slice(&t.payload[8..16]);
+        }
+    }
+    assert_ne!(cky_r, [0; 8], "A answered the spoofed first message");
+    let named = if respond_with_our_cookie { cky_r } else { [0; 8] };
+    p.a.handle(p.now, to, from, &cleartext_initial_contact(cky_i, named));
+    p.drive(Duration::from_secs(20));
+    assert_eq!(sas(&p), before, "{:?}", &p.a_events[mark..]);
+    assert!(
+        !p.a_events[mark..].iter().any(|e| matches!(e, vpngw_ike::Event::ChildSaDeleted { .. })),
+        "{:?}",
+        &p.a_events[mark..]
+    );
+}
+
+#[test]
+fn a_cleartext_initial_contact_with_a_zero_responder_cookie_changes_nothing() {
+    spoof(false, 81);
+}
+
+#[test]
+fn a_cleartext_initial_contact_with_our_responder_cookie_changes_nothing() {
+    spoof(true, 82);
+}
