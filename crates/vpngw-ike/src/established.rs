@@ -17,7 +17,8 @@ use crate::message::{Link, MessageCrypto};
 use crate::nat_t::NatT;
 use crate::phase1::Phase1Done;
 use crate::proposal::Phase1Choice;
-use crate::quick_mode::QuickModes;
+use crate::quick_mode::{ExportedQuickModes, QuickModes};
+use crate::seen::SeenIds;
 use crate::snapshot::{AnsweredRequest, IkeSaSnapshot, SnapshotError, after, after_opt, ago, before, until};
 use crate::timer::Timer;
 
@@ -33,6 +34,9 @@ pub(crate) struct Established {
     /// A newer IKE SA with the same peer took over its child SAs: no DPD, no
     /// re-authentication; it goes when the peer deletes it or soon after.
     pub superseded: bool,
+    /// Message IDs of the peer's informational exchanges: a replayed one (a DPD probe, a
+    /// Delete) is not acted on, nor taken as a sign of life.
+    pub informational_ids: SeenIds,
 }
 
 impl Established {
@@ -68,6 +72,7 @@ impl Established {
             quick_modes: QuickModes::default(),
             children: ChildSet::default(),
             superseded: false,
+            informational_ids: SeenIds::default(),
         }
     }
 
@@ -125,6 +130,8 @@ impl Established {
             last_probe_ago: last_probe.map(|t| ago(now, t)),
             superseded: self.superseded,
             aborted_message_ids: quick_modes.aborted,
+            peer_quick_mode_ids: quick_modes.peer_started,
+            peer_informational_ids: self.informational_ids.to_vec(),
             phase1_answer: link
                 .last_answer
                 .as_ref()
@@ -154,7 +161,13 @@ impl Established {
             established_at: before(now, s.age),
             expires_at: after(now, s.expires_in)?,
             liveness,
-            quick_modes: QuickModes::import(s.quick_modes, s.queued_quick_modes, s.aborted_message_ids),
+            quick_modes: QuickModes::import(ExportedQuickModes {
+                kept: s.quick_modes,
+                queued: s.queued_quick_modes,
+                aborted: s.aborted_message_ids,
+                peer_started: s.peer_quick_mode_ids,
+            }),
+            informational_ids: SeenIds::from_ids(s.peer_informational_ids),
             children,
             superseded: s.superseded,
         })

@@ -491,6 +491,12 @@ impl IkeSa {
         };
         let authenticated = rx.header.is_encrypted();
         if authenticated {
+            if let Phase::Established(est) = &mut self.phase
+                && !est.informational_ids.insert(rx.header.message_id)
+            {
+                tracing::debug!(peer = %self.link.peer.name, message_id = rx.header.message_id, "replayed informational dropped");
+                return;
+            }
             self.heard(ctx.now);
         }
         for p in chain.iter() {

@@ -42,6 +42,7 @@ mod nat_t;
 mod phase1;
 pub mod proposal;
 mod quick_mode;
+mod seen;
 pub mod snapshot;
 pub mod spi;
 #[cfg(feature = "testing")]

@@ -61,6 +61,10 @@ pub struct IkeSaSnapshot {
     pub superseded: bool,
     /// Message IDs of quick modes of ours given up (their late answers are dropped).
     pub aborted_message_ids: Vec<u32>,
+    /// Message IDs of the quick modes and informational exchanges the peer started (recent
+    /// ones, oldest first): their replays are dropped.
+    pub peer_quick_mode_ids: Vec<u32>,
+    pub peer_informational_ids: Vec<u32>,
     /// The last phase 1 request we answered, to answer its duplicates.
     pub phase1_answer: Option<AnsweredRequest>,
     /// Quick modes the peer started that wait for QM3, and finished ones kept for duplicates.

@@ -20,6 +20,7 @@ use crate::event::{DeleteReason, Event, FailReason, Role};
 use crate::exchange::{Ctx, ProtocolError, Received, Retransmit, RetransmitDue, packet_hash};
 use crate::info;
 use crate::message::Secured;
+use crate::seen::SeenIds;
 use crate::snapshot::{QueuedQuickMode, QuickModeSnapshot};
 use crate::wire::ProtocolId;
 
@@ -51,6 +52,8 @@ pub(crate) struct QuickModes {
     /// Message IDs of quick modes of ours given up after a refusal (their late answers are
     /// dropped, not taken for new exchanges).
     aborted: VecDeque<u32>,
+    /// Message IDs of the quick modes the peer started: a replayed QM1 is not a new exchange.
+    peer_started: SeenIds,
 }
 
 /// What [`QuickModes::export`] keeps of the exchanges.
@@ -58,6 +61,7 @@ pub(crate) struct ExportedQuickModes {
     pub kept: Vec<QuickModeSnapshot>,
     pub queued: Vec<QueuedQuickMode>,
     pub aborted: Vec<u32>,
+    pub peer_started: Vec<u32>,
 }
 
 impl QuickModes {
@@ -79,15 +83,16 @@ impl QuickModes {
         queued.extend(self.queue.iter().map(|q| QueuedQuickMode { selectors: q.pair, replaces: q.replaces }));
         let excess = aborted.len().saturating_sub(ABORTED_KEPT);
         aborted.drain(..excess);
-        ExportedQuickModes { kept, queued, aborted }
+        ExportedQuickModes { kept, queued, aborted, peer_started: self.peer_started.to_vec() }
     }
 
     /// From plain data ([`Self::export`]); [`Self::resume`] sets them going.
-    pub fn import(kept: Vec<QuickModeSnapshot>, queued: Vec<QueuedQuickMode>, aborted: Vec<u32>) -> Self {
+    pub fn import(exported: ExportedQuickModes) -> Self {
         Self {
-            exchanges: kept.into_iter().map(QuickMode::restore).collect(),
-            queue: queued.into_iter().map(|q| Queued { pair: q.selectors, replaces: q.replaces }).collect(),
-            aborted: aborted.into(),
+            exchanges: exported.kept.into_iter().map(QuickMode::restore).collect(),
+            queue: exported.queued.into_iter().map(|q| Queued { pair: q.selectors, replaces: q.replaces }).collect(),
+            aborted: exported.aborted.into(),
+            peer_started: SeenIds::from_ids(exported.peer_started),
         }
     }
 
@@ -187,6 +192,12 @@ impl QuickModes {
             return false;
         }
         let Some(i) = self.exchanges.iter().position(|q| q.message_id == mid) else {
+            if self.peer_started.contains(mid) {
+                // A copy of a QM1 answered long ago (its exchange no longer kept): authentic,
+                // but acting on it again would cost a DH and install a stray SA.
+                tracing::debug!(peer = %peer, message_id = mid, "replayed quick mode dropped");
+                return false;
+            }
             return self.respond(ctx, channel, children, rx);
         };
         let qm = &mut self.exchanges[i];
@@ -230,6 +241,7 @@ impl QuickModes {
         let mut offered = None;
         match responder::on_qm1(ctx, channel, rx, &mut offered) {
             Ok(mut qm) => {
+                self.peer_started.insert(qm.message_id);
                 // Make-before-break: our inbound SA exists before the initiator, which
                 // switches when it sends QM3, can use it.
                 install(ctx, channel, children, &mut qm);
