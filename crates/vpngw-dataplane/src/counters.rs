@@ -33,10 +33,13 @@ pub enum DropReason {
     /// Outbound: held for an SA being negotiated (on-traffic start) longer than the queue
     /// keeps packets.
     PendingExpired,
+    /// An IKE datagram on UDP 4500 (or an acquire or rekey notice) found the control plane's
+    /// queue full (a flood, or a stalled control plane): dropped; a peer retransmits.
+    ControlQueueFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10 + OpenError::COUNT;
+    pub const COUNT: usize = 11 + OpenError::COUNT;
 
     /// Every reason, in the order of [`DropReason::index`].
     pub const ALL: [Self; Self::COUNT] = {
@@ -63,6 +66,7 @@ impl DropReason {
         }
         all[head.len() + OpenError::COUNT] = Self::Policy;
         all[head.len() + OpenError::COUNT + 1] = Self::PendingExpired;
+        all[head.len() + OpenError::COUNT + 2] = Self::ControlQueueFull;
         all
     };
 
@@ -84,6 +88,7 @@ impl DropReason {
             Self::Esp(e) => 8 + e.index(),
             Self::Policy => 8 + OpenError::COUNT,
             Self::PendingExpired => 9 + OpenError::COUNT,
+            Self::ControlQueueFull => 10 + OpenError::COUNT,
         }
     }
 
@@ -101,6 +106,7 @@ impl DropReason {
             Self::Esp(e) => e.as_str(),
             Self::Policy => "policy",
             Self::PendingExpired => "pending_expired",
+            Self::ControlQueueFull => "control_queue_full",
         }
     }
 }

@@ -25,7 +25,9 @@ pub enum ToControl {
     RekeyDue { spi_out: Spi },
 }
 
-pub type ControlSink = Arc<dyn Fn(ToControl) + Send + Sync>;
+/// Where workers send [`ToControl`] messages: a bounded queue; false when it is full (the
+/// worker counts the message as [`crate::counters::DropReason::ControlQueueFull`]).
+pub type ControlSink = Arc<dyn Fn(ToControl) -> bool + Send + Sync>;
 
 pub(crate) struct Shared {
     pub table: Arc<SaTable>,

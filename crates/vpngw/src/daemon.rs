@@ -59,6 +59,9 @@ use crate::volume::SaWatch;
 const KEEPALIVE: Duration = Duration::from_secs(20);
 /// How often SA byte counters are compared with volume lifetimes.
 const LIFECYCLE_TICK: Duration = Duration::from_secs(1);
+/// The workers' queue to the control plane (IKE on UDP 4500, acquires, rekey notices): a
+/// flood fills it and is dropped there, counted, instead of growing memory without bound.
+const CONTROL_QUEUE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -129,7 +132,7 @@ struct Signals {
 pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<PathBuf>) -> Result<(), DaemonError> {
     let (config, api_tables) = load(config_path)?;
     let saved = restore.map(|path| saved_tunnels::read(&path)).transpose()?;
-    let (dp_tx, mut from_dataplane) = mpsc::unbounded_channel::<ToControl>();
+    let (dp_tx, mut from_dataplane) = mpsc::channel::<ToControl>(CONTROL_QUEUE);
     let (mut daemon, mut surfaces) = Daemon::start(config_path, config, api_tables, keylog, dp_tx).await?;
     if let Some(saved) = saved {
         daemon.restore_tunnels(saved);
@@ -218,11 +221,10 @@ fn start_dataplane(
     config: &Config,
     table: Arc<SaTable>,
     spd: Arc<ArcSwap<Spd>>,
-    to_control: mpsc::UnboundedSender<ToControl>,
+    to_control: mpsc::Sender<ToControl>,
 ) -> Result<Dataplane, DaemonError> {
-    let sink: vpngw_dataplane::ControlSink = Arc::new(move |m| {
-        let _ = to_control.send(m);
-    });
+    // Full: the worker drops and counts it (`control_queue_full`); it never waits.
+    let sink: vpngw_dataplane::ControlSink = Arc::new(move |m| to_control.try_send(m).is_ok());
     let dataplane = Dataplane::start(
         &DataplaneConfig {
             tun_name: config.gateway.tun.clone(),
@@ -281,7 +283,7 @@ impl Daemon {
         config: Config,
         api_tables: BTreeMap<String, toml::Table>,
         keylog: Option<PathBuf>,
-        to_control: mpsc::UnboundedSender<ToControl>,
+        to_control: mpsc::Sender<ToControl>,
     ) -> Result<(Self, Surfaces), DaemonError> {
         let public = IpAddr::V4(config.gateway.public_address);
         let ike_addr = SocketAddr::new(public, IKE_PORT);

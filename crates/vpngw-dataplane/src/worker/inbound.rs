@@ -64,7 +64,9 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                     Incoming::Keepalive => bump(&self.counters().keepalives, 1),
                     Incoming::Ike(ike) => {
                         bump(&self.counters().ike_forwarded, 1);
-                        (self.shared.to_control)(ToControl::Ike { from: m.from, data: ike.to_vec() });
+                        if !(self.shared.to_control)(ToControl::Ike { from: m.from, data: ike.to_vec() }) {
+                            self.counters().drop(DropReason::ControlQueueFull);
+                        }
                     }
                     Incoming::Esp(packet) => {
                         if esp.is_full() {

@@ -185,7 +185,10 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                             self.counters().drop(why);
                         }
                         if queue.acquire_due(now) {
-                            (self.shared.to_control)(ToControl::Acquire { connection: policy.connection.clone() });
+                            let acquire = ToControl::Acquire { connection: policy.connection.clone() };
+                            if !(self.shared.to_control)(acquire) {
+                                self.counters().drop(DropReason::ControlQueueFull);
+                            }
                         }
                     }
                     None => self.counters().drop(DropReason::NoSa),

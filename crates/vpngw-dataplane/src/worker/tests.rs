@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +133,8 @@ struct Side {
     ctx: WorkerCtx,
     table: Arc<SaTable>,
     control: Arc<Mutex<Vec<ToControl>>>,
+    /// The control plane's queue refuses messages (full).
+    control_full: Arc<AtomicBool>,
     address: Ipv4Addr,
 }
 
@@ -158,6 +160,8 @@ fn side(address: Ipv4Addr) -> Side {
     let table = Arc::new(SaTable::new());
     let control = Arc::new(Mutex::new(Vec::new()));
     let sink = control.clone();
+    let control_full = Arc::new(AtomicBool::new(false));
+    let full = control_full.clone();
     let shared = Arc::new(Shared {
         table: table.clone(),
         spd: Arc::new(ArcSwap::from_pointee(Spd::default())),
@@ -165,7 +169,13 @@ fn side(address: Ipv4Addr) -> Side {
         pending_ready: AtomicBool::new(false),
         waker: Waker::new().unwrap(),
         counters: vec![WorkerCounters::default()],
-        to_control: Arc::new(move |m| sink.lock().unwrap().push(m)),
+        to_control: Arc::new(move |m| {
+            let accepted = !full.load(Ordering::Relaxed);
+            if accepted {
+                sink.lock().unwrap().push(m);
+            }
+            accepted
+        }),
         path_mtu: PATH_MTU,
         public_address: address,
         links: LinkPaths::default(),
@@ -180,7 +190,7 @@ fn side(address: Ipv4Addr) -> Side {
         rng: FastRng::from_os().unwrap(),
         ip_id: 0,
     };
-    Side { worker, ctx: WorkerCtx::new(true, 64), table, control, address }
+    Side { worker, ctx: WorkerCtx::new(true, 64), table, control, control_full, address }
 }
 
 /// A and B with one SA pair each way, carried in UDP or as raw ESP.
@@ -405,9 +415,21 @@ fn too_big_is_answered_with_icmp_and_strays_are_counted() {
     assert_eq!(b.worker.tun.written, vec![fits]);
     assert_eq!((load(&b.counters().keepalives), load(&b.counters().ike_forwarded)), (1, 1));
     assert_eq!(b.drops(), vec![(DropReason::Malformed, 1), (DropReason::UnknownSpi, 1)]);
-    let control = b.control.lock().unwrap();
-    let [ToControl::Ike { from: ike_from, data }] = &control[..] else { panic!("{control:?}") };
-    assert_eq!((*ike_from, data.as_slice()), (from, &[0x11; 28][..]));
+    {
+        let control = b.control.lock().unwrap();
+        let [ToControl::Ike { from: ike_from, data }] = &control[..] else { panic!("{control:?}") };
+        assert_eq!((*ike_from, data.as_slice()), (from, &[0x11; 28][..]));
+    }
+
+    // The control plane's queue is full: the next IKE datagram is dropped and counted.
+    b.control_full.store(true, Ordering::Relaxed);
+    b.worker.udp.incoming.push_back((from, [&[0u8; 4][..], &[0x22; 28]].concat()));
+    b.drain(UDP_READY);
+    assert_eq!(b.control.lock().unwrap().len(), 1);
+    assert_eq!(
+        b.drops(),
+        vec![(DropReason::Malformed, 1), (DropReason::UnknownSpi, 1), (DropReason::ControlQueueFull, 1)]
+    );
 }
 
 /// The ESP sequence number of an ESP packet.

@@ -135,8 +135,8 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
         for p in packets.iter_mut() {
             match &p.outcome {
                 Some(Ok(sealed)) => {
-                    if sealed.rekey_due {
-                        (self.shared.to_control)(ToControl::RekeyDue { spi_out: entry.sa.spi() });
+                    if sealed.rekey_due && !(self.shared.to_control)(ToControl::RekeyDue { spi_out: entry.sa.spi() }) {
+                        self.counters().drop(DropReason::ControlQueueFull);
                     }
                     let (esp, inner) = (sealed.range.clone(), p.payload.len());
                     // Counted when the batch is handed to the kernel, not before.
