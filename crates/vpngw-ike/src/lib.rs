@@ -17,7 +17,8 @@
 //! `numbers`, `error`, `reader`, `header`, `sa`, `payload`; `wire/mod.rs` only re-exports),
 //! `exchange` (what every handler shares: `Ctx`, `Received`, `Transmit`, retransmission,
 //! `ProtocolError`), `timer`, `keys`, `nat_t`, `message` (`Link`: an IKE SA's two ends;
-//! `MessageCrypto`: its keys), `info` (informational exchanges), `lifetime`, `child`
+//! `MessageCrypto`: its keys), `info` (informational exchanges), `lifetime` (including the
+//! bounds on lifetimes a peer chooses), `seen` (the peer's message IDs, against replays), `child`
 //! (`ChildSet`), `liveness` (DPD, re-authentication), `quick_mode` (`QuickModes`), `phase1`
 //! (main and aggressive mode as consuming typestates), `established` (the keyed state after
 //! phase 1), `ikesa` (composes them), `endpoint` (demultiplexes datagrams to IKE SAs). Feature
