@@ -235,8 +235,15 @@ impl PayloadChain {
         self.first(PayloadType::KE, |p| if let Payload::KeyExchange(k) = p { Some(k.as_slice()) } else { None })
     }
 
+    /// The nonce: 8 to 256 bytes (RFC 2409 s.5), else [`WireError::BadLength`] (a peer's
+    /// choice that the key schedule and the rekey-collision rank rely on).
     pub fn nonce(&self) -> Result<&[u8], WireError> {
-        self.first(PayloadType::NONCE, |p| if let Payload::Nonce(n) = p { Some(n.as_slice()) } else { None })
+        let n =
+            self.first(PayloadType::NONCE, |p| if let Payload::Nonce(n) = p { Some(n.as_slice()) } else { None })?;
+        if !(8..=256).contains(&n.len()) {
+            return Err(WireError::BadLength { what: "nonce (8 to 256 bytes)", len: n.len() });
+        }
+        Ok(n)
     }
 
     pub fn hash(&self) -> Result<&[u8], WireError> {
@@ -387,5 +394,19 @@ mod tests {
             parse_payloads(PayloadType::PROPOSAL, &[0, 0, 0, 4], false),
             Err(WireError::UnexpectedPayload(PayloadType::PROPOSAL))
         );
+    }
+
+    #[test]
+    fn nonces_outside_8_to_256_bytes_are_refused() {
+        let chain = |len: usize| PayloadChain {
+            payloads: vec![RawPayload { payload: Payload::Nonce(vec![7; len]), range: 0..len + 4 }],
+            end: len + 4,
+        };
+        for ok in [8, 32, 256] {
+            assert_eq!(chain(ok).nonce().map(<[u8]>::len), Ok(ok));
+        }
+        for bad in [0, 7, 257, 4000] {
+            assert!(matches!(chain(bad).nonce(), Err(WireError::BadLength { len, .. }) if len == bad), "{bad}");
+        }
     }
 }
