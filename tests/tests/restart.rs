@@ -68,6 +68,9 @@ fn a_restart_from_saved_tunnels_keeps_strongswans_ike_sa_and_spis() {
     charon.load_with(&sw_conn, &timers);
     let first = Vpngw::start(&lab, &lab.left, "restart-1", &config(&lab, "restart-1"), &[]);
     first.wait_up("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("not up\n{}", first.log_text()));
+    // The control socket is private (created so, not chmod-ed afterwards).
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&first.socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
     assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
     // Sequence numbers well past the peer's replay window (strongSwan's libipsec: 32), so
     // that a restored SA numbering from 1 again would be heard as replays.

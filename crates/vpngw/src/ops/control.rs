@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use nix::sys::stat::{Mode, umask};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -145,7 +146,13 @@ pub fn serve(path: &Path, commands: mpsc::Sender<Command>) -> Result<tokio::task
     if path.exists() {
         std::fs::remove_file(path).map_err(bind_error)?;
     }
-    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    // Created private (the umask decides a socket's mode at bind), so it is never open to
+    // other users, not even between bind and a chmod. The umask is process-wide: for this
+    // instant other threads' new files can only come out more private.
+    let old_umask = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old_umask);
+    let listener = bound.map_err(bind_error)?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
