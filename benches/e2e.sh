@@ -24,7 +24,7 @@ T=${SECONDS_PER_RUN:-10}
 REPS=${REPS:-3}
 PPS_T=${PPS_SECONDS:-5}
 NS=(be-lhost be-left be-right be-rhost)
-PSK=bench-psk-0123456789abcdef
+PSK=$LAB_PSK
 CHARON=/usr/lib/ipsec/charon
 PIDS=()
 PLACEMENT=${PLACEMENT:-own-core}
@@ -153,31 +153,9 @@ EOC
 }
 
 vg_conf() {  # vg_conf SIDE ENC HASH ENCAPSULATION [ESP_OUTPUT]
-    local side=$1 enc=$2 hash=$3 encap=$4 output=${5:-link} me peer mynet peernet start
-    if [ "$side" = left ]; then me=198.51.100.1 peer=198.51.100.2 mynet=10.1.0.0/24 peernet=10.2.0.0/24 start=active
-    else me=198.51.100.2 peer=198.51.100.1 mynet=10.2.0.0/24 peernet=10.1.0.0/24 start=passive; fi
-    cat >"$RUN/vg-$side.toml" <<EOC
-[gateway]
-public_address = "$me"
-control_socket = "$RUN/vg-$side.sock"
-esp_output = "$output"
-$([ "$PLACEMENT" = own-core ] && echo "worker_cores = [$(core_of "$side")]")
-[[connection]]
-name = "bench"
-remote_address = "$peer"
-pre_shared_key = "$PSK"
-local_subnets = ["$mynet"]
-remote_subnets = ["$peernet"]
-start = "$start"
-encapsulation = "$encap"
-[connection.ike]
-encryption = "$enc"
-authentication = "$hash"
-dh_group = "dh14"
-[connection.ipsec]
-encryption = "$enc"
-authentication = "$hash"
-EOC
+    local side=$1 core=""
+    [ "$PLACEMENT" = own-core ] && core=$(core_of "$side")
+    lab_vpngw_toml "$side" "$2" "$3" "$4" "${5:-link}" "$core" "$RUN/vg-$side.sock" >"$RUN/vg-$side.toml"
     # ip netns exec directly (not through a shell function): $! must be vpngw itself.
     ip netns exec "be-$side" "$BIN" run --config "$RUN/vg-$side.toml" >"$RUN/vg-$side.log" 2>&1 &
     PIDS+=($!)

@@ -18,7 +18,6 @@ BASE=/tmp/vpngw-worker-cost
 RESULTS=${RESULTS:-$BASE/results.txt}
 RUN=$BASE/run-$LABEL-$OUTPUT; rm -rf "$RUN"; mkdir -p "$RUN"
 NS=(ri-lhost ri-left ri-right ri-rhost)
-PSK=bench-psk-0123456789abcdef
 PIDS=()
 nsx() { local n=$1; shift; ip netns exec "$n" "$@"; }
 cleanup() { set +e; for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done; for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done; }
@@ -28,30 +27,8 @@ encap=auto output=link
 [ "$OUTPUT" = udp ] && encap=udp
 [ "$OUTPUT" = ip ] && output=ip
 for side in right left; do
-    if [ "$side" = left ]; then me=198.51.100.1 peer=198.51.100.2 mynet=10.1.0.0/24 peernet=10.2.0.0/24 start=active core=0
-    else me=198.51.100.2 peer=198.51.100.1 mynet=10.2.0.0/24 peernet=10.1.0.0/24 start=passive core=1; fi
-    cat >"$RUN/vg-$side.toml" <<EOC
-[gateway]
-public_address = "$me"
-control_socket = "$RUN/vg-$side.sock"
-esp_output = "$output"
-worker_cores = [$core]
-[[connection]]
-name = "bench"
-remote_address = "$peer"
-pre_shared_key = "$PSK"
-local_subnets = ["$mynet"]
-remote_subnets = ["$peernet"]
-start = "$start"
-encapsulation = "$encap"
-[connection.ike]
-encryption = "aes-128"
-authentication = "sha1"
-dh_group = "dh14"
-[connection.ipsec]
-encryption = "aes-128"
-authentication = "sha1"
-EOC
+    core=1; [ "$side" = left ] && core=0
+    lab_vpngw_toml "$side" aes-128 sha1 "$encap" "$output" "$core" "$RUN/vg-$side.sock" >"$RUN/vg-$side.toml"
     ip netns exec "ri-$side" "$BIN" run --config "$RUN/vg-$side.toml" >"$RUN/vg-$side.log" 2>&1 &
     PIDS+=($!)
 done
