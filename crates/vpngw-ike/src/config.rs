@@ -219,6 +219,13 @@ pub struct Phase2Policy {
     pub lifetime_kilobytes: u64,
 }
 
+impl Phase2Policy {
+    /// The volume lifetime, if any (0 configured: none).
+    pub fn volume_limit(&self) -> Option<u64> {
+        (self.lifetime_kilobytes > 0).then_some(self.lifetime_kilobytes)
+    }
+}
+
 impl Default for Phase2Policy {
     /// The seed's defaults: 3DES, MD5, no PFS, 3600 s; Tencent's 1,843,200 KB.
     fn default() -> Self {

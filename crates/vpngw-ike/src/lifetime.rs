@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use vpngw_crypto::FastRng;
 use vpngw_crypto::rand_core::Rng;
 
+use crate::config::Phase2Policy;
 use crate::event::Role;
+use crate::proposal::Phase2Choice;
 
 /// The shortest lifetime a peer may impose on an SA of ours (unless ours is shorter still): a
 /// peer's 1 s or 1 KB would otherwise have us rekey without pause.
@@ -35,6 +37,19 @@ pub(crate) fn phase2_lifetimes(
         None => theirs_kb.map(|t| t.max(PEER_FLOOR_KILOBYTES)),
     };
     (seconds, kilobytes)
+}
+
+/// Bounds the lifetimes of a quick mode's `choice` (what the peer offered or answered) by our
+/// `policy` ([`phase2_lifetimes`]).
+pub(crate) fn bound_phase2(policy: &Phase2Policy, choice: &mut Phase2Choice) {
+    let (seconds, kilobytes) = phase2_lifetimes(
+        u64::from(policy.lifetime_seconds),
+        policy.volume_limit(),
+        choice.lifetime_seconds,
+        choice.lifetime_kilobytes,
+    );
+    choice.lifetime_seconds = Some(seconds);
+    choice.lifetime_kilobytes = kilobytes;
 }
 
 /// The replacement margin is a tenth of the lifetime, at least this (short lifetimes), ...

@@ -117,7 +117,7 @@ pub fn phase2_offer(policy: &Phase2Policy, spi: Spi, encapsulation: Encapsulatio
         pfs: policy.pfs,
         encapsulation,
         lifetime_seconds: Some(u64::from(policy.lifetime_seconds)),
-        lifetime_kilobytes: (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes),
+        lifetime_kilobytes: policy.volume_limit(),
     };
     phase2_sa(1, spi, phase2_transform(1, &choice))
 }

@@ -11,7 +11,7 @@ use super::exchange::{QmState, QuickMode, open, pfs_refused};
 use crate::config::{Ipv4Subnet, SubnetPair};
 use crate::event::{FailReason, Role};
 use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit, packet_hash};
-use crate::lifetime::phase2_lifetimes;
+use crate::lifetime::bound_phase2;
 use crate::message::Secured;
 use crate::proposal;
 use crate::wire::{ExchangeType, NotifyType, Payload, encode_payloads};
@@ -116,16 +116,7 @@ pub(crate) fn on_qm2(
         }
     }
     // The answer's lifetimes are the peer's word: at most what we offered, at least the floor.
-    let policy = &link.peer.phase2;
-    let ours_kb = (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes);
-    let (seconds, kilobytes) = phase2_lifetimes(
-        u64::from(policy.lifetime_seconds),
-        ours_kb,
-        choice.lifetime_seconds,
-        choice.lifetime_kilobytes,
-    );
-    choice.lifetime_seconds = Some(seconds);
-    choice.lifetime_kilobytes = kilobytes;
+    bound_phase2(&link.peer.phase2, &mut choice);
     qm.n_r = n_r.to_vec();
     qm.spi_out = spi_out;
     qm.gxy = gxy;

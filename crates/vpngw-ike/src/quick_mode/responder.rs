@@ -9,7 +9,7 @@ use crate::child::ChildSet;
 use crate::config::{Ipv4Subnet, Phase2Policy, SubnetPair};
 use crate::event::{FailReason, Role};
 use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit, packet_hash};
-use crate::lifetime::phase2_lifetimes;
+use crate::lifetime::bound_phase2;
 use crate::message::Secured;
 use crate::proposal::{self, Phase2Choice, Phase2Selection};
 use crate::wire::{
@@ -141,18 +141,19 @@ fn responder_pfs(
 /// and not below the floor ([`phase2_lifetimes`]). Returns whether ours are shorter than
 /// offered, or the offer had none (a RESPONDER-LIFETIME goes into QM2).
 fn apply_our_lifetimes(policy: &Phase2Policy, choice: &mut Phase2Choice) -> bool {
-    let ours_kb = (policy.lifetime_kilobytes > 0).then_some(policy.lifetime_kilobytes);
     let (offered_s, offered_kb) = (choice.lifetime_seconds, choice.lifetime_kilobytes);
-    let (seconds, kilobytes) = phase2_lifetimes(u64::from(policy.lifetime_seconds), ours_kb, offered_s, offered_kb);
-    let shorter = offered_s.is_none_or(|t| seconds < t)
-        || match (kilobytes, offered_kb) {
-            (Some(k), Some(t)) => k < t,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-    choice.lifetime_seconds = Some(seconds);
-    choice.lifetime_kilobytes = kilobytes;
-    shorter
+    bound_phase2(policy, choice);
+    let seconds_shorter = match (choice.lifetime_seconds, offered_s) {
+        (Some(s), Some(t)) => s < t,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    };
+    let kilobytes_shorter = match (choice.lifetime_kilobytes, offered_kb) {
+        (Some(k), Some(t)) => k < t,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    seconds_shorter || kilobytes_shorter
 }
 
 /// Sends QM2 (HASH(2) = prf(SKEYID_a, M-ID | Ni_b | payloads after HASH)) for `qm`.
