@@ -19,7 +19,7 @@ use crate::phase1::Phase1Done;
 use crate::proposal::Phase1Choice;
 use crate::quick_mode::{ExportedQuickModes, QuickModes};
 use crate::seen::SeenIds;
-use crate::snapshot::{AnsweredRequest, IkeSaSnapshot, SnapshotError, after, after_opt, ago, before, until};
+use crate::snapshot::{IkeSaSnapshot, SnapshotError, after, after_opt, ago, before, until};
 use crate::timer::Timer;
 
 /// An established IKE SA: the only owner of its keys.
@@ -100,7 +100,7 @@ impl Established {
         link.cky_r = s.responder_cookie;
         link.nat = NatT { variant: s.nat_t, detected: s.nat_detected };
         link.peer_supports_dpd = s.peer_supports_dpd;
-        link.last_answer = s.phase1_answer.as_ref().map(|a| (a.request_hash, a.answer.clone()));
+        link.last_answer = s.phase1_answer.clone();
         link
     }
 
@@ -132,10 +132,7 @@ impl Established {
             aborted_message_ids: quick_modes.aborted,
             peer_quick_mode_ids: quick_modes.peer_started,
             peer_informational_ids: self.informational_ids.to_vec(),
-            phase1_answer: link
-                .last_answer
-                .as_ref()
-                .map(|(request_hash, answer)| AnsweredRequest { request_hash: *request_hash, answer: answer.clone() }),
+            phase1_answer: link.last_answer.clone(),
             quick_modes: quick_modes.kept,
             queued_quick_modes: quick_modes.queued,
             children: self.children.records().map(|c| c.snapshot(now)).collect(),

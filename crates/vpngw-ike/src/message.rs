@@ -15,9 +15,10 @@ use vpngw_crypto::CbcCipher;
 
 use crate::config::{ExchangeMode, PeerConfig};
 use crate::event::{IkeSaId, Role};
-use crate::exchange::{Ctx, Received, Retransmit, Transmit, packet_hash};
+use crate::exchange::{Ctx, Received, Retransmit, Transmit};
 use crate::keys::{Phase1Keys, phase2_iv};
 use crate::nat_t::NatT;
+use crate::snapshot::AnsweredRequest;
 use crate::wire::{
     ExchangeType, FLAG_ENCRYPTED, HEADER_LEN, IsakmpHeader, Payload, PayloadChain, PayloadType, VERSION_1_0, WireError,
     encode_payloads, parse_payloads,
@@ -39,7 +40,7 @@ pub(crate) struct Link {
     pub retransmit: Option<Retransmit>,
     /// The last phase 1 request we answered (hash of its bytes) and our answer, to resend on
     /// duplicates.
-    pub last_answer: Option<(u64, Vec<u8>)>,
+    pub last_answer: Option<AnsweredRequest>,
 }
 
 impl Link {
@@ -135,15 +136,15 @@ impl Link {
 
     /// Sends an answer and remembers it for duplicates of `request`.
     pub fn send_answer(&mut self, ctx: &mut Ctx<'_>, request: &[u8], packet: Vec<u8>) {
-        self.last_answer = Some((packet_hash(request), packet.clone()));
+        self.last_answer = Some(AnsweredRequest::new(request, packet.clone()));
         self.transmit(ctx, packet);
     }
 
     /// If `rx` repeats the request we last answered, resends the answer (no new work).
     pub fn answer_duplicate(&self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> bool {
         match &self.last_answer {
-            Some((h, answer)) if *h == packet_hash(rx.data) => {
-                self.transmit(ctx, answer.clone());
+            Some(a) if a.answers(rx.data) => {
+                self.transmit(ctx, a.answer.clone());
                 true
             }
             _ => false,

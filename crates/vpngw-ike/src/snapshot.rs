@@ -23,6 +23,7 @@ use vpngw_esp::Spi;
 
 use crate::config::{ExchangeMode, SubnetPair};
 use crate::event::{ChildSaState, IkeSaId, Role};
+use crate::exchange::packet_hash;
 use crate::keys::Phase1Keys;
 use crate::proposal::{Phase1Choice, Phase2Choice};
 
@@ -80,6 +81,18 @@ pub struct IkeSaSnapshot {
 pub struct AnsweredRequest {
     pub request_hash: u64,
     pub answer: Vec<u8>,
+}
+
+impl AnsweredRequest {
+    /// `answer`, sent to `request`.
+    pub(crate) fn new(request: &[u8], answer: Vec<u8>) -> Self {
+        Self { request_hash: packet_hash(request), answer }
+    }
+
+    /// Whether `request` is (a copy of) the one answered.
+    pub(crate) fn answers(&self, request: &[u8]) -> bool {
+        self.request_hash == packet_hash(request)
+    }
 }
 
 /// A quick mode kept across the export: finished (kept to answer duplicates), or one the peer

@@ -9,10 +9,11 @@ use super::auth::{
     detect_nat, float, nat_d_payloads, take_ke_nonce, take_vendor_ids,
 };
 use crate::event::FailReason;
-use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, packet_hash};
+use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received};
 use crate::message::{Link, MessageCrypto, plain_payloads};
 use crate::nat_t::initiator_vendor_ids;
 use crate::proposal::{self, Phase1Choice};
+use crate::snapshot::AnsweredRequest;
 use crate::wire::{ExchangeType, Payload, PayloadChain, parse_payloads};
 
 const EXCHANGE: ExchangeType = ExchangeType::AGGRESSIVE;
@@ -85,7 +86,7 @@ impl Aggressive {
         payloads.extend(nat_d_payloads(link, &choice));
         payloads.push(Payload::Hash(auth.hash_r(&crypto.keys, link, &our_id.body())));
         let packet = link.build_clear(EXCHANGE, 0, &payloads);
-        link.last_answer = Some((packet_hash(rx.data), packet.clone()));
+        link.last_answer = Some(AnsweredRequest::new(rx.data, packet.clone()));
         // AM2 is the middle of a three-message exchange: resent until AM3 arrives.
         link.send_request(ctx, packet);
         Ok(Self::Am3(ExpectAm3 { auth, choice, crypto, peer_id_b }))
@@ -139,7 +140,7 @@ impl ExpectAmReply {
         payloads.extend(nat_d_payloads(link, &choice));
         let packet = crypto.seal_phase1(link, EXCHANGE, &payloads);
         // AM3 expects no answer: kept to resend if AM2 comes again.
-        link.last_answer = Some((packet_hash(rx.data), packet.clone()));
+        link.last_answer = Some(AnsweredRequest::new(rx.data, packet.clone()));
         link.transmit(ctx, packet);
         Ok(Phase1Done { crypto, choice, initial_contact: None })
     }

@@ -43,7 +43,7 @@ pub(crate) struct QuickMode {
     pub lifetime: (Option<u64>, Option<u64>),
     pub retransmit: Option<Retransmit>,
     /// Hash of the last request and our answer (QM2 for a responder, QM3 for an initiator).
-    pub last_answer: Option<(u64, Vec<u8>)>,
+    pub last_answer: Option<AnsweredRequest>,
     /// Initiator of a rekey: the pair (our inbound SPI) it replaces.
     pub replaces: Option<Spi>,
 }
@@ -66,10 +66,7 @@ impl QuickMode {
             iv: self.iv.clone(),
             n_i: self.n_i.clone(),
             n_r: self.n_r.clone(),
-            last_answer: self
-                .last_answer
-                .as_ref()
-                .map(|(request_hash, answer)| AnsweredRequest { request_hash: *request_hash, answer: answer.clone() }),
+            last_answer: self.last_answer.clone(),
         }
     }
 
@@ -90,7 +87,7 @@ impl QuickMode {
             gxy: None,
             lifetime: (None, None),
             retransmit: None,
-            last_answer: s.last_answer.map(|a| (a.request_hash, a.answer)),
+            last_answer: s.last_answer,
             replaces: None,
         }
     }

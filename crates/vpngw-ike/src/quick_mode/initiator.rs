@@ -10,10 +10,11 @@ use vpngw_esp::Spi;
 use super::exchange::{QmState, QuickMode, open, pfs_refused};
 use crate::config::{Ipv4Subnet, SubnetPair};
 use crate::event::{FailReason, Role};
-use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit, packet_hash};
+use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit};
 use crate::lifetime::bound_phase2;
 use crate::message::Secured;
 use crate::proposal;
+use crate::snapshot::AnsweredRequest;
 use crate::wire::{ExchangeType, NotifyType, Payload, encode_payloads};
 
 /// Sends QM1 for `pair`, a rekey of the pair with inbound SPI `replaces` or a first SA, as
@@ -126,7 +127,7 @@ pub(crate) fn on_qm2(
     let (packet, _) = crypto.seal(link, ExchangeType::QUICK_MODE, mid, &[Payload::Hash(hash3)], &qm2.last);
     qm.retransmit = None;
     qm.state = QmState::Done;
-    qm.last_answer = Some((packet_hash(rx.data), packet.clone()));
+    qm.last_answer = Some(AnsweredRequest::new(rx.data, packet.clone()));
     link.transmit(ctx, packet);
     Ok(())
 }

@@ -17,7 +17,7 @@ use self::exchange::{QmState, QuickMode, install};
 use crate::child::{self, ChildSet};
 use crate::config::SubnetPair;
 use crate::event::{DeleteReason, Event, FailReason, Role};
-use crate::exchange::{Ctx, ProtocolError, Received, Retransmit, RetransmitDue, packet_hash};
+use crate::exchange::{Ctx, ProtocolError, Received, Retransmit, RetransmitDue};
 use crate::info;
 use crate::message::Secured;
 use crate::seen::SeenIds;
@@ -100,8 +100,8 @@ impl QuickModes {
     /// before the export), and the queued ones of ours start.
     pub fn resume(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
         for q in self.exchanges.iter_mut().filter(|q| q.state == QmState::R2 && q.retransmit.is_none()) {
-            if let Some((_, answer)) = &q.last_answer {
-                q.retransmit = Some(Retransmit::new(answer.clone(), ctx));
+            if let Some(a) = &q.last_answer {
+                q.retransmit = Some(Retransmit::new(a.answer.clone(), ctx));
             }
         }
         self.pump(ctx, channel, children);
@@ -202,10 +202,8 @@ impl QuickModes {
         };
         let qm = &mut self.exchanges[i];
         // Duplicate of a request we answered: resend the answer.
-        if let Some((h, answer)) = &qm.last_answer
-            && *h == packet_hash(rx.data)
-        {
-            channel.link.transmit(ctx, answer.clone());
+        if let Some(a) = qm.last_answer.as_ref().filter(|a| a.answers(rx.data)) {
+            channel.link.transmit(ctx, a.answer.clone());
             return false;
         }
         let result = match (qm.role, qm.state) {

@@ -8,10 +8,11 @@ use super::exchange::{Opened, QmState, QuickMode, open, pfs_refused};
 use crate::child::ChildSet;
 use crate::config::{Ipv4Subnet, Phase2Policy, SubnetPair};
 use crate::event::{FailReason, Role};
-use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit, packet_hash};
+use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received, Retransmit};
 use crate::lifetime::bound_phase2;
 use crate::message::Secured;
 use crate::proposal::{self, Phase2Choice, Phase2Selection};
+use crate::snapshot::AnsweredRequest;
 use crate::wire::{
     ExchangeType, NotifyPayload, NotifyType, Payload, PayloadChain, ProtocolId, SaPayload, encode_payloads,
 };
@@ -192,7 +193,7 @@ fn reply_qm2(
     let (packet, last) = crypto.seal(link, ExchangeType::QUICK_MODE, mid, &all, &qm1.last);
     qm.iv = last;
     qm.retransmit = Some(Retransmit::new(packet.clone(), ctx));
-    qm.last_answer = Some((packet_hash(rx.data), packet.clone()));
+    qm.last_answer = Some(AnsweredRequest::new(rx.data, packet.clone()));
     link.transmit(ctx, packet);
 }
 
