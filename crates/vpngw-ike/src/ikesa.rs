@@ -280,6 +280,10 @@ impl IkeSa {
         if self.link.answer_duplicate(ctx, rx) {
             return;
         }
+        if self.link.repeats_last_taken(rx) {
+            tracing::debug!(peer = %self.link.peer.name, "copy of a phase 1 message already taken: ignored");
+            return;
+        }
         let expected = match self.link.mode {
             ExchangeMode::Main => ExchangeType::IDENTITY_PROTECTION,
             ExchangeMode::Aggressive => ExchangeType::AGGRESSIVE,
@@ -297,7 +301,11 @@ impl IkeSa {
             }
         };
         // Quick modes start from the endpoint once it has moved older SAs' child SAs over.
-        match phase1.handle(ctx, &mut self.link, rx) {
+        let outcome = phase1.handle(ctx, &mut self.link, rx);
+        if outcome.is_ok() {
+            self.link.take(rx);
+        }
+        match outcome {
             Ok(Phase1Outcome::Waiting(next)) => self.phase = Phase::Negotiating(next),
             Ok(Phase1Outcome::Done(done)) => self.establish(ctx, *done),
             Err(Failed { error, crypto }) => {

@@ -15,7 +15,7 @@ use vpngw_crypto::CbcCipher;
 
 use crate::config::{ExchangeMode, PeerConfig};
 use crate::event::{IkeSaId, Role};
-use crate::exchange::{Ctx, Received, Retransmit, Transmit};
+use crate::exchange::{Ctx, Received, Retransmit, Transmit, packet_hash};
 use crate::keys::{Phase1Keys, phase2_iv};
 use crate::nat_t::NatT;
 use crate::snapshot::AnsweredRequest;
@@ -41,6 +41,10 @@ pub(crate) struct Link {
     /// The last phase 1 request we answered (hash of its bytes) and our answer, to resend on
     /// duplicates.
     pub last_answer: Option<AnsweredRequest>,
+    /// Hash of the last phase 1 message that moved the exchange on. A copy of it (the peer
+    /// answered a retransmission of ours, or the network duplicated it) is ignored: it would
+    /// otherwise be read as the next message and end the negotiation.
+    pub last_taken: Option<u64>,
 }
 
 impl Link {
@@ -65,6 +69,7 @@ impl Link {
             peer_supports_dpd: false,
             retransmit: None,
             last_answer: None,
+            last_taken: None,
         }
     }
 
@@ -138,6 +143,16 @@ impl Link {
     pub fn send_answer(&mut self, ctx: &mut Ctx<'_>, request: &[u8], packet: Vec<u8>) {
         self.last_answer = Some(AnsweredRequest::new(request, packet.clone()));
         self.transmit(ctx, packet);
+    }
+
+    /// Whether `rx` is a copy of the phase 1 message that last moved the exchange on.
+    pub fn repeats_last_taken(&self, rx: &Received<'_>) -> bool {
+        self.last_taken == Some(packet_hash(rx.data))
+    }
+
+    /// Remembers `rx` as the phase 1 message that last moved the exchange on.
+    pub fn take(&mut self, rx: &Received<'_>) {
+        self.last_taken = Some(packet_hash(rx.data));
     }
 
     /// If `rx` repeats the request we last answered, resends the answer (no new work).

@@ -541,3 +541,30 @@ fn unknown_peer_and_hostile_datagrams() {
     );
     assert!(p.b.ike_sas().is_empty());
 }
+
+/// The responder answers a retransmission of our MM1 (it crossed its MM2 in flight) with MM2
+/// again, which reaches us after we sent MM3. The copy is ignored: read as the next message,
+/// it would end the negotiation ("missing KE payload"), as seen against strongSwan when both
+/// sides initiated at once.
+#[test]
+fn a_copy_of_the_answer_already_taken_is_ignored() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, 13);
+    p.a.initiate(p.now, "to-b").unwrap();
+    let mm1 = p.a.poll_transmit().expect("MM1");
+    p.b.handle(p.now, mm1.remote, mm1.local, &mm1.payload);
+    let mm2 = p.b.poll_transmit().expect("MM2");
+    p.a.handle(p.now, mm2.remote, mm2.local, &mm2.payload);
+    let mm3 = p.a.poll_transmit().expect("MM3");
+    p.a.handle(p.now, mm2.remote, mm2.local, &mm2.payload);
+    assert!(p.a.poll_transmit().is_none(), "nothing sent for the copy");
+    let mut events = vec![];
+    while let Some(e) = p.a.poll_event() {
+        events.push(e);
+    }
+    assert!(Pair::failures(&events).is_empty(), "{events:?}");
+    // The exchange goes on from MM3 and completes.
+    p.b.handle(p.now, mm3.remote, mm3.local, &mm3.payload);
+    p.drive(LIMIT);
+    assert_up(&p, 1);
+}
