@@ -311,6 +311,9 @@ pub struct EngineConfig {
     pub retransmit_tries: u32,
     /// A responder's IKE SA that is not established after this long is dropped.
     pub half_open_timeout: Duration,
+    /// How long our first message waits, unsent, while the peer's crossing exchange (which won
+    /// the crossed-initiation rule) gets the chance to authenticate; then ours goes on.
+    pub crossed_pause: Duration,
 }
 
 impl Default for EngineConfig {
@@ -322,6 +325,7 @@ impl Default for EngineConfig {
             retransmit_factor: 2,
             retransmit_tries: 5,
             half_open_timeout: Duration::from_secs(30),
+            crossed_pause: Duration::from_secs(10),
         }
     }
 }

@@ -83,6 +83,14 @@ impl Retransmit {
         }
     }
 
+    /// Holds the request until `at`, then sends it again on a fresh schedule (a paused
+    /// exchange resuming: it has all its retransmissions left).
+    pub fn restart_at(&mut self, at: Instant, config: &EngineConfig) {
+        self.next_at = at;
+        self.interval = config.retransmit_initial;
+        self.tries_left = config.retransmit_tries;
+    }
+
     pub fn poll(&mut self, now: Instant, factor: u32) -> RetransmitDue {
         if now < self.next_at {
             return RetransmitDue::NotYet;
