@@ -11,6 +11,7 @@ use std::time::Instant;
 use vpngw_crypto::FastRng;
 use vpngw_esp::Spi;
 
+use crate::admission::{Admission, HalfOpen};
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
 use crate::exchange::{Ctx, Received, Transmit};
@@ -55,6 +56,7 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     spis: SpiPool,
     drops: DropCounters,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -89,6 +91,7 @@ impl Endpoint {
             events: VecDeque::new(),
             spis: SpiPool::default(),
             drops: DropCounters::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Endpoint {
     pub fn remove_peer(&mut self, now: Instant, name: &str) -> Result<(), IkeError> {
         self.terminate(now, name)?;
         self.peers.retain(|p| p.name != name);
+        self.admission.forget_peer(name);
         Ok(())
     }
 
@@ -117,6 +121,11 @@ impl Endpoint {
 
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// Responder IKE SAs not yet authenticated (bounded: `EngineConfig::half_open_total`).
+    pub fn half_open_ike_sas(&self) -> usize {
+        self.admission.half_open_count()
     }
 
     fn new_id(&mut self) -> IkeSaId {
@@ -245,6 +254,10 @@ impl Endpoint {
             Some(id) => {
                 let mut ctx = ctx!(self, now);
                 let Some(sa) = self.sas.get_mut(&id) else { return };
+                if !first_message && sa.awaits_ke() && !self.admission.dh(ctx.config, &sa.peer().name, now) {
+                    self.drops.count("dh_rate_limit", remote);
+                    return;
+                }
                 match rx.header.exchange {
                     _ if phase1 && rx.header.message_id == 0 => sa.handle_phase1(&mut ctx, &rx),
                     ExchangeType::QUICK_MODE => sa.handle_quick_mode(&mut ctx, &rx),
@@ -312,11 +325,42 @@ impl Endpoint {
         if !self.settle_crossed_initiation(now, &peer, rx) {
             return;
         }
+        if !self.admit_half_open(now, &peer.name, rx.remote) {
+            return;
+        }
+        // Aggressive mode computes Diffie-Hellman for the first message.
+        if mode == ExchangeMode::Aggressive && !self.admission.dh(&self.config, &peer.name, now) {
+            self.drops.count("dh_rate_limit", rx.remote);
+            return;
+        }
         let id = self.new_id();
         let mut ctx = ctx!(self, now);
         if let Some(sa) = IkeSa::respond(id, peer, &mut ctx, rx) {
+            self.admission.opened(id, &sa.peer().name);
             self.by_cookie.insert(sa.cky_i(), id);
             self.sas.insert(id, sa);
+        }
+    }
+
+    /// Room for one more half-open responder SA of `peer` ([`crate::admission`]): made by
+    /// evicting its oldest when the peer is at its cap; none when the total is reached.
+    fn admit_half_open(&mut self, now: Instant, peer: &str, remote: SocketAddr) -> bool {
+        match self.admission.half_open(&self.config, peer) {
+            HalfOpen::Admit => true,
+            HalfOpen::Full => {
+                self.drops.count("half_open_limit", remote);
+                false
+            }
+            HalfOpen::Evict(oldest) => {
+                let mut ctx = ctx!(self, now);
+                if let Some(sa) = self.sas.get_mut(&oldest) {
+                    sa.drop_all(&mut ctx, DeleteReason::Local);
+                }
+                self.admission.closed(oldest);
+                self.drops.count("half_open_evicted", remote);
+                self.reap();
+                true
+            }
         }
     }
 
@@ -411,6 +455,9 @@ impl Endpoint {
                 }
             }
         }
+        if self.sas.get(&id).is_none_or(|sa| sa.is_established() || sa.is_dead()) {
+            self.admission.closed(id);
+        }
         self.take_over(now, id);
         self.reap();
     }
@@ -463,6 +510,7 @@ impl Endpoint {
     fn reap(&mut self) {
         let dead: Vec<IkeSaId> = self.sas.iter().filter(|(_, s)| s.is_dead()).map(|(id, _)| *id).collect();
         for id in dead {
+            self.admission.closed(id);
             if let Some(sa) = self.sas.remove(&id) {
                 for spi in sa.child_spis() {
                     self.spis.release(spi);

@@ -144,6 +144,11 @@ impl IkeSa {
         self.link.role == Role::Initiator && self.link.cky_r == [0; 8] && matches!(self.phase, Phase::Negotiating(_))
     }
 
+    /// Whether the peer's next phase 1 message makes us compute Diffie-Hellman.
+    pub fn awaits_ke(&self) -> bool {
+        matches!(&self.phase, Phase::Negotiating(p1) if p1.awaits_ke())
+    }
+
     /// Whether this SA has yielded to a crossing exchange once already.
     pub fn has_yielded(&self) -> bool {
         self.yielded
