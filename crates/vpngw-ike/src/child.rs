@@ -212,15 +212,28 @@ impl ChildSet {
         self.records.iter().filter_map(ChildRecord::next_timeout).min()
     }
 
-    /// A replacement of the SA with this SPI (ours or the peer's) is wanted: it stops waiting
-    /// for its soft deadline. Returns its pair and inbound SPI while it carries the traffic.
-    pub fn begin_rekey(&mut self, spi: Spi) -> Option<(SubnetPair, Spi)> {
-        let c = self.records.iter_mut().find(|c| c.spi_in == spi || c.spi_out == spi)?;
-        if c.state != ChildSaState::Active {
-            return None;
+    /// The pair and inbound SPI of the SA with this SPI (ours or the peer's) while it carries
+    /// the traffic: one a replacement may be started for.
+    pub fn rekey_candidate(&self, spi: Spi) -> Option<(SubnetPair, Spi)> {
+        let c = self.records.iter().find(|c| c.spi_in == spi || c.spi_out == spi)?;
+        (c.state == ChildSaState::Active).then_some((c.pair, c.spi_in))
+    }
+
+    /// A replacement of the SA with inbound SPI `spi_in` is under way or done: it stops
+    /// waiting for its soft deadline.
+    pub fn rekey_started(&mut self, spi_in: Spi) {
+        if let Some(c) = self.records.iter_mut().find(|c| c.spi_in == spi_in) {
+            c.rekey_at = None;
         }
-        c.rekey_at = None;
-        Some((c.pair, c.spi_in))
+    }
+
+    /// The replacement of the SA with inbound SPI `spi_in` could not start or failed: try
+    /// again at `at` (if it still carries the traffic then), so that a rekey is never lost to
+    /// an exchange that was in the way.
+    pub fn defer_rekey(&mut self, spi_in: Spi, at: Instant) {
+        if let Some(c) = self.records.iter_mut().find(|c| c.spi_in == spi_in && c.state == ChildSaState::Active) {
+            c.rekey_at = Some(at.min(c.expires_at));
+        }
     }
 
     /// Switches outbound traffic of `spi_in`'s pair to it; every other SA pair for the same

@@ -229,7 +229,7 @@ impl IkeSa {
     pub fn resume(&mut self, ctx: &mut Ctx<'_>) {
         if let Some((est, link)) = self.established() {
             let channel = Secured { link, crypto: &est.crypto };
-            est.quick_modes.resume(ctx, channel, &est.children);
+            est.quick_modes.resume(ctx, channel, &mut est.children);
         }
     }
 
@@ -259,7 +259,7 @@ impl IkeSa {
     pub fn start_quick_modes(&mut self, ctx: &mut Ctx<'_>) {
         if let Some((est, link)) = self.established() {
             let channel = Secured { link, crypto: &est.crypto };
-            est.quick_modes.start_all(ctx, channel, &est.children);
+            est.quick_modes.start_all(ctx, channel, &mut est.children);
         }
     }
 
@@ -598,7 +598,7 @@ impl IkeSa {
             // The notify's SPI, when it carries one, names the quick mode refused.
             let spi = <[u8; 4]>::try_from(n.spi.as_slice()).ok().map(Spi::from_be_bytes);
             let channel = Secured { link, crypto: &est.crypto };
-            est.quick_modes.abort_pending(ctx, channel, &est.children, spi, reason, &detail);
+            est.quick_modes.abort_pending(ctx, channel, &mut est.children, spi, reason, &detail);
         }
         ctx.events.push_back(Event::NegotiationFailed {
             peer: Some(self.link.peer.name.clone()),

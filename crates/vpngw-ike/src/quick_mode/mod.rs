@@ -28,6 +28,9 @@ use crate::wire::ProtocolId;
 const DONE_KEPT: usize = 8;
 /// Message IDs of given-up exchanges remembered.
 const ABORTED_KEPT: usize = 16;
+/// A rekey that could not start (another exchange for the pair was under way) or whose quick
+/// mode failed is tried again this much later.
+const REKEY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Quick modes of ours under way at once on one IKE SA. strongSwan keeps the CBC IV of only
 /// its last three exchanges (keymat_v1.c, MAX_IV): a fourth concurrent one makes it forget
@@ -98,7 +101,7 @@ impl QuickModes {
 
     /// After an import: the peer's exchanges waiting for QM3 resend QM2 until it comes (as
     /// before the export), and the queued ones of ours start.
-    pub fn resume(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
         for q in self.exchanges.iter_mut().filter(|q| q.state == QmState::R2 && q.retransmit.is_none()) {
             if let Some(a) = &q.last_answer {
                 q.retransmit = Some(Retransmit::new(a.answer.clone(), ctx));
@@ -119,7 +122,7 @@ impl QuickModes {
 
     /// Starts a quick mode for every configured pair that has neither an SA nor an exchange.
     /// They run [`MAX_IN_FLIGHT`] at a time, the rest queued.
-    pub fn start_all(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+    pub fn start_all(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
         for pair in &channel.link.peer.subnets {
             if !children.has_pair(pair) && !self.busy(pair) {
                 self.queue.push_back(Queued { pair: *pair, replaces: None });
@@ -131,10 +134,14 @@ impl QuickModes {
     /// Starts replacing the child SA with this SPI (ours or the peer's) unless a replacement
     /// is under way or done. Returns whether a quick mode started.
     pub fn rekey(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, spi: Spi) -> bool {
-        let Some((pair, old)) = children.begin_rekey(spi) else { return false };
-        if self.busy(&pair) || children.has_replacement(&pair, old) {
+        let Some((pair, old)) = children.rekey_candidate(spi) else { return false };
+        if children.has_replacement(&pair, old) || self.busy(&pair) {
+            // A replacement is under way (the peer's rekey, most likely): when it takes over,
+            // this SA is replaced and nothing is left to do; if it fails, ours goes then.
+            children.defer_rekey(old, ctx.now + REKEY_RETRY);
             return false;
         }
+        children.rekey_started(old);
         tracing::info!(peer = %channel.link.peer.name, spi_in = %old, selectors = %pair, "rekeying child SA");
         // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
         self.queue.push_back(Queued { pair, replaces: Some(old) });
@@ -143,7 +150,7 @@ impl QuickModes {
     }
 
     /// Starts queued quick modes while fewer than [`MAX_IN_FLIGHT`] of ours are under way.
-    fn pump(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+    fn pump(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
         loop {
             let in_flight = self.exchanges.iter().filter(|q| q.role == Role::Initiator && q.is_open()).count();
             if in_flight >= MAX_IN_FLIGHT {
@@ -162,6 +169,9 @@ impl QuickModes {
                 let message_id = self.new_message_id(ctx);
                 let qm = initiator::start(ctx, channel, message_id, pair, q.replaces);
                 self.exchanges.push(qm);
+            } else if let (true, Some(old)) = (wanted, q.replaces) {
+                // The peer started an exchange for the pair meanwhile: ours waits for it.
+                children.defer_rekey(old, ctx.now + REKEY_RETRY);
             }
         }
     }
@@ -264,6 +274,9 @@ impl QuickModes {
         f: ProtocolError,
     ) {
         let qm = self.exchanges.remove(index);
+        if let (Role::Initiator, Some(old)) = (qm.role, qm.replaces) {
+            children.defer_rekey(old, ctx.now + REKEY_RETRY);
+        }
         if children.is_installing(qm.spi_in) {
             // A responder's inbound SA, installed at QM2: QM3 never came right. The initiator may
             // be sending with it already: the Delete sends it back to an older pair.
@@ -326,7 +339,7 @@ impl QuickModes {
         &mut self,
         ctx: &mut Ctx<'_>,
         channel: Secured<'_>,
-        children: &ChildSet,
+        children: &mut ChildSet,
         spi: Option<Spi>,
         reason: FailReason,
         detail: &str,
@@ -341,6 +354,9 @@ impl QuickModes {
             .collect();
         for q in self.exchanges.iter().filter(|q| dropped.contains(&q.spi_in)) {
             self.aborted.push_back(q.message_id);
+            if let Some(old) = q.replaces {
+                children.defer_rekey(old, ctx.now + REKEY_RETRY);
+            }
         }
         while self.aborted.len() > ABORTED_KEPT {
             self.aborted.pop_front();
