@@ -38,6 +38,13 @@ const REKEY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// exchange (DPD, Delete) and a quick mode the peer starts.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
+/// Quick modes the peer may have open at once on one IKE SA (strongSwan runs at most three
+/// of its own; see [`MAX_IN_FLIGHT`]).
+const MAX_PEER_IN_FLIGHT: usize = 4;
+/// Child SAs per subnet pair on one IKE SA, beyond which the peer's quick modes are dropped:
+/// one carrying traffic, its replacement, and replaced ones retiring (10 s each).
+const MAX_CHILD_SAS_PER_PAIR: usize = 6;
+
 /// A quick mode waiting for its turn: a pair's first SA, or the replacement of the child SA
 /// with this inbound SPI (a rekey).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,6 +253,15 @@ impl QuickModes {
 
     /// A new exchange the peer starts (QM1).
     fn respond(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, rx: &Received<'_>) -> bool {
+        // An authenticated peer still gets bounded work and state: a few of its quick modes
+        // open at once, and a few child SAs per subnet pair (the current one, its replacement,
+        // and retiring ones).
+        let open = self.exchanges.iter().filter(|q| q.role == Role::Responder && q.is_open()).count();
+        let limit = MAX_CHILD_SAS_PER_PAIR * channel.link.peer.subnets.len().max(1);
+        if open >= MAX_PEER_IN_FLIGHT || children.records().count() >= limit {
+            tracing::debug!(peer = %channel.link.peer.name, open, child_sas = children.records().count(), "quick mode over the limits: dropped");
+            return false;
+        }
         let mut offered = None;
         match responder::on_qm1(ctx, channel, rx, &mut offered) {
             Ok(mut qm) => {
