@@ -85,7 +85,14 @@ impl ChildRecord {
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        [Some(self.expires_at), self.rekey_at, self.activate_at, self.retire_at].into_iter().flatten().min()
+        [Some(self.expires_at), self.rekey_deadline(), self.activate_at, self.retire_at].into_iter().flatten().min()
+    }
+
+    /// The soft deadline counts only while the SA carries the traffic: a pair still being
+    /// installed (a responder waiting for QM3) rekeys once it is active, and a replaced one
+    /// never. (A due deadline that nothing acts on would wake the engine at once, forever.)
+    fn rekey_deadline(&self) -> Option<Instant> {
+        self.rekey_at.filter(|_| self.state == ChildSaState::Active)
     }
 }
 
@@ -341,7 +348,7 @@ impl ChildSet {
             send_delete(ctx, channel, spi);
             self.remove(ctx, &channel.link.peer.name, spi, reason);
         }
-        self.records.iter().filter(|c| due(c.rekey_at)).map(|c| c.spi_in).collect()
+        self.records.iter().filter(|c| due(c.rekey_deadline())).map(|c| c.spi_in).collect()
     }
 }
 

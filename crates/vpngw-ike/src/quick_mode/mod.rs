@@ -237,6 +237,11 @@ impl QuickModes {
             }
         };
         match result {
+            Err(f) if f.is_unauthenticated() => {
+                // Not shown to come from the peer: our exchange goes on as if it never came.
+                tracing::debug!(peer = %peer, message_id = mid, error = %f, "unauthenticated quick mode message dropped");
+                false
+            }
             Ok(installed) => {
                 if installed {
                     self.prune_done();
@@ -273,8 +278,14 @@ impl QuickModes {
                 self.prune_done();
                 true
             }
+            Err(f) if f.is_unauthenticated() => {
+                tracing::debug!(peer = %channel.link.peer.name, error = %f, "unauthenticated quick mode message dropped");
+                false
+            }
             Err(f) => {
                 tracing::debug!(peer = %channel.link.peer.name, reason = %f.reason(), "quick mode refused");
+                // Its retransmissions are dropped, not refused again (with a DH each under PFS).
+                self.remember_aborted(rx.header.message_id);
                 report(ctx, channel, f, offered.unwrap_or(Spi::new(0)));
                 false
             }
@@ -290,6 +301,9 @@ impl QuickModes {
         f: ProtocolError,
     ) {
         let qm = self.exchanges.remove(index);
+        // The peer may go on with it (it does not know): its later messages are dropped, not
+        // taken for a new exchange.
+        self.remember_aborted(qm.message_id);
         if let (Role::Initiator, Some(old)) = (qm.role, qm.replaces) {
             children.defer_rekey(old, ctx.now + REKEY_RETRY);
         }
@@ -303,6 +317,13 @@ impl QuickModes {
         }
         report(ctx, channel, f, qm.spi_in);
         self.pump(ctx, channel, children);
+    }
+
+    fn remember_aborted(&mut self, message_id: u32) {
+        self.aborted.push_back(message_id);
+        while self.aborted.len() > ABORTED_KEPT {
+            self.aborted.pop_front();
+        }
     }
 
     fn prune_done(&mut self) {
@@ -368,14 +389,13 @@ impl QuickModes {
             .filter(|q| pending(q) && named.is_none_or(|s| q.spi_in == s))
             .map(|q| q.spi_in)
             .collect();
-        for q in self.exchanges.iter().filter(|q| dropped.contains(&q.spi_in)) {
-            self.aborted.push_back(q.message_id);
-            if let Some(old) = q.replaces {
+        let aborted: Vec<(u32, Option<Spi>)> =
+            self.exchanges.iter().filter(|q| dropped.contains(&q.spi_in)).map(|q| (q.message_id, q.replaces)).collect();
+        for (message_id, replaces) in aborted {
+            self.remember_aborted(message_id);
+            if let Some(old) = replaces {
                 children.defer_rekey(old, ctx.now + REKEY_RETRY);
             }
-        }
-        while self.aborted.len() > ABORTED_KEPT {
-            self.aborted.pop_front();
         }
         self.exchanges.retain(|q| !dropped.contains(&q.spi_in));
         for s in &dropped {

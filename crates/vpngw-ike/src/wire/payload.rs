@@ -315,6 +315,10 @@ pub fn parse_payloads(first: PayloadType, data: &[u8], allow_trailing: bool) -> 
 
 /// Encodes a chain: each generic header's next-payload field names the following payload.
 pub fn encode_payloads(payloads: &[Payload]) -> Vec<u8> {
+    #[cfg(feature = "testing")]
+    let rewritten = crate::testing::hostile::rewrite(payloads);
+    #[cfg(feature = "testing")]
+    let payloads: &[Payload] = rewritten.as_deref().unwrap_or(payloads);
     let mut out = Vec::with_capacity(256);
     for (i, p) in payloads.iter().enumerate() {
         let next = payloads.get(i + 1).map_or(PayloadType::NONE, Payload::kind);
