@@ -65,6 +65,27 @@ fn check_lists_every_problem_and_exits_2() {
 }
 
 #[test]
+fn check_refuses_connections_whose_subnets_overlap_naming_both() {
+    let second = "\n[[connection]]\nname = \"branch-2\"\nremote_address = \"198.51.100.3\"\n\
+                  pre_shared_key = \"super-secret-psk-value\"\nlocal_subnets = [\"10.1.0.0/16\"]\nremote_subnets = [\"10.2.0.128/25\"]\n";
+    let out =
+        vpngw().args(["check", "--config"]).arg(write("overlap.toml", &format!("{GOOD}{second}"))).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("1 problem(s)"), "{err}");
+    assert!(
+        err.contains("connection[1].remote_subnets = \"10.2.0.128/25\": 10.1.0.0/16 -> 10.2.0.128/25 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24"),
+        "{err}"
+    );
+    assert!(!err.contains("super-secret"), "{err}");
+    // Disjoint remote subnets: accepted.
+    let disjoint = second.replace("10.2.0.128/25", "10.3.0.0/24");
+    let out =
+        vpngw().args(["check", "--config"]).arg(write("disjoint.toml", &format!("{GOOD}{disjoint}"))).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn check_reports_syntax_errors_and_missing_files() {
     let out = vpngw().args(["check", "--config"]).arg(write("syntax.toml", "[gateway\nx=")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -1,5 +1,6 @@
 //! `[[connection]]` and its `dpd` and `health_check` tables: one connection's peer, key, subnets
-//! and start, and the rules across connections (unique names, one key per remote address).
+//! and start, and the rules across connections (unique names, one key per remote address,
+//! disjoint subnets).
 //! The `ike` and `ipsec` tables are in `ike_ipsec.rs`.
 
 use std::collections::BTreeSet;
@@ -37,6 +38,8 @@ impl Walker {
     /// when `[gateway]` is invalid).
     pub(super) fn connections(&mut self, root: &Table, public: Option<Ipv4Addr>) -> Vec<Connection> {
         let mut connections = Vec::new();
+        // The index in the file of each connection kept (an invalid one is not).
+        let mut at = Vec::new();
         match root.get("connection") {
             None => {}
             Some(Value::Array(list)) => {
@@ -46,6 +49,7 @@ impl Walker {
                         Value::Table(t) => {
                             if let Some(c) = self.connection(&key, t, public) {
                                 connections.push(c);
+                                at.push(i);
                             }
                         }
                         v => self.problem(&key, Some(v), "must be a table ([[connection]])"),
@@ -56,7 +60,25 @@ impl Walker {
         }
         self.check_names_unique(&connections);
         self.check_one_key_per_address(&connections);
+        self.check_subnets_disjoint(&connections, &at);
         connections
+    }
+
+    /// Two connections whose subnets can match one packet would take each other's traffic:
+    /// every such pair is a problem, under the later one's `remote_subnets`.
+    fn check_subnets_disjoint(&mut self, connections: &[Connection], at: &[usize]) {
+        for (i, c) in connections.iter().enumerate() {
+            for (j, d) in connections[..i].iter().enumerate() {
+                if let Some(o) = overlap(c, d) {
+                    let reason = o.reason(&format!("{:?} (connection[{}])", d.peer.name, at[j]));
+                    self.problem(
+                        &format!("connection[{}].remote_subnets", at[i]),
+                        Some(&Value::String(o.ours.remote.to_string())),
+                        reason,
+                    );
+                }
+            }
+        }
     }
 
     fn check_names_unique(&mut self, connections: &[Connection]) {
@@ -349,6 +371,37 @@ impl Walker {
     }
 }
 
+/// Where two connections' policies meet: a subnet pair of each that can both match one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    pub ours: SubnetPair,
+    pub theirs: SubnetPair,
+}
+
+impl Overlap {
+    /// The problem's reason; `other` names the other connection.
+    pub fn reason(&self, other: &str) -> String {
+        format!(
+            "{} -> {} overlaps connection {other}'s {} -> {}: one packet could match both connections, \
+             and either one's SA would carry it; make the local or the remote subnets disjoint",
+            self.ours.local, self.ours.remote, self.theirs.local, self.theirs.remote
+        )
+    }
+}
+
+/// The first pair of `a`'s and `b`'s subnet pairs that can both match one packet (the local
+/// subnets overlap and the remote subnets overlap); None when the two are disjoint.
+pub fn overlap(a: &Connection, b: &Connection) -> Option<Overlap> {
+    let meet = |x: &Ipv4Subnet, y: &Ipv4Subnet| x.covers(y) || y.covers(x);
+    a.peer.subnets.iter().find_map(|p| {
+        b.peer
+            .subnets
+            .iter()
+            .find(|q| meet(&p.local, &q.local) && meet(&p.remote, &q.remote))
+            .map(|q| Overlap { ours: *p, theirs: *q })
+    })
+}
+
 fn parse_subnet(s: &str) -> Option<Result<Ipv4Subnet, String>> {
     let (addr, prefix) = s.split_once('/')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
@@ -412,6 +465,63 @@ mod tests {
         assert_eq!(keys, ["connection[0].health_check.local_address", "connection[0].health_check.remote_address"]);
         let off = format!("{MINIMAL}[metrics]\nenabled = false\n");
         assert_eq!(Config::parse(&off, Path::new(".")).unwrap().metrics.listen, None);
+    }
+
+    /// MINIMAL plus a second connection to another peer with these subnets.
+    fn with_second(local: &str, remote: &str) -> String {
+        format!(
+            "{MINIMAL}\n[[connection]]\nname = \"branch-2\"\nremote_address = \"198.51.100.3\"\n\
+             pre_shared_key = \"lab-psk-0123456789abcdef\"\nlocal_subnets = [{local}]\nremote_subnets = [{remote}]\n"
+        )
+    }
+
+    #[test]
+    fn connections_whose_subnets_can_match_one_packet_are_refused() {
+        // MINIMAL's branch-1: 10.1.0.0/24 -> 10.2.0.0/24.
+        for (local, remote) in [
+            ("\"10.1.0.0/24\"", "\"10.2.0.0/24\""),                   // the same
+            ("\"10.1.0.0/16\"", "\"10.2.0.128/25\""),                 // one inside, one covering
+            ("\"10.5.0.0/24\", \"10.1.0.64/26\"", "\"10.2.0.0/23\""), // one of several pairs
+        ] {
+            let text = with_second(local, remote);
+            let Err(ParseError::Invalid(problems)) = Config::parse(&text, Path::new(".")) else {
+                panic!("{local} -> {remote} accepted")
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            let p = problems[0].to_string();
+            assert_eq!(problems[0].key, "connection[1].remote_subnets", "{p}");
+            assert!(p.contains("\"branch-1\" (connection[0])") && p.contains("10.1.0.0/24 -> 10.2.0.0/24"), "{p}");
+        }
+        // Disjoint on either side: a packet matches one of them at most.
+        for (local, remote) in [
+            ("\"10.1.0.0/24\"", "\"10.3.0.0/24\""),
+            ("\"10.4.0.0/24\"", "\"10.2.0.0/24\""),
+            ("\"10.1.1.0/24\"", "\"10.2.0.0/16\""),
+        ] {
+            let c = Config::parse(&with_second(local, remote), Path::new("."))
+                .unwrap_or_else(|e| panic!("{local} -> {remote} refused: {e:?}"));
+            assert_eq!(c.connections.len(), 2);
+        }
+    }
+
+    #[test]
+    fn every_overlapping_pair_is_listed_with_both_names() {
+        let third = "\n[[connection]]\nname = \"branch-3\"\nremote_address = \"198.51.100.4\"\n\
+                     pre_shared_key = \"lab-psk-0123456789abcdef\"\nlocal_subnets = [\"10.1.0.0/16\"]\nremote_subnets = [\"10.2.0.0/16\"]\n";
+        let text = with_second("\"10.1.0.0/24\"", "\"10.2.0.0/24\"") + third;
+        let Err(ParseError::Invalid(problems)) = Config::parse(&text, Path::new(".")) else { panic!("accepted") };
+        let shown: Vec<(String, String)> = problems
+            .iter()
+            .map(|p| (p.key.clone(), p.reason.split(':').next().unwrap_or_default().to_string()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("connection[1].remote_subnets".into(), "10.1.0.0/24 -> 10.2.0.0/24 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+                ("connection[2].remote_subnets".into(), "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+                ("connection[2].remote_subnets".into(), "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-2\" (connection[1])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+            ]
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::Duration;
 use toml::Table;
 use vpngw_ike::PeerConfig;
 
+pub use connection::overlap;
 pub use walker::Problem;
 use walker::Walker;
 

@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 use toml::Table;
 
-use crate::config::{Api, Connection, parse_connection};
+use crate::config::{Api, Connection, overlap, parse_connection};
 use crate::ops::control::{Command, ErrorKind, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -240,15 +240,17 @@ async fn diagnosis(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Ht
 // ------------------------------------------------------------------------------------------
 // The state file: runtime connections across restarts.
 
-/// Reads the runtime connections saved by earlier runs. Entries that no longer validate, or
-/// whose name the configuration file now uses, are skipped and logged: the daemon starts.
-/// Every entry's table comes back, the skipped ones too: a later save keeps them.
+/// Reads the runtime connections saved by earlier runs. Entries that no longer validate, whose
+/// name the configuration file now uses, or whose subnets overlap those of another connection
+/// (`file`'s or one restored before), are skipped and logged: the daemon starts. Every entry's
+/// table comes back, the skipped ones too: a later save keeps them.
 pub fn load_state(
     path: &Path,
     public: std::net::Ipv4Addr,
     base: &Path,
-    taken: &[String],
+    file: &[Connection],
 ) -> (Vec<Connection>, BTreeMap<String, Table>) {
+    let taken: Vec<&str> = file.iter().map(|c| c.peer.name.as_str()).collect();
     let mut connections = Vec::new();
     let mut tables = BTreeMap::new();
     let text = match std::fs::read_to_string(path) {
@@ -269,12 +271,18 @@ pub fn load_state(
     for item in root.get("connection").and_then(toml::Value::as_array).into_iter().flatten() {
         let Some(t) = item.as_table() else { continue };
         let name = t.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
-        if taken.contains(&name) {
+        if taken.contains(&name.as_str()) {
             tracing::warn!(connection = %name, "runtime connection skipped: the configuration file defines one with this name");
             continue;
         }
         match parse_connection(t, public, base, "connection") {
-            Ok(c) => connections.push(c),
+            Ok(c) => match file.iter().chain(&connections).find_map(|d| overlap(&c, d).map(|o| (d, o))) {
+                Some((d, o)) => {
+                    let reason = o.reason(&format!("{:?}", d.peer.name));
+                    tracing::error!(connection = %name, problem = %reason, "runtime connection skipped (kept in the state file)");
+                }
+                None => connections.push(c),
+            },
             Err(problems) => {
                 for p in problems {
                     tracing::error!(connection = %name, problem = %p, "runtime connection skipped (kept in the state file)");
