@@ -53,6 +53,8 @@ fn gateway(lab: &Lab, name: &str) -> (String, PathBuf) {
     let dir = lab.dir.join(format!("api-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
+    // vpngw refuses a token file that group or others can read.
+    std::fs::set_permissions(dir.join("api.token"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let state = dir.join("connections.toml");
     let file_conn = format!(
         "[[connection]]\nname = \"from-file\"\nremote_address = \"198.51.100.9\"\npre_shared_key = \"file-psk-abcdef\"\n\

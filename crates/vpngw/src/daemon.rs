@@ -250,7 +250,7 @@ async fn serve_surfaces(config: &Config) -> Result<(Surfaces, Option<api::ApiTok
     let (api, token) = match &config.api {
         Some(api) => {
             let (task, token) = api::serve(api, cmd_tx.clone()).await?;
-            tracing::info!(listen = %api.listen, "management API at http://{}/api/v1/", api.listen);
+            tracing::info!(listen = %api.listen, "management API at {}://{}/api/v1/", api.scheme(), api.listen);
             (Some(task), Some(token))
         }
         None => (None, None),

@@ -12,7 +12,7 @@ use toml::{Table, Value};
 use vpngw_crypto::SecretBytes;
 use vpngw_ike::{DpdAction, DpdPolicy, Ipv4Subnet, PeerConfig, SubnetPair};
 
-use super::walker::{NAME_CHARS, Problem, Walker, valid_name};
+use super::walker::{NAME_CHARS, Problem, Walker, loose_secret_mode, valid_name};
 use super::{Connection, HealthCheck, Start, UdpEncapsulation};
 
 const CONNECTION_KEYS: &[&str] = &[
@@ -296,7 +296,20 @@ impl Walker {
             }
             (None, Some(Value::String(p))) => {
                 let path = if Path::new(p).is_absolute() { PathBuf::from(p) } else { self.base.join(p) };
-                match std::fs::read(&path) {
+                let file = std::fs::File::open(&path);
+                // The mode of the file read, not of whatever the path names a moment later.
+                if let Ok(meta) = file.as_ref().map(std::fs::File::metadata)
+                    && let Ok(meta) = meta
+                    && let Some(reason) = loose_secret_mode(&path, &meta)
+                {
+                    self.problem(&format!("{key}.pre_shared_key_file"), t.get("pre_shared_key_file"), reason);
+                    return (None, String::new());
+                }
+                let read = file.and_then(|mut f| {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+                });
+                match read {
                     Ok(mut bytes) => {
                         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                             bytes.pop();
@@ -529,6 +542,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vpngw-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k.psk"), "secret-from-file\n").unwrap();
+        let private = |mode| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.join("k.psk"), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        private(0o600);
         let text = MINIMAL.replace("pre_shared_key = \"lab-psk-0123456789abcdef\"", "pre_shared_key_file = \"k.psk\"")
             + "[connection.ike]\nmode = \"aggressive\"\nlocal_id = \"fqdn:left.lab.example\"\nremote_id = \"fqdn:right.lab.example\"\n";
         let c = Config::parse(&text, &dir).unwrap();
@@ -537,6 +555,17 @@ mod tests {
         assert_eq!(p.local_id, Identity::Fqdn("left.lab.example".into()));
         assert_eq!(p.mode, ExchangeMode::Aggressive);
         assert!(c.connections[0].psk_source.starts_with("file "));
+        // Group- or world-readable: refused, naming the file, its mode and the fix, not the key.
+        for (mode, shown) in [(0o644, "0644"), (0o640, "0640"), (0o602, "0602")] {
+            private(mode);
+            let Err(ParseError::Invalid(problems)) = Config::parse(&text, &dir) else { panic!("{shown} accepted") };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            let p = problems[0].to_string();
+            let path = dir.join("k.psk").display().to_string();
+            assert!(p.starts_with("connection[0].pre_shared_key_file = \"k.psk\""), "{p}");
+            assert!(p.contains(&format!("{path} has mode {shown}")) && p.contains(&format!("chmod 600 {path}")), "{p}");
+            assert!(!p.contains("secret-from-file"), "{p}");
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -22,8 +22,9 @@ fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
         ("gateway.worker_cores", old.worker_cores != now.worker_cores),
         ("metrics", was.metrics != new.metrics),
         (
-            "api.listen, api.state_file",
-            was.api.as_ref().map(|a| (a.listen, &a.state_file)) != new.api.as_ref().map(|a| (a.listen, &a.state_file)),
+            "api.listen, api.state_file, api.tls_cert_file, api.tls_key_file, api.insecure_plaintext",
+            was.api.as_ref().map(|a| (a.listen, &a.state_file, &a.tls, a.insecure_plaintext))
+                != new.api.as_ref().map(|a| (a.listen, &a.state_file, &a.tls, a.insecure_plaintext)),
         ),
     ]
     .into_iter()

@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 use toml::Table;
 
-use crate::config::{Api, Connection, overlap, parse_connection};
+use crate::config::{Api, ApiTls, Connection, loose_secret_mode, overlap, parse_connection};
 use crate::ops::control::{Command, ErrorKind, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +32,12 @@ pub enum ApiError {
     Token { path: String, source: std::io::Error },
     #[error("the API token file {0} is empty")]
     EmptyToken(String),
+    #[error("the API token file {path}: {reason}")]
+    TokenMode { path: String, reason: String },
     #[error("cannot listen for the API on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the API's TLS {what} {path}: {reason}")]
+    Tls { what: &'static str, path: String, reason: String },
 }
 
 #[derive(Clone)]
@@ -51,8 +55,17 @@ impl ApiToken {
     fn read(api: &Api) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
         let path = api.token_file.display().to_string();
         let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&api.token_file)
-                .map_err(|source| ApiError::Token { path: path.clone(), source })?,
+            read_secret(&api.token_file)
+                .map_err(|e| match e {
+                    SecretError::Io(source) => ApiError::Token { path: path.clone(), source },
+                    SecretError::Mode(reason) => ApiError::TokenMode { path: path.clone(), reason },
+                })
+                .and_then(|bytes| {
+                    String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::Token {
+                        path: path.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
+                    })
+                })?,
         );
         let token = zeroize::Zeroizing::new(text.trim().as_bytes().to_vec());
         if token.is_empty() {
@@ -74,6 +87,114 @@ impl ApiToken {
     }
 }
 
+enum SecretError {
+    Io(std::io::Error),
+    /// Group or others may read it (the reason names the file, its mode and the fix).
+    Mode(String),
+}
+
+/// A file that holds a secret: refused if anyone but its owner may read it (the mode of the
+/// file opened, so no swap in between).
+fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, SecretError> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).map_err(SecretError::Io)?;
+    let meta = file.metadata().map_err(SecretError::Io)?;
+    if let Some(reason) = loose_secret_mode(path, &meta) {
+        return Err(SecretError::Mode(reason));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes).map_err(SecretError::Io)?;
+    Ok(bytes)
+}
+
+/// The API's TLS server configuration from its PEM files (read once, at start).
+fn tls_acceptor(tls: &ApiTls) -> Result<tokio_rustls::TlsAcceptor, ApiError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = tls.cert_file.display().to_string();
+    let key_path = tls.key_file.display().to_string();
+    let cert_err = |reason: String| ApiError::Tls { what: "certificate file", path: cert_path.clone(), reason };
+    let key_err = |reason: String| ApiError::Tls { what: "key file", path: key_path.clone(), reason };
+    let pem = std::fs::read(&tls.cert_file).map_err(|e| cert_err(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(cert_err("holds no certificate (PEM, BEGIN CERTIFICATE)".into()));
+    }
+    let key_pem = read_secret(&tls.key_file).map_err(|e| match e {
+        SecretError::Io(e) => key_err(e.to_string()),
+        SecretError::Mode(reason) => key_err(reason),
+    })?;
+    // The PEM parser's errors may quote a line of the file: not for a key.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| key_err("holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".into()))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cert_err(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| key_err(format!("does not go with the certificate or is not usable: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// TLS connections served at once; more wait in the kernel's backlog.
+const MAX_TLS_CONNECTIONS: usize = 64;
+/// A client has this long to finish the TLS handshake, and then to send a request's headers.
+const TLS_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` on `listener`: HTTPS through `tls` when given, plain HTTP otherwise. Runs until
+/// the task is aborted (the connections' tasks go with it).
+async fn serve_listener(listener: tokio::net::TcpListener, app: Router, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let Some(acceptor) = tls else {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "management API stopped");
+        }
+        return;
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: as axum::serve does, wait and go on.
+                tracing::warn!(error = %e, "management API: accept failed");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(TLS_CLIENT_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "management API: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "management API: TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(TLS_CLIENT_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "management API: connection ended");
+            }
+        });
+    }
+}
+
 /// Reads the token and serves the API until the task is aborted.
 pub async fn serve(
     api: &Api,
@@ -91,14 +212,15 @@ pub async fn serve(
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource (see docs/api/openapi.yaml)") })
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize))
         .with_state(ctx);
+    let tls = api.tls.as_ref().map(tls_acceptor).transpose()?;
+    if tls.is_none() && !api.listen.ip().is_loopback() {
+        // Only with insecure_plaintext = true (the configuration check refuses it otherwise).
+        tracing::warn!(listen = %api.listen, "management API over plain HTTP on a non-loopback address (insecure_plaintext = true): the bearer token crosses the network in the clear");
+    }
     let listener = tokio::net::TcpListener::bind(api.listen)
         .await
         .map_err(|source| ApiError::Bind { addr: api.listen, source })?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "management API stopped");
-        }
-    });
+    let task = tokio::spawn(serve_listener(listener, app, tls));
     Ok((task, token))
 }
 
