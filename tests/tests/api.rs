@@ -480,6 +480,19 @@ fn off_loopback_the_api_serves_https_only_and_needs_tls_or_the_opt_out() {
     let (code, body) = curl(&lab, &lab.right, &url, None, Some(TOKEN));
     assert_eq!(code, 0, "an untrusted certificate accepted: {body}");
     assert!(v.log_text().contains(&format!("management API at https://{LEFT_WAN}:9721/api/v1/")), "{}", v.log_text());
+    // A token file made readable by others: the reload is refused (the token in use stays).
+    let token_file = dir.join("api.token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&token_file, "exposed-token-9a8b7c6d\n").unwrap();
+    assert!(std::process::Command::new("kill").args(["-HUP", &v.pid.to_string()]).status().unwrap().success());
+    let refused = format!("{} has mode 0644", token_file.display());
+    wait_for(Duration::from_secs(5), || {
+        v.log_text().lines().any(|l| l.contains("reload refused") && l.contains(&refused)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a 0644 token file went unreported\n{}", v.log_text()));
+    assert_eq!(curl(&lab, &lab.right, &url, Some(&cert), Some(TOKEN)).0, 200, "the token in use changed");
+    assert_eq!(curl(&lab, &lab.right, &url, Some(&cert), Some("exposed-token-9a8b7c6d")).0, 401);
+    assert!(!v.log_text().contains("exposed-token"), "a token in the log");
     assert_eq!(v.stop(&lab), Some(0));
 
     // A key file others can read: the daemon does not start, and says why.
