@@ -437,3 +437,96 @@ pub fn save_state(path: &Path, tables: &BTreeMap<String, Table>) -> std::io::Res
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn temp_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vpngw-api-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entry(name: &str, local: &str, remote: &str) -> String {
+        format!(
+            "[[connection]]\nname = \"{name}\"\nremote_address = \"198.51.100.2\"\npre_shared_key = \"api-psk-0123456789\"\n\
+             local_subnets = [\"{local}\"]\nremote_subnets = [\"{remote}\"]\n"
+        )
+    }
+
+    #[test]
+    fn saved_connections_that_overlap_another_are_skipped_at_start_and_kept_in_the_file() {
+        let dir = temp_dir("state");
+        let file = format!(
+            "[gateway]\npublic_address = \"198.51.100.1\"\n{}",
+            entry("from-file", "10.1.1.0/24", "10.9.0.0/24")
+        );
+        let file = Config::parse(&file, &dir).unwrap().connections;
+        let state = dir.join("connections.toml");
+        let saved = [
+            entry("over-file", "10.1.0.0/16", "10.9.0.0/24"),  // overlaps the file's
+            entry("first", "10.1.2.0/24", "10.8.0.0/24"),      // disjoint: restored
+            entry("over-first", "10.1.2.0/24", "10.8.0.0/16"), // overlaps the one restored before
+            entry("second", "10.1.3.0/24", "10.8.0.0/24"),     // disjoint: restored
+        ]
+        .concat();
+        std::fs::write(&state, saved).unwrap();
+        let public = std::net::Ipv4Addr::new(198, 51, 100, 1);
+        let (restored, tables) = load_state(&state, public, &dir, &file);
+        let names: Vec<&str> = restored.iter().map(|c| c.peer.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        assert_eq!(tables.len(), 4, "a skipped entry is dropped from the file at the next save");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A self-signed certificate and its key (openssl CLI), the key 0600.
+    fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "1", "-subj", "/CN=vpngw-test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (apt install openssl)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn the_tls_files_are_checked_and_the_key_never_shown() {
+        let dir = temp_dir("tls");
+        let (cert_file, key_file) = certificate(&dir);
+        let tls = ApiTls { cert_file: cert_file.clone(), key_file: key_file.clone() };
+        assert!(tls_acceptor(&tls).is_ok());
+        // A key others can read: refused, naming the file, its mode and the fix.
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = tls_acceptor(&tls).err().unwrap().to_string();
+        assert!(e.contains("has mode 0640") && e.contains(&format!("chmod 600 {}", key_file.display())), "{e}");
+        // A damaged key: refused without a word of it.
+        let damaged = "-----BEGIN PRIVATE KEY-----\nsecret-key-material-1234\n";
+        std::fs::write(&key_file, damaged).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = tls_acceptor(&tls).err().unwrap().to_string();
+        assert!(e.contains("holds no PEM private key") && !e.contains("secret-key-material"), "{e}");
+        // Another certificate's key: refused.
+        let other = temp_dir("tls-other");
+        let (_, other_key) = certificate(&other);
+        let e = tls_acceptor(&ApiTls { cert_file, key_file: other_key }).err().unwrap().to_string();
+        assert!(e.contains("does not go with the certificate"), "{e}");
+        // Not a certificate.
+        std::fs::write(dir.join("api.crt"), "not a certificate").unwrap();
+        let e = tls_acceptor(&tls).err().unwrap().to_string();
+        assert!(e.contains("certificate file") && e.contains("holds no certificate"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+        std::fs::remove_dir_all(other).ok();
+    }
+}
