@@ -494,6 +494,21 @@ fn off_loopback_the_api_serves_https_only_and_needs_tls_or_the_opt_out() {
     assert_eq!(curl(&lab, &lab.right, &url, Some(&cert), Some("exposed-token-9a8b7c6d")).0, 401);
     assert!(!v.log_text().contains("exposed-token"), "a token in the log");
     assert_eq!(v.stop(&lab), Some(0));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The opt-out: plain HTTP off loopback, with a WARN at start.
+    let plain = config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "api-plain"), true, &api("insecure_plaintext = true\n"));
+    let v = Vpngw::start(&lab, &lab.left, "api-plain", &plain, &[]);
+    let http_url = format!("http://{LEFT_WAN}:9721/api/v1/status");
+    wait_for(Duration::from_secs(10), || (curl(&lab, &lab.right, &http_url, None, Some(TOKEN)).0 == 200).then_some(()))
+        .unwrap_or_else(|| panic!("plain HTTP not answering with the opt-out\n{}", v.log_text()));
+    assert!(
+        v.log_text().lines().any(|l| l.contains("WARN") && l.contains("insecure_plaintext = true")),
+        "no WARN for the opt-out\n{}",
+        v.log_text()
+    );
+    assert_eq!(v.stop(&lab), Some(0));
 
     // A key file others can read: the daemon does not start, and says why.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
