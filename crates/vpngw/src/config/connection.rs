@@ -38,7 +38,8 @@ impl Walker {
     /// when `[gateway]` is invalid).
     pub(super) fn connections(&mut self, root: &Table, public: Option<Ipv4Addr>) -> Vec<Connection> {
         let mut connections = Vec::new();
-        // The index in the file of each connection kept (an invalid one is not).
+        // The index in the file of each connection kept (an invalid one is not), for the keys
+        // of the problems across connections.
         let mut at = Vec::new();
         match root.get("connection") {
             None => {}
@@ -58,8 +59,8 @@ impl Walker {
             }
             Some(v) => self.problem("connection", Some(v), "must be an array of tables ([[connection]])"),
         }
-        self.check_names_unique(&connections);
-        self.check_one_key_per_address(&connections);
+        self.check_names_unique(&connections, &at);
+        self.check_one_key_per_address(&connections, &at);
         self.check_subnets_disjoint(&connections, &at);
         connections
     }
@@ -81,9 +82,9 @@ impl Walker {
         }
     }
 
-    fn check_names_unique(&mut self, connections: &[Connection]) {
+    fn check_names_unique(&mut self, connections: &[Connection], at: &[usize]) {
         let mut names = BTreeSet::new();
-        for (i, c) in connections.iter().enumerate() {
+        for (c, i) in connections.iter().zip(at) {
             if !names.insert(c.peer.name.clone()) {
                 self.problem(
                     &format!("connection[{i}].name"),
@@ -96,12 +97,12 @@ impl Walker {
 
     /// Main mode picks the pre-shared key by the peer's address before the peer's identity is
     /// known: two connections to one address must share the key.
-    fn check_one_key_per_address(&mut self, connections: &[Connection]) {
+    fn check_one_key_per_address(&mut self, connections: &[Connection], at: &[usize]) {
         for (i, c) in connections.iter().enumerate() {
             for d in &connections[..i] {
                 if c.peer.remote_address == d.peer.remote_address && c.peer.psk != d.peer.psk {
                     self.problem(
-                        &format!("connection[{i}].pre_shared_key"),
+                        &format!("connection[{}].pre_shared_key", at[i]),
                         None,
                         format!("connection {:?} has the same remote_address but another key; main mode selects the key by address, so they must be equal", d.peer.name),
                     );
@@ -515,6 +516,17 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{local} -> {remote} refused: {e:?}"));
             assert_eq!(c.connections.len(), 2);
         }
+    }
+
+    #[test]
+    fn problems_across_connections_name_them_by_their_place_in_the_file() {
+        // connection[1] is invalid (no key): the overlap is between connection[0] and [2].
+        let invalid = "\n[[connection]]\nname = \"broken\"\nremote_address = \"198.51.100.5\"\n\
+                       local_subnets = [\"10.5.0.0/24\"]\nremote_subnets = [\"10.6.0.0/24\"]\n";
+        let text = format!("{MINIMAL}{invalid}") + &with_second("\"10.1.0.0/24\"", "\"10.2.0.0/24\"")[MINIMAL.len()..];
+        let Err(ParseError::Invalid(problems)) = Config::parse(&text, Path::new(".")) else { panic!("accepted") };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["connection[1].pre_shared_key", "connection[2].remote_subnets"], "{problems:?}");
     }
 
     #[test]
