@@ -193,9 +193,9 @@ fn load(config_path: &Path) -> Result<(Config, BTreeMap<String, toml::Table>), D
     let mut config = Config::load(config_path)?;
     let mut api_tables = BTreeMap::new();
     if let Some(api) = &config.api {
-        let taken: Vec<String> = config.connections.iter().map(|c| c.peer.name.clone()).collect();
         let base = config_path.parent().unwrap_or(Path::new("/"));
-        let (restored, tables) = api::load_state(&api.state_file, config.gateway.public_address, base, &taken);
+        let (restored, tables) =
+            api::load_state(&api.state_file, config.gateway.public_address, base, &config.connections);
         if !restored.is_empty() {
             tracing::info!(count = restored.len(), file = %api.state_file.display(), "runtime connections restored");
         }
@@ -250,7 +250,7 @@ async fn serve_surfaces(config: &Config) -> Result<(Surfaces, Option<api::ApiTok
     let (api, token) = match &config.api {
         Some(api) => {
             let (task, token) = api::serve(api, cmd_tx.clone()).await?;
-            tracing::info!(listen = %api.listen, "management API at http://{}/api/v1/", api.listen);
+            tracing::info!(listen = %api.listen, "management API at {}://{}/api/v1/", api.scheme(), api.listen);
             (Some(task), Some(token))
         }
         None => (None, None),
