@@ -313,7 +313,14 @@ mod tests {
         h.tick(start + Duration::from_secs(3));
         assert_eq!(h.unknown_log.logged, 2, "nothing held back: no summary");
         let (name, remote) = unknown(20_000);
-        h.negotiation_failed_at(start + Duration::from_secs(4), None, &name, remote, FailReason::UnknownPeer, "x".into());
+        h.negotiation_failed_at(
+            start + Duration::from_secs(4),
+            None,
+            &name,
+            remote,
+            FailReason::UnknownPeer,
+            "x".into(),
+        );
         assert_eq!(h.unknown_log.logged, 3);
     }
 

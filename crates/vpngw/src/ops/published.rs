@@ -219,3 +219,139 @@ impl Drop for OpsThread {
         self.halt();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::ops::control;
+
+    const CONFIG: &str = r#"
+[gateway]
+public_address = "198.51.100.1"
+
+[[connection]]
+name = "branch-1"
+remote_address = "198.51.100.2"
+pre_shared_key = "lab-psk-0123456789abcdef"
+local_subnets = ["10.1.0.0/24"]
+remote_subnets = ["10.2.0.0/24"]
+"#;
+
+    fn state(config: &str) -> ReadState {
+        ReadState {
+            config: Arc::new(Config::parse(config, Path::new(".")).unwrap()),
+            ike_sas: Vec::new(),
+            ike_drops: DropCounters::default(),
+            table: Arc::new(SaTable::new()),
+            ledger: Arc::default(),
+            history: ConnectionHistory::default(),
+            probes: ProbeView::default(),
+            workers: Vec::new().into(),
+            link_paths: Vec::new(),
+            started: Instant::now(),
+            runtime_connections: BTreeSet::new(),
+        }
+    }
+
+    /// The surfaces as the daemon wires them: the router and the control socket on their own
+    /// runtime and thread; `to_loop` is the loop's end of the command channel.
+    struct Surfaces {
+        ops: Option<OpsThread>,
+        socket: PathBuf,
+        published: Arc<ArcSwap<ReadState>>,
+        client: tokio::runtime::Runtime,
+    }
+
+    impl Surfaces {
+        fn start(name: &str, to_loop: mpsc::Sender<Command>, timeout: Duration) -> Self {
+            let ops = OpsThread::start().unwrap();
+            let published = Arc::new(ArcSwap::from_pointee(state(CONFIG)));
+            let (requests_tx, requests) = mpsc::channel(COMMAND_QUEUE);
+            ops.handle().spawn(route(requests, published.clone(), to_loop, timeout));
+            let socket = std::env::temp_dir().join(format!("vpngw-published-{name}-{}.sock", std::process::id()));
+            {
+                let _on_ops = ops.handle().enter();
+                control::serve(&socket, requests_tx).unwrap();
+            }
+            let client = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            Self { ops: Some(ops), socket, published, client }
+        }
+
+        fn request(&self, request: Request) -> (Response, Duration) {
+            let t = Instant::now();
+            let r = self.client.block_on(control::request(&self.socket, &request)).unwrap();
+            (r, t.elapsed())
+        }
+    }
+
+    impl Drop for Surfaces {
+        fn drop(&mut self) {
+            if let Some(ops) = self.ops.take() {
+                ops.stop();
+            }
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+
+    /// The loop is busy (here: a thread that takes one command and then works for seconds, as
+    /// under a flood, never reading the next): every read through the control socket is still
+    /// answered within 100 ms, and a command gets an error answer once its timeout has passed,
+    /// not a hang.
+    #[test]
+    fn reads_are_answered_while_the_loop_is_busy_and_commands_time_out() {
+        let (to_loop, mut commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        let busy = std::thread::spawn(move || {
+            // Takes the first command and works on it for 3 s without answering.
+            let first = commands.blocking_recv();
+            std::thread::sleep(Duration::from_secs(3));
+            drop((first, commands));
+        });
+        let s = Surfaces::start("busy", to_loop, Duration::from_millis(300));
+        let (r, took) = s.request(Request::Up { connection: "branch-1".into() });
+        assert!(!r.ok, "{r:?}");
+        assert!(r.error.as_deref().unwrap_or_default().contains("did not answer within 300 ms"), "{r:?}");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+        let mut worst = Duration::ZERO;
+        for i in 0..60 {
+            let (r, took) = match i % 3 {
+                0 => s.request(Request::Status),
+                1 => s.request(Request::Diagnose { connection: "branch-1".into() }),
+                _ => s.request(Request::Connections),
+            };
+            assert!(r.ok, "{r:?}");
+            assert!(r.status.is_some() || r.diagnosis.is_some() || r.connections.is_some(), "{r:?}");
+            worst = worst.max(took);
+        }
+        eprintln!("slowest of 60 reads while the loop was busy: {worst:?}");
+        assert!(worst < Duration::from_millis(100), "{worst:?}");
+        assert!(!busy.is_finished(), "the loop was busy throughout");
+        let (r, _) = s.request(Request::Diagnose { connection: "nope".into() });
+        assert_eq!(r.kind, Some(ErrorKind::NotFound));
+        busy.join().unwrap();
+    }
+
+    /// Commands reach the loop and come back with its answer; reads show what was published
+    /// last.
+    #[test]
+    fn commands_go_to_the_loop_and_reads_follow_what_it_publishes() {
+        let (to_loop, mut commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        let looping = std::thread::spawn(move || {
+            while let Some((request, reply)) = commands.blocking_recv() {
+                let _ = reply.send(Response::ok(format!("loop got {request:?}")));
+            }
+        });
+        let s = Surfaces::start("loop", to_loop, COMMAND_TIMEOUT);
+        let (r, _) = s.request(Request::Rekey { connection: "branch-1".into() });
+        assert_eq!(r.message.as_deref(), Some("loop got Rekey { connection: \"branch-1\" }"));
+        let names = |r: Response| r.status.unwrap().connections.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        assert_eq!(names(s.request(Request::Status).0), ["branch-1"]);
+        s.published.store(Arc::new(state(&CONFIG.replace("branch-1", "branch-2"))));
+        assert_eq!(names(s.request(Request::Status).0), ["branch-2"]);
+        drop(s);
+        looping.join().unwrap();
+    }
+}
