@@ -500,7 +500,13 @@ impl Daemon {
         ReadState {
             config: self.config.clone(),
             ike_sas: self.ike.endpoint.ike_sas(),
-            ike_drops: self.ike.endpoint.drops().clone(),
+            ike_drops: {
+                let mut drops = self.ike.endpoint.drops().clone();
+                if self.ike.receive_buffer_full() > 0 {
+                    drops.by_reason.insert("receive_buffer_full", self.ike.receive_buffer_full());
+                }
+                drops
+            },
             table,
             ledger,
             history: self.history.clone(),
