@@ -348,6 +348,7 @@ impl Daemon {
             link_paths: Vec::new(),
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
+            from_loop: false,
         }));
         let (surfaces, api_token) = serve_surfaces(&config, published.clone()).await?;
         let link_paths = LinkPathDriver::open();
@@ -515,6 +516,7 @@ impl Daemon {
             link_paths: self.dataplane.as_ref().map(|dp| dp.link_paths()).unwrap_or_default(),
             started: self.started,
             runtime_connections: self.runtime.names(),
+            from_loop: true,
         }
     }
 

@@ -60,6 +60,10 @@ pub struct ReadState {
     pub started: Instant,
     /// The connections created through the management API (the others are the file's).
     pub runtime_connections: BTreeSet<String>,
+    /// Published by the loop; false for the placeholder the surfaces start with, before the
+    /// loop has restored tunnels and started connections (reads then go to the loop, as
+    /// commands do, and wait for it).
+    pub from_loop: bool,
 }
 
 impl ReadState {
@@ -132,7 +136,10 @@ pub async fn route(
     timeout: Duration,
 ) {
     while let Some((request, reply)) = requests.recv().await {
-        if let Some(answer) = published.load().answer(&request) {
+        let state = published.load();
+        if state.from_loop
+            && let Some(answer) = state.answer(&request)
+        {
             let _ = reply.send(answer);
             continue;
         }
@@ -254,6 +261,7 @@ remote_subnets = ["10.2.0.0/24"]
             link_paths: Vec::new(),
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
+            from_loop: true,
         }
     }
 
@@ -335,7 +343,7 @@ remote_subnets = ["10.2.0.0/24"]
     }
 
     /// Commands reach the loop and come back with its answer; reads show what was published
-    /// last.
+    /// last (and go to the loop before it published anything).
     #[test]
     fn commands_go_to_the_loop_and_reads_follow_what_it_publishes() {
         let (to_loop, mut commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
@@ -351,6 +359,9 @@ remote_subnets = ["10.2.0.0/24"]
         assert_eq!(names(s.request(Request::Status).0), ["branch-1"]);
         s.published.store(Arc::new(state(&CONFIG.replace("branch-1", "branch-2"))));
         assert_eq!(names(s.request(Request::Status).0), ["branch-2"]);
+        // Before the loop's first publication, reads wait for the loop too.
+        s.published.store(Arc::new(ReadState { from_loop: false, ..state(CONFIG) }));
+        assert_eq!(s.request(Request::Status).0.message.as_deref(), Some("loop got Status"));
         drop(s);
         looping.join().unwrap();
     }
