@@ -210,6 +210,12 @@ impl Dataplane {
         &self.shared.counters
     }
 
+    /// The workers' counters, to read from another thread (the daemon's read models are
+    /// served off its loop); they stay readable after [`Dataplane::stop`].
+    pub fn shared_counters(&self) -> Arc<[WorkerCounters]> {
+        self.shared.counters.clone()
+    }
+
     /// Waits until every worker has passed a point where it holds no SA reference taken
     /// before this call (idle in poll, or finished a batch): after removing an SA from the
     /// table, nothing can seal with it any more. Returns false on timeout.

@@ -36,7 +36,7 @@ pub(crate) struct Shared {
     /// An SA arrived: a worker drains the pending queues (on-traffic start) through it.
     pub pending_ready: AtomicBool,
     pub waker: sys::Waker,
-    pub counters: Vec<WorkerCounters>,
+    pub counters: std::sync::Arc<[WorkerCounters]>,
     pub to_control: ControlSink,
     pub path_mtu: u16,
     /// Source of the outer header of raw ESP sent through the link path.

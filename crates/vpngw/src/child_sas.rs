@@ -4,8 +4,8 @@
 //! traffic ledger.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use vpngw_dataplane::sa_table::{
@@ -15,7 +15,7 @@ use vpngw_esp::{DEFAULT_WINDOW, InboundSa, OutboundSa, Spi};
 use vpngw_ike::{ChildSa, Encapsulation};
 
 use crate::keylog::KeyLog;
-use crate::ledger::{Ledger, Traffic};
+use crate::ledger::Ledger;
 
 /// One child SA pair as the dataplane held it.
 #[derive(Serialize, Deserialize)]
@@ -39,14 +39,27 @@ pub struct ChildSaPublisher {
     /// The pairs published, as negotiated (keys included), by inbound SPI: what a saved state
     /// needs besides the engine's snapshot.
     negotiated: HashMap<Spi, ChildSa>,
-    /// ESP traffic per connection across SAs (for metrics).
-    ledger: Ledger,
+    /// ESP traffic per connection across SAs (for metrics). Shared with the read models,
+    /// which are served off the daemon's loop (`ops::published`): held only for a table
+    /// operation and the retiring of what it returned, so that a reader never sees an SA's
+    /// counters in neither place.
+    ledger: Arc<Mutex<Ledger>>,
     keylog: Option<KeyLog>,
 }
 
 impl ChildSaPublisher {
     pub fn new(table: Arc<SaTable>, keylog: Option<KeyLog>) -> Self {
-        Self { table, ready_outbound: HashMap::new(), negotiated: HashMap::new(), ledger: Ledger::default(), keylog }
+        Self { table, ready_outbound: HashMap::new(), negotiated: HashMap::new(), ledger: Arc::default(), keylog }
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A panic elsewhere with the lock held leaves sums that are still sums.
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The traffic ledger and the table, for the read models served off the loop.
+    pub fn shared(&self) -> (Arc<SaTable>, Arc<Mutex<Ledger>>) {
+        (self.table.clone(), self.ledger.clone())
     }
 
     /// The table the dataplane reads.
@@ -106,7 +119,7 @@ impl ChildSaPublisher {
         outbound.counters.bytes.store(saved.outbound_bytes, Ordering::Relaxed);
         self.table.install_inbound(inbound);
         if saved.sending {
-            self.ledger.retire(self.table.install_outbound(outbound));
+            self.ledger().retire(self.table.install_outbound(outbound));
         } else {
             self.ready_outbound.insert(c.spi_out, outbound);
         }
@@ -117,23 +130,20 @@ impl ChildSaPublisher {
     /// it was installed (packets held for it can go).
     pub fn activate(&mut self, spi_out: Spi) -> bool {
         let Some(out) = self.ready_outbound.remove(&spi_out) else { return false };
-        let replaced = self.table.install_outbound(out);
-        self.ledger.retire(replaced);
+        self.ledger().retire(self.table.install_outbound(out));
         true
     }
 
     /// The pair was deleted.
     pub fn deleted(&mut self, spi_in: Spi, spi_out: Spi) {
-        let gone = self.table.remove(spi_in, spi_out);
-        self.ledger.retire(gone);
+        self.ledger().retire(self.table.remove(spi_in, spi_out));
         self.ready_outbound.remove(&spi_out);
         self.negotiated.remove(&spi_in);
     }
 
     /// Every SA of the connection goes (taken down, removed or changed).
     pub fn withdraw_connection(&mut self, connection: &str) {
-        let gone = self.table.remove_connection(connection);
-        self.ledger.retire(gone);
+        self.ledger().retire(self.table.remove_connection(connection));
         self.ready_outbound.retain(|_, e| &*e.connection != connection);
         let table = &self.table;
         self.negotiated.retain(|spi, _| table.inbound(*spi).is_some());
@@ -141,17 +151,12 @@ impl ChildSaPublisher {
 
     /// A connection that no longer exists: its traffic series go.
     pub fn forget(&mut self, connection: &str) {
-        self.ledger.forget(connection);
+        self.ledger().forget(connection);
     }
 
     /// Folds the counters of withdrawn SAs no worker holds any more (see `ledger`).
     pub fn settle(&mut self) {
-        self.ledger.settle();
-    }
-
-    /// Every connection's traffic now.
-    pub fn traffic(&self) -> HashMap<String, Traffic> {
-        self.ledger.traffic(&self.table)
+        self.ledger().settle();
     }
 }
 

@@ -1,7 +1,11 @@
 //! `vpngw run`: the daemon's wiring and its loop. One tokio task owns the IKE engine and drives
 //! it (quinn's `ConnectionDriver` shape): receive datagrams, feed them in, send what comes out,
-//! sleep until the engine's next timer; control requests, scrapes and signals arrive on the same
-//! loop. Each job belongs to a small owner (one file each):
+//! sleep until the engine's next timer; commands and signals arrive on the same loop. The
+//! operator's surfaces (control socket, management API, metrics) run on a runtime and thread of
+//! their own and answer reads from the state the loop publishes after its work (at most every
+//! 50 ms, and at once after a command or a reload): a loop kept busy by a flood delays no
+//! `vpngw status` and no scrape (`ops/published.rs`). Each job belongs to a small owner (one
+//! file each):
 //! - [`IkeDriver`]: the engine and its sockets;
 //! - [`ChildSaPublisher`]: child SAs into the SA table the dataplane reads, the traffic ledger,
 //!   the key log;
@@ -20,17 +24,16 @@ mod events;
 mod reload;
 mod wanted;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use vpngw_crypto::FastRng;
 use vpngw_dataplane::sa_table::SaTable;
 use vpngw_dataplane::spd::Spd;
@@ -45,9 +48,10 @@ use crate::ike_driver::IkeDriver;
 use crate::keylog::KeyLog;
 use crate::link_paths::LinkPathDriver;
 use crate::link_paths::driver::LINK_REFRESH;
+use crate::ops::api;
 use crate::ops::control::{self, Command};
 use crate::ops::metrics::{self, Snapshot};
-use crate::ops::{Sources, api};
+use crate::ops::published::{self, COMMAND_QUEUE, COMMAND_TIMEOUT, OpsThread, PUBLISH_EVERY, ReadState};
 use crate::retry::Retries;
 use crate::routes::Routes;
 use crate::runtime_connections::RuntimeConnections;
@@ -85,6 +89,10 @@ pub enum DaemonError {
     Api(#[from] api::ApiError),
     #[error("cannot restore tunnels: {0}")]
     SavedTunnels(#[from] saved_tunnels::SavedTunnelsError),
+    #[error("cannot start the operator's surfaces' thread: {0}")]
+    Ops(std::io::Error),
+    #[error("the operator's surfaces' thread failed while starting: {0}")]
+    OpsStart(#[from] tokio::task::JoinError),
 }
 
 /// How the daemon was asked to stop (`vpngw stop`).
@@ -98,7 +106,8 @@ enum Stop {
 
 struct Daemon {
     config_path: PathBuf,
-    config: Config,
+    /// Shared with the published read state (copied on change: `Arc::make_mut`).
+    config: Arc<Config>,
     ike: IkeDriver,
     spd: Arc<ArcSwap<Spd>>,
     dataplane: Option<Dataplane>,
@@ -112,15 +121,18 @@ struct Daemon {
     link_paths: LinkPathDriver,
     started: Instant,
     stopping: Option<Stop>,
+    /// What the surfaces answer reads from (see `ops/published.rs`).
+    published: Arc<ArcSwap<ReadState>>,
+    /// When `published` was last replaced, and whether the loop has worked since.
+    published_at: Instant,
+    publish_pending: bool,
 }
 
-/// The operator's ways in: their tasks, and the requests they pass to the loop.
+/// The operator's ways in: their runtime and thread (the servers' tasks run there), and the
+/// commands they pass to the loop.
 struct Surfaces {
-    control: JoinHandle<()>,
-    api: Option<JoinHandle<()>>,
-    metrics: Option<JoinHandle<()>>,
+    ops: OpsThread,
     commands: mpsc::Receiver<Command>,
-    scrapes: mpsc::Receiver<oneshot::Sender<Snapshot>>,
 }
 
 struct Signals {
@@ -148,8 +160,12 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
     let mut link_refresh = tokio::time::interval(LINK_REFRESH);
     link_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
+    daemon.publish();
     loop {
         let wake = daemon.next_wake();
+        let publish_due = daemon.publish_pending.then(|| daemon.published_at + PUBLISH_EVERY);
+        // Commands and reloads publish at once: a read right after their answer sees them.
+        let mut publish_now = false;
         tokio::select! {
             () = daemon.ike.receive(&mut buf_ike) => {}
             Some(m) = from_dataplane.recv() => daemon.on_dataplane(m),
@@ -167,21 +183,29 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
                 }
             }
             _ = lifecycle.tick() => daemon.lifecycle_tick(),
-            Some(reply) = surfaces.scrapes.recv() => {
-                let _ = reply.send(daemon.metrics_snapshot());
-            }
+            () = sleep_until(publish_due) => {}
             Some((request, reply)) = surfaces.commands.recv() => {
                 let response = daemon.command(request).await;
+                daemon.flush().await;
+                daemon.publish();
                 let _ = reply.send(response);
                 if daemon.stopping.is_some() {
                     break;
                 }
+                continue;
             }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
-            _ = signals.hup.recv() => daemon.reload().await,
+            _ = signals.hup.recv() => {
+                daemon.reload().await;
+                publish_now = true;
+            }
         }
         daemon.flush().await;
+        daemon.publish_pending = true;
+        if publish_now || daemon.published_at.elapsed() >= PUBLISH_EVERY {
+            daemon.publish();
+        }
     }
     daemon.shutdown(surfaces).await;
     Ok(())
@@ -244,28 +268,38 @@ fn start_dataplane(
     Ok(dataplane)
 }
 
-/// Serves the management API (if configured), the control socket and metrics (if configured).
-async fn serve_surfaces(config: &Config) -> Result<(Surfaces, Option<api::ApiToken>), DaemonError> {
-    let (cmd_tx, commands) = mpsc::channel::<Command>(64);
-    let (api, token) = match &config.api {
+/// Serves the management API (if configured), the control socket and metrics (if configured)
+/// on a runtime and thread of their own: reads are answered from `published`, commands sent
+/// to the loop (the returned receiver).
+async fn serve_surfaces(
+    config: &Config,
+    published: Arc<ArcSwap<ReadState>>,
+) -> Result<(Surfaces, Option<api::ApiToken>), DaemonError> {
+    let ops = OpsThread::start().map_err(DaemonError::Ops)?;
+    let (to_loop, commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
+    let (requests_tx, requests) = mpsc::channel::<Command>(COMMAND_QUEUE);
+    ops.handle().spawn(published::route(requests, published.clone(), to_loop, COMMAND_TIMEOUT));
+    let token = match &config.api {
         Some(api) => {
-            let (task, token) = api::serve(api, cmd_tx.clone()).await?;
+            let (api_config, tx) = (api.clone(), requests_tx.clone());
+            let (_task, token) = ops.handle().spawn(async move { api::serve(&api_config, tx).await }).await??;
             tracing::info!(listen = %api.listen, "management API at {}://{}/api/v1/", api.scheme(), api.listen);
-            (Some(task), Some(token))
-        }
-        None => (None, None),
-    };
-    let control = control::serve(&config.gateway.control_socket, cmd_tx)?;
-    let (metrics_tx, scrapes) = mpsc::channel::<oneshot::Sender<Snapshot>>(16);
-    let metrics = match config.metrics.listen {
-        Some(addr) => {
-            let task = metrics::serve(addr, metrics_tx).await?;
-            tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
-            Some(task)
+            Some(token)
         }
         None => None,
     };
-    Ok((Surfaces { control, api, metrics, commands, scrapes }, token))
+    {
+        // Bound and spawned on the surfaces' runtime.
+        let _on_ops = ops.handle().enter();
+        control::serve(&config.gateway.control_socket, requests_tx)?;
+    }
+    if let Some(addr) = config.metrics.listen {
+        let (metrics_tx, scrapes) = mpsc::channel::<oneshot::Sender<Snapshot>>(16);
+        ops.handle().spawn(published::scrapes(scrapes, published));
+        ops.handle().spawn(async move { metrics::serve(addr, metrics_tx).await }).await??;
+        tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
+    }
+    Ok((Surfaces { ops, commands }, token))
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -302,14 +336,29 @@ impl Daemon {
             // Names are unique: validated with the configuration.
             let _ = endpoint.add_peer(c.peer.clone());
         }
-        let (surfaces, api_token) = serve_surfaces(&config).await?;
+        let published = Arc::new(ArcSwap::from_pointee(ReadState {
+            config: Arc::new(config.clone()),
+            ike_sas: Vec::new(),
+            ike_drops: Default::default(),
+            table: table.clone(),
+            ledger: Default::default(),
+            history: ConnectionHistory::default(),
+            retries: Default::default(),
+            probes: Default::default(),
+            workers: Vec::new().into(),
+            link_paths: Vec::new(),
+            started: Instant::now(),
+            runtime_connections: BTreeSet::new(),
+            from_loop: false,
+        }));
+        let (surfaces, api_token) = serve_surfaces(&config, published.clone()).await?;
         let link_paths = LinkPathDriver::open();
         let mut probes = Probes::default();
         probes.sync(&config.connections);
         let daemon = Daemon {
             config_path: config_path.to_path_buf(),
             ike: IkeDriver::new(endpoint, sock_ike, sock_natt, config.gateway.public_address),
-            config,
+            config: Arc::new(config),
             spd,
             dataplane: Some(dataplane),
             routes,
@@ -322,6 +371,9 @@ impl Daemon {
             link_paths,
             started: Instant::now(),
             stopping: None,
+            published,
+            published_at: Instant::now(),
+            publish_pending: true,
         };
         Ok((daemon, surfaces))
     }
@@ -368,14 +420,8 @@ impl Daemon {
             // The answer to `vpngw stop` is still on its way out of the control socket.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        surfaces.control.abort();
-        if let Some(t) = surfaces.api {
-            t.abort();
-        }
+        surfaces.ops.stop();
         self.probes.stop();
-        if let Some(t) = surfaces.metrics {
-            t.abort();
-        }
         if let Some(dp) = self.dataplane.take() {
             dp.stop();
         }
@@ -450,6 +496,7 @@ impl Daemon {
     /// held packets.
     fn lifecycle_tick(&mut self) {
         let now = Instant::now();
+        self.history.tick(now);
         self.sa_watch.tick(&mut self.ike.endpoint, self.child_sas.table(), now);
         self.ensure_attempts(now);
         self.child_sas.settle();
@@ -466,30 +513,36 @@ impl Daemon {
         self.link_paths.refresh(dp, self.child_sas.table(), link, public).await;
     }
 
-    /// The read models' view of the gateway now.
-    fn read<R>(&self, build: impl FnOnce(&Sources) -> R) -> R {
-        let ike_sas = self.ike.endpoint.ike_sas();
-        let link_paths = self.dataplane.as_ref().map(|dp| dp.link_paths()).unwrap_or_default();
-        build(&Sources {
-            now: Instant::now(),
-            wall: SystemTime::now(),
-            config: &self.config,
-            ike_sas: &ike_sas,
-            ike_drops: self.ike.endpoint.drops(),
-            table: self.child_sas.table(),
-            history: &self.history,
-            retries: &self.retries,
-            probes: &self.probes,
-            workers: self.dataplane.as_ref().map_or(&[][..], |dp| dp.counters()),
-            link_paths: &link_paths,
-            uptime: self.started.elapsed(),
-        })
+    /// What the read models are computed from, now (see `ops/published.rs`).
+    fn read_state(&self) -> ReadState {
+        let (table, ledger) = self.child_sas.shared();
+        ReadState {
+            config: self.config.clone(),
+            ike_sas: self.ike.endpoint.ike_sas(),
+            ike_drops: {
+                let mut drops = self.ike.endpoint.drops().clone();
+                if self.ike.receive_buffer_full() > 0 {
+                    drops.by_reason.insert("receive_buffer_full", self.ike.receive_buffer_full());
+                }
+                drops
+            },
+            table,
+            ledger,
+            history: self.history.clone(),
+            retries: self.retries.clone(),
+            probes: self.probes.view(),
+            workers: self.dataplane.as_ref().map_or_else(|| Vec::new().into(), |dp| dp.shared_counters()),
+            link_paths: self.dataplane.as_ref().map(|dp| dp.link_paths()).unwrap_or_default(),
+            started: self.started,
+            runtime_connections: self.runtime.names(),
+            from_loop: true,
+        }
     }
 
-    /// What a Prometheus scrape reports (see `ops/metrics.rs`).
-    fn metrics_snapshot(&mut self) -> Snapshot {
-        self.child_sas.settle();
-        let traffic = self.child_sas.traffic();
-        self.read(|s| metrics::snapshot(s, &traffic))
+    /// Replaces the state the surfaces answer reads from.
+    fn publish(&mut self) {
+        self.published.store(Arc::new(self.read_state()));
+        self.published_at = Instant::now();
+        self.publish_pending = false;
     }
 }

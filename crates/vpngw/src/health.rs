@@ -258,14 +258,26 @@ impl Probes {
         }
     }
 
-    /// The connection's probe status, when it has a health check.
-    pub fn status(&self, name: &str) -> Option<HealthStatus> {
-        self.running.get(name).map(|p| p.running.status.borrow().clone())
+    /// The probers' statuses as they change, to read off the daemon's loop.
+    pub fn view(&self) -> ProbeView {
+        ProbeView(self.running.iter().map(|(name, p)| (name.clone(), p.running.status.clone())).collect())
     }
 
     /// Stops every prober.
     pub fn stop(&mut self) {
         self.running.clear();
+    }
+}
+
+/// The probers' statuses, by connection: each follows its prober live (a `watch` receiver),
+/// so a published snapshot of the daemon's state still shows the latest probe results.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeView(HashMap<String, watch::Receiver<HealthStatus>>);
+
+impl ProbeView {
+    /// The connection's probe status, when it has a health check.
+    pub fn status(&self, name: &str) -> Option<HealthStatus> {
+        self.0.get(name).map(|r| r.borrow().clone())
     }
 }
 

@@ -2,10 +2,20 @@
 //! and, through the dataplane, from UDP 4500; the engine's transmits out on the port they
 //! belong to; its timers run when due. What the engine's events mean for the rest of the
 //! gateway is the daemon's (`daemon/events.rs`).
+//!
+//! Queues between the IKE sockets and the loop, each bounded and its drops counted: UDP 500 is
+//! read by the loop itself, so its only queue is the socket's receive buffer in the kernel,
+//! whose overflows the kernel counts for us (`SO_RXQ_OVFL`; `ike_receive_buffer_full` in
+//! status and metrics); IKE on UDP 4500 comes from the dataplane's workers through the control
+//! queue (1024 messages, `esp_control_queue_full`).
 
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use vpngw_dataplane::sa_table::SaTable;
 use vpngw_ike::{Endpoint, IKE_PORT, NAT_T_PORT, Transmit};
@@ -19,17 +29,40 @@ pub struct IkeDriver {
     /// Bound to the NAT-T port for sending IKE; the dataplane's workers receive on it.
     sock_natt: UdpSocket,
     public: Ipv4Addr,
+    /// Datagrams for UDP 500 the kernel dropped, its receive buffer full (the loop behind).
+    receive_buffer_full: u64,
 }
 
 impl IkeDriver {
     pub fn new(endpoint: Endpoint, sock_ike: UdpSocket, sock_natt: UdpSocket, public: Ipv4Addr) -> Self {
-        Self { endpoint, sock_ike, sock_natt, public }
+        // The kernel then tells, with each datagram, how many it dropped on this socket.
+        if let Err(e) = setsockopt(&sock_ike, sockopt::RxqOvfl, &1) {
+            tracing::warn!(error = %e, "UDP 500: receive buffer overflows will not be counted (SO_RXQ_OVFL)");
+        }
+        Self { endpoint, sock_ike, sock_natt, public, receive_buffer_full: 0 }
+    }
+
+    /// Datagrams for UDP 500 the kernel dropped because the socket's receive buffer was full.
+    pub fn receive_buffer_full(&self) -> u64 {
+        self.receive_buffer_full
     }
 
     /// Waits for a datagram on UDP 500 and feeds it to the engine (receive errors are ignored:
     /// the next datagram is awaited).
     pub async fn receive(&mut self, buf: &mut [u8]) {
-        if let Ok((n, from)) = self.sock_ike.recv_from(buf).await {
+        let received = loop {
+            if self.sock_ike.readable().await.is_err() {
+                return;
+            }
+            match self.sock_ike.try_io(Interest::READABLE, || receive_counting(&self.sock_ike, buf)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => break r,
+            }
+        };
+        if let Ok((n, from, dropped)) = received {
+            if let Some(dropped) = dropped {
+                self.receive_buffer_full = u64::from(dropped);
+            }
             let local = SocketAddr::new(IpAddr::V4(self.public), IKE_PORT);
             self.endpoint.handle(Instant::now(), local, from, &buf[..n]);
         }
@@ -77,5 +110,59 @@ impl IkeDriver {
         for p in peers {
             let _ = self.sock_natt.send_to(&[0xff], p).await;
         }
+    }
+}
+
+/// One datagram from `sock` into `buf`: its length, its source, and the kernel's count of the
+/// datagrams this socket dropped so far (when the kernel attached it).
+fn receive_counting(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<u32>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(u32);
+    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let dropped = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+        ControlMessageOwned::RxqOvfl(n) => Some(n),
+        _ => None,
+    });
+    let from = msg.address.map(|a| SocketAddr::from(std::net::SocketAddrV4::from(a)));
+    let from = from.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without a source address"))?;
+    Ok((msg.bytes, from, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    /// A socket nobody reads for a while: the kernel drops what its buffer cannot hold, and the
+    /// next datagram read tells how many.
+    #[test]
+    fn receive_buffer_overflows_are_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket2::SockRef::from(&std_sock).set_recv_buffer_size(4096).unwrap();
+            std_sock.set_nonblocking(true).unwrap();
+            let sock = UdpSocket::from_std(std_sock).unwrap();
+            setsockopt(&sock, sockopt::RxqOvfl, &1).unwrap();
+            let to = sock.local_addr().unwrap();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..200 {
+                sender.send_to(&[0u8; 200], to).unwrap();
+            }
+            // What the buffer held was queued before the drops; the next datagram tells.
+            let mut buf = [0u8; 2048];
+            let mut held = 0;
+            while let Ok((n, _, _)) = receive_counting(&sock, &mut buf) {
+                assert_eq!(n, 200);
+                held += 1;
+            }
+            assert!(held < 200, "{held}");
+            sender.send_to(&[1u8; 100], to).unwrap();
+            sock.readable().await.unwrap();
+            let (n, from, dropped) = sock.try_io(Interest::READABLE, || receive_counting(&sock, &mut buf)).unwrap();
+            assert_eq!((n, from), (100, sender.local_addr().unwrap()));
+            assert_eq!(dropped, Some(200 - held), "{held} held");
+        });
     }
 }

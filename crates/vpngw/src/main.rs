@@ -7,6 +7,14 @@
 //! renegotiation), and the CLI (`run`, `check`, `status`, `up`, `down`, `rekey`, `diagnose`,
 //! `connection add/remove/list`, `stop`).
 //!
+//! **Threads:** the daemon's loop (one current-thread tokio runtime) owns the IKE engine and
+//! every change of state; the control socket, the management API and metrics run on a second
+//! runtime on a thread of their own (`vpngw-ops`) and answer reads from the state the loop
+//! publishes through an `ArcSwap` (at most every 50 ms, at once after a command), so a flood
+//! that keeps the loop busy does not delay them; commands go to the loop over a bounded
+//! channel and time out with an error answer (`ops/published.rs`). The dataplane's workers and
+//! the health probes have threads of their own.
+//!
 //! **Must not touch:** protocol logic (that is `vpngw-ike`) or packet crypto (`vpngw-esp`).
 //!
 //! **Data in and out:** TOML in; UDP datagrams through the engine; SAs out to the SA table;

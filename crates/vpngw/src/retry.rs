@@ -10,6 +10,7 @@ const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// The longest the backoff grows to.
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+#[derive(Clone, Debug)]
 struct Retry {
     at: Instant,
     backoff: Duration,
@@ -18,7 +19,7 @@ struct Retry {
 }
 
 /// The retries scheduled per connection.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Retries {
     by_connection: HashMap<String, Retry>,
     /// Taken down by the operator (`vpngw down`): no retries until `up`.

@@ -27,9 +27,9 @@ impl RuntimeConnections {
         self.tables.contains_key(name)
     }
 
-    /// Where the connection is defined, as the API lists it.
-    pub fn source(&self, name: &str) -> &'static str {
-        if self.contains(name) { "api" } else { "file" }
+    /// The names of the runtime connections (the others are the configuration file's).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.tables.keys().cloned().collect()
     }
 
     /// Saves the connection's table (state file first, then here). Returns whether it is new.

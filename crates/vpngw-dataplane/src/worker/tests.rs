@@ -168,7 +168,7 @@ fn side(address: Ipv4Addr) -> Side {
         stop: AtomicBool::new(false),
         pending_ready: AtomicBool::new(false),
         waker: Waker::new().unwrap(),
-        counters: vec![WorkerCounters::default()],
+        counters: vec![WorkerCounters::default()].into(),
         to_control: Arc::new(move |m| {
             let accepted = !full.load(Ordering::Relaxed);
             if accepted {

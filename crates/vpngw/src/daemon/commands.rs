@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use super::{Daemon, Stop};
 use crate::config::Connection;
-use crate::ops::control::{ConnectionView, ErrorKind, ProblemView, Request, Response};
-use crate::ops::{diagnose, status};
+use crate::ops::control::{ErrorKind, ProblemView, Request, Response};
 use crate::{runtime_connections, saved_tunnels};
 
 fn unknown(c: &str) -> Response {
@@ -18,7 +17,11 @@ impl Daemon {
     pub(super) async fn command(&mut self, request: Request) -> Response {
         let now = Instant::now();
         match request {
-            Request::Status => Response { status: Some(self.read(status::build)), message: None, ..Response::ok("") },
+            // Answered by the surfaces from the published state (`ops/published.rs`); here
+            // for completeness, from the state now.
+            Request::Status | Request::Diagnose { .. } | Request::Connections => {
+                self.read_state().answer(&request).unwrap_or_else(|| Response::error("not a read"))
+            }
             Request::Up { connection } => match self.ike.endpoint.initiate(now, &connection) {
                 Ok(()) => {
                     self.retries.cancel(&connection);
@@ -34,18 +37,11 @@ impl Daemon {
                 }
                 Err(_) => unknown(&connection),
             },
-            Request::Diagnose { connection } => match self.read(|s| diagnose::for_connection(s, &connection)) {
-                Some(diagnosis) => Response { diagnosis: Some(Box::new(diagnosis)), message: None, ..Response::ok("") },
-                None => unknown(&connection),
-            },
             Request::Rekey { connection } => match self.ike.endpoint.rekey_connection(now, &connection) {
                 Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
                 Ok(n) => Response::ok(format!("{connection}: rekeying {n} child SA(s)")),
                 Err(_) => unknown(&connection),
             },
-            Request::Connections => {
-                Response { connections: Some(self.connection_views()), message: None, ..Response::ok("") }
-            }
             Request::PutConnection { name, connection } => self.put_connection(name, connection).await,
             Request::DeleteConnection { name } => self.delete_connection(&name).await,
             Request::Stop { save_tunnels: None } => {
@@ -69,21 +65,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    fn connection_views(&self) -> Vec<ConnectionView> {
-        self.read(|s| {
-            s.config
-                .connections
-                .iter()
-                .map(|c| ConnectionView {
-                    name: c.peer.name.clone(),
-                    source: self.runtime.source(&c.peer.name).into(),
-                    configured: crate::ops::diagnose::Configured::of(c),
-                    status: status::connection(s, c),
-                })
-                .collect()
-        })
     }
 
     /// Creates or replaces a runtime connection: the configuration file's keys and checks,

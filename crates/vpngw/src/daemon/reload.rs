@@ -78,7 +78,7 @@ impl Daemon {
             tracing::warn!(keys = %restart.join(", "), "these changes need a restart; other changes applied");
         }
         self.runtime.reload_token(new.api.as_ref());
-        self.config.warnings = new.warnings;
+        Arc::make_mut(&mut self.config).warnings = new.warnings;
         self.runtime.yield_to_file(&file_names);
         let (kept, removed, added) = self.apply_connections(connections).await;
         tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");
@@ -114,7 +114,8 @@ impl Daemon {
                 self.history.forget(&old.peer.name);
             }
         }
-        self.config.connections = new;
+        // Copied if a published state still holds the old one.
+        Arc::make_mut(&mut self.config).connections = new;
         for c in self.config.connections.clone() {
             if c.start == Start::Active && !self.ike.endpoint.ike_sas().iter().any(|s| s.peer == c.peer.name) {
                 self.initiate(now, &c.peer.name);

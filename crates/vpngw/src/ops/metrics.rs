@@ -1,8 +1,8 @@
 //! Prometheus metrics: `GET /metrics` in the classic text exposition format.
 //!
-//! A scrape asks the daemon loop for a [`Snapshot`] (plain numbers: the engine's state, the
-//! traffic ledger, the workers' counters read with relaxed loads; workers are never stopped
-//! or locked), then encodes it here, outside the loop, into a fresh registry. Every configured
+//! A scrape asks for a [`Snapshot`] (plain numbers: the engine's state as the daemon loop last
+//! published it, the traffic ledger, the workers' counters read with relaxed loads; workers
+//! are never stopped or locked; see `published.rs`), then encodes it into a fresh registry. Every configured
 //! connection appears, up or not. Labels are bounded: connection names (from the
 //! configuration), direction, reason (fixed sets), worker index; never SPIs, cookies, ports or
 //! times.
@@ -26,7 +26,7 @@ use super::Sources;
 use crate::ledger::Traffic;
 use crate::state::{IkeProgress, connection_up, current_ike_sa};
 
-/// What one scrape reports, gathered by the daemon loop.
+/// What one scrape reports, from the state the daemon loop published.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub gateway: String,
@@ -37,6 +37,10 @@ pub struct Snapshot {
     pub ike_drops: Vec<(String, u64)>,
     /// Negotiations from addresses no connection is configured for.
     pub unknown_peer_negotiations: u64,
+    /// Unknown peers whose failure history was evicted (bounded LRU).
+    pub unknown_peer_history_evictions: u64,
+    /// WARN lines about unknown peers held back by the rate limit.
+    pub unknown_peer_log_lines_suppressed: u64,
     pub workers: Vec<WorkerMetrics>,
 }
 
@@ -113,6 +117,8 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
             .collect(),
         ike_drops: s.ike_drops.by_reason.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         unknown_peer_negotiations: s.history.unknown_peer_negotiations(),
+        unknown_peer_history_evictions: s.history.unknown_peer_evictions(),
+        unknown_peer_log_lines_suppressed: s.history.unknown_peer_logs_suppressed(),
         workers: s
             .workers
             .iter()
@@ -195,6 +201,18 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
         &[],
     )?;
     unknown.with_label_values(&[] as &[&str]).inc_by(s.unknown_peer_negotiations);
+    let evicted = f.counter(
+        "vpngw_unknown_peer_history_evictions_total",
+        "Unknown peers whose failure history was forgotten to make room (at most 256 are kept)",
+        &[],
+    )?;
+    evicted.with_label_values(&[] as &[&str]).inc_by(s.unknown_peer_history_evictions);
+    let suppressed = f.counter(
+        "vpngw_unknown_peer_log_lines_suppressed_total",
+        "WARN lines about unknown peers' failed negotiations held back (at most one a second is written)",
+        &[],
+    )?;
+    suppressed.with_label_values(&[] as &[&str]).inc_by(s.unknown_peer_log_lines_suppressed);
 
     let wp = f.counter("vpngw_worker_packets_total", "Packets a dataplane worker handled", &["worker", "direction"])?;
     let wb =
@@ -404,6 +422,8 @@ mod tests {
             dataplane_drops: vec![("no_sa", 4), ("replayed", 0)],
             ike_drops: vec![("malformed".into(), 1)],
             unknown_peer_negotiations: 0,
+            unknown_peer_history_evictions: 0,
+            unknown_peer_log_lines_suppressed: 0,
             workers: vec![WorkerMetrics {
                 packets_in: 5,
                 packets_out: 7,

@@ -1,8 +1,9 @@
 //! The operator's surfaces: the control socket (`vpngw status`, `up`, ...), the management
 //! API, Prometheus metrics, and the read models they show. The read models (`status::build`,
 //! `metrics::snapshot`, `diagnose::for_connection`) are pure functions over [`Sources`], a
-//! borrowed snapshot the daemon loop takes; none of them changes anything or derives from
-//! another.
+//! borrowed view of the state the daemon loop last published ([`published::ReadState`]); none
+//! of them changes anything or derives from another. The surfaces run on a runtime and a
+//! thread of their own and answer reads without waiting for the loop (see [`published`]).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,16 +14,17 @@ use vpngw_dataplane::sa_table::SaTable;
 use vpngw_ike::{DropCounters, IkeSaInfo};
 
 use crate::config::{Config, Connection};
-use crate::health::Probes;
+use crate::health::ProbeView;
 use crate::history::ConnectionHistory;
 
 pub mod api;
 pub mod control;
 pub mod diagnose;
 pub mod metrics;
+pub mod published;
 pub mod status;
 
-/// What the read models are built from, as the daemon loop sees it at one moment.
+/// What the read models are built from: the daemon loop's last published state, read now.
 pub struct Sources<'a> {
     pub now: Instant,
     pub wall: SystemTime,
@@ -35,7 +37,7 @@ pub struct Sources<'a> {
     pub history: &'a ConnectionHistory,
     /// The retries scheduled for active connections that are down.
     pub retries: &'a crate::retry::Retries,
-    pub probes: &'a Probes,
+    pub probes: &'a ProbeView,
     /// The dataplane's workers' counters (none once it stopped).
     pub workers: &'a [WorkerCounters],
     /// Peers whose raw ESP takes the link path, and through what.
