@@ -221,13 +221,18 @@ pub fn start(ns: &str, src: &str, dst: &str, jobs: &[Job]) -> Child {
 
 /// Waits for a sender; returns how many datagrams it sent (panics if it failed).
 pub fn wait_sent(child: Child) -> u64 {
+    wait_report(child).0
+}
+
+/// Waits for a sender; returns how many datagrams it sent and in how many seconds.
+pub fn wait_report(child: Child) -> (u64, f64) {
     let out = child.wait_with_output().unwrap_or_else(|e| panic!("spoof.py: {e}"));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "spoof.py failed: {said}{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value =
         serde_json::from_str(said.trim()).unwrap_or_else(|e| panic!("spoof.py said {said:?}: {e}"));
     assert_eq!(v["errors"], 0, "spoof.py: send errors: {said}");
-    v["sent"].as_u64().unwrap_or(0)
+    (v["sent"].as_u64().unwrap_or(0), v["seconds"].as_f64().unwrap_or(0.0))
 }
 
 /// Sends these jobs from `src` in `ns` to `dst` and waits until all are sent.
