@@ -274,7 +274,7 @@ fn print_row(r: &Row, header: bool) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let rekey = |d: Option<Duration>| d.map_or("failed (10 s)".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
     println!(
-        "| {} | {} | {:.1} | {:.1} | {:+.1} | {:+.1} | {:.0} / {:.0} / {:.0} / {:.0} ({}) | {} | {} | {} | {} of {} | {} | {} |",
+        "| {} | {} | {:.1} | {:.1} | {:+.1} | {:+.1} | {:.0} / {:.0} / {:.0} / {:.0} ({}) | {} of {} | {} | {} | {} of {} | {} | {} |",
         r.flood,
         r.sent,
         r.seconds,
@@ -286,7 +286,8 @@ fn print_row(r: &Row, header: bool) {
         ms(percentile(&r.status, 0.99)),
         ms(r.status.last().copied().unwrap_or_default()),
         r.status.len(),
-        format!("{} of {}", r.dpd.1, r.dpd.0),
+        r.dpd.1,
+        r.dpd.0,
         rekey(r.sw_rekey),
         rekey(r.vg_rekey),
         r.pings.0 - r.pings.1.min(r.pings.0),
