@@ -150,6 +150,9 @@ fn main() {
     if rekeys < 3 {
         failed.push(format!("only {rekeys} rekeys"));
     }
+    if report.pings_sent == 0 {
+        failed.push("no ping report (ping still running 90 s after the stream ended?): duplicates unchecked".into());
+    }
     if report.pings_duplicated > 0 {
         failed.push(format!("{} duplicate echo replies delivered", report.pings_duplicated));
     }
