@@ -8,7 +8,7 @@ DEPS := tests/tools/install-deps.sh
 # libstrongswan-standard-plugins: only recommended, and install-deps.sh skips recommends); iproute2 makes the namespaces; nftables silences
 # a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics;
 # python3-venv holds schemathesis (below).
-TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus \
+TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus curl openssl \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
 .DEFAULT_GOAL := help

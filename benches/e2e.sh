@@ -156,6 +156,7 @@ vg_conf() {  # vg_conf SIDE ENC HASH ENCAPSULATION [ESP_OUTPUT]
     local side=$1 core=""
     [ "$PLACEMENT" = own-core ] && core=$(core_of "$side")
     lab_vpngw_toml "$side" "$2" "$3" "$4" "${5:-link}" "$core" "$RUN/vg-$side.sock" >"$RUN/vg-$side.toml"
+    chmod 600 "$RUN/vg-$side.toml" # inline key: vpngw warns about a file others can read
     # ip netns exec directly (not through a shell function): $! must be vpngw itself.
     ip netns exec "be-$side" "$BIN" run --config "$RUN/vg-$side.toml" >"$RUN/vg-$side.log" 2>&1 &
     PIDS+=($!)

@@ -31,6 +31,7 @@ local_subnets = ["$l"]
 remote_subnets = ["$r"]
 start = "$start"
 EOC
+    chmod 600 "$RUN/$side.toml" # inline key: vpngw warns about a file others can read
     ip netns exec "bi-$side" "$BIN" run --config "$RUN/$side.toml" >"$RUN/$side.log" 2>&1 &
     PIDS+=($!)
 done

@@ -29,6 +29,7 @@ encap=auto output=link
 for side in right left; do
     core=1; [ "$side" = left ] && core=0
     lab_vpngw_toml "$side" aes-128 sha1 "$encap" "$output" "$core" "$RUN/vg-$side.sock" >"$RUN/vg-$side.toml"
+    chmod 600 "$RUN/vg-$side.toml" # inline key: vpngw warns about a file others can read
     ip netns exec "ri-$side" "$BIN" run --config "$RUN/vg-$side.toml" >"$RUN/vg-$side.log" 2>&1 &
     PIDS+=($!)
 done

@@ -31,6 +31,9 @@ trap 'exit 130' INT TERM
 [ -x "$BIN" ] || { echo "no vpngw binary at $BIN (make demo builds it)"; exit 1; }
 for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
 rm -rf "$RUN"; mkdir -p "$RUN"
+# The configurations hold their key inline: vpngw warns about such a file others can read, so the
+# gateways run from private copies.
+install -m 600 "$HERE/gw-left.toml" "$HERE/gw-right.toml" "$RUN/"
 
 step "1. The lab: two sites joined by an 'internet' link, each gateway protecting a subnet"
 cat <<'TOPO'
@@ -61,12 +64,12 @@ step "2. The configuration of each gateway (only addresses, key and subnets; the
 for f in gw-left gw-right; do bold "--- deploy/demo/$f.toml"; grep -v '^\s*$' "$HERE/$f.toml"; done
 
 step "3. vpngw check: the configuration is valid; the seed's defaults use weak algorithms, so it warns"
-"$BIN" check --config "$HERE/gw-left.toml"
+"$BIN" check --config "$RUN/gw-left.toml"
 
 step "4. Starting both gateways (logs: $RUN/left.log, $RUN/right.log)"
 # ip netns exec directly (not through a shell function), so that $! is vpngw itself.
-ip netns exec demo-right "$BIN" run --config "$HERE/gw-right.toml" >"$RUN/right.log" 2>&1 & PIDS+=($!)
-ip netns exec demo-left "$BIN" run --config "$HERE/gw-left.toml" >"$RUN/left.log" 2>&1 & PIDS+=($!)
+ip netns exec demo-right "$BIN" run --config "$RUN/gw-right.toml" >"$RUN/right.log" 2>&1 & PIDS+=($!)
+ip netns exec demo-left "$BIN" run --config "$RUN/gw-left.toml" >"$RUN/left.log" 2>&1 & PIDS+=($!)
 
 step "5. The tunnel comes up: IKEv1 main mode (6 messages), then quick mode (3 messages)"
 up=no

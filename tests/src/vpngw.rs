@@ -47,6 +47,9 @@ impl Vpngw {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let config_path = dir.join("vpngw.toml");
         std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{e}"));
+        // Inline keys: vpngw warns about a configuration file others can read.
+        std::fs::set_permissions(&config_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{e}"));
         let log = dir.join("vpngw.log");
         let cfg = config_path.display().to_string();
         let mut args = vec!["run", "--config", &cfg];

@@ -53,6 +53,8 @@ fn gateway(lab: &Lab, name: &str) -> (String, PathBuf) {
     let dir = lab.dir.join(format!("api-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
+    // vpngw refuses a token file that group or others can read.
+    std::fs::set_permissions(dir.join("api.token"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let state = dir.join("connections.toml");
     let file_conn = format!(
         "[[connection]]\nname = \"from-file\"\nremote_address = \"198.51.100.9\"\npre_shared_key = \"file-psk-abcdef\"\n\
@@ -278,4 +280,244 @@ fn schemathesis_finds_the_api_true_to_its_openapi_document() {
     assert!(out.status.success(), "schemathesis found problems:\n{said}\n{}", v.log_text());
     assert!(v.status().is_some(), "the daemon survived");
     assert_eq!(v.stop(&lab), Some(0));
+}
+
+/// The connections the gateway lists, by name.
+fn listed(lab: &Lab, ns: &str) -> Vec<String> {
+    let (code, body) = http(lab, ns, "GET", "/api/v1/connections", Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<String> =
+        list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn connections_whose_subnets_overlap_are_refused_by_the_api_and_by_reload() {
+    let lab = Lab::gateways("api-overlap");
+    let (config, state) = gateway(&lab, "api-overlap");
+    let v = Vpngw::start(&lab, &lab.left, "api-overlap", &config, &[]);
+    wait_for(Duration::from_secs(10), || {
+        (http(&lab, &lab.left, "GET", "/api/v1/status", Some(TOKEN), None).0 == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("API not answering\n{}", v.log_text()));
+    let runtime = |local: &str, remote: &str| {
+        json!({
+            "remote_address": RIGHT_WAN,
+            "pre_shared_key": PSK,
+            "local_subnets": [local],
+            "remote_subnets": [remote],
+            "start": "passive",
+        })
+    };
+
+    // The file's "from-file" protects 10.1.1.0/24 -> 10.9.0.0/24: a runtime connection whose
+    // subnets take in that traffic is refused, naming it; nothing is created or saved.
+    let (code, body) = http(
+        &lab,
+        &lab.left,
+        "PUT",
+        "/api/v1/connections/to-b",
+        Some(TOKEN),
+        Some(&runtime("10.1.0.0/16", "10.9.0.0/24")),
+    );
+    assert_eq!(code, 422, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let problem = &answer["problems"][0];
+    assert_eq!(problem["key"], "connection.remote_subnets", "{body}");
+    assert!(problem["reason"].as_str().unwrap().contains("\"from-file\""), "{body}");
+    assert!(!body.contains(PSK), "{body}");
+    assert_eq!(listed(&lab, &lab.left), ["from-file"]);
+    assert!(!std::fs::read_to_string(&state).unwrap_or_default().contains("to-b"));
+    // Disjoint: created.
+    let (code, body) = http(
+        &lab,
+        &lab.left,
+        "PUT",
+        "/api/v1/connections/to-b",
+        Some(TOKEN),
+        Some(&runtime("10.1.2.0/24", "10.8.0.0/24")),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    // A reload whose file would overlap the runtime connection is refused whole: the running
+    // configuration stays (no "file-2"; "to-b" kept).
+    let hup =
+        || assert!(std::process::Command::new("kill").args(["-HUP", &v.pid.to_string()]).status().unwrap().success());
+    let extra = |name: &str, local: &str, remote: &str| {
+        format!(
+            "\n[[connection]]\nname = \"{name}\"\nremote_address = \"198.51.100.7\"\npre_shared_key = \"other-psk-abcdef\"\n\
+             local_subnets = [\"{local}\"]\nremote_subnets = [\"{remote}\"]\nstart = \"passive\"\n"
+        )
+    };
+    // [api] closes the file: new connections go before it.
+    let with = |conns: &str| config.replacen("[api]", &format!("{conns}\n[api]"), 1);
+    std::fs::write(&v.config, with(&extra("file-2", "10.1.2.0/24", "10.8.0.0/16"))).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), || v.log_text().contains("reload refused: subnets overlap").then_some(()))
+        .unwrap_or_else(|| panic!("the overlap went unreported\n{}", v.log_text()));
+    let log = v.log_text();
+    let line = log.lines().find(|l| l.contains("reload refused: subnets overlap")).unwrap();
+    assert!(line.contains("file-2") && line.contains("to-b"), "{line}");
+    assert_eq!(listed(&lab, &lab.left), ["from-file", "to-b"]);
+    // Two of the file's connections overlapping each other: refused too, listing the pair.
+    let both = extra("file-3", "10.1.3.0/24", "10.7.0.0/24") + &extra("file-4", "10.1.3.0/25", "10.7.0.0/24");
+    std::fs::write(&v.config, with(&both)).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), || {
+        v.log_text()
+            .lines()
+            .any(|l| l.contains("reload refused: configuration invalid") && l.contains("file-3"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the overlap went unreported\n{}", v.log_text()));
+    assert_eq!(listed(&lab, &lab.left), ["from-file", "to-b"]);
+    // A disjoint one: the reload applies (so the refusals above were the overlaps).
+    std::fs::write(&v.config, with(&extra("file-3", "10.1.3.0/24", "10.7.0.0/24"))).unwrap();
+    hup();
+    wait_for(Duration::from_secs(5), || (listed(&lab, &lab.left).len() == 3).then_some(()))
+        .unwrap_or_else(|| panic!("a valid reload not applied\n{}", v.log_text()));
+    assert_eq!(listed(&lab, &lab.left), ["file-3", "from-file", "to-b"]);
+    assert_eq!(v.stop(&lab), Some(0));
+}
+
+/// `curl` in a namespace: (HTTP status, or 0 when no HTTP answer came; body). `cacert`: trust
+/// this certificate.
+fn curl(lab: &Lab, ns: &str, url: &str, cacert: Option<&std::path::Path>, token: Option<&str>) -> (u16, String) {
+    let mut args = vec!["-sS".to_string(), "--max-time".into(), "5".into(), "-w".into(), "\n%{http_code}".into()];
+    if let Some(c) = cacert {
+        args.extend(["--cacert".into(), c.display().to_string()]);
+    }
+    if let Some(t) = token {
+        args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
+    }
+    args.push(url.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec(ns, "curl", &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().parse().unwrap_or(0), format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn off_loopback_the_api_serves_https_only_and_needs_tls_or_the_opt_out() {
+    use std::os::unix::fs::PermissionsExt as _;
+    vpngw_tests::tool::require("openssl", "apt install openssl");
+    vpngw_tests::tool::require("curl", "apt install curl");
+    let lab = Lab::gateways("api-tls");
+    let dir = lab.dir.join("api-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
+    // A self-signed certificate for the gateway's WAN address.
+    vpngw_tests::tool::run(std::process::Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vpngw test API",
+        "-addext",
+        &format!("subjectAltName=IP:{LEFT_WAN}"),
+        "-keyout",
+        &key.display().to_string(),
+        "-out",
+        &cert.display().to_string(),
+    ]));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(dir.join("api.token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let api = |tls: &str| {
+        format!(
+            "[api]\nlisten = \"{LEFT_WAN}:9721\"\ntoken_file = \"{}\"\nstate_file = \"{}\"\n{tls}",
+            dir.join("api.token").display(),
+            dir.join("connections.toml").display()
+        )
+    };
+    let tls = format!("tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n", cert.display(), key.display());
+    let config = config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "api-tls"), true, &api(&tls));
+
+    // `vpngw check`: off loopback without TLS refused, with the opt-out accepted.
+    let check = |text: &str| {
+        let path = dir.join("check.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::process::Command::new(vpngw_tests::vpngw::binary())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let plain = config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "x"), true, &api(""));
+    let out = check(&plain);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("api.listen = \"{LEFT_WAN}:9721\": not a loopback address")), "{err}");
+    let out = check(&config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "x"), true, &api("insecure_plaintext = true\n")));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(check(&config).status.code(), Some(0));
+
+    // Served: HTTPS with the certificate works (and the token is still required); plain HTTP
+    // gets no HTTP answer at all; a client that does not trust the certificate stops.
+    let v = Vpngw::start(&lab, &lab.left, "api-tls", &config, &[]);
+    let url = format!("https://{LEFT_WAN}:9721/api/v1/status");
+    wait_for(Duration::from_secs(10), || {
+        (curl(&lab, &lab.right, &url, Some(&cert), Some(TOKEN)).0 == 200).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!("HTTPS not answering: {:?}\n{}", curl(&lab, &lab.right, &url, Some(&cert), Some(TOKEN)), v.log_text())
+    });
+    let (code, body) = curl(&lab, &lab.right, &url, Some(&cert), Some(TOKEN));
+    assert!(body.contains("\"connections\""), "{code} {body}");
+    assert_eq!(curl(&lab, &lab.right, &url, Some(&cert), None).0, 401);
+    let (code, body) = curl(&lab, &lab.right, &format!("http://{LEFT_WAN}:9721/api/v1/status"), None, Some(TOKEN));
+    assert_eq!(code, 0, "plain HTTP answered: {body}");
+    let (code, body) = curl(&lab, &lab.right, &url, None, Some(TOKEN));
+    assert_eq!(code, 0, "an untrusted certificate accepted: {body}");
+    assert!(v.log_text().contains(&format!("management API at https://{LEFT_WAN}:9721/api/v1/")), "{}", v.log_text());
+    // A token file made readable by others: the reload is refused (the token in use stays).
+    let token_file = dir.join("api.token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&token_file, "exposed-token-9a8b7c6d\n").unwrap();
+    assert!(std::process::Command::new("kill").args(["-HUP", &v.pid.to_string()]).status().unwrap().success());
+    let refused = format!("{} has mode 0644", token_file.display());
+    wait_for(Duration::from_secs(5), || {
+        v.log_text().lines().any(|l| l.contains("reload refused") && l.contains(&refused)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a 0644 token file went unreported\n{}", v.log_text()));
+    assert_eq!(curl(&lab, &lab.right, &url, Some(&cert), Some(TOKEN)).0, 200, "the token in use changed");
+    assert_eq!(curl(&lab, &lab.right, &url, Some(&cert), Some("exposed-token-9a8b7c6d")).0, 401);
+    assert!(!v.log_text().contains("exposed-token"), "a token in the log");
+    assert_eq!(v.stop(&lab), Some(0));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The opt-out: plain HTTP off loopback, with a WARN at start.
+    let plain = config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "api-plain"), true, &api("insecure_plaintext = true\n"));
+    let v = Vpngw::start(&lab, &lab.left, "api-plain", &plain, &[]);
+    let http_url = format!("http://{LEFT_WAN}:9721/api/v1/status");
+    wait_for(Duration::from_secs(10), || (curl(&lab, &lab.right, &http_url, None, Some(TOKEN)).0 == 200).then_some(()))
+        .unwrap_or_else(|| panic!("plain HTTP not answering with the opt-out\n{}", v.log_text()));
+    assert!(
+        v.log_text().lines().any(|l| l.contains("WARN") && l.contains("insecure_plaintext = true")),
+        "no WARN for the opt-out\n{}",
+        v.log_text()
+    );
+    assert_eq!(v.stop(&lab), Some(0));
+
+    // A key file others can read: the daemon does not start, and says why.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.join("run.toml");
+    std::fs::write(&path, &config).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out =
+        std::process::Command::new(vpngw_tests::vpngw::binary()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{} has mode 0644", key.display())) && err.contains("chmod 600"), "{err}");
 }

@@ -406,6 +406,9 @@ fn traffic_selectors_version_silence_and_garbage_give_a_clear_reason() {
     let f = v.wait_failure("to-right", Duration::from_secs(20)).unwrap_or_else(|| panic!("{}", v.log_text()));
     assert_eq!(f["reason"], "peer-unreachable", "{f}");
     assert!(f["detail"].as_str().unwrap().contains("no answer"), "{f}");
+    // Status says when it tries again (the first retry: 5 s after the failure).
+    let c = v.connection("to-right").unwrap();
+    assert!(c["next_attempt_in_seconds"].as_u64().is_some_and(|s| s <= 5), "{c}");
     // The active connection retries (after 5 s): the same failure again is counted, not
     // logged again.
     let again = wait_for(Duration::from_secs(30), || {

@@ -20,6 +20,15 @@ impl Spi {
         Self(value)
     }
 
+    /// The highest value reserved by IANA (RFC 4303 s.2.1: 1-255 reserved, 0 for local use):
+    /// never allocated, never accepted from a peer.
+    pub const RESERVED_MAX: u32 = 255;
+
+    /// Whether this SPI is one no SA may use ([`Spi::RESERVED_MAX`]).
+    pub const fn is_reserved(self) -> bool {
+        self.0 <= Self::RESERVED_MAX
+    }
+
     /// The value as a number.
     pub const fn get(self) -> u32 {
         self.0

@@ -85,7 +85,14 @@ impl ChildRecord {
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        [Some(self.expires_at), self.rekey_at, self.activate_at, self.retire_at].into_iter().flatten().min()
+        [Some(self.expires_at), self.rekey_deadline(), self.activate_at, self.retire_at].into_iter().flatten().min()
+    }
+
+    /// The soft deadline counts only while the SA carries the traffic: a pair still being
+    /// installed (a responder waiting for QM3) rekeys once it is active, and a replaced one
+    /// never. (A due deadline that nothing acts on would wake the engine at once, forever.)
+    fn rekey_deadline(&self) -> Option<Instant> {
+        self.rekey_at.filter(|_| self.state == ChildSaState::Active)
     }
 }
 
@@ -212,15 +219,28 @@ impl ChildSet {
         self.records.iter().filter_map(ChildRecord::next_timeout).min()
     }
 
-    /// A replacement of the SA with this SPI (ours or the peer's) is wanted: it stops waiting
-    /// for its soft deadline. Returns its pair and inbound SPI while it carries the traffic.
-    pub fn begin_rekey(&mut self, spi: Spi) -> Option<(SubnetPair, Spi)> {
-        let c = self.records.iter_mut().find(|c| c.spi_in == spi || c.spi_out == spi)?;
-        if c.state != ChildSaState::Active {
-            return None;
+    /// The pair and inbound SPI of the SA with this SPI (ours or the peer's) while it carries
+    /// the traffic: one a replacement may be started for.
+    pub fn rekey_candidate(&self, spi: Spi) -> Option<(SubnetPair, Spi)> {
+        let c = self.records.iter().find(|c| c.spi_in == spi || c.spi_out == spi)?;
+        (c.state == ChildSaState::Active).then_some((c.pair, c.spi_in))
+    }
+
+    /// A replacement of the SA with inbound SPI `spi_in` is under way or done: it stops
+    /// waiting for its soft deadline.
+    pub fn rekey_started(&mut self, spi_in: Spi) {
+        if let Some(c) = self.records.iter_mut().find(|c| c.spi_in == spi_in) {
+            c.rekey_at = None;
         }
-        c.rekey_at = None;
-        Some((c.pair, c.spi_in))
+    }
+
+    /// The replacement of the SA with inbound SPI `spi_in` could not start or failed: try
+    /// again at `at` (if it still carries the traffic then), so that a rekey is never lost to
+    /// an exchange that was in the way.
+    pub fn defer_rekey(&mut self, spi_in: Spi, at: Instant) {
+        if let Some(c) = self.records.iter_mut().find(|c| c.spi_in == spi_in && c.state == ChildSaState::Active) {
+            c.rekey_at = Some(at.min(c.expires_at));
+        }
     }
 
     /// Switches outbound traffic of `spi_in`'s pair to it; every other SA pair for the same
@@ -328,7 +348,7 @@ impl ChildSet {
             send_delete(ctx, channel, spi);
             self.remove(ctx, &channel.link.peer.name, spi, reason);
         }
-        self.records.iter().filter(|c| due(c.rekey_at)).map(|c| c.spi_in).collect()
+        self.records.iter().filter(|c| due(c.rekey_deadline())).map(|c| c.spi_in).collect()
     }
 }
 

@@ -311,6 +311,18 @@ pub struct EngineConfig {
     pub retransmit_tries: u32,
     /// A responder's IKE SA that is not established after this long is dropped.
     pub half_open_timeout: Duration,
+    /// How long our first message waits, unsent, while the peer's crossing exchange (which won
+    /// the crossed-initiation rule) gets the chance to authenticate; then ours goes on.
+    pub crossed_pause: Duration,
+    /// Responder IKE SAs not yet authenticated, per connection (a new one evicts the oldest)
+    /// and in total (new ones are refused): anyone can send first messages from a peer's
+    /// address.
+    pub half_open_per_peer: usize,
+    pub half_open_total: usize,
+    /// Diffie-Hellman computations that unauthenticated messages may cause (aggressive mode's
+    /// first message, main mode's third), per connection and in total, per second.
+    pub dh_per_peer_per_second: u32,
+    pub dh_total_per_second: u32,
 }
 
 impl Default for EngineConfig {
@@ -322,6 +334,13 @@ impl Default for EngineConfig {
             retransmit_factor: 2,
             retransmit_tries: 5,
             half_open_timeout: Duration::from_secs(30),
+            crossed_pause: Duration::from_secs(10),
+            half_open_per_peer: 8,
+            half_open_total: 1024,
+            // A responder's DH costs two exponentiations: about 1.2 ms with dh14 here
+            // (docs/performance.md), so the total is about a quarter of a core at most.
+            dh_per_peer_per_second: 20,
+            dh_total_per_second: 200,
         }
     }
 }

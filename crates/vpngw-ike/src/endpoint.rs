@@ -11,6 +11,7 @@ use std::time::Instant;
 use vpngw_crypto::FastRng;
 use vpngw_esp::Spi;
 
+use crate::admission::{Admission, HalfOpen};
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
 use crate::exchange::{Ctx, Received, Transmit};
@@ -55,6 +56,7 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     spis: SpiPool,
     drops: DropCounters,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -89,6 +91,7 @@ impl Endpoint {
             events: VecDeque::new(),
             spis: SpiPool::default(),
             drops: DropCounters::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Endpoint {
     pub fn remove_peer(&mut self, now: Instant, name: &str) -> Result<(), IkeError> {
         self.terminate(now, name)?;
         self.peers.retain(|p| p.name != name);
+        self.admission.forget_peer(name);
         Ok(())
     }
 
@@ -117,6 +121,11 @@ impl Endpoint {
 
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// Responder IKE SAs not yet authenticated (bounded: `EngineConfig::half_open_total`).
+    pub fn half_open_ike_sas(&self) -> usize {
+        self.admission.half_open_count()
     }
 
     fn new_id(&mut self) -> IkeSaId {
@@ -245,6 +254,10 @@ impl Endpoint {
             Some(id) => {
                 let mut ctx = ctx!(self, now);
                 let Some(sa) = self.sas.get_mut(&id) else { return };
+                if !first_message && sa.awaits_ke() && !self.admission.dh(ctx.config, &sa.peer().name, now) {
+                    self.drops.count("dh_rate_limit", remote);
+                    return;
+                }
                 match rx.header.exchange {
                     _ if phase1 && rx.header.message_id == 0 => sa.handle_phase1(&mut ctx, &rx),
                     ExchangeType::QUICK_MODE => sa.handle_quick_mode(&mut ctx, &rx),
@@ -312,22 +325,59 @@ impl Endpoint {
         if !self.settle_crossed_initiation(now, &peer, rx) {
             return;
         }
+        if !self.admit_half_open(now, &peer.name, rx.remote) {
+            return;
+        }
+        // Aggressive mode computes Diffie-Hellman for the first message.
+        if mode == ExchangeMode::Aggressive && !self.admission.dh(&self.config, &peer.name, now) {
+            self.drops.count("dh_rate_limit", rx.remote);
+            return;
+        }
         let id = self.new_id();
         let mut ctx = ctx!(self, now);
         if let Some(sa) = IkeSa::respond(id, peer, &mut ctx, rx) {
+            self.admission.opened(id, &sa.peer().name);
             self.by_cookie.insert(sa.cky_i(), id);
             self.sas.insert(id, sa);
         }
     }
 
+    /// Room for one more half-open responder SA of `peer` ([`crate::admission`]): made by
+    /// evicting its oldest when the peer is at its cap; none when the total is reached.
+    fn admit_half_open(&mut self, now: Instant, peer: &str, remote: SocketAddr) -> bool {
+        match self.admission.half_open(&self.config, peer) {
+            HalfOpen::Admit => true,
+            HalfOpen::Full => {
+                self.drops.count("half_open_limit", remote);
+                false
+            }
+            HalfOpen::Evict(oldest) => {
+                let mut ctx = ctx!(self, now);
+                if let Some(sa) = self.sas.get_mut(&oldest) {
+                    sa.drop_all(&mut ctx, DeleteReason::Local);
+                }
+                self.admission.closed(oldest);
+                self.drops.count("half_open_evicted", remote);
+                self.reap();
+                true
+            }
+        }
+    }
+
     /// Both sides initiated phase 1 at once (both were told to start, or both restarted after
-    /// dead peer detection): the peer's first message arrives while ours to it is unanswered or
-    /// under way. Left alone, each side would build two IKE SAs and each side's INITIAL-CONTACT
-    /// would clear the other's. Both sides settle it the same way, from what both know: the
-    /// exchange with the higher initiator cookie goes on (cookies are random, and unlike
-    /// addresses they read the same on both sides of a NAT). Returns whether to answer the
-    /// peer's message: no when ours goes on (the peer, by the same rule, answers ours instead);
-    /// yes when theirs does, after dropping ours (nothing established, so nothing to delete).
+    /// dead peer detection): the peer's first message arrives while ours to it is unanswered.
+    /// Left alone, each side would build two IKE SAs and each side's INITIAL-CONTACT would clear
+    /// the other's. Both sides settle it the same way, from what both know: the exchange with
+    /// the higher initiator cookie goes on (cookies are random, and unlike addresses they read
+    /// the same on both sides of a NAT). Returns whether to answer the peer's message: no when
+    /// ours goes on (the peer, by the same rule, answers ours instead); yes when theirs does.
+    ///
+    /// Theirs going on pauses ours instead of dropping it, because the peer's first message is
+    /// not authenticated: anyone can send one with cookie ff..ff from the peer's address. Ours
+    /// waits (`crossed_pause`) for theirs to authenticate, is dropped if it does, and goes on
+    /// if it does not; it yields only once, so a spoofer delays our initiation once and never
+    /// stops it. Once the peer has answered ours, it hears us and yielded to us: its first
+    /// message is an old one, and is dropped.
     ///
     /// Ours goes on only while the peer can hear it: if the peer's first message comes a third
     /// time and ours is still unanswered, ours is not reaching it (a NAT or firewall in front of
@@ -336,7 +386,7 @@ impl Endpoint {
     /// would then make both sides drop their own exchange at once.
     fn settle_crossed_initiation(&mut self, now: Instant, peer: &Arc<PeerConfig>, rx: &Received<'_>) -> bool {
         let theirs = rx.header.initiator_cookie;
-        let Some((id, ours, answered, dropped)) = self
+        let Some((id, ours, waiting, yielded, dropped)) = self
             .sas
             .iter()
             .find(|(_, s)| {
@@ -345,30 +395,48 @@ impl Endpoint {
                     && !s.is_established()
                     && !s.is_dead()
             })
-            .map(|(id, s)| (*id, s.cky_i(), s.cky_r() != [0; 8], s.crossed_dropped))
+            .map(|(id, s)| (*id, s.cky_i(), s.awaits_first_reply(), s.has_yielded(), s.crossed_dropped))
         else {
             return true;
         };
         let copies = dropped.filter(|(cookie, _)| *cookie == theirs).map_or(0, |(_, n)| n);
-        let unheard = !answered && copies >= 2;
-        if ours > theirs && !unheard {
+        let unheard = waiting && copies >= 2;
+        if !waiting || (ours > theirs && !unheard) {
             if let Some(sa) = self.sas.get_mut(&id) {
                 sa.crossed_dropped = Some((theirs, copies + 1));
             }
             self.drops.count("crossed_initiation", rx.remote);
             return false;
         }
+        if yielded {
+            // Ours paused once already and the exchange it yielded to did not authenticate:
+            // ours goes on, and theirs is answered too (whichever authenticates first wins).
+            return true;
+        }
         let why = if unheard { "the peer does not hear ours" } else { "the peer's has the higher cookie" };
         tracing::info!(
             peer = %peer.name,
-            "both sides initiated phase 1 at once: answering the peer's exchange and dropping ours ({why})"
+            "both sides initiated phase 1 at once: answering the peer's exchange, ours waits for it to authenticate ({why})"
         );
-        let mut ctx = ctx!(self, now);
+        let ctx = ctx!(self, now);
+        let until = now + ctx.config.crossed_pause;
         if let Some(sa) = self.sas.get_mut(&id) {
-            sa.drop_all(&mut ctx, DeleteReason::Local);
+            sa.pause(&ctx, until);
         }
-        self.reap();
         true
+    }
+
+    /// An IKE SA with `name` authenticated: our exchanges with that peer still waiting for
+    /// their first answer are not needed any more (they yielded to this one, or crossed it).
+    /// Nothing was established on them, so nothing is deleted or reported.
+    fn drop_unanswered_initiations(&mut self, now: Instant, name: &str, established: IkeSaId) {
+        let mut ctx = ctx!(self, now);
+        for (id, sa) in self.sas.iter_mut() {
+            if *id != established && sa.peer().name == name && sa.awaits_first_reply() {
+                tracing::debug!(peer = %name, "our unanswered first message is not needed: dropped");
+                sa.drop_all(&mut ctx, DeleteReason::Local);
+            }
+        }
     }
 
     /// After an SA handled something: INITIAL-CONTACT clears older SAs with the same peer, and
@@ -387,6 +455,9 @@ impl Endpoint {
                 }
             }
         }
+        if self.sas.get(&id).is_none_or(|sa| sa.is_established() || sa.is_dead()) {
+            self.admission.closed(id);
+        }
         self.take_over(now, id);
         self.reap();
     }
@@ -402,6 +473,7 @@ impl Endpoint {
         }
         new.settled = true;
         let (name, replaces) = (new.peer().name.clone(), new.replaces);
+        self.drop_unanswered_initiations(now, &name, id);
         let older: Vec<IkeSaId> = self
             .sas
             .iter()
@@ -438,6 +510,7 @@ impl Endpoint {
     fn reap(&mut self) {
         let dead: Vec<IkeSaId> = self.sas.iter().filter(|(_, s)| s.is_dead()).map(|(id, _)| *id).collect();
         for id in dead {
+            self.admission.closed(id);
             if let Some(sa) = self.sas.remove(&id) {
                 for spi in sa.child_spis() {
                     self.spis.release(spi);

@@ -83,6 +83,14 @@ impl Retransmit {
         }
     }
 
+    /// Holds the request until `at`, then sends it again on a fresh schedule (a paused
+    /// exchange resuming: it has all its retransmissions left).
+    pub fn restart_at(&mut self, at: Instant, config: &EngineConfig) {
+        self.next_at = at;
+        self.interval = config.retransmit_initial;
+        self.tries_left = config.retransmit_tries;
+    }
+
     pub fn poll(&mut self, now: Instant, factor: u32) -> RetransmitDue {
         if now < self.next_at {
             return RetransmitDue::NotYet;
@@ -151,6 +159,10 @@ pub(crate) enum ProtocolError {
     /// INVALID-EXCHANGE-TYPE: the peer uses the other phase 1 mode.
     #[error("{0}")]
     WrongExchange(String),
+    /// A protected message that did not decrypt to a readable message: nobody is told (it
+    /// proves nothing about who sent it), and it changes nothing.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl ProtocolError {
@@ -158,10 +170,16 @@ impl ProtocolError {
         Self::Unannounced { reason, detail: detail.into() }
     }
 
+    /// Whether the message that caused it was not shown to come from the peer (it did not
+    /// decrypt, or its HASH does not verify): such a message must change nothing.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, Self::Unreadable(_) | Self::BadHash(_))
+    }
+
     /// What the peer is told, if anything.
     pub fn notify(&self) -> Option<NotifyType> {
         match self {
-            Self::Unannounced { .. } => None,
+            Self::Unannounced { .. } | Self::Unreadable(_) => None,
             Self::Malformed { .. } => Some(NotifyType::PAYLOAD_MALFORMED),
             Self::MissingPayload(_) => Some(NotifyType::INVALID_PAYLOAD_TYPE),
             Self::NoProposalChosen { .. } => Some(NotifyType::NO_PROPOSAL_CHOSEN),
@@ -181,7 +199,7 @@ impl ProtocolError {
             | Self::NoProposalChosen { reason, .. }
             | Self::BadKeyExchange { reason, .. }
             | Self::BadId { reason, .. } => *reason,
-            Self::MissingPayload(_) | Self::BadHash(_) => FailReason::MalformedMessage,
+            Self::MissingPayload(_) | Self::BadHash(_) | Self::Unreadable(_) => FailReason::MalformedMessage,
             Self::AuthenticationFailed(_) => FailReason::AuthenticationFailed,
             Self::WrongExchange(_) => FailReason::ModeMismatch,
         }
@@ -198,7 +216,8 @@ impl ProtocolError {
             Self::MissingPayload(detail)
             | Self::BadHash(detail)
             | Self::AuthenticationFailed(detail)
-            | Self::WrongExchange(detail) => detail,
+            | Self::WrongExchange(detail)
+            | Self::Unreadable(detail) => detail,
         }
     }
 }

@@ -38,6 +38,11 @@ pub(crate) struct IkeSa {
     /// initiated at once, and how many copies of its first message were dropped (see
     /// `Endpoint::settle_crossed_initiation`).
     pub crossed_dropped: Option<([u8; 8], u32)>,
+    /// Our first message yielded to the peer's crossing exchange: unsent until then, and
+    /// dropped if that exchange authenticates first. An SA yields once: a spoofed first
+    /// message (no one completes it) delays our initiation once, never stops it.
+    paused_until: Option<Instant>,
+    yielded: bool,
     /// A responder that is not established by then is dropped.
     half_open_deadline: Option<Instant>,
     /// The endpoint has looked at this SA since it was established (adoption of child SAs).
@@ -56,6 +61,8 @@ impl IkeSa {
             phase: Phase::Dead,
             initial_contact_received: false,
             crossed_dropped: None,
+            paused_until: None,
+            yielded: false,
             half_open_deadline: None,
             settled: false,
             replaces: None,
@@ -132,6 +139,36 @@ impl IkeSa {
         matches!(&self.phase, Phase::Established(est) if est.superseded)
     }
 
+    /// Our phase 1 whose first message has no answer yet.
+    pub fn awaits_first_reply(&self) -> bool {
+        self.link.role == Role::Initiator && self.link.cky_r == [0; 8] && matches!(self.phase, Phase::Negotiating(_))
+    }
+
+    /// Whether the peer's next phase 1 message makes us compute Diffie-Hellman.
+    pub fn awaits_ke(&self) -> bool {
+        matches!(&self.phase, Phase::Negotiating(p1) if p1.awaits_ke())
+    }
+
+    /// Whether this SA has yielded to a crossing exchange once already.
+    pub fn has_yielded(&self) -> bool {
+        self.yielded
+    }
+
+    /// Yields to the peer's crossing exchange: our first message waits until `until`, then
+    /// goes out again with all its retransmissions left.
+    pub fn pause(&mut self, ctx: &Ctx<'_>, until: Instant) {
+        self.paused_until = Some(until);
+        self.yielded = true;
+        if let Some(r) = self.link.retransmit.as_mut() {
+            r.restart_at(until, ctx.config);
+        }
+    }
+
+    /// Waiting, unsent, for the peer's crossing exchange (see [`IkeSa::pause`]).
+    pub fn is_paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|t| now < t)
+    }
+
     /// The keys phase 1 has derived so far, or the established SA's.
     fn crypto(&self) -> Option<&MessageCrypto> {
         match &self.phase {
@@ -192,7 +229,7 @@ impl IkeSa {
     pub fn resume(&mut self, ctx: &mut Ctx<'_>) {
         if let Some((est, link)) = self.established() {
             let channel = Secured { link, crypto: &est.crypto };
-            est.quick_modes.resume(ctx, channel, &est.children);
+            est.quick_modes.resume(ctx, channel, &mut est.children);
         }
     }
 
@@ -222,7 +259,7 @@ impl IkeSa {
     pub fn start_quick_modes(&mut self, ctx: &mut Ctx<'_>) {
         if let Some((est, link)) = self.established() {
             let channel = Secured { link, crypto: &est.crypto };
-            est.quick_modes.start_all(ctx, channel, &est.children);
+            est.quick_modes.start_all(ctx, channel, &mut est.children);
         }
     }
 
@@ -278,6 +315,12 @@ impl IkeSa {
     /// A phase 1 message (main or aggressive mode, message ID 0) for this SA.
     pub fn handle_phase1(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
         if self.link.answer_duplicate(ctx, rx) {
+            return;
+        }
+        if self.is_paused(ctx.now) {
+            // An answer to our first message while we let the peer's exchange go first: the
+            // peer answers it again when we resend it, if theirs does not authenticate.
+            tracing::debug!(peer = %self.link.peer.name, "answer to our paused first message: ignored");
             return;
         }
         if self.link.repeats_last_taken(rx) {
@@ -555,7 +598,7 @@ impl IkeSa {
             // The notify's SPI, when it carries one, names the quick mode refused.
             let spi = <[u8; 4]>::try_from(n.spi.as_slice()).ok().map(Spi::from_be_bytes);
             let channel = Secured { link, crypto: &est.crypto };
-            est.quick_modes.abort_pending(ctx, channel, &est.children, spi, reason, &detail);
+            est.quick_modes.abort_pending(ctx, channel, &mut est.children, spi, reason, &detail);
         }
         ctx.events.push_back(Event::NegotiationFailed {
             peer: Some(self.link.peer.name.clone()),

@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod child;
 pub mod config;
 pub mod endpoint;

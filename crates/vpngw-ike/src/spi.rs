@@ -6,9 +6,6 @@ use vpngw_crypto::FastRng;
 use vpngw_crypto::rand_core::Rng;
 use vpngw_esp::Spi;
 
-/// The highest SPI value reserved by IANA (RFC 4303 s.2.1): never allocated.
-const RESERVED_MAX: u32 = 255;
-
 /// The SPIs in use by this engine's inbound SAs.
 #[derive(Debug, Default)]
 pub struct SpiPool {
@@ -20,7 +17,7 @@ impl SpiPool {
     pub fn allocate(&mut self, rng: &mut FastRng) -> Spi {
         loop {
             let spi = Spi::new(rng.next_u32());
-            if spi.get() > RESERVED_MAX && self.used.insert(spi) {
+            if !spi.is_reserved() && self.used.insert(spi) {
                 return spi;
             }
         }
@@ -49,7 +46,7 @@ mod tests {
         let mut pool = SpiPool::default();
         let mut rng = FastRng::from_seed_for_tests(1);
         let spis: Vec<Spi> = (0..1000).map(|_| pool.allocate(&mut rng)).collect();
-        assert!(spis.iter().all(|s| s.get() > RESERVED_MAX));
+        assert!(spis.iter().all(|s| !s.is_reserved()));
         assert_eq!(spis.iter().collect::<HashSet<_>>().len(), spis.len());
         assert_eq!(pool.in_use(), 1000);
         assert!(!pool.reserve(spis[0]), "already taken");

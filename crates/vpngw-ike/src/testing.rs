@@ -4,6 +4,8 @@
 // A harness: a bad configuration or a failed step is a failed test, so it panics.
 #![allow(clippy::expect_used)]
 
+pub mod hostile;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 

@@ -286,6 +286,34 @@ fn a_responder_whose_qm3_never_comes_drops_the_inbound_sa_and_says_so() {
     assert!(tb.inbound.contains(a_out) && ta.inbound.contains(b_out), "{ta:?} {tb:?}");
 }
 
+/// B wants to rekey while A's rekey of the same pair is under way (B waits for A's QM3), and
+/// A's rekey then fails (its QM3 and every copy is lost; B gives up and deletes the new pair).
+/// B's rekey waited for A's exchange instead of being dropped, and goes once that failed: the
+/// pair is replaced long before it would expire. (Before: B's rekey was dropped for the busy
+/// pair and A's was spent, so neither side rekeyed again and the pair ran into its hard
+/// lifetime, with a gap.)
+#[test]
+fn a_rekey_deferred_by_an_exchange_that_then_fails_is_not_lost() {
+    let (mut p, _, _, old) = up(47);
+    assert!(p.a.rekey_child(p.now, old));
+    let qm1 = p.a.poll_transmit().unwrap();
+    p.b.handle(p.now, qm1.remote, qm1.local, &qm1.payload);
+    let qm2 = p.b.poll_transmit().unwrap();
+    p.a.handle(p.now, qm2.remote, qm2.local, &qm2.payload);
+    assert!(p.a.poll_transmit().is_some(), "A sends QM3 (lost)");
+    p.blackhole_a = true;
+    let mark = p.b_events.len();
+    assert!(!p.b.rekey_child(p.now, old), "B's rekey waits: A's exchange for the pair is open");
+    // B resends QM2 five times (1 s doubling) and gives up 63 s after QM1.
+    p.drive(Duration::from_secs(75));
+    assert_eq!(deletes(&p.b_events, DeleteReason::Abandoned), 1, "{:?}", &p.b_events[mark..]);
+    p.blackhole_a = false;
+    p.drive(Duration::from_secs(150));
+    let by_b = Pair::children(&p.b_events[mark..]).into_iter().filter(|c| c.role == vpngw_ike::Role::Initiator).count();
+    assert_eq!(by_b, 1, "B's deferred rekey ran: {:?}", &p.b_events[mark..]);
+    assert!(deletes(&p.b_events, DeleteReason::Rekeyed) >= 1, "the old pair was replaced: {:?}", &p.b_events[mark..]);
+}
+
 // --------------------------------------------------------------------------------------------
 // Dead peer detection, re-authentication, peer restarts
 

@@ -90,3 +90,57 @@ fn a_cleartext_initial_contact_with_a_zero_responder_cookie_changes_nothing() {
 fn a_cleartext_initial_contact_with_our_responder_cookie_changes_nothing() {
     spoof(true, 82);
 }
+
+/// B's first message (as B would send it to A), for spoofing from B's address.
+fn bs_first_message(seed: u64) -> (Vec<u8>, SocketAddr, SocketAddr) {
+    let (_, first, from, to) = established_by_b(seed);
+    (first, from, to)
+}
+
+/// A initiates; before B's answer reaches it (A's first message is lost once), a spoofed first
+/// message from B's address arrives, with initiator cookies that win the crossed-initiation
+/// rule: one ff..ff, or (`every_half_second`) a fresh winning cookie every 0.5 s for 30 s.
+/// A's own exchange yields once, resumes when the spoofed one does not authenticate, and the
+/// tunnel comes up; nothing fails. (Before: A dropped its own exchange for the spoofed one,
+/// silently, and nothing brought the tunnel up again.)
+fn spoofed_first_messages_delay_our_initiation_once(every_half_second: bool, seed: u64) {
+    let (first, from, to) = bs_first_message(seed);
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b, seed + 1);
+    p.drop_from_a = 1;
+    p.a.initiate(p.now, "to-b").unwrap();
+    let spoofs = if every_half_second { 60 } else { 1 };
+    let mut up_at = None;
+    for i in 0..spoofs {
+        let mut mm1 = first.clone();
+        mm1[..8].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff - i as u8]);
+        p.a.handle(p.now, to, from, &mm1);
+        p.drive_until(Duration::from_millis(500 * (i + 1)));
+        if up_at.is_none() && Pair::children(&p.a_events).len() == 1 {
+            up_at = Some(p.now - p.start);
+        }
+    }
+    p.drive_with(Duration::from_secs(60), |p| {
+        if up_at.is_none() && Pair::children(&p.a_events).len() == 1 {
+            up_at = Some(p.now - p.start);
+        }
+    });
+    let up_at = up_at.expect("up");
+    assert_eq!(Pair::established(&p.a_events), 1, "{:?}", p.a_events);
+    assert_eq!(Pair::children(&p.a_events).len(), 1, "{:?}", p.a_events);
+    assert_eq!(Pair::children(&p.b_events).len(), 1, "{:?}", p.b_events);
+    // The pause (10 s) and a little: the spoofer delays A once, not at each spoof.
+    assert!(up_at <= Duration::from_secs(12), "up after {up_at:?}");
+    let failures = Pair::failures(&p.a_events);
+    assert!(failures.iter().all(|(r, _)| *r != vpngw_ike::FailReason::PeerUnreachable), "{failures:?}");
+}
+
+#[test]
+fn a_spoofed_winning_first_message_delays_our_initiation_and_does_not_stop_it() {
+    spoofed_first_messages_delay_our_initiation_once(false, 83);
+}
+
+#[test]
+fn a_stream_of_spoofed_winning_first_messages_delays_our_initiation_once() {
+    spoofed_first_messages_delay_our_initiation_once(true, 84);
+}

@@ -52,7 +52,7 @@ use crate::retry::Retries;
 use crate::routes::Routes;
 use crate::runtime_connections::RuntimeConnections;
 use crate::saved_tunnels;
-use crate::state::connection_up;
+use crate::state::{ConnectionState, connection_up};
 use crate::volume::SaWatch;
 
 /// NAT keepalive interval (RFC 3948 s.4; strongSwan uses 20 s too).
@@ -193,9 +193,9 @@ fn load(config_path: &Path) -> Result<(Config, BTreeMap<String, toml::Table>), D
     let mut config = Config::load(config_path)?;
     let mut api_tables = BTreeMap::new();
     if let Some(api) = &config.api {
-        let taken: Vec<String> = config.connections.iter().map(|c| c.peer.name.clone()).collect();
         let base = config_path.parent().unwrap_or(Path::new("/"));
-        let (restored, tables) = api::load_state(&api.state_file, config.gateway.public_address, base, &taken);
+        let (restored, tables) =
+            api::load_state(&api.state_file, config.gateway.public_address, base, &config.connections);
         if !restored.is_empty() {
             tracing::info!(count = restored.len(), file = %api.state_file.display(), "runtime connections restored");
         }
@@ -250,7 +250,7 @@ async fn serve_surfaces(config: &Config) -> Result<(Surfaces, Option<api::ApiTok
     let (api, token) = match &config.api {
         Some(api) => {
             let (task, token) = api::serve(api, cmd_tx.clone()).await?;
-            tracing::info!(listen = %api.listen, "management API at http://{}/api/v1/", api.listen);
+            tracing::info!(listen = %api.listen, "management API at {}://{}/api/v1/", api.scheme(), api.listen);
             (Some(task), Some(token))
         }
         None => (None, None),
@@ -424,6 +424,21 @@ impl Daemon {
         }
     }
 
+    /// Every active connection that is down has its next attempt scheduled, whatever took it
+    /// down (an exchange dropped without a failure, a lost event): the engine's events schedule
+    /// retries, and this makes sure none is missed.
+    fn ensure_attempts(&mut self, now: Instant) {
+        let sas = self.ike.endpoint.ike_sas();
+        for c in self.config.connections.iter().filter(|c| c.start == Start::Active) {
+            let name = &c.peer.name;
+            if ConnectionState::of(&sas, name, c.peer.subnets.len()) == ConnectionState::Down
+                && self.retries.ensure(name, now)
+            {
+                tracing::info!(connection = %name, "down with no attempt scheduled: retry scheduled");
+            }
+        }
+    }
+
     /// Schedules a retry if the connection is active (started by this side).
     fn schedule_retry(&mut self, name: &str) {
         if self.connection(name).is_some_and(|c| c.start == Start::Active) {
@@ -434,7 +449,9 @@ impl Daemon {
     /// Once a second: SA counters against the engine (DPD, volume lifetimes), the ledger, and
     /// held packets.
     fn lifecycle_tick(&mut self) {
-        self.sa_watch.tick(&mut self.ike.endpoint, self.child_sas.table(), Instant::now());
+        let now = Instant::now();
+        self.sa_watch.tick(&mut self.ike.endpoint, self.child_sas.table(), now);
+        self.ensure_attempts(now);
         self.child_sas.settle();
         // A packet held by a worker that still saw the table from before an SA arrived
         // would otherwise wait for the next SA: look again every second.
@@ -461,6 +478,7 @@ impl Daemon {
             ike_drops: self.ike.endpoint.drops(),
             table: self.child_sas.table(),
             history: &self.history,
+            retries: &self.retries,
             probes: &self.probes,
             workers: self.dataplane.as_ref().map_or(&[][..], |dp| dp.counters()),
             link_paths: &link_paths,

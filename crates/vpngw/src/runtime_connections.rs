@@ -133,12 +133,51 @@ pub fn parse(
             ),
         ));
     }
+    // Overlapping subnets would let one connection's SA carry the other's traffic.
+    for other in others.iter().filter(|c| c.peer.name != name) {
+        if let Some(o) = crate::config::overlap(&connection, other) {
+            return Err(problem(
+                "connection.remote_subnets",
+                format!("{:?}", o.ours.remote.to_string()),
+                o.reason(&format!("{:?}", other.peer.name)),
+            ));
+        }
+    }
     Ok((connection, table))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_whose_subnets_overlap_another_is_refused_naming_it() {
+        let file = "[gateway]\npublic_address = \"198.51.100.1\"\n[[connection]]\nname = \"from-file\"\n\
+                    remote_address = \"198.51.100.9\"\npre_shared_key = \"file-psk-abcdef\"\n\
+                    local_subnets = [\"10.1.1.0/24\"]\nremote_subnets = [\"10.9.0.0/24\"]\n";
+        let others = crate::config::Config::parse(file, Path::new(".")).unwrap().connections;
+        let public = Ipv4Addr::new(198, 51, 100, 1);
+        let body = |local: &str| {
+            serde_json::json!({
+                "remote_address": "198.51.100.2",
+                "pre_shared_key": "api-psk-0123456789",
+                "local_subnets": [local],
+                "remote_subnets": ["10.9.0.0/16"],
+            })
+        };
+        let Err(problems) = parse("to-b", body("10.1.0.0/16"), public, Path::new("."), &others) else {
+            panic!("an overlapping connection accepted")
+        };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "connection.remote_subnets");
+        assert!(problems[0].reason.contains("\"from-file\""), "{}", problems[0].reason);
+        assert!(!format!("{problems:?}").contains("api-psk"), "the key in a problem");
+        assert!(parse("to-b", body("10.1.2.0/24"), public, Path::new("."), &others).is_ok(), "disjoint refused");
+        // Replacing a connection does not conflict with its own earlier version.
+        let (me, _) = parse("to-b", body("10.1.2.0/24"), public, Path::new("."), &others).unwrap();
+        let with_me = [others.clone(), vec![me]].concat();
+        assert!(parse("to-b", body("10.1.2.0/24"), public, Path::new("."), &with_me).is_ok(), "refused against itself");
+    }
 
     #[test]
     fn a_deleted_connection_is_forgotten_without_an_api_section_too() {

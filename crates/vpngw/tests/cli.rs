@@ -9,11 +9,18 @@ fn vpngw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vpngw"))
 }
 
+/// Writes a file for the tests, mode 0600 (configurations here hold keys).
 fn write(name: &str, text: &str) -> PathBuf {
+    write_mode(name, text, 0o600)
+}
+
+fn write_mode(name: &str, text: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     p
 }
 
@@ -62,6 +69,59 @@ fn check_lists_every_problem_and_exits_2() {
     }
     assert!(err.contains("6 problem(s)"), "{err}");
     assert!(!err.contains("super-secret"), "{err}");
+}
+
+#[test]
+fn check_refuses_connections_whose_subnets_overlap_naming_both() {
+    let second = "\n[[connection]]\nname = \"branch-2\"\nremote_address = \"198.51.100.3\"\n\
+                  pre_shared_key = \"super-secret-psk-value\"\nlocal_subnets = [\"10.1.0.0/16\"]\nremote_subnets = [\"10.2.0.128/25\"]\n";
+    let out =
+        vpngw().args(["check", "--config"]).arg(write("overlap.toml", &format!("{GOOD}{second}"))).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("1 problem(s)"), "{err}");
+    assert!(
+        err.contains("connection[1].remote_subnets = \"10.2.0.128/25\": 10.1.0.0/16 -> 10.2.0.128/25 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24"),
+        "{err}"
+    );
+    assert!(!err.contains("super-secret"), "{err}");
+    // Disjoint remote subnets: accepted.
+    let disjoint = second.replace("10.2.0.128/25", "10.3.0.0/24");
+    let out =
+        vpngw().args(["check", "--config"]).arg(write("disjoint.toml", &format!("{GOOD}{disjoint}"))).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_refuses_key_files_others_can_read_and_warns_about_such_a_file_with_inline_keys() {
+    // A key file: 0644 refused (exit 2, the file, its mode, the fix), 0600 accepted.
+    let key = write_mode("branch-1.psk", "file-secret-psk-value\n", 0o644);
+    let with_file = GOOD.replace(
+        "pre_shared_key = \"super-secret-psk-value\"",
+        &format!("pre_shared_key_file = \"{}\"", key.display()),
+    );
+    let config = write("key-file.toml", &with_file);
+    let out = vpngw().args(["check", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let path = key.display();
+    assert!(err.contains(&format!("{path} has mode 0644")) && err.contains(&format!("chmod 600 {path}")), "{err}");
+    assert!(!err.contains("file-secret"), "{err}");
+    write_mode("branch-1.psk", "file-secret-psk-value\n", 0o600);
+    let out = vpngw().args(["check", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Inline keys in a file others can read: accepted, with a warning line.
+    let open = write_mode("inline-0644.toml", GOOD, 0o644);
+    let out = vpngw().args(["check", "--config"]).arg(&open).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("OK (1 connection(s), 4 warning(s))"), "{text}");
+    let line = format!(
+        "warning: connection[0].pre_shared_key = <redacted>: the file holds the keys of connection[0] inline, and {} has mode 0644",
+        open.display()
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(!text.contains("super-secret"), "{text}");
 }
 
 #[test]

@@ -16,6 +16,9 @@ use crate::proposal::{self, Phase1Choice};
 use crate::snapshot::AnsweredRequest;
 use crate::wire::{ExchangeType, Payload, PayloadChain, parse_payloads};
 
+/// How often a responder resends AM2 without hearing from the initiator.
+const AM2_RESENDS: u32 = 2;
+
 const EXCHANGE: ExchangeType = ExchangeType::AGGRESSIVE;
 
 /// Initiator: AM1 sent, waiting for everything from the responder at once.
@@ -87,8 +90,13 @@ impl Aggressive {
         payloads.push(Payload::Hash(auth.hash_r(&crypto.keys, link, &our_id.body())));
         let packet = link.build_clear(EXCHANGE, 0, &payloads);
         link.last_answer = Some(AnsweredRequest::new(rx.data, packet.clone()));
-        // AM2 is the middle of a three-message exchange: resent until AM3 arrives.
+        // AM2 is the middle of a three-message exchange: resent until AM3 arrives, but only
+        // twice: the first message is unauthenticated, and each resend goes to whoever's
+        // address it carried (a lost AM2 is recovered anyway: the initiator resends AM1).
         link.send_request(ctx, packet);
+        if let Some(r) = link.retransmit.as_mut() {
+            r.tries_left = r.tries_left.min(AM2_RESENDS);
+        }
         Ok(Self::Am3(ExpectAm3 { auth, choice, crypto, peer_id_b }))
     }
 

@@ -131,6 +131,12 @@ impl MainMode {
     pub fn awaits_first_reply(&self) -> bool {
         matches!(self, Self::SaReply(_))
     }
+
+    /// We answered the peer's first message and wait for its KE (the message that costs us
+    /// a Diffie-Hellman computation).
+    pub fn awaits_ke(&self) -> bool {
+        matches!(self, Self::Ke(_))
+    }
 }
 
 impl ExpectMmSaReply {

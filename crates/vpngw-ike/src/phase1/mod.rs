@@ -75,6 +75,12 @@ impl Phase1 {
         }
     }
 
+    /// As responder, the peer's next message makes us compute Diffie-Hellman (main mode's
+    /// third; aggressive mode's first is the one that created the SA).
+    pub fn awaits_ke(&self) -> bool {
+        matches!(self, Self::Main(m) if m.awaits_ke())
+    }
+
     /// Our main mode message 5 waits for its answer.
     pub fn awaits_mm6(&self) -> bool {
         matches!(self, Self::Main(m) if m.awaits_mm6())

@@ -200,13 +200,24 @@ pub fn select_phase2(policy: &Phase2Policy, offered: &SaPayload, our_spi: Spi) -
             continue;
         }
         let Ok(spi_bytes) = <[u8; 4]>::try_from(&p.spi[..]) else { continue };
+        let peer_spi = Spi::from_be_bytes(spi_bytes);
+        if peer_spi.is_reserved() {
+            closest.get_or_insert_with(|| {
+                vec![Difference {
+                    parameter: "spi",
+                    offered: format!("reserved SPI {peer_spi}"),
+                    configured: format!("above {}", Spi::RESERVED_MAX),
+                }]
+            });
+            continue;
+        }
         for t in &p.transforms {
             let (differences, choice) = phase2_differences(policy, t);
             if let Some(choice) = choice {
                 return Ok(Phase2Selection {
                     reply: phase2_sa(p.number, our_spi, phase2_transform(t.number, &choice)),
                     choice,
-                    peer_spi: Spi::from_be_bytes(spi_bytes),
+                    peer_spi,
                 });
             }
             if closest.as_ref().is_none_or(|c| differences.len() < c.len()) {
@@ -225,13 +236,13 @@ pub fn accept_phase2_reply(policy: &Phase2Policy, reply: &SaPayload) -> Result<(
     let malformed = || Mismatch {
         differences: vec![Difference {
             parameter: "proposal",
-            offered: "not one ESP transform with a 4-byte SPI".into(),
+            offered: "not one ESP transform with a 4-byte SPI above 255".into(),
             configured: "one".into(),
         }],
     };
     let [p] = reply.proposals.as_slice() else { return Err(malformed()) };
     let ([t], Ok(spi)) = (p.transforms.as_slice(), <[u8; 4]>::try_from(&p.spi[..])) else { return Err(malformed()) };
-    if p.protocol != ProtocolId::ESP {
+    if p.protocol != ProtocolId::ESP || Spi::from_be_bytes(spi).is_reserved() {
         return Err(malformed());
     }
     let (differences, choice) = phase2_differences(policy, t);
@@ -290,28 +301,45 @@ mod tests {
     fn phase2_pfs_and_mode_mismatches() {
         let ours = Phase2Policy::default();
         let pfs = Phase2Policy { pfs: Some(DhGroup::Modp2048), ..Phase2Policy::default() };
-        let m = select_phase2(&ours, &phase2_offer(&pfs, Spi::new(7), Encapsulation::Tunnel), Spi::new(9)).unwrap_err();
+        let m = select_phase2(&ours, &phase2_offer(&pfs, Spi::new(0x1007), Encapsulation::Tunnel), Spi::new(0x1009))
+            .unwrap_err();
         assert!(m.is_pfs_only(), "{m}");
         assert_eq!(m.to_string(), "pfs: peer offered dh14, configured disable");
-        let mut transport = phase2_offer(&ours, Spi::new(7), Encapsulation::Tunnel);
+        let mut transport = phase2_offer(&ours, Spi::new(0x1007), Encapsulation::Tunnel);
         for a in &mut transport.proposals[0].transforms[0].attributes {
             if a.kind == p2_attr::ENCAPSULATION_MODE {
                 *a = Attribute::number(p2_attr::ENCAPSULATION_MODE, p2_attr::ENCAP_TRANSPORT);
             }
         }
-        let m = select_phase2(&ours, &transport, Spi::new(9)).unwrap_err();
+        let m = select_phase2(&ours, &transport, Spi::new(0x1009)).unwrap_err();
         assert!(m.is_mode_only(), "{m}");
         let ok = select_phase2(
             &ours,
-            &phase2_offer(&ours, Spi::new(7), Encapsulation::UdpTunnel { draft: false }),
-            Spi::new(9),
+            &phase2_offer(&ours, Spi::new(0x1007), Encapsulation::UdpTunnel { draft: false }),
+            Spi::new(0x1009),
         )
         .unwrap();
-        assert_eq!(ok.peer_spi, Spi::new(7));
+        assert_eq!(ok.peer_spi, Spi::new(0x1007));
         assert_eq!(ok.choice.encapsulation, Encapsulation::UdpTunnel { draft: false });
         assert_eq!(ok.choice.lifetime_kilobytes, Some(1_843_200));
         let (choice, spi) = accept_phase2_reply(&ours, &ok.reply).unwrap();
-        assert_eq!((choice, spi), (ok.choice, Spi::new(9)));
+        assert_eq!((choice, spi), (ok.choice, Spi::new(0x1009)));
+    }
+
+    #[test]
+    fn reserved_spis_are_refused_from_either_side() {
+        let ours = Phase2Policy::default();
+        for reserved in [0, 1, 255] {
+            let m =
+                select_phase2(&ours, &phase2_offer(&ours, Spi::new(reserved), Encapsulation::Tunnel), Spi::new(0x1009))
+                    .unwrap_err();
+            assert!(m.to_string().contains("spi: peer offered reserved SPI"), "{m}");
+            let reply = phase2_offer(&ours, Spi::new(reserved), Encapsulation::Tunnel);
+            assert!(accept_phase2_reply(&ours, &reply).is_err(), "{reserved}");
+        }
+        assert!(
+            select_phase2(&ours, &phase2_offer(&ours, Spi::new(256), Encapsulation::Tunnel), Spi::new(0x1009)).is_ok()
+        );
     }
 
     #[test]

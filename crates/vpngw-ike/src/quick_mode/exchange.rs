@@ -115,8 +115,7 @@ impl Opened {
 
 /// Decrypts a quick mode message with `iv` and checks that HASH comes first.
 pub(crate) fn open(crypto: &MessageCrypto, rx: &Received<'_>, iv: &[u8]) -> Result<Opened, ProtocolError> {
-    let bad =
-        |what: &str| ProtocolError::unannounced(FailReason::MalformedMessage, format!("quick mode message: {what}"));
+    let bad = |what: &str| ProtocolError::Unreadable(format!("quick mode message: {what}"));
     let (plain, last) = crypto.open(rx, iv).map_err(|e| bad(&e.to_string()))?;
     let chain = parse_payloads(rx.header.next_payload, &plain, true).map_err(|e| bad(&e.to_string()))?;
     let first = chain.payloads.first().ok_or_else(|| bad("empty"))?;

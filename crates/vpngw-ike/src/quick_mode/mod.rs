@@ -28,12 +28,22 @@ use crate::wire::ProtocolId;
 const DONE_KEPT: usize = 8;
 /// Message IDs of given-up exchanges remembered.
 const ABORTED_KEPT: usize = 16;
+/// A rekey that could not start (another exchange for the pair was under way) or whose quick
+/// mode failed is tried again this much later.
+const REKEY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Quick modes of ours under way at once on one IKE SA. strongSwan keeps the CBC IV of only
 /// its last three exchanges (keymat_v1.c, MAX_IV): a fourth concurrent one makes it forget
 /// the oldest's IV and fail to decrypt its last message. Two leave room for an informational
 /// exchange (DPD, Delete) and a quick mode the peer starts.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// Quick modes the peer may have open at once on one IKE SA (strongSwan runs at most three
+/// of its own; see [`MAX_IN_FLIGHT`]).
+const MAX_PEER_IN_FLIGHT: usize = 4;
+/// Child SAs per subnet pair on one IKE SA, beyond which the peer's quick modes are dropped:
+/// one carrying traffic, its replacement, and replaced ones retiring (10 s each).
+const MAX_CHILD_SAS_PER_PAIR: usize = 6;
 
 /// A quick mode waiting for its turn: a pair's first SA, or the replacement of the child SA
 /// with this inbound SPI (a rekey).
@@ -98,7 +108,7 @@ impl QuickModes {
 
     /// After an import: the peer's exchanges waiting for QM3 resend QM2 until it comes (as
     /// before the export), and the queued ones of ours start.
-    pub fn resume(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
         for q in self.exchanges.iter_mut().filter(|q| q.state == QmState::R2 && q.retransmit.is_none()) {
             if let Some(a) = &q.last_answer {
                 q.retransmit = Some(Retransmit::new(a.answer.clone(), ctx));
@@ -119,7 +129,7 @@ impl QuickModes {
 
     /// Starts a quick mode for every configured pair that has neither an SA nor an exchange.
     /// They run [`MAX_IN_FLIGHT`] at a time, the rest queued.
-    pub fn start_all(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+    pub fn start_all(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
         for pair in &channel.link.peer.subnets {
             if !children.has_pair(pair) && !self.busy(pair) {
                 self.queue.push_back(Queued { pair: *pair, replaces: None });
@@ -131,10 +141,14 @@ impl QuickModes {
     /// Starts replacing the child SA with this SPI (ours or the peer's) unless a replacement
     /// is under way or done. Returns whether a quick mode started.
     pub fn rekey(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, spi: Spi) -> bool {
-        let Some((pair, old)) = children.begin_rekey(spi) else { return false };
-        if self.busy(&pair) || children.has_replacement(&pair, old) {
+        let Some((pair, old)) = children.rekey_candidate(spi) else { return false };
+        if children.has_replacement(&pair, old) || self.busy(&pair) {
+            // A replacement is under way (the peer's rekey, most likely): when it takes over,
+            // this SA is replaced and nothing is left to do; if it fails, ours goes then.
+            children.defer_rekey(old, ctx.now + REKEY_RETRY);
             return false;
         }
+        children.rekey_started(old);
         tracing::info!(peer = %channel.link.peer.name, spi_in = %old, selectors = %pair, "rekeying child SA");
         // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
         self.queue.push_back(Queued { pair, replaces: Some(old) });
@@ -143,7 +157,7 @@ impl QuickModes {
     }
 
     /// Starts queued quick modes while fewer than [`MAX_IN_FLIGHT`] of ours are under way.
-    fn pump(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &ChildSet) {
+    fn pump(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet) {
         loop {
             let in_flight = self.exchanges.iter().filter(|q| q.role == Role::Initiator && q.is_open()).count();
             if in_flight >= MAX_IN_FLIGHT {
@@ -162,6 +176,9 @@ impl QuickModes {
                 let message_id = self.new_message_id(ctx);
                 let qm = initiator::start(ctx, channel, message_id, pair, q.replaces);
                 self.exchanges.push(qm);
+            } else if let (true, Some(old)) = (wanted, q.replaces) {
+                // The peer started an exchange for the pair meanwhile: ours waits for it.
+                children.defer_rekey(old, ctx.now + REKEY_RETRY);
             }
         }
     }
@@ -220,6 +237,11 @@ impl QuickModes {
             }
         };
         match result {
+            Err(f) if f.is_unauthenticated() => {
+                // Not shown to come from the peer: our exchange goes on as if it never came.
+                tracing::debug!(peer = %peer, message_id = mid, error = %f, "unauthenticated quick mode message dropped");
+                false
+            }
             Ok(installed) => {
                 if installed {
                     self.prune_done();
@@ -236,6 +258,15 @@ impl QuickModes {
 
     /// A new exchange the peer starts (QM1).
     fn respond(&mut self, ctx: &mut Ctx<'_>, channel: Secured<'_>, children: &mut ChildSet, rx: &Received<'_>) -> bool {
+        // An authenticated peer still gets bounded work and state: a few of its quick modes
+        // open at once, and a few child SAs per subnet pair (the current one, its replacement,
+        // and retiring ones).
+        let open = self.exchanges.iter().filter(|q| q.role == Role::Responder && q.is_open()).count();
+        let limit = MAX_CHILD_SAS_PER_PAIR * channel.link.peer.subnets.len().max(1);
+        if open >= MAX_PEER_IN_FLIGHT || children.records().count() >= limit {
+            tracing::debug!(peer = %channel.link.peer.name, open, child_sas = children.records().count(), "quick mode over the limits: dropped");
+            return false;
+        }
         let mut offered = None;
         match responder::on_qm1(ctx, channel, rx, &mut offered) {
             Ok(mut qm) => {
@@ -247,8 +278,14 @@ impl QuickModes {
                 self.prune_done();
                 true
             }
+            Err(f) if f.is_unauthenticated() => {
+                tracing::debug!(peer = %channel.link.peer.name, error = %f, "unauthenticated quick mode message dropped");
+                false
+            }
             Err(f) => {
                 tracing::debug!(peer = %channel.link.peer.name, reason = %f.reason(), "quick mode refused");
+                // Its retransmissions are dropped, not refused again (with a DH each under PFS).
+                self.remember_aborted(rx.header.message_id);
                 report(ctx, channel, f, offered.unwrap_or(Spi::new(0)));
                 false
             }
@@ -264,6 +301,12 @@ impl QuickModes {
         f: ProtocolError,
     ) {
         let qm = self.exchanges.remove(index);
+        // The peer may go on with it (it does not know): its later messages are dropped, not
+        // taken for a new exchange.
+        self.remember_aborted(qm.message_id);
+        if let (Role::Initiator, Some(old)) = (qm.role, qm.replaces) {
+            children.defer_rekey(old, ctx.now + REKEY_RETRY);
+        }
         if children.is_installing(qm.spi_in) {
             // A responder's inbound SA, installed at QM2: QM3 never came right. The initiator may
             // be sending with it already: the Delete sends it back to an older pair.
@@ -274,6 +317,13 @@ impl QuickModes {
         }
         report(ctx, channel, f, qm.spi_in);
         self.pump(ctx, channel, children);
+    }
+
+    fn remember_aborted(&mut self, message_id: u32) {
+        self.aborted.push_back(message_id);
+        while self.aborted.len() > ABORTED_KEPT {
+            self.aborted.pop_front();
+        }
     }
 
     fn prune_done(&mut self) {
@@ -326,7 +376,7 @@ impl QuickModes {
         &mut self,
         ctx: &mut Ctx<'_>,
         channel: Secured<'_>,
-        children: &ChildSet,
+        children: &mut ChildSet,
         spi: Option<Spi>,
         reason: FailReason,
         detail: &str,
@@ -339,11 +389,13 @@ impl QuickModes {
             .filter(|q| pending(q) && named.is_none_or(|s| q.spi_in == s))
             .map(|q| q.spi_in)
             .collect();
-        for q in self.exchanges.iter().filter(|q| dropped.contains(&q.spi_in)) {
-            self.aborted.push_back(q.message_id);
-        }
-        while self.aborted.len() > ABORTED_KEPT {
-            self.aborted.pop_front();
+        let aborted: Vec<(u32, Option<Spi>)> =
+            self.exchanges.iter().filter(|q| dropped.contains(&q.spi_in)).map(|q| (q.message_id, q.replaces)).collect();
+        for (message_id, replaces) in aborted {
+            self.remember_aborted(message_id);
+            if let Some(old) = replaces {
+                children.defer_rekey(old, ctx.now + REKEY_RETRY);
+            }
         }
         self.exchanges.retain(|q| !dropped.contains(&q.spi_in));
         for s in &dropped {

@@ -78,13 +78,19 @@ impl DeletePayload {
         let protocol = ProtocolId(r.u8("delete protocol")?);
         let spi_size = r.u8("delete SPI size")?;
         let count = r.u16("delete SPI count")? as usize;
-        let mut spis = Vec::with_capacity(count.min(64));
-        for _ in 0..count {
-            spis.push(r.take(spi_size as usize, "delete SPI")?.to_vec());
-        }
-        if !r.is_empty() {
+        // The count is checked against the bytes that carry the SPIs before anything is
+        // allocated: work stays linear in the datagram's length (an SPI size of 0 with 65,535
+        // SPIs used to cost 65,535 allocations per payload).
+        if count == 0 && !r.is_empty() {
             return Err(WireError::TrailingData(r.remaining()));
         }
+        if count > 0 && (spi_size == 0 || count * spi_size as usize != r.remaining()) {
+            return Err(WireError::Invalid {
+                what: "delete",
+                detail: format!("{count} SPIs of {spi_size} bytes in {} bytes", r.remaining()),
+            });
+        }
+        let spis: Vec<Vec<u8>> = r.rest().chunks_exact(spi_size.max(1) as usize).map(<[u8]>::to_vec).collect();
         Ok(Self { doi, protocol, spi_size, spis })
     }
 }
@@ -309,6 +315,10 @@ pub fn parse_payloads(first: PayloadType, data: &[u8], allow_trailing: bool) -> 
 
 /// Encodes a chain: each generic header's next-payload field names the following payload.
 pub fn encode_payloads(payloads: &[Payload]) -> Vec<u8> {
+    #[cfg(feature = "testing")]
+    let rewritten = crate::testing::hostile::rewrite(payloads);
+    #[cfg(feature = "testing")]
+    let payloads: &[Payload] = rewritten.as_deref().unwrap_or(payloads);
     let mut out = Vec::with_capacity(256);
     for (i, p) in payloads.iter().enumerate() {
         let next = payloads.get(i + 1).map_or(PayloadType::NONE, Payload::kind);
@@ -408,5 +418,30 @@ mod tests {
         for bad in [0, 7, 257, 4000] {
             assert!(matches!(chain(bad).nonce(), Err(WireError::BadLength { len, .. }) if len == bad), "{bad}");
         }
+    }
+
+    /// A Delete body: DOI 1, protocol ESP, then `spi_size`, `count` and `spis` bytes.
+    fn delete_body(spi_size: u8, count: u16, spis: &[u8]) -> Vec<u8> {
+        let mut b = vec![0, 0, 0, 1, ProtocolId::ESP.0, spi_size];
+        b.extend_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(spis);
+        b
+    }
+
+    #[test]
+    fn a_delete_count_must_match_its_bytes_before_anything_is_allocated() {
+        let ok = DeletePayload::parse(&delete_body(4, 2, &[1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+        assert_eq!(ok.spis, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
+        assert_eq!(DeletePayload::parse(&delete_body(4, 0, &[])).unwrap().spis.len(), 0);
+        // The amplification: SPI size 0 with 65,535 SPIs; and counts that lie either way.
+        for (size, count, spis) in
+            [(0u8, 65_535u16, &[][..]), (4, 3, &[0; 8][..]), (4, 1, &[0; 8][..]), (16, 1, &[0; 4][..])]
+        {
+            assert!(
+                matches!(DeletePayload::parse(&delete_body(size, count, spis)), Err(WireError::Invalid { .. })),
+                "size {size} count {count}"
+            );
+        }
+        assert_eq!(DeletePayload::parse(&delete_body(4, 0, &[0; 4])), Err(WireError::TrailingData(4)));
     }
 }

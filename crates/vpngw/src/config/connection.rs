@@ -1,5 +1,6 @@
 //! `[[connection]]` and its `dpd` and `health_check` tables: one connection's peer, key, subnets
-//! and start, and the rules across connections (unique names, one key per remote address).
+//! and start, and the rules across connections (unique names, one key per remote address,
+//! disjoint subnets).
 //! The `ike` and `ipsec` tables are in `ike_ipsec.rs`.
 
 use std::collections::BTreeSet;
@@ -11,7 +12,7 @@ use toml::{Table, Value};
 use vpngw_crypto::SecretBytes;
 use vpngw_ike::{DpdAction, DpdPolicy, Ipv4Subnet, PeerConfig, SubnetPair};
 
-use super::walker::{NAME_CHARS, Problem, Walker, valid_name};
+use super::walker::{NAME_CHARS, Problem, Walker, loose_secret_mode, valid_name};
 use super::{Connection, HealthCheck, Start, UdpEncapsulation};
 
 const CONNECTION_KEYS: &[&str] = &[
@@ -37,6 +38,9 @@ impl Walker {
     /// when `[gateway]` is invalid).
     pub(super) fn connections(&mut self, root: &Table, public: Option<Ipv4Addr>) -> Vec<Connection> {
         let mut connections = Vec::new();
+        // The index in the file of each connection kept (an invalid one is not), for the keys
+        // of the problems across connections.
+        let mut at = Vec::new();
         match root.get("connection") {
             None => {}
             Some(Value::Array(list)) => {
@@ -46,6 +50,7 @@ impl Walker {
                         Value::Table(t) => {
                             if let Some(c) = self.connection(&key, t, public) {
                                 connections.push(c);
+                                at.push(i);
                             }
                         }
                         v => self.problem(&key, Some(v), "must be a table ([[connection]])"),
@@ -54,14 +59,32 @@ impl Walker {
             }
             Some(v) => self.problem("connection", Some(v), "must be an array of tables ([[connection]])"),
         }
-        self.check_names_unique(&connections);
-        self.check_one_key_per_address(&connections);
+        self.check_names_unique(&connections, &at);
+        self.check_one_key_per_address(&connections, &at);
+        self.check_subnets_disjoint(&connections, &at);
         connections
     }
 
-    fn check_names_unique(&mut self, connections: &[Connection]) {
-        let mut names = BTreeSet::new();
+    /// Two connections whose subnets can match one packet would take each other's traffic:
+    /// every such pair is a problem, under the later one's `remote_subnets`.
+    fn check_subnets_disjoint(&mut self, connections: &[Connection], at: &[usize]) {
         for (i, c) in connections.iter().enumerate() {
+            for (j, d) in connections[..i].iter().enumerate() {
+                if let Some(o) = overlap(c, d) {
+                    let reason = o.reason(&format!("{:?} (connection[{}])", d.peer.name, at[j]));
+                    self.problem(
+                        &format!("connection[{}].remote_subnets", at[i]),
+                        Some(&Value::String(o.ours.remote.to_string())),
+                        reason,
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_names_unique(&mut self, connections: &[Connection], at: &[usize]) {
+        let mut names = BTreeSet::new();
+        for (c, i) in connections.iter().zip(at) {
             if !names.insert(c.peer.name.clone()) {
                 self.problem(
                     &format!("connection[{i}].name"),
@@ -74,12 +97,12 @@ impl Walker {
 
     /// Main mode picks the pre-shared key by the peer's address before the peer's identity is
     /// known: two connections to one address must share the key.
-    fn check_one_key_per_address(&mut self, connections: &[Connection]) {
+    fn check_one_key_per_address(&mut self, connections: &[Connection], at: &[usize]) {
         for (i, c) in connections.iter().enumerate() {
             for d in &connections[..i] {
                 if c.peer.remote_address == d.peer.remote_address && c.peer.psk != d.peer.psk {
                     self.problem(
-                        &format!("connection[{i}].pre_shared_key"),
+                        &format!("connection[{}].pre_shared_key", at[i]),
                         None,
                         format!("connection {:?} has the same remote_address but another key; main mode selects the key by address, so they must be equal", d.peer.name),
                     );
@@ -274,7 +297,20 @@ impl Walker {
             }
             (None, Some(Value::String(p))) => {
                 let path = if Path::new(p).is_absolute() { PathBuf::from(p) } else { self.base.join(p) };
-                match std::fs::read(&path) {
+                let file = std::fs::File::open(&path);
+                // The mode of the file read, not of whatever the path names a moment later.
+                if let Ok(meta) = file.as_ref().map(std::fs::File::metadata)
+                    && let Ok(meta) = meta
+                    && let Some(reason) = loose_secret_mode(&path, &meta)
+                {
+                    self.problem(&format!("{key}.pre_shared_key_file"), t.get("pre_shared_key_file"), reason);
+                    return (None, String::new());
+                }
+                let read = file.and_then(|mut f| {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+                });
+                match read {
                     Ok(mut bytes) => {
                         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                             bytes.pop();
@@ -349,6 +385,37 @@ impl Walker {
     }
 }
 
+/// Where two connections' policies meet: a subnet pair of each that can both match one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    pub ours: SubnetPair,
+    pub theirs: SubnetPair,
+}
+
+impl Overlap {
+    /// The problem's reason; `other` names the other connection.
+    pub fn reason(&self, other: &str) -> String {
+        format!(
+            "{} -> {} overlaps connection {other}'s {} -> {}: one packet could match both connections, \
+             and either one's SA would carry it; make the local or the remote subnets disjoint",
+            self.ours.local, self.ours.remote, self.theirs.local, self.theirs.remote
+        )
+    }
+}
+
+/// The first pair of `a`'s and `b`'s subnet pairs that can both match one packet (the local
+/// subnets overlap and the remote subnets overlap); None when the two are disjoint.
+pub fn overlap(a: &Connection, b: &Connection) -> Option<Overlap> {
+    let meet = |x: &Ipv4Subnet, y: &Ipv4Subnet| x.covers(y) || y.covers(x);
+    a.peer.subnets.iter().find_map(|p| {
+        b.peer
+            .subnets
+            .iter()
+            .find(|q| meet(&p.local, &q.local) && meet(&p.remote, &q.remote))
+            .map(|q| Overlap { ours: *p, theirs: *q })
+    })
+}
+
 fn parse_subnet(s: &str) -> Option<Result<Ipv4Subnet, String>> {
     let (addr, prefix) = s.split_once('/')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
@@ -414,11 +481,84 @@ mod tests {
         assert_eq!(Config::parse(&off, Path::new(".")).unwrap().metrics.listen, None);
     }
 
+    /// MINIMAL plus a second connection to another peer with these subnets.
+    fn with_second(local: &str, remote: &str) -> String {
+        format!(
+            "{MINIMAL}\n[[connection]]\nname = \"branch-2\"\nremote_address = \"198.51.100.3\"\n\
+             pre_shared_key = \"lab-psk-0123456789abcdef\"\nlocal_subnets = [{local}]\nremote_subnets = [{remote}]\n"
+        )
+    }
+
+    #[test]
+    fn connections_whose_subnets_can_match_one_packet_are_refused() {
+        // MINIMAL's branch-1: 10.1.0.0/24 -> 10.2.0.0/24.
+        for (local, remote) in [
+            ("\"10.1.0.0/24\"", "\"10.2.0.0/24\""),                   // the same
+            ("\"10.1.0.0/16\"", "\"10.2.0.128/25\""),                 // one inside, one covering
+            ("\"10.5.0.0/24\", \"10.1.0.64/26\"", "\"10.2.0.0/23\""), // one of several pairs
+        ] {
+            let text = with_second(local, remote);
+            let Err(ParseError::Invalid(problems)) = Config::parse(&text, Path::new(".")) else {
+                panic!("{local} -> {remote} accepted")
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            let p = problems[0].to_string();
+            assert_eq!(problems[0].key, "connection[1].remote_subnets", "{p}");
+            assert!(p.contains("\"branch-1\" (connection[0])") && p.contains("10.1.0.0/24 -> 10.2.0.0/24"), "{p}");
+        }
+        // Disjoint on either side: a packet matches one of them at most.
+        for (local, remote) in [
+            ("\"10.1.0.0/24\"", "\"10.3.0.0/24\""),
+            ("\"10.4.0.0/24\"", "\"10.2.0.0/24\""),
+            ("\"10.1.1.0/24\"", "\"10.2.0.0/16\""),
+        ] {
+            let c = Config::parse(&with_second(local, remote), Path::new("."))
+                .unwrap_or_else(|e| panic!("{local} -> {remote} refused: {e:?}"));
+            assert_eq!(c.connections.len(), 2);
+        }
+    }
+
+    #[test]
+    fn problems_across_connections_name_them_by_their_place_in_the_file() {
+        // connection[1] is invalid (no key): the overlap is between connection[0] and [2].
+        let invalid = "\n[[connection]]\nname = \"broken\"\nremote_address = \"198.51.100.5\"\n\
+                       local_subnets = [\"10.5.0.0/24\"]\nremote_subnets = [\"10.6.0.0/24\"]\n";
+        let text = format!("{MINIMAL}{invalid}") + &with_second("\"10.1.0.0/24\"", "\"10.2.0.0/24\"")[MINIMAL.len()..];
+        let Err(ParseError::Invalid(problems)) = Config::parse(&text, Path::new(".")) else { panic!("accepted") };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["connection[1].pre_shared_key", "connection[2].remote_subnets"], "{problems:?}");
+    }
+
+    #[test]
+    fn every_overlapping_pair_is_listed_with_both_names() {
+        let third = "\n[[connection]]\nname = \"branch-3\"\nremote_address = \"198.51.100.4\"\n\
+                     pre_shared_key = \"lab-psk-0123456789abcdef\"\nlocal_subnets = [\"10.1.0.0/16\"]\nremote_subnets = [\"10.2.0.0/16\"]\n";
+        let text = with_second("\"10.1.0.0/24\"", "\"10.2.0.0/24\"") + third;
+        let Err(ParseError::Invalid(problems)) = Config::parse(&text, Path::new(".")) else { panic!("accepted") };
+        let shown: Vec<(String, String)> = problems
+            .iter()
+            .map(|p| (p.key.clone(), p.reason.split(':').next().unwrap_or_default().to_string()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("connection[1].remote_subnets".into(), "10.1.0.0/24 -> 10.2.0.0/24 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+                ("connection[2].remote_subnets".into(), "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+                ("connection[2].remote_subnets".into(), "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-2\" (connection[1])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+            ]
+        );
+    }
+
     #[test]
     fn psk_file_and_fqdn_ids() {
         let dir = std::env::temp_dir().join(format!("vpngw-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k.psk"), "secret-from-file\n").unwrap();
+        let private = |mode| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.join("k.psk"), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        private(0o600);
         let text = MINIMAL.replace("pre_shared_key = \"lab-psk-0123456789abcdef\"", "pre_shared_key_file = \"k.psk\"")
             + "[connection.ike]\nmode = \"aggressive\"\nlocal_id = \"fqdn:left.lab.example\"\nremote_id = \"fqdn:right.lab.example\"\n";
         let c = Config::parse(&text, &dir).unwrap();
@@ -427,6 +567,17 @@ mod tests {
         assert_eq!(p.local_id, Identity::Fqdn("left.lab.example".into()));
         assert_eq!(p.mode, ExchangeMode::Aggressive);
         assert!(c.connections[0].psk_source.starts_with("file "));
+        // Group- or world-readable: refused, naming the file, its mode and the fix, not the key.
+        for (mode, shown) in [(0o644, "0644"), (0o640, "0640"), (0o602, "0602")] {
+            private(mode);
+            let Err(ParseError::Invalid(problems)) = Config::parse(&text, &dir) else { panic!("{shown} accepted") };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            let p = problems[0].to_string();
+            let path = dir.join("k.psk").display().to_string();
+            assert!(p.starts_with("connection[0].pre_shared_key_file = \"k.psk\""), "{p}");
+            assert!(p.contains(&format!("{path} has mode {shown}")) && p.contains(&format!("chmod 600 {path}")), "{p}");
+            assert!(!p.contains("secret-from-file"), "{p}");
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 }

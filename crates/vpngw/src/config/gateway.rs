@@ -9,8 +9,8 @@ use toml::{Table, Value};
 
 use super::walker::{NAME_CHARS, Walker, valid_name};
 use super::{
-    Api, DEFAULT_API_LISTEN, DEFAULT_API_STATE, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, EspOutput, Gateway,
-    Metrics, Tuning,
+    Api, ApiTls, DEFAULT_API_LISTEN, DEFAULT_API_STATE, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, EspOutput,
+    Gateway, Metrics, Tuning,
 };
 
 impl Walker {
@@ -106,7 +106,11 @@ impl Walker {
         cores
     }
     pub(super) fn api(&mut self, t: &Table) -> Option<Api> {
-        self.unknown_keys("api.", t, &["enabled", "listen", "token_file", "state_file"]);
+        self.unknown_keys(
+            "api.",
+            t,
+            &["enabled", "listen", "token_file", "state_file", "tls_cert_file", "tls_key_file", "insecure_plaintext"],
+        );
         let enabled = self.boolean("api.enabled", t, "enabled", true);
         let listen = match self.string("api.listen", t, "listen") {
             None => DEFAULT_API_LISTEN.parse().ok(),
@@ -116,7 +120,11 @@ impl Walker {
             }),
         };
         let token_file = match self.string("api.token_file", t, "token_file") {
-            Some(p) => Some(self.base.join(p)),
+            Some(p) => {
+                let path = self.base.join(p);
+                self.secret_file("api.token_file", t.get("token_file"), &path);
+                Some(path)
+            }
             None => {
                 self.problem("api.token_file", None, "required: a file holding the bearer token");
                 None
@@ -124,8 +132,61 @@ impl Walker {
         };
         let state = self.string("api.state_file", t, "state_file").unwrap_or(DEFAULT_API_STATE.into());
         let state_file = self.base.join(state);
-        let api = Api { listen: listen?, token_file: token_file?, state_file };
+        let tls = self.api_tls(t);
+        let insecure_plaintext = self.boolean("api.insecure_plaintext", t, "insecure_plaintext", false);
+        if let Some(listen) = listen
+            && !listen.ip().is_loopback()
+            && matches!(tls, Some(None))
+            && !insecure_plaintext
+        {
+            self.problem(
+                "api.listen",
+                t.get("listen"),
+                "not a loopback address, and every request carries the bearer token: set tls_cert_file and \
+                 tls_key_file (PEM) to serve HTTPS, or insecure_plaintext = true to accept the token in the clear",
+            );
+        }
+        if insecure_plaintext && matches!(tls, Some(Some(_))) {
+            self.warn(
+                "api.insecure_plaintext",
+                "true",
+                "has no effect: tls_cert_file and tls_key_file are set (HTTPS)",
+            );
+        }
+        let api = Api { listen: listen?, token_file: token_file?, state_file, tls: tls.flatten(), insecure_plaintext };
         enabled.then_some(api)
+    }
+
+    /// `api.tls_cert_file` and `api.tls_key_file`: both or neither. Some(None): neither given;
+    /// None: a problem recorded.
+    fn api_tls(&mut self, t: &Table) -> Option<Option<ApiTls>> {
+        let cert = self.string("api.tls_cert_file", t, "tls_cert_file").map(|p| self.base.join(p));
+        let key = self.string("api.tls_key_file", t, "tls_key_file").map(|p| self.base.join(p));
+        let (cert_file, key_file) = match (cert, key) {
+            (None, None) if !t.contains_key("tls_cert_file") && !t.contains_key("tls_key_file") => return Some(None),
+            (Some(c), Some(k)) => (c, k),
+            (c, k) => {
+                for (name, given) in [("tls_cert_file", c.is_some()), ("tls_key_file", k.is_some())] {
+                    if !given && !t.contains_key(name) {
+                        self.problem(
+                            &format!("api.{name}"),
+                            None,
+                            "required with the other tls_* key (a PEM file; both serve HTTPS)",
+                        );
+                    }
+                }
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (name, path) in [("tls_cert_file", &cert_file), ("tls_key_file", &key_file)] {
+            if let Err(e) = std::fs::File::open(path) {
+                self.problem(&format!("api.{name}"), t.get(name), format!("cannot read {}: {e}", path.display()));
+                ok = false;
+            }
+        }
+        self.secret_file("api.tls_key_file", t.get("tls_key_file"), &key_file);
+        ok.then_some(Some(ApiTls { cert_file, key_file }))
     }
 
     pub(super) fn metrics(&mut self, t: Table) -> Metrics {
@@ -175,6 +236,89 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "gateway.esp_output");
         assert!(problems[0].to_string().contains("must be one of: link, ip"), "{}", problems[0]);
+    }
+
+    /// A fresh directory with the given files (name, content, mode).
+    fn dir_with(test: &str, files: &[(&str, &str, u32)]) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("vpngw-api-config-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text, mode) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        dir
+    }
+
+    fn problems(text: &str, base: &Path) -> Vec<String> {
+        match Config::parse(text, base) {
+            Ok(_) => Vec::new(),
+            Err(ParseError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn api_off_loopback_needs_tls_or_the_explicit_opt_out() {
+        let dir =
+            dir_with("tls", &[("t", "token-1234567890\n", 0o600), ("c.pem", "cert", 0o644), ("k.pem", "key", 0o600)]);
+        let api = |lines: &str| format!("{MINIMAL}[api]\ntoken_file = \"t\"\n{lines}\n");
+        // Loopback: plain HTTP by default.
+        let c = Config::parse(&api(""), &dir).unwrap();
+        let a = c.api.unwrap();
+        assert_eq!((a.tls.clone(), a.insecure_plaintext, a.scheme()), (None, false, "http"));
+        // Anything else without TLS: refused, with what to do.
+        for listen in ["192.0.2.10:9721", "0.0.0.0:9721", "[::]:9721"] {
+            let p = problems(&api(&format!("listen = \"{listen}\"")), &dir);
+            assert_eq!(p.len(), 1, "{listen}: {p:?}");
+            assert!(p[0].starts_with("api.listen = ") && p[0].contains("tls_cert_file and tls_key_file"), "{p:?}");
+            assert!(p[0].contains("insecure_plaintext = true"), "{p:?}");
+        }
+        // The opt-out, written out.
+        let c = Config::parse(&api("listen = \"192.0.2.10:9721\"\ninsecure_plaintext = true"), &dir).unwrap();
+        assert!(c.api.unwrap().insecure_plaintext);
+        let p = problems(&api("listen = \"192.0.2.10:9721\"\ninsecure_plaintext = \"yes\""), &dir);
+        assert!(p.iter().any(|p| p.starts_with("api.insecure_plaintext")), "{p:?}");
+        // TLS: both files, readable, the key private.
+        let tls = "listen = \"192.0.2.10:9721\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"";
+        let a = Config::parse(&api(tls), &dir).unwrap().api.unwrap();
+        assert_eq!(a.tls.as_ref().map(|t| t.key_file.clone()), Some(dir.join("k.pem")));
+        assert_eq!(a.scheme(), "https");
+        let p = problems(&api("listen = \"192.0.2.10:9721\"\ntls_cert_file = \"c.pem\""), &dir);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("api.tls_key_file: required"), "{p:?}");
+        let p = problems(&api(&tls.replace("k.pem", "missing.pem")), &dir);
+        assert!(p.len() == 1 && p[0].starts_with("api.tls_key_file") && p[0].contains("cannot read"), "{p:?}");
+    }
+
+    #[test]
+    fn token_and_tls_key_files_that_others_may_read_are_refused() {
+        let dir = dir_with(
+            "modes",
+            &[
+                ("t-open", "secret-token-value\n", 0o644),
+                ("t-group", "secret-token-value\n", 0o640),
+                ("t", "secret-token-value\n", 0o600),
+                ("c.pem", "cert", 0o644),
+                ("k-open", "secret-key-value", 0o604),
+                ("k", "secret-key-value", 0o400),
+            ],
+        );
+        let api = |token: &str, key: &str| {
+            format!("{MINIMAL}[api]\ntoken_file = \"{token}\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"{key}\"\n")
+        };
+        assert!(Config::parse(&api("t", "k"), &dir).is_ok(), "0600 token, 0400 key refused");
+        for (token, key, bad, mode) in
+            [("t-open", "k", "t-open", "0644"), ("t-group", "k", "t-group", "0640"), ("t", "k-open", "k-open", "0604")]
+        {
+            let p = problems(&api(token, key), &dir);
+            assert_eq!(p.len(), 1, "{p:?}");
+            let path = dir.join(bad).display().to_string();
+            assert!(p[0].contains(&format!("{path} has mode {mode}")), "{p:?}");
+            assert!(p[0].contains(&format!("chmod 600 {path}")), "{p:?}");
+            assert!(!p[0].contains("secret-"), "a secret in {p:?}");
+        }
     }
 
     #[test]

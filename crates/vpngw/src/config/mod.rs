@@ -22,8 +22,9 @@ use std::time::Duration;
 use toml::Table;
 use vpngw_ike::PeerConfig;
 
-pub use walker::Problem;
+pub use connection::overlap;
 use walker::Walker;
+pub use walker::{Problem, loose_secret_mode};
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpngw/vpngw.sock";
 
@@ -111,6 +112,25 @@ pub struct Api {
     pub token_file: PathBuf,
     /// Connections created through the API, kept here across restarts.
     pub state_file: PathBuf,
+    /// HTTPS with this certificate and key; None: plain HTTP (loopback, or `insecure_plaintext`).
+    pub tls: Option<ApiTls>,
+    /// `insecure_plaintext = true`: plain HTTP on a non-loopback address, by the user's choice
+    /// (warned about at start).
+    pub insecure_plaintext: bool,
+}
+
+impl Api {
+    /// `https` with TLS, `http` without.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// The API's certificate chain and private key (PEM files, read at start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9721";
@@ -183,12 +203,35 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
+        let read = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read)?;
+        let mut config = Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
             ParseError::Syntax(message) => ConfigError::Syntax { path: path.to_path_buf(), message },
             ParseError::Invalid(problems) => ConfigError::Invalid { path: path.to_path_buf(), problems },
-        })
+        })?;
+        config.warn_inline_keys(path, &meta);
+        Ok(config)
+    }
+
+    /// A warning when the file holds keys (`pre_shared_key = "..."`) and others may read it.
+    fn warn_inline_keys(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        let inline: Vec<String> = (self.connections.iter().enumerate())
+            .filter(|(_, c)| c.psk_source == "inline")
+            .map(|(i, _)| format!("connection[{i}]"))
+            .collect();
+        if let (Some(first), Some(reason)) = (inline.first(), walker::loose_secret_mode(path, meta)) {
+            self.warnings.push(Problem {
+                key: format!("{first}.pre_shared_key"),
+                value: "<redacted>".into(),
+                reason: format!(
+                    "the file holds the keys of {} inline, and {reason} (or move the keys to pre_shared_key_file)",
+                    inline.join(", ")
+                ),
+            });
+        }
     }
 
     /// Parses a configuration; relative `pre_shared_key_file` paths are taken from `base`.
@@ -300,6 +343,34 @@ remote_subnets = ["10.2.0.0/24"]
             warned,
             ["connection[0].ike.authentication", "connection[0].ike.dh_group", "connection[0].ipsec.authentication"]
         );
+    }
+
+    #[test]
+    fn a_file_with_inline_keys_that_others_may_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("vpngw-inline-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vpngw.toml");
+        let inline_warning = |mode: u32, text: &str| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = Config::load(&path).unwrap();
+            c.warnings.iter().find(|w| w.reason.contains("inline")).map(ToString::to_string)
+        };
+        let w = inline_warning(0o644, MINIMAL).expect("no warning at 0644");
+        let shown = path.display().to_string();
+        assert!(w.starts_with("connection[0].pre_shared_key = <redacted>"), "{w}");
+        assert!(w.contains(&format!("{shown} has mode 0644")) && w.contains(&format!("chmod 600 {shown}")), "{w}");
+        assert!(!w.contains("lab-psk"), "{w}");
+        assert!(inline_warning(0o640, MINIMAL).is_some(), "group-readable not warned about");
+        assert_eq!(inline_warning(0o600, MINIMAL), None);
+        // Keys in files only: the configuration file holds no secret.
+        std::fs::write(dir.join("k.psk"), "secret-from-file\n").unwrap();
+        std::fs::set_permissions(dir.join("k.psk"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let from_file =
+            MINIMAL.replace("pre_shared_key = \"lab-psk-0123456789abcdef\"", "pre_shared_key_file = \"k.psk\"");
+        assert_eq!(inline_warning(0o644, &from_file), None);
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

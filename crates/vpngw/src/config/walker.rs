@@ -35,6 +35,21 @@ pub(super) struct Walker {
     pub(super) base: PathBuf,
 }
 
+/// Why a file holding a secret (a pre-shared key, the API token, the API's TLS key) is refused:
+/// group or others have any access to it. Names the file, its mode and the fix; None when
+/// only its owner may read it.
+pub fn loose_secret_mode(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = meta.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} has mode {mode:04o}: group or others can read it, and it holds a secret; run chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
 /// The characters a gateway or connection name may hold, as problems name them.
 pub(super) const NAME_CHARS: &str = "letters, digits, '-', '_' and '.'";
 
@@ -64,6 +79,16 @@ impl Walker {
 
     pub(super) fn warn(&mut self, key: &str, value: &str, reason: &str) {
         self.warnings.push(Problem { key: key.into(), value: format!("{value:?}"), reason: reason.into() });
+    }
+
+    /// A file named by `key` that holds a secret: a problem if others may read it. A file that
+    /// cannot be examined is left to whoever reads it (a problem there, an error at start).
+    pub(super) fn secret_file(&mut self, key: &str, value: Option<&Value>, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path)
+            && let Some(reason) = loose_secret_mode(path, &meta)
+        {
+            self.problem(key, value, reason);
+        }
     }
 
     pub(super) fn unknown_keys(&mut self, prefix: &str, table: &Table, known: &[&str]) {

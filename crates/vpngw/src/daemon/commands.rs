@@ -28,7 +28,7 @@ impl Daemon {
             },
             Request::Down { connection } => match self.ike.endpoint.terminate(now, &connection) {
                 Ok(()) => {
-                    self.retries.cancel(&connection);
+                    self.retries.hold(&connection);
                     self.child_sas.withdraw_connection(&connection);
                     Response::ok(format!("{connection} down"))
                 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::Daemon;
 use super::wanted::{policies, wanted_routes};
-use crate::config::{Config, ConfigError, Connection, Start};
+use crate::config::{Config, ConfigError, Connection, Start, overlap};
 
 /// The keys whose change a reload cannot apply (they need a restart).
 fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
@@ -22,8 +22,9 @@ fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
         ("gateway.worker_cores", old.worker_cores != now.worker_cores),
         ("metrics", was.metrics != new.metrics),
         (
-            "api.listen, api.state_file",
-            was.api.as_ref().map(|a| (a.listen, &a.state_file)) != new.api.as_ref().map(|a| (a.listen, &a.state_file)),
+            "api.listen, api.state_file, api.tls_cert_file, api.tls_key_file, api.insecure_plaintext",
+            was.api.as_ref().map(|a| (a.listen, &a.state_file, &a.tls, a.insecure_plaintext))
+                != new.api.as_ref().map(|a| (a.listen, &a.state_file, &a.tls, a.insecure_plaintext)),
         ),
     ]
     .into_iter()
@@ -49,19 +50,35 @@ impl Daemon {
             }
         };
         let restart = restart_only(&self.config, &new);
-        if !restart.is_empty() {
-            tracing::warn!(keys = %restart.join(", "), "these changes need a restart; other changes applied");
-        }
-        self.runtime.reload_token(new.api.as_ref());
-        self.config.warnings = new.warnings;
         // Runtime connections stay, unless the file now defines one with the same name.
         let mut connections = new.connections;
         let file_names: Vec<String> = connections.iter().map(|c| c.peer.name.clone()).collect();
+        let file_count = connections.len();
         for c in &self.config.connections {
             if self.runtime.contains(&c.peer.name) && !file_names.contains(&c.peer.name) {
                 connections.push(c.clone());
             }
         }
+        // The file's connections are disjoint (Config::load); those that stay from the API
+        // must be disjoint from them too, or one would carry the other's traffic.
+        let mut overlapping = false;
+        for api_made in &connections[file_count..] {
+            for file_made in &connections[..file_count] {
+                if let Some(o) = overlap(file_made, api_made) {
+                    let reason = o.reason(&format!("{:?} (created through the API)", api_made.peer.name));
+                    tracing::error!(connection = %file_made.peer.name, problem = %reason, "reload refused: subnets overlap");
+                    overlapping = true;
+                }
+            }
+        }
+        if overlapping {
+            return;
+        }
+        if !restart.is_empty() {
+            tracing::warn!(keys = %restart.join(", "), "these changes need a restart; other changes applied");
+        }
+        self.runtime.reload_token(new.api.as_ref());
+        self.config.warnings = new.warnings;
         self.runtime.yield_to_file(&file_names);
         let (kept, removed, added) = self.apply_connections(connections).await;
         tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");

@@ -356,6 +356,7 @@ mod tests {
             ike_sa: None,
             child_sas: children,
             last_failure: None,
+            next_attempt_in_seconds: None,
             health: None,
         };
         // The seed's default volume at 200 MB/s (1.6 Gbit/s): 9 s. Advised, with the numbers.

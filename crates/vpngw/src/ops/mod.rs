@@ -33,6 +33,8 @@ pub struct Sources<'a> {
     /// The SAs the dataplane uses, with their counters.
     pub table: &'a SaTable,
     pub history: &'a ConnectionHistory,
+    /// The retries scheduled for active connections that are down.
+    pub retries: &'a crate::retry::Retries,
     pub probes: &'a Probes,
     /// The dataplane's workers' counters (none once it stopped).
     pub workers: &'a [WorkerCounters],

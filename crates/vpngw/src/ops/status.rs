@@ -67,6 +67,9 @@ pub struct ConnectionStatus {
     pub ike_sa: Option<IkeSaStatus>,
     pub child_sas: Vec<ChildSaStatus>,
     pub last_failure: Option<FailureStatus>,
+    /// When an active connection that is down tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_in_seconds: Option<u64>,
     /// The tunnel quality probe, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthStatus>,
@@ -200,6 +203,7 @@ pub fn connection(s: &Sources, c: &Connection) -> ConnectionStatus {
             at_unix: unix(f.at),
             count: f.count,
         }),
+        next_attempt_in_seconds: s.retries.due(&p.name).map(|at| at.saturating_duration_since(s.now).as_secs()),
         health: s.probes.status(&p.name),
     }
 }
@@ -385,6 +389,9 @@ fn render_connection(o: &mut String, c: &ConnectionStatus, now_unix: u64) {
     }
     if let Some(f) = &c.last_failure {
         let _ = writeln!(o, "  last failure ({}, {}x): {}: {}", ago(now_unix, f.at_unix), f.count, f.reason, f.detail);
+    }
+    if let Some(s) = c.next_attempt_in_seconds {
+        let _ = writeln!(o, "  next attempt in {s}s");
     }
 }
 
