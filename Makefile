@@ -19,7 +19,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
-.PHONY: help demo test lint unit interop bench bench-e2e bench-scale deps-test deps-demo
+.PHONY: help demo test lint unit interop bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo
 
 help:
 	@echo "vpngw make targets:"
@@ -30,6 +30,9 @@ help:
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
 	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
 	@echo "  make bench-scale  10,000 SAs: per-packet cost, memory per SA and per tunnel, idle daemon (root)"
+	@echo "  make bench-flood  spoofed IKE first-message floods at an established vpngw: memory, status"
+	@echo "               latency, DPD, rekeys, pings (root)"
+	@echo "  make bench-soak   two vpngw over a lossy, duplicating, reordering link through rekeys (root)"
 
 deps-demo:
 	@$(DEPS) $(DEMO_PACKAGES)
@@ -76,3 +79,18 @@ bench-e2e:
 	@$(DEPS) $(BENCH_PACKAGES)
 	$(CARGO) build --release --locked -p vpngw
 	benches/e2e.sh
+
+# Floods of spoofed IKE first messages (issue 16) and the impairment soak: the harness of the
+# system tests (vpngw-tests) drives them; vpngw of the same (release) profile.
+FLOOD_PACKAGES := iproute2 iputils-ping nftables python3 strongswan-charon strongswan-swanctl \
+	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
+
+bench-flood:
+	@$(DEPS) $(FLOOD_PACKAGES)
+	$(CARGO) build --release --locked -p vpngw
+	$(CARGO) run --release --locked -p vpngw-tests --example flood
+
+bench-soak:
+	@$(DEPS) iproute2 iputils-ping nftables python3
+	$(CARGO) build --release --locked -p vpngw
+	$(CARGO) run --release --locked -p vpngw-tests --example soak

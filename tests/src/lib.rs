@@ -11,6 +11,7 @@
 pub mod netns;
 pub mod packet;
 pub mod pcap;
+pub mod spoof;
 pub mod strongswan;
 pub mod tool;
 pub mod traffic;

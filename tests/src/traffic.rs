@@ -104,6 +104,8 @@ pub struct Background {
 pub struct BackgroundReport {
     pub pings_sent: u64,
     pub pings_received: u64,
+    /// Echo replies that came more than once (ping's "+N duplicates").
+    pub pings_duplicated: u64,
     pub stream_sent: Value,
     pub stream_received: Value,
 }
@@ -170,13 +172,23 @@ impl Background {
             let mut parts = line.split(", ");
             let sent = parts.next()?.split(' ').next()?.parse::<u64>().ok()?;
             let received = parts.next()?.split(' ').next()?.parse::<u64>().ok()?;
-            Some((sent, received))
+            let duplicated = parts
+                .find_map(|p| p.strip_prefix('+').and_then(|p| p.strip_suffix(" duplicates")))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            Some((sent, received, duplicated))
         })
-        .unwrap_or((0, 0));
+        .unwrap_or((0, 0, 0));
         for pid in [self.ping, self.client, self.server] {
             lab.stop(pid, Duration::from_secs(1));
         }
-        BackgroundReport { pings_sent: stats.0, pings_received: stats.1, stream_sent, stream_received }
+        BackgroundReport {
+            pings_sent: stats.0,
+            pings_received: stats.1,
+            pings_duplicated: stats.2,
+            stream_sent,
+            stream_received,
+        }
     }
 }
 

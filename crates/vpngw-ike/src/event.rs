@@ -271,6 +271,10 @@ pub struct IkeSaInfo {
     pub state: IkeSaState,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The ISAKMP cookies (public: they are in every message's header).
+    pub initiator_cookie: [u8; 8],
+    /// Zero until the responder answered.
+    pub responder_cookie: [u8; 8],
     pub encryption: Option<EncryptionAlgorithm>,
     pub hash: Option<HashAlgorithm>,
     pub dh_group: Option<DhGroup>,

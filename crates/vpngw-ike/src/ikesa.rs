@@ -663,6 +663,8 @@ impl IkeSa {
             state,
             local: self.link.local,
             remote: self.link.remote,
+            initiator_cookie: self.link.cky_i,
+            responder_cookie: self.link.cky_r,
             encryption: choice.map(|c| c.encryption),
             hash: choice.map(|c| c.hash),
             dh_group: choice.map(|c| c.dh_group),

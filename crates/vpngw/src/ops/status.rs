@@ -81,6 +81,12 @@ pub struct IkeSaStatus {
     pub role: String,
     pub local: String,
     pub remote: String,
+    /// The ISAKMP cookies in hex, as tcpdump and strongSwan print them (they travel in clear
+    /// in every IKE message's header).
+    #[serde(default)]
+    pub initiator_cookie: String,
+    #[serde(default)]
+    pub responder_cookie: String,
     pub encryption: Option<String>,
     pub authentication: Option<String>,
     pub dh_group: Option<String>,
@@ -208,6 +214,8 @@ fn ike_sa(s: &Sources, sa: &IkeSaInfo) -> IkeSaStatus {
         role: sa.role.to_string(),
         local: sa.local.to_string(),
         remote: sa.remote.to_string(),
+        initiator_cookie: cookie_hex(sa.initiator_cookie),
+        responder_cookie: cookie_hex(sa.responder_cookie),
         encryption: sa.encryption.map(|a| a.name().into()),
         authentication: sa.hash.map(|h| h.name().into()),
         dh_group: sa.dh_group.map(|g| g.name().into()),
@@ -215,6 +223,13 @@ fn ike_sa(s: &Sources, sa: &IkeSaInfo) -> IkeSaStatus {
         established_at_unix: sa.established_at.map(|t| s.unix_at(t)),
         expires_in_seconds: sa.expires_at.map(|t| t.saturating_duration_since(s.now).as_secs()),
     }
+}
+
+fn cookie_hex(cookie: [u8; 8]) -> String {
+    cookie.iter().fold(String::with_capacity(16), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn child_sa(s: &Sources, ch: &ChildSaInfo) -> ChildSaStatus {
