@@ -21,9 +21,11 @@
 //! bounds on lifetimes a peer chooses), `seen` (the peer's message IDs, against replays), `child`
 //! (`ChildSet`), `liveness` (DPD, re-authentication), `quick_mode` (`QuickModes`), `phase1`
 //! (main and aggressive mode as consuming typestates), `established` (the keyed state after
-//! phase 1), `ikesa` (composes them), `endpoint` (demultiplexes datagrams to IKE SAs). Feature
-//! `testing` (tests and benchmarks only) adds [`testing`]: two endpoints on an in-memory
-//! network and virtual clock.
+//! phase 1), `ikesa` (composes them; `ikesa/informational` acts on the peer's informational
+//! exchanges), `admission` (what unauthenticated first messages may cost), `endpoint`
+//! (demultiplexes datagrams to IKE SAs). Feature `testing` (tests and benchmarks only) adds
+//! [`testing`]: two endpoints on an in-memory network and virtual clock, and a hostile peer
+//! whose payloads a test rewrites.
 
 #![forbid(unsafe_code)]
 
