@@ -261,7 +261,11 @@ impl Endpoint {
                 match rx.header.exchange {
                     _ if phase1 && rx.header.message_id == 0 => sa.handle_phase1(&mut ctx, &rx),
                     ExchangeType::QUICK_MODE => sa.handle_quick_mode(&mut ctx, &rx),
-                    ExchangeType::INFORMATIONAL => sa.handle_informational(&mut ctx, &rx),
+                    ExchangeType::INFORMATIONAL => {
+                        if let Some(reason) = sa.handle_informational(&mut ctx, &rx) {
+                            self.drops.count(reason, remote);
+                        }
+                    }
                     _ => self.drops.count("unsupported_exchange", remote),
                 }
                 self.after(now, id);
@@ -335,10 +339,14 @@ impl Endpoint {
         }
         let id = self.new_id();
         let mut ctx = ctx!(self, now);
-        if let Some(sa) = IkeSa::respond(id, peer, &mut ctx, rx) {
-            self.admission.opened(id, &sa.peer().name);
-            self.by_cookie.insert(sa.cky_i(), id);
-            self.sas.insert(id, sa);
+        match IkeSa::respond(id, peer, &mut ctx, rx) {
+            Some(sa) => {
+                self.admission.opened(id, &sa.peer().name);
+                self.by_cookie.insert(sa.cky_i(), id);
+                self.sas.insert(id, sa);
+            }
+            // Refused (and reported) by the SA: unreadable, or nothing we accept.
+            None => self.drops.count("first_message_refused", rx.remote),
         }
     }
 

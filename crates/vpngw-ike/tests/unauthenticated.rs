@@ -144,3 +144,43 @@ fn a_spoofed_winning_first_message_delays_our_initiation_and_does_not_stop_it() 
 fn a_stream_of_spoofed_winning_first_messages_delays_our_initiation_once() {
     spoofed_first_messages_delay_our_initiation_once(true, 84);
 }
+
+/// What the spoofing system tests send and found uncounted: a cleartext INITIAL-CONTACT with
+/// the established SA's own cookies, and a first message carrying 64 Delete payloads of 65,535
+/// SPIs of size 0 (the amplification). Both change nothing and are counted.
+#[test]
+fn cleartext_informationals_and_unreadable_first_messages_are_counted() {
+    let (mut p, first, from, to) = established_by_b(85);
+    let before = sas(&p);
+    let (cky_i, cky_r) = (first[..8].try_into().unwrap(), established_cookies(&p));
+    p.a.handle(p.now, to, from, &cleartext_initial_contact(cky_i, cky_r));
+    // The amplification: a main mode first message of 64 Deletes, SPI size 0, 65,535 SPIs.
+    let mut m = first[..28].to_vec();
+    m[..8].copy_from_slice(&[0x77; 8]);
+    m[16] = 12; // first payload: Delete
+    let mut body = Vec::new();
+    for i in 0..64 {
+        let next = if i == 63 { 0 } else { 12 };
+        body.extend_from_slice(&[next, 0, 0, 16, 0, 0, 0, 1, 3, 0, 0xff, 0xff]);
+        body.extend_from_slice(&[0; 4]);
+    }
+    m.extend_from_slice(&body);
+    let len = m.len() as u32;
+    m[24..28].copy_from_slice(&len.to_be_bytes());
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        p.a.handle(p.now, to, from, &m);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "200 amplification datagrams took {:?}", started.elapsed());
+    p.drive(Duration::from_secs(20));
+    assert_eq!(sas(&p), before);
+    let drops = &p.a.drops().by_reason;
+    assert_eq!(drops.get("unprotected_informational"), Some(&1), "{drops:?}");
+    assert_eq!(drops.get("first_message_refused"), Some(&200), "{drops:?}");
+}
+
+/// The responder cookie of A's established IKE SA (B initiated: A chose it).
+fn established_cookies(p: &Pair) -> [u8; 8] {
+    let (_, _, _, mm2) = p.wire.iter().find(|(a_to_b, ..)| *a_to_b).cloned().unwrap();
+    mm2[8..16].try_into().unwrap()
+}

@@ -18,10 +18,11 @@ impl IkeSa {
         info::send(ctx, &self.link, self.crypto(), payloads);
     }
 
-    /// An informational exchange from the peer: deletes, notifies, DPD.
-    pub fn handle_informational(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
+    /// An informational exchange from the peer: deletes, notifies, DPD. Returns why it was
+    /// dropped, if it was (for the endpoint's drop counters).
+    pub fn handle_informational(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> Option<&'static str> {
         let chain = if rx.header.is_encrypted() {
-            let Some(crypto) = self.crypto() else { return };
+            let crypto = self.crypto()?;
             match info::open(crypto, rx, &self.link.peer.name) {
                 Ok(chain) => chain,
                 Err(Unopened::Undecryptable) => {
@@ -33,21 +34,21 @@ impl IkeSa {
                                 "the peer's answer to main mode message 5 does not decrypt: likely pre-shared key mismatch",
                             ),
                         );
-                    } else {
-                        tracing::debug!(peer = %self.link.peer.name, "undecryptable informational message dropped");
+                        return None;
                     }
-                    return;
+                    tracing::debug!(peer = %self.link.peer.name, "undecryptable informational message dropped");
+                    return Some("undecryptable_informational");
                 }
-                Err(Unopened::Dropped) => return,
+                Err(Unopened::Dropped) => return Some("unauthenticated_informational"),
             }
         } else {
             if self.is_established() {
                 tracing::debug!(peer = %self.link.peer.name, "unprotected informational after phase 1 dropped");
-                return;
+                return Some("unprotected_informational");
             }
             match plain_payloads(rx) {
                 Ok(c) => c,
-                Err(_) => return,
+                Err(_) => return Some("malformed_informational"),
             }
         };
         let authenticated = rx.header.is_encrypted();
@@ -56,7 +57,7 @@ impl IkeSa {
                 && !est.informational_ids.insert(rx.header.message_id)
             {
                 tracing::debug!(peer = %self.link.peer.name, message_id = rx.header.message_id, "replayed informational dropped");
-                return;
+                return Some("replayed_informational");
             }
             self.heard(ctx.now);
         }
@@ -67,6 +68,7 @@ impl IkeSa {
                 _ => {}
             }
         }
+        None
     }
 
     fn awaits_mm6(&self) -> bool {
