@@ -23,7 +23,7 @@
 //! (main and aggressive mode as consuming typestates), `established` (the keyed state after
 //! phase 1), `ikesa` (composes them), `endpoint` (demultiplexes datagrams to IKE SAs). Feature
 //! `testing` (tests and benchmarks only) adds [`testing`]: two endpoints on an in-memory
-//! network and virtual clock.
+//! network and virtual clock; and [`fuzzing`]: what one fuzz input does (`fuzz/`).
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +33,8 @@ pub mod endpoint;
 mod established;
 pub mod event;
 mod exchange;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 mod ikesa;
 mod info;
 pub mod keys;
