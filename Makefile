@@ -19,7 +19,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
-.PHONY: help demo test lint unit interop bench bench-e2e bench-scale deps-test deps-demo
+.PHONY: help demo test lint unit interop bench bench-e2e bench-scale deps-test deps-demo fuzz
 
 help:
 	@echo "vpngw make targets:"
@@ -30,6 +30,8 @@ help:
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
 	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
 	@echo "  make bench-scale  10,000 SAs: per-packet cost, memory per SA and per tunnel, idle daemon (root)"
+	@echo "  make fuzz    cargo-fuzz campaigns, FUZZ_RUNS executions per target (default 10 million;"
+	@echo "               installs cargo-fuzz); corpora in fuzz/corpus, crashes in fuzz/artifacts"
 
 deps-demo:
 	@$(DEPS) $(DEMO_PACKAGES)
@@ -76,3 +78,19 @@ bench-e2e:
 	@$(DEPS) $(BENCH_PACKAGES)
 	$(CARGO) build --release --locked -p vpngw
 	benches/e2e.sh
+
+# Coverage-guided fuzzing (docs/security.md, "Fuzzing"): each target in turn, to FUZZ_RUNS
+# executions, under AddressSanitizer. cargo-fuzz's sanitizer flags are unstable rustc options:
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. A crash stops the run; its input is in
+# fuzz/artifacts/<target>/ (add it to fuzz/regressions/<target>/ once fixed: cargo test replays it).
+FUZZ_RUNS ?= 10000000
+FUZZ_RSS_MB ?= 2048
+FUZZ_TARGETS ?= ike_wire ike_responder ike_initiator esp_open config api_body
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t: $(FUZZ_RUNS) runs"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -rss_limit_mb=$(FUZZ_RSS_MB) \
+			-timeout=10 -print_final_stats=1 || exit 1; \
+	done
