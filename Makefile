@@ -19,7 +19,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
-.PHONY: help demo test lint unit interop bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo
+.PHONY: help demo test lint unit interop bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz
 
 help:
 	@echo "vpngw make targets:"
@@ -33,6 +33,8 @@ help:
 	@echo "  make bench-flood  spoofed IKE first-message floods at an established vpngw: memory, status"
 	@echo "               latency, DPD, rekeys, pings (root)"
 	@echo "  make bench-soak   two vpngw over a lossy, duplicating, reordering link through rekeys (root)"
+	@echo "  make fuzz    cargo-fuzz campaigns, FUZZ_RUNS executions per target (default 10 million;"
+	@echo "               installs cargo-fuzz); corpora in fuzz/corpus, crashes in fuzz/artifacts"
 
 deps-demo:
 	@$(DEPS) $(DEMO_PACKAGES)
@@ -94,3 +96,19 @@ bench-soak:
 	@$(DEPS) iproute2 iputils-ping nftables python3
 	$(CARGO) build --release --locked -p vpngw
 	$(CARGO) run --release --locked -p vpngw-tests --example soak
+
+# Coverage-guided fuzzing (docs/security.md, "Fuzzing"): each target in turn, to FUZZ_RUNS
+# executions, under AddressSanitizer. cargo-fuzz's sanitizer flags are unstable rustc options:
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. A crash stops the run; its input is in
+# fuzz/artifacts/<target>/ (add it to fuzz/regressions/<target>/ once fixed: cargo test replays it).
+FUZZ_RUNS ?= 10000000
+FUZZ_RSS_MB ?= 2048
+FUZZ_TARGETS ?= ike_wire ike_responder ike_initiator esp_open config api_body
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t: $(FUZZ_RUNS) runs"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -rss_limit_mb=$(FUZZ_RSS_MB) \
+			-timeout=10 -print_final_stats=1 || exit 1; \
+	done

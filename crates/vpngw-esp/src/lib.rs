@@ -19,6 +19,8 @@
 #![forbid(unsafe_code)]
 
 mod error;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod replay;
 pub mod sa;
 mod spi;

@@ -437,7 +437,8 @@ impl InboundSa {
     /// packets are checked together (HMAC-SHA1 two at a time), then each good packet is
     /// committed to the replay window and decrypted in order (CBC decryption is already
     /// parallel inside a packet). A sequence number twice in one batch passes the window's
-    /// look for both, and the second fails at the commit, as it would have one by one.
+    /// look for both, and the second fails at the commit (or, forged, at a second look), as it
+    /// would have one by one.
     pub fn open_batch(&self, packets: &mut [OpenPacket<'_>]) {
         let t = &self.transform;
         for step in packets.chunks_mut(BATCH_STEP) {
@@ -468,7 +469,10 @@ impl InboundSa {
             for (p, c) in step.iter_mut().zip(checked) {
                 let Some(c) = c else { continue };
                 let ok = next.next().copied().unwrap_or(false);
-                p.outcome = Some(if ok { self.finish(p.buf, c) } else { Err(OpenError::IcvMismatch) });
+                // A forged packet whose sequence number an earlier packet of this batch took is
+                // a replay (the window's look comes first one by one), not an ICV mismatch.
+                let forged = || self.window.check(c.sequence).err().unwrap_or(OpenError::IcvMismatch);
+                p.outcome = Some(if ok { self.finish(p.buf, c) } else { Err(forged()) });
             }
         }
     }

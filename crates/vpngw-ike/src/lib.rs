@@ -25,7 +25,7 @@
 //! exchanges), `admission` (what unauthenticated first messages may cost), `endpoint`
 //! (demultiplexes datagrams to IKE SAs). Feature `testing` (tests and benchmarks only) adds
 //! [`testing`]: two endpoints on an in-memory network and virtual clock, and a hostile peer
-//! whose payloads a test rewrites.
+//! whose payloads a test rewrites; and [`fuzzing`]: what one fuzz input does (`fuzz/`).
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +36,8 @@ pub mod endpoint;
 mod established;
 pub mod event;
 mod exchange;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 mod ikesa;
 mod info;
 pub mod keys;

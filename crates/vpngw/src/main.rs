@@ -42,6 +42,9 @@ mod state;
 mod volume;
 // The operator's surfaces and read models.
 mod ops;
+// What one fuzz input does (fuzz/ compiles it too); replayed by its tests.
+#[cfg(test)]
+mod fuzz_inputs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
