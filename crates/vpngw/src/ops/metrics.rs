@@ -422,8 +422,8 @@ mod tests {
             dataplane_drops: vec![("no_sa", 4), ("replayed", 0)],
             ike_drops: vec![("malformed".into(), 1)],
             unknown_peer_negotiations: 0,
-            unknown_peer_history_evictions: 0,
-            unknown_peer_log_lines_suppressed: 0,
+            unknown_peer_history_evictions: 5,
+            unknown_peer_log_lines_suppressed: 6,
             workers: vec![WorkerMetrics {
                 packets_in: 5,
                 packets_out: 7,
@@ -453,6 +453,8 @@ mod tests {
             "vpngw_health_check_healthy{connection=\"to-b\"} 1",
             "vpngw_health_check_rtt_seconds{connection=\"to-b\"} 0.0125",
             "vpngw_health_check_probes_total{connection=\"to-b\",result=\"lost\"} 1",
+            "vpngw_unknown_peer_history_evictions_total 5",
+            "vpngw_unknown_peer_log_lines_suppressed_total 6",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
