@@ -297,7 +297,7 @@ impl Walker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use vpngw_crypto::{DhGroup, EncryptionAlgorithm, HashAlgorithm};
@@ -306,7 +306,7 @@ mod tests {
     use super::*;
 
     /// The smallest valid file: the seed's defaults for everything optional.
-    pub(super) const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 [gateway]
 public_address = "198.51.100.1"
 

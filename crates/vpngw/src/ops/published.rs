@@ -239,17 +239,8 @@ mod tests {
     use super::*;
     use crate::ops::control;
 
-    const CONFIG: &str = r#"
-[gateway]
-public_address = "198.51.100.1"
-
-[[connection]]
-name = "branch-1"
-remote_address = "198.51.100.2"
-pre_shared_key = "lab-psk-0123456789abcdef"
-local_subnets = ["10.1.0.0/24"]
-remote_subnets = ["10.2.0.0/24"]
-"#;
+    // One connection, `branch-1`: the configuration tests' smallest valid file.
+    use crate::config::tests::MINIMAL as CONFIG;
 
     fn state(config: &str) -> ReadState {
         ReadState {
