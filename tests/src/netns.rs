@@ -132,6 +132,26 @@ impl Lab {
             .unwrap_or_else(|e| panic!("{program}: {e}"))
     }
 
+    /// Drops (`on`) or lets through again what namespace `ns` receives on UDP 500 from
+    /// address `from`, with an nftables table of its own named `table`.
+    ///
+    /// # Panics
+    /// If nft refuses the change.
+    pub fn drop_ike_from(&self, ns: &str, from: &str, table: &str, on: bool) {
+        let script = if on {
+            format!(
+                "add table inet {table}\nadd chain inet {table} input {{ type filter hook input priority 0 ; }}\n\
+                 add rule inet {table} input ip saddr {from} udp dport 500 drop\n"
+            )
+        } else {
+            format!("delete table inet {table}\n")
+        };
+        let path = self.dir.join(format!("{table}-{ns}.nft"));
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let out = self.exec(ns, "nft", &["-f", &path.display().to_string()]);
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Starts a long-running program in a namespace; it is stopped when the lab is dropped.
     /// Output goes to `log`.
     pub fn spawn(&self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> u32 {

@@ -511,18 +511,7 @@ fn a_rebooted_strongswan_that_initiates_replaces_the_stale_sas_at_once() {
 /// gateways), or lets them in again.
 fn hold_ike(lab: &Lab, on: bool) {
     for (ns, from) in [(&lab.left, RIGHT_WAN), (&lab.right, LEFT_WAN)] {
-        let script = if on {
-            format!(
-                "add table inet holdike\nadd chain inet holdike input {{ type filter hook input priority 0 ; }}\n\
-                 add rule inet holdike input ip saddr {from} udp dport 500 drop\n"
-            )
-        } else {
-            "delete table inet holdike\n".to_string()
-        };
-        let path = lab.dir.join(format!("holdike-{ns}.nft"));
-        std::fs::write(&path, script).unwrap();
-        let out = lab.exec(ns, "nft", &["-f", &path.display().to_string()]);
-        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+        lab.drop_ike_from(ns, from, "holdike", on);
     }
 }
 

@@ -357,18 +357,7 @@ fn a_delete_amplification_stalls_nothing_between_vpngw_and_strongswan() {
 /// Drops what the right gateway receives on UDP 500 from the left one: our first messages go
 /// unanswered while the attacker's datagrams reach us.
 fn deafen_right(lab: &Lab, on: bool) {
-    let script = if on {
-        format!(
-            "add table inet deaf\nadd chain inet deaf input {{ type filter hook input priority 0 ; }}\n\
-             add rule inet deaf input ip saddr {LEFT_WAN} udp dport 500 drop\n"
-        )
-    } else {
-        "delete table inet deaf\n".to_string()
-    };
-    let path = lab.dir.join("deaf.nft");
-    std::fs::write(&path, script).unwrap();
-    let out = lab.exec(&lab.right, "nft", &["-f", &path.display().to_string()]);
-    assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    lab.drop_ike_from(&lab.right, LEFT_WAN, "deaf", on);
 }
 
 /// (d) While our main mode is under way (after `vpngw down` and `up`, the peer not answering
