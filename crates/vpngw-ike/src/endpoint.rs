@@ -3,7 +3,7 @@
 //! send and report. quinn-proto's shape: `handle`, `handle_timeout`, `poll_transmit`,
 //! `poll_timeout`, `poll_event`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,6 +57,10 @@ pub struct Endpoint {
     spis: SpiPool,
     drops: DropCounters,
     admission: Admission,
+    /// IKE SAs whose state may have changed since [`Endpoint::take_changed`] last ran (what a
+    /// hot-backup partner must be sent again). Over-approximated: every SA that handled a
+    /// message, fired a timer or was acted on.
+    changed: BTreeSet<IkeSaId>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -92,6 +96,7 @@ impl Endpoint {
             spis: SpiPool::default(),
             drops: DropCounters::default(),
             admission: Admission::default(),
+            changed: BTreeSet::new(),
         }
     }
 
@@ -143,10 +148,11 @@ impl Endpoint {
             .cloned()
             .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
         let mut ctx = ctx!(self, now);
-        if let Some(sa) =
-            self.sas.values_mut().rev().find(|s| s.peer().name == name && s.is_established() && !s.is_superseded())
+        if let Some((id, sa)) =
+            self.sas.iter_mut().rev().find(|(_, s)| s.peer().name == name && s.is_established() && !s.is_superseded())
         {
             sa.start_quick_modes(&mut ctx);
+            self.changed.insert(*id);
             return Ok(());
         }
         if self.sas.values().any(|s| s.peer().name == name && !s.is_dead()) {
@@ -159,6 +165,7 @@ impl Endpoint {
         let sa = IkeSa::initiate(id, peer, &mut ctx, true);
         self.by_cookie.insert(sa.cky_i(), id);
         self.sas.insert(id, sa);
+        self.changed.insert(id);
         Ok(())
     }
 
@@ -188,9 +195,10 @@ impl Endpoint {
     /// replacement is already under way.
     pub fn rekey_child(&mut self, now: Instant, spi: Spi) -> bool {
         let mut ctx = ctx!(self, now);
-        let Some(sa) = self.sas.values_mut().find(|s| s.has_child(spi)) else {
+        let Some((id, sa)) = self.sas.iter_mut().find(|(_, s)| s.has_child(spi)) else {
             return false;
         };
+        self.changed.insert(*id);
         sa.rekey_child(&mut ctx, spi)
     }
 
@@ -202,7 +210,8 @@ impl Endpoint {
         }
         let mut ctx = ctx!(self, now);
         let mut started = 0;
-        for sa in self.sas.values_mut().filter(|s| s.peer().name == name && s.is_established()) {
+        for (id, sa) in self.sas.iter_mut().filter(|(_, s)| s.peer().name == name && s.is_established()) {
+            self.changed.insert(*id);
             for spi in sa.active_children() {
                 started += usize::from(sa.rekey_child(&mut ctx, spi));
             }
@@ -214,8 +223,9 @@ impl Endpoint {
     /// told.
     pub fn expire_child(&mut self, now: Instant, spi: Spi) {
         let mut ctx = ctx!(self, now);
-        for sa in self.sas.values_mut() {
+        for (id, sa) in self.sas.iter_mut().filter(|(_, s)| s.has_child(spi)) {
             sa.expire_child(&mut ctx, spi);
+            self.changed.insert(*id);
         }
     }
 
@@ -450,6 +460,7 @@ impl Endpoint {
     /// After an SA handled something: INITIAL-CONTACT clears older SAs with the same peer, and
     /// dead SAs are removed.
     fn after(&mut self, now: Instant, id: IkeSaId) {
+        self.changed.insert(id);
         let contact = self
             .sas
             .get_mut(&id)
@@ -537,6 +548,7 @@ impl Endpoint {
         for (id, sa) in self.sas.iter_mut() {
             if sa.next_timeout().is_some_and(|t| t <= now) {
                 sa.handle_timeout(&mut ctx);
+                self.changed.insert(*id);
             }
             if sa.take_reauth_due() {
                 reauth.push((*id, sa.peer().clone()));
@@ -557,6 +569,7 @@ impl Endpoint {
             sa.replaces = Some(old);
             self.by_cookie.insert(sa.cky_i(), id);
             self.sas.insert(id, sa);
+            self.changed.insert(id);
         }
         for name in restart {
             tracing::info!(peer = %name, "dead peer detection: negotiating again (dpd action restart)");
@@ -607,7 +620,22 @@ impl Endpoint {
         sa.resume(&mut ctx);
         self.by_cookie.insert(sa.cky_i(), id);
         self.sas.insert(id, sa);
+        self.changed.insert(id);
         Ok(id)
+    }
+
+    /// The IKE SAs that may have changed since the last call (handled a message, fired a
+    /// timer, were rekeyed, expired a child, were created or imported), and are still here:
+    /// what a hot-backup partner must be sent again. Removed ones are not listed (compare
+    /// [`Endpoint::ike_sas`] with what was sent).
+    pub fn take_changed(&mut self) -> Vec<IkeSaId> {
+        let changed = std::mem::take(&mut self.changed);
+        changed.into_iter().filter(|id| self.sas.contains_key(id)).collect()
+    }
+
+    /// Whether this IKE SA handle is still here.
+    pub fn has_ike_sa(&self, id: IkeSaId) -> bool {
+        self.sas.contains_key(&id)
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {

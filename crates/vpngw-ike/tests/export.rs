@@ -278,3 +278,66 @@ fn a_snapshot_with_absurd_times_or_spis_in_use_is_refused_and_changes_nothing() 
     assert_eq!(e.import_ike_sa(p.now, s), Err(SnapshotError::SpiInUse(spi)));
     assert_eq!(e.ike_sas().len(), 1);
 }
+
+/// Hot backup's use of export: a standby keeps the last export of every IKE SA that
+/// `take_changed` named (synced every 500 ms of virtual time) and takes over from that replica
+/// at any moment: mid-DPD, mid-rekey, just after one. The peer keeps its IKE SA, and DPD and
+/// rekeys started by either side go on without a failure.
+#[test]
+fn a_replica_fed_only_by_take_changed_takes_over_at_any_moment() {
+    use std::collections::BTreeMap;
+    const SLICE: Duration = Duration::from_millis(500);
+    for takeover_at in [12u64, 31, 40, 41, 47, 55, 56, 75] {
+        let (a_cfg, b_cfg) = with_dpd();
+        let mut p = Pair::new(a_cfg.clone(), b_cfg, 90 + takeover_at);
+        p.a.initiate(p.now, "to-b").unwrap();
+        // The replica: per IKE SA handle, the instant of its last export and the snapshot.
+        let mut replica = BTreeMap::new();
+        let mut elapsed = Duration::ZERO;
+        let mut quiet_slices = 0;
+        while elapsed < Duration::from_secs(takeover_at) {
+            if elapsed == Duration::from_secs(40) {
+                assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 1);
+            }
+            if elapsed == Duration::from_secs(55) {
+                assert_eq!(p.b.rekey_connection(p.now, "to-a").unwrap(), 1);
+            }
+            elapsed += SLICE;
+            let wire_before = p.wire.len();
+            p.drive_until(elapsed);
+            let changed = p.a.take_changed();
+            if p.wire.len() == wire_before && changed.is_empty() {
+                quiet_slices += 1;
+            }
+            for id in changed {
+                if let Ok(s) = p.a.export_ike_sa(p.now, id) {
+                    replica.insert(id, (p.now, s));
+                }
+            }
+            replica.retain(|id, _| p.a.has_ike_sa(*id));
+        }
+        assert!(quiet_slices > 10, "quiet slices name no SA ({quiet_slices} quiet of {elapsed:?})");
+        assert_eq!(replica.len(), 1, "at {takeover_at} s");
+        let b_sa = p.b.ike_sas()[0].id;
+        let mut standby = Endpoint::new(engine_config(), FastRng::from_seed_for_tests(4000 + takeover_at));
+        standby.add_peer(a_cfg).unwrap();
+        for (at, snapshot) in replica.into_values() {
+            standby.import_ike_sa(at, snapshot).unwrap();
+        }
+        p.a = standby;
+        let (a_mark, b_mark, wire_mark) = (p.a_events.len(), p.b_events.len(), p.wire.len());
+        run(&mut p, Duration::from_secs(90));
+        assert!(informationals(&p, true, wire_mark) >= 2 && informationals(&p, false, wire_mark) >= 2);
+        assert_eq!(p.a.rekey_connection(p.now, "to-b").unwrap(), 1, "at {takeover_at} s");
+        run(&mut p, Duration::from_secs(20));
+        newest_mirrored(&p, a_mark, b_mark);
+        let (a2, b2) = (p.a_events.len(), p.b_events.len());
+        assert_eq!(p.b.rekey_connection(p.now, "to-a").unwrap(), 1);
+        run(&mut p, Duration::from_secs(20));
+        newest_mirrored(&p, a2, b2);
+        assert!(trouble(&p.a_events[a_mark..]).is_empty(), "at {takeover_at} s: {:?}", &p.a_events[a_mark..]);
+        assert!(trouble(&p.b_events[b_mark..]).is_empty(), "at {takeover_at} s: {:?}", &p.b_events[b_mark..]);
+        let b_now: Vec<_> = p.b.ike_sas().iter().map(|s| s.id).collect();
+        assert_eq!(b_now, vec![b_sa], "at {takeover_at} s: the peer keeps its IKE SA");
+    }
+}
