@@ -6,12 +6,13 @@
 //!
 //! This file holds the model, the entry points and the root walk; the walker's primitives and
 //! the [`Problem`] they record are in `walker.rs` and the sections' parsers follow
-//! docs/configuration.md: `gateway.rs` (`[gateway]`, `[metrics]`, `[api]`, `[tuning]`),
+//! docs/configuration.md: `gateway.rs` (`[gateway]`, `[metrics]`, `[api]`, `[tuning]`), `ha.rs` (`[ha]`),
 //! `connection.rs` (`[[connection]]` with its `dpd` and `health_check`) and `ike_ipsec.rs`
 //! (`[connection.ike]`, `[connection.ipsec]`).
 
 mod connection;
 mod gateway;
+mod ha;
 mod ike_ipsec;
 mod walker;
 
@@ -23,6 +24,7 @@ use toml::Table;
 use vpngw_ike::PeerConfig;
 
 pub use connection::overlap;
+pub use ha::{Ha, SequenceJump};
 use walker::Walker;
 pub use walker::{Problem, loose_secret_mode};
 
@@ -195,6 +197,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// None: no management API.
     pub api: Option<Api>,
+    /// None: no hot backup (this server is always active).
+    pub ha: Option<Ha>,
     pub connections: Vec<Connection>,
     /// Weak but accepted choices (the seed's defaults include some): printed by `vpngw check`
     /// and logged at start.
@@ -270,7 +274,7 @@ pub enum ParseError {
 impl Walker {
     /// The whole document: the sections, then the rules across connections.
     fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys("", root, &["gateway", "connection", "tuning", "metrics", "api"]);
+        self.unknown_keys("", root, &["gateway", "connection", "tuning", "metrics", "api", "ha"]);
         let gateway = match self.table("gateway", root, "gateway") {
             Some(g) => self.gateway(g),
             None => {
@@ -291,8 +295,12 @@ impl Walker {
             Some(t) => self.api(&t.clone()),
             None => None,
         };
+        let ha = match self.table("ha", root, "ha") {
+            Some(t) => self.ha(&t.clone()),
+            None => None,
+        };
         let connections = self.connections(root, gateway.as_ref().map(|g| g.public_address));
-        Some(Config { gateway: gateway?, tuning, metrics, api, connections, warnings: Vec::new() })
+        Some(Config { gateway: gateway?, tuning, metrics, api, ha, connections, warnings: Vec::new() })
     }
 }
 
