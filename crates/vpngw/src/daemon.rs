@@ -21,6 +21,7 @@
 
 mod commands;
 mod events;
+mod ha;
 mod reload;
 mod wanted;
 
@@ -42,6 +43,7 @@ use vpngw_ike::{Endpoint, EngineConfig, IKE_PORT, NAT_T_PORT};
 
 use crate::child_sas::ChildSaPublisher;
 use crate::config::{Config, ConfigError, Connection, EspOutput, Start};
+use crate::ha::HaDriver;
 use crate::health::Probes;
 use crate::history::ConnectionHistory;
 use crate::ike_driver::IkeDriver;
@@ -93,6 +95,8 @@ pub enum DaemonError {
     Ops(std::io::Error),
     #[error("the operator's surfaces' thread failed while starting: {0}")]
     OpsStart(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Ha(#[from] crate::ha::HaError),
 }
 
 /// How the daemon was asked to stop (`vpngw stop`).
@@ -100,7 +104,8 @@ pub enum DaemonError {
 enum Stop {
     /// As SIGTERM: every SA deleted, the peers told.
     DeleteTunnels,
-    /// The tunnels were saved for the next start: nothing is deleted.
+    /// The tunnels were saved for the next start, or handed over to the hot-backup partner:
+    /// nothing is deleted.
     KeepTunnels,
 }
 
@@ -126,6 +131,8 @@ struct Daemon {
     /// When `published` was last replaced, and whether the loop has worked since.
     published_at: Instant,
     publish_pending: bool,
+    /// Hot backup (`[ha]`); None: this server is alone and always active.
+    ha: Option<HaDriver>,
 }
 
 /// The operator's ways in: their runtime and thread (the servers' tasks run there), and the
@@ -160,6 +167,8 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
     let mut link_refresh = tokio::time::interval(LINK_REFRESH);
     link_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
+    let mut ha_poll = tokio::time::interval(crate::ha::presence::POLL);
+    ha_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     daemon.publish();
     loop {
         let wake = daemon.next_wake();
@@ -182,7 +191,12 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
                     daemon.link_paths.on_route_change(&changed, dp, daemon.child_sas.table(), link, public).await;
                 }
             }
-            _ = lifecycle.tick() => daemon.lifecycle_tick(),
+            _ = lifecycle.tick() => {
+                daemon.lifecycle_tick();
+                daemon.ha_follow_connections().await;
+            }
+            _ = ha_poll.tick(), if daemon.ha.is_some() => daemon.ha_tick(),
+            Some(notice) = next_notice(&mut daemon.ha) => daemon.ha_notice(notice),
             () = sleep_until(publish_due) => {}
             Some((request, reply)) = surfaces.commands.recv() => {
                 let response = daemon.command(request).await;
@@ -194,7 +208,13 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
                 }
                 continue;
             }
-            _ = signals.term.recv() => break,
+            _ = signals.term.recv() => {
+                // The standby takes the tunnels over instead of the peers losing them.
+                if daemon.ha_hand_over().await.is_ok() {
+                    daemon.stopping = Some(Stop::KeepTunnels);
+                }
+                break;
+            }
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => {
                 daemon.reload().await;
@@ -302,6 +322,14 @@ async fn serve_surfaces(
     Ok((Surfaces { ops, commands }, token))
 }
 
+/// The sync channel's next notice (never, without `[ha]`).
+async fn next_notice(ha: &mut Option<HaDriver>) -> Option<vpngw_sync::Notice> {
+    match ha {
+        Some(ha) => ha.notices.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -349,9 +377,14 @@ impl Daemon {
             link_paths: Vec::new(),
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
+            ha: None,
             from_loop: false,
         }));
         let (surfaces, api_token) = serve_surfaces(&config, published.clone()).await?;
+        let ha = match &config.ha {
+            Some(h) => Some(HaDriver::start(h.clone(), config.gateway.public_address, surfaces.ops.handle())?),
+            None => None,
+        };
         let link_paths = LinkPathDriver::open();
         let mut probes = Probes::default();
         probes.sync(&config.connections);
@@ -374,6 +407,7 @@ impl Daemon {
             published,
             published_at: Instant::now(),
             publish_pending: true,
+            ha,
         };
         Ok((daemon, surfaces))
     }
@@ -442,7 +476,15 @@ impl Daemon {
         [self.ike.endpoint.poll_timeout(), self.retries.next()].into_iter().flatten().min()
     }
 
+    /// Whether this server negotiates: alone, or the active one of a hot-backup pair.
+    fn negotiates(&self) -> bool {
+        self.ha.as_ref().is_none_or(HaDriver::is_active)
+    }
+
     fn initiate(&mut self, now: Instant, name: &str) {
+        if !self.negotiates() {
+            return; // the active server does
+        }
         if let Err(e) = self.ike.endpoint.initiate(now, name) {
             tracing::warn!(connection = name, error = %e, "cannot initiate");
         }
@@ -474,6 +516,9 @@ impl Daemon {
     /// down (an exchange dropped without a failure, a lost event): the engine's events schedule
     /// retries, and this makes sure none is missed.
     fn ensure_attempts(&mut self, now: Instant) {
+        if !self.negotiates() {
+            return;
+        }
         let sas = self.ike.endpoint.ike_sas();
         for c in self.config.connections.iter().filter(|c| c.start == Start::Active) {
             let name = &c.peer.name;
@@ -535,6 +580,7 @@ impl Daemon {
             link_paths: self.dataplane.as_ref().map(|dp| dp.link_paths()).unwrap_or_default(),
             started: self.started,
             runtime_connections: self.runtime.names(),
+            ha: self.ha.as_ref().map(HaDriver::view),
             from_loop: true,
         }
     }

@@ -17,8 +17,9 @@ use std::time::Instant;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use vpngw_crypto::FastRng;
 use vpngw_dataplane::sa_table::SaTable;
-use vpngw_ike::{Endpoint, IKE_PORT, NAT_T_PORT, Transmit};
+use vpngw_ike::{Endpoint, EngineConfig, IKE_PORT, NAT_T_PORT, PeerConfig, Transmit};
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
@@ -40,6 +41,25 @@ impl IkeDriver {
             tracing::warn!(error = %e, "UDP 500: receive buffer overflows will not be counted (SO_RXQ_OVFL)");
         }
         Self { endpoint, sock_ike, sock_natt, public, receive_buffer_full: 0 }
+    }
+
+    /// Replaces the engine with a fresh one that knows these peers and nothing else (hot
+    /// backup: a server that steps down, or takes over, starts from no SA). Whatever the old
+    /// one had queued is dropped with it, unsent.
+    pub fn reset_endpoint(&mut self, config: EngineConfig, peers: impl IntoIterator<Item = PeerConfig>) {
+        let rng = match FastRng::from_os() {
+            Ok(rng) => rng,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot seed a fresh IKE engine: the old one stays");
+                return;
+            }
+        };
+        let mut endpoint = Endpoint::new(config, rng);
+        for peer in peers {
+            // Names are unique: they come from the engine being replaced's configuration.
+            let _ = endpoint.add_peer(peer);
+        }
+        self.endpoint = endpoint;
     }
 
     /// Datagrams for UDP 500 the kernel dropped because the socket's receive buffer was full.

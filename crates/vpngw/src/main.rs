@@ -28,6 +28,7 @@
 mod child_sas;
 mod config;
 mod daemon;
+mod ha;
 mod health;
 mod history;
 mod ike_driver;
@@ -123,6 +124,11 @@ enum Cmd {
         #[command(subcommand)]
         action: ConnectionCmd,
     },
+    /// Hot backup with keepalived (docs/high-availability.md): its hooks, and handover.
+    Ha {
+        #[command(subcommand)]
+        action: HaCmd,
+    },
     /// Replace a connection's child SAs now (new keys; traffic keeps flowing).
     Rekey {
         name: String,
@@ -160,6 +166,29 @@ enum ConnectionCmd {
     },
     /// Every connection with its source (file or api), parameters and state, as JSON.
     List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaCmd {
+    /// keepalived's notify hook: tell the daemon the VRRP state (MASTER, BACKUP, FAULT, STOP).
+    /// Example (keepalived.conf): notify "/usr/sbin/vpngw ha notify" passes TYPE NAME STATE;
+    /// deploy/ha/notify.sh picks STATE.
+    Notify {
+        state: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// keepalived's health check (vrrp_script): exits 0 when the daemon's loop answers.
+    Check {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hand the active role to the standby now: the last changes are synced and acknowledged,
+    /// then keepalived gives up the role (track_file). Refused unless the standby is in sync.
+    Handover {
         #[command(flatten)]
         target: Target,
     },
@@ -345,5 +374,8 @@ fn main() -> ExitCode {
             client(&target, Request::DeleteConnection { name }, false)
         }
         Cmd::Connection { action: ConnectionCmd::List { target } } => client(&target, Request::Connections, true),
+        Cmd::Ha { action: HaCmd::Notify { state, target } } => client(&target, Request::HaNotify { state }, false),
+        Cmd::Ha { action: HaCmd::Check { target } } => client(&target, Request::HaCheck, false),
+        Cmd::Ha { action: HaCmd::Handover { target } } => client(&target, Request::HaHandover, false),
     }
 }

@@ -27,6 +27,11 @@ impl RuntimeConnections {
         self.tables.contains_key(name)
     }
 
+    /// The runtime connections' tables, by name (hot backup sends them to the standby).
+    pub fn tables(&self) -> &BTreeMap<String, toml::Table> {
+        &self.tables
+    }
+
     /// The names of the runtime connections (the others are the configuration file's).
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         self.tables.keys().cloned().collect()

@@ -124,21 +124,39 @@ pub fn restore(saved: SavedTunnels, endpoint: &mut Endpoint, child_sas: &mut Chi
     let mut restored = Restored::default();
     for tunnel in saved.tunnels {
         let connection = tunnel.ike.connection.clone();
-        let spis: Vec<Spi> = tunnel.ike.children.iter().map(|c| c.spi_in).collect();
-        match endpoint.import_ike_sa(at_save, tunnel.ike) {
-            Ok(_) => {
+        match import(tunnel, at_save, endpoint, child_sas, |_| SEQUENCE_MARGIN) {
+            Ok(children) => {
                 restored.ike_sas += 1;
-                // Only pairs the engine knows: a stray entry would have no one to rekey or
-                // delete it.
-                for c in tunnel.child_sas.iter().filter(|c| spis.contains(&c.child.spi_in)) {
-                    child_sas.restore(&connection, c, SEQUENCE_MARGIN);
-                    restored.child_sas += 1;
-                }
+                restored.child_sas += children;
             }
-            Err(e) => restored.refused.push((connection, e.to_string())),
+            Err(why) => restored.refused.push((connection, why)),
         }
     }
     restored
+}
+
+/// Imports one tunnel exported at `at_save` (its IKE SA into the engine, then its child SAs
+/// into the dataplane); `adjust` may bring a child SA's numbers up to date and says how far
+/// past its last outbound sequence number it resumes. Returns the child SAs installed, or why
+/// the IKE SA was refused (then nothing is installed).
+pub fn import(
+    tunnel: SavedTunnel,
+    at_save: Instant,
+    endpoint: &mut Endpoint,
+    child_sas: &mut ChildSaPublisher,
+    mut adjust: impl FnMut(&mut SavedChildSa) -> u32,
+) -> Result<usize, String> {
+    let connection = tunnel.ike.connection.clone();
+    let spis: Vec<Spi> = tunnel.ike.children.iter().map(|c| c.spi_in).collect();
+    endpoint.import_ike_sa(at_save, tunnel.ike).map_err(|e| e.to_string())?;
+    let mut installed = 0;
+    // Only pairs the engine knows: a stray entry would have no one to rekey or delete it.
+    for mut c in tunnel.child_sas.into_iter().filter(|c| spis.contains(&c.child.spi_in)) {
+        let margin = adjust(&mut c);
+        child_sas.restore(&connection, &c, margin);
+        installed += 1;
+    }
+    Ok(installed)
 }
 
 #[cfg(test)]

@@ -39,7 +39,12 @@ pub struct Ha {
     /// No word from the partner for this long: the session is over (the standby is out of sync).
     pub partner_timeout: Duration,
     pub sequence_jump: SequenceJump,
+    /// keepalived's `track_file`: vpngw writes 0 while it may hold the role and 1 to give it
+    /// up at once (graceful handover, stop); keepalived watches it (inotify) and goes to FAULT.
+    pub track_file: PathBuf,
 }
+
+pub const DEFAULT_TRACK_FILE: &str = "/run/vpngw/ha-track";
 
 pub const DEFAULT_SYNC_INTERVAL_MS: i64 = 100;
 pub const DEFAULT_PARTNER_TIMEOUT_MS: i64 = 1000;
@@ -58,9 +63,10 @@ impl Walker {
                 "sync_interval_ms",
                 "partner_timeout_ms",
                 "sequence_jump",
+                "track_file",
             ],
         );
-        let mut name = |w: &mut Self, key: &str| {
+        let name = |w: &mut Self, key: &str| {
             let full = format!("ha.{key}");
             match w.string(&full, t, key) {
                 Some(n) if valid_name(&n) => Some(n),
@@ -99,14 +105,17 @@ impl Walker {
             }
             None => {
                 if !t.contains_key("key_file") {
-                    self.problem("ha.key_file", None, "required: a file holding the sync channel's key (64 hex digits)");
+                    self.problem(
+                        "ha.key_file",
+                        None,
+                        "required: a file holding the sync channel's key (64 hex digits)",
+                    );
                 }
                 None
             }
         };
-        let sync_interval = self
-            .integer("ha.sync_interval_ms", t, "sync_interval_ms", 10, 1000)
-            .unwrap_or(DEFAULT_SYNC_INTERVAL_MS);
+        let sync_interval =
+            self.integer("ha.sync_interval_ms", t, "sync_interval_ms", 10, 1000).unwrap_or(DEFAULT_SYNC_INTERVAL_MS);
         let partner_timeout = self
             .integer("ha.partner_timeout_ms", t, "partner_timeout_ms", 200, 60_000)
             .unwrap_or(DEFAULT_PARTNER_TIMEOUT_MS);
@@ -126,7 +135,10 @@ impl Walker {
                 SequenceJump::Auto
             }
         };
+        let track_file = self.string("ha.track_file", t, "track_file").unwrap_or(DEFAULT_TRACK_FILE.into());
+        let track_file = self.base.join(track_file);
         Some(Ha {
+            track_file,
             node_name: node_name?,
             partner_name: partner_name?,
             listen: listen?,

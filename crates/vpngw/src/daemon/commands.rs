@@ -22,6 +22,11 @@ impl Daemon {
             Request::Status | Request::Diagnose { .. } | Request::Connections => {
                 self.read_state().answer(&request).unwrap_or_else(|| Response::error("not a read"))
             }
+            Request::Up { connection } if !self.negotiates() && self.connection(&connection).is_some() => {
+                Response::error(format!(
+                    "{connection}: this server is the hot-backup standby; the active one negotiates"
+                ))
+            }
             Request::Up { connection } => match self.ike.endpoint.initiate(now, &connection) {
                 Ok(()) => {
                     self.retries.cancel(&connection);
@@ -41,6 +46,22 @@ impl Daemon {
                 Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
                 Ok(n) => Response::ok(format!("{connection}: rekeying {n} child SA(s)")),
                 Err(_) => unknown(&connection),
+            },
+            Request::HaNotify { state } => match crate::ha::KeepalivedState::parse(&state) {
+                Some(_) if self.ha.is_none() => Response::error("no [ha] section in the configuration"),
+                Some(k) => {
+                    self.ha_notify(k);
+                    Response::ok(format!("noted: keepalived {state}"))
+                }
+                None => Response::error(format!("{state:?}: keepalived's states are MASTER, BACKUP, FAULT, STOP")),
+            },
+            Request::HaCheck => match &self.ha {
+                None => Response::error("no [ha] section in the configuration"),
+                Some(ha) => Response::ok(format!("healthy: {}", crate::ha::role_word(ha.role))),
+            },
+            Request::HaHandover => match self.ha_hand_over().await {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(e),
             },
             Request::PutConnection { name, connection } => self.put_connection(name, connection).await,
             Request::DeleteConnection { name } => self.delete_connection(&name).await,

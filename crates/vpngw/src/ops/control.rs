@@ -45,6 +45,15 @@ pub enum Request {
         #[serde(default)]
         save_tunnels: Option<std::path::PathBuf>,
     },
+    /// Hot backup: keepalived's notify hook (MASTER, BACKUP, FAULT, STOP).
+    HaNotify {
+        state: String,
+    },
+    /// Hot backup: keepalived's health check; answered by the daemon's loop, so a hung loop
+    /// fails it.
+    HaCheck,
+    /// Hot backup: hand the role to the standby (graceful switchover).
+    HaHandover,
 }
 
 /// What kind of failure an error answer is (the HTTP API maps it to a status code).

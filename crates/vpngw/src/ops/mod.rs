@@ -43,6 +43,8 @@ pub struct Sources<'a> {
     /// Peers whose raw ESP takes the link path, and through what.
     pub link_paths: &'a [(Ipv4Addr, NextHop)],
     pub uptime: Duration,
+    /// Hot backup (None without `[ha]`).
+    pub ha: Option<&'a crate::ha::HaView>,
 }
 
 impl Sources<'_> {

@@ -62,6 +62,8 @@ pub struct ReadState {
     pub started: Instant,
     /// The connections created through the management API (the others are the file's).
     pub runtime_connections: BTreeSet<String>,
+    /// Hot backup's view (None without `[ha]`).
+    pub ha: Option<crate::ha::HaView>,
     /// Published by the loop; false for the placeholder the surfaces start with, before the
     /// loop has restored tunnels and started connections (reads then go to the loop, as
     /// commands do, and wait for it).
@@ -84,6 +86,7 @@ impl ReadState {
             workers: &self.workers,
             link_paths: &self.link_paths,
             uptime: self.started.elapsed(),
+            ha: self.ha.as_ref(),
         })
     }
 
@@ -256,6 +259,7 @@ mod tests {
             link_paths: Vec::new(),
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
+            ha: None,
             from_loop: true,
         }
     }

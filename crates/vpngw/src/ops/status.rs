@@ -28,6 +28,9 @@ pub struct Status {
     /// ESP to any other peer leaves through the raw IP socket.
     #[serde(default)]
     pub link_paths: Vec<LinkPathStatus>,
+    /// Hot backup: role, partner, sync state and lag, the last takeover (absent without `[ha]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::ha::HaView>,
     pub connections: Vec<ConnectionStatus>,
 }
 
@@ -158,6 +161,7 @@ pub fn build(s: &Sources) -> Status {
                 mtu: hop.mtu,
             })
             .collect(),
+        ha: s.ha.cloned(),
         connections: s.config.connections.iter().map(|c| connection(s, c)).collect(),
     }
 }
@@ -291,6 +295,9 @@ impl Status {
             "gateway {} ({}), vpngw {}, up {}s",
             self.gateway, self.public_address, self.version, self.uptime_seconds
         );
+        if let Some(ha) = &self.ha {
+            o.push_str(&ha.render());
+        }
         if !self.workers.is_empty() {
             let _ = writeln!(o, "{}", self.render_workers());
         }
@@ -408,6 +415,7 @@ mod tests {
             dropped: dropped.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             workers,
             link_paths: vec![],
+            ha: None,
             connections: vec![],
         }
     }
