@@ -4,6 +4,7 @@
 //! lock is never held across I/O.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -12,12 +13,14 @@ use tokio::task::AbortHandle;
 use crate::wire::{Hello, Msg};
 use crate::{Notice, Replica, Role, SyncStats};
 
-/// What the session's writer sends: single messages, or a whole bulk, expanded by the writer so
-/// that a 100,000-record store is one queue slot and not 100,000.
+/// What the session's writer sends: single messages, records, or a whole bulk, expanded by the
+/// writer so that a 100,000-record store is one queue slot and not 100,000. Bodies are shared
+/// with the store: a bulk's snapshot copies keys and pointers, not the records.
 #[derive(Debug)]
 pub(crate) enum Out {
     Msg(Msg),
-    Bulk { epoch: u64, n: u64, records: Vec<(String, Vec<u8>)> },
+    Put { n: u64, key: String, body: Arc<Vec<u8>> },
+    Bulk { epoch: u64, n: u64, records: Vec<(String, Arc<Vec<u8>>)> },
 }
 
 /// Why a session ended, and which counter that feeds.
@@ -70,7 +73,7 @@ pub(crate) struct State {
     dead_after: Duration,
     role: Role,
     epoch: u64,
-    store: BTreeMap<String, Vec<u8>>,
+    store: BTreeMap<String, Arc<Vec<u8>>>,
     replica: Replica,
     /// Highest epoch any authenticated partner announced, over the life of this node.
     highest_partner_epoch: Option<u64>,
@@ -139,6 +142,10 @@ impl State {
         if !changed || self.session.is_none() {
             return;
         }
+        if role == Role::Active && self.partner_role == Some(Role::Active) {
+            self.stats.role_conflicts += 1;
+            tracing::warn!(epoch, "sync: we became Active while the partner is Active; no records flow");
+        }
         self.send(Out::Msg(Msg::Role { role, epoch }));
         if role != Role::Standby {
             // A standby that stops being one takes nothing half-way through a bulk.
@@ -151,7 +158,7 @@ impl State {
     }
 
     pub(crate) fn put(&mut self, key: String, body: Vec<u8>) {
-        if self.store.get(&key) == Some(&body) {
+        if self.store.get(&key).is_some_and(|old| **old == body) {
             return;
         }
         if !self.store.contains_key(&key) && self.store.len() >= self.max_records {
@@ -159,9 +166,10 @@ impl State {
             tracing::warn!(key, max = self.max_records, "sync: store full, record refused");
             return;
         }
+        let body = Arc::new(body);
         self.store.insert(key.clone(), body.clone());
         if let Some(n) = self.next_update() {
-            self.send(Out::Msg(Msg::Put { n, key, body }));
+            self.send(Out::Put { n, key, body });
         }
     }
 
@@ -243,7 +251,8 @@ impl State {
     }
 
     /// Makes a new authenticated session the current one (ending any other). Returns its id.
-    pub(crate) fn install(&mut self, out: mpsc::Sender<Out>, hello: Hello) -> u64 {
+    /// `announced` is the role and epoch our own Hello carried.
+    pub(crate) fn install(&mut self, out: mpsc::Sender<Out>, hello: Hello, announced: (Role, u64)) -> u64 {
         if self.session.is_some() {
             self.end_current(End::Lost("replaced by a new session".into()));
         }
@@ -263,6 +272,10 @@ impl State {
             acked_n: 0,
         });
         self.stats.connected = true;
+        // set_role during the handshake found no session to tell: tell it now, before any bulk.
+        if announced != (self.role, self.epoch) {
+            self.send(Out::Msg(Msg::Role { role: self.role, epoch: self.epoch }));
+        }
         self.partner_announced(hello.role, hello.epoch);
         self.notify(Notice::Connected { partner: hello.node, role: hello.role, epoch: hello.epoch });
         // Our own Hello already told the partner our role; the bulk (if any) follows it.

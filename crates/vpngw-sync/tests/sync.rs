@@ -20,12 +20,18 @@ async fn bulk_increments_lag_and_standby_restart() {
     assert_eq!(a.h.stats().records, 1000);
 
     let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Fault, 0);
-    let connected = notice(&mut b, 3 * SECOND, |n| match n {
-        Notice::Connected { partner, role, epoch } => Some((partner.clone(), *role, *epoch)),
+    let partner = notice(&mut b, 3 * SECOND, |n| match n {
+        Notice::Connected { partner, .. } => Some(partner.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(connected, ("a".to_string(), Role::Active, 7));
+    assert_eq!(partner, "a");
+    // The Hello may predate a's set_role (it raced the dial); a Role message follows then.
+    until("b sees a Active at epoch 7", SECOND, || {
+        let s = b.h.stats();
+        (s.partner_role, s.partner_epoch) == (Some(Role::Active), Some(7))
+    })
+    .await;
     // Fault: nothing is sent yet.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(b.h.replica().records.is_empty());
@@ -158,12 +164,8 @@ async fn stale_epoch_active_cannot_overwrite() {
     let old = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 3);
     old.h.put("x".into(), b"epoch 3".to_vec());
     old.h.put("y".into(), b"epoch 3".to_vec());
-    let epoch = notice(&mut b, 3 * SECOND, |n| match n {
-        Notice::Connected { epoch, .. } => Some(*epoch),
-        _ => None,
-    })
-    .await;
-    assert_eq!(epoch, 3);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::Connected { .. }).then_some(())).await;
+    until("b sees the old active's epoch", SECOND, || b.h.stats().partner_epoch == Some(3)).await;
     // Its bulk (begin, 2 puts, end) is refused message by message.
     until("stale updates refused", 3 * SECOND, || b.h.stats().stale_refused >= 4).await;
     old.h.put("z".into(), b"epoch 3".to_vec());
@@ -180,11 +182,12 @@ async fn stale_epoch_active_cannot_overwrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_active_apply_nothing() {
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let mut a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 4);
+    let a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 4);
     let b = node(config("b", "a", b_addr, a_addr, KEY), Role::Active, 4);
     a.h.put("from-a".into(), b"a".to_vec());
     b.h.put("from-b".into(), b"b".to_vec());
-    notice(&mut a, 3 * SECOND, |n| matches!(n, Notice::Connected { role: Role::Active, .. }).then_some(())).await;
+    until("a sees b Active", 3 * SECOND, || a.h.stats().partner_role == Some(Role::Active)).await;
+    until("b sees a Active", SECOND, || b.h.stats().partner_role == Some(Role::Active)).await;
     a.h.put("from-a-2".into(), b"a".to_vec());
     tokio::time::sleep(Duration::from_millis(400)).await;
     for n in [&a, &b] {
