@@ -28,6 +28,8 @@ enum Mode {
     Garbage,
     /// Accept and hang up at once (so the test sees the state the attack left).
     Blocked,
+    /// Forward nothing more from the active (a black hole one way).
+    Silent,
 }
 
 /// Frames from the active that carry a record (the test's bodies are 1500 bytes); heartbeats,
@@ -64,6 +66,9 @@ async fn relay(listen: TcpListener, upstream: SocketAddr, mode: Arc<Mutex<Mode>>
                 }
                 let m = *mode.lock().unwrap();
                 let mut out = Vec::new();
+                if m == Mode::Silent {
+                    continue;
+                }
                 if frame.len() < RECORD_FRAME || m == Mode::Pass || m == Mode::Blocked {
                     out.extend_from_slice(&frame);
                 } else {
@@ -96,7 +101,7 @@ async fn relay(listen: TcpListener, upstream: SocketAddr, mode: Arc<Mutex<Mode>>
                             out.extend_from_slice(&frame);
                             *mode.lock().unwrap() = Mode::Blocked;
                         }
-                        (Mode::Pass | Mode::Blocked, _) => unreachable!(),
+                        (Mode::Pass | Mode::Blocked | Mode::Silent, _) => unreachable!(),
                     }
                 }
                 if up_wr.write_all(&out).await.is_err() {
@@ -137,7 +142,7 @@ async fn attack(mode: Mode) {
             a.h.put("bad/2".into(), body(1002, 1500));
         }
         Mode::Flip | Mode::Garbage => a.h.put("bad/1".into(), body(1001, 1500)),
-        Mode::Pass | Mode::Blocked => unreachable!(),
+        Mode::Pass | Mode::Blocked | Mode::Silent => unreachable!(),
     }
     let reason = notice(&mut b, 3 * SECOND, |n| match n {
         Notice::Lost { reason } => Some(reason.clone()),
@@ -188,4 +193,31 @@ async fn flipped_bit_closes_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_garbage_closes_the_session() {
     attack(Mode::Garbage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partner_is_lost_after_dead_after() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let relay_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay_listener.local_addr().unwrap();
+    let relay_mode = Arc::new(Mutex::new(Mode::Pass));
+    tokio::spawn(relay(relay_listener, b_addr, relay_mode.clone()));
+    let a = node(config("a", "b", a_addr, relay_addr, KEY), Role::Active, 1);
+    a.h.put("k".into(), body(1, 1500));
+    let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    *relay_mode.lock().unwrap() = Mode::Silent;
+    let t0 = std::time::Instant::now();
+    let reason = notice(&mut b, 3 * SECOND, |n| match n {
+        Notice::Lost { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(reason.contains("silent"), "{reason}");
+    assert!(took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_millis(2500), "{took:?}");
+    let stats = b.h.stats();
+    assert_eq!((stats.rejected_frames, stats.connected, stats.in_sync), (0, false, false));
+    assert!(b.h.replica().complete);
+    assert_eq!(b.h.replica().records.len(), 1);
 }

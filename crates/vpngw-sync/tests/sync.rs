@@ -248,3 +248,82 @@ fn config_debug_shows_no_key() {
     assert!(!shown.contains(&hex::encode(KEY)[..16]), "{shown}");
     assert!(!shown.contains("48, 49, 50"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_silent_handshakes_count_as_auth_failures() {
+    use tokio::io::AsyncWriteExt;
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    // Wait for the listener.
+    let mut s = loop {
+        match tokio::net::TcpStream::connect(b_addr).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut junk = vec![0, 60];
+    junk.extend(body(1, 60));
+    s.write_all(&junk).await.unwrap();
+    until("garbage handshake counted", SECOND, || b.h.stats().auth_failures == 1).await;
+
+    // Connected and silent: refused after the 2 s handshake timeout.
+    let t0 = Instant::now();
+    let _silent = tokio::net::TcpStream::connect(b_addr).await.unwrap();
+    until("silent handshake counted", 4 * SECOND, || b.h.stats().auth_failures == 2).await;
+    assert!(t0.elapsed() >= Duration::from_millis(1900), "{:?}", t0.elapsed());
+    let stats = b.h.stats();
+    assert!(!stats.connected);
+    assert_eq!(stats.rejected_frames, 0);
+    assert!(b.h.replica().records.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_the_session_and_resyncs_with_a_bulk() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 1);
+    let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    // Far more increments at once than the queue holds: put() never waits for the network.
+    let t0 = Instant::now();
+    let mut expected = BTreeMap::new();
+    put_all(&a, &mut expected, (0..30_000).map(|i| (format!("r/{i}"), body(i, 200))));
+    assert!(t0.elapsed() < Duration::from_secs(2), "puts blocked: {:?}", t0.elapsed());
+    assert!(a.h.stats().queue_overflows >= 1, "{:?}", a.h.stats());
+    // The dialer comes back and the standby gets everything as a bulk.
+    until("standby resynced", 10 * SECOND, || b.h.replica().records == expected).await;
+    assert!(a.h.stats().bulk_syncs >= 2);
+    until("in sync again", 3 * SECOND, || a.h.stats().in_sync && b.h.stats().in_sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_keeps_the_replica_and_the_old_active_rejoins_as_standby() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 1);
+    a.h.put("t1".into(), b"v1".to_vec());
+    let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    drop(a);
+    let reason = notice(&mut b, 3 * SECOND, |n| match n {
+        Notice::Lost { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    println!("lost: {reason}");
+    let replica = b.h.replica();
+    assert!(replica.complete, "lost partner: the replica stays complete");
+    assert_eq!((replica.epoch, replica.records.len()), (1, 1));
+    assert!(!b.h.stats().in_sync);
+
+    // Takeover: b becomes Active at epoch 2 and puts what it took over, plus a change.
+    b.h.set_role(Role::Active, 2);
+    for (k, v) in &replica.records {
+        b.h.put(k.clone(), v.clone());
+    }
+    b.h.put("t2".into(), b"v2".to_vec());
+    // a comes back as Standby: it gets b's store.
+    let mut a2 = node(config("a", "b", a_addr, b_addr, KEY), Role::Standby, 2);
+    notice(&mut a2, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    let got = a2.h.replica();
+    assert_eq!(got.epoch, 2);
+    assert_eq!(got.records.keys().collect::<Vec<_>>(), ["t1", "t2"]);
+}
