@@ -112,7 +112,15 @@ pub(crate) async fn acceptor(shared: Arc<Shared>, mut shutdown: watch::Receiver<
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((mut stream, from)) = accepted else { continue };
+        let (mut stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: do not spin on it.
+                tracing::warn!(error = %e, "sync: accept failed");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             tracing::warn!(%from, "sync: too many handshakes in progress; connection dropped");
             continue;
@@ -155,7 +163,7 @@ async fn establish(
         }
     };
     state.on_sent(1, bytes.0);
-    state.on_received_bytes(bytes.1);
+    state.on_received(1, bytes.1);
     state.check_hello(&shared.partner_name, &theirs).ok()?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let id = state.install(tx, theirs.clone(), (ours.role, ours.epoch));
@@ -236,7 +244,7 @@ async fn reader(shared: &Shared, id: u64, rd: OwnedReadHalf, noise: &Mutex<Trans
             Ok(Err(e)) => return End::Lost(format!("read: {e}")),
             Ok(Ok(())) => {}
         }
-        shared.lock().on_received_bytes(frame.len() as u64 + 2);
+        shared.lock().on_received(0, frame.len() as u64 + 2);
         // Tampered, replayed, reordered or foreign frames all fail here: the receiving nonce is
         // implicit and advances by one per frame.
         let Ok(n) = lock_noise(noise).read_message(&frame, &mut plain) else {

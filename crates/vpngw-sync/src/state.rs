@@ -339,7 +339,9 @@ impl State {
         self.stats.bytes_sent += bytes;
     }
 
-    pub(crate) fn on_received_bytes(&mut self, bytes: u64) {
+    /// Bytes as they arrive; messages here only for the handshake's (on_msg counts the rest).
+    pub(crate) fn on_received(&mut self, messages: u64, bytes: u64) {
+        self.stats.messages_received += messages;
         self.stats.bytes_received += bytes;
     }
 
