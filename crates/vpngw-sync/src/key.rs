@@ -40,6 +40,10 @@ impl SyncKey {
     /// contain key material.
     pub fn from_file(path: &Path) -> Result<SyncKey, KeyError> {
         let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+        // Before opening too: opening a FIFO would block until someone writes to it.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(KeyError::NotAFile { path: path.to_path_buf() });
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         // Checked on the open file, not the path, so a swap between check and read cannot pass.
         let meta = file.metadata().map_err(io)?;
@@ -144,6 +148,12 @@ mod tests {
         assert!(matches!(errors[3], KeyError::Length { found: 128, .. }));
         assert!(matches!(errors[4], KeyError::Io { .. }));
         assert!(matches!(errors[5], KeyError::NotAFile { .. }), "{}", errors[5]);
+        // A FIFO is refused without opening it (opening would block this test forever).
+        let fifo = open.with_file_name("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        if std::process::Command::new("mkfifo").args(["-m", "600"]).arg(&fifo).status().is_ok_and(|s| s.success()) {
+            assert!(matches!(SyncKey::from_file(&fifo), Err(KeyError::NotAFile { .. })));
+        }
         for e in &errors {
             let text = format!("{e} {e:?}");
             for window in HEX.as_bytes().windows(8) {
