@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use snow::TransportState;
 use tokio::io::{AsyncWriteExt as _, BufReader};
@@ -23,6 +23,8 @@ pub(crate) const RETRY: Duration = Duration::from_millis(200);
 pub(crate) const QUEUE: usize = 8192;
 /// Handshakes in progress at once on the accepting side (garbage connections cannot pile up).
 const MAX_HANDSHAKES: usize = 4;
+/// A standby in a long burst of updates acknowledges at least this often.
+const ACK_EVERY: Duration = Duration::from_millis(10);
 /// Writer batches frames up to this many bytes per write.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -110,7 +112,15 @@ pub(crate) async fn acceptor(shared: Arc<Shared>, mut shutdown: watch::Receiver<
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((mut stream, from)) = accepted else { continue };
+        let (mut stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: do not spin on it.
+                tracing::warn!(error = %e, "sync: accept failed");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             tracing::warn!(%from, "sync: too many handshakes in progress; connection dropped");
             continue;
@@ -153,10 +163,10 @@ async fn establish(
         }
     };
     state.on_sent(1, bytes.0);
-    state.on_received_bytes(bytes.1);
+    state.on_received(1, bytes.1);
     state.check_hello(&shared.partner_name, &theirs).ok()?;
     let (tx, rx) = mpsc::channel(QUEUE);
-    let id = state.install(tx, theirs.clone());
+    let id = state.install(tx, theirs.clone(), (ours.role, ours.epoch));
     Some((id, (transport, rx), theirs))
 }
 
@@ -224,6 +234,7 @@ async fn reader(shared: &Shared, id: u64, rd: OwnedReadHalf, noise: &Mutex<Trans
     let mut frame = Vec::with_capacity(MAX_FRAME);
     let mut plain = vec![0u8; MAX_FRAME];
     let mut messages = Reassembler::default();
+    let mut last_ack = Instant::now();
     loop {
         match timeout(shared.dead_after, wire::read_frame(&mut rd, &mut frame)).await {
             Err(_) => return End::Lost(format!("partner silent for {:?}", shared.dead_after)),
@@ -233,7 +244,7 @@ async fn reader(shared: &Shared, id: u64, rd: OwnedReadHalf, noise: &Mutex<Trans
             Ok(Err(e)) => return End::Lost(format!("read: {e}")),
             Ok(Ok(())) => {}
         }
-        shared.lock().on_received_bytes(frame.len() as u64 + 2);
+        shared.lock().on_received(0, frame.len() as u64 + 2);
         // Tampered, replayed, reordered or foreign frames all fail here: the receiving nonce is
         // implicit and advances by one per frame.
         let Ok(n) = lock_noise(noise).read_message(&frame, &mut plain) else {
@@ -252,16 +263,23 @@ async fn reader(shared: &Shared, id: u64, rd: OwnedReadHalf, noise: &Mutex<Trans
         if let Err(end) = state.on_msg(id, msg) {
             return end;
         }
-        // Acknowledge once per burst rather than per message.
-        if rd.buffer().is_empty() {
+        // Acknowledge once per burst rather than per message, and at least every ACK_EVERY
+        // while a long burst lasts.
+        if rd.buffer().is_empty() || last_ack.elapsed() >= ACK_EVERY {
             state.ack_if_due();
+            last_ack = Instant::now();
         }
     }
 }
 
-/// Encrypts one message as frames appended to `buf`.
-fn seal(noise: &Mutex<TransportState>, msg: &Msg, buf: &mut Vec<u8>, scratch: &mut [u8]) -> Result<(), End> {
-    let bytes = wire::encode(msg).map_err(|e| End::Lost(format!("cannot send: {e}")))?;
+/// Encrypts one encoded message as frames appended to `buf`.
+fn seal(
+    noise: &Mutex<TransportState>,
+    bytes: Result<Vec<u8>, wire::WireError>,
+    buf: &mut Vec<u8>,
+    scratch: &mut [u8],
+) -> Result<(), End> {
+    let bytes = bytes.map_err(|e| End::Lost(format!("cannot send: {e}")))?;
     let mut noise = lock_noise(noise);
     for chunk in wire::split(&bytes) {
         let n = noise.write_message(&chunk, scratch).map_err(|e| End::Lost(format!("cannot encrypt: {e}")))?;
@@ -281,7 +299,11 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn push(&mut self, msg: &Msg) -> Result<(), End> {
-        seal(self.noise, msg, &mut self.buf, &mut self.scratch)?;
+        self.push_encoded(wire::encode(msg))
+    }
+
+    fn push_encoded(&mut self, bytes: Result<Vec<u8>, wire::WireError>) -> Result<(), End> {
+        seal(self.noise, bytes, &mut self.buf, &mut self.scratch)?;
         self.messages += 1;
         Ok(())
     }
@@ -304,10 +326,11 @@ impl Writer<'_> {
     async fn item(&mut self, item: Out) -> Result<(), End> {
         match item {
             Out::Msg(msg) => self.push(&msg),
+            Out::Put { n, key, body } => self.push_encoded(wire::encode_put(n, &key, &body)),
             Out::Bulk { epoch, n, records } => {
                 self.push(&Msg::BulkBegin { epoch, count: records.len() as u64 })?;
                 for (key, body) in records {
-                    self.push(&Msg::Put { n, key, body })?;
+                    self.push_encoded(wire::encode_put(n, &key, &body))?;
                     if self.buf.len() >= WRITE_BATCH {
                         self.flush().await?;
                     }

@@ -24,6 +24,8 @@ pub enum KeyError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("sync key {path}: expected 64 hex characters, found {found} characters")]
     Length { path: PathBuf, found: usize },
+    #[error("sync key {path}: not a regular file")]
+    NotAFile { path: PathBuf },
     #[error("sync key {path}: not hexadecimal")]
     NotHex { path: PathBuf },
 }
@@ -38,9 +40,17 @@ impl SyncKey {
     /// contain key material.
     pub fn from_file(path: &Path) -> Result<SyncKey, KeyError> {
         let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+        // Before opening too: opening a FIFO would block until someone writes to it.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(KeyError::NotAFile { path: path.to_path_buf() });
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         // Checked on the open file, not the path, so a swap between check and read cannot pass.
-        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(KeyError::NotAFile { path: path.to_path_buf() });
+        }
+        let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Permissions { path: path.to_path_buf(), mode });
         }
@@ -123,8 +133,11 @@ mod tests {
         let short = write_key("short", &HEX[..40], 0o600);
         let long = write_key("long", &format!("{HEX}{HEX}"), 0o600);
         let missing = open.with_file_name("missing");
+        let dir = open.with_file_name("private-dir");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let mut errors = Vec::new();
-        for path in [&open, &bad_hex, &short, &long, &missing] {
+        for path in [&open, &bad_hex, &short, &long, &missing, &dir] {
             errors.push(SyncKey::from_file(path).unwrap_err());
         }
         assert!(matches!(errors[0], KeyError::Permissions { mode: 0o644, .. }));
@@ -134,6 +147,13 @@ mod tests {
         assert!(matches!(errors[2], KeyError::Length { found: 40, .. }));
         assert!(matches!(errors[3], KeyError::Length { found: 128, .. }));
         assert!(matches!(errors[4], KeyError::Io { .. }));
+        assert!(matches!(errors[5], KeyError::NotAFile { .. }), "{}", errors[5]);
+        // A FIFO is refused without opening it (opening would block this test forever).
+        let fifo = open.with_file_name("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        if std::process::Command::new("mkfifo").args(["-m", "600"]).arg(&fifo).status().is_ok_and(|s| s.success()) {
+            assert!(matches!(SyncKey::from_file(&fifo), Err(KeyError::NotAFile { .. })));
+        }
         for e in &errors {
             let text = format!("{e} {e:?}");
             for window in HEX.as_bytes().windows(8) {

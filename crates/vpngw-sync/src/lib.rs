@@ -227,6 +227,11 @@ pub fn start(config: SyncConfig, rt: &tokio::runtime::Handle) -> (SyncHandle, mp
     let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(());
     let dials = config.node_name < config.partner_name;
+    if config.node_name == config.partner_name {
+        // Neither would dial: the pair never connects. The daemon's configuration check should
+        // refuse this; here it is only loud.
+        tracing::error!(name = config.node_name, "sync: node and partner have the same name; no session will form");
+    }
     let shared = Arc::new(driver::Shared {
         state: Mutex::new(state::State::new(config.max_records, config.dead_after, notice_tx)),
         node_name: config.node_name,

@@ -4,6 +4,7 @@
 //! lock is never held across I/O.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -12,12 +13,14 @@ use tokio::task::AbortHandle;
 use crate::wire::{Hello, Msg};
 use crate::{Notice, Replica, Role, SyncStats};
 
-/// What the session's writer sends: single messages, or a whole bulk, expanded by the writer so
-/// that a 100,000-record store is one queue slot and not 100,000.
+/// What the session's writer sends: single messages, records, or a whole bulk, expanded by the
+/// writer so that a 100,000-record store is one queue slot and not 100,000. Bodies are shared
+/// with the store: a bulk's snapshot copies keys and pointers, not the records.
 #[derive(Debug)]
 pub(crate) enum Out {
     Msg(Msg),
-    Bulk { epoch: u64, n: u64, records: Vec<(String, Vec<u8>)> },
+    Put { n: u64, key: String, body: Arc<Vec<u8>> },
+    Bulk { epoch: u64, n: u64, records: Vec<(String, Arc<Vec<u8>>)> },
 }
 
 /// Why a session ended, and which counter that feeds.
@@ -70,7 +73,7 @@ pub(crate) struct State {
     dead_after: Duration,
     role: Role,
     epoch: u64,
-    store: BTreeMap<String, Vec<u8>>,
+    store: BTreeMap<String, Arc<Vec<u8>>>,
     replica: Replica,
     /// Highest epoch any authenticated partner announced, over the life of this node.
     highest_partner_epoch: Option<u64>,
@@ -139,6 +142,10 @@ impl State {
         if !changed || self.session.is_none() {
             return;
         }
+        if role == Role::Active && self.partner_role == Some(Role::Active) {
+            self.stats.role_conflicts += 1;
+            tracing::warn!(epoch, "sync: we became Active while the partner is Active; no records flow");
+        }
         self.send(Out::Msg(Msg::Role { role, epoch }));
         if role != Role::Standby {
             // A standby that stops being one takes nothing half-way through a bulk.
@@ -151,7 +158,7 @@ impl State {
     }
 
     pub(crate) fn put(&mut self, key: String, body: Vec<u8>) {
-        if self.store.get(&key) == Some(&body) {
+        if self.store.get(&key).is_some_and(|old| **old == body) {
             return;
         }
         if !self.store.contains_key(&key) && self.store.len() >= self.max_records {
@@ -159,9 +166,10 @@ impl State {
             tracing::warn!(key, max = self.max_records, "sync: store full, record refused");
             return;
         }
+        let body = Arc::new(body);
         self.store.insert(key.clone(), body.clone());
         if let Some(n) = self.next_update() {
-            self.send(Out::Msg(Msg::Put { n, key, body }));
+            self.send(Out::Put { n, key, body });
         }
     }
 
@@ -243,7 +251,8 @@ impl State {
     }
 
     /// Makes a new authenticated session the current one (ending any other). Returns its id.
-    pub(crate) fn install(&mut self, out: mpsc::Sender<Out>, hello: Hello) -> u64 {
+    /// `announced` is the role and epoch our own Hello carried.
+    pub(crate) fn install(&mut self, out: mpsc::Sender<Out>, hello: Hello, announced: (Role, u64)) -> u64 {
         if self.session.is_some() {
             self.end_current(End::Lost("replaced by a new session".into()));
         }
@@ -263,6 +272,10 @@ impl State {
             acked_n: 0,
         });
         self.stats.connected = true;
+        // set_role during the handshake found no session to tell: tell it now, before any bulk.
+        if announced != (self.role, self.epoch) {
+            self.send(Out::Msg(Msg::Role { role: self.role, epoch: self.epoch }));
+        }
         self.partner_announced(hello.role, hello.epoch);
         self.notify(Notice::Connected { partner: hello.node, role: hello.role, epoch: hello.epoch });
         // Our own Hello already told the partner our role; the bulk (if any) follows it.
@@ -326,7 +339,9 @@ impl State {
         self.stats.bytes_sent += bytes;
     }
 
-    pub(crate) fn on_received_bytes(&mut self, bytes: u64) {
+    /// Bytes as they arrive; messages here only for the handshake's (on_msg counts the rest).
+    pub(crate) fn on_received(&mut self, messages: u64, bytes: u64) {
+        self.stats.messages_received += messages;
         self.stats.bytes_received += bytes;
     }
 
@@ -493,5 +508,162 @@ impl State {
             }
         }
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::PROTOCOL_VERSION;
+
+    fn hello(role: Role, epoch: u64) -> Hello {
+        Hello { node: "a".into(), role, epoch, version: PROTOCOL_VERSION }
+    }
+
+    /// A standby at epoch 1 with a session from an Active partner at `epoch`.
+    fn standby(epoch: u64) -> (State, mpsc::Receiver<Out>, mpsc::Receiver<Notice>, u64) {
+        let (ntx, nrx) = mpsc::channel(64);
+        let mut s = State::new(10, Duration::from_secs(1), ntx);
+        s.set_role(Role::Standby, 1);
+        let (tx, rx) = mpsc::channel(64);
+        let id = s.install(tx, hello(Role::Active, epoch), (Role::Standby, 1));
+        (s, rx, nrx, id)
+    }
+
+    fn put(n: u64, key: &str, body: &[u8]) -> Msg {
+        Msg::Put { n, key: key.into(), body: body.to_vec() }
+    }
+
+    fn keys(s: &State) -> Vec<String> {
+        s.replica().records.keys().cloned().collect()
+    }
+
+    fn bulk(s: &mut State, id: u64, epoch: u64, n: u64, records: &[&str]) {
+        s.on_msg(id, Msg::BulkBegin { epoch, count: records.len() as u64 }).unwrap();
+        for k in records {
+            s.on_msg(id, put(n, k, k.as_bytes())).unwrap();
+        }
+        s.on_msg(id, Msg::BulkEnd { n }).unwrap();
+    }
+
+    #[test]
+    fn bulk_replaces_wholesale_at_its_end_only() {
+        let (mut s, mut out, _, id) = standby(3);
+        bulk(&mut s, id, 3, 1, &["a", "b"]);
+        assert_eq!(keys(&s), ["a", "b"]);
+        assert!(s.replica().complete);
+        s.on_msg(id, put(2, "c", b"c")).unwrap();
+        s.on_msg(id, Msg::Remove { n: 3, key: "a".into() }).unwrap();
+        assert_eq!(keys(&s), ["b", "c"]);
+        s.ack_if_due();
+        assert!(matches!(out.try_recv(), Ok(Out::Msg(Msg::Ack { n: 3 }))));
+
+        // A second bulk: until its end, the replica is the old one.
+        s.on_msg(id, Msg::BulkBegin { epoch: 3, count: 1 }).unwrap();
+        s.on_msg(id, put(4, "z", b"z")).unwrap();
+        assert_eq!(keys(&s), ["b", "c"]);
+        s.on_msg(id, Msg::BulkEnd { n: 4 }).unwrap();
+        assert_eq!(keys(&s), ["z"]);
+        assert_eq!(s.stats().bulk_syncs, 2);
+        assert!(s.stats().in_sync);
+    }
+
+    #[test]
+    fn a_session_lost_mid_bulk_leaves_the_replica() {
+        let (mut s, _out, _, id) = standby(3);
+        bulk(&mut s, id, 3, 1, &["a"]);
+        s.on_msg(id, Msg::BulkBegin { epoch: 3, count: 2 }).unwrap();
+        s.on_msg(id, put(2, "x", b"x")).unwrap();
+        s.end(id, End::Lost("test".into()));
+        let r = s.replica();
+        assert_eq!(keys(&s), ["a"]);
+        assert!(r.complete);
+        // A late message of the ended session changes nothing.
+        s.on_msg(id, Msg::BulkEnd { n: 2 }).unwrap();
+        assert_eq!(s.replica(), r);
+        assert!(!s.stats().connected && !s.stats().in_sync);
+    }
+
+    #[test]
+    fn applies_only_as_standby_from_an_active_partner() {
+        let (mut s, _out, _, id) = standby(3);
+        bulk(&mut s, id, 3, 1, &["a"]);
+        s.on_msg(id, Msg::Role { role: Role::Fault, epoch: 3 }).unwrap();
+        s.on_msg(id, put(2, "from-fault", b"x")).unwrap();
+        s.on_msg(id, Msg::Role { role: Role::Standby, epoch: 3 }).unwrap();
+        bulk(&mut s, id, 3, 3, &["from-standby"]);
+        assert_eq!(keys(&s), ["a"]);
+        assert_eq!(s.stats().role_refused, 1 + 3);
+
+        s.on_msg(id, Msg::Role { role: Role::Active, epoch: 3 }).unwrap();
+        s.set_role(Role::Fault, 1);
+        s.on_msg(id, put(4, "while-we-fault", b"x")).unwrap();
+        s.set_role(Role::Standby, 1);
+        // Back to Standby: increments wait for the bulk the active now sends.
+        s.on_msg(id, put(5, "before-bulk", b"x")).unwrap();
+        assert_eq!(keys(&s), ["a"]);
+        assert_eq!(s.stats().role_refused, 4 + 2);
+        assert_eq!(s.stats().stale_refused, 0);
+    }
+
+    #[test]
+    fn a_lower_epoch_never_overwrites() {
+        let (mut s, _out, _, id) = standby(5);
+        bulk(&mut s, id, 5, 1, &["new"]);
+        s.end(id, End::Lost("test".into()));
+        let (tx, _rx) = mpsc::channel(64);
+        let id = s.install(tx, hello(Role::Active, 4), (Role::Standby, 1));
+        bulk(&mut s, id, 4, 1, &["old"]);
+        s.on_msg(id, put(2, "old2", b"x")).unwrap();
+        assert_eq!(keys(&s), ["new"]);
+        assert_eq!(s.replica().epoch, 5);
+        assert_eq!(s.stats().stale_refused, 4);
+        assert!(!s.stats().in_sync);
+        // The same partner announcing a newer epoch is current again.
+        s.on_msg(id, Msg::Role { role: Role::Active, epoch: 6 }).unwrap();
+        bulk(&mut s, id, 6, 3, &["newer"]);
+        assert_eq!(keys(&s), ["newer"]);
+        assert_eq!(s.replica().epoch, 6);
+    }
+
+    #[test]
+    fn replica_is_bounded_and_hello_is_refused_later() {
+        let (mut s, _out, _, id) = standby(3);
+        let names: Vec<String> = (0..12).map(|i| format!("r{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        bulk(&mut s, id, 3, 1, &refs);
+        assert_eq!(s.replica().records.len(), 10);
+        assert_eq!(s.stats().records_refused, 2);
+        s.on_msg(id, put(2, "r00", b"replaced")).unwrap();
+        assert_eq!(s.stats().records_refused, 2);
+        assert!(matches!(s.on_msg(id, Msg::Hello(hello(Role::Active, 3))), Err(End::Rejected(_))));
+    }
+
+    #[test]
+    fn active_streams_a_bulk_then_increments_and_measures_lag() {
+        let (ntx, _nrx) = mpsc::channel(64);
+        let mut s = State::new(100, Duration::from_secs(1), ntx);
+        s.set_role(Role::Active, 2);
+        s.put("a".into(), b"1".to_vec());
+        let (tx, mut out) = mpsc::channel(64);
+        s.install(tx, hello(Role::Fault, 0), (Role::Active, 2));
+        assert!(out.try_recv().is_err(), "nothing for a partner in Fault");
+        assert_eq!(s.stats().lag, None);
+        s.on_msg(s.session.as_ref().unwrap().id, Msg::Role { role: Role::Standby, epoch: 2 }).unwrap();
+        let Ok(Out::Bulk { epoch: 2, n: 1, records }) = out.try_recv() else { panic!("no bulk") };
+        assert_eq!(records.len(), 1);
+        s.put("a".into(), b"1".to_vec()); // unchanged: nothing sent
+        s.put("b".into(), b"2".to_vec());
+        s.remove("a");
+        assert!(matches!(out.try_recv(), Ok(Out::Put { n: 2, .. })));
+        assert!(matches!(out.try_recv(), Ok(Out::Msg(Msg::Remove { n: 3, .. }))));
+        assert!(out.try_recv().is_err());
+        assert!(!s.stats().in_sync, "the bulk is not acknowledged yet");
+        let id = s.session.as_ref().unwrap().id;
+        s.on_msg(id, Msg::Ack { n: 2 }).unwrap();
+        assert!(s.stats().lag.is_some());
+        s.on_msg(id, Msg::Ack { n: 3 }).unwrap();
+        assert_eq!(s.stats().lag, Some(Duration::ZERO));
+        assert!(s.stats().in_sync);
     }
 }

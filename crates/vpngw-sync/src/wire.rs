@@ -89,6 +89,38 @@ pub enum WireError {
 }
 
 pub fn encode(msg: &Msg) -> Result<Vec<u8>, WireError> {
+    encode_any(msg)
+}
+
+/// `Msg::Put` without owning the body (the store shares it). Same bytes as [`encode`] gives.
+pub fn encode_put(n: u64, key: &str, body: &[u8]) -> Result<Vec<u8>, WireError> {
+    encode_any(&MsgRef::Put { n, key, body })
+}
+
+/// Borrowing twin of [`Msg`] for encoding: the variants up to `Put` in the same order, so serde
+/// gives them the same indices (checked by a test).
+#[derive(Serialize)]
+enum MsgRef<'a> {
+    #[allow(dead_code)]
+    Hello(&'a Hello),
+    #[allow(dead_code)]
+    Role {
+        role: Role,
+        epoch: u64,
+    },
+    #[allow(dead_code)]
+    BulkBegin {
+        epoch: u64,
+        count: u64,
+    },
+    Put {
+        n: u64,
+        key: &'a str,
+        body: &'a [u8],
+    },
+}
+
+fn encode_any<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
     let bytes = postcard::to_allocvec(msg).map_err(|e| WireError::Encode(e.to_string()))?;
     if bytes.len() > MAX_MESSAGE {
         return Err(WireError::TooLarge(bytes.len()));
@@ -207,6 +239,14 @@ mod tests {
         let joined = join(chunks.into_iter()).unwrap();
         assert_eq!(joined.len(), 1);
         assert_eq!(decode(&joined[0]).unwrap(), msg);
+    }
+
+    #[test]
+    fn borrowed_put_encodes_like_owned() {
+        let body = vec![1, 2, 3, 200];
+        let owned = encode(&Msg::Put { n: 300, key: "sequences".into(), body: body.clone() }).unwrap();
+        assert_eq!(encode_put(300, "sequences", &body).unwrap(), owned);
+        assert_eq!(decode(&owned).unwrap(), Msg::Put { n: 300, key: "sequences".into(), body });
     }
 
     #[test]

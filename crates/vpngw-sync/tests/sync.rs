@@ -20,12 +20,18 @@ async fn bulk_increments_lag_and_standby_restart() {
     assert_eq!(a.h.stats().records, 1000);
 
     let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Fault, 0);
-    let connected = notice(&mut b, 3 * SECOND, |n| match n {
-        Notice::Connected { partner, role, epoch } => Some((partner.clone(), *role, *epoch)),
+    let partner = notice(&mut b, 3 * SECOND, |n| match n {
+        Notice::Connected { partner, .. } => Some(partner.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(connected, ("a".to_string(), Role::Active, 7));
+    assert_eq!(partner, "a");
+    // The Hello may predate a's set_role (it raced the dial); a Role message follows then.
+    until("b sees a Active at epoch 7", SECOND, || {
+        let s = b.h.stats();
+        (s.partner_role, s.partner_epoch) == (Some(Role::Active), Some(7))
+    })
+    .await;
     // Fault: nothing is sent yet.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(b.h.replica().records.is_empty());
@@ -158,12 +164,8 @@ async fn stale_epoch_active_cannot_overwrite() {
     let old = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 3);
     old.h.put("x".into(), b"epoch 3".to_vec());
     old.h.put("y".into(), b"epoch 3".to_vec());
-    let epoch = notice(&mut b, 3 * SECOND, |n| match n {
-        Notice::Connected { epoch, .. } => Some(*epoch),
-        _ => None,
-    })
-    .await;
-    assert_eq!(epoch, 3);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::Connected { .. }).then_some(())).await;
+    until("b sees the old active's epoch", SECOND, || b.h.stats().partner_epoch == Some(3)).await;
     // Its bulk (begin, 2 puts, end) is refused message by message.
     until("stale updates refused", 3 * SECOND, || b.h.stats().stale_refused >= 4).await;
     old.h.put("z".into(), b"epoch 3".to_vec());
@@ -180,11 +182,12 @@ async fn stale_epoch_active_cannot_overwrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_active_apply_nothing() {
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let mut a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 4);
+    let a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 4);
     let b = node(config("b", "a", b_addr, a_addr, KEY), Role::Active, 4);
     a.h.put("from-a".into(), b"a".to_vec());
     b.h.put("from-b".into(), b"b".to_vec());
-    notice(&mut a, 3 * SECOND, |n| matches!(n, Notice::Connected { role: Role::Active, .. }).then_some(())).await;
+    until("a sees b Active", 3 * SECOND, || a.h.stats().partner_role == Some(Role::Active)).await;
+    until("b sees a Active", SECOND, || b.h.stats().partner_role == Some(Role::Active)).await;
     a.h.put("from-a-2".into(), b"a".to_vec());
     tokio::time::sleep(Duration::from_millis(400)).await;
     for n in [&a, &b] {
@@ -244,4 +247,83 @@ fn config_debug_shows_no_key() {
     assert!(!shown.contains("0123456789abcdef"), "{shown}");
     assert!(!shown.contains(&hex::encode(KEY)[..16]), "{shown}");
     assert!(!shown.contains("48, 49, 50"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_silent_handshakes_count_as_auth_failures() {
+    use tokio::io::AsyncWriteExt;
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    // Wait for the listener.
+    let mut s = loop {
+        match tokio::net::TcpStream::connect(b_addr).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut junk = vec![0, 60];
+    junk.extend(body(1, 60));
+    s.write_all(&junk).await.unwrap();
+    until("garbage handshake counted", SECOND, || b.h.stats().auth_failures == 1).await;
+
+    // Connected and silent: refused after the 2 s handshake timeout.
+    let t0 = Instant::now();
+    let _silent = tokio::net::TcpStream::connect(b_addr).await.unwrap();
+    until("silent handshake counted", 4 * SECOND, || b.h.stats().auth_failures == 2).await;
+    assert!(t0.elapsed() >= Duration::from_millis(1900), "{:?}", t0.elapsed());
+    let stats = b.h.stats();
+    assert!(!stats.connected);
+    assert_eq!(stats.rejected_frames, 0);
+    assert!(b.h.replica().records.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_the_session_and_resyncs_with_a_bulk() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 1);
+    let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    // Far more increments at once than the queue holds: put() never waits for the network.
+    let t0 = Instant::now();
+    let mut expected = BTreeMap::new();
+    put_all(&a, &mut expected, (0..30_000).map(|i| (format!("r/{i}"), body(i, 200))));
+    assert!(t0.elapsed() < Duration::from_secs(2), "puts blocked: {:?}", t0.elapsed());
+    assert!(a.h.stats().queue_overflows >= 1, "{:?}", a.h.stats());
+    // The dialer comes back and the standby gets everything as a bulk.
+    until("standby resynced", 10 * SECOND, || b.h.replica().records == expected).await;
+    assert!(a.h.stats().bulk_syncs >= 2);
+    until("in sync again", 3 * SECOND, || a.h.stats().in_sync && b.h.stats().in_sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_keeps_the_replica_and_the_old_active_rejoins_as_standby() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = node(config("a", "b", a_addr, b_addr, KEY), Role::Active, 1);
+    a.h.put("t1".into(), b"v1".to_vec());
+    let mut b = node(config("b", "a", b_addr, a_addr, KEY), Role::Standby, 1);
+    notice(&mut b, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    drop(a);
+    let reason = notice(&mut b, 3 * SECOND, |n| match n {
+        Notice::Lost { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    println!("lost: {reason}");
+    let replica = b.h.replica();
+    assert!(replica.complete, "lost partner: the replica stays complete");
+    assert_eq!((replica.epoch, replica.records.len()), (1, 1));
+    assert!(!b.h.stats().in_sync);
+
+    // Takeover: b becomes Active at epoch 2 and puts what it took over, plus a change.
+    b.h.set_role(Role::Active, 2);
+    for (k, v) in &replica.records {
+        b.h.put(k.clone(), v.clone());
+    }
+    b.h.put("t2".into(), b"v2".to_vec());
+    // a comes back as Standby: it gets b's store.
+    let mut a2 = node(config("a", "b", a_addr, b_addr, KEY), Role::Standby, 2);
+    notice(&mut a2, 3 * SECOND, |n| matches!(n, Notice::BulkDone { .. }).then_some(())).await;
+    let got = a2.h.replica();
+    assert_eq!(got.epoch, 2);
+    assert_eq!(got.records.keys().collect::<Vec<_>>(), ["t1", "t2"]);
 }
