@@ -365,16 +365,26 @@ impl HaLab {
     /// `ha_cut_vrrp` in each): each believes the other dead and takes both addresses. All
     /// other traffic, sync included, still flows.
     pub fn cut_vrrp(&self) {
+        self.cut_vrrp_on(&["wan0", "lan0"]);
+    }
+
+    /// [`HaLab::cut_vrrp`] on some of the nodes' interfaces only (`wan0`, `lan0`): the adverts
+    /// on the other link still arrive.
+    pub fn cut_vrrp_on(&self, interfaces: &[&str]) {
+        let names = interfaces.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
         for node in Node::BOTH {
             self.nft(
                 node,
-                "add table inet ha_cut_vrrp\n\
-                 add chain inet ha_cut_vrrp input { type filter hook input priority 0 ; }\n\
-                 add rule inet ha_cut_vrrp input ip protocol vrrp drop\n",
+                &format!(
+                    "add table inet ha_cut_vrrp\n\
+                     add chain inet ha_cut_vrrp input {{ type filter hook input priority 0 ; }}\n\
+                     add rule inet ha_cut_vrrp input iifname {{ {names} }} ip protocol vrrp drop\n"
+                ),
             );
         }
     }
 
+    /// Undoes [`HaLab::cut_vrrp`] or [`HaLab::cut_vrrp_on`].
     pub fn heal_vrrp(&self) {
         for node in Node::BOTH {
             self.nft(node, "delete table inet ha_cut_vrrp\n");

@@ -138,6 +138,14 @@ fn crash_sick_node_and_split_brain() {
     assert_eq!(ha.vip_holders(), [Node::A]);
     ha.heal_sync();
 
+    // VRRP lost on the LAN only: the WAN instance still hears A, and the sync group keeps B's
+    // LAN instance from taking over alone. Nobody moves.
+    ha.cut_vrrp_on(&["lan0"]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(ha.vip_holders(), [Node::A]);
+    assert!(!ha.holds(Node::B, LAN_VIP), "B took the LAN address alone");
+    ha.heal_vrrp();
+
     // VRRP cut alone: each node thinks the other dead, both hold the addresses (split brain:
     // the daemon's sync link is what can tell them apart).
     let t0 = Instant::now();
@@ -159,11 +167,27 @@ fn crash_sick_node_and_split_brain() {
 fn unicast_configuration_fails_over() {
     let ha = HaLab::new("ha-keepalived-unicast");
     let s = StandIn::new(&ha);
-    start_pair(&ha, &s, KaOptions { unicast: true });
+    let unicast = KaOptions { unicast: true };
+    start_pair(&ha, &s, unicast);
+
+    // A stops gracefully (maintenance): its priority-0 advert hands the role over at once.
+    // keepalived takes about a second to exit after it released the role: poll meanwhile.
     let t0 = Instant::now();
-    ha.crash(Node::A);
-    let seen = ha.wait_vips(Node::B, Duration::from_secs(3)).map(|t| t - t0);
-    println!("unicast, crash of A: B holds both addresses after {seen:?}");
-    assert!(seen.is_some_and(|t| t < Duration::from_secs(1)), "{seen:?}:\n{}", ha.keepalived_log(Node::B));
-    assert!(s.wait_role(Node::B, "MASTER", Duration::from_secs(2)), "B: {:?}", s.roles(Node::B));
+    let seen = std::thread::scope(|scope| {
+        scope.spawn(|| ha.stop_keepalived(Node::A));
+        ha.wait_vips(Node::B, Duration::from_secs(3)).map(|t| t - t0)
+    });
+    println!("unicast, graceful stop of A: B holds both addresses after {seen:?}");
+    assert!(seen.is_some_and(|t| t < Duration::from_millis(500)), "{seen:?}:\n{}", ha.keepalived_log(Node::B));
+    assert!(!ha.holds(Node::A, WAN_VIP) && !ha.holds(Node::A, LAN_VIP), "A kept an address after stopping");
+    ha.start_keepalived_with(Node::A, &s.notify(Node::A), &s.check(Node::A), unicast);
+    assert!(s.wait_role(Node::A, "BACKUP", Duration::from_secs(3)), "A: {:?}", s.roles(Node::A));
+
+    // B crashes: A takes over.
+    let t0 = Instant::now();
+    ha.crash(Node::B);
+    let seen = ha.wait_vips(Node::A, Duration::from_secs(3)).map(|t| t - t0);
+    println!("unicast, crash of B: A holds both addresses after {seen:?}");
+    assert!(seen.is_some_and(|t| t < Duration::from_secs(1)), "{seen:?}:\n{}", ha.keepalived_log(Node::A));
+    assert!(s.wait_role(Node::A, "MASTER", Duration::from_secs(2)), "A: {:?}", s.roles(Node::A));
 }
