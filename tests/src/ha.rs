@@ -126,6 +126,8 @@ pub struct HaLab {
     pub switch: String,
     keepalived: Mutex<[Option<Keepalived>; 2]>,
     vpngw: Mutex<[Option<u32>; 2]>,
+    /// Crashed and not revived: the addresses left on such a node reach no one.
+    crashed: Mutex<[bool; 2]>,
 }
 
 impl HaLab {
@@ -143,6 +145,7 @@ impl HaLab {
             lab,
             keepalived: Mutex::new([None, None]),
             vpngw: Mutex::new([None, None]),
+            crashed: Mutex::new([false, false]),
         };
         for bridge in ["br-wan", "br-lan", "br-sync"] {
             // Snooping off: the bridge would otherwise drop VRRP's multicast until it has seen an
@@ -240,6 +243,10 @@ impl HaLab {
     /// If keepalived is missing or does not start.
     pub fn start_keepalived_with(&self, node: Node, notify_cmd: &str, check_cmd: &str, opts: KaOptions) -> u32 {
         let keepalived = crate::tool::require("keepalived", "apt-get install keepalived");
+        assert!(
+            self.keepalived.lock().unwrap_or_else(PoisonError::into_inner)[node.index()].is_none(),
+            "keepalived already runs on {node:?}"
+        );
         let dir = self.keepalived_dir(node);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let transitions = dir.join("transitions.log");
@@ -333,6 +340,7 @@ impl HaLab {
             self.lab.kill(k.pid);
         }
         self.ports(node, "down");
+        self.crashed.lock().unwrap_or_else(PoisonError::into_inner)[node.index()] = true;
     }
 
     /// The crashed node boots again: the addresses the crash left behind are gone (a reboot
@@ -343,6 +351,7 @@ impl HaLab {
             let _ = self.lab.exec(&ns, "ip", &["addr", "del", &format!("{vip}/24"), "dev", dev]);
         }
         self.ports(node, "up");
+        self.crashed.lock().unwrap_or_else(PoisonError::into_inner)[node.index()] = false;
     }
 
     fn ports(&self, node: Node, state: &str) {
@@ -398,16 +407,18 @@ impl HaLab {
         assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// Whether `node` has `addr` configured (on any interface; up or not).
+    /// Whether `node` has `addr` configured (on any interface; up or not, crashed or not).
     pub fn holds(&self, node: Node, addr: &str) -> bool {
-        let out = self.lab.exec(self.ns(node), "ip", &["-o", "-4", "addr", "show"]);
+        let out = self.lab.ip(self.ns(node), &["-o", "-4", "addr", "show"]);
         let needle = format!(" {addr}/");
         String::from_utf8_lossy(&out.stdout).contains(&needle)
     }
 
-    /// The nodes that have the public virtual address configured (both in a split brain).
+    /// The nodes that have the public virtual address configured (both in a split brain),
+    /// except a crashed one (its leftover address reaches no one).
     pub fn vip_holders(&self) -> Vec<Node> {
-        Node::BOTH.into_iter().filter(|&n| self.holds(n, WAN_VIP)).collect()
+        let crashed = *self.crashed.lock().unwrap_or_else(PoisonError::into_inner);
+        Node::BOTH.into_iter().filter(|&n| !crashed[n.index()] && self.holds(n, WAN_VIP)).collect()
     }
 
     /// The node that has the public virtual address, if exactly one has it.

@@ -104,6 +104,7 @@ fn crash_sick_node_and_split_brain() {
     assert!(takeover < Duration::from_secs(1), "takeover took {takeover:?}");
     assert!(s.wait_role(Node::B, "MASTER", Duration::from_secs(2)), "B: {:?}", s.roles(Node::B));
     assert_eq!(ha.transitions(Node::B).last().map(String::as_str), Some("MASTER"));
+    assert_eq!(ha.vip_holder(), Some(Node::B), "the crashed node's leftover addresses do not count");
     // Traffic resumed through B; the longest gap is the takeover plus the ARP updates.
     for r in [&there, &back] {
         assert!(r.longest_gap < Duration::from_millis(1500), "{}", r.summary());
