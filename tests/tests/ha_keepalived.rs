@@ -124,7 +124,7 @@ fn crash_sick_node_and_split_brain() {
     let seen = ha.wait_vips(Node::A, Duration::from_secs(4)).map(|t| t - t0);
     println!("failing check on B: A holds both addresses after {seen:?}");
     let seen = seen.unwrap_or_else(|| panic!("A never took over:\n{}", ha.keepalived_log(Node::A)));
-    assert!(seen < Duration::from_millis(2600), "{seen:?}");
+    assert!(seen < Duration::from_secs(3), "fall x interval is 2 s: {seen:?}");
     assert!(s.wait_role(Node::B, "FAULT", Duration::from_secs(1)), "B: {:?}", s.roles(Node::B));
     assert!(s.wait_role(Node::A, "MASTER", Duration::from_secs(1)), "A: {:?}", s.roles(Node::A));
     assert!(!ha.holds(Node::B, WAN_VIP) && !ha.holds(Node::B, LAN_VIP));
@@ -139,13 +139,15 @@ fn crash_sick_node_and_split_brain() {
     assert_eq!(ha.vip_holders(), [Node::A]);
     ha.heal_sync();
 
-    // VRRP lost on the LAN only: the WAN instance still hears A, and the sync group keeps B's
-    // LAN instance from taking over alone. Nobody moves.
-    ha.cut_vrrp_on(&["lan0"]);
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(ha.vip_holders(), [Node::A]);
-    assert!(!ha.holds(Node::B, LAN_VIP), "B took the LAN address alone");
-    ha.heal_vrrp();
+    // VRRP lost on one link only: the other instance still hears A, and the sync group keeps
+    // B's instance on the silent link from taking over alone. Nobody moves.
+    for link in ["lan0", "wan0"] {
+        ha.cut_vrrp_on(&[link]);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(ha.vip_holders(), [Node::A], "VRRP cut on {link}");
+        assert!(!ha.holds(Node::B, LAN_VIP), "VRRP cut on {link}: B took the LAN address alone");
+        ha.heal_vrrp();
+    }
 
     // VRRP cut alone: each node thinks the other dead, both hold the addresses (split brain:
     // the daemon's sync link is what can tell them apart).
