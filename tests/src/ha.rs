@@ -3,19 +3,21 @@
 //! gateway R (strongSwan or a third vpngw) knows only the public virtual address as its peer.
 //!
 //! ```text
-//!  left host 10.1.0.10 ──┐ br-lan (LAN VIP 10.1.0.1: the left host's default route)
-//!                 A lan0 10.1.0.2 ──┤── B lan0 10.1.0.3
-//!                 A sync0 192.0.2.1 ── br-sync ── B sync0 192.0.2.2
-//!                 A wan0 198.51.100.11 ──┤── B wan0 198.51.100.12
-//!                                 br-wan (WAN VIP 198.51.100.1: R's peer)
-//!  R wan0 198.51.100.2 ──────────────┘
-//!  R lan0 10.2.0.1 ── right host 10.2.0.10
+//! left host eth0 10.1.0.10 ──┐
+//! A lan0 10.1.0.2 ───────────┤ br-lan   LAN VIP 10.1.0.1 (the left host's default route)
+//! B lan0 10.1.0.3 ───────────┘
+//! A sync0 192.0.2.1 ─────────┐ br-sync  state sync only
+//! B sync0 192.0.2.2 ─────────┘
+//! A wan0 198.51.100.11 ──────┐
+//! B wan0 198.51.100.12 ──────┤ br-wan   WAN VIP 198.51.100.1 (R's peer)
+//! R wan0 198.51.100.2 ───────┘
+//! R lan0 10.2.0.1 ─── right host eth0 10.2.0.10 (a veth of its own)
 //! ```
 //!
 //! The three bridges live in one "switch" namespace. VRRP runs on the WAN and LAN bridges (the
 //! links whose failure must move the addresses); state sync has a bridge of its own, so a test
 //! can cut sync while VRRP still sees both nodes, or cut VRRP (an nftables drop of protocol 112)
-//! while sync and all other traffic still flow: the two split-brain cases.
+//! while sync and all other traffic still flow: the two partial partitions.
 //!
 //! The [`Lab`] inside (`lab`) owns the namespaces and the processes: `lab.left` is node A,
 //! `lab.right` is R, so [`crate::vpngw::Vpngw::start`], [`crate::strongswan::Charon::start`] and
