@@ -2,12 +2,13 @@
 //!
 //! **Owns:** helpers that let tests put vpngw's output in front of software no one here wrote:
 //! packet builders ([`packet`]), a pcap writer ([`pcap`]), external tools with clear failures
-//! ([`tool`]), network namespaces ([`netns`]), strongSwan as a peer ([`strongswan`]) and the
-//! `vpngw` binary under test ([`vpngw`]).
+//! ([`tool`]), network namespaces ([`netns`]), the hot-backup lab with keepalived ([`ha`]),
+//! strongSwan as a peer ([`strongswan`]) and the `vpngw` binary under test ([`vpngw`]).
 //!
 //! **Must not touch:** the product's behaviour. Tests call the product's public APIs and
 //! binaries only; nothing here is linked into the gateway.
 
+pub mod ha;
 pub mod netns;
 pub mod packet;
 pub mod pcap;

@@ -41,6 +41,10 @@ pub struct Lab {
     pub left_host: String,
     pub right_host: String,
     pub dir: PathBuf,
+    /// This lab's prefix of namespace names (unique per test process and lab).
+    tag: String,
+    /// Namespaces added with [`Lab::add_namespace`], deleted with the four above.
+    extra: Mutex<Vec<String>>,
     children: Mutex<Vec<Child>>,
 }
 
@@ -50,23 +54,7 @@ impl Lab {
     /// (10.2.0.10). Gateways forward, but have no route to the other protected network: only a
     /// tunnel can carry it.
     pub fn gateways(name: &str) -> Self {
-        require_root();
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("vg{}-{n}", std::process::id() % 100_000);
-        let lab = Self {
-            left: format!("{tag}-l"),
-            right: format!("{tag}-r"),
-            left_host: format!("{tag}-lh"),
-            right_host: format!("{tag}-rh"),
-            dir: std::env::temp_dir().join("vpngw-tests").join(format!("{name}-{tag}")),
-            children: Mutex::new(Vec::new()),
-        };
-        let _ = std::fs::remove_dir_all(&lab.dir);
-        std::fs::create_dir_all(&lab.dir).unwrap_or_else(|e| panic!("{}: {e}", lab.dir.display()));
-        for ns in [&lab.left, &lab.right, &lab.left_host, &lab.right_host] {
-            run(&["ip", "netns", "add", ns]);
-            lab.ip(ns, &["link", "set", "lo", "up"]);
-        }
+        let lab = Self::namespaces(name);
         run(&[
             "ip", "link", "add", "wan0", "netns", &lab.left, "type", "veth", "peer", "name", "wan0", "netns",
             &lab.right,
@@ -115,6 +103,48 @@ impl Lab {
             run(&["ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }
         lab
+    }
+
+    /// The four namespaces of [`Lab::gateways`] (loopback up, nothing else) and the lab's
+    /// directory: the start of other topologies (the HA lab, `ha.rs`).
+    pub fn namespaces(name: &str) -> Self {
+        require_root();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("vg{}-{n}", std::process::id() % 100_000);
+        let lab = Self {
+            left: format!("{tag}-l"),
+            right: format!("{tag}-r"),
+            left_host: format!("{tag}-lh"),
+            right_host: format!("{tag}-rh"),
+            dir: std::env::temp_dir().join("vpngw-tests").join(format!("{name}-{tag}")),
+            tag,
+            extra: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
+        };
+        let _ = std::fs::remove_dir_all(&lab.dir);
+        std::fs::create_dir_all(&lab.dir).unwrap_or_else(|e| panic!("{}: {e}", lab.dir.display()));
+        for ns in [&lab.left, &lab.right, &lab.left_host, &lab.right_host] {
+            run(&["ip", "netns", "add", ns]);
+            lab.ip(ns, &["link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// Creates one more namespace, `<tag>-<suffix>` (loopback up), deleted with the lab.
+    pub fn add_namespace(&self, suffix: &str) -> String {
+        let ns = format!("{}-{suffix}", self.tag);
+        run(&["ip", "netns", "add", &ns]);
+        self.extra.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(ns.clone());
+        self.ip(&ns, &["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `sysctl -w` in a namespace, e.g. `net.ipv4.ip_forward=1`.
+    ///
+    /// # Panics
+    /// If sysctl refuses the setting.
+    pub fn sysctl(&self, ns: &str, setting: &str) {
+        run(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
     }
 
     pub fn ip(&self, ns: &str, args: &[&str]) -> Output {
@@ -230,10 +260,16 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.left, &self.right, &self.left_host, &self.right_host] {
+        let extra = std::mem::take(&mut *self.extra.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for ns in [&self.left, &self.right, &self.left_host, &self.right_host].into_iter().chain(&extra) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// A veth pair: `dev_a` in namespace `ns_a`, `dev_b` in `ns_b` (both down).
+pub fn veth(ns_a: &str, dev_a: &str, ns_b: &str, dev_b: &str) {
+    run(&["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b]);
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or `timeout` passes.
