@@ -3,7 +3,7 @@
 # (root-owned, mode 0755: keepalived's script security skips scripts others could change).
 #
 # keepalived runs it as:  vpngw-notify.sh COMMAND... TYPE NAME STATE PRIORITY
-# where COMMAND... is what keepalived.conf's notify line configures (vpngw --socket SOCK ha notify)
+# where COMMAND... is what keepalived.conf's notify line configures (vpngw ha notify --socket SOCK)
 # and the last four arguments are keepalived's. COMMAND gets STATE as its last argument.
 set -u
 

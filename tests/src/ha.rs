@@ -40,10 +40,12 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// The check command of the sample configurations, replaced by the test's.
-const SAMPLE_CHECK: &str = "\"/usr/local/bin/vpngw --socket /run/vpngw/vpngw.sock ha check\"";
+/// The sample's track file, which vpngw writes (`[ha] track_file`).
+const SAMPLE_TRACK: &str = "\"/run/vpngw/ha-track\"";
+const SAMPLE_CHECK: &str = "\"/usr/local/bin/vpngw ha check --socket /run/vpngw/vpngw.sock\"";
 /// The notify line's script and command, replaced by the lab's copies.
 const SAMPLE_NOTIFY: &str =
-    "\"/etc/keepalived/vpngw-notify.sh /usr/local/bin/vpngw --socket /run/vpngw/vpngw.sock ha notify\"";
+    "\"/etc/keepalived/vpngw-notify.sh /usr/local/bin/vpngw ha notify --socket /run/vpngw/vpngw.sock\"";
 
 /// One of the two hot-backup nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,13 +223,22 @@ impl HaLab {
         ));
         let sample = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let dir = self.keepalived_dir(node);
-        for needle in [SAMPLE_CHECK, SAMPLE_NOTIFY] {
+        for needle in [SAMPLE_CHECK, SAMPLE_NOTIFY, SAMPLE_TRACK] {
             assert_eq!(sample.matches(needle).count(), 1, "{} should contain {needle} once", file.display());
         }
-        sample.replace(SAMPLE_CHECK, &format!("\"{}\"", dir.join("check.sh").display())).replace(
-            SAMPLE_NOTIFY,
-            &format!("\"{} {}\"", dir.join("vpngw-notify.sh").display(), dir.join("notify-command.sh").display()),
-        )
+        sample
+            .replace(SAMPLE_TRACK, &format!("\"{}\"", self.track_file(node).display()))
+            .replace(SAMPLE_CHECK, &format!("\"{}\"", dir.join("check.sh").display()))
+            .replace(
+                SAMPLE_NOTIFY,
+                &format!("\"{} {}\"", dir.join("vpngw-notify.sh").display(), dir.join("notify-command.sh").display()),
+            )
+    }
+
+    /// The node's keepalived track file (the sample's /run/vpngw/ha-track): what `[ha]
+    /// track_file` of the node's vpngw names.
+    pub fn track_file(&self, node: Node) -> PathBuf {
+        self.keepalived_dir(node).join("ha-track")
     }
 
     /// [`HaLab::start_keepalived_with`] the multicast configuration.
