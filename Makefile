@@ -7,8 +7,8 @@ DEPS := tests/tools/install-deps.sh
 # strongSwan is the independent IKEv1 peer (the harness loads its openssl plugin, in
 # libstrongswan-standard-plugins: only recommended, and install-deps.sh skips recommends); iproute2 makes the namespaces; nftables silences
 # a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics;
-# python3-venv holds schemathesis (below).
-TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus curl openssl \
+# python3-venv holds schemathesis (below); keepalived elects the hot-backup pair's active node.
+TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus curl openssl keepalived \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
 .DEFAULT_GOAL := help
@@ -19,7 +19,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
-.PHONY: help demo test lint unit interop bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz
+.PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz
 
 help:
 	@echo "vpngw make targets:"
@@ -27,6 +27,8 @@ help:
 	@echo "  make test    all tests: format, lint, unit, property, known-answer, independent checks,"
 	@echo "               and interop with strongSwan in network namespaces (root)"
 	@echo "  make interop only the strongSwan interop tests"
+	@echo "  make ha      hot backup: two vpngw with keepalived and strongSwan; failure modes, and"
+	@echo "               HA_CRASHES crashes of the active (default 20) with traffic throughout (root)"
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
 	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
 	@echo "  make bench-scale  10,000 SAs: per-packet cost, memory per SA and per tunnel, idle daemon (root)"
@@ -68,6 +70,15 @@ interop: deps-test
 
 test: deps-test lint unit
 
+# Hot backup (docs/high-availability.md): the fast cases run in make test too; the soak crashes
+# the active HA_CRASHES times, alternating servers, and prints every traffic gap.
+HA_CRASHES ?= 20
+
+ha: deps-test
+	$(CARGO) build --workspace --bins --locked
+	$(CARGO) test -p vpngw-tests --locked --test ha --test ha_keepalived --test ha_lab --test ha_split
+	HA_CRASHES=$(HA_CRASHES) $(CARGO) test -p vpngw-tests --locked --test ha_soak -- --ignored --nocapture
+
 bench:
 	$(CARGO) bench -p vpngw-benches --locked
 
@@ -98,10 +109,14 @@ bench-soak:
 	$(CARGO) run --release --locked -p vpngw-tests --example soak
 
 # Coverage-guided fuzzing (docs/security.md, "Fuzzing"): each target in turn, to FUZZ_RUNS
-# executions, under AddressSanitizer. cargo-fuzz's sanitizer flags are unstable rustc options:
-# RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. A crash stops the run; its input is in
-# fuzz/artifacts/<target>/ (add it to fuzz/regressions/<target>/ once fixed: cargo test replays it).
+# executions, with debug assertions (integer overflow panics). The fuzzed crates forbid unsafe
+# code, so AddressSanitizer finds nothing their bounds checks miss, and it slows the endpoint
+# targets 15-fold: FUZZ_SANITIZER=address runs under it all the same. cargo-fuzz's sanitizer
+# flags are unstable rustc options: RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. A
+# crash stops the run; its input is in fuzz/artifacts/<target>/ (add it to
+# fuzz/regressions/<target>/ once fixed: cargo test replays it).
 FUZZ_RUNS ?= 10000000
+FUZZ_SANITIZER ?= none
 FUZZ_RSS_MB ?= 2048
 FUZZ_TARGETS ?= ike_wire ike_responder ike_initiator esp_open config api_body
 
@@ -109,6 +124,6 @@ fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$t: $(FUZZ_RUNS) runs"; \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -rss_limit_mb=$(FUZZ_RSS_MB) \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O -a -s $(FUZZ_SANITIZER) $$t -- -runs=$(FUZZ_RUNS) -rss_limit_mb=$(FUZZ_RSS_MB) \
 			-timeout=10 -print_final_stats=1 || exit 1; \
 	done

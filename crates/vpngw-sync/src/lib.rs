@@ -280,6 +280,11 @@ impl SyncHandle {
         self.inner.shared.lock().replica()
     }
 
+    /// Standby side: one record of the replica (without copying the others).
+    pub fn replica_record(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.shared.lock().replica_record(key)
+    }
+
     pub fn stats(&self) -> SyncStats {
         self.inner.shared.lock().stats()
     }

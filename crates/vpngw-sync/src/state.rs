@@ -487,6 +487,10 @@ impl State {
         self.replica.clone()
     }
 
+    pub(crate) fn replica_record(&self, key: &str) -> Option<Vec<u8>> {
+        self.replica.records.get(key).cloned()
+    }
+
     pub(crate) fn stats(&self) -> SyncStats {
         let now = Instant::now();
         let mut stats = self.stats.clone();

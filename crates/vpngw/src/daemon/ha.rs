@@ -138,6 +138,11 @@ impl Daemon {
         let started = Instant::now();
         let Some(ha) = &mut self.ha else { return };
         let replica = ha.sync.replica();
+        // How long the replica went without word from the active: a crash stops the word only
+        // about as long ago as VRRP took to notice; much longer means the sync link was down
+        // and child SAs may have been rekeyed since (see below).
+        let silent = ha.stats().lag.unwrap_or(Duration::MAX);
+        let stale = !replica.complete || silent > ha.config.partner_timeout.saturating_mul(2);
         let epoch = ha.next_epoch().max(replica.epoch + 1);
         let (sync_interval, jump_policy) = (ha.config.sync_interval, ha.config.sequence_jump);
         // Whatever this server negotiated on its own meanwhile (split brain) gives way.
@@ -154,6 +159,7 @@ impl Daemon {
             refused: Vec::new(),
             replica_complete: replica.complete,
             replica_epoch: replica.epoch,
+            replica_stale: stale,
         };
         let now = Instant::now();
         for (key, body) in replica.records.range(TUNNEL_PREFIX.to_string()..) {
@@ -208,8 +214,20 @@ impl Daemon {
         if let Some(dp) = &self.dataplane {
             dp.release_pending();
         }
-        // Connections the replica did not cover negotiate now.
         let now = Instant::now();
+        if stale {
+            // The peer may have replaced child SAs the replica does not know: new keys for
+            // every imported tunnel (quick modes on the imported IKE SAs; one that the peer no
+            // longer has fails and the connection negotiates anew).
+            for name in self.ike.endpoint.peer_names() {
+                if let Ok(n) = self.ike.endpoint.rekey_connection(now, &name)
+                    && n > 0
+                {
+                    tracing::warn!(connection = %name, child_sas = n, "hot backup: the replica was stale: rekeying");
+                }
+            }
+        }
+        // Connections the replica did not cover negotiate now.
         let sas = self.ike.endpoint.ike_sas();
         for c in self.config.connections.clone() {
             if c.start == Start::Active
@@ -227,6 +245,7 @@ impl Daemon {
             child_sas = report.child_sas,
             refused = report.refused.len(),
             replica_complete = report.replica_complete,
+            replica_stale = report.replica_stale,
             took_ms = report.took_ms,
             epoch,
             "hot backup: took over as active"
@@ -265,9 +284,8 @@ impl Daemon {
         if ha.is_active() {
             return;
         }
-        let replica = ha.sync.replica();
-        let Some(body) = replica.records.get(CONNECTIONS) else { return };
-        let Ok(tables) = serde_json::from_slice::<records::RuntimeTables>(body) else { return };
+        let Some(body) = ha.sync.replica_record(CONNECTIONS) else { return };
+        let Ok(tables) = serde_json::from_slice::<records::RuntimeTables>(&body) else { return };
         if &tables == self.runtime.tables() {
             return;
         }

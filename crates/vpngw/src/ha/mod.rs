@@ -75,6 +75,10 @@ pub struct Takeover {
     /// Whether the replica was complete (a bulk finished and the session was alive).
     pub replica_complete: bool,
     pub replica_epoch: u64,
+    /// The replica was incomplete, or had heard nothing from the active for longer than
+    /// twice the partner timeout (the sync link was down): every imported tunnel was rekeyed.
+    #[serde(default)]
+    pub replica_stale: bool,
 }
 
 pub struct HaDriver {
