@@ -10,11 +10,9 @@ use vpngw_sync::Notice;
 use super::Daemon;
 use crate::config::{SequenceJump, Start};
 use crate::ha::records::{
-    self, CONNECTIONS, InboundNumbers, OutboundNumbers, SEQUENCES, Sequences, SyncedTunnel, TUNNEL_PREFIX, auto_jump,
-    tunnel_key, unix_ms,
+    self, CONNECTIONS, InboundNumbers, OutboundNumbers, SEQUENCES, Sequences, TUNNEL_PREFIX, auto_jump, unix_ms,
 };
 use crate::ha::{KeepalivedState, Takeover};
-use crate::saved_tunnels::{self, SavedTunnel};
 use crate::state::ConnectionState;
 
 impl Daemon {
@@ -69,22 +67,17 @@ impl Daemon {
         let changed = self.ike.endpoint.take_changed();
         let ids: Vec<_> = if all { self.ike.endpoint.ike_sas().iter().map(|s| s.id).collect() } else { changed };
         for id in ids {
-            let Ok(ike) = self.ike.endpoint.export_ike_sa(now, id) else {
-                // Not established (yet, or any more): the partner must not keep an old copy.
-                if let Some(key) = ha.sent.remove(&id) {
-                    ha.sync.remove(&key);
-                }
-                continue;
-            };
-            let key = tunnel_key(ike.initiator_cookie, ike.responder_cookie);
-            let child_sas = ike.children.iter().filter_map(|c| self.child_sas.save(c.spi_in)).collect();
-            let synced = SyncedTunnel { exported_at_unix_ms: now_ms, tunnel: SavedTunnel { ike, child_sas } };
-            match serde_json::to_vec(&synced) {
-                Ok(body) => {
+            match records::export_tunnel(&self.ike.endpoint, &self.child_sas, id, now, now_ms) {
+                Some((key, body)) => {
                     ha.sync.put(key.clone(), body);
                     ha.sent.insert(id, key);
                 }
-                Err(e) => tracing::error!(error = %e, "hot backup: cannot encode an IKE SA"),
+                // Not established (yet, or any more): the partner must not keep an old copy.
+                None => {
+                    if let Some(key) = ha.sent.remove(&id) {
+                        ha.sync.remove(&key);
+                    }
+                }
             }
         }
         let established: std::collections::BTreeSet<_> =
@@ -166,43 +159,19 @@ impl Daemon {
             if !key.starts_with(TUNNEL_PREFIX) {
                 break;
             }
-            let synced: SyncedTunnel = match serde_json::from_slice(body) {
-                Ok(t) => t,
-                Err(e) => {
-                    report.refused.push(format!("{key}: {e}"));
-                    continue;
-                }
+            let jump = |peak| match jump_policy {
+                SequenceJump::Fixed(n) => n,
+                SequenceJump::Auto => auto_jump(peak, since_sync, sync_interval, SequenceJump::AUTO_FLOOR),
             };
-            let age = Duration::from_millis(now_ms.saturating_sub(synced.exported_at_unix_ms));
-            let at_export = now.checked_sub(age).unwrap_or(now);
-            let connection = synced.tunnel.ike.connection.clone();
             let imported =
-                saved_tunnels::import(synced.tunnel, at_export, &mut self.ike.endpoint, &mut self.child_sas, |c| {
-                    if let Some(o) = numbers.outbound.get(&c.child.spi_out) {
-                        c.outbound_last_sequence = c.outbound_last_sequence.max(o.last_sequence);
-                        c.outbound_packets = c.outbound_packets.max(o.packets);
-                        c.outbound_bytes = c.outbound_bytes.max(o.bytes);
-                        c.sending = true;
-                    }
-                    if let Some(i) = numbers.inbound.get(&c.child.spi_in) {
-                        c.inbound_highest = c.inbound_highest.max(i.highest);
-                        c.inbound_packets = c.inbound_packets.max(i.packets);
-                        c.inbound_bytes = c.inbound_bytes.max(i.bytes);
-                    }
-                    match jump_policy {
-                        SequenceJump::Fixed(n) => n,
-                        SequenceJump::Auto => {
-                            let peak = numbers.outbound.get(&c.child.spi_out).map_or(0, |o| o.peak_rate_pps);
-                            auto_jump(peak, since_sync, sync_interval, SequenceJump::AUTO_FLOOR)
-                        }
-                    }
-                });
+                records::import_tunnel(body, &numbers, jump, now, now_ms, &mut self.ike.endpoint, &mut self.child_sas)
+                    .map_err(|why| format!("{key}: {why}"));
             match imported {
                 Ok(children) => {
                     report.ike_sas += 1;
                     report.child_sas += children;
                 }
-                Err(why) => report.refused.push(format!("{connection}: {why}")),
+                Err(why) => report.refused.push(why),
             }
         }
         if let Some(ha) = &mut self.ha {
