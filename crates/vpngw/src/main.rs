@@ -4,8 +4,10 @@
 //! 500/4500 and publishing SAs to the dataplane's table), raw ESP's link-path resolution over
 //! netlink, health probes, the control socket, the management API (HTTP, runtime
 //! connections), Prometheus metrics, signals, logging, saved tunnels (a restart without
-//! renegotiation), and the CLI (`run`, `check`, `status`, `up`, `down`, `rekey`, `diagnose`,
-//! `connection add/remove/list`, `stop`).
+//! renegotiation), hot backup's daemon side (the role from the public address, the records sent
+//! to and imported from the partner through `vpngw-sync`), and the CLI (`run`, `check`,
+//! `status`, `up`, `down`, `rekey`, `diagnose`, `connection add/remove/list`, `stop`, `ha
+//! notify/check/handover`).
 //!
 //! **Threads:** the daemon's loop (one current-thread tokio runtime) owns the IKE engine and
 //! every change of state; the control socket, the management API and metrics run on a second
@@ -19,8 +21,8 @@
 //!
 //! **Data in and out:** TOML in; UDP datagrams through the engine; SAs out to the SA table;
 //! netlink (routes into the TUN, link-path lookups); ICMP health probes through the tunnel;
-//! JSON over the control socket and the management API; Prometheus text on `/metrics`; logs
-//! to stderr.
+//! JSON over the control socket and the management API; Prometheus text on `/metrics`; sync
+//! records to and from the hot-backup partner (through `vpngw-sync`); logs to stderr.
 
 #![forbid(unsafe_code)]
 
