@@ -227,4 +227,14 @@ fn the_standby_takes_over_a_crashed_active_and_a_handover_without_renegotiation(
     assert!(p.ha.wait_vips(Node::A, Duration::from_secs(3)).is_some(), "{}", p.ha.keepalived_log(Node::A));
     check_takeover(&p, Node::A, &after_rekeys, gaps, log_mark);
     rekey_both_ways(&p, Node::A);
+    // B stays up as the standby, ready again: its track file lets keepalived out of FAULT.
+    let track = p.ha.track_file(Node::B);
+    wait_for(Duration::from_secs(5), || {
+        (std::fs::read_to_string(&track).ok()?.trim() == "0" && p.ha.transitions(Node::B).last()? == "BACKUP")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!("B not back to BACKUP: {:?}\n{}", p.ha.transitions(Node::B), p.ha.keepalived_log(Node::B))
+    });
+    p.wait_in_sync(Node::A);
 }

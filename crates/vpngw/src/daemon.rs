@@ -210,7 +210,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
             }
             _ = signals.term.recv() => {
                 // The standby takes the tunnels over instead of the peers losing them.
-                if daemon.ha_hand_over().await.is_ok() {
+                if daemon.ha_hand_over(true).await.is_ok() {
                     daemon.stopping = Some(Stop::KeepTunnels);
                 }
                 break;

@@ -59,7 +59,7 @@ impl Daemon {
                 None => Response::error("no [ha] section in the configuration"),
                 Some(ha) => Response::ok(format!("healthy: {}", crate::ha::role_word(ha.role))),
             },
-            Request::HaHandover => match self.ha_hand_over().await {
+            Request::HaHandover => match self.ha_hand_over(false).await {
                 Ok(m) => Response::ok(m),
                 Err(e) => Response::error(e),
             },

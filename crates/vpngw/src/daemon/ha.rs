@@ -287,7 +287,7 @@ impl Daemon {
     /// to the standby and are acknowledged, then keepalived is told to give the role up (the
     /// track file), and the address leaves; this server then stands by. Refused (Err, and
     /// nothing changes) unless the partner is a connected standby in sync.
-    pub(super) async fn ha_hand_over(&mut self) -> Result<String, String> {
+    pub(super) async fn ha_hand_over(&mut self, stopping: bool) -> Result<String, String> {
         let Some(ha) = &self.ha else { return Err("no [ha] section: nothing to hand over to".into()) };
         if !ha.is_active() {
             return Err("this server is not the active one".into());
@@ -325,6 +325,11 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.ha_step_down();
+        if !stopping && let Some(ha) = &self.ha {
+            // Staying up as the standby: keepalived may give the role back when the partner
+            // fails (its FAULT ends; nopreempt keeps it the backup until then).
+            ha.write_track(false);
+        }
         Ok("handed over: the partner is active".into())
     }
 }
