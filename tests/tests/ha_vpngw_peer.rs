@@ -89,6 +89,19 @@ fn a_vpngw_peer_keeps_its_ike_sa_and_spis_through_a_takeover() {
     .unwrap_or_else(|| panic!("B never in sync: {:?}\n{}", b.status().map(|s| s["ha"].clone()), b.log_text()));
     let before = peer_sas(&peer);
 
+    // Garbage at the standby's sync port (B listens: "node-a" sorts first and dials): refused and
+    // counted; the standby stays in sync with the active.
+    let failures = |v: &Vpngw| v.status().unwrap()["ha"]["auth_failures"].as_u64().unwrap();
+    let before_failures = failures(&b);
+    let garbage = "import socket; s = socket.create_connection(('192.0.2.2', 9722)); \
+                   s.sendall(b'\\x00\\x30' + bytes(range(48))); s.close()";
+    let out = ha.lab.exec(ha.ns(Node::A), "python3", &["-c", garbage]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(5), || (failures(&b) == before_failures + 1).then_some(()))
+        .unwrap_or_else(|| panic!("garbage not counted: {}", b.status().unwrap()["ha"]));
+    let s = b.status().unwrap();
+    assert_eq!((&s["ha"]["role"], &s["ha"]["in_sync"]), (&Value::from("standby"), &Value::from(true)), "{}", s["ha"]);
+
     let gaps = [
         GapMeter::start(&ha.lab, &ha.lab.left_host, RIGHT_HOST, "lr"),
         GapMeter::start(&ha.lab, &ha.lab.right_host, LEFT_HOST, "rl"),
