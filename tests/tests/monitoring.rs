@@ -49,6 +49,12 @@ fn the_dashboard_is_grafana_json_with_prometheus_queries() {
         "Drops by reason (gateway)",
         "Negotiation failures by reason",
         "HA role",
+        "HA in sync and partner",
+        "HA sync lag",
+        "HA sync messages",
+        "HA sync bytes",
+        "HA takeovers",
+        "HA auth failures and rejected frames",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }
