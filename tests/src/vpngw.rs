@@ -40,6 +40,27 @@ pub fn config_text(public_address: &str, socket: &std::path::Path, tuning: bool,
     )
 }
 
+/// An `[ha]` section for a gateway that runs as the one server of a hot-backup pair whose
+/// partner never comes (the partner's sync address on the namespace's loopback has no
+/// listener). It holds its public address, so it takes the active role at once: what the
+/// surfaces show with `[ha]`, without a second server and keepalived (tests/src/ha.rs has those).
+pub fn lone_ha_section(lab: &Lab, name: &str) -> String {
+    let dir = lab.dir.join(format!("vpngw-{name}"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let key = dir.join("sync.key");
+    // A test key; vpngw refuses a key file that group or others can read.
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    format!(
+        "\n[ha]\nnode_name = \"{name}-a\"\npartner_name = \"{name}-b\"\nlisten = \"127.0.0.1:9722\"\n\
+         partner = \"127.0.0.1:9723\"\nkey_file = \"{}\"\ntrack_file = \"{}\"\n",
+        key.display(),
+        dir.join("ha-track").display()
+    )
+}
+
 impl Vpngw {
     /// Writes `config` and starts `vpngw run` in `ns`.
     pub fn start(lab: &Lab, ns: &str, name: &str, config: &str, extra: &[&str]) -> Self {

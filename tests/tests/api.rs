@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
 use vpngw_tests::strongswan::{Charon, SwConn, esp_words, ike_words};
 use vpngw_tests::traffic::{RIGHT_HOST, wait_ping};
-use vpngw_tests::vpngw::{Vpngw, config_text};
+use vpngw_tests::vpngw::{Vpngw, config_text, lone_ha_section};
 
 const PSK: &str = "api-psk-0123456789abcdef";
 const TOKEN: &str = "test-token-5f1e0c9a7b";
@@ -250,11 +250,16 @@ fn schemathesis_finds_the_api_true_to_its_openapi_document() {
     let st = schemathesis();
     let lab = Lab::gateways("api-st");
     let (config, _state) = gateway(&lab, "api-st");
+    // With [ha], so that status's `ha` object is checked against the document too.
+    let config = config + &lone_ha_section(&lab, "api-st");
     let v = Vpngw::start(&lab, &lab.left, "api-st", &config, &[]);
-    wait_for(Duration::from_secs(10), || {
-        (http(&lab, &lab.left, "GET", "/api/v1/status", Some(TOKEN), None).0 == 200).then_some(())
+    let status = wait_for(Duration::from_secs(10), || {
+        let (code, body) = http(&lab, &lab.left, "GET", "/api/v1/status", Some(TOKEN), None);
+        let status: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+        (status["ha"]["role"] == "active").then_some(status)
     })
-    .unwrap_or_else(|| panic!("API not answering\n{}", v.log_text()));
+    .unwrap_or_else(|| panic!("API not answering, or not active\n{}", v.log_text()));
+    assert!(status["ha"]["last_takeover"]["took_ms"].is_u64(), "{status}");
     let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/api/openapi.yaml");
     let out = lab.exec(
         &lab.left,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, wait_for};
 use vpngw_tests::traffic::{RIGHT_HOST, ping, wait_ping};
-use vpngw_tests::vpngw::{Vpngw, config_text};
+use vpngw_tests::vpngw::{Vpngw, config_text, lone_ha_section};
 
 const PSK: &str = "lab-psk-0123456789abcdef";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -59,15 +59,18 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
         true,
         &connection("to-left", LEFT_WAN, RIGHT_NET, LEFT_NET, "passive"),
     );
-    // A second connection on the left that never comes up: it must appear all the same.
+    // A second connection on the left that never comes up: it must appear all the same. The
+    // left gateway is the active server of a hot-backup pair whose partner never comes, so
+    // that its hot-backup series are checked too.
     let left_cfg = config_text(
         LEFT_WAN,
         &Vpngw::socket_for(&lab, "metrics-l"),
         true,
         &format!(
-            "{}[connection.health_check]\nlocal_address = \"10.1.0.1\"\nremote_address = \"10.2.0.10\"\n{}",
+            "{}[connection.health_check]\nlocal_address = \"10.1.0.1\"\nremote_address = \"10.2.0.10\"\n{}{}",
             connection("to-right", RIGHT_WAN, LEFT_NET, RIGHT_NET, "active"),
-            connection("to-nowhere", "198.51.100.9", "10.1.1.0/24", "10.9.0.0/24", "passive")
+            connection("to-nowhere", "198.51.100.9", "10.1.1.0/24", "10.9.0.0/24", "passive"),
+            lone_ha_section(&lab, "metrics-l")
         ),
     );
     let right = Vpngw::start(&lab, &lab.right, "metrics-r", &right_cfg, &[]);
@@ -93,6 +96,22 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
         assert!(!line.contains("198.51.100.2") && !line.contains(":4500"), "unbounded label: {line}");
     }
     assert!(!before.contains(PSK));
+    // Hot backup: active since its takeover at start, no partner.
+    for (series, v) in [
+        ("vpngw_ha_role{role=\"active\"}", 1.0),
+        ("vpngw_ha_role{role=\"standby\"}", 0.0),
+        ("vpngw_ha_partner_connected", 0.0),
+        ("vpngw_ha_partner_role{role=\"active\"}", 0.0),
+        ("vpngw_ha_in_sync", 0.0),
+        ("vpngw_ha_takeovers_total", 1.0),
+        ("vpngw_ha_info{node=\"metrics-l-a\",pair=\"metrics-l-a/metrics-l-b\",partner=\"metrics-l-b\"}", 1.0),
+    ] {
+        assert_eq!(value(&before, series), Some(v), "{series}\n{before}");
+    }
+    assert!(value(&before, "vpngw_ha_last_takeover_seconds").is_some_and(|t| t < 5.0), "{before}");
+    assert!(value(&before, "vpngw_ha_sync_messages_total{direction=\"sent\"}").is_some(), "{before}");
+    let right_before = http_get(&lab, &lab.right, url).unwrap();
+    assert!(!right_before.contains("vpngw_ha_"), "hot-backup series without [ha]:\n{right_before}");
 
     // A rekey: new SPIs, fresh SA counters; the connection's totals carry on.
     let out = left.cli(&["rekey", "to-right"]);
@@ -158,9 +177,11 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
     assert_eq!(ping(&lab, &lab.left_host, RIGHT_HOST, 5), 5);
 
     // The dashboard's and the alerts' expressions: each names metrics the gateway exports and
-    // is a query this Prometheus accepts.
-    let families: Vec<&str> =
+    // is a query this Prometheus accepts. The sync lag exists only while an active streams to a
+    // standby (this one has none; the unit tests in ops/metrics.rs cover it).
+    let mut families: Vec<&str> =
         after.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    families.push("vpngw_ha_sync_lag_seconds");
     for expr in monitoring_expressions() {
         for name in metric_names(&expr) {
             assert!(families.contains(&name.as_str()), "{name} (in {expr}) is not exported: {families:?}");

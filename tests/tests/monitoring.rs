@@ -23,7 +23,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn alert_rules_are_valid_and_their_unit_tests_pass() {
     let (ok, said) = promtool(&["check", "rules", "alerts.yml"]);
     assert!(ok, "{said}");
-    assert!(said.contains("SUCCESS: 7 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 11 rules found"), "{said}");
     let (ok, said) = promtool(&["test", "rules", "alerts.test.yml"]);
     assert!(ok, "{said}");
     // Every alert has at least one firing expectation in the tests.
@@ -49,6 +49,12 @@ fn the_dashboard_is_grafana_json_with_prometheus_queries() {
         "Drops by reason (gateway)",
         "Negotiation failures by reason",
         "HA role",
+        "HA in sync and partner",
+        "HA sync lag",
+        "HA sync messages",
+        "HA sync bytes",
+        "HA takeovers",
+        "HA auth failures and rejected frames",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }

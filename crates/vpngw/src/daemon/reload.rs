@@ -21,6 +21,8 @@ fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
         ("gateway.workers", old.workers != now.workers),
         ("gateway.worker_cores", old.worker_cores != now.worker_cores),
         ("metrics", was.metrics != new.metrics),
+        // The sync channel and the role follow the [ha] read at start.
+        ("ha", was.ha != new.ha),
         (
             "api.listen, api.state_file, api.tls_cert_file, api.tls_key_file, api.insecure_plaintext",
             was.api.as_ref().map(|a| (a.listen, &a.state_file, &a.tls, a.insecure_plaintext))

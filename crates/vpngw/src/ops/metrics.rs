@@ -5,7 +5,8 @@
 //! are never stopped or locked; see `published.rs`), then encodes it into a fresh registry. Every configured
 //! connection appears, up or not. Labels are bounded: connection names (from the
 //! configuration), direction, reason (fixed sets), worker index; never SPIs, cookies, ports or
-//! times.
+//! times. Hot backup's series (`vpngw_ha_*`) exist only with `[ha]`; their labels are the roles
+//! and the two configured node names.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use vpngw_esp::OpenError;
 use vpngw_ike::{ChildSaState, FailReason, IkeSaState};
 
 use super::Sources;
+use crate::ha::HaView;
 use crate::ledger::Traffic;
 use crate::state::{IkeProgress, connection_up, current_ike_sa};
 
@@ -42,6 +44,8 @@ pub struct Snapshot {
     /// WARN lines about unknown peers held back by the rate limit.
     pub unknown_peer_log_lines_suppressed: u64,
     pub workers: Vec<WorkerMetrics>,
+    /// Hot backup (None without `[ha]`).
+    pub ha: Option<HaView>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -130,6 +134,7 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
                 busy_seconds: load(&c.busy_ns) as f64 / 1e9,
             })
             .collect(),
+        ha: s.ha.cloned(),
     }
 }
 
@@ -179,6 +184,9 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
 
     encode_connections(&f, &s.connections)?;
     encode_health(&f, &s.connections)?;
+    if let Some(ha) = &s.ha {
+        encode_ha(&f, ha)?;
+    }
     let drops = f.counter(
         "vpngw_dropped_packets_total",
         "Packets the dataplane dropped, by reason (gateway-wide)",
@@ -343,6 +351,99 @@ fn encode_health(f: &Families, connections: &[ConnectionMetrics]) -> Result<(), 
     Ok(())
 }
 
+/// The roles `vpngw_ha_role` and `vpngw_ha_partner_role` list (every one, 0 or 1).
+const HA_ROLES: [&str; 3] = ["active", "standby", "fault"];
+
+/// Hot backup's series (only with `[ha]`).
+fn encode_ha(f: &Families, ha: &HaView) -> Result<(), MetricsError> {
+    let info = f.gauge(
+        "vpngw_ha_info",
+        "Hot backup: this server's and its partner's node names; pair is both, sorted, the same on the two servers",
+        &["node", "partner", "pair"],
+    )?;
+    // The pair label lets alerts group the two servers' series without knowing the instances.
+    let pair = if ha.node <= ha.partner {
+        format!("{}/{}", ha.node, ha.partner)
+    } else {
+        format!("{}/{}", ha.partner, ha.node)
+    };
+    info.with_label_values(&[ha.node.as_str(), ha.partner.as_str(), pair.as_str()]).set(1);
+    let role = f.gauge("vpngw_ha_role", "1 for this server's hot-backup role now", &["role"])?;
+    let partner_role = f.gauge(
+        "vpngw_ha_partner_role",
+        "1 for the role the connected partner announces (all 0 while it is not connected)",
+        &["role"],
+    )?;
+    let partner = ha.partner_role.as_deref().filter(|_| ha.partner_connected);
+    for r in HA_ROLES {
+        role.with_label_values(&[r]).set(i64::from(ha.role == r));
+        partner_role.with_label_values(&[r]).set(i64::from(partner == Some(r)));
+    }
+    let connected =
+        f.gauge("vpngw_ha_partner_connected", "1 while the sync channel has a session with the partner", &[])?;
+    connected.with_label_values(&[] as &[&str]).set(i64::from(ha.partner_connected));
+    let in_sync = f.gauge(
+        "vpngw_ha_in_sync",
+        "1 while the standby's replica is complete and current (see docs/high-availability.md)",
+        &[],
+    )?;
+    in_sync.with_label_values(&[] as &[&str]).set(i64::from(ha.in_sync));
+    let lag = f.float_gauge(
+        "vpngw_ha_sync_lag_seconds",
+        "Active: age of the oldest update the standby has not acknowledged; standby: time since the last update \
+         or heartbeat (absent when not syncing)",
+        &[],
+    )?;
+    if let Some(ms) = ha.lag_ms {
+        lag.with_label_values(&[] as &[&str]).set(ms as f64 / 1000.0);
+    }
+    let records = f.gauge("vpngw_ha_records", "Sync records held: the store (active) or the replica (standby)", &[])?;
+    records.with_label_values(&[] as &[&str]).set(i64::try_from(ha.records).unwrap_or(i64::MAX));
+    let messages = f.counter("vpngw_ha_sync_messages_total", "Sync channel messages", &["direction"])?;
+    messages.with_label_values(&["sent"]).inc_by(ha.messages_sent);
+    messages.with_label_values(&["received"]).inc_by(ha.messages_received);
+    let bytes = f.counter("vpngw_ha_sync_bytes_total", "Sync channel bytes", &["direction"])?;
+    bytes.with_label_values(&["sent"]).inc_by(ha.bytes_sent);
+    bytes.with_label_values(&["received"]).inc_by(ha.bytes_received);
+    for (name, help, value) in [
+        ("vpngw_ha_takeovers_total", "Times this server took the active role", ha.takeovers),
+        (
+            "vpngw_ha_auth_failures_total",
+            "Sync connections refused: failed handshake (wrong key), wrong partner name or protocol version",
+            ha.auth_failures,
+        ),
+        (
+            "vpngw_ha_rejected_frames_total",
+            "Sync frames that failed decryption or did not decode (tampered, replayed, reordered)",
+            ha.rejected_frames,
+        ),
+        (
+            "vpngw_ha_stale_refused_total",
+            "Sync updates refused because the partner announced an older epoch (an old active came back)",
+            ha.stale_refused,
+        ),
+        ("vpngw_ha_records_refused_total", "Sync records refused over the bound (100,000)", ha.records_refused),
+        ("vpngw_ha_bulk_syncs_total", "Full copies of the state sent (active) or applied (standby)", ha.bulk_syncs),
+    ] {
+        f.counter(name, help, &[])?.with_label_values(&[] as &[&str]).inc_by(value);
+    }
+    if let Some(t) = &ha.last_takeover {
+        let took = f.float_gauge(
+            "vpngw_ha_last_takeover_seconds",
+            "How long the last takeover took, from the public address's arrival to the imported state answering",
+            &[],
+        )?;
+        took.with_label_values(&[] as &[&str]).set(t.took_ms as f64 / 1000.0);
+        let at = f.float_gauge(
+            "vpngw_ha_last_takeover_timestamp_seconds",
+            "When the last takeover happened (Unix time)",
+            &[],
+        )?;
+        at.with_label_values(&[] as &[&str]).set(t.at_unix_ms as f64 / 1000.0);
+    }
+    Ok(())
+}
+
 pub type SnapshotRequests = mpsc::Sender<oneshot::Sender<Snapshot>>;
 
 /// Binds `listen` and serves `/metrics` until the task is aborted.
@@ -424,6 +525,7 @@ mod tests {
             unknown_peer_negotiations: 0,
             unknown_peer_history_evictions: 5,
             unknown_peer_log_lines_suppressed: 6,
+            ha: None,
             workers: vec![WorkerMetrics {
                 packets_in: 5,
                 packets_out: 7,
@@ -462,5 +564,139 @@ mod tests {
         assert!(text.contains("vpngw_build_info{gateway=\"gw-a\",version=\""));
         assert!(!text.contains("to-c\",state=\"established\"} 1"));
         assert!(!text.contains("vpngw_health_check_healthy{connection=\"to-c\"}"), "no series without a health check");
+    }
+
+    /// What the daemon publishes, with hot backup's view when given.
+    fn published(ha: Option<HaView>) -> crate::ops::published::ReadState {
+        use std::sync::Arc;
+        crate::ops::published::ReadState {
+            config: Arc::new(
+                crate::config::Config::parse(crate::config::tests::MINIMAL, std::path::Path::new(".")).unwrap(),
+            ),
+            ike_sas: Vec::new(),
+            ike_drops: Default::default(),
+            table: Arc::new(vpngw_dataplane::sa_table::SaTable::new()),
+            ledger: Arc::default(),
+            history: Default::default(),
+            retries: Default::default(),
+            probes: Default::default(),
+            workers: Vec::new().into(),
+            link_paths: Vec::new(),
+            started: std::time::Instant::now(),
+            runtime_connections: Default::default(),
+            ha,
+            from_loop: true,
+        }
+    }
+
+    /// An active server streaming to its standby, after one takeover.
+    fn active_view() -> HaView {
+        HaView {
+            node: "vpn-b".into(),
+            partner: "vpn-a".into(),
+            partner_address: "192.0.2.1:9722".into(),
+            role: "active".into(),
+            epoch: 1_790_000_000_000,
+            keepalived: Some(crate::ha::KeepalivedState::Master),
+            partner_connected: true,
+            partner_role: Some("standby".into()),
+            in_sync: true,
+            lag_ms: Some(25),
+            records: 12,
+            messages_sent: 300,
+            messages_received: 280,
+            bytes_sent: 45_000,
+            bytes_received: 9_000,
+            auth_failures: 2,
+            rejected_frames: 1,
+            stale_refused: 3,
+            records_refused: 0,
+            bulk_syncs: 1,
+            last_bulk_ms: None,
+            takeovers: 1,
+            last_takeover: Some(crate::ha::Takeover {
+                at_unix_ms: 1_790_000_000_500,
+                took_ms: 90,
+                ike_sas: 10,
+                child_sas: 10,
+                refused: vec![],
+                replica_complete: true,
+                replica_epoch: 1_789_999_000_000,
+            }),
+        }
+    }
+
+    #[test]
+    fn hot_backup_series_follow_the_published_view() {
+        let text = encode(&published(Some(active_view())).metrics()).unwrap();
+        for line in [
+            "vpngw_ha_info{node=\"vpn-b\",pair=\"vpn-a/vpn-b\",partner=\"vpn-a\"} 1",
+            "vpngw_ha_role{role=\"active\"} 1",
+            "vpngw_ha_role{role=\"standby\"} 0",
+            "vpngw_ha_role{role=\"fault\"} 0",
+            "vpngw_ha_partner_role{role=\"standby\"} 1",
+            "vpngw_ha_partner_role{role=\"active\"} 0",
+            "vpngw_ha_partner_connected 1",
+            "vpngw_ha_in_sync 1",
+            "vpngw_ha_sync_lag_seconds 0.025",
+            "vpngw_ha_records 12",
+            "vpngw_ha_sync_messages_total{direction=\"sent\"} 300",
+            "vpngw_ha_sync_messages_total{direction=\"received\"} 280",
+            "vpngw_ha_sync_bytes_total{direction=\"sent\"} 45000",
+            "vpngw_ha_sync_bytes_total{direction=\"received\"} 9000",
+            "vpngw_ha_takeovers_total 1",
+            "vpngw_ha_auth_failures_total 2",
+            "vpngw_ha_rejected_frames_total 1",
+            "vpngw_ha_stale_refused_total 3",
+            "vpngw_ha_records_refused_total 0",
+            "vpngw_ha_bulk_syncs_total 1",
+            "vpngw_ha_last_takeover_seconds 0.09",
+            "vpngw_ha_last_takeover_timestamp_seconds 1790000000.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("# TYPE vpngw_ha_sync_bytes_total counter"), "{text}");
+        assert!(text.contains("# TYPE vpngw_ha_sync_lag_seconds gauge"), "{text}");
+        // The pair label is the same whichever server is asked.
+        let other = HaView { node: "vpn-a".into(), partner: "vpn-b".into(), ..active_view() };
+        let text = encode(&published(Some(other)).metrics()).unwrap();
+        assert!(text.contains("vpngw_ha_info{node=\"vpn-a\",pair=\"vpn-a/vpn-b\",partner=\"vpn-b\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_lone_standby_shows_no_partner_role_lag_or_takeover() {
+        let view = HaView {
+            role: "standby".into(),
+            partner_connected: false,
+            // A role left over from the last session does not count once it is gone.
+            partner_role: Some("active".into()),
+            in_sync: false,
+            lag_ms: None,
+            takeovers: 0,
+            last_takeover: None,
+            ..active_view()
+        };
+        let text = encode(&published(Some(view)).metrics()).unwrap();
+        for line in [
+            "vpngw_ha_role{role=\"standby\"} 1",
+            "vpngw_ha_role{role=\"active\"} 0",
+            "vpngw_ha_partner_role{role=\"active\"} 0",
+            "vpngw_ha_partner_role{role=\"standby\"} 0",
+            "vpngw_ha_partner_connected 0",
+            "vpngw_ha_in_sync 0",
+            "vpngw_ha_takeovers_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        for absent in ["vpngw_ha_sync_lag_seconds", "vpngw_ha_last_takeover"] {
+            assert!(!text.contains(absent), "{absent} without a value:\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_ha_no_hot_backup_series() {
+        let text = encode(&published(None).metrics()).unwrap();
+        assert!(text.contains("vpngw_tunnel_up{connection=\"branch-1\"} 0"), "{text}");
+        assert!(!text.contains("vpngw_ha_"), "{text}");
     }
 }
