@@ -163,11 +163,7 @@ impl Pair {
         let took = self.ha_status(to);
         assert_eq!(took["role"], "active", "{took}\n{}", self.node(to).log_text());
         let last = &took["last_takeover"];
-        assert_eq!(
-            (last["ike_sas"].as_u64(), last["refused"].as_array().map(Vec::len)),
-            (Some(1), Some(0)),
-            "{took}"
-        );
+        assert_eq!((last["ike_sas"].as_u64(), last["refused"].as_array().map(Vec::len)), (Some(1), Some(0)), "{took}");
         assert!(
             wait_ping(&self.ha.lab, &self.ha.lab.left_host, RIGHT_HOST, Duration::from_secs(3)),
             "{}",
@@ -268,7 +264,13 @@ impl LongTraffic {
             .map(|n| lab.dir.join(format!("{n}.out")));
         let mut pids = Vec::new();
         pids.push(lab.spawn(&lab.right_host, "python3", &[script, "stream-server", RIGHT_HOST, "5011"], &[], &logs[0]));
-        pids.push(lab.spawn(&lab.left_host, "python3", &[script, "udp-stream-server", LEFT_HOST, "5012", &s], &[], &logs[2]));
+        pids.push(lab.spawn(
+            &lab.left_host,
+            "python3",
+            &[script, "udp-stream-server", LEFT_HOST, "5012", &s],
+            &[],
+            &logs[2],
+        ));
         std::thread::sleep(Duration::from_millis(300));
         pids.push(lab.spawn(
             &lab.left_host,
@@ -277,7 +279,13 @@ impl LongTraffic {
             &[],
             &logs[1],
         ));
-        pids.push(lab.spawn(&lab.right_host, "python3", &[script, "udp-stream-client", LEFT_HOST, "5012", &s], &[], &logs[3]));
+        pids.push(lab.spawn(
+            &lab.right_host,
+            "python3",
+            &[script, "udp-stream-client", LEFT_HOST, "5012", &s],
+            &[],
+            &logs[3],
+        ));
         Self { stop, pids, logs }
     }
 
@@ -299,4 +307,13 @@ impl LongTraffic {
         }
         report
     }
+}
+
+/// The `took` of each "sync: bulk applied" line of a vpngw log, as logged (e.g. `23.495µs`):
+/// finer than [`bulk_sync_ms`].
+pub fn bulk_applied_took(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("sync: bulk applied"))
+        .filter_map(|l| Some(l.split("took=").nth(1)?.split_whitespace().next()?.to_string()))
+        .collect()
 }

@@ -96,13 +96,17 @@ fn split_brain(name: &str) -> (Pair, (bool, bool), String) {
 
     p.ha.cut_vrrp();
     let cut = Instant::now();
-    wait_for(Duration::from_secs(5), || (p.ha.vip_holders() == [Node::A, Node::B]).then_some(()))
-        .unwrap_or_else(|| panic!("B did not take the addresses: {:?}\n{}", p.ha.vip_holders(), p.ha.keepalived_log(Node::B)));
+    wait_for(Duration::from_secs(5), || (p.ha.vip_holders() == [Node::A, Node::B]).then_some(())).unwrap_or_else(
+        || panic!("B did not take the addresses: {:?}\n{}", p.ha.vip_holders(), p.ha.keepalived_log(Node::B)),
+    );
     eprintln!("cut VRRP: both hold the addresses after {:.3} s", cut.elapsed().as_secs_f64());
     // Both active, each sees the other active (the sync session works) and applies nothing.
     let (a, b) = wait_for(Duration::from_secs(3), || {
         let (a, b) = (p.ha_status(Node::A), p.ha_status(Node::B));
-        (a["role"] == "active" && b["role"] == "active" && a["partner_role"] == "active" && b["partner_role"] == "active")
+        (a["role"] == "active"
+            && b["role"] == "active"
+            && a["partner_role"] == "active"
+            && b["partner_role"] == "active")
             .then_some((a, b))
     })
     .unwrap_or_else(|| panic!("not both active:\nA {}\nB {}", p.ha_status(Node::A), p.ha_status(Node::B)));
@@ -123,8 +127,9 @@ fn split_brain(name: &str) -> (Pair, (bool, bool), String) {
 
     p.ha.heal_vrrp();
     let healed = Instant::now();
-    wait_for(Duration::from_secs(5), || (p.ha.vip_holders() == [Node::A]).then_some(()))
-        .unwrap_or_else(|| panic!("the split brain did not end: {:?}\n{}", p.ha.vip_holders(), p.ha.keepalived_log(Node::B)));
+    wait_for(Duration::from_secs(5), || (p.ha.vip_holders() == [Node::A]).then_some(())).unwrap_or_else(|| {
+        panic!("the split brain did not end: {:?}\n{}", p.ha.vip_holders(), p.ha.keepalived_log(Node::B))
+    });
     eprintln!("healed VRRP: A alone holds the addresses after {:.3} s", healed.elapsed().as_secs_f64());
     p.wait_in_sync(Node::A);
     eprintln!("healed VRRP: B standby in sync after {:.3} s", healed.elapsed().as_secs_f64());
