@@ -62,6 +62,7 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
 
     let (mut gaps, mut gaps_lr, mut gaps_rl, mut bulks, mut rekey_bytes) = (vec![], vec![], vec![], vec![], vec![]);
     let mut bulk_took = vec![];
+    let mut bulk_bytes = vec![];
     let mut active = Node::A;
     for i in 1..=crashes {
         let to = active.other();
@@ -103,6 +104,8 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         p.ha.revive(active);
         p.start_node(active);
         p.wait_in_sync(to);
+        // What the restarted node received so far: the bulk (and a few heartbeats).
+        bulk_bytes.push(p.ha_status(active)["bytes_received"].as_u64().unwrap_or(0));
         let took = bulk_sync_ms(&p.node(active).log_text());
         assert_eq!(took.len(), 1, "crash {i}: bulk syncs of the restarted {active:?}: {took:?}");
         bulks.push(took[0]);
@@ -125,6 +128,10 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         active = to;
     }
 
+    let end_rate = sync_rate(&p, active, Duration::from_secs(5));
+    eprintln!(
+        "sync from the active after {crashes} crashes and their rekeys: {end_rate:.0} B/s (before: {idle_rate:.0} B/s)"
+    );
     let mut handover_gaps = vec![];
     for i in 1..=handovers {
         let to = active.other();
@@ -173,6 +180,7 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
     eprintln!("median {:.3} s, worst {worst:.3} s", median(&gaps));
     eprintln!("bulk sync took_ms of each restarted node: {bulks:?}; after the handovers: {bulk_after_handover:?}");
     eprintln!("bulk applied (sync's own timing, BulkBegin to BulkEnd): {}", bulk_took.join(" "));
+    eprintln!("sync bytes each restarted node had received when in sync (the bulk): {bulk_bytes:?}");
     eprintln!("sync bytes per rekey (about): {}", fmt(&rekey_bytes));
     eprintln!("handover gaps (s): {}", fmt(&handover_gaps));
     assert_eq!(gaps.len(), crashes);
