@@ -109,6 +109,9 @@ impl Pair {
             .wait_up("to-right", Duration::from_secs(15))
             .unwrap_or_else(|| panic!("{}", self.node(Node::A).log_text()));
         assert!(wait_ping(&self.ha.lab, &self.ha.lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+        // The tunnel's record (beside the sequence numbers and the connections) reached B.
+        wait_for(Duration::from_secs(5), || (self.ha_status(Node::B)["records"].as_u64() >= Some(3)).then_some(()))
+            .unwrap_or_else(|| panic!("the tunnel did not reach the standby: {}", self.ha_status(Node::B)));
         self.wait_in_sync(Node::A);
         let sas = self.charon.list_sas();
         assert_eq!((sas.ike_sas.len(), sas.children.len()), (1, 1), "{sas:?}");
@@ -124,12 +127,18 @@ impl Pair {
         self.nodes[slot(node)].as_ref().and_then(Vpngw::status).map(|s| s["ha"].clone()).unwrap_or(Value::Null)
     }
 
-    /// Waits until `node` is active and its partner a standby in sync.
+    /// Waits until `node` is active and its partner a standby in sync with as many records in
+    /// its replica as the active has in its store. (`in_sync` alone is true as soon as the bulk
+    /// is acknowledged, before a change of the last sync interval has reached the standby.)
     pub fn wait_in_sync(&self, active: Node) {
         wait_for(Duration::from_secs(15), || {
             let a = self.ha_status(active);
             let s = self.ha_status(active.other());
-            (a["role"] == "active" && s["role"] == "standby" && s["in_sync"] == true && a["in_sync"] == true)
+            (a["role"] == "active"
+                && s["role"] == "standby"
+                && s["in_sync"] == true
+                && a["in_sync"] == true
+                && a["records"] == s["records"])
                 .then_some(())
         })
         .unwrap_or_else(|| {
