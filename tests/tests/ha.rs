@@ -6,7 +6,8 @@
 //! IKE SA (cookies) and child SAs, pings every 10 ms see a gap of at most a second, and DPD and
 //! rekeys started by either side go on on the synced IKE SA.
 //!
-//! `make test` runs one crash and one handover; `make ha` runs `HA_CRASHES` crashes (20).
+//! `make test` runs one crash and one handover here; `make ha` runs tests/ha_soak.rs (`HA_CRASHES`
+//! crashes, 20) and tests/ha_split.rs covers the partial partitions.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::time::Duration;
