@@ -9,6 +9,7 @@
 //! binaries only; nothing here is linked into the gateway.
 
 pub mod ha;
+pub mod ha_pair;
 pub mod netns;
 pub mod packet;
 pub mod pcap;

@@ -7,12 +7,20 @@
   traffic.py udp-client ADDR PORT COUNT  send COUNT numbered datagrams; print JSON
   traffic.py stream-server ADDR PORT     receive one connection until EOF; print JSON {bytes,
                                          sha256, max_gap}: the longest wait between two arrivals
-  traffic.py stream-client ADDR PORT SECS KBPS
-                                         send a paced stream for SECS seconds; print JSON
+  traffic.py stream-client ADDR PORT SECS KBPS [STOPFILE]
+                                         send a paced stream for SECS seconds (or until STOPFILE
+                                         exists); print JSON
+  traffic.py udp-stream-server ADDR PORT STOPFILE
+                                         count numbered datagrams until STOPFILE exists (and 2 s
+                                         more); print JSON {received, bad, duplicates}
+  traffic.py udp-stream-client ADDR PORT STOPFILE
+                                         send a numbered datagram every 5 ms until STOPFILE exists;
+                                         print JSON {sent}
 
 The marker (MARKER below) lets a capture be searched for leaked plaintext.
 """
 import hashlib
+import os
 import json
 import socket
 import struct
@@ -112,14 +120,17 @@ def stream_server(addr, port):
     print(json.dumps({"bytes": total, "sha256": h.hexdigest(), "max_gap": max_gap}))
 
 
-def stream_client(addr, port, secs, kbps):
-    """Sends 1 KiB every 1/kbps seconds (a steady stream, like a call), for secs seconds."""
+def stream_client(addr, port, secs, kbps, stopfile=None):
+    """Sends 1 KiB every 1/kbps seconds (a steady stream, like a call), for secs seconds or
+    until stopfile exists."""
     s = socket.create_connection((addr, port), timeout=30)
     h = hashlib.sha256()
     total = 0
     start = time.monotonic()
     block = 0
     while time.monotonic() - start < secs:
+        if stopfile and block % 16 == 0 and os.path.exists(stopfile):
+            break
         chunk = payload(1024 * (block % 7 + 1))[:1024]
         s.sendall(chunk)
         h.update(chunk)
@@ -132,6 +143,47 @@ def stream_client(addr, port, secs, kbps):
     s.shutdown(socket.SHUT_WR)
     s.recv(1)
     print(json.dumps({"bytes": total, "sha256": h.hexdigest()}))
+
+
+def udp_stream_server(addr, port, stopfile):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.settimeout(0.2)
+    seen = set()
+    bad = 0
+    dup = 0
+    end = None
+    while end is None or time.time() < end:
+        if end is None and os.path.exists(stopfile):
+            end = time.time() + 2
+        try:
+            b, _ = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        if len(b) < 4 + len(MARKER) or not b[4:].startswith(MARKER):
+            bad += 1
+            continue
+        n = struct.unpack("!I", b[:4])[0]
+        if n in seen:
+            dup += 1
+        seen.add(n)
+    print(json.dumps({"received": len(seen), "bad": bad, "duplicates": dup}))
+
+
+def udp_stream_client(addr, port, stopfile):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    start = time.monotonic()
+    while not (sent % 20 == 0 and os.path.exists(stopfile)):
+        try:
+            s.sendto(struct.pack("!I", sent) + MARKER + b"u" * 100, (addr, port))
+        except OSError:
+            pass  # no route for a moment: the datagram counts as sent and lost
+        sent += 1
+        delay = start + sent * 0.005 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"sent": sent}))
 
 
 if __name__ == "__main__":
@@ -147,6 +199,10 @@ if __name__ == "__main__":
     elif cmd == "stream-server":
         stream_server(addr, port)
     elif cmd == "stream-client":
-        stream_client(addr, port, float(sys.argv[4]), float(sys.argv[5]))
+        stream_client(addr, port, float(sys.argv[4]), float(sys.argv[5]), sys.argv[6] if len(sys.argv) > 6 else None)
+    elif cmd == "udp-stream-server":
+        udp_stream_server(addr, port, sys.argv[4])
+    elif cmd == "udp-stream-client":
+        udp_stream_client(addr, port, sys.argv[4])
     else:
         sys.exit(f"unknown command {cmd}")
