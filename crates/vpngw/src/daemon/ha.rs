@@ -43,17 +43,44 @@ impl Daemon {
     }
 
     pub(super) fn ha_notice(&mut self, notice: Notice) {
-        match notice {
+        let partner_role = match &notice {
             Notice::Connected { partner, role, epoch } => {
-                tracing::info!(%partner, role = crate::ha::role_word(role), epoch, "hot backup: partner connected")
+                tracing::info!(%partner, role = crate::ha::role_word(*role), epoch, "hot backup: partner connected");
+                Some(*role)
             }
             Notice::PartnerRole { role, epoch } => {
-                tracing::info!(role = crate::ha::role_word(role), epoch, "hot backup: partner's role")
+                tracing::info!(role = crate::ha::role_word(*role), epoch, "hot backup: partner's role");
+                Some(*role)
             }
             Notice::BulkDone { records, took } => {
-                tracing::info!(records, took_ms = took.as_millis() as u64, "hot backup: bulk sync received")
+                tracing::info!(records, took_ms = took.as_millis() as u64, "hot backup: bulk sync received");
+                None
             }
-            Notice::Lost { reason } => tracing::warn!(%reason, "hot backup: partner session lost"),
+            Notice::Lost { reason } => {
+                tracing::warn!(%reason, "hot backup: partner session lost");
+                None
+            }
+        };
+        let Some(ha) = &mut self.ha else { return };
+        match partner_role {
+            Some(vpngw_sync::Role::Active) if ha.is_active() => {
+                tracing::warn!("hot backup: the partner is active too (split brain): each serves what reaches it");
+                ha.partner_was_active = true;
+            }
+            Some(vpngw_sync::Role::Standby) if ha.is_active() && ha.partner_was_active => {
+                ha.partner_was_active = false;
+                // The partner sent on these same SAs meanwhile, with sequence numbers past
+                // ours: the peer would drop ours as replays. New child SAs start afresh.
+                let now = Instant::now();
+                for name in self.ike.endpoint.peer_names() {
+                    if let Ok(n) = self.ike.endpoint.rekey_connection(now, &name)
+                        && n > 0
+                    {
+                        tracing::warn!(connection = %name, child_sas = n, "hot backup: split brain over: rekeying");
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -175,11 +202,15 @@ impl Daemon {
             }
         }
         if let Some(ha) = &mut self.ha {
-            ha.become_active(epoch);
+            ha.prepare_active(epoch);
             ha.takeovers += 1;
         }
-        // The new store starts from everything this server now holds.
+        // The new store starts from everything this server now holds; then the partner is
+        // told (a standby partner gets it all in one bulk, never an empty one first).
         self.ha_send_changes(true);
+        if let Some(ha) = &self.ha {
+            ha.announce_role();
+        }
         if let Some(dp) = &self.dataplane {
             dp.release_pending();
         }

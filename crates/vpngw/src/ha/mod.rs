@@ -98,6 +98,8 @@ pub struct HaDriver {
     pub takeovers: u64,
     pub last_takeover: Option<Takeover>,
     pub last_sync: Instant,
+    /// Active: the partner announced itself active too (split brain) and has not stood down.
+    pub partner_was_active: bool,
 }
 
 /// A rate peak is forgotten after this long (the jump follows the recent rate).
@@ -138,6 +140,7 @@ impl HaDriver {
             takeovers: 0,
             last_takeover: None,
             last_sync: Instant::now(),
+            partner_was_active: false,
         };
         // Running: keepalived may give this server the role.
         driver.write_track(false);
@@ -183,15 +186,20 @@ impl HaDriver {
         records::unix_ms(SystemTime::now()).max(seen + 1)
     }
 
-    pub fn become_active(&mut self, epoch: u64) {
+    /// Active from now on, with this epoch; the store is emptied for the daemon to put what
+    /// it holds, and [`HaDriver::announce_role`] then tells the partner.
+    pub fn prepare_active(&mut self, epoch: u64) {
         self.role = Role::Active;
         self.epoch = epoch;
         self.sent.clear();
         self.last_sample = None;
         self.peaks.clear();
-        // The store starts from what this server holds now (the daemon puts it all).
+        self.partner_was_active = false;
         self.sync.clear_store();
-        self.sync.set_role(Role::Active, epoch);
+    }
+
+    pub fn announce_role(&self) {
+        self.sync.set_role(self.role, self.epoch);
     }
 
     pub fn become_standby(&mut self) {
