@@ -622,6 +622,7 @@ mod tests {
                 refused: vec![],
                 replica_complete: true,
                 replica_epoch: 1_789_999_000_000,
+                replica_stale: false,
             }),
         }
     }
