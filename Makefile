@@ -76,7 +76,8 @@ HA_CRASHES ?= 20
 
 ha: deps-test
 	$(CARGO) build --workspace --bins --locked
-	$(CARGO) test -p vpngw-tests --locked --test ha --test ha_keepalived --test ha_lab --test ha_split
+	$(CARGO) test -p vpngw-tests --locked --test ha --test ha_keepalived --test ha_lab --test ha_split \
+		--test ha_handover --test ha_vpngw_peer --test ha_runtime_connections
 	HA_CRASHES=$(HA_CRASHES) $(CARGO) test -p vpngw-tests --locked --test ha_soak -- --ignored --nocapture
 
 bench:

@@ -5,9 +5,10 @@
 //! of each takeover), a paced TCP stream from the left host to the right host (its SHA-256 at
 //! both ends must match at the end) and numbered UDP datagrams from the right host to the
 //! left host. strongSwan keeps the IKE SA it had before the first crash; its child SAs change
-//! only through the rekeys the test starts (one by vpngw and one by strongSwan after every 5th
-//! takeover, on the synced IKE SA: the IV chain and message IDs came across). Then `HA_HANDOVERS`
-//! (3) graceful handovers. Prints every gap, the bulk-sync times, and the sync channel's bytes.
+//! only through the rekeys the test starts: after every takeover (every `HA_REKEY_EVERY`th, 1
+//! unless set) a strongSwan DPD exchange is answered and vpngw and then strongSwan rekey the child
+//! SA, on the synced IKE SA: the IV chain and message IDs came across. Then `HA_HANDOVERS` (3)
+//! graceful handovers. Prints every gap, the bulk-sync times, and the sync channel's bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
@@ -50,6 +51,7 @@ fn fmt(v: &[f64]) -> String {
 fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
     let crashes = env_count("HA_CRASHES", 20);
     let handovers = env_count("HA_HANDOVERS", 3);
+    let rekey_every = env_count("HA_REKEY_EVERY", 1).max(1);
     let mut p = Pair::start("ha-soak");
     let first = p.establish();
     let ike = first.ike_sas.clone();
@@ -68,6 +70,7 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         let to = active.other();
         let meters = p.gap_meters(&format!("crash{i}"));
         std::thread::sleep(Duration::from_millis(300));
+        let dpd_mark = p.charon.log().len();
         p.ha.crash(active);
         assert!(p.ha.wait_vips(to, Duration::from_secs(3)).is_some(), "crash {i}: {}", p.ha.keepalived_log(to));
         wait_for(Duration::from_secs(2), || (p.ha_status(to)["role"] == "active").then_some(()))
@@ -96,6 +99,9 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         gaps.push(gap);
         gaps_lr.push(lr.longest_gap.as_secs_f64());
         gaps_rl.push(rl.longest_gap.as_secs_f64());
+        // strongSwan's DPD (every 2 s) reaches the new active and is answered.
+        wait_for(Duration::from_secs(10), || p.charon.log()[dpd_mark..].contains("N(DPD_ACK)").then_some(()))
+            .unwrap_or_else(|| panic!("crash {i}: DPD unanswered\n{}", p.node(to).log_text()));
         let sw = p.charon.list_sas();
         assert_eq!(sw.ike_sas, ike, "crash {i}: strongSwan has another IKE SA");
         assert_eq!(sw_child_spis(&sw), spis, "crash {i}: strongSwan's child SAs changed");
@@ -111,7 +117,7 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         bulks.push(took[0]);
         bulk_took.extend(bulk_applied_took(&p.node(active).log_text()));
         assert_eq!(p.ha.vip_holder(), Some(to), "crash {i}: nopreempt");
-        if i % 5 == 0 {
+        if i % rekey_every == 0 {
             let (b0, t0) = (bytes_sent(&p, to), Instant::now());
             let after = p.rekey_both_ways(to);
             // Wait until the standby acknowledged the rekeys.
