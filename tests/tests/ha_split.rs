@@ -6,7 +6,7 @@
 //!   standby is in sync again through a bulk (a crash right after proves the bulk carried what
 //!   changed during the cut);
 //! - VRRP fails while sync works (split brain): both nodes take the addresses and are active,
-//!   neither applies the other's records; healed, keepalived keeps A (priority 150), B drops its
+//!   neither applies the other's records; healed, keepalived keeps A (priority 250), B drops its
 //!   state without Deletes, stands by and bulk-syncs from A, and strongSwan keeps its IKE SA;
 //! - an old active that rejoins after a crash comes up as the standby and never takes the
 //!   role or overwrites the new active's state.
