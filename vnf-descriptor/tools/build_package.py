@@ -143,6 +143,8 @@ def main():
         modes[CERT] = 0o644
     body = manifest(props, version, when, contents)
     if signed:
+        # A blank line first: readers (Tacker) split the manifest into blocks at blank lines.
+        body += b"\n"
         body += sign(body, args.sign_key, args.sign_cert)
     contents[MANIFEST] = body
     modes[MANIFEST] = 0o644
