@@ -489,6 +489,80 @@ def check_scripts(package, vpngw, work):
         info("the node guess (no --node) is checked only as root (it needs a namespace)")
 
 
+def check_tunnel(package, vpngw, work):
+    """Two gateways configured by the LCM script itself (instantiate, not a dry run: it starts
+    vpngw, without systemd) in network namespaces of their own, the topology of tests/src/netns.rs
+    Lab::gateways; a ping must cross the tunnel; terminate must stop both."""
+    if os.geteuid() != 0:
+        info("tunnel check skipped (needs root for network namespaces)")
+        return
+    d = os.path.join(work, "pkg")
+    lcm = os.path.join(d, "Scripts", "vpngw-lcm.sh")
+    tag = f"vnft{os.getpid() % 100000}"
+    ns = {k: f"{tag}-{k}" for k in ("l", "r", "lh", "rh")}
+    lab = os.path.join(work, "lab")
+    os.makedirs(lab, mode=0o700)
+
+    def sh(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True)
+    try:
+        for n in ns.values():
+            sh("ip", "netns", "add", n)
+            sh("ip", "-n", n, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "wan0", "netns", ns["l"], "type", "veth", "peer", "name", "wan0", "netns", ns["r"])
+        for side, host, wan, lan, host_addr in (("l", "lh", "198.51.100.1", "10.1.0.1", "10.1.0.10"),
+                                                 ("r", "rh", "198.51.100.2", "10.2.0.1", "10.2.0.10")):
+            sh("ip", "link", "add", "eth0", "netns", ns[host], "type", "veth", "peer", "name", "lan0", "netns", ns[side])
+            sh("ip", "-n", ns[side], "addr", "add", wan + "/24", "dev", "wan0")
+            sh("ip", "-n", ns[side], "addr", "add", lan + "/24", "dev", "lan0")
+            sh("ip", "-n", ns[host], "addr", "add", host_addr + "/24", "dev", "eth0")
+            for n, dev in ((ns[side], "wan0"), (ns[side], "lan0"), (ns[host], "eth0")):
+                sh("ip", "-n", n, "link", "set", dev, "up")
+            sh("ip", "-n", ns[host], "route", "add", "default", "via", lan)
+        psk = os.path.join(lab, "branch.psk")
+        with open(os.open(psk, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(os.urandom(16).hex() + "\n")
+        envs = {}
+        for side, me, peer, local, remote in (("l", "198.51.100.1", "198.51.100.2", "10.1.0.0/24", "10.2.0.0/24"),
+                                              ("r", "198.51.100.2", "198.51.100.1", "10.2.0.0/24", "10.1.0.0/24")):
+            base = os.path.join(lab, side)
+            params = {"additionalParams": {"vpngw": {
+                "gateway": {"name": f"gw-{side}", "public_address": me, "control_socket": base + "/vpngw.sock"},
+                "connections": [{"name": "site", "remote_address": peer, "pre_shared_key_file": psk,
+                                 "local_subnets": [local], "remote_subnets": [remote], "suite": "aes128-sha1-dh14",
+                                 "start": "active" if side == "l" else "passive"}],
+                "metrics": {"listen": "127.0.0.1:9720"}}}}
+            pfile = os.path.join(lab, f"params-{side}.json")
+            open(pfile, "w").write(json.dumps(params))
+            envs[side] = {"VPNGW_BIN": vpngw, "VPNGW_ETC": base + "/etc", "VPNGW_LCM_STATE": base + "/state",
+                          "VPNGW_RUN": base + "/run", "VPNGW_SYSCTL_DIR": base + "/sysctl.d", "VPNGW_LCM_SYSTEMD": "0"}
+            r = run(["ip", "netns", "exec", ns[side], lcm, "instantiate", "--params", pfile], env=envs[side])
+            check(f"LCM instantiate (not a dry run) starts vpngw in the lab's {'left' if side == 'l' else 'right'} gateway",
+                  r.returncode == 0, r.stderr[-800:])
+        deadline, ok = time.monotonic() + 40, False
+        while time.monotonic() < deadline and not ok:
+            ok = run(["ip", "netns", "exec", ns["lh"], "ping", "-c", "1", "-W", "1", "10.2.0.10"]).returncode == 0
+        waited = 40 - max(0.0, deadline - time.monotonic())
+        check(f"a ping crosses the tunnel between the two script-configured gateways (after {waited:.1f} s)", ok,
+              open(os.path.join(lab, "l", "run", "vpngw.log")).read()[-1500:] if not ok else "")
+        for side in ("l", "r"):
+            pid = open(os.path.join(lab, side, "run", "vpngw.pid")).read().strip()
+            r = run(["ip", "netns", "exec", ns[side], lcm, "terminate"], env=envs[side])
+            gone = not os.path.exists(f"/proc/{pid}")
+            check(f"LCM terminate stops vpngw ({'left' if side == 'l' else 'right'}, PID {pid}) and removes vpngw.toml",
+                  r.returncode == 0 and gone and not os.path.exists(os.path.join(lab, side, "etc", "vpngw.toml")),
+                  r.stderr[-600:])
+    finally:
+        for side in ("l", "r"):  # whatever is left of what this test started, by PID
+            try:
+                pid = int(open(os.path.join(lab, side, "run", "vpngw.pid")).read())
+                os.kill(pid, 9)
+            except (OSError, ValueError):
+                pass
+        for n in ns.values():
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
 def check_keepalived(outputs, work):
     """keepalived -t on both generated files, in a namespace that has wan0 and lan0."""
     if os.geteuid() != 0 or not shutil.which("keepalived"):
@@ -525,7 +599,9 @@ def main():
         for title, fn in (("tosca-parser", lambda: check_tosca(args.package, work)),
                           ("Tacker's CSAR loader", lambda: check_tacker(args.package, args.signed, work)),
                           ("SOL004 structure and signature", lambda: check_sol004(args.package, args.signed, args.cert, work)),
-                          ("LCM scripts", lambda: check_scripts(args.package, os.path.abspath(args.vpngw), work))):
+                          ("LCM scripts", lambda: check_scripts(args.package, os.path.abspath(args.vpngw), work)),
+                          ("LCM scripts in the namespace lab: a tunnel",
+                           lambda: check_tunnel(args.package, os.path.abspath(args.vpngw), work))):
             print(f"== {title}")
             try:
                 fn()

@@ -22,8 +22,9 @@
 #
 # Environment (defaults): VPNGW_BIN (vpngw on PATH, else /usr/bin/vpngw), VPNGW_ETC (/etc/vpngw),
 # VPNGW_LCM_STATE (/var/lib/vpngw/lcm), KEEPALIVED_ETC (/etc/keepalived), VPNGW_RUN (/run/vpngw),
-# VPNGW_SERVICE (vpngw.service). Without systemd (or without the unit), vpngw runs in the
-# background with a PID file in VPNGW_RUN (containers, the lab).
+# VPNGW_SERVICE (vpngw.service), VPNGW_SYSCTL_DIR (/etc/sysctl.d), VPNGW_LCM_SYSTEMD (auto; 0:
+# never use systemctl). Without systemd (or without the unit), vpngw runs in the background with
+# a PID file in VPNGW_RUN (containers, the lab).
 #
 # Exit: 0 done, 1 runtime failure, 2 invalid parameters or configuration (nothing was changed).
 # Keys: the parameters name key files only; no key and no parameter value is printed.
@@ -38,6 +39,8 @@ state=${VPNGW_LCM_STATE:-/var/lib/vpngw/lcm}
 kdir=${KEEPALIVED_ETC:-/etc/keepalived}
 run=${VPNGW_RUN:-/run/vpngw}
 service=${VPNGW_SERVICE:-vpngw.service}
+sysctl_dir=${VPNGW_SYSCTL_DIR:-/etc/sysctl.d}
+use_systemd=${VPNGW_LCM_SYSTEMD:-auto}
 dry_run=${VPNGW_LCM_DRY_RUN:-0}
 node=${VPNGW_NODE:-}
 params=""
@@ -78,8 +81,12 @@ else
     vpngw=/usr/bin/vpngw
 fi
 
+systemd_runs() {
+    [[ $use_systemd != 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null
+}
+
 have_systemd() {
-    [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null &&
+    [[ $use_systemd != 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null &&
         systemctl cat "$service" >/dev/null 2>&1
 }
 
@@ -168,7 +175,7 @@ stop_vpngw() {
 }
 
 start_keepalived() {
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    if systemd_runs; then
         systemctl enable keepalived >/dev/null 2>&1 || true
         systemctl restart keepalived
         return
@@ -179,7 +186,7 @@ start_keepalived() {
 }
 
 stop_keepalived() {
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    if systemd_runs; then
         systemctl disable --now keepalived >/dev/null 2>&1 || true
         return
     fi
@@ -214,13 +221,15 @@ configure() {
     fi
     if ((ha)); then
         # deploy/ha/README.md: the standby binds the virtual addresses before it holds them.
-        printf 'net.ipv4.ip_nonlocal_bind = 1\nnet.ipv4.ip_forward = 1\n' >/etc/sysctl.d/60-vpngw-ha.conf
-        sysctl -q -p /etc/sysctl.d/60-vpngw-ha.conf
+        install -d "$sysctl_dir"
+        printf 'net.ipv4.ip_nonlocal_bind = 1\nnet.ipv4.ip_forward = 1\n' >"$sysctl_dir/60-vpngw-ha.conf"
+        sysctl -q -p "$sysctl_dir/60-vpngw-ha.conf"
         install -m 0600 "$etc/keepalived.conf" "$kdir/keepalived.conf"
         install -m 0755 "$notify_sh" "$kdir/vpngw-notify.sh"
     else
-        printf 'net.ipv4.ip_forward = 1\n' >/etc/sysctl.d/60-vpngw.conf
-        sysctl -q -p /etc/sysctl.d/60-vpngw.conf
+        install -d "$sysctl_dir"
+        printf 'net.ipv4.ip_forward = 1\n' >"$sysctl_dir/60-vpngw.conf"
+        sysctl -q -p "$sysctl_dir/60-vpngw.conf"
     fi
     start_vpngw
     if ((ha)); then
@@ -257,7 +266,7 @@ terminate)
     stop_vpngw
     stop_keepalived
     rm -f "$etc/vpngw.toml" "$etc/keepalived.conf" "$kdir/vpngw-notify.sh" \
-        /etc/sysctl.d/60-vpngw-ha.conf /etc/sysctl.d/60-vpngw.conf
+        "$sysctl_dir/60-vpngw-ha.conf" "$sysctl_dir/60-vpngw.conf"
     log "terminate: vpngw stopped and disabled; key files left in place"
     ;;
 *) die 2 "unknown operation: $op (instantiate, heal, scale, terminate, render)" ;;
