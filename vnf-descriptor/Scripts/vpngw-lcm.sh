@@ -115,7 +115,8 @@ sys.exit(0 if isinstance(p.get("vpngw"),dict) and "ha" in p["vpngw"] else 1)' "$
 stage() {
     local p=$1 dir
     dir=$(mktemp -d "${TMPDIR:-/tmp}/vpngw-lcm.XXXXXX")
-    if ! python3 "$render_py" --params "$p" --out "$dir" --node "$node" --vpngw-bin "$vpngw" >&2; then
+    if ! python3 "$render_py" --params "$p" --out "$dir" --node "$node" --vpngw-bin "$vpngw" \
+        --notify "$kdir/vpngw-notify.sh" >&2; then
         rm -rf "$dir"
         die 2 "the parameters were refused (above); nothing was changed"
     fi
@@ -220,6 +221,8 @@ configure() {
         return
     fi
     if ((ha)); then
+        command -v keepalived >/dev/null || die 1 "hot_standby needs keepalived (apt-get install keepalived)"
+        install -d -m 0755 "$kdir"
         # deploy/ha/README.md: the standby binds the virtual addresses before it holds them.
         install -d "$sysctl_dir"
         printf 'net.ipv4.ip_nonlocal_bind = 1\nnet.ipv4.ip_forward = 1\n' >"$sysctl_dir/60-vpngw-ha.conf"

@@ -9,7 +9,7 @@ and prints nothing else than problems. Pre-shared keys are never taken inline: o
 key files on the VNFC ("pre_shared_key_file"); a parameter named like a key is refused, and no
 value of the parameters is ever printed (only key names).
 
-usage: vpngw_render.py --params FILE --out OUTDIR [--node a|b] [--vpngw-bin PATH]
+usage: vpngw_render.py --params FILE --out OUTDIR [--node a|b] [--vpngw-bin PATH] [--notify PATH]
 exit: 0 written, 2 invalid parameters (each problem on stderr)
 """
 
@@ -117,7 +117,7 @@ def host(address, where, problems):
         return None, None
 
 
-def render(params, node, vpngw_bin):
+def render(params, node, vpngw_bin, notify="/etc/keepalived/vpngw-notify.sh"):
     problems = []
     if not isinstance(params, dict) or not isinstance(params.get("vpngw"), dict):
         raise Problems(['the parameters must be an object with a "vpngw" object (additionalParams.vpngw)'])
@@ -169,13 +169,13 @@ def render(params, node, vpngw_bin):
 
     keepalived = None
     if ha is not None:
-        keepalived = render_ha(ha, node, gateway, vpngw_bin, lines, problems)
+        keepalived = render_ha(ha, node, gateway, vpngw_bin, notify, lines, problems)
     if problems:
         raise Problems(problems)
     return "\n".join(lines), keepalived
 
 
-def render_ha(ha, node, gateway, vpngw_bin, lines, problems):
+def render_ha(ha, node, gateway, vpngw_bin, notify, lines, problems):
     values = check_keys("vpngw.ha", ha, HA_KEYS, problems, nested={"interfaces", "nodes"})
     if node not in ("a", "b"):
         problems.append("--node: hot_standby needs the node this VNFC is (a or b)")
@@ -244,7 +244,7 @@ def render_ha(ha, node, gateway, vpngw_bin, lines, problems):
         "track_file vpngw_track {", f'  file "{track}"', "  init_file 0", "}", "",
         "vrrp_sync_group VPNGW {", "  group {", "    VPNGW_WAN", "    VPNGW_LAN", "  }",
         "  track_script {", "    vpngw_check", "  }", "  track_file {", "    vpngw_track weight 0", "  }",
-        f'  notify "/etc/keepalived/vpngw-notify.sh {vpngw_bin} ha notify --socket {control}"', "}", "",
+        f'  notify "{notify} {vpngw_bin} ha notify --socket {control}"', "}", "",
     ]
     conf += instance("VPNGW_WAN", wan, ids[0], me["untrusted_address"], other["untrusted_address"], pub, pub_len)
     conf += instance("VPNGW_LAN", lan_if, ids[1], me["trusted_address"], other["trusted_address"], lan, lan_len)
@@ -257,6 +257,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--node", default="")
     ap.add_argument("--vpngw-bin", default="/usr/bin/vpngw")
+    ap.add_argument("--notify", default="/etc/keepalived/vpngw-notify.sh", help="where keepalived's notify script is")
     args = ap.parse_args()
     try:
         with open(args.params, encoding="utf-8") as f:
@@ -271,7 +272,7 @@ def main():
     if isinstance(params, dict) and "additionalParams" in params:
         params = params["additionalParams"]
     try:
-        toml, keepalived = render(params, args.node, args.vpngw_bin)
+        toml, keepalived = render(params, args.node, args.vpngw_bin, args.notify)
     except Problems as e:
         for problem in e.args[0]:
             print(f"vpngw_render: {problem}", file=sys.stderr)
