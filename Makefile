@@ -19,7 +19,8 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
-.PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz
+.PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz \
+	package package-signed vnf-check deps-nfv
 
 help:
 	@echo "vpngw make targets:"
@@ -35,6 +36,10 @@ help:
 	@echo "  make bench-flood  spoofed IKE first-message floods at an established vpngw: memory, status"
 	@echo "               latency, DPD, rekeys, pings (root)"
 	@echo "  make bench-soak   two vpngw over a lossy, duplicating, reordering link through rekeys (root)"
+	@echo "  make package the ETSI SOL004 VNF package (CSAR) into target/package/; make package-signed: also"
+	@echo "               a copy signed with a test key made in target/ (SOL004 option 2)"
+	@echo "  make vnf-check  the VNF package checked: tosca-parser and Tacker's CSAR loader (pip, in"
+	@echo "               target/venv-nfv), broken copies refused, LCM scripts' configurations pass vpngw check"
 	@echo "  make fuzz    cargo-fuzz campaigns, FUZZ_RUNS executions per target (default 10 million;"
 	@echo "               installs cargo-fuzz); corpora in fuzz/corpus, crashes in fuzz/artifacts"
 
@@ -128,3 +133,37 @@ fuzz:
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O -a -s $(FUZZ_SANITIZER) $$t -- -runs=$(FUZZ_RUNS) -rss_limit_mb=$(FUZZ_RSS_MB) \
 			-timeout=10 -print_final_stats=1 || exit 1; \
 	done
+
+# The ETSI NFV VNF package (vnf-descriptor/README.md). Deterministic: the same sources give the
+# same bytes. package-signed adds a CMS signature of the manifest made with a test key that is
+# generated here into target/package/test-signing/ (never committed).
+PACKAGE_DIR := target/package
+SIGNING_DIR := $(PACKAGE_DIR)/test-signing
+
+package:
+	@python3 vnf-descriptor/tools/build_package.py --out $(PACKAGE_DIR)
+
+package-signed: package
+	@$(DEPS) openssl
+	@test -f $(SIGNING_DIR)/key.pem || { mkdir -p $(SIGNING_DIR) && chmod 700 $(SIGNING_DIR) && \
+		openssl req -x509 -newkey rsa:3072 -nodes -days 30 -subj "/O=vpngw/CN=vpngw VNF package test signer" \
+			-keyout $(SIGNING_DIR)/key.pem -out $(SIGNING_DIR)/cert.pem 2>/dev/null; }
+	@python3 vnf-descriptor/tools/build_package.py --out $(PACKAGE_DIR) \
+		--sign-key $(SIGNING_DIR)/key.pem --sign-cert $(SIGNING_DIR)/cert.pem
+
+# tosca-parser and Tacker (whose CSAR loader is what an NFVO running Tacker runs at onboarding),
+# pinned, in a venv of their own (Tacker pulls in much of OpenStack; keep it away from target/venv).
+NFV_VENV := target/venv-nfv
+NFV_PIP := tosca-parser==2.15.0 tacker==16.0.0
+NFV_PACKAGES := shellcheck python3 python3-venv python3-dev gcc libffi-dev openssl keepalived iproute2
+
+deps-nfv:
+	@$(DEPS) $(NFV_PACKAGES)
+	@$(NFV_VENV)/bin/python -c "import tacker, toscaparser" 2>/dev/null || { \
+		echo "installing $(NFV_PIP) into $(NFV_VENV)"; \
+		python3 -m venv $(NFV_VENV) && $(NFV_VENV)/bin/pip install -q $(NFV_PIP); }
+
+vnf-check: deps-nfv package-signed
+	$(CARGO) build --locked -p vpngw
+	$(NFV_VENV)/bin/python tests/nfv/check_package.py --package $(PACKAGE_DIR)/vpngw-vnf-1.0.0.csar \
+		--signed $(PACKAGE_DIR)/vpngw-vnf-1.0.0-signed.csar --cert $(SIGNING_DIR)/cert.pem --vpngw target/debug/vpngw

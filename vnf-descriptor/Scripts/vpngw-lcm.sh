@@ -1,0 +1,276 @@
+#!/bin/bash
+# vpngw VNF lifecycle script: what the VNFD's Vnflcm operations run on each VNFC (VM).
+#
+#   vpngw-lcm.sh OPERATION [--params FILE] [--node a|b] [--dry-run]
+#
+# OPERATION:
+#   instantiate  write the configuration from the parameters (the InstantiateVnfRequest, or its
+#                additionalParams), check it with `vpngw check`, install it and start vpngw (and
+#                for hot_standby keepalived). The parameters are kept for heal and scale.
+#   heal         the same from the kept parameters (or --params): a rebuilt or rebooted VNFC comes
+#                back with its configuration; the service is restarted.
+#   scale        on a VNFC added by scale out (hot_standby's gateway B): as instantiate; on a VNFC
+#                that is already configured: only checks its configuration.
+#   terminate    stop vpngw (SIGTERM: every peer is sent a Delete) and keepalived, disable them and
+#                remove the files this script wrote (never the key files).
+#   render       only write the configuration into --etc and check it (what --dry-run does).
+#
+# --node a|b: which gateway of hot_standby this VNFC is (default: $VPNGW_NODE, else the node whose
+# sync_address is configured on this host).
+# --dry-run (or VPNGW_LCM_DRY_RUN=1): write and check the configuration only; no sysctl, no
+# service is touched. Makes the script testable without systemd or root.
+#
+# Environment (defaults): VPNGW_BIN (vpngw on PATH, else /usr/bin/vpngw), VPNGW_ETC (/etc/vpngw),
+# VPNGW_LCM_STATE (/var/lib/vpngw/lcm), KEEPALIVED_ETC (/etc/keepalived), VPNGW_RUN (/run/vpngw),
+# VPNGW_SERVICE (vpngw.service), VPNGW_SYSCTL_DIR (/etc/sysctl.d), VPNGW_LCM_SYSTEMD (auto; 0:
+# never use systemctl). Without systemd (or without the unit), vpngw runs in the background with
+# a PID file in VPNGW_RUN (containers, the lab).
+#
+# Exit: 0 done, 1 runtime failure, 2 invalid parameters or configuration (nothing was changed).
+# Keys: the parameters name key files only; no key and no parameter value is printed.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+render_py="$here/vpngw_render.py"
+notify_sh="$here/vpngw-notify.sh"
+
+etc=${VPNGW_ETC:-/etc/vpngw}
+state=${VPNGW_LCM_STATE:-/var/lib/vpngw/lcm}
+kdir=${KEEPALIVED_ETC:-/etc/keepalived}
+run=${VPNGW_RUN:-/run/vpngw}
+service=${VPNGW_SERVICE:-vpngw.service}
+sysctl_dir=${VPNGW_SYSCTL_DIR:-/etc/sysctl.d}
+use_systemd=${VPNGW_LCM_SYSTEMD:-auto}
+dry_run=${VPNGW_LCM_DRY_RUN:-0}
+node=${VPNGW_NODE:-}
+params=""
+
+log() { echo "vpngw-lcm: $*" >&2; }
+die() {
+    local code=$1
+    shift
+    log "$*"
+    exit "$code"
+}
+
+usage() {
+    sed -n '2,30p' "$0" >&2
+    exit 2
+}
+
+(($# >= 1)) || usage
+op=$1
+shift
+while (($#)); do
+    case $1 in
+    --params) params=${2:?--params FILE} && shift 2 ;;
+    --node) node=${2:?--node a|b} && shift 2 ;;
+    --dry-run) dry_run=1 && shift ;;
+    -h | --help) usage ;;
+    *) die 2 "unknown argument: $1" ;;
+    esac
+done
+[[ $op == render ]] && dry_run=1
+case $dry_run in 1 | true | yes) dry_run=1 ;; *) dry_run=0 ;; esac
+
+if [[ -n ${VPNGW_BIN:-} ]]; then
+    vpngw=$VPNGW_BIN
+elif command -v vpngw >/dev/null; then
+    vpngw=$(command -v vpngw)
+else
+    vpngw=/usr/bin/vpngw
+fi
+
+systemd_runs() {
+    [[ $use_systemd != 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null
+}
+
+have_systemd() {
+    [[ $use_systemd != 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null &&
+        systemctl cat "$service" >/dev/null 2>&1
+}
+
+# The node of hot_standby this host is: the one whose sync address is configured here.
+guess_node() {
+    local n addr
+    command -v ip >/dev/null || return 0
+    for n in a b; do
+        addr=$(python3 -c 'import json,sys
+p=json.load(open(sys.argv[1])); p=p.get("additionalParams",p)
+print(p["vpngw"]["ha"]["nodes"][sys.argv[2]]["sync_address"])' "$1" "$n" 2>/dev/null) || continue
+        if ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1 | grep -qxF "$addr"; then
+            echo "$n"
+            return 0
+        fi
+    done
+}
+
+is_ha() {
+    python3 -c 'import json,sys
+p=json.load(open(sys.argv[1])); p=p.get("additionalParams",p)
+sys.exit(0 if isinstance(p.get("vpngw"),dict) and "ha" in p["vpngw"] else 1)' "$1" 2>/dev/null
+}
+
+# Writes the configuration into a staging directory and checks it; prints the directory.
+stage() {
+    local p=$1 dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/vpngw-lcm.XXXXXX")
+    if ! python3 "$render_py" --params "$p" --out "$dir" --node "$node" --vpngw-bin "$vpngw" \
+        --notify "$kdir/vpngw-notify.sh" >&2; then
+        rm -rf "$dir"
+        die 2 "the parameters were refused (above); nothing was changed"
+    fi
+    if ! "$vpngw" check --config "$dir/vpngw.toml" >&2; then
+        rm -rf "$dir"
+        die 2 "vpngw check refused the configuration (above); nothing was changed"
+    fi
+    if [[ -f $dir/keepalived.conf ]] && command -v keepalived >/dev/null && ((dry_run == 0)); then
+        # keepalived -t exits non-zero on an error, and 5 when it would disable the track script.
+        if ! keepalived -t -f "$dir/keepalived.conf" >&2; then
+            rm -rf "$dir"
+            die 2 "keepalived -t refused keepalived.conf; nothing was changed"
+        fi
+    fi
+    echo "$dir"
+}
+
+# Installs a staged file atomically with mode 0600 (0644 for keepalived.conf is not needed).
+install_file() {
+    local src=$1 dst=$2 mode=$3
+    install -d -m 0755 "$(dirname "$dst")"
+    install -m "$mode" "$src" "$dst.lcm-new"
+    mv -f "$dst.lcm-new" "$dst"
+}
+
+start_vpngw() {
+    if have_systemd; then
+        systemctl enable "$service" >/dev/null 2>&1 || true
+        systemctl restart "$service"
+        return
+    fi
+    stop_vpngw
+    install -d -m 0700 "$run"
+    # setsid: the daemon outlives this script (and the VNFM's session that ran it).
+    setsid "$vpngw" run --config "$etc/vpngw.toml" >>"$run/vpngw.log" 2>&1 </dev/null &
+    echo $! >"$run/vpngw.pid"
+    log "vpngw started without systemd (PID $(cat "$run/vpngw.pid"), log $run/vpngw.log)"
+}
+
+stop_vpngw() {
+    if have_systemd; then
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+        return
+    fi
+    local pid
+    [[ -f $run/vpngw.pid ]] || return 0
+    pid=$(cat "$run/vpngw.pid")
+    if kill -TERM "$pid" 2>/dev/null; then
+        # SIGTERM: Deletes to every peer (or a handover to an in-sync standby), then exit.
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && log "vpngw (PID $pid) still running 10 s after SIGTERM"
+    fi
+    rm -f "$run/vpngw.pid"
+}
+
+start_keepalived() {
+    if systemd_runs; then
+        systemctl enable keepalived >/dev/null 2>&1 || true
+        systemctl restart keepalived
+        return
+    fi
+    stop_keepalived
+    keepalived -f "$kdir/keepalived.conf" -p "$run/keepalived.pid" -r "$run/keepalived-vrrp.pid" \
+        -c "$run/keepalived-checkers.pid"
+}
+
+stop_keepalived() {
+    if systemd_runs; then
+        systemctl disable --now keepalived >/dev/null 2>&1 || true
+        return
+    fi
+    if [[ -f $run/keepalived.pid ]]; then
+        kill -TERM "$(cat "$run/keepalived.pid")" 2>/dev/null || true
+        rm -f "$run/keepalived.pid"
+    fi
+}
+
+configure() {
+    local p=$1 dir ha=0
+    [[ -r $p ]] || die 2 "no parameters: --params FILE (or kept ones in $state/params.json)"
+    if is_ha "$p"; then
+        ha=1
+        [[ -n $node ]] || node=$(guess_node "$p")
+        [[ $node == a || $node == b ]] || die 2 "hot_standby: say which gateway this is (--node a|b or VPNGW_NODE)"
+    fi
+    dir=$(stage "$p")
+    install_file "$dir/vpngw.toml" "$etc/vpngw.toml" 0600
+    if ((ha)); then
+        install_file "$dir/keepalived.conf" "$etc/keepalived.conf" 0600
+    fi
+    # Kept for heal and scale: the parameters hold no key (the renderer refuses inline keys).
+    if [[ $p != "$state/params.json" ]]; then
+        install_file "$p" "$state/params.json" 0600
+    fi
+    [[ -n $node ]] && echo "$node" >"$state/node"
+    rm -rf "$dir"
+    if ((dry_run)); then
+        log "dry run: wrote and checked $etc/vpngw.toml$( ((ha)) && echo " and $etc/keepalived.conf (node $node)"); no service touched"
+        return
+    fi
+    if ((ha)); then
+        command -v keepalived >/dev/null || die 1 "hot_standby needs keepalived (apt-get install keepalived)"
+        install -d -m 0755 "$kdir"
+        # deploy/ha/README.md: the standby binds the virtual addresses before it holds them.
+        install -d "$sysctl_dir"
+        printf 'net.ipv4.ip_nonlocal_bind = 1\nnet.ipv4.ip_forward = 1\n' >"$sysctl_dir/60-vpngw-ha.conf"
+        sysctl -q -p "$sysctl_dir/60-vpngw-ha.conf"
+        install -m 0600 "$etc/keepalived.conf" "$kdir/keepalived.conf"
+        install -m 0755 "$notify_sh" "$kdir/vpngw-notify.sh"
+    else
+        install -d "$sysctl_dir"
+        printf 'net.ipv4.ip_forward = 1\n' >"$sysctl_dir/60-vpngw.conf"
+        sysctl -q -p "$sysctl_dir/60-vpngw.conf"
+    fi
+    start_vpngw
+    if ((ha)); then
+        start_keepalived
+    fi
+    log "$op: vpngw running with $etc/vpngw.toml"
+}
+
+case $op in
+instantiate | render)
+    [[ -n $params ]] || die 2 "$op needs --params FILE"
+    install -d -m 0700 "$state"
+    configure "$params"
+    ;;
+heal)
+    install -d -m 0700 "$state"
+    [[ -n $node ]] || node=$(cat "$state/node" 2>/dev/null || true)
+    configure "${params:-$state/params.json}"
+    ;;
+scale)
+    install -d -m 0700 "$state"
+    if [[ -f $etc/vpngw.toml && -z $params ]]; then
+        "$vpngw" check --config "$etc/vpngw.toml" >&2 || die 2 "vpngw check refused $etc/vpngw.toml"
+        log "scale: this VNFC is already configured; nothing to do"
+    else
+        configure "${params:-$state/params.json}"
+    fi
+    ;;
+terminate)
+    if ((dry_run)); then
+        log "dry run: would stop keepalived and vpngw and remove $etc/vpngw.toml"
+        exit 0
+    fi
+    stop_vpngw
+    stop_keepalived
+    rm -f "$etc/vpngw.toml" "$etc/keepalived.conf" "$kdir/vpngw-notify.sh" \
+        "$sysctl_dir/60-vpngw-ha.conf" "$sysctl_dir/60-vpngw.conf"
+    log "terminate: vpngw stopped and disabled; key files left in place"
+    ;;
+*) die 2 "unknown operation: $op (instantiate, heal, scale, terminate, render)" ;;
+esac
