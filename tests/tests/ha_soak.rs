@@ -6,8 +6,10 @@
 //! both ends must match at the end) and numbered UDP datagrams from the right host to the
 //! left host. strongSwan keeps the IKE SA it had before the first crash; its child SAs change
 //! only through the rekeys the test starts: after every takeover (every `HA_REKEY_EVERY`th, 1
-//! unless set) a strongSwan DPD exchange is answered and vpngw and then strongSwan rekey the child
-//! SA, on the synced IKE SA: the IV chain and message IDs came across. Then `HA_HANDOVERS` (3)
+//! unless set) vpngw and then strongSwan rekey the child SA on the synced IKE SA (quick modes and
+//! the old SA's Delete, an informational: the IV chain and message IDs came across). DPD is not
+//! checked here: under continuous traffic neither side probes (tests/ha.rs checks it after each
+//! takeover on a quiet tunnel). Then `HA_HANDOVERS` (3)
 //! graceful handovers. Prints every gap, the bulk-sync times, and the sync channel's bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -70,7 +72,6 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         let to = active.other();
         let meters = p.gap_meters(&format!("crash{i}"));
         std::thread::sleep(Duration::from_millis(300));
-        let dpd_mark = p.charon.log().len();
         p.ha.crash(active);
         assert!(p.ha.wait_vips(to, Duration::from_secs(3)).is_some(), "crash {i}: {}", p.ha.keepalived_log(to));
         wait_for(Duration::from_secs(2), || (p.ha_status(to)["role"] == "active").then_some(()))
@@ -99,9 +100,6 @@ fn the_active_crashes_again_and_again_under_traffic_without_renegotiation() {
         gaps.push(gap);
         gaps_lr.push(lr.longest_gap.as_secs_f64());
         gaps_rl.push(rl.longest_gap.as_secs_f64());
-        // strongSwan's DPD (every 2 s) reaches the new active and is answered.
-        wait_for(Duration::from_secs(10), || p.charon.log()[dpd_mark..].contains("N(DPD_ACK)").then_some(()))
-            .unwrap_or_else(|| panic!("crash {i}: DPD unanswered\n{}", p.node(to).log_text()));
         let sw = p.charon.list_sas();
         assert_eq!(sw.ike_sas, ike, "crash {i}: strongSwan has another IKE SA");
         assert_eq!(sw_child_spis(&sw), spis, "crash {i}: strongSwan's child SAs changed");
