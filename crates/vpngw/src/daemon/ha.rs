@@ -27,6 +27,10 @@ impl Daemon {
             _ => {}
         }
         let Some(ha) = &mut self.ha else { return };
+        if ha.track_reset_at.is_some_and(|t| Instant::now() >= t) {
+            ha.track_reset_at = None;
+            ha.write_track(false);
+        }
         if ha.is_active() && ha.last_sync.elapsed() >= ha.config.sync_interval {
             ha.last_sync = Instant::now();
             self.ha_send_changes(false);
@@ -312,6 +316,8 @@ impl Daemon {
 /// keepalived to move the address.
 const HANDOVER_SYNC: Duration = Duration::from_millis(500);
 const HANDOVER_MOVE: Duration = Duration::from_secs(3);
+/// After a handover, how long the track file stays at 1 once the address has left.
+const TRACK_RESET_DELAY: Duration = Duration::from_millis(300);
 
 impl Daemon {
     /// A graceful switchover (SIGTERM of the active, `vpngw ha handover`): the last changes go
@@ -356,10 +362,12 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.ha_step_down();
-        if !stopping && let Some(ha) = &self.ha {
+        if !stopping && let Some(ha) = &mut self.ha {
             // Staying up as the standby: keepalived may give the role back when the partner
-            // fails (its FAULT ends; nopreempt keeps it the backup until then).
-            ha.write_track(false);
+            // fails (its FAULT ends; nopreempt keeps it the backup until then). Not at once:
+            // keepalived runs its notify scripts without waiting, and a FAULT and a BACKUP a
+            // few milliseconds apart can reach us (and the operator's log) in reverse order.
+            ha.track_reset_at = Some(Instant::now() + TRACK_RESET_DELAY);
         }
         Ok("handed over: the partner is active".into())
     }

@@ -100,6 +100,8 @@ pub struct HaDriver {
     pub last_sync: Instant,
     /// Active: the partner announced itself active too (split brain) and has not stood down.
     pub partner_was_active: bool,
+    /// After a handover: when the track file goes back to 0 (keepalived may elect us again).
+    pub track_reset_at: Option<Instant>,
 }
 
 /// A rate peak is forgotten after this long (the jump follows the recent rate).
@@ -141,6 +143,7 @@ impl HaDriver {
             last_takeover: None,
             last_sync: Instant::now(),
             partner_was_active: false,
+            track_reset_at: None,
         };
         // Running: keepalived may give this server the role.
         driver.write_track(false);
