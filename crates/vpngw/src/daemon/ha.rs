@@ -75,16 +75,22 @@ impl Daemon {
                 ha.partner_was_active = false;
                 // The partner sent on these same SAs meanwhile, with sequence numbers past
                 // ours: the peer would drop ours as replays. New child SAs start afresh.
-                let now = Instant::now();
-                for name in self.ike.endpoint.peer_names() {
-                    if let Ok(n) = self.ike.endpoint.rekey_connection(now, &name)
-                        && n > 0
-                    {
-                        tracing::warn!(connection = %name, child_sas = n, "hot backup: split brain over: rekeying");
-                    }
-                }
+                self.ha_rekey_all("split brain over");
             }
             _ => {}
+        }
+    }
+
+    /// New child SAs for every connection that has some (takeover from a stale replica, end of
+    /// a split brain).
+    fn ha_rekey_all(&mut self, why: &'static str) {
+        let now = Instant::now();
+        for name in self.ike.endpoint.peer_names() {
+            if let Ok(n) = self.ike.endpoint.rekey_connection(now, &name)
+                && n > 0
+            {
+                tracing::warn!(connection = %name, child_sas = n, "hot backup: {why}: rekeying");
+            }
         }
     }
 
@@ -96,7 +102,9 @@ impl Daemon {
         let numbers = self.sa_numbers(now_ms);
         let Some(ha) = &mut self.ha else { return };
         let changed = self.ike.endpoint.take_changed();
-        let ids: Vec<_> = if all { self.ike.endpoint.ike_sas().iter().map(|s| s.id).collect() } else { changed };
+        // Exports change nothing in the engine: one view serves the list and the removals.
+        let sas = self.ike.endpoint.ike_sas();
+        let ids: Vec<_> = if all { sas.iter().map(|s| s.id).collect() } else { changed };
         for id in ids {
             match records::export_tunnel(&self.ike.endpoint, &self.child_sas, id, now, now_ms) {
                 Some((key, body)) => {
@@ -112,7 +120,7 @@ impl Daemon {
             }
         }
         let established: std::collections::BTreeSet<_> =
-            (self.ike.endpoint.ike_sas().iter()).filter(|s| s.state == IkeSaState::Established).map(|s| s.id).collect();
+            sas.iter().filter(|s| s.state == IkeSaState::Established).map(|s| s.id).collect();
         let gone: Vec<_> = ha.sent.keys().filter(|id| !established.contains(id)).copied().collect();
         for id in gone {
             if let Some(key) = ha.sent.remove(&id) {
@@ -218,19 +226,13 @@ impl Daemon {
         if let Some(dp) = &self.dataplane {
             dp.release_pending();
         }
-        let now = Instant::now();
         if stale {
             // The peer may have replaced child SAs the replica does not know: new keys for
             // every imported tunnel (quick modes on the imported IKE SAs; one that the peer no
             // longer has fails and the connection negotiates anew).
-            for name in self.ike.endpoint.peer_names() {
-                if let Ok(n) = self.ike.endpoint.rekey_connection(now, &name)
-                    && n > 0
-                {
-                    tracing::warn!(connection = %name, child_sas = n, "hot backup: the replica was stale: rekeying");
-                }
-            }
+            self.ha_rekey_all("the replica was stale");
         }
+        let now = Instant::now();
         // Connections the replica did not cover negotiate now.
         let sas = self.ike.endpoint.ike_sas();
         for c in self.config.connections.clone() {
