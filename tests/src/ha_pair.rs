@@ -43,15 +43,20 @@ pub fn config(ha: &HaLab, node: Node, name: &str) -> String {
          [connection.ike]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\ndh_group = \"dh14\"\n\
          [connection.ipsec]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\n"
     );
+    format!("{}{}", config_text(WAN_VIP, &Vpngw::socket_for(&ha.lab, name), true, &connection), ha_section(ha, node))
+}
+
+/// The `[ha]` section of `node`'s configuration (the public address is the WAN virtual address;
+/// the pair's sync key is written into the lab, mode 0600), starting with a blank line.
+pub fn ha_section(ha: &HaLab, node: Node) -> String {
     let key = ha.lab.dir.join(format!("sync-{}.key", node.letter()));
     std::fs::write(&key, SYNC_KEY).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
         .unwrap_or_else(|e| panic!("{}: {e}", key.display()));
     let partner = node.other();
     format!(
-        "{}\n[ha]\nnode_name = \"node-{}\"\npartner_name = \"node-{}\"\nlisten = \"{}\"\npartner = \"{}\"\n\
+        "\n[ha]\nnode_name = \"node-{}\"\npartner_name = \"node-{}\"\nlisten = \"{}\"\npartner = \"{}\"\n\
          key_file = \"{}\"\ntrack_file = \"{}\"\n",
-        config_text(WAN_VIP, &Vpngw::socket_for(&ha.lab, name), true, &connection),
         node.letter(),
         partner.letter(),
         sync_address(node),
@@ -59,6 +64,20 @@ pub fn config(ha: &HaLab, node: Node, name: &str) -> String {
         key.display(),
         ha.track_file(node).display()
     )
+}
+
+/// Starts vpngw named `name` on `node` with `config`, then keepalived calling its `ha notify`
+/// and `ha check`.
+pub fn start_vpngw_and_keepalived(ha: &HaLab, node: Node, name: &str, config: &str) -> Vpngw {
+    let v = Vpngw::start(&ha.lab, ha.ns(node), name, config, &[]);
+    ha.register_vpngw(node, v.pid);
+    let (bin, socket) = (binary().display().to_string(), v.socket.display().to_string());
+    ha.start_keepalived(
+        node,
+        &format!("{bin} ha notify --socket {socket}"),
+        &format!("{bin} ha check --socket {socket}"),
+    );
+    v
 }
 
 pub fn slot(node: Node) -> usize {
@@ -90,14 +109,7 @@ impl Pair {
     pub fn start_node(&mut self, node: Node) {
         self.generations[slot(node)] += 1;
         let name = format!("gw-{}{}", node.letter(), self.generations[slot(node)]);
-        let v = Vpngw::start(&self.ha.lab, self.ha.ns(node), &name, &config(&self.ha, node, &name), &[]);
-        self.ha.register_vpngw(node, v.pid);
-        let (bin, socket) = (binary().display().to_string(), v.socket.display().to_string());
-        self.ha.start_keepalived(
-            node,
-            &format!("{bin} ha notify --socket {socket}"),
-            &format!("{bin} ha check --socket {socket}"),
-        );
+        let v = start_vpngw_and_keepalived(&self.ha, node, &name, &config(&self.ha, node, &name));
         self.nodes[slot(node)] = Some(v);
     }
 

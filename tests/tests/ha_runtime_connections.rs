@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vpngw_tests::ha::{HaLab, Node, R_WAN, WAN_VIP};
+use vpngw_tests::ha_pair::{ha_section, start_vpngw_and_keepalived};
 use vpngw_tests::netns::{LEFT_NET, RIGHT_NET, wait_for};
-use vpngw_tests::vpngw::{Vpngw, binary, config_text};
-
-const SYNC_KEY: &str = "1f1e2d3c4b5a69788796a5b4c3d2e1f04f1e2d3c4b5a69788796a5b4c3d2e1f0";
+use vpngw_tests::vpngw::{Vpngw, config_text};
 
 fn private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -23,36 +22,20 @@ fn start_node(ha: &HaLab, node: Node) -> Vpngw {
     let name = format!("gw-{}", node.letter());
     let dir = ha.lab.dir.join(format!("api-{}", node.letter()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (key, token, state) = (dir.join("sync.key"), dir.join("api.token"), dir.join("connections.toml"));
-    private(&key, SYNC_KEY);
+    let (token, state) = (dir.join("api.token"), dir.join("connections.toml"));
     private(&token, "test-token-0123456789abcdef0123456789\n");
     let connection = format!(
         "[[connection]]\nname = \"to-right\"\nremote_address = \"{R_WAN}\"\npre_shared_key = \"lab-psk-0123456789abcdef\"\n\
          local_subnets = [\"{LEFT_NET}\"]\nremote_subnets = [\"{RIGHT_NET}\"]\nstart = \"passive\"\n"
     );
-    let sync = |n: Node| format!("{}:9722", n.sync());
     let config = format!(
-        "{}\n[ha]\nnode_name = \"node-{}\"\npartner_name = \"node-{}\"\nlisten = \"{}\"\npartner = \"{}\"\n\
-         key_file = \"{}\"\ntrack_file = \"{}\"\n\n[api]\ntoken_file = \"{}\"\nstate_file = \"{}\"\n",
+        "{}{}\n[api]\ntoken_file = \"{}\"\nstate_file = \"{}\"\n",
         config_text(WAN_VIP, &Vpngw::socket_for(&ha.lab, &name), true, &connection),
-        node.letter(),
-        node.other().letter(),
-        sync(node),
-        sync(node.other()),
-        key.display(),
-        ha.track_file(node).display(),
+        ha_section(ha, node),
         token.display(),
         state.display()
     );
-    let v = Vpngw::start(&ha.lab, ha.ns(node), &name, &config, &[]);
-    ha.register_vpngw(node, v.pid);
-    let (bin, socket) = (binary().display().to_string(), v.socket.display().to_string());
-    ha.start_keepalived(
-        node,
-        &format!("{bin} ha notify --socket {socket}"),
-        &format!("{bin} ha check --socket {socket}"),
-    );
-    v
+    start_vpngw_and_keepalived(ha, node, &name, &config)
 }
 
 /// The connections `v` lists, by name, with where each is defined.

@@ -4,53 +4,27 @@
 //! a rekey started by each side runs on the synced IKE SA.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::Value;
 use vpngw_tests::ha::{GapMeter, HaLab, Node, R_WAN, WAN_VIP};
+use vpngw_tests::ha_pair::{ha_section, start_vpngw_and_keepalived};
 use vpngw_tests::netns::{LEFT_NET, RIGHT_NET, wait_for};
 use vpngw_tests::traffic::{LEFT_HOST, RIGHT_HOST, wait_ping};
-use vpngw_tests::vpngw::{Vpngw, binary, config_text};
+use vpngw_tests::vpngw::{Vpngw, config_text};
 
 const PSK: &str = "lab-psk-vpngw-peer-0123456789";
-const SYNC_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f04f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const SUITE: &str = "[connection.ike]\nencryption = \"aes-256\"\nauthentication = \"sha1\"\ndh_group = \"dh2\"\n\
                      [connection.ipsec]\nencryption = \"aes-128\"\nauthentication = \"sha1\"\npfs = \"dh2\"\n";
 
-fn node_config(ha: &HaLab, node: Node, name: &str) -> String {
+fn start_node(ha: &HaLab, node: Node) -> Vpngw {
+    let name = format!("gw-{}", node.letter());
     let connection = format!(
         "[[connection]]\nname = \"to-right\"\nremote_address = \"{R_WAN}\"\npre_shared_key = \"{PSK}\"\n\
          local_subnets = [\"{LEFT_NET}\"]\nremote_subnets = [\"{RIGHT_NET}\"]\nstart = \"passive\"\n{SUITE}"
     );
-    let key = ha.lab.dir.join(format!("sync-{}.key", node.letter()));
-    std::fs::write(&key, SYNC_KEY).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let sync = |n: Node| format!("{}:9722", n.sync());
-    format!(
-        "{}\n[ha]\nnode_name = \"node-{}\"\npartner_name = \"node-{}\"\nlisten = \"{}\"\npartner = \"{}\"\n\
-         key_file = \"{}\"\ntrack_file = \"{}\"\n",
-        config_text(WAN_VIP, &Vpngw::socket_for(&ha.lab, name), true, &connection),
-        node.letter(),
-        node.other().letter(),
-        sync(node),
-        sync(node.other()),
-        key.display(),
-        ha.track_file(node).display()
-    )
-}
-
-fn start_node(ha: &HaLab, node: Node) -> Vpngw {
-    let name = format!("gw-{}", node.letter());
-    let v = Vpngw::start(&ha.lab, ha.ns(node), &name, &node_config(ha, node, &name), &[]);
-    ha.register_vpngw(node, v.pid);
-    let (bin, socket) = (binary().display().to_string(), v.socket.display().to_string());
-    ha.start_keepalived(
-        node,
-        &format!("{bin} ha notify --socket {socket}"),
-        &format!("{bin} ha check --socket {socket}"),
-    );
-    v
+    let config = config_text(WAN_VIP, &Vpngw::socket_for(&ha.lab, &name), true, &connection) + &ha_section(ha, node);
+    start_vpngw_and_keepalived(ha, node, &name, &config)
 }
 
 /// The peer's IKE SA cookies and child SA SPIs, as its status shows them.

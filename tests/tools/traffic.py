@@ -68,6 +68,13 @@ def tcp_client(addr, port, n):
     print(json.dumps({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "seconds": time.time() - start}))
 
 
+def datagram_number(b):
+    """The number of one of udp_client's datagrams, or None if it is not one (corrupt)."""
+    if len(b) < 4 + len(MARKER) or not b[4:].startswith(MARKER):
+        return None
+    return struct.unpack("!I", b[:4])[0]
+
+
 def udp_server(addr, port, secs):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, port))
@@ -80,10 +87,11 @@ def udp_server(addr, port, secs):
             b, _ = s.recvfrom(2048)
         except socket.timeout:
             continue
-        if len(b) < 4 + len(MARKER) or not b[4:].startswith(MARKER):
+        n = datagram_number(b)
+        if n is None:
             bad += 1
             continue
-        seen.add(struct.unpack("!I", b[:4])[0])
+        seen.add(n)
     print(json.dumps({"received": len(seen), "bad": bad}))
 
 
@@ -160,10 +168,10 @@ def udp_stream_server(addr, port, stopfile):
             b, _ = s.recvfrom(2048)
         except socket.timeout:
             continue
-        if len(b) < 4 + len(MARKER) or not b[4:].startswith(MARKER):
+        n = datagram_number(b)
+        if n is None:
             bad += 1
             continue
-        n = struct.unpack("!I", b[:4])[0]
         if n in seen:
             dup += 1
         seen.add(n)
