@@ -169,7 +169,16 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
     let mut lifecycle = tokio::time::interval(LIFECYCLE_TICK);
     let mut ha_poll = tokio::time::interval(crate::ha::presence::POLL);
     ha_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // systemd's watchdog (WatchdogSec=): kept alive by the loop itself, so a hung loop is
+    // restarted; never ticks without it.
+    let watchdog_every = crate::systemd::watchdog_every();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     daemon.publish();
+    crate::systemd::ready(&format!(
+        "running: {} connection(s) on {}",
+        daemon.config.connections.len(),
+        daemon.config.gateway.public_address
+    ));
     loop {
         let wake = daemon.next_wake();
         let publish_due = daemon.publish_pending.then(|| daemon.published_at + PUBLISH_EVERY);
@@ -196,6 +205,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
                 daemon.ha_follow_connections().await;
             }
             _ = ha_poll.tick(), if daemon.ha.is_some() => daemon.ha_tick(),
+            _ = watchdog.tick(), if watchdog_every.is_some() => crate::systemd::watchdog(),
             Some(notice) = next_notice(&mut daemon.ha) => daemon.ha_notice(notice),
             () = sleep_until(publish_due) => {}
             Some((request, reply)) = surfaces.commands.recv() => {
@@ -217,7 +227,8 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
             }
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => {
-                daemon.reload().await;
+                // Logged and told to systemd either way; nobody waits for an answer.
+                let _ = daemon.reload().await;
                 publish_now = true;
             }
         }
@@ -311,13 +322,13 @@ async fn serve_surfaces(
     {
         // Bound and spawned on the surfaces' runtime.
         let _on_ops = ops.handle().enter();
-        control::serve(&config.gateway.control_socket, requests_tx)?;
+        control::serve(&config.gateway.control_socket, requests_tx.clone())?;
     }
     if let Some(addr) = config.metrics.listen {
         let (metrics_tx, scrapes) = mpsc::channel::<oneshot::Sender<Snapshot>>(16);
         ops.handle().spawn(published::scrapes(scrapes, published));
-        ops.handle().spawn(async move { metrics::serve(addr, metrics_tx).await }).await??;
-        tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
+        ops.handle().spawn(async move { metrics::serve(addr, metrics_tx, requests_tx).await }).await??;
+        tracing::info!(listen = %addr, "metrics at http://{addr}/metrics; probes at /healthz and /readyz");
     }
     Ok((Surfaces { ops, commands }, token))
 }
@@ -436,6 +447,7 @@ impl Daemon {
     /// SIGTERM or SIGINT: every IKE SA deleted (the peers told), then the surfaces and the
     /// dataplane stopped.
     async fn shutdown(mut self, surfaces: Surfaces) {
+        crate::systemd::stopping();
         if self.stopping == Some(Stop::KeepTunnels) {
             // Saved: no Delete goes out, and nothing more is sent with the saved SAs.
             tracing::info!("shutting down: the tunnels stay (saved)");

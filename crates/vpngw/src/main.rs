@@ -6,8 +6,8 @@
 //! connections), Prometheus metrics, signals, logging, saved tunnels (a restart without
 //! renegotiation), hot backup's daemon side (the role from the public address, the records sent
 //! to and imported from the partner through `vpngw-sync`), and the CLI (`run`, `check`,
-//! `status`, `up`, `down`, `rekey`, `diagnose`, `connection add/remove/list`, `stop`, `ha
-//! notify/check/handover`).
+//! `status`, `up [--wait]`, `down`, `rekey`, `diagnose`, `reload`, `connection add/remove/list`,
+//! `stop`, `ha notify/check/handover`, `healthcheck`), and what systemd is told (sd_notify).
 //!
 //! **Threads:** the daemon's loop (one current-thread tokio runtime) owns the IKE engine and
 //! every change of state; the control socket, the management API and metrics run on a second
@@ -28,6 +28,7 @@
 
 // The daemon's loop and wiring, and the owners it drives.
 mod child_sas;
+mod client;
 mod config;
 mod daemon;
 mod ha;
@@ -42,6 +43,7 @@ mod routes;
 mod runtime_connections;
 mod saved_tunnels;
 mod state;
+mod systemd;
 mod volume;
 // The operator's surfaces and read models.
 mod ops;
@@ -100,11 +102,38 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Bring a connection up now.
+    /// Bring a connection up now. With --wait, return once it is up (exit 0), or print the
+    /// diagnosis and exit 1 when the negotiation fails, 124 when --timeout passes first.
+    /// Example: vpngw up to-branch --wait --timeout 30
     Up {
         name: String,
+        /// Wait until every child SA of the connection is up (or it fails).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, requires = "wait")]
+        timeout: u64,
         #[command(flatten)]
         target: Target,
+    },
+    /// Re-read the configuration file now, as SIGHUP does, and say whether it was applied
+    /// (exit 0) or refused with its problems (exit 2; the running configuration stays).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Probe the daemon as an orchestrator does: GET /healthz (or /readyz with --ready) on the
+    /// metrics listener; exit 0 on 200. For container HEALTHCHECKs (no curl needed).
+    Healthcheck {
+        /// The `[metrics] listen` address.
+        #[arg(long, default_value = "127.0.0.1:9720")]
+        address: std::net::SocketAddr,
+        /// Readiness (/readyz) instead of liveness (/healthz).
+        #[arg(long)]
+        ready: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+        timeout: u64,
     },
     /// Take a connection down (Deletes are sent to the peer).
     Down {
@@ -343,7 +372,27 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { json, target } => client(&target, Request::Status, json),
-        Cmd::Up { name, target } => client(&target, Request::Up { connection: name }, false),
+        Cmd::Up { name, wait: false, target, .. } => client(&target, Request::Up { connection: name }, false),
+        Cmd::Up { name, wait: true, timeout, target } => {
+            let socket = match target.socket() {
+                Ok(s) => s,
+                Err(e) => {
+                    print_config_error(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime() {
+                Ok(rt) => rt.block_on(client::up_and_wait(&socket, &name, std::time::Duration::from_secs(timeout))),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Reload { target } => client(&target, Request::Reload, false),
+        Cmd::Healthcheck { address, ready, timeout } => {
+            client::healthcheck(address, ready, std::time::Duration::from_secs(timeout.max(1)))
+        }
         Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
         Cmd::Rekey { name, target } => client(&target, Request::Rekey { connection: name }, false),
         Cmd::Stop { save_tunnels, target } => {

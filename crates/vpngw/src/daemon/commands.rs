@@ -19,7 +19,7 @@ impl Daemon {
         match request {
             // Answered by the surfaces from the published state (`ops/published.rs`); here
             // for completeness, from the state now.
-            Request::Status | Request::Diagnose { .. } | Request::Connections => {
+            Request::Status | Request::Diagnose { .. } | Request::Connections | Request::Ready => {
                 self.read_state().answer(&request).unwrap_or_else(|| Response::error("not a read"))
             }
             Request::Up { connection } if !self.negotiates() && self.connection(&connection).is_some() => {
@@ -62,6 +62,13 @@ impl Daemon {
             Request::HaHandover => match self.ha_hand_over(false).await {
                 Ok(m) => Response::ok(m),
                 Err(e) => Response::error(e),
+            },
+            Request::Health => Response::ok("alive"),
+            Request::Reload => match self.reload().await {
+                Ok(m) => Response::ok(m),
+                Err(refused) => {
+                    Response { problems: refused.problems, ..Response::failed(ErrorKind::Invalid, refused.why) }
+                }
             },
             Request::PutConnection { name, connection } => self.put_connection(name, connection).await,
             Request::DeleteConnection { name } => self.delete_connection(&name).await,

@@ -8,6 +8,13 @@ use std::time::Instant;
 use super::Daemon;
 use super::wanted::{policies, wanted_routes};
 use crate::config::{Config, ConfigError, Connection, Start, overlap};
+use crate::ops::control::ProblemView;
+
+/// A reload that changed nothing, and why.
+pub(super) struct ReloadRefused {
+    pub why: String,
+    pub problems: Vec<ProblemView>,
+}
 
 /// The keys whose change a reload cannot apply (they need a restart).
 fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
@@ -35,21 +42,43 @@ fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 impl Daemon {
-    /// SIGHUP: re-read the file. Unchanged connections keep their SAs; removed ones are deleted;
-    /// new and changed ones (re)start. An invalid file changes nothing.
-    pub(super) async fn reload(&mut self) {
+    /// SIGHUP and `vpngw reload`: re-read the file. Unchanged connections keep their SAs;
+    /// removed ones are deleted; new and changed ones (re)start. An invalid file changes
+    /// nothing. Logged either way; the answer says what happened.
+    pub(super) async fn reload(&mut self) -> Result<String, ReloadRefused> {
+        crate::systemd::reloading();
+        let outcome = self.reload_file().await;
+        match &outcome {
+            Ok(applied) => tracing::info!("configuration reloaded: {applied}"),
+            Err(refused) => {
+                for p in &refused.problems {
+                    tracing::error!(key = %p.key, problem = %p.reason, "reload refused: {}", refused.why);
+                }
+                if refused.problems.is_empty() {
+                    tracing::error!("reload refused: {}", refused.why);
+                }
+            }
+        }
+        crate::systemd::ready(&match &outcome {
+            Ok(applied) => format!("reloaded: {applied}"),
+            Err(refused) => format!("reload refused ({}): running on the previous configuration", refused.why),
+        });
+        outcome
+    }
+
+    async fn reload_file(&mut self) -> Result<String, ReloadRefused> {
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(ConfigError::Invalid { problems, .. }) => {
-                for p in &problems {
-                    tracing::error!(problem = %p, "reload refused: configuration invalid");
-                }
-                return;
+                return Err(ReloadRefused {
+                    why: format!("{}: {} problem(s)", self.config_path.display(), problems.len()),
+                    problems: problems
+                        .into_iter()
+                        .map(|p| ProblemView { key: p.key, value: p.value, reason: p.reason })
+                        .collect(),
+                });
             }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused");
-                return;
-            }
+            Err(e) => return Err(ReloadRefused { why: e.to_string(), problems: Vec::new() }),
         };
         let restart = restart_only(&self.config, &new);
         // Runtime connections stay, unless the file now defines one with the same name.
@@ -63,18 +92,23 @@ impl Daemon {
         }
         // The file's connections are disjoint (Config::load); those that stay from the API
         // must be disjoint from them too, or one would carry the other's traffic.
-        let mut overlapping = false;
+        let mut overlapping = Vec::new();
         for api_made in &connections[file_count..] {
-            for file_made in &connections[..file_count] {
+            for (j, file_made) in connections[..file_count].iter().enumerate() {
                 if let Some(o) = overlap(file_made, api_made) {
-                    let reason = o.reason(&format!("{:?} (created through the API)", api_made.peer.name));
-                    tracing::error!(connection = %file_made.peer.name, problem = %reason, "reload refused: subnets overlap");
-                    overlapping = true;
+                    overlapping.push(ProblemView {
+                        key: format!("connection[{j}].remote_subnets"),
+                        value: file_made.peer.name.clone(),
+                        reason: o.reason(&format!("{:?} (created through the API)", api_made.peer.name)),
+                    });
                 }
             }
         }
-        if overlapping {
-            return;
+        if !overlapping.is_empty() {
+            return Err(ReloadRefused {
+                why: "subnets overlap a connection created through the API".into(),
+                problems: overlapping,
+            });
         }
         if !restart.is_empty() {
             tracing::warn!(keys = %restart.join(", "), "these changes need a restart; other changes applied");
@@ -83,7 +117,11 @@ impl Daemon {
         Arc::make_mut(&mut self.config).warnings = new.warnings;
         self.runtime.yield_to_file(&file_names);
         let (kept, removed, added) = self.apply_connections(connections).await;
-        tracing::info!(kept, removed_or_changed = removed, added, "configuration reloaded");
+        let mut applied = format!("{kept} connection(s) kept, {removed} removed or changed, {added} added");
+        if !restart.is_empty() {
+            applied.push_str(&format!("; need a restart to take effect: {}", restart.join(", ")));
+        }
+        Ok(applied)
     }
 
     /// Makes `new` the set of connections: unchanged ones keep their SAs; removed and changed

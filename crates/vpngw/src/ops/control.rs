@@ -54,6 +54,14 @@ pub enum Request {
     HaCheck,
     /// Hot backup: hand the role to the standby (graceful switchover).
     HaHandover,
+    /// Re-read the configuration file, as SIGHUP; the answer says whether it was applied or
+    /// refused (with the problems).
+    Reload,
+    /// `/healthz`: answered by the loop itself, so a hung loop fails it.
+    Health,
+    /// `/readyz`: configuration loaded, dataplane up, and with `[ha]` the role known (and a
+    /// standby in sync). Answered from the published state.
+    Ready,
 }
 
 /// What kind of failure an error answer is (the HTTP API maps it to a status code).

@@ -446,14 +446,16 @@ fn encode_ha(f: &Families, ha: &HaView) -> Result<(), MetricsError> {
 
 pub type SnapshotRequests = mpsc::Sender<oneshot::Sender<Snapshot>>;
 
-/// Binds `listen` and serves `/metrics` until the task is aborted.
+/// Binds `listen` and serves `/metrics`, and the probes `/healthz` and `/readyz` (answered
+/// through `commands`: `probes.rs`), until the task is aborted.
 pub async fn serve(
     listen: SocketAddr,
     requests: SnapshotRequests,
+    commands: mpsc::Sender<super::control::Command>,
 ) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| MetricsError::Bind { addr: listen, source })?;
-    let app = Router::new().route("/metrics", get(scrape)).with_state(requests);
+    let app = Router::new().route("/metrics", get(scrape)).with_state(requests).merge(super::probes::routes(commands));
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");

@@ -112,8 +112,35 @@ impl ReadState {
             Request::Connections => {
                 Response { connections: Some(self.connection_views()), message: None, ..Response::ok("") }
             }
+            Request::Ready => match self.readiness() {
+                Ok(why) => Response::ok(why),
+                Err(why) => Response::error(why),
+            },
             _ => return None,
         })
+    }
+
+    /// `/readyz`: whether this server should be given traffic, and why (not).
+    /// The loop has published (configuration loaded, tunnels restored, connections started),
+    /// the dataplane's workers run, and with `[ha]` the role is known: the active is ready, the
+    /// standby once it is in sync (a takeover then keeps every tunnel), a fault never.
+    pub fn readiness(&self) -> Result<String, String> {
+        if !self.from_loop {
+            return Err("not ready: starting".into());
+        }
+        if self.workers.is_empty() {
+            return Err("not ready: the dataplane is not running".into());
+        }
+        let Some(ha) = &self.ha else {
+            return Ok(format!("ready: {} connection(s)", self.config.connections.len()));
+        };
+        match ha.role.as_str() {
+            "active" => Ok("ready: hot-backup active".into()),
+            "standby" if ha.in_sync => Ok("ready: hot-backup standby, in sync".into()),
+            "standby" if ha.partner_connected => Err("not ready: hot-backup standby, not yet in sync".into()),
+            "standby" => Err("not ready: hot-backup standby, no active partner connected".into()),
+            role => Err(format!("not ready: hot-backup role {role}")),
+        }
     }
 
     fn connection_views(&self) -> Vec<ConnectionView> {
@@ -308,6 +335,60 @@ mod tests {
     /// under a flood, never reading the next): every read through the control socket is still
     /// answered within 100 ms, and a command gets an error answer once its timeout has passed,
     /// not a hang.
+    #[test]
+    fn readiness_needs_the_loop_the_dataplane_and_with_hot_backup_a_known_role_in_sync() {
+        let mut s = state(CONFIG);
+        s.workers = vec![vpngw_dataplane::counters::WorkerCounters::default()].into();
+        assert_eq!(s.readiness(), Ok("ready: 1 connection(s)".to_string()));
+
+        let placeholder = ReadState { from_loop: false, ..state(CONFIG) };
+        assert!(placeholder.readiness().unwrap_err().contains("starting"));
+        let no_dataplane = state(CONFIG);
+        assert!(no_dataplane.readiness().unwrap_err().contains("dataplane"));
+
+        let view = |role: &str, connected: bool, in_sync: bool| crate::ha::HaView {
+            node: "a".into(),
+            partner: "b".into(),
+            partner_address: "192.0.2.2:9722".into(),
+            role: role.into(),
+            epoch: 1,
+            keepalived: None,
+            partner_connected: connected,
+            partner_role: None,
+            in_sync,
+            lag_ms: None,
+            records: 0,
+            messages_sent: 0,
+            messages_received: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            auth_failures: 0,
+            rejected_frames: 0,
+            stale_refused: 0,
+            records_refused: 0,
+            bulk_syncs: 0,
+            last_bulk_ms: None,
+            takeovers: 0,
+            last_takeover: None,
+        };
+        for (role, connected, in_sync, ready) in [
+            ("active", false, false, true),
+            ("active", true, true, true),
+            ("standby", true, true, true),
+            ("standby", true, false, false),
+            ("standby", false, false, false),
+            ("fault", true, true, false),
+        ] {
+            s.ha = Some(view(role, connected, in_sync));
+            assert_eq!(
+                s.readiness().is_ok(),
+                ready,
+                "{role} connected={connected} in_sync={in_sync}: {:?}",
+                s.readiness()
+            );
+        }
+    }
+
     #[test]
     fn reads_are_answered_while_the_loop_is_busy_and_commands_time_out() {
         let (to_loop, mut commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
