@@ -7,8 +7,9 @@ DEPS := tests/tools/install-deps.sh
 # strongSwan is the independent IKEv1 peer (the harness loads its openssl plugin, in
 # libstrongswan-standard-plugins: only recommended, and install-deps.sh skips recommends); iproute2 makes the namespaces; nftables silences
 # a peer for the dead peer detection tests; prometheus (promtool and the server) checks /metrics;
-# python3-venv holds schemathesis (below); keepalived elects the hot-backup pair's active node.
-TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus curl openssl keepalived \
+# python3-venv holds schemathesis (below); keepalived elects the hot-backup pair's active node;
+# prometheus-alertmanager's amtool checks the Alertmanager route to the NFVO (deploy/monitoring).
+TEST_PACKAGES := tcpdump python3 python3-cryptography python3-venv iproute2 iputils-ping nftables prometheus prometheus-alertmanager curl openssl keepalived \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
 .DEFAULT_GOAL := help
