@@ -52,7 +52,7 @@ impl Daemon {
             Ok(applied) => tracing::info!("configuration reloaded: {applied}"),
             Err(refused) => {
                 for p in &refused.problems {
-                    tracing::error!(key = %p.key, problem = %p.reason, "reload refused: {}", refused.why);
+                    tracing::error!(key = %p.key, value = %p.value, problem = %p.reason, "reload refused: {}", refused.why);
                 }
                 if refused.problems.is_empty() {
                     tracing::error!("reload refused: {}", refused.why);
@@ -71,7 +71,11 @@ impl Daemon {
             Ok(c) => c,
             Err(ConfigError::Invalid { problems, .. }) => {
                 return Err(ReloadRefused {
-                    why: format!("{}: {} problem(s)", self.config_path.display(), problems.len()),
+                    why: format!(
+                        "configuration invalid ({} problem(s) in {})",
+                        problems.len(),
+                        self.config_path.display()
+                    ),
                     problems: problems
                         .into_iter()
                         .map(|p| ProblemView { key: p.key, value: p.value, reason: p.reason })
