@@ -22,6 +22,7 @@ BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongs
 
 .PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz \
 	package package-signed vnf-check deps-nfv
+.PHONY: deb
 .PHONY: deps-deploy
 
 help:
@@ -42,6 +43,8 @@ help:
 	@echo "               a copy signed with a test key made in target/ (SOL004 option 2)"
 	@echo "  make vnf-check  the VNF package checked: tosca-parser and Tacker's CSAR loader (pip, in"
 	@echo "               target/venv-nfv), broken copies refused, LCM scripts' configurations pass vpngw check"
+	@echo "  make deb     the Debian package (cargo-deb $(CARGO_DEB_VERSION), installed if missing):"
+	@echo "               target/debian/vpngw_<version>-1_amd64.deb with vpngw.service (deploy/systemd/)"
 	@echo "  make fuzz    cargo-fuzz campaigns, FUZZ_RUNS executions per target (default 10 million;"
 	@echo "               installs cargo-fuzz); corpora in fuzz/corpus, crashes in fuzz/artifacts"
 
@@ -185,3 +188,16 @@ vnf-check: deps-nfv package-signed
 	$(CARGO) build --locked -p vpngw
 	$(NFV_VENV)/bin/python tests/nfv/check_package.py --package $(PACKAGE_DIR)/vpngw-vnf-1.0.0.csar \
 		--signed $(PACKAGE_DIR)/vpngw-vnf-1.0.0-signed.csar --cert $(SIGNING_DIR)/cert.pem --vpngw target/debug/vpngw
+
+# The Debian package (docs/deployment.md, "A VM or host: systemd and the Debian package"):
+# cargo-deb reads [package.metadata.deb] in crates/vpngw/Cargo.toml; the unit, the default
+# configuration, the maintainer script and the lintian overrides are in deploy/systemd/ and
+# deploy/debian/. The binary is stripped (the release profile keeps line tables). cargo-deb is
+# pinned and installed once (2.5 min here). tests/tests/debian_package.rs installs the result
+# into a clean Debian 12 root and runs lintian on it.
+CARGO_DEB_VERSION := 3.8.0
+
+deb:
+	@[[ "$$($(CARGO) deb --version 2>/dev/null)" == "cargo-deb $(CARGO_DEB_VERSION)" ]] || \
+		$(CARGO) install --locked cargo-deb@$(CARGO_DEB_VERSION)
+	$(CARGO) deb --locked -p vpngw --strip
