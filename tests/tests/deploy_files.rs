@@ -261,15 +261,21 @@ fn volume_at<'a>(spec: &'a Value, container: &Value, dir: &str) -> &'a Value {
     spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap()
 }
 
-/// Writes the volume's files into `dir` with their modes (a secret's forced to `secret_mode`).
+/// Writes the volume's files into `dir` as the kubelet lays them out (a secret's mode forced to
+/// `secret_mode`): the files in a timestamped directory, `..data` a symlink to it, each name a
+/// symlink through `..data`, and the volume's directory world-writable (kubernetes#125876).
 fn materialize(volume: &Value, dir: &Path, secret_mode: Option<u32>) {
-    std::fs::create_dir_all(dir).unwrap();
+    let data = dir.join("..2026_01_01_00_00_00.000000001");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink("..2026_01_01_00_00_00.000000001", dir.join("..data")).unwrap();
     for f in volume_files(volume) {
-        let path = dir.join(&f.path);
+        let path = data.join(&f.path);
         std::fs::write(&path, &f.content).unwrap();
         let mode = if f.secret { secret_mode.unwrap_or(f.mode) } else { f.mode };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::symlink(format!("..data/{}", f.path), dir.join(&f.path)).unwrap();
     }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 fn vpngw_check(config: &Path) -> (bool, String) {
