@@ -1,14 +1,18 @@
 #!/bin/bash
 # vpngw VNF lifecycle script: what the VNFD's Vnflcm operations run on each VNFC (VM).
 #
-#   vpngw-lcm.sh OPERATION [--params FILE] [--node a|b] [--dry-run]
+#   vpngw-lcm.sh OPERATION [--params FILE] [--node a|b] [--wait-up SECONDS] [--restart] [--dry-run]
 #
 # OPERATION:
 #   instantiate  write the configuration from the parameters (the InstantiateVnfRequest, or its
-#                additionalParams), check it with `vpngw check`, install it and start vpngw (and
-#                for hot_standby keepalived). The parameters are kept for heal and scale.
+#                additionalParams), check it with `vpngw check`, install it, start vpngw (and for
+#                hot_standby keepalived) and wait until it is ready (below). The parameters are
+#                kept for heal and scale.
 #   heal         the same from the kept parameters (or --params): a rebuilt or rebooted VNFC comes
-#                back with its configuration; the service is restarted.
+#                back with its configuration. A vpngw that runs and answers its liveness probe is
+#                told to reload (`vpngw reload`: unchanged tunnels stay up); it is restarted when
+#                it does not run or answer, when the reload is refused or names keys that need a
+#                restart, or with --restart.
 #   scale        on a VNFC added by scale out (hot_standby's gateway B): as instantiate; on a VNFC
 #                that is already configured: only checks its configuration.
 #   terminate    stop vpngw (SIGTERM: every peer is sent a Delete) and keepalived, disable them and
@@ -20,11 +24,22 @@
 # --dry-run (or VPNGW_LCM_DRY_RUN=1): write and check the configuration only; no sysctl, no
 # service is touched. Makes the script testable without systemd or root.
 #
+# Ready: after starting (or reloading) vpngw the operation waits, up to VPNGW_LCM_READY_TIMEOUT
+# seconds (default 30), for `vpngw healthcheck --ready` (GET /readyz on [metrics] listen; with no
+# metrics listener, for the control socket to answer) and fails (exit 1) with the answer and the
+# log's tail if it never comes. hot_standby: liveness (/healthz) before keepalived starts, then
+# readiness; a standby that cannot be in sync yet (its partner is not there) is reported, not a
+# failure. --wait-up SECONDS (or VPNGW_LCM_WAIT_UP, or additionalParams.lcm.wait_up_seconds):
+# also wait until every connection with start = "active" is up (`vpngw up NAME --wait`; on the
+# active node of a pair only); a failed negotiation fails the operation (exit 1) with vpngw's
+# diagnosis. Default 0: not waited for (a peer may come later).
+#
 # Environment (defaults): VPNGW_BIN (vpngw on PATH, else /usr/bin/vpngw), VPNGW_ETC (/etc/vpngw),
 # VPNGW_LCM_STATE (/var/lib/vpngw/lcm), KEEPALIVED_ETC (/etc/keepalived), VPNGW_RUN (/run/vpngw),
 # VPNGW_SERVICE (vpngw.service), VPNGW_SYSCTL_DIR (/etc/sysctl.d), VPNGW_LCM_SYSTEMD (auto; 0:
-# never use systemctl). Without systemd (or without the unit), vpngw runs in the background with
-# a PID file in VPNGW_RUN (containers, the lab).
+# never use systemctl), VPNGW_LCM_READY_TIMEOUT (30), VPNGW_LCM_WAIT_UP (0). Without systemd (or
+# without the unit), vpngw runs in the background with a PID file and its log in VPNGW_RUN
+# (containers, the lab).
 #
 # Exit: 0 done, 1 runtime failure, 2 invalid parameters or configuration (nothing was changed).
 # Keys: the parameters name key files only; no key and no parameter value is printed.
@@ -43,6 +58,9 @@ sysctl_dir=${VPNGW_SYSCTL_DIR:-/etc/sysctl.d}
 use_systemd=${VPNGW_LCM_SYSTEMD:-auto}
 dry_run=${VPNGW_LCM_DRY_RUN:-0}
 node=${VPNGW_NODE:-}
+ready_timeout=${VPNGW_LCM_READY_TIMEOUT:-30}
+wait_up=${VPNGW_LCM_WAIT_UP:-}
+force_restart=0
 params=""
 
 log() { echo "vpngw-lcm: $*" >&2; }
@@ -54,7 +72,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,30p' "$0" >&2
+    sed -n '2,45p' "$0" >&2
     exit 2
 }
 
@@ -65,6 +83,8 @@ while (($#)); do
     case $1 in
     --params) params=${2:?--params FILE} && shift 2 ;;
     --node) node=${2:?--node a|b} && shift 2 ;;
+    --wait-up) wait_up=${2:?--wait-up SECONDS} && shift 2 ;;
+    --restart) force_restart=1 && shift ;;
     --dry-run) dry_run=1 && shift ;;
     -h | --help) usage ;;
     *) die 2 "unknown argument: $1" ;;
@@ -72,6 +92,8 @@ while (($#)); do
 done
 [[ $op == render ]] && dry_run=1
 case $dry_run in 1 | true | yes) dry_run=1 ;; *) dry_run=0 ;; esac
+[[ $ready_timeout =~ ^[0-9]+$ ]] || die 2 "VPNGW_LCM_READY_TIMEOUT: a number of seconds"
+[[ -z $wait_up || $wait_up =~ ^[0-9]+$ ]] || die 2 "--wait-up: a number of seconds"
 
 if [[ -n ${VPNGW_BIN:-} ]]; then
     vpngw=$VPNGW_BIN
@@ -142,6 +164,15 @@ install_file() {
     mv -f "$dst.lcm-new" "$dst"
 }
 
+# Whether process $1 runs: a zombie does not (without systemd the daemon is nobody's child once
+# this script exits, and an init that does not reap leaves it a zombie after it stopped).
+alive() {
+    local st
+    kill -0 "$1" 2>/dev/null || return 1
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ ${st%% *} != Z ]]
+}
+
 start_vpngw() {
     if have_systemd; then
         systemctl enable "$service" >/dev/null 2>&1 || true
@@ -167,10 +198,12 @@ stop_vpngw() {
     if kill -TERM "$pid" 2>/dev/null; then
         # SIGTERM: Deletes to every peer (or a handover to an in-sync standby), then exit.
         for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
+            alive "$pid" || break
             sleep 0.1
         done
-        kill -0 "$pid" 2>/dev/null && log "vpngw (PID $pid) still running 10 s after SIGTERM"
+        if alive "$pid"; then
+            die 1 "vpngw (PID $pid) still running 10 s after SIGTERM; its PID file $run/vpngw.pid is kept"
+        fi
     fi
     rm -f "$run/vpngw.pid"
 }
@@ -197,8 +230,130 @@ stop_keepalived() {
     fi
 }
 
+keepalived_running() {
+    if systemd_runs; then
+        systemctl is-active --quiet keepalived
+        return
+    fi
+    [[ -f $run/keepalived.pid ]] && alive "$(cat "$run/keepalived.pid")"
+}
+
+vpngw_running() {
+    if have_systemd; then
+        systemctl is-active --quiet "$service"
+        return
+    fi
+    [[ -f $run/vpngw.pid ]] && alive "$(cat "$run/vpngw.pid")"
+}
+
+# The last lines of vpngw's log, for a failed operation's report.
+log_tail() {
+    if have_systemd; then
+        journalctl -u "$service" -n 20 --no-pager 2>/dev/null || true
+    elif [[ -f $run/vpngw.log ]]; then
+        tail -n 20 "$run/vpngw.log"
+    fi
+}
+
+# What the installed vpngw.toml says: "probe", where vpngw healthcheck asks ([metrics] listen;
+# a wildcard address is asked on loopback; nothing when metrics are off); "active", the names
+# of the connections that negotiate at start.
+conf_query() {
+    python3 - "$etc/vpngw.toml" "$1" <<'PY'
+import sys, tomllib
+c = tomllib.load(open(sys.argv[1], "rb"))
+if sys.argv[2] == "probe":
+    m = c.get("metrics", {})
+    if m.get("enabled", True):
+        host, _, port = m.get("listen", "127.0.0.1:9720").rpartition(":")
+        print({"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host) + ":" + port)
+else:
+    for conn in c.get("connection", []):
+        if conn.get("start", "active") == "active":
+            print(conn["name"])
+PY
+}
+
+# Waits up to ready_timeout seconds for vpngw to be live (/healthz) or ready (/readyz); with no
+# metrics listener, for its control socket to answer. Fails at once if vpngw stopped. The last
+# answer is left in probe_answer.
+probe_answer=""
+wait_probe() {
+    local kind=$1 addr deadline
+    local -a flag=()
+    [[ $kind == ready ]] && flag=(--ready)
+    addr=$(conf_query probe)
+    deadline=$((SECONDS + ready_timeout))
+    while :; do
+        if [[ -n $addr ]]; then
+            probe_answer=$("$vpngw" healthcheck --address "$addr" "${flag[@]}" 2>&1) && return 0
+        else
+            probe_answer=$("$vpngw" status --config "$etc/vpngw.toml" 2>&1 >/dev/null) && return 0
+        fi
+        if ! vpngw_running; then
+            probe_answer="it exited (last answer: ${probe_answer:-none})"
+            return 1
+        fi
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+not_ready() {
+    if vpngw_running; then
+        log "$op: vpngw not $1 within $ready_timeout s: $probe_answer"
+    else
+        log "$op: vpngw not $1: $probe_answer"
+    fi
+    log "the end of vpngw's log:"
+    log_tail >&2
+    exit 1
+}
+
+# heal with a running vpngw: `vpngw reload` (unchanged tunnels stay up). Fails when the reload
+# is refused or names keys that only a restart applies.
+reload_vpngw() {
+    local out rc=0
+    out=$("$vpngw" reload --config "$etc/vpngw.toml" 2>&1) || rc=$?
+    printf '%s\n' "$out" >&2
+    if ((rc == 0)) && [[ $out != *"need a restart"* ]]; then
+        log "$op: vpngw reloaded its configuration (no restart)"
+        return 0
+    fi
+    log "$op: a reload is not enough (exit $rc); restarting vpngw"
+    return 1
+}
+
+# --wait-up: every active connection up (`vpngw up NAME --wait`); on a pair's active node only.
+wait_connections_up() {
+    local p=$1 ha=$2 name rc role
+    if [[ -z $wait_up ]]; then
+        wait_up=$(python3 -c 'import json,sys
+p=json.load(open(sys.argv[1])); p=p.get("additionalParams",p)
+print(int((p.get("lcm") or {}).get("wait_up_seconds", 0)))' "$p")
+    fi
+    ((wait_up > 0)) || return 0
+    if ((ha)); then
+        role=$("$vpngw" status --json --config "$etc/vpngw.toml" |
+            python3 -c 'import json,sys; print((json.load(sys.stdin).get("ha") or {}).get("role",""))') || true
+        if [[ $role != active ]]; then
+            log "$op: hot-backup ${role:-role unknown}: bringing the tunnels up is the active node's"
+            return 0
+        fi
+    fi
+    for name in $(conf_query active); do
+        rc=0
+        "$vpngw" up "$name" --wait --timeout "$wait_up" --config "$etc/vpngw.toml" >&2 || rc=$?
+        case $rc in
+        0) ;;
+        124) die 1 "$op: connection $name not up after $wait_up s (vpngw's diagnosis above)" ;;
+        *) die 1 "$op: connection $name did not come up (exit $rc; vpngw's diagnosis above)" ;;
+        esac
+    done
+}
+
 configure() {
-    local p=$1 dir ha=0
+    local p=$1 dir ha=0 same_ka=0
     [[ -r $p ]] || die 2 "no parameters: --params FILE (or kept ones in $state/params.json)"
     if is_ha "$p"; then
         ha=1
@@ -206,6 +361,9 @@ configure() {
         [[ $node == a || $node == b ]] || die 2 "hot_standby: say which gateway this is (--node a|b or VPNGW_NODE)"
     fi
     dir=$(stage "$p")
+    if ((ha)) && [[ -f $kdir/keepalived.conf ]] && cmp -s "$dir/keepalived.conf" "$kdir/keepalived.conf"; then
+        same_ka=1
+    fi
     install_file "$dir/vpngw.toml" "$etc/vpngw.toml" 0600
     if ((ha)); then
         install_file "$dir/keepalived.conf" "$etc/keepalived.conf" 0600
@@ -234,11 +392,30 @@ configure() {
         printf 'net.ipv4.ip_forward = 1\n' >"$sysctl_dir/60-vpngw.conf"
         sysctl -q -p "$sysctl_dir/60-vpngw.conf"
     fi
-    start_vpngw
-    if ((ha)); then
-        start_keepalived
+    # heal: a live vpngw reloads (its unchanged tunnels stay up); otherwise (re)start it.
+    if [[ $op == heal ]] && ((force_restart == 0)) && vpngw_running && wait_probe live && reload_vpngw; then
+        :
+    else
+        start_vpngw
     fi
-    log "$op: vpngw running with $etc/vpngw.toml"
+    if ((ha)); then
+        # keepalived's check asks vpngw: live first. A standby is ready once in sync with its
+        # partner, which may not be there yet: reported, not a failure.
+        wait_probe live || not_ready live
+        if ((same_ka)) && keepalived_running; then
+            log "$op: keepalived already runs with this keepalived.conf; left running"
+        else
+            start_keepalived
+        fi
+        if ! wait_probe ready; then
+            [[ $probe_answer == *standby* ]] || not_ready ready
+            log "$op: $probe_answer (ready once its partner is active and the bulk sync is done)"
+        fi
+    else
+        wait_probe ready || not_ready ready
+    fi
+    log "$op: vpngw running with $etc/vpngw.toml: ${probe_answer:-ready}"
+    wait_connections_up "$p" "$ha"
 }
 
 case $op in

@@ -47,6 +47,8 @@ API_KEYS = {"enabled", "listen", "token_file", "state_file", "tls_cert_file", "t
             "insecure_plaintext"}
 HA_KEYS = {"key_file", "sync_port", "public_vip", "lan_vip", "interfaces", "unicast", "virtual_router_ids",
            "nodes", "sync_interval_ms", "partner_timeout_ms", "sequence_jump", "track_file"}
+# additionalParams.lcm: options of the LCM script itself (wait_up_seconds: vpngw-lcm.sh --wait-up).
+LCM_KEYS = {"wait_up_seconds"}
 HA_NODE_KEYS = {"name", "sync_address", "untrusted_address", "trusted_address", "priority"}
 # Parameters that hold a file path: must be absolute (the scripts check the configuration in a
 # staging directory; a relative path would be resolved against it).
@@ -121,6 +123,17 @@ def render(params, node, vpngw_bin, notify="/etc/keepalived/vpngw-notify.sh"):
     problems = []
     if not isinstance(params, dict) or not isinstance(params.get("vpngw"), dict):
         raise Problems(['the parameters must be an object with a "vpngw" object (additionalParams.vpngw)'])
+    lcm = params.get("lcm")
+    if lcm is not None:
+        # The LCM script's own options (vpngw-lcm.sh reads them): not part of vpngw.toml.
+        if not isinstance(lcm, dict):
+            problems.append("lcm: must be an object")
+        else:
+            for key, value in lcm.items():
+                if key not in LCM_KEYS:
+                    problems.append(f"lcm.{key}: unknown parameter (allowed: {', '.join(sorted(LCM_KEYS))})")
+                elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 3600:
+                    problems.append(f"lcm.{key}: a number of seconds, 0-3600")
     p = params["vpngw"]
     sections = {"gateway", "connections", "metrics", "api", "ha"}
     check_keys("vpngw", p, sections, problems, nested=sections)
