@@ -20,9 +20,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vpngw_tests::ha::{self, HaLab, Node};
 use vpngw_tests::netns::{LEFT_NET, LEFT_WAN, Lab, RIGHT_NET, RIGHT_WAN, require_root, veth, wait_for};
 use vpngw_tests::strongswan::{Charon, SwConn, esp_words, ike_words};
 use vpngw_tests::traffic::{LEFT_HOST, RIGHT_HOST, ping, wait_ping};
@@ -32,13 +34,42 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The VNF package (`make package`'s packager), unpacked: the scripts and samples as a VNFM gets
+/// them (keepalived's notify script is in Scripts/ only there). Built once per test process.
+fn package() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("vpngw-tests").join(format!("vnf-lcm-package-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("python3")
+            .arg(repo().join("vnf-descriptor/tools/build_package.py"))
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "build_package.py: {}", text(&out));
+        let csar = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let unpacked = dir.join("unpacked");
+        let out = Command::new("python3").args(["-m", "zipfile", "-e", &csar]).arg(&unpacked).output().unwrap();
+        assert!(out.status.success(), "unzip {csar}: {}", text(&out));
+        for script in ["vpngw-lcm.sh", "vpngw-notify.sh", "vpngw_render.py"] {
+            let path = unpacked.join("Scripts").join(script);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        unpacked
+    })
+}
+
 fn script() -> PathBuf {
-    repo().join("vnf-descriptor/Scripts/vpngw-lcm.sh")
+    package().join("Scripts/vpngw-lcm.sh")
+}
+
+fn sample_path(name: &str) -> PathBuf {
+    package().join("Files/Samples").join(name)
 }
 
 fn sample(name: &str) -> Value {
-    let path = repo().join("vnf-descriptor/samples").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(sample_path(name)).unwrap()).unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -78,7 +109,7 @@ impl Vnfc {
     /// them under /etc/vpngw/; this VNFC's /etc/vpngw is `etc` (the test must not write keys
     /// into the host's /etc, which every namespace shares). Nothing else is changed.
     fn params(&self, sample_name: &str) -> PathBuf {
-        let original = std::fs::read_to_string(repo().join("vnf-descriptor/samples").join(sample_name)).unwrap();
+        let original = std::fs::read_to_string(sample_path(sample_name)).unwrap();
         let rewritten = original.replace("\"/etc/vpngw/", &format!("\"{}/", self.etc.display()));
         assert_ne!(original, rewritten, "{sample_name} names no key file under /etc/vpngw/");
         let path = self.root.join(sample_name);
@@ -263,4 +294,138 @@ fn single_flavour_sample_brings_a_tunnel_up_and_terminate_tells_the_peer() {
     assert!(!gw.etc.join("vpngw.toml").exists(), "terminate left vpngw.toml");
     assert!(gw.etc.join("psk/branch-1.psk").exists(), "terminate removed a key file");
     assert_eq!(ping(&lab, &lab.left_host, RIGHT_HOST, 1), 0, "traffic without the tunnel");
+}
+
+/// The hot_standby flavour's sample: the script instantiated on both gateways of the `ha.rs` lab
+/// (whose addresses are the sample's), each finding which node it is from its sync address;
+/// keepalived gives A the virtual addresses, strongSwan (the sample's peer, 203.0.113.2) sees
+/// one gateway at the public virtual address. terminate on the active hands over to B (the
+/// tunnel stays, strongSwan keeps its SAs); terminate on B then tells the peer.
+#[test]
+fn hot_standby_sample_pair_through_the_virtual_address() {
+    require_root();
+    let params = sample("instantiate-hot-standby.json");
+    assert_eq!(params["flavourId"], "hot_standby");
+    let v = &params["additionalParams"]["vpngw"];
+    let h = &v["ha"];
+    assert_eq!((h["public_vip"].as_str(), h["lan_vip"].as_str()), (Some("198.51.100.1/24"), Some("10.1.0.1/24")));
+    assert_eq!((ha::WAN_VIP, ha::LAN_VIP), ("198.51.100.1", "10.1.0.1"));
+    assert_eq!(
+        (&h["interfaces"]["untrusted"], &h["interfaces"]["trusted"]),
+        (&Value::from("wan0"), &Value::from("lan0"))
+    );
+    for node in Node::BOTH {
+        let n = &h["nodes"][node.letter()];
+        assert_eq!(
+            (n["sync_address"].as_str(), n["untrusted_address"].as_str(), n["trusted_address"].as_str()),
+            (Some(node.sync()), Some(node.wan()), Some(node.lan())),
+            "the lab's addresses of node {node:?} are the sample's"
+        );
+    }
+    let branch = &v["connections"][0];
+    let peer = branch["remote_address"].as_str().unwrap();
+    assert_eq!((peer, &branch["suite"]), ("203.0.113.2", &Value::from("aes128-sha1-dh14")));
+    assert_eq!(
+        (&branch["local_subnets"][0], &branch["remote_subnets"][0]),
+        (&Value::from(LEFT_NET), &Value::from(RIGHT_NET))
+    );
+
+    let lab = HaLab::new("vnf-lcm-pair");
+    let vnfc = Node::BOTH.map(|n| Vnfc::new(&lab.lab, lab.ns(n), n.letter()));
+    let _leftovers = Leftovers(vnfc.iter().map(|v| v.run.clone()).collect());
+    // The sample's peer is on another network than the public virtual address; the lab has no
+    // router, so R holds it on the WAN link too and both sides reach each other on-link.
+    lab.lab.ip(&lab.r, &["addr", "add", &format!("{peer}/24"), "dev", "wan0"]);
+    for node in Node::BOTH {
+        lab.lab.ip(lab.ns(node), &["route", "add", "203.0.113.0/24", "dev", "wan0"]);
+    }
+    let psk = "vnf-lcm-pair-psk-0123456789abcdef";
+    for v in &vnfc {
+        v.put_key("psk/branch-1.psk", psk);
+        v.put_key("ha.key", "4f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    }
+    let charon = Charon::start_with(&lab.lab, &lab.r, true);
+    charon.load(&SwConn {
+        local_addr: peer.into(),
+        local_id: peer.into(),
+        remote_addr: ha::WAN_VIP.into(),
+        remote_id: ha::WAN_VIP.into(),
+        ..SwConn::lab_right(ike_words("aes-128", "sha1", "dh14"), esp_words("aes-128", "sha1", "dh14"), psk)
+    });
+
+    // A first (no --node: the script finds 192.0.2.1 here), up with --wait-up: it is the
+    // active, so branch-1 is up when the script returns.
+    let [a, b] = &vnfc;
+    let t0 = Instant::now();
+    let out = a.lcm(&[
+        "instantiate",
+        "--params",
+        &a.params("instantiate-hot-standby.json").display().to_string(),
+        "--wait-up",
+        "20",
+    ]);
+    eprintln!("instantiate A: {:?}\n{}", t0.elapsed(), text(&out));
+    assert!(out.status.success(), "instantiate A: {}\n{}", text(&out), a.log());
+    assert!(text(&out).contains("ready: hot-backup active"), "{}", text(&out));
+    assert!(lab.holds(Node::A, ha::WAN_VIP) && lab.holds(Node::A, ha::LAN_VIP));
+    assert_eq!(a.connection("branch-1")["state"], "up", "{}", a.status());
+    let t0 = Instant::now();
+    let out = b.lcm(&[
+        "instantiate",
+        "--params",
+        &b.params("instantiate-hot-standby.json").display().to_string(),
+        "--wait-up",
+        "20",
+    ]);
+    eprintln!("instantiate B: {:?}\n{}", t0.elapsed(), text(&out));
+    assert!(out.status.success(), "instantiate B: {}\n{}", text(&out), b.log());
+    assert!(text(&out).contains("ready: hot-backup standby, in sync"), "{}", text(&out));
+    assert_eq!(lab.vip_holders(), [Node::A]);
+    assert!(wait_ping(&lab.lab, &lab.lab.left_host, RIGHT_HOST, Duration::from_secs(10)), "{}", a.log());
+    let sas = charon.list_sas();
+    assert_eq!((sas.ike_established, sas.children.len()), (1, 1), "{sas:?}");
+
+    // terminate on the active: a handover (B in sync), not Deletes: strongSwan keeps its SAs.
+    let pid_a = a.vpngw_pid().unwrap();
+    let t0 = Instant::now();
+    let out = a.lcm(&["terminate"]);
+    eprintln!("terminate A: {:?}\n{}", t0.elapsed(), text(&out));
+    assert!(out.status.success(), "terminate A: {}", text(&out));
+    assert!(!alive(pid_a));
+    assert!(lab.wait_vips(Node::B, Duration::from_secs(3)).is_some(), "B did not take over\n{}", b.log());
+    assert!(wait_ping(&lab.lab, &lab.lab.left_host, RIGHT_HOST, Duration::from_secs(5)), "{}", b.log());
+    assert_eq!(b.status()["ha"]["role"], "active", "{}", b.status());
+    let after = charon.list_sas();
+    assert_eq!((&after.ike_sas, &after.children), (&sas.ike_sas, &sas.children), "the handover renegotiated");
+
+    assert!(!a.root.join("keepalived/keepalived.conf").exists() && !a.etc.join("vpngw.toml").exists());
+
+    // heal on A (its VNFC comes back): from the parameters kept at instantiation, A rejoins as
+    // the standby and is ready once in sync; B keeps the role (nopreempt).
+    let t0 = Instant::now();
+    let out = a.lcm(&["heal"]);
+    eprintln!("heal A: {:?}\n{}", t0.elapsed(), text(&out));
+    assert!(out.status.success(), "heal A: {}\n{}", text(&out), a.log());
+    assert!(text(&out).contains("ready: hot-backup standby, in sync"), "{}", text(&out));
+    assert_eq!(lab.vip_holders(), [Node::B]);
+
+    // terminate on B: the handover back to A.
+    let out = b.lcm(&["terminate"]);
+    assert!(out.status.success(), "terminate B: {}", text(&out));
+    assert!(lab.wait_vips(Node::A, Duration::from_secs(3)).is_some(), "A did not take over\n{}", a.log());
+    assert!(wait_ping(&lab.lab, &lab.lab.left_host, RIGHT_HOST, Duration::from_secs(5)), "{}", a.log());
+    let after = charon.list_sas();
+    assert_eq!((&after.ike_sas, &after.children), (&sas.ike_sas, &sas.children), "the handover back renegotiated");
+
+    // terminate on A, now the active and alone: Deletes, strongSwan's SAs go.
+    let t0 = Instant::now();
+    let out = a.lcm(&["terminate"]);
+    assert!(out.status.success(), "terminate A: {}", text(&out));
+    let gone = wait_for(Duration::from_secs(3), || {
+        let s = charon.list_sas();
+        (s.ike_established == 0 && s.children.is_empty()).then(|| t0.elapsed())
+    });
+    let gone = gone.unwrap_or_else(|| panic!("strongSwan still has SAs: {:?}\n{}", charon.list_sas(), a.log()));
+    eprintln!("terminate of the last node: strongSwan's SAs gone {gone:?} after terminate began");
+    assert!(lab.vip_holders().is_empty(), "keepalived left an address: {:?}", lab.vip_holders());
 }

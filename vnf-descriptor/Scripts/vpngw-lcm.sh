@@ -224,10 +224,19 @@ stop_keepalived() {
         systemctl disable --now keepalived >/dev/null 2>&1 || true
         return
     fi
-    if [[ -f $run/keepalived.pid ]]; then
-        kill -TERM "$(cat "$run/keepalived.pid")" 2>/dev/null || true
-        rm -f "$run/keepalived.pid"
+    local pid
+    [[ -f $run/keepalived.pid ]] || return 0
+    pid=$(cat "$run/keepalived.pid")
+    if kill -TERM "$pid" 2>/dev/null; then
+        # It releases the addresses (a priority-0 advert: the partner takes over at once), then
+        # takes about a second to exit. A keepalived started meanwhile would run beside it.
+        for _ in $(seq 1 100); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        alive "$pid" && die 1 "keepalived (PID $pid) still running 10 s after SIGTERM"
     fi
+    rm -f "$run/keepalived.pid"
 }
 
 keepalived_running() {
@@ -445,6 +454,10 @@ terminate)
     fi
     stop_vpngw
     stop_keepalived
+    # keepalived.conf only if it is the one this script installed (single leaves keepalived alone).
+    if [[ -f $etc/keepalived.conf ]] && cmp -s "$etc/keepalived.conf" "$kdir/keepalived.conf"; then
+        rm -f "$kdir/keepalived.conf"
+    fi
     rm -f "$etc/vpngw.toml" "$etc/keepalived.conf" "$kdir/vpngw-notify.sh" \
         "$sysctl_dir/60-vpngw-ha.conf" "$sysctl_dir/60-vpngw.conf"
     log "terminate: vpngw stopped and disabled; key files left in place"
