@@ -395,6 +395,14 @@ def check_scripts(package, vpngw, work):
         open(path, "w").write(json.dumps(p))
         return path
 
+    def sample_request(name, edit):
+        """A sample with `edit` applied to the whole request (sample() edits additionalParams.vpngw)."""
+        p = json.loads(open(sample(name)).read())
+        edit(p)
+        path = os.path.join(work, f"params-{len(os.listdir(work))}.json")
+        open(path, "w").write(json.dumps(p))
+        return path
+
     def lcm_run(op, params, tag, node=None, extra=()):
         etc, state = os.path.join(work, "etc-" + tag), os.path.join(work, "state-" + tag)
         cmd = [lcm, op, "--dry-run", *extra] + (["--params", params] if params else []) + (["--node", node] if node else [])
@@ -457,6 +465,12 @@ def check_scripts(package, vpngw, work):
             v["gateway"]["colour"] = "blue"
         r, _, _ = lcm_run("instantiate", sample("instantiate-single.json", unknown), "single")
         check("LCM refuses an unknown parameter, naming it", r.returncode == 2 and "vpngw.gateway.colour" in r.stderr,
+              r.stderr[-600:])
+
+        def lcm_unknown(p):
+            p["additionalParams"]["lcm"] = {"wait_up_seconds": 5, "colour": "blue"}
+        r, _, _ = lcm_run("instantiate", sample_request("instantiate-single.json", lcm_unknown), "single")
+        check("LCM refuses an unknown lcm parameter, naming it", r.returncode == 2 and "lcm.colour" in r.stderr,
               r.stderr[-600:])
 
         def relative(v):
@@ -536,19 +550,31 @@ def check_tunnel(package, vpngw, work):
             open(pfile, "w").write(json.dumps(params))
             envs[side] = {"VPNGW_BIN": vpngw, "VPNGW_ETC": base + "/etc", "VPNGW_LCM_STATE": base + "/state",
                           "VPNGW_RUN": base + "/run", "VPNGW_SYSCTL_DIR": base + "/sysctl.d", "VPNGW_LCM_SYSTEMD": "0"}
-            r = run(["ip", "netns", "exec", ns[side], lcm, "instantiate", "--params", pfile], env=envs[side])
-            check(f"LCM instantiate (not a dry run) starts vpngw in the lab's {'left' if side == 'l' else 'right'} gateway",
-                  r.returncode == 0, r.stderr[-800:])
+        # The right side (passive) first: the left one's --wait-up then finds its peer.
+        for side in ("r", "l"):
+            pfile = os.path.join(lab, f"params-{side}.json")
+            extra = ["--wait-up", "20"] if side == "l" else []
+            r = run(["ip", "netns", "exec", ns[side], lcm, "instantiate", "--params", pfile, *extra], env=envs[side])
+            check(f"LCM instantiate (not a dry run) starts vpngw in the lab's {'left' if side == 'l' else 'right'} "
+                  f"gateway and returns once it is ready{' and the tunnel up (--wait-up)' if extra else ''}",
+                  r.returncode == 0 and "ready: 1 connection(s)" in r.stderr
+                  and (not extra or "site is up" in r.stdout + r.stderr), r.stderr[-800:])
         deadline, ok = time.monotonic() + 40, False
         while time.monotonic() < deadline and not ok:
             ok = run(["ip", "netns", "exec", ns["lh"], "ping", "-c", "1", "-W", "1", "10.2.0.10"]).returncode == 0
         waited = 40 - max(0.0, deadline - time.monotonic())
         check(f"a ping crosses the tunnel between the two script-configured gateways (after {waited:.1f} s)", ok,
               open(os.path.join(lab, "l", "run", "vpngw.log")).read()[-1500:] if not ok else "")
+        pid = open(os.path.join(lab, "l", "run", "vpngw.pid")).read().strip()
+        r = run(["ip", "netns", "exec", ns["l"], lcm, "heal"], env=envs["l"])
+        check("LCM heal on a running gateway reloads it (same PID, no restart) and it is ready again",
+              r.returncode == 0 and "reloaded its configuration (no restart)" in r.stderr
+              and open(os.path.join(lab, "l", "run", "vpngw.pid")).read().strip() == pid and running(int(pid)),
+              r.stderr[-800:])
         for side in ("l", "r"):
             pid = open(os.path.join(lab, side, "run", "vpngw.pid")).read().strip()
             r = run(["ip", "netns", "exec", ns[side], lcm, "terminate"], env=envs[side])
-            gone = not os.path.exists(f"/proc/{pid}")
+            gone = not running(pid)
             check(f"LCM terminate stops vpngw ({'left' if side == 'l' else 'right'}, PID {pid}) and removes vpngw.toml",
                   r.returncode == 0 and gone and not os.path.exists(os.path.join(lab, side, "etc", "vpngw.toml")),
                   r.stderr[-600:])
@@ -561,6 +587,16 @@ def check_tunnel(package, vpngw, work):
                 pass
         for n in ns.values():
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def running(pid):
+    """Whether process `pid` runs: a zombie does not (the script's daemon is an orphan once the
+    script exits, and whether anyone reaps it at once depends on the init)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return not stat.rpartition(") ")[2].startswith("Z")
 
 
 def check_keepalived(outputs, work):
