@@ -160,7 +160,10 @@ fuzz:
 
 # The ETSI NFV VNF package (vnf-descriptor/README.md). Deterministic: the same sources give the
 # same bytes. package-signed adds a CMS signature of the manifest made with a test key that is
-# generated here into target/package/test-signing/ (never committed).
+# generated here into target/package/test-signing/ (never committed). The package carries
+# vpngw's Debian package (Files/software/) when `make deb` has built it for the VNFD's
+# software_version; `make package` does not build it (a release build and cargo-deb: minutes
+# after a source change): run `make deb package` for a package with the software.
 PACKAGE_DIR := target/package
 SIGNING_DIR := $(PACKAGE_DIR)/test-signing
 

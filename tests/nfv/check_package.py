@@ -12,7 +12,9 @@
    no TOSCA.meta.
 3. Our own SOL004 checks, which Tacker does not make: TOSCA.meta's and the manifest's fields,
    one manifest entry for every file, the build is deterministic, the CMS signature verifies
-   (and fails on a tampered manifest).
+   (and fails on a tampered manifest). The software: no SwImage; when the package carries
+   vpngw's Debian package, TOSCA.meta and both flavours name it, it is vpngw 0.1.0 amd64, Tacker
+   refuses a wrong hash for it, and `vpngw-lcm.sh install` installs it in a clean Debian root.
 4. The LCM scripts: shellcheck-clean; with the sample parameters (single, hot_standby a and b)
    they write configurations that `vpngw check` passes (and keepalived -t, in a namespace with
    the interfaces); inline keys and invalid configurations are refused without changing anything
@@ -599,6 +601,74 @@ def running(pid):
     return not stat.rpartition(") ")[2].startswith("Z")
 
 
+def check_software(package, work):
+    """The Debian package in Files/software/ (when make package found make deb's output): listed
+    in TOSCA.meta with its SHA-256, named by both flavours' VNF node as a deployment artifact,
+    vpngw at the VNFD's software version; Tacker refuses a wrong hash in TOSCA.meta; and
+    `vpngw-lcm.sh install` installs it in a clean Debian 12 root. No SwImage anywhere: the package
+    names no VM image, so no made-up checksum."""
+    files = read_zip(package)
+    debs = sorted(n for n in files if n.startswith("Files/software/") and n.endswith(".deb"))
+    flavours = {p: files[p].decode() for p in ("Definitions/vpngw_df_single.yaml",
+                                               "Definitions/vpngw_df_hot_standby.yaml")}
+    swimage = [n for n in files if n.startswith("Definitions/vpngw") and b"tosca.artifacts.nfv.SwImage" in files[n]]
+    check("no VDU names a software image (no SwImage artifact, no invented checksum)", not swimage, f"{swimage}")
+    if not debs:
+        info("the package carries no Debian package (make deb before make package to include it)")
+        check("without a Debian package no flavour names one", all("vpngw_deb:" not in t for t in flavours.values()))
+        return
+    check("one Debian package in Files/software/", len(debs) == 1, f"{debs}")
+    deb = debs[0]
+    digest = hashlib.sha256(files[deb]).hexdigest()
+    meta = files["TOSCA-Metadata/TOSCA.meta"].decode()
+    check(f"TOSCA.meta lists {deb} with its SHA-256 (Name, Content-Type, Algorithm, Hash)",
+          f"\nName: {deb}\nContent-Type: application/vnd.debian.binary-package\nAlgorithm: SHA-256\nHash: {digest}\n"
+          in meta, meta)
+    for path, text in flavours.items():
+        check(f"{path}: the VNF node names it as a deployment artifact (vpngw_deb, tosca.artifacts.Deployment)",
+              re.search(r"        vpngw_deb:\n(?:          .*\n)+?          type: tosca\.artifacts\.Deployment\n"
+                        rf"          file: \.\./{re.escape(deb)}\n", text) is not None)
+    path = os.path.join(work, os.path.basename(deb))
+    open(path, "wb").write(files[deb])
+    fields = {f: subprocess.run(["dpkg-deb", "-f", path, f], capture_output=True, text=True).stdout.strip()
+              for f in ("Package", "Version", "Architecture")}
+    check("it is vpngw 0.1.0 for amd64 (the VNFD's software_version)",
+          fields["Package"] == "vpngw" and fields["Version"].rsplit("-", 1)[0] == "0.1.0"
+          and fields["Architecture"] == "amd64", f"{fields}")
+
+    def wrong_hash(f):
+        f["TOSCA-Metadata/TOSCA.meta"] = f["TOSCA-Metadata/TOSCA.meta"].replace(digest.encode(), b"ab" * 32)
+        rehash(f, "TOSCA-Metadata/TOSCA.meta")
+    err = tacker_refuses(tacker_loader(work), mutated(package, work, "deb-wrong-hash", wrong_hash))
+    check("Tacker refuses a package whose TOSCA.meta gives the Debian package another hash", err is not None,
+          "accepted")
+    if err:
+        info(f"  {err}")
+
+    # vpngw-lcm.sh install in a clean Debian 12 minbase root (tests/tools/debian-root.sh's).
+    base = os.path.join(ROOT, "target/debian-root/bookworm-minbase.tar")
+    if os.geteuid() != 0 or not os.path.exists(base):
+        info("the install in a clean Debian root is checked only as root with target/debian-root/bookworm-minbase.tar "
+             "(tests/tools/debian-root.sh makes it)")
+        return
+    root = os.path.join(work, "minbase")
+    os.makedirs(os.path.join(root, "opt/vnf"))
+    subprocess.run(["tar", "--numeric-owner", "-C", root, "-xf", base], check=True)
+    with zipfile.ZipFile(package) as z:
+        z.extractall(os.path.join(root, "opt/vnf"))
+    env = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    lcm = ["bash", "/opt/vnf/Scripts/vpngw-lcm.sh", "install"]
+    r = run(["chroot", root, *env, *lcm])
+    v = run(["chroot", root, "/usr/bin/vpngw", "--version"])
+    check("vpngw-lcm.sh install in a clean Debian 12 root without vpngw installs the packaged .deb "
+          "(vpngw --version: 0.1.0)", r.returncode == 0 and "installing /opt/vnf/Files/software/" in r.stderr
+          and v.stdout.strip() == "vpngw 0.1.0", f"exit {r.returncode}: {r.stderr[-800:]}{v.stdout}{v.stderr}")
+    r = run(["chroot", root, *env, *lcm])
+    check("vpngw-lcm.sh install again: already installed, nothing to do", r.returncode == 0
+          and "nothing to do" in r.stderr, r.stderr[-400:])
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def check_keepalived(outputs, work):
     """keepalived -t on both generated files, in a namespace that has wan0 and lan0."""
     if os.geteuid() != 0 or not shutil.which("keepalived"):
@@ -635,6 +705,7 @@ def main():
         for title, fn in (("tosca-parser", lambda: check_tosca(args.package, work)),
                           ("Tacker's CSAR loader", lambda: check_tacker(args.package, args.signed, work)),
                           ("SOL004 structure and signature", lambda: check_sol004(args.package, args.signed, args.cert, work)),
+                          ("The software: vpngw's Debian package", lambda: check_software(args.package, work)),
                           ("LCM scripts", lambda: check_scripts(args.package, os.path.abspath(args.vpngw), work)),
                           ("LCM scripts in the namespace lab: a tunnel",
                            lambda: check_tunnel(args.package, os.path.abspath(args.vpngw), work))):

@@ -18,6 +18,8 @@
 #   terminate    stop vpngw (SIGTERM: every peer is sent a Delete) and keepalived, disable them and
 #                remove the files this script wrote (never the key files).
 #   render       only write the configuration into --etc and check it (what --dry-run does).
+#   install      only install vpngw from the package's Debian package if it is not installed
+#                (what instantiate, heal and scale do first; below).
 #
 # --node a|b: which gateway of hot_standby this VNFC is (default: $VPNGW_NODE, else the node whose
 # sync_address is configured on this host).
@@ -40,6 +42,10 @@
 # never use systemctl), VPNGW_LCM_READY_TIMEOUT (30), VPNGW_LCM_WAIT_UP (0). Without systemd (or
 # without the unit), vpngw runs in the background with a PID file and its log in VPNGW_RUN
 # (containers, the lab).
+#
+# vpngw: VPNGW_BIN, else vpngw on PATH, else /usr/bin/vpngw; if none is installed (and VPNGW_BIN
+# is not set), the Debian package the VNF package carries (Files/software/vpngw_*_amd64.deb, or
+# VPNGW_DEB) is installed first (apt-get install, else dpkg -i).
 #
 # Exit: 0 done, 1 runtime failure, 2 invalid parameters or configuration (nothing was changed).
 # Keys: the parameters name key files only; no key and no parameter value is printed.
@@ -72,13 +78,14 @@ die() {
 }
 
 usage() {
-    sed -n '2,45p' "$0" >&2
+    sed -n '2,51p' "$0" >&2
     exit 2
 }
 
 (($# >= 1)) || usage
 op=$1
 shift
+[[ $op == -h || $op == --help ]] && usage
 while (($#)); do
     case $1 in
     --params) params=${2:?--params FILE} && shift 2 ;;
@@ -102,6 +109,28 @@ elif command -v vpngw >/dev/null; then
 else
     vpngw=/usr/bin/vpngw
 fi
+
+# vpngw itself: on a VNFC whose image lacks it, the Debian package the VNF package carries
+# (Files/software/, next to Scripts/; VPNGW_DEB to name another) is installed first.
+ensure_vpngw() {
+    [[ -x $vpngw ]] && return 0
+    [[ -z ${VPNGW_BIN:-} ]] || die 1 "VPNGW_BIN=$VPNGW_BIN: no such program"
+    local deb
+    local -a debs=("$here"/../Files/software/vpngw_*_amd64.deb)
+    deb=${VPNGW_DEB:-${debs[-1]}}
+    [[ -f $deb ]] || die 1 "vpngw is not installed and the VNF package carries no Debian package (Files/software/): use a VM image with vpngw installed, or a package built after make deb"
+    ((dry_run == 0)) || die 1 "vpngw is not installed; a dry run installs nothing ($deb would be installed)"
+    deb=$(realpath "$deb")
+    log "vpngw is not installed: installing $deb"
+    if command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" >&2 ||
+            die 1 "apt-get could not install $deb"
+    else
+        dpkg -i "$deb" >&2 || die 1 "dpkg could not install $deb"
+    fi
+    vpngw=/usr/bin/vpngw
+    [[ -x $vpngw ]] || die 1 "$deb is installed but $vpngw is not there"
+}
 
 systemd_runs() {
     [[ $use_systemd != 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null
@@ -364,6 +393,7 @@ print(int((p.get("lcm") or {}).get("wait_up_seconds", 0)))' "$p")
 configure() {
     local p=$1 dir ha=0 same_ka=0
     [[ -r $p ]] || die 2 "no parameters: --params FILE (or kept ones in $state/params.json)"
+    ensure_vpngw
     if is_ha "$p"; then
         ha=1
         [[ -n $node ]] || node=$(guess_node "$p")
@@ -441,10 +471,19 @@ heal)
 scale)
     install -d -m 0700 "$state"
     if [[ -f $etc/vpngw.toml && -z $params ]]; then
+        ensure_vpngw
         "$vpngw" check --config "$etc/vpngw.toml" >&2 || die 2 "vpngw check refused $etc/vpngw.toml"
         log "scale: this VNFC is already configured; nothing to do"
     else
         configure "${params:-$state/params.json}"
+    fi
+    ;;
+install)
+    if [[ -x $vpngw ]]; then
+        log "install: vpngw is installed ($vpngw); nothing to do"
+    else
+        ensure_vpngw
+        log "install: $("$vpngw" --version) installed"
     fi
     ;;
 terminate)
@@ -462,5 +501,5 @@ terminate)
         "$sysctl_dir/60-vpngw-ha.conf" "$sysctl_dir/60-vpngw.conf"
     log "terminate: vpngw stopped and disabled; key files left in place"
     ;;
-*) die 2 "unknown operation: $op (instantiate, heal, scale, terminate, render)" ;;
+*) die 2 "unknown operation: $op (instantiate, heal, scale, terminate, render, install)" ;;
 esac

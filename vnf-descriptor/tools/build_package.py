@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
 """Builds vpngw's ETSI SOL004 VNF package (a CSAR: a zip with TOSCA-Metadata).
 
-    build_package.py [--out DIR] [--sign-key KEY --sign-cert CERT]
+    build_package.py [--out DIR] [--sign-key KEY --sign-cert CERT] [--deb FILE | --no-deb]
 
 Layout of the package (vnf-descriptor/README.md):
     TOSCA-Metadata/TOSCA.meta   Entry-Definitions, ETSI-Entry-Manifest, ETSI-Entry-Change-Log, ...
     Definitions/                the VNFD (vpngw_top.vnfd.yaml and what it imports) + SOL001 types
     Scripts/                    the LCM scripts (and keepalived's notify script, deploy/ha/notify.sh)
     Files/Samples/              sample Instantiate VNF requests
+    Files/software/             vpngw's Debian package, when there is one (make deb:
+                                target/debian/vpngw_<software_version>-*_amd64.deb, or --deb):
+                                the flavours' VNF node then names it as a deployment artifact
+                                (vpngw_deb), TOSCA.meta lists it with its SHA-256, and
+                                vpngw-lcm.sh installs it on a VNFC without vpngw
     Licenses/, ChangeLog.txt
     vpngw.mf                    the manifest: metadata block, then Source/Algorithm/Hash (SHA-256)
                                 for every other file; signed: a CMS signature at its end (SOL004
                                 option 2) and Files/Certificates/vpngw.cert
 
 The output is deterministic: files in a fixed order, their time stamps and
-vnf_release_date_time from the newest ChangeLog.txt entry, fixed modes, fixed compression. (A
-signature made with a new test key is not, of course.) Prints the package's path.
+vnf_release_date_time from the newest ChangeLog.txt entry, fixed modes, fixed compression (and
+the same .deb, if one is packaged). (A signature made with a new test key is not, of course.)
+Prints the package's path, and on stderr which .deb it packaged, if any.
 """
 
 import argparse
@@ -33,6 +39,10 @@ VNFD = os.path.join(ROOT, "vnf-descriptor")
 ENTRY = "Definitions/vpngw_top.vnfd.yaml"
 MANIFEST = "vpngw.mf"
 CERT = "Files/Certificates/vpngw.cert"
+SOFTWARE = "Files/software"
+FLAVOURS = ("Definitions/vpngw_df_single.yaml", "Definitions/vpngw_df_hot_standby.yaml")
+# Where the artifact goes: first in the VNF node's artifacts, beside the LCM scripts.
+ARTIFACTS_ANCHOR = "      artifacts:\n        vpngw_lcm:\n"
 
 
 def sources():
@@ -72,7 +82,54 @@ def release():
     sys.exit("build_package: ChangeLog.txt: no entry 'VERSION YYYY-MM-DDTHH:MM:SSZ'")
 
 
-def tosca_meta(signed):
+def find_deb(props, explicit, none):
+    """The Debian package to put in the package: --deb, else make deb's output for the VNFD's
+    software_version if it exists; None with --no-deb or when there is none."""
+    if none:
+        return None
+    if explicit:
+        path = explicit
+    else:
+        d = os.path.join(ROOT, "target", "debian")
+        want = f"vpngw_{props['software_version']}-"
+        found = sorted(n for n in os.listdir(d) if n.startswith(want) and n.endswith("_amd64.deb")) \
+            if os.path.isdir(d) else []
+        if not found:
+            return None
+        path = os.path.join(d, found[-1])
+    fields = {}
+    for field in ("Package", "Version", "Architecture"):
+        out = subprocess.run(["dpkg-deb", "-f", path, field], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"build_package: {path}: not a Debian package ({out.stderr.strip()})")
+        fields[field] = out.stdout.strip()
+    upstream = fields["Version"].rsplit("-", 1)[0]
+    if fields["Package"] != "vpngw" or fields["Architecture"] != "amd64" or upstream != props["software_version"]:
+        sys.exit(f"build_package: {path}: {fields['Package']} {fields['Version']} {fields['Architecture']} is not "
+                 f"vpngw {props['software_version']} amd64 (the VNFD's software_version)")
+    name = f"vpngw_{fields['Version']}_amd64.deb"
+    return path, f"{SOFTWARE}/{name}"
+
+
+def with_deb_artifact(text, path, deb):
+    """A flavour with the .deb named in its VNF node's artifacts."""
+    if text.count(ARTIFACTS_ANCHOR) != 1:
+        sys.exit(f"build_package: {path}: the VNF node's artifacts (vpngw_lcm first) not found once")
+    artifact = (
+        "      artifacts:\n"
+        "        # Added by build_package.py: the package carries vpngw's Debian package.\n"
+        "        vpngw_deb:\n"
+        "          description: >\n"
+        "            vpngw's Debian package (make deb; its SHA-256 in the manifest and TOSCA.meta). Not a\n"
+        "            software image: vpngw-lcm.sh installs it (apt-get or dpkg) on a VNFC whose image has\n"
+        "            no vpngw\n"
+        "          type: tosca.artifacts.Deployment\n"
+        f"          file: ../{deb}\n"
+        "        vpngw_lcm:\n")
+    return text.replace(ARTIFACTS_ANCHOR, artifact)
+
+
+def tosca_meta(signed, software=None):
     lines = [
         "TOSCA-Meta-File-Version: 1.0",
         "CSAR-Version: 1.1",
@@ -84,6 +141,11 @@ def tosca_meta(signed):
     ]
     if signed:
         lines.append(f"ETSI-Entry-Certificate: {CERT}")
+    if software:
+        # A block per non-MANO file (TOSCA CSAR 1.1): Tacker verifies Algorithm/Hash here too.
+        name, data = software
+        lines += ["", f"Name: {name}", "Content-Type: application/vnd.debian.binary-package",
+                  "Algorithm: SHA-256", f"Hash: {hashlib.sha256(data).hexdigest()}"]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -118,6 +180,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "package"))
     ap.add_argument("--sign-key")
     ap.add_argument("--sign-cert")
+    ap.add_argument("--deb", help="the Debian package to carry (default: make deb's, if there is one)")
+    ap.add_argument("--no-deb", action="store_true", help="carry no Debian package")
     args = ap.parse_args()
     if bool(args.sign_key) != bool(args.sign_cert):
         sys.exit("build_package: --sign-key and --sign-cert go together")
@@ -135,7 +199,18 @@ def main():
         with open(src, "rb") as f:
             contents[path] = f.read()
         modes[path] = 0o755 if os.access(src, os.X_OK) and path.startswith("Scripts/") else 0o644
-    contents["TOSCA-Metadata/TOSCA.meta"] = tosca_meta(signed)
+    deb = find_deb(props, args.deb, args.no_deb)
+    software = None
+    if deb:
+        src, name = deb
+        with open(src, "rb") as f:
+            contents[name] = f.read()
+        modes[name] = 0o644
+        software = (name, contents[name])
+        for flavour in FLAVOURS:
+            contents[flavour] = with_deb_artifact(contents[flavour].decode(), flavour, name).encode()
+        print(f"build_package: packaged {os.path.relpath(src, ROOT)} as {name}", file=sys.stderr)
+    contents["TOSCA-Metadata/TOSCA.meta"] = tosca_meta(signed, software)
     modes["TOSCA-Metadata/TOSCA.meta"] = 0o644
     if signed:
         with open(args.sign_cert, "rb") as f:
