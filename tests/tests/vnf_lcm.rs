@@ -1,9 +1,11 @@
 //! The VNF package's LCM script (`vnf-descriptor/Scripts/vpngw-lcm.sh`) run for real, with the
 //! package's own sample Instantiate VNF requests (`vnf-descriptor/samples/`), in namespaces whose
-//! addresses are the samples' own, against strongSwan 5.9.8 as the peer the sample names: the
-//! configuration the script writes brings a tunnel up and carries a ping; `heal` on a healthy
-//! gateway reloads without touching the tunnel; `terminate` stops vpngw, and the peer is told
-//! (its SAs are gone at once, not after dead peer detection). `make vnf-check`
+//! addresses are the samples' own, against strongSwan 5.9.8 as the peer the sample names. The
+//! script fails (exit 1), with the reason, when vpngw cannot get ready or, with `--wait-up`, when
+//! the peer refuses; the configuration it writes brings a tunnel up and carries a ping; `heal` on
+//! a healthy gateway reloads without touching the tunnel; `terminate` stops vpngw, and the peer is
+//! told (its SAs are gone at once, not after dead peer detection). hot_standby: both nodes, the
+//! handover at terminate, heal bringing a node back. `make vnf-check`
 //! (tests/nfv/check_package.py) checks the package itself; this is the part that runs in
 //! `make test`.
 //!
@@ -240,8 +242,20 @@ fn single_flavour_sample_brings_a_tunnel_up_and_terminate_tells_the_peer() {
     eprintln!("instantiate without the management address:\n{}", text(&out));
     lab.ip(&lab.left, &["addr", "add", "192.0.2.130/25", "dev", "mgmt0"]);
 
-    // branch-1's peer: strongSwan answers (aes128-sha1-dh14 with PFS, the sample's suite).
+    // branch-1's peer: strongSwan, at first with no connection for us (it answers
+    // NO_PROPOSAL_CHOSEN): instantiate --wait-up must fail and say why.
     let charon = Charon::start_with(&lab, &lab.right, true);
+    let t0 = Instant::now();
+    let out = gw.lcm(&["instantiate", "--params", &copy.display().to_string(), "--wait-up", "20"]);
+    eprintln!("instantiate --wait-up, the peer refusing: {:?}\n{}", t0.elapsed(), text(&out));
+    assert_eq!(out.status.code(), Some(1), "instantiate --wait-up with a refusing peer: {}", text(&out));
+    assert!(
+        text(&out).contains("connection branch-1 did not come up") && text(&out).contains("phase1-proposal-mismatch"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(psk), "a key was printed");
+    // Now as the sample says: aes128-sha1-dh14 with PFS.
     charon.load(&SwConn::lab_right(ike_words("aes-128", "sha1", "dh14"), esp_words("aes-128", "sha1", "dh14"), psk));
 
     // instantiate: exit 0 only once vpngw is ready (/readyz) and, with --wait-up, branch-1 up.
