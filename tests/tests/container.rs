@@ -145,8 +145,10 @@ impl Container {
             "RUST_LOG=info",
             image,
         ]);
-        docker_ok(&args);
+        // The guard first: a container that `docker run` created but could not start is
+        // removed too.
         let c = Self { name: name.to_string() };
+        docker_ok(&args);
         // Up once the control socket answers inside.
         wait_for(Duration::from_secs(10), || c.exec(&["vpngw", "status"]).status.success().then_some(()))
             .unwrap_or_else(|| panic!("{name}: vpngw did not start:\n{}", c.logs()));
