@@ -42,10 +42,10 @@ fn deploy_dir() -> PathBuf {
 /// The check command of the sample configurations, replaced by the test's.
 /// The sample's track file, which vpngw writes (`[ha] track_file`).
 const SAMPLE_TRACK: &str = "\"/run/vpngw/ha-track\"";
-const SAMPLE_CHECK: &str = "\"/usr/local/bin/vpngw ha check --socket /run/vpngw/vpngw.sock\"";
+const SAMPLE_CHECK: &str = "\"/usr/bin/vpngw ha check --socket /run/vpngw/vpngw.sock\"";
 /// The notify line's script and command, replaced by the lab's copies.
 const SAMPLE_NOTIFY: &str =
-    "\"/etc/keepalived/vpngw-notify.sh /usr/local/bin/vpngw ha notify --socket /run/vpngw/vpngw.sock\"";
+    "\"/etc/keepalived/vpngw-notify.sh /usr/bin/vpngw ha notify --socket /run/vpngw/vpngw.sock\"";
 
 /// One of the two hot-backup nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
