@@ -30,7 +30,8 @@ help:
 	@echo "vpngw make targets:"
 	@echo "  make demo    two vpngw gateways in network namespaces, a tunnel and a ping (root)"
 	@echo "  make test    all tests: format, lint, unit, property, known-answer, independent checks,"
-	@echo "               and interop with strongSwan in network namespaces (root)"
+	@echo "               interop with strongSwan in network namespaces, the container image, the"
+	@echo "               Debian package, the deployment files and the VNF package (make vnf-check) (root)"
 	@echo "  make interop only the strongSwan interop tests"
 	@echo "  make ha      hot backup: two vpngw with keepalived and strongSwan; failure modes, and"
 	@echo "               HA_CRASHES crashes of the active (default 20) with traffic throughout (root)"
@@ -98,7 +99,9 @@ interop: deps-test
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test -p vpngw-tests --locked --test interop_ike
 
-test: deps-test deps-deploy lint unit
+# vnf-check last: the Debian package that tests/tests/debian_package.rs built goes into the CSAR
+# it checks (tosca-parser and Tacker's loader; about 30 s, and 1 min for its venv the first time).
+test: deps-test deps-deploy lint unit vnf-check
 
 # Hot backup (docs/high-availability.md): the fast cases run in make test too; the soak crashes
 # the active HA_CRASHES times, alternating servers, and prints every traffic gap.
