@@ -126,6 +126,8 @@ pub struct WorkerCounters {
     /// IKE datagrams received on port 4500 and handed to the control plane.
     pub ike_forwarded: AtomicU64,
     pub keepalives: AtomicU64,
+    /// TCP SYNs (either way through the tunnel) whose MSS option was lowered to the clamp.
+    pub mss_clamped: AtomicU64,
     /// Time spent working (not waiting), nanoseconds.
     pub busy_ns: AtomicU64,
     /// Loop iterations: the control plane watches this to know the worker passed a quiescent
@@ -148,6 +150,7 @@ impl Default for WorkerCounters {
             in_bytes: AtomicU64::new(0),
             ike_forwarded: AtomicU64::new(0),
             keepalives: AtomicU64::new(0),
+            mss_clamped: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             busy: std::sync::atomic::AtomicBool::new(false),

@@ -3,7 +3,8 @@
 //! **Owns:** the TUN device (one queue per worker), the ESP sockets (UDP 4500 in a
 //! SO_REUSEPORT group, raw IP protocol 50), the worker threads pinned to cores, the security
 //! policy database ([`spd`]), the SA table the control plane publishes ([`sa_table`]), and the
-//! counters by worker, SA and drop reason ([`counters`]).
+//! counters by worker, SA and drop reason ([`counters`]), and the MSS clamping of TCP SYNs
+//! crossing the tunnel ([`mss`]).
 //!
 //! **Must not touch:** IKE (SAs arrive fully keyed as `vpngw-esp` objects; IKE datagrams that
 //! arrive on port 4500 are handed over untouched), configuration files, routes (the daemon
@@ -33,6 +34,7 @@
 
 pub mod counters;
 pub mod link;
+pub mod mss;
 pub mod packet;
 pub mod sa_table;
 mod shared;
@@ -74,6 +76,8 @@ pub struct DataplaneConfig {
     /// The cores to pin to; empty = the cores of this process's affinity mask (`taskset`,
     /// cgroup cpusets), so a gateway started on a subset of the machine stays inside it.
     pub worker_cores: Vec<usize>,
+    /// TCP MSS clamping of SYNs crossing the tunnel, both ways (see [`mss`]).
+    pub tcp_mss_clamp: mss::MssClamp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +141,8 @@ impl Dataplane {
             counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
             to_control,
             path_mtu: config.path_mtu,
+            tun_mtu: config.tun_mtu,
+            tcp_mss_clamp: config.tcp_mss_clamp,
             public_address: config.public_address,
             links: link::LinkPaths::default(),
         });
@@ -288,6 +294,7 @@ mod tests {
             raw_esp: false,
             pin_workers,
             worker_cores,
+            tcp_mss_clamp: mss::MssClamp::Auto,
         }
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub counters: std::sync::Arc<[WorkerCounters]>,
     pub to_control: ControlSink,
     pub path_mtu: u16,
+    /// The TUN device's MTU: the largest inner packet, one bound of the MSS clamp.
+    pub tun_mtu: u16,
+    pub tcp_mss_clamp: crate::mss::MssClamp,
     /// Source of the outer header of raw ESP sent through the link path.
     pub public_address: Ipv4Addr,
     pub links: link::LinkPaths,

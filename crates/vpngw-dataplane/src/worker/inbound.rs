@@ -1,7 +1,7 @@
 //! The inbound stage: UDP 4500 reads (GRO) -> keepalive | IKE (to the control plane) | ESP, and
 //! raw ESP reads (recvmmsg; the IPv4 header stripped) -> each run of one SPI opened as a batch
-//! (replay check, ICV, decrypt, replay commit) -> the SA's selectors -> gathered for one
-//! coalescing write into the TUN.
+//! (replay check, ICV, decrypt, replay commit) -> the SA's selectors -> the MSS of TCP SYNs
+//! clamped ([`crate::mss`]) -> gathered for one coalescing write into the TUN.
 
 use std::io::{self, IoSliceMut};
 
@@ -12,8 +12,9 @@ use vpngw_esp::{OpenPacket, peek_spi};
 use super::base::{BATCH, UDP_BUFFERS, Worker};
 use super::ctx::{RAW_LEN, RAW_RECV, TunOut, WorkerCtx};
 use crate::counters::{DropReason, bump};
+use crate::mss::{clamp_tcp_header, tcp_syn_header};
 use crate::packet::ipv4;
-use crate::sa_table::InboundMap;
+use crate::sa_table::{InboundEntry, InboundMap};
 use crate::shared::ToControl;
 use crate::sys::{RawLink, Received, Tun, UdpLink};
 
@@ -156,7 +157,7 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                     }
                     None => continue,
                 };
-                let inner = &p.buf[opened.payload];
+                let Some(inner) = p.buf.get_mut(opened.payload) else { continue };
                 // The decrypted packet must belong to this SA's traffic (RFC 4301 s.5.2).
                 let allowed = ipv4(inner)
                     .is_some_and(|i| entry.selectors.remote.contains(&i.src) && entry.selectors.local.contains(&i.dst));
@@ -164,6 +165,8 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                     self.counters().drop(DropReason::Policy);
                     continue;
                 }
+                self.clamp_mss_inbound(entry, inner);
+                let inner: &[u8] = inner;
                 if out.is_full() {
                     self.flush_tun(out);
                 }
@@ -175,6 +178,38 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
                 bump(&self.counters().in_packets, 1);
                 bump(&self.counters().in_bytes, inner.len() as u64);
             }
+        }
+    }
+
+    /// Lowers the MSS of a decapsulated TCP SYN (or SYN-ACK) for our LAN host: it tells that
+    /// host how large the segments it sends back may be, and those go out through the outbound
+    /// SA of the reverse direction, whose overhead sets the clamp. Without one (being
+    /// replaced), the inbound SA's transport with the largest ESP overhead gateway.rs allows
+    /// (IV 16, padding 15, trailer 2, ICV 12) stands in. Counted.
+    fn clamp_mss_inbound(&self, entry: &InboundEntry, packet: &mut [u8]) {
+        /// ESP header 8 + IV 16, and padding 15 + trailer 2 + ICV 12: AES-CBC with SHA1-96.
+        const WORST_HEADER: usize = 24;
+        const WORST_TRAILER: usize = 29;
+        let Some((tcp_start, tcp_len)) = tcp_syn_header(packet) else { return };
+        let Some(info) = ipv4(packet) else { return };
+        let (tun_mtu, path_mtu) = (self.shared.tun_mtu, self.shared.path_mtu);
+        let outbound = self.shared.table.outbound_view();
+        let limit = match outbound.lookup(info.dst, info.src) {
+            Some(out) => self.shared.tcp_mss_clamp.limit(
+                tun_mtu,
+                path_mtu,
+                out.transport.udp,
+                out.sa.header_len(),
+                out.sa.max_trailer_len(),
+            ),
+            None => {
+                self.shared.tcp_mss_clamp.limit(tun_mtu, path_mtu, entry.transport.udp, WORST_HEADER, WORST_TRAILER)
+            }
+        };
+        if let Some(limit) = limit
+            && clamp_tcp_header(packet, tcp_start, tcp_len, limit)
+        {
+            bump(&self.counters().mss_clamped, 1);
         }
     }
 

@@ -1,7 +1,8 @@
 //! The outbound stage: plaintext from the TUN (first, when released, the packets held for SAs
 //! being negotiated) -> classify (the SA table, longest prefix; on a miss the SPD: hold,
-//! acquire or drop) -> ICMP "fragmentation needed" for a packet too big for its tunnel -> seal,
-//! each run of one SA as one batch (multi-buffer CBC) -> its transport ([`super::tx`]).
+//! acquire or drop) -> ICMP "fragmentation needed" for a packet too big for its tunnel -> the
+//! MSS of TCP SYNs clamped ([`crate::mss`]) -> seal, each run of one SA as one batch
+//! (multi-buffer CBC) -> its transport ([`super::tx`]).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -17,6 +18,7 @@ use vpngw_esp::{NextHeader, SealPacket};
 use super::base::{BATCH, HEADROOM, ICMP_LEN, Worker};
 use super::ctx::WorkerCtx;
 use crate::counters::{DropReason, bump};
+use crate::mss::{clamp_tcp_header, tcp_syn_header};
 use crate::packet::{Ipv4Info, icmp_fragmentation_needed, ipv4};
 use crate::sa_table::{Outbound, OutboundEntry};
 use crate::shared::ToControl;
@@ -86,7 +88,12 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
             let mut packets: ArrayVec<SealPacket<'_>, BATCH> = bufs[i..j]
                 .iter_mut()
                 .zip(&plan[i..j])
-                .map(|(b, p)| SealPacket::new(b, p.1.clone(), NextHeader::IPV4))
+                .map(|(b, p)| {
+                    if let Some(packet) = b.get_mut(p.1.clone()) {
+                        self.clamp_mss(entry, packet);
+                    }
+                    SealPacket::new(b, p.1.clone(), NextHeader::IPV4)
+                })
                 .collect();
             entry.sa.seal_batch(&mut self.rng, &mut packets);
             let sent = self.transmit_run(entry, &links, &mut packets, gso);
@@ -203,6 +210,24 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
             return Verdict::TooBig { entry, info, max_inner };
         }
         Verdict::Seal(entry)
+    }
+
+    /// Lowers the MSS of a TCP SYN about to be sealed with `entry` to what its tunnel carries
+    /// (see [`crate::mss`]); counted. Every other packet costs a look at its protocol and flags.
+    pub(super) fn clamp_mss(&self, entry: &OutboundEntry, packet: &mut [u8]) {
+        let Some((tcp_start, tcp_len)) = tcp_syn_header(packet) else { return };
+        let limit = self.shared.tcp_mss_clamp.limit(
+            self.shared.tun_mtu,
+            self.shared.path_mtu,
+            entry.transport.udp,
+            entry.sa.header_len(),
+            entry.sa.max_trailer_len(),
+        );
+        if let Some(limit) = limit
+            && clamp_tcp_header(packet, tcp_start, tcp_len, limit)
+        {
+            bump(&self.counters().mss_clamped, 1);
+        }
     }
 
     /// Path MTU discovery through the tunnel: writes ICMP "fragmentation needed" (announcing

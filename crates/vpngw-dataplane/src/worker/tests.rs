@@ -19,6 +19,7 @@ use vpngw_esp::{InboundSa, OpenError, OutboundSa, SaKeys, Spi};
 use super::{Ready, Worker, WorkerCtx};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::link::{ETHERNET_LEN, LinkPath, LinkPaths, NextHop};
+use crate::mss::MssClamp;
 use crate::packet::{OUTER_IPV4_LEN, ipv4, write_outer_ipv4};
 use crate::sa_table::{
     InboundEntry, Ipv4Net, OutboundCounters, OutboundEntry, SaCounters, SaTable, Selectors, Transport,
@@ -146,6 +147,7 @@ const SPI_A_TO_B: Spi = Spi::new(0x1000_0001);
 const SPI_B_TO_A: Spi = Spi::new(0x2000_0002);
 const REPLAY_WINDOW: u32 = 64;
 const PATH_MTU: u16 = 1500;
+const TUN_MTU: u16 = 1400;
 
 fn keys(seed: u8) -> SaKeys {
     SaKeys {
@@ -156,7 +158,7 @@ fn keys(seed: u8) -> SaKeys {
     }
 }
 
-fn side(address: Ipv4Addr) -> Side {
+fn side(address: Ipv4Addr, tcp_mss_clamp: MssClamp) -> Side {
     let table = Arc::new(SaTable::new());
     let control = Arc::new(Mutex::new(Vec::new()));
     let sink = control.clone();
@@ -177,6 +179,8 @@ fn side(address: Ipv4Addr) -> Side {
             accepted
         }),
         path_mtu: PATH_MTU,
+        tun_mtu: TUN_MTU,
+        tcp_mss_clamp,
         public_address: address,
         links: LinkPaths::default(),
     });
@@ -195,7 +199,12 @@ fn side(address: Ipv4Addr) -> Side {
 
 /// A and B with one SA pair each way, carried in UDP or as raw ESP.
 fn pair(udp: bool) -> (Side, Side) {
-    let (a, b) = (side(A), side(B));
+    pair_clamping(udp, MssClamp::Auto, MssClamp::Auto)
+}
+
+/// [`pair`] with A and B clamping TCP MSS as told.
+fn pair_clamping(udp: bool, clamp_a: MssClamp, clamp_b: MssClamp) -> (Side, Side) {
+    let (a, b) = (side(A, clamp_a), side(B, clamp_b));
     for (from, to, spi_out, spi_in, local, remote) in
         [(&a, &b, SPI_A_TO_B, SPI_B_TO_A, A_NET, B_NET), (&b, &a, SPI_B_TO_A, SPI_A_TO_B, B_NET, A_NET)]
     {
@@ -492,4 +501,44 @@ fn raw_esp_takes_the_link_path_and_the_raw_socket_what_the_link_cannot_carry() {
     b.drain(RAW_READY);
     assert_eq!(b.worker.tun.written, plain);
     assert_eq!((load(&b.counters().in_packets), b.drops()), (plain.len() as u64, vec![]));
+}
+
+/// A SYN from A's network is clamped by A on its way into the tunnel; the SYN-ACK coming back
+/// from a B that does not clamp is clamped by A on its way out of the tunnel: both directions,
+/// each counted once, each checksum right.
+#[test]
+fn tcp_syns_are_clamped_both_ways_and_counted() {
+    use crate::mss::TCP_SYN;
+    use crate::mss::tests::{LINUX_SYN_OPTIONS, mss_of, segment, tcp_checksum_residue};
+    let (mut a, mut b) = pair_clamping(true, MssClamp::Auto, MssClamp::Off);
+    // min(TUN 1400, path 1500 - 81 (AES-CBC/SHA1 in UDP)) - 40.
+    let clamp = 1360;
+    let syn = segment(TCP_SYN, &LINUX_SYN_OPTIONS, &[]);
+    let ack = segment(0x10, &LINUX_SYN_OPTIONS, b"not a SYN");
+    a.worker.tun.incoming.extend([syn.clone(), ack.clone()]);
+    a.drain(TUN_READY);
+    let esp = std::mem::take(&mut a.worker.udp.sent);
+    b.worker.udp.incoming.extend(esp.into_iter().map(|(_, d)| (SocketAddr::from((A, 4500)), d)));
+    b.drain(UDP_READY);
+    let [syn_at_b, ack_at_b] = &b.worker.tun.written[..] else { panic!("{:?}", b.worker.tun.written) };
+    assert_eq!(mss_of(syn_at_b), Some(clamp));
+    assert_eq!(tcp_checksum_residue(syn_at_b), 0);
+    assert_eq!(ack_at_b, &ack, "only SYNs are touched");
+    assert_eq!((load(&a.counters().mss_clamped), load(&b.counters().mss_clamped)), (1, 0));
+
+    // The SYN-ACK: 10.2.0.10 -> 10.1.0.10, MSS 1460; B (off) seals it as it is.
+    let mut syn_ack = segment(TCP_SYN | 0x10, &LINUX_SYN_OPTIONS, &[]);
+    let (src, dst) = (syn_ack[12..16].to_vec(), syn_ack[16..20].to_vec());
+    syn_ack[12..16].copy_from_slice(&dst);
+    syn_ack[16..20].copy_from_slice(&src);
+    b.worker.tun.incoming.push_back(syn_ack);
+    b.drain(TUN_READY);
+    let esp = std::mem::take(&mut b.worker.udp.sent);
+    a.worker.udp.incoming.extend(esp.into_iter().map(|(_, d)| (SocketAddr::from((B, 4500)), d)));
+    a.drain(UDP_READY);
+    let [syn_ack_at_a] = &a.worker.tun.written[..] else { panic!("{:?}", a.worker.tun.written) };
+    assert_eq!(mss_of(syn_ack_at_a), Some(clamp));
+    assert_eq!(tcp_checksum_residue(syn_ack_at_a), 0);
+    assert_eq!((load(&a.counters().mss_clamped), load(&b.counters().mss_clamped)), (2, 0));
+    assert_eq!((a.drops(), b.drops()), (vec![], vec![]));
 }
