@@ -36,13 +36,14 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use vpngw_crypto::FastRng;
+use vpngw_dataplane::mss::MssClamp;
 use vpngw_dataplane::sa_table::SaTable;
 use vpngw_dataplane::spd::Spd;
 use vpngw_dataplane::{Dataplane, DataplaneConfig, ToControl};
 use vpngw_ike::{Endpoint, EngineConfig, IKE_PORT, NAT_T_PORT};
 
 use crate::child_sas::ChildSaPublisher;
-use crate::config::{Config, ConfigError, Connection, EspOutput, Start};
+use crate::config::{Config, ConfigError, Connection, EspOutput, Start, TcpMssClamp};
 use crate::ha::HaDriver;
 use crate::health::Probes;
 use crate::history::ConnectionHistory;
@@ -291,6 +292,11 @@ fn start_dataplane(
             raw_esp: true,
             pin_workers: true,
             worker_cores: config.gateway.worker_cores.clone(),
+            tcp_mss_clamp: match config.gateway.tcp_mss_clamp {
+                TcpMssClamp::Off => MssClamp::Off,
+                TcpMssClamp::Auto => MssClamp::Auto,
+                TcpMssClamp::Fixed(mss) => MssClamp::Fixed(mss),
+            },
         },
         table,
         spd,

@@ -10,7 +10,7 @@ use toml::{Table, Value};
 use super::walker::{NAME_CHARS, Walker, valid_name};
 use super::{
     Api, ApiTls, DEFAULT_API_LISTEN, DEFAULT_API_STATE, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, EspOutput,
-    Gateway, Metrics, Tuning,
+    Gateway, Metrics, TcpMssClamp, Tuning,
 };
 
 impl Walker {
@@ -28,6 +28,7 @@ impl Walker {
                 "worker_cores",
                 "esp_output",
                 "control_socket",
+                "tcp_mss_clamp",
             ],
         );
         let name = self.string("gateway.name", g, "name").unwrap_or_else(|| "vpngw".into());
@@ -67,6 +68,7 @@ impl Walker {
         if !control_socket.is_absolute() {
             self.problem("gateway.control_socket", g.get("control_socket"), "must be an absolute path");
         }
+        let tcp_mss_clamp = self.tcp_mss_clamp(g);
         Some(Gateway {
             name,
             public_address: public_address?,
@@ -77,7 +79,25 @@ impl Walker {
             worker_cores,
             esp_output,
             control_socket,
+            tcp_mss_clamp,
         })
+    }
+
+    /// `gateway.tcp_mss_clamp`: "auto" (the default), "off", or an MSS between 536 (what
+    /// every IPv4 host accepts) and 9176 (a 9216-byte jumbo path less 40 bytes of headers).
+    fn tcp_mss_clamp(&mut self, g: &Table) -> TcpMssClamp {
+        const KEY: &str = "gateway.tcp_mss_clamp";
+        const RANGE: std::ops::RangeInclusive<i64> = 536..=9176;
+        match g.get("tcp_mss_clamp") {
+            None => TcpMssClamp::Auto,
+            Some(Value::String(s)) if s == "auto" => TcpMssClamp::Auto,
+            Some(Value::String(s)) if s == "off" => TcpMssClamp::Off,
+            Some(Value::Integer(mss)) if RANGE.contains(mss) => TcpMssClamp::Fixed(*mss as u16),
+            Some(v) => {
+                self.problem(KEY, Some(v), "\"auto\", \"off\", or an MSS between 536 and 9176");
+                TcpMssClamp::Auto
+            }
+        }
     }
 
     /// `gateway.worker_cores`: CPU numbers, each once. Whether this process may use them is
@@ -218,7 +238,7 @@ mod tests {
     use std::path::Path;
 
     use super::super::tests::MINIMAL;
-    use super::super::{Config, EspOutput, ParseError};
+    use super::super::{Config, EspOutput, ParseError, TcpMssClamp};
 
     /// MINIMAL with `line` added to its `[gateway]`.
     fn with(line: &str) -> String {
@@ -236,6 +256,24 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "gateway.esp_output");
         assert!(problems[0].to_string().contains("must be one of: link, ip"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn tcp_mss_clamp_is_auto_off_or_a_value_in_range() {
+        let clamp = |line: &str| Config::parse(&with(line), Path::new(".")).map(|c| c.gateway.tcp_mss_clamp);
+        assert_eq!(Config::parse(MINIMAL, Path::new(".")).unwrap().gateway.tcp_mss_clamp, TcpMssClamp::Auto);
+        assert_eq!(clamp("tcp_mss_clamp = \"auto\"").unwrap(), TcpMssClamp::Auto);
+        assert_eq!(clamp("tcp_mss_clamp = \"off\"").unwrap(), TcpMssClamp::Off);
+        assert_eq!(clamp("tcp_mss_clamp = 536").unwrap(), TcpMssClamp::Fixed(536));
+        assert_eq!(clamp("tcp_mss_clamp = 9176").unwrap(), TcpMssClamp::Fixed(9176));
+        for bad in ["535", "9177", "-1", "\"on\"", "true", "1360.5", "\"1360\""] {
+            let Err(ParseError::Invalid(problems)) = clamp(&format!("tcp_mss_clamp = {bad}")) else {
+                panic!("tcp_mss_clamp = {bad} accepted")
+            };
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].key, "gateway.tcp_mss_clamp", "{bad}");
+            assert!(problems[0].to_string().contains("between 536 and 9176"), "{}", problems[0]);
+        }
     }
 
     /// A fresh directory with the given files (name, content, mode).

@@ -97,6 +97,18 @@ pub struct Gateway {
     pub worker_cores: Vec<usize>,
     pub esp_output: EspOutput,
     pub control_socket: PathBuf,
+    /// `tcp_mss_clamp`: how the MSS of TCP SYNs crossing the tunnel is clamped.
+    pub tcp_mss_clamp: TcpMssClamp,
+}
+
+/// `[gateway] tcp_mss_clamp`: `"auto"` (derived from the TUN MTU, the path MTU and each SA's
+/// ESP overhead), a fixed MSS (536-9176), or `"off"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcpMssClamp {
+    Off,
+    #[default]
+    Auto,
+    Fixed(u16),
 }
 
 /// The Prometheus endpoint (`GET /metrics`).

@@ -25,6 +25,8 @@ fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
         ("gateway.tun", old.tun != now.tun),
         ("gateway.tun_mtu", old.tun_mtu != now.tun_mtu),
         ("gateway.path_mtu", old.path_mtu != now.path_mtu),
+        // The workers read it from the dataplane's start, as they do both MTUs.
+        ("gateway.tcp_mss_clamp", old.tcp_mss_clamp != now.tcp_mss_clamp),
         ("gateway.workers", old.workers != now.workers),
         ("gateway.worker_cores", old.worker_cores != now.worker_cores),
         ("metrics", was.metrics != new.metrics),

@@ -74,6 +74,8 @@ pub struct WorkerMetrics {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub busy_seconds: f64,
+    /// TCP SYNs whose MSS the worker lowered (`[gateway] tcp_mss_clamp`).
+    pub mss_clamped: u64,
 }
 
 /// The order of [`ConnectionMetrics::child_sas`].
@@ -132,6 +134,7 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
                 bytes_in: load(&c.in_bytes),
                 bytes_out: load(&c.out_bytes),
                 busy_seconds: load(&c.busy_ns) as f64 / 1e9,
+                mss_clamped: load(&c.mss_clamped),
             })
             .collect(),
         ha: s.ha.cloned(),
@@ -230,8 +233,14 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
         "Time a dataplane worker spent working, not waiting (rate() = busy ratio)",
         &["worker"],
     )?;
+    let clamped = f.counter(
+        "vpngw_tcp_mss_clamped_total",
+        "TCP SYNs whose MSS option a dataplane worker lowered to fit the tunnel",
+        &["worker"],
+    )?;
     for (i, w) in s.workers.iter().enumerate() {
         let id = i.to_string();
+        clamped.with_label_values(&[id.as_str()]).inc_by(w.mss_clamped);
         wp.with_label_values(&[id.as_str(), "in"]).inc_by(w.packets_in);
         wp.with_label_values(&[id.as_str(), "out"]).inc_by(w.packets_out);
         wb.with_label_values(&[id.as_str(), "in"]).inc_by(w.bytes_in);
@@ -534,6 +543,7 @@ mod tests {
                 bytes_in: 500,
                 bytes_out: 700,
                 busy_seconds: 0.25,
+                mss_clamped: 3,
             }],
         }
     }
@@ -553,6 +563,7 @@ mod tests {
             "vpngw_child_sa_rekeys_total{connection=\"to-b\"} 2",
             "vpngw_dropped_packets_total{reason=\"no_sa\"} 4",
             "vpngw_worker_busy_seconds_total{worker=\"0\"} 0.25",
+            "vpngw_tcp_mss_clamped_total{worker=\"0\"} 3",
             "vpngw_ike_sa_established_timestamp_seconds{connection=\"to-b\"} 1790000000",
             "vpngw_health_check_healthy{connection=\"to-b\"} 1",
             "vpngw_health_check_rtt_seconds{connection=\"to-b\"} 0.0125",

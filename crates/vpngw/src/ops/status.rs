@@ -53,6 +53,9 @@ pub struct WorkerStatus {
     pub packets_out_link: u64,
     pub packets_in: u64,
     pub busy_seconds: f64,
+    /// TCP SYNs whose MSS this worker lowered to the clamp (`[gateway] tcp_mss_clamp`).
+    #[serde(default)]
+    pub mss_clamped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +152,7 @@ pub fn build(s: &Sources) -> Status {
                 packets_out_link: c.out_link_packets.load(Ordering::Relaxed),
                 packets_in: c.in_packets.load(Ordering::Relaxed),
                 busy_seconds: c.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                mss_clamped: c.mss_clamped.load(Ordering::Relaxed),
             })
             .collect(),
         link_paths: s
@@ -283,8 +287,13 @@ impl Status {
         let sum = |f: fn(&WorkerStatus) -> u64| self.workers.iter().map(f).sum::<u64>();
         let (out, link, inbound) = (sum(|w| w.packets_out), sum(|w| w.packets_out_link), sum(|w| w.packets_in));
         let link = if link > 0 { format!(" ({link} through the link path)") } else { String::new() };
+        let clamped = sum(|w| w.mss_clamped);
+        let clamped = if clamped > 0 { format!("; TCP MSS clamped in {clamped} SYNs") } else { String::new() };
         let workers = if self.workers.len() == 1 { "worker" } else { "workers" };
-        format!("dataplane: {} {workers} {placement}; packets out {out}{link}, in {inbound}", self.workers.len())
+        format!(
+            "dataplane: {} {workers} {placement}; packets out {out}{link}, in {inbound}{clamped}",
+            self.workers.len()
+        )
     }
 
     /// The human form of `vpngw status`.
@@ -421,7 +430,14 @@ mod tests {
     }
 
     fn worker(core: Option<usize>, out: u64, link: u64, inbound: u64) -> WorkerStatus {
-        WorkerStatus { core, packets_out: out, packets_out_link: link, packets_in: inbound, busy_seconds: 0.0 }
+        WorkerStatus {
+            core,
+            packets_out: out,
+            packets_out_link: link,
+            packets_in: inbound,
+            busy_seconds: 0.0,
+            mss_clamped: 0,
+        }
     }
 
     #[test]
