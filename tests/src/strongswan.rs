@@ -261,6 +261,22 @@ impl Charon {
         );
     }
 
+    /// Loads `conf`, a whole swanctl.conf written elsewhere (`vpngw peer-config`), as it is:
+    /// `swanctl --load-all` with it as the file, which also unloads what an earlier load left.
+    /// Returns swanctl's output; the caller judges it (a refused file is a result too).
+    pub fn load_raw(&self, conf: &str) -> std::process::Output {
+        let path = self.dir.join("swanctl.conf");
+        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
+        self.swanctl(&["--load-all", "--noprompt", "--file", &path.display().to_string()])
+    }
+
+    /// `swanctl --initiate` of one child of one connection (blocks until done or
+    /// `timeout_s`); returns its output.
+    pub fn initiate_child(&self, ike: &str, child: &str, timeout_s: u32) -> String {
+        let out = self.swanctl(&["--initiate", "--ike", ike, "--child", child, "--timeout", &timeout_s.to_string()]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
     /// `swanctl --initiate` (blocks until done or `timeout_s`); returns its output.
     pub fn initiate(&self, timeout_s: u32) -> String {
         let out = self.swanctl(&["--initiate", "--ike", "lab", "--child", "net", "--timeout", &timeout_s.to_string()]);

@@ -6,8 +6,9 @@
 //! connections), Prometheus metrics, signals, logging, saved tunnels (a restart without
 //! renegotiation), hot backup's daemon side (the role from the public address, the records sent
 //! to and imported from the partner through `vpngw-sync`), and the CLI (`run`, `check`,
-//! `status`, `up [--wait]`, `down`, `rekey`, `diagnose`, `reload`, `connection add/remove/list`,
-//! `stop`, `ha notify/check/handover`, `healthcheck`), and what systemd is told (sd_notify).
+//! `status`, `up [--wait]`, `down`, `rekey`, `diagnose`, `peer-config`, `reload`,
+//! `connection add/remove/list`, `stop`, `ha notify/check/handover`, `healthcheck`), and what
+//! systemd is told (sd_notify).
 //!
 //! **Threads:** the daemon's loop (one current-thread tokio runtime) owns the IKE engine and
 //! every change of state; the control socket, the management API and metrics run on a second
@@ -147,6 +148,21 @@ enum Cmd {
         name: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the configuration of the other side of a connection (the customer's gateway), the
+    /// mirror image of this one: strongSwan's swanctl.conf, a vpngw [[connection]] table, or a
+    /// generic table in the seed's words. The pre-shared key is a placeholder the peer refuses
+    /// to load, unless --include-key. Example: vpngw peer-config branch-1 --format strongswan
+    PeerConfig {
+        name: String,
+        #[arg(long, value_enum, default_value = "generic")]
+        format: ops::peer_config::Format,
+        /// Print the pre-shared key too (the output then opens with a line saying it holds a
+        /// secret; the daemon logs that the key was handed out).
+        #[arg(long)]
+        include_key: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -308,7 +324,9 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
     match rt.block_on(control::request(&socket, &request)) {
         Ok(r) if r.ok => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            if let Some(d) = r.diagnosis {
+            if let Some(text) = r.peer_config {
+                print!("{text}");
+            } else if let Some(d) = r.diagnosis {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
                 } else {
@@ -407,6 +425,9 @@ fn main() -> ExitCode {
             client(&target, Request::Stop { save_tunnels }, false)
         }
         Cmd::Diagnose { name, json, target } => client(&target, Request::Diagnose { connection: name }, json),
+        Cmd::PeerConfig { name, format, include_key, target } => {
+            client(&target, Request::PeerConfig { connection: name, format, include_key }, false)
+        }
         Cmd::Connection { action: ConnectionCmd::Add { name, file, target } } => {
             let table = match std::fs::read_to_string(&file)
                 .map_err(|e| e.to_string())

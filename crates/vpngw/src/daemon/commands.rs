@@ -19,9 +19,11 @@ impl Daemon {
         match request {
             // Answered by the surfaces from the published state (`ops/published.rs`); here
             // for completeness, from the state now.
-            Request::Status | Request::Diagnose { .. } | Request::Connections | Request::Ready => {
-                self.read_state().answer(&request).unwrap_or_else(|| Response::error("not a read"))
-            }
+            Request::Status
+            | Request::Diagnose { .. }
+            | Request::PeerConfig { .. }
+            | Request::Connections
+            | Request::Ready => self.read_state().answer(&request).unwrap_or_else(|| Response::error("not a read")),
             Request::Up { connection } if !self.negotiates() && self.connection(&connection).is_some() => {
                 Response::error(format!(
                     "{connection}: this server is the hot-backup standby; the active one negotiates"

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, Request as HttpRequest, State};
+use axum::extract::{Path as UrlPath, RawQuery, Request as HttpRequest, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -25,6 +25,7 @@ use toml::Table;
 
 use crate::config::{Api, ApiTls, Connection, loose_secret_mode, overlap, parse_connection};
 use crate::ops::control::{Command, ErrorKind, Request, Response};
+use crate::ops::peer_config::Format;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -209,6 +210,7 @@ pub async fn serve(
         .route("/api/v1/connections/{name}/initiate", post(initiate))
         .route("/api/v1/connections/{name}/terminate", post(terminate))
         .route("/api/v1/connections/{name}/diagnosis", get(diagnosis))
+        .route("/api/v1/connections/{name}/peer-config", get(peer_config))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource (see docs/api/openapi.yaml)") })
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize))
         .with_state(ctx);
@@ -359,6 +361,53 @@ async fn diagnosis(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Ht
     }
 }
 
+/// `GET .../peer-config?format=strongswan|vpngw|generic&include_key=true|false`: the other
+/// side's configuration as text. The query is read by hand so that every refusal is the API's
+/// JSON error, never a framework's plain-text one.
+async fn peer_config(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> HttpResponse {
+    let (format, include_key) = match peer_config_query(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, &problem),
+    };
+    match ask(&ctx, Request::PeerConfig { connection: name, format, include_key }).await {
+        Response { ok: true, peer_config: Some(text), .. } => {
+            // A key in the answer: no cache along the way may keep it.
+            let cache = if include_key { "no-store" } else { "no-cache" };
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, cache)], text)
+                .into_response()
+        }
+        r => refused(r),
+    }
+}
+
+/// `format` (default `generic`) and `include_key` (default false) from a query string.
+fn peer_config_query(query: &str) -> Result<(Format, bool), String> {
+    let mut format = Format::Generic;
+    let mut include_key = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "format" => {
+                format = Format::parse(value)
+                    .ok_or_else(|| format!("format must be one of strongswan, vpngw, generic (got {value:?})"))?;
+            }
+            "include_key" => {
+                include_key = match value {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(format!("include_key must be true or false (got {other:?})")),
+                };
+            }
+            other => return Err(format!("unknown query parameter {other:?} (format, include_key)")),
+        }
+    }
+    Ok((format, include_key))
+}
+
 // ------------------------------------------------------------------------------------------
 // The state file: runtime connections across restarts.
 
@@ -458,6 +507,16 @@ mod tests {
             "[[connection]]\nname = \"{name}\"\nremote_address = \"198.51.100.2\"\npre_shared_key = \"api-psk-0123456789\"\n\
              local_subnets = [\"{local}\"]\nremote_subnets = [\"{remote}\"]\n"
         )
+    }
+
+    #[test]
+    fn the_peer_config_query_takes_its_two_words_and_refuses_the_rest() {
+        assert_eq!(peer_config_query(""), Ok((Format::Generic, false)));
+        assert_eq!(peer_config_query("format=strongswan&include_key=true"), Ok((Format::Strongswan, true)));
+        assert_eq!(peer_config_query("include_key=false&format=vpngw"), Ok((Format::Vpngw, false)));
+        for bad in ["format=cisco", "include_key=yes", "key=1", "format"] {
+            assert!(peer_config_query(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

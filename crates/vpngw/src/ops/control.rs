@@ -1,5 +1,6 @@
 //! The local control socket: one JSON request per connection, one JSON answer. Root only (the
-//! socket is created with mode 0600). `vpngw status/up/down/rekey/diagnose` are its clients.
+//! socket is created with mode 0600). `vpngw status/up/down/rekey/diagnose/peer-config` are its
+//! clients.
 
 use std::path::Path;
 
@@ -27,6 +28,14 @@ pub enum Request {
     },
     Diagnose {
         connection: String,
+    },
+    /// The other side's configuration of a connection (`ops/peer_config.rs`); the key only
+    /// with `include_key`.
+    PeerConfig {
+        connection: String,
+        format: crate::ops::peer_config::Format,
+        #[serde(default)]
+        include_key: bool,
     },
     /// Every connection: where it is defined, its parameters (never the key), its state.
     Connections,
@@ -114,6 +123,9 @@ pub struct Response {
     /// For PutConnection: whether it was new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
+    /// For PeerConfig: the text for the other side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_config: Option<String>,
 }
 
 impl Response {
@@ -128,6 +140,7 @@ impl Response {
             kind: None,
             problems: Vec::new(),
             created: None,
+            peer_config: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod api;
 pub mod control;
 pub mod diagnose;
 pub mod metrics;
+pub mod peer_config;
 pub mod probes;
 pub mod published;
 pub mod status;

@@ -29,7 +29,7 @@ use vpngw_ike::{DropCounters, IkeSaInfo};
 
 use super::control::{Command, ConnectionView, ErrorKind, Request, Response};
 use super::metrics::{self, Snapshot};
-use super::{Sources, diagnose, status};
+use super::{Sources, diagnose, peer_config, status};
 use crate::config::Config;
 use crate::health::ProbeView;
 use crate::history::ConnectionHistory;
@@ -100,8 +100,8 @@ impl ReadState {
         self.read(|s| metrics::snapshot(s, &traffic))
     }
 
-    /// The answer to a read request (status, diagnose, the connection list); None for a
-    /// command.
+    /// The answer to a read request (status, diagnose, the connection list, a peer's
+    /// configuration); None for a command.
     pub fn answer(&self, request: &Request) -> Option<Response> {
         Some(match request {
             Request::Status => Response { status: Some(self.read(status::build)), message: None, ..Response::ok("") },
@@ -111,6 +111,19 @@ impl ReadState {
             },
             Request::Connections => {
                 Response { connections: Some(self.connection_views()), message: None, ..Response::ok("") }
+            }
+            Request::PeerConfig { connection, format, include_key } => {
+                let Some(c) = self.config.connections.iter().find(|c| c.peer.name == *connection) else {
+                    return Some(Response::failed(ErrorKind::NotFound, format!("no connection named {connection:?}")));
+                };
+                if *include_key {
+                    // Who asked for a key is worth a line in the log; the key never is.
+                    tracing::info!(connection = %connection, format = format.as_str(), "peer configuration with the pre-shared key handed out");
+                }
+                match peer_config::render(c, *format, *include_key, SystemTime::now()) {
+                    Ok(text) => Response { peer_config: Some(text), message: None, ..Response::ok("") },
+                    Err(e) => Response::failed(ErrorKind::Invalid, e.to_string()),
+                }
             }
             Request::Ready => match self.readiness() {
                 Ok(why) => Response::ok(why),
