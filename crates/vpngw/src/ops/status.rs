@@ -458,5 +458,11 @@ mod tests {
         assert!(text.contains("dropped datagrams: none\n"), "{text}");
         let s = status(vec![worker(Some(3), 0, 0, 0), worker(None, 0, 0, 0)], &[]);
         assert!(s.render(0).contains("2 workers 1 of them pinned, on cores 3;"), "{}", s.render(0));
+        // SYNs whose MSS was clamped, summed over the workers, once there are any.
+        let mut clamping = vec![worker(Some(0), 10, 0, 3), worker(Some(1), 5, 0, 4)];
+        clamping[0].mss_clamped = 2;
+        clamping[1].mss_clamped = 3;
+        let text = status(clamping, &[]).render(0);
+        assert!(text.contains("packets out 15, in 7; TCP MSS clamped in 5 SYNs\n"), "{text}");
     }
 }
