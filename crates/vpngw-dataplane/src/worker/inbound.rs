@@ -12,7 +12,7 @@ use vpngw_esp::{OpenPacket, peek_spi};
 use super::base::{BATCH, UDP_BUFFERS, Worker};
 use super::ctx::{RAW_LEN, RAW_RECV, TunOut, WorkerCtx};
 use crate::counters::{DropReason, bump};
-use crate::mss::{clamp_tcp_header, tcp_syn_header};
+use crate::mss::{MssClamp, clamp_tcp_header, tcp_syn_header};
 use crate::packet::ipv4;
 use crate::sa_table::{InboundEntry, InboundMap};
 use crate::shared::ToControl;
@@ -190,6 +190,9 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
         /// ESP header 8 + IV 16, and padding 15 + trailer 2 + ICV 12: AES-CBC with SHA1-96.
         const WORST_HEADER: usize = 24;
         const WORST_TRAILER: usize = 29;
+        if self.shared.tcp_mss_clamp == MssClamp::Off {
+            return;
+        }
         let Some((tcp_start, tcp_len)) = tcp_syn_header(packet) else { return };
         let Some(info) = ipv4(packet) else { return };
         let (tun_mtu, path_mtu) = (self.shared.tun_mtu, self.shared.path_mtu);

@@ -18,7 +18,7 @@ use vpngw_esp::{NextHeader, SealPacket};
 use super::base::{BATCH, HEADROOM, ICMP_LEN, Worker};
 use super::ctx::WorkerCtx;
 use crate::counters::{DropReason, bump};
-use crate::mss::{clamp_tcp_header, tcp_syn_header};
+use crate::mss::{MssClamp, clamp_tcp_header, tcp_syn_header};
 use crate::packet::{Ipv4Info, icmp_fragmentation_needed, ipv4};
 use crate::sa_table::{Outbound, OutboundEntry};
 use crate::shared::ToControl;
@@ -215,6 +215,9 @@ impl<T: Tun, U: UdpLink, R: RawLink> Worker<T, U, R> {
     /// Lowers the MSS of a TCP SYN about to be sealed with `entry` to what its tunnel carries
     /// (see [`crate::mss`]); counted. Every other packet costs a look at its protocol and flags.
     pub(super) fn clamp_mss(&self, entry: &OutboundEntry, packet: &mut [u8]) {
+        if self.shared.tcp_mss_clamp == MssClamp::Off {
+            return;
+        }
         let Some((tcp_start, tcp_len)) = tcp_syn_header(packet) else { return };
         let limit = self.shared.tcp_mss_clamp.limit(
             self.shared.tun_mtu,

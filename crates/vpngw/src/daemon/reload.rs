@@ -176,3 +176,28 @@ impl Daemon {
         (kept, removed, added)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::restart_only;
+    use crate::config::Config;
+    use crate::config::tests::MINIMAL;
+
+    /// The workers read the MTUs and the MSS clamp once, at the dataplane's start: a reload
+    /// that changes them names them and applies nothing.
+    #[test]
+    fn mtus_and_the_mss_clamp_need_a_restart() {
+        let with = |line: &str| {
+            Config::parse(&MINIMAL.replace("[[connection]]", &format!("{line}\n\n[[connection]]")), Path::new("."))
+                .unwrap()
+        };
+        let was = with("");
+        assert!(restart_only(&was, &with("")).is_empty());
+        assert_eq!(restart_only(&was, &with("tcp_mss_clamp = \"off\"")), ["gateway.tcp_mss_clamp"]);
+        assert_eq!(restart_only(&was, &with("tcp_mss_clamp = 1200")), ["gateway.tcp_mss_clamp"]);
+        assert!(restart_only(&was, &with("tcp_mss_clamp = \"auto\"")).is_empty(), "auto is the default");
+        assert_eq!(restart_only(&was, &with("tun_mtu = 1300")), ["gateway.tun_mtu"]);
+    }
+}
