@@ -13,8 +13,9 @@
 //! fits any tunnel we allow; adding an option would need room we may not have (the header
 //! grows, every offset moves) for no gain.
 //!
-//! Only the first bytes of a SYN are touched, and only a few bounds-checked reads decide that a
-//! packet is not one: the cost on every other packet is reading the IP protocol and TCP flags.
+//! Only the MSS value and the checksum of a SYN are written, and a few bounds-checked reads
+//! decide that a packet is not one (the IPv4 lengths, protocol and fragment offset, the TCP
+//! flags): that is the whole cost on every other packet; with clamping off, not even that.
 
 use crate::packet::ipv4;
 
@@ -30,11 +31,6 @@ pub enum MssClamp {
     /// This value (at most; a SYN announcing less keeps its own).
     Fixed(u16),
 }
-
-/// Smallest fixed clamp: the MSS every IPv4 host must accept (RFC 9293 s.3.7.1).
-pub const MIN_FIXED_MSS: u16 = 536;
-/// Largest fixed clamp: a 9216-byte jumbo path less IPv4 and TCP headers (40).
-pub const MAX_FIXED_MSS: u16 = 9176;
 
 /// IPv4 (20, no options) plus TCP (20, no options): what an MSS leaves out of a packet.
 pub const TCP_IPV4_HEADERS: usize = 40;
@@ -88,8 +84,8 @@ pub fn tcp_syn_header(packet: &[u8]) -> Option<(usize, usize)> {
         return None;
     }
     // A later fragment has no TCP header; a first fragment (MF) must hold all of it, which
-    // the length checks below ensure.
-    let fragment_offset = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff;
+    // the length checks below ensure. (`ipv4` saw at least 20 header bytes.)
+    let fragment_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
     if fragment_offset != 0 {
         return None;
     }
