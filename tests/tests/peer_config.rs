@@ -1,7 +1,7 @@
 //! `vpngw peer-config`: the other side's configuration, loaded as it is, brings the tunnel up.
 //!
 //! For a seeded random sample of suites from the seed's tables (both negotiation modes, both
-//! identity types, vpngw initiating and answering, random lifetimes), vpngw in the left
+//! identity types, every `start`, random lifetimes), vpngw in the left
 //! namespace prints `peer-config NAME --format strongswan --include-key`; that text goes into
 //! strongSwan's swanctl.conf in the right namespace unchanged; the tunnel must come up with the
 //! algorithms of the connection and carry a ping. Without `--include-key` the key must be
@@ -50,7 +50,9 @@ struct Case {
     name: String,
     aggressive: bool,
     fqdn: bool,
-    vpngw_initiates: bool,
+    /// vpngw's `start`: `active` (vpngw initiates), `passive` (strongSwan does, at load),
+    /// `on-traffic` (strongSwan is told to initiate).
+    start: &'static str,
     ike: (&'static str, &'static str, &'static str),
     esp: (&'static str, &'static str, &'static str),
     ike_lifetime: u64,
@@ -59,15 +61,20 @@ struct Case {
 }
 
 impl Case {
-    /// The i-th case: modes, identities and roles cycle so that six cases hold every mode
-    /// with both roles and both identity types; the suites and lifetimes are random.
+    /// The i-th case: modes, identities and roles cycle so that the first six hold every mode
+    /// with both roles and both identity types, the seventh is `on-traffic` at vpngw; the
+    /// suites and lifetimes are random.
     fn sample(i: usize, rng: &mut Rng) -> Self {
         Self {
             // A dot in the name: swanctl.conf gets it as '_' (peer_config.rs, swan_name).
             name: if i % 2 == 0 { format!("branch-{i}") } else { format!("site.{i}") },
             aggressive: i & 1 == 1,
             fqdn: (i >> 1) & 1 == 1,
-            vpngw_initiates: ((i >> 2) ^ i) & 1 == 1,
+            start: match i {
+                6.. => "on-traffic",
+                _ if ((i >> 2) ^ i) & 1 == 1 => "active",
+                _ => "passive",
+            },
             ike: (rng.pick(&CIPHERS), rng.pick(&HASHES), rng.pick(&GROUPS)),
             esp: (rng.pick(&CIPHERS), rng.pick(&HASHES), rng.pick(&PFS)),
             ike_lifetime: rng.between(3600, 86_400),
@@ -95,7 +102,7 @@ impl Case {
             self.child_lifetime,
             self.kilobytes,
             name = self.name,
-            start = if self.vpngw_initiates { "active" } else { "passive" },
+            start = self.start,
             mode = if self.aggressive { "aggressive" } else { "main" },
         )
     }
@@ -176,7 +183,16 @@ fn run_case(lab: &Lab, charon: &Charon, case: &Case, n: usize) -> Result<(), Str
         if !out.status.success() || said.contains("invalid config file") || !loaded.iter().all(|l| said.contains(l)) {
             return Err(format!("swanctl did not load the generated file: {said}"));
         }
-        // vpngw active: it initiates; passive: strongSwan does (start_action = start at load).
+        // vpngw active: it initiates; passive: strongSwan does (start_action = start at load);
+        // on-traffic: strongSwan is told to (`swanctl --initiate`). Its trap (start_action =
+        // trap) would do it on the right host's traffic with the kernel's IPsec, but the lab's
+        // kernel-libipsec has no acquires ("could not find an outbound IPsec SA ... dropping").
+        if case.start == "on-traffic" {
+            let said = charon.initiate_child(&swan_name, &swan_name, 10);
+            if !said.contains("initiate completed successfully") {
+                return Err(format!("swanctl --initiate: {said}"));
+            }
+        }
         let up = v
             .wait_up(&case.name, Duration::from_secs(20))
             .ok_or_else(|| format!("vpngw never came up: {}", v.status_text()))?;
@@ -282,7 +298,7 @@ fn the_generated_peer_configuration_brings_the_tunnel_up() {
     let seed = seed();
     eprintln!("peer_config: seed {seed} (PEER_CONFIG_SEED={seed} repeats this sample)");
     let mut rng = Rng(seed);
-    let cases: Vec<Case> = (0..6).map(|i| Case::sample(i, &mut rng)).collect();
+    let cases: Vec<Case> = (0..7).map(|i| Case::sample(i, &mut rng)).collect();
     for c in &cases {
         eprintln!("  {c:?}");
     }
@@ -302,4 +318,104 @@ fn the_generated_peer_configuration_brings_the_tunnel_up() {
         }
     }
     assert!(failures.is_empty(), "seed {seed}: {} failure(s):\n{}", failures.len(), failures.join("\n\n"));
+}
+
+/// One HTTP request to the API from inside `ns`: (status, Content-Type, Cache-Control, body).
+fn http(lab: &Lab, ns: &str, method: &str, url: &str, token: &str, body: &str) -> (u16, String, String, String) {
+    let code = r#"
+import sys, urllib.request, urllib.error
+method, url, token, body = sys.argv[1:5]
+req = urllib.request.Request(url, method=method, data=body.encode() if body else None)
+if token:
+    req.add_header("Authorization", "Bearer " + token)
+if body:
+    req.add_header("Content-Type", "application/json")
+try:
+    r = urllib.request.urlopen(req, timeout=10)
+except urllib.error.HTTPError as e:
+    r = e
+print(r.status)
+print(r.headers.get("Content-Type", ""))
+print(r.headers.get("Cache-Control", ""))
+print(r.read().decode(), end="")
+"#;
+    let out = lab.exec(ns, "python3", &["-c", code, method, url, token, body]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.splitn(4, '\n');
+    let mut next = || parts.next().unwrap_or_default().to_string();
+    let status =
+        next().trim().parse().unwrap_or_else(|_| panic!("no answer: {}", String::from_utf8_lossy(&out.stderr)));
+    (status, next(), next(), next())
+}
+
+/// The API serves a runtime connection's other side too: the key only when asked, then with
+/// `Cache-Control: no-store` and a log line that names the connection, never the key.
+#[test]
+fn the_api_serves_runtime_connections_and_the_key_only_when_asked() {
+    require_root();
+    const TOKEN: &str = "peer-config-token-8d2f61";
+    const RUNTIME_PSK: &str = "runtime-psk-93be0c4a71";
+    let lab = Lab::gateways("peer-config-api");
+    let dir = lab.dir.join("api");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("api.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let api = format!(
+        "[api]\ntoken_file = \"{}\"\nstate_file = \"{}\"\n",
+        token.display(),
+        dir.join("connections.toml").display()
+    );
+    let config = config_text(LEFT_WAN, &Vpngw::socket_for(&lab, "api"), true, &api);
+    let v = Vpngw::start(&lab, &lab.left, "api", &config, &[]);
+    let base = "http://127.0.0.1:9721/api/v1/connections";
+    let runtime = format!(
+        r#"{{"remote_address": "{RIGHT_WAN}", "pre_shared_key": "{RUNTIME_PSK}", "local_subnets": ["{LEFT_NET}"],
+            "remote_subnets": ["{RIGHT_NET}"], "start": "passive",
+            "ike": {{"mode": "aggressive", "remote_id": "fqdn:right.lab.example", "encryption": "aes-256", "authentication": "sha1", "dh_group": "dh14"}},
+            "ipsec": {{"encryption": "aes-128", "authentication": "sha1", "pfs": "dh14"}}}}"#
+    );
+    let created = wait_for(Duration::from_secs(10), || {
+        let (code, _, _, body) = http(&lab, &lab.left, "PUT", &format!("{base}/rt-1"), TOKEN, &runtime);
+        (code == 201).then_some(body)
+    });
+    assert!(created.is_some(), "PUT refused\n{}", v.log_text());
+
+    let get =
+        |query: &str, token: &str| http(&lab, &lab.left, "GET", &format!("{base}/rt-1/peer-config{query}"), token, "");
+    let (code, content_type, cache, text) = get("?format=strongswan", TOKEN);
+    assert_eq!(code, 200, "{text}");
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert_eq!(cache, "no-cache");
+    assert!(text.contains("aggressive = yes") && text.contains("proposals = aes256-sha1-modp2048"), "{text}");
+    assert!(text.contains("id = @right.lab.example") && text.contains("start_action = start"), "{text}");
+    assert!(!text.contains(RUNTIME_PSK) && text.contains("<PRE-SHARED KEY of connection rt-1>"), "{text}");
+
+    let (code, _, cache, text) = get("?format=vpngw&include_key=true", TOKEN);
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(cache, "no-store");
+    assert!(text.starts_with("# SECRET:") && text.contains(&format!("pre_shared_key = \"{RUNTIME_PSK}\"")), "{text}");
+
+    let (code, _, _, text) = get("", TOKEN);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("Negotiation mode") && text.contains("Aggressive") && !text.contains(RUNTIME_PSK), "{text}");
+
+    for (query, want) in [("?format=cisco", 400), ("?include_key=yes", 400), ("?colour=blue", 400)] {
+        let (code, content_type, _, body) = get(query, TOKEN);
+        assert_eq!(code, want, "{query}: {body}");
+        assert!(content_type.starts_with("application/json") && body.contains("error"), "{query}: {body}");
+    }
+    assert_eq!(get("", "wrong-token").0, 401);
+    assert_eq!(http(&lab, &lab.left, "GET", &format!("{base}/nope/peer-config"), TOKEN, "").0, 404);
+
+    // The CLI reaches runtime connections through the control socket alike.
+    let text = peer_config(&v, "rt-1", "strongswan", false);
+    assert!(text.contains("proposals = aes256-sha1-modp2048") && !text.contains(RUNTIME_PSK), "{text}");
+
+    let log = v.log_text();
+    let handed: Vec<&str> = log.lines().filter(|l| l.contains("pre-shared key handed out")).collect();
+    assert_eq!(handed.len(), 1, "{log}");
+    assert!(handed[0].contains("rt-1") && handed[0].contains("vpngw"), "{}", handed[0]);
+    assert!(!log.contains(RUNTIME_PSK), "the key is in the log:\n{log}");
+    assert_eq!(v.stop(&lab), Some(0));
 }
