@@ -1,12 +1,13 @@
 //! `vpngw peer-config`: the other side's configuration, loaded as it is, brings the tunnel up.
 //!
 //! For a seeded random sample of suites from the seed's tables (both negotiation modes, both
-//! identity types, every `start`, random lifetimes), vpngw in the left
-//! namespace prints `peer-config NAME --format strongswan --include-key`; that text goes into
-//! strongSwan's swanctl.conf in the right namespace unchanged; the tunnel must come up with the
-//! algorithms of the connection and carry a ping. Without `--include-key` the key must be
+//! identity types, every `start`, random lifetimes), vpngw in the left namespace prints
+//! `peer-config NAME --format strongswan --include-key`; that text goes into strongSwan's
+//! swanctl.conf in the right namespace unchanged; the tunnel must come up with the algorithms
+//! and lifetimes of the connection and carry a ping. Without `--include-key` the key must be
 //! absent and swanctl must refuse the file (the placeholder). Then `--format vpngw`, with a
-//! `[gateway]` section added, configures a second vpngw on the right: up, and a ping.
+//! `[gateway]` section added, configures a second vpngw on the right: up, and a ping. A second
+//! test takes the API's route through its answers for a runtime connection.
 //!
 //! The seed is printed; `PEER_CONFIG_SEED=N` repeats a run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test

@@ -88,24 +88,25 @@ pub fn render(
             connection.peer.name
         );
     }
-    let header = Header { connection, now, include_key };
+    let rendering = Rendering { connection, now, include_key };
     match format {
-        Format::Strongswan => strongswan(&mut out, &header),
-        Format::Vpngw => vpngw(&mut out, &header)?,
-        Format::Generic => generic(&mut out, &header),
+        Format::Strongswan => strongswan(&mut out, &rendering),
+        Format::Vpngw => vpngw(&mut out, &rendering)?,
+        Format::Generic => generic(&mut out, &rendering),
     }
     Ok(out)
 }
 
-struct Header<'a> {
+/// One rendering: the connection, when, and whether the key goes in.
+struct Rendering<'a> {
     connection: &'a Connection,
     now: SystemTime,
     include_key: bool,
 }
 
-impl Header<'_> {
+impl Rendering<'_> {
     /// The opening comment lines: what generated this, when, and which side is which.
-    fn write(&self, out: &mut String, what: &str) {
+    fn header(&self, out: &mut String, what: &str) {
         let p = &self.connection.peer;
         let _ = writeln!(
             out,
@@ -195,11 +196,11 @@ fn child_margin(lifetime: u64) -> u64 {
     (lifetime / 10).clamp(10, 540).min(lifetime / 2)
 }
 
-fn strongswan(out: &mut String, h: &Header) {
+fn strongswan(out: &mut String, h: &Rendering) {
     let c = h.connection;
     let p = &c.peer;
     let name = swan_name(&p.name);
-    h.write(out, "strongSwan swanctl.conf (IKEv1)");
+    h.header(out, "strongSwan swanctl.conf (IKEv1)");
     let _ = writeln!(
         out,
         "# Load it with `swanctl --load-all` (as /etc/swanctl/conf.d/{name}.conf) or `swanctl --load-all --file FILE`."
@@ -345,10 +346,10 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-fn vpngw(out: &mut String, h: &Header) -> Result<(), PeerConfigError> {
+fn vpngw(out: &mut String, h: &Rendering) -> Result<(), PeerConfigError> {
     let c = h.connection;
     let p = &c.peer;
-    h.write(out, "vpngw configuration");
+    h.header(out, "vpngw configuration");
     let _ = writeln!(
         out,
         "# Add your [gateway] section with public_address = \"{}\" (vpngw check --config FILE).",
@@ -448,10 +449,10 @@ fn seed_id(id: &Identity) -> String {
     }
 }
 
-fn generic(out: &mut String, h: &Header) {
+fn generic(out: &mut String, h: &Rendering) {
     let c = h.connection;
     let p = &c.peer;
-    h.write(out, "Settings (in the words of the cloud VPN gateway's tables)");
+    h.header(out, "Settings (in the words of the cloud VPN gateway's tables)");
     let _ = writeln!(out, "# Set each item on your gateway as in the \"your gateway\" column.\n");
     let key = if h.include_key {
         match std::str::from_utf8(p.psk.expose()) {
@@ -497,14 +498,12 @@ fn generic(out: &mut String, h: &Header) {
         ("Protected networks", String::new()),
     ];
     for pair in &p.subnets {
-        rows.push((
-            "Local network (yours) -> remote network (behind vpngw)",
-            format!("{} -> {}", pair.remote, pair.local),
-        ));
+        rows.push(("Local network (yours) -> remote network (vpngw's)", format!("{} -> {}", pair.remote, pair.local)));
     }
     rows.push(("", String::new()));
+    rows.push(("Tunnel", String::new()));
     rows.push((
-        "Dead peer detection",
+        "Dead peer detection (as vpngw's)",
         match p.dpd {
             Some(d) => format!("on, timeout {} seconds, action {}", d.timeout.as_secs(), d.action),
             None => "off at vpngw (it still answers probes)".into(),
@@ -715,6 +714,20 @@ mod tests {
         assert!(g.contains(&placeholder("branch-1")) && !g.contains("lab-psk"), "{g}");
         let pfs_line = g.lines().find(|l| l.starts_with("PFS")).unwrap();
         assert!(pfs_line.ends_with("DH5"), "{pfs_line}");
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_text_goes_to_strongswan_in_hexadecimal_and_not_into_toml() {
+        let mut c = defaults();
+        c.peer.psk = vpngw_crypto::SecretBytes::from_slice(&[0xff, 0x00, 0x41]);
+        let s = render(&c, Format::Strongswan, true, at()).unwrap();
+        assert_eq!(values(&s, "secret"), ["0xff0041"]);
+        assert_eq!(
+            render(&c, Format::Vpngw, true, at()),
+            Err(PeerConfigError::KeyNotText { connection: "branch-1".into() })
+        );
+        // Without the key there is nothing to write: every format works.
+        assert!(render(&c, Format::Vpngw, false, at()).is_ok());
     }
 
     #[test]
