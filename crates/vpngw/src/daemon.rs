@@ -134,6 +134,8 @@ struct Daemon {
     publish_pending: bool,
     /// Hot backup (`[ha]`); None: this server is alone and always active.
     ha: Option<HaDriver>,
+    /// Reloads counted for metrics (`daemon/reload.rs`).
+    reloads: metrics::ReloadStats,
 }
 
 /// The operator's ways in: their runtime and thread (the servers' tasks run there), and the
@@ -395,6 +397,7 @@ impl Daemon {
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
             ha: None,
+            reloads: metrics::ReloadStats::started(std::time::SystemTime::now()),
             from_loop: false,
         }));
         let (surfaces, api_token) = serve_surfaces(&config, published.clone()).await?;
@@ -425,6 +428,7 @@ impl Daemon {
             published_at: Instant::now(),
             publish_pending: true,
             ha,
+            reloads: metrics::ReloadStats::started(std::time::SystemTime::now()),
         };
         Ok((daemon, surfaces))
     }
@@ -599,6 +603,7 @@ impl Daemon {
             started: self.started,
             runtime_connections: self.runtime.names(),
             ha: self.ha.as_ref().map(HaDriver::view),
+            reloads: self.reloads,
             from_loop: true,
         }
     }

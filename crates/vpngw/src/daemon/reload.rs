@@ -50,6 +50,7 @@ impl Daemon {
     pub(super) async fn reload(&mut self) -> Result<String, ReloadRefused> {
         crate::systemd::reloading();
         let outcome = self.reload_file().await;
+        self.reloads.count(outcome.is_ok(), std::time::SystemTime::now());
         match &outcome {
             Ok(applied) => tracing::info!("configuration reloaded: {applied}"),
             Err(refused) => {

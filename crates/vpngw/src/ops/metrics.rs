@@ -4,13 +4,14 @@
 //! published it, the traffic ledger, the workers' counters read with relaxed loads; workers
 //! are never stopped or locked; see `published.rs`), then encodes it into a fresh registry. Every configured
 //! connection appears, up or not. Labels are bounded: connection names (from the
-//! configuration), direction, reason (fixed sets), worker index; never SPIs, cookies, ports or
-//! times. Hot backup's series (`vpngw_ha_*`) exist only with `[ha]`; their labels are the roles
+//! configuration), direction, reason (fixed sets), worker index, a connection's `start` and
+//! exchange `mode` (from the configuration); never SPIs, cookies, addresses, ports or times. Hot backup's series (`vpngw_ha_*`) exist only with `[ha]`; their labels are the roles
 //! and the two configured node names.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -46,17 +47,67 @@ pub struct Snapshot {
     pub workers: Vec<WorkerMetrics>,
     /// Hot backup (None without `[ha]`).
     pub ha: Option<HaView>,
+    /// Configuration reloads (SIGHUP, `vpngw reload`).
+    pub reloads: ReloadStats,
+}
+
+/// Configuration reloads since start, counted by `Daemon::reload` and published with the
+/// loop's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadStats {
+    pub applied: u64,
+    pub refused: u64,
+    /// Whether the last load of the file was applied: the one at start until a reload (the
+    /// daemon does not run on a file it refused), as `prometheus_config_last_reload_successful`.
+    pub last_success: bool,
+    /// When that load happened (Unix time, seconds).
+    pub last_unix: f64,
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        Self { applied: 0, refused: 0, last_success: true, last_unix: 0.0 }
+    }
+}
+
+impl ReloadStats {
+    /// The file as loaded at start (`at`: then).
+    pub fn started(at: SystemTime) -> Self {
+        Self { last_unix: unix_seconds(at), ..Self::default() }
+    }
+
+    /// One reload, applied or refused, at `at`.
+    pub fn count(&mut self, applied: bool, at: SystemTime) {
+        if applied {
+            self.applied += 1;
+        } else {
+            self.refused += 1;
+        }
+        self.last_success = applied;
+        self.last_unix = unix_seconds(at);
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionMetrics {
     pub name: String,
+    /// The configured `start` ("active", "passive", "on-traffic") and IKEv1 exchange mode
+    /// ("main", "aggressive"): `vpngw_connection_info`, which alerts join on.
+    pub start: &'static str,
+    pub mode: String,
     pub up: bool,
     /// "none", "negotiating" or "established".
     pub ike_state: IkeProgress,
     pub ike_established_unix: Option<u64>,
     /// Child SAs by state: installing, active, replaced.
     pub child_sas: [u64; 3],
+    /// When the soonest of the connection's installing or active child SAs reaches its time
+    /// lifetime (Unix time); None without one.
+    pub child_sa_expiry_unix: Option<u64>,
     pub traffic: Traffic,
     /// Negotiation failures by reason, in [`FailReason::ALL`] order.
     pub failures: Vec<u64>,
@@ -81,8 +132,15 @@ pub struct WorkerMetrics {
 /// The order of [`ConnectionMetrics::child_sas`].
 const CHILD_STATES: [ChildSaState; 3] = [ChildSaState::Installing, ChildSaState::Active, ChildSaState::Replaced];
 
-/// What a scrape reports now. `traffic` is the ledger's, settled just before.
-pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
+/// When the first of a connection's child SA pairs (state, expiry) runs out. A replaced pair is
+/// on its way out (the retire grace): its expiry says nothing about the SA the traffic uses.
+fn soonest_expiry(children: impl Iterator<Item = (ChildSaState, Instant)>) -> Option<Instant> {
+    children.filter(|(state, _)| *state != ChildSaState::Replaced).map(|(_, at)| at).min()
+}
+
+/// What a scrape reports now. `traffic` is the ledger's, settled just before; `reloads` the
+/// loop's count.
+pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>, reloads: ReloadStats) -> Snapshot {
     let connections = s
         .config
         .connections
@@ -91,19 +149,24 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
             let name = &c.peer.name;
             let events = s.history.events(name);
             let mut child_sas = [0u64; 3];
-            for ch in s.ike_sas.iter().filter(|sa| sa.peer == *name).flat_map(|sa| sa.children.iter()) {
+            let children = || s.ike_sas.iter().filter(|sa| sa.peer == *name).flat_map(|sa| sa.children.iter());
+            for ch in children() {
                 if let Some(i) = CHILD_STATES.iter().position(|st| *st == ch.state) {
                     child_sas[i] += 1;
                 }
             }
+            let soonest = soonest_expiry(children().map(|ch| (ch.state, ch.expires_at)));
             let current = current_ike_sa(s.ike_sas, name);
             let established = current.filter(|sa| sa.state == IkeSaState::Established);
             ConnectionMetrics {
                 name: name.clone(),
+                start: c.start.as_str(),
+                mode: c.peer.mode.to_string(),
                 up: connection_up(s.ike_sas, name, c.peer.subnets.len()),
                 ike_state: IkeProgress::of(current),
                 ike_established_unix: established.and_then(|sa| sa.established_at).map(|t| s.unix_at(t)),
                 child_sas,
+                child_sa_expiry_unix: soonest.map(|t| crate::ops::unix(s.wall + t.saturating_duration_since(s.now))),
                 traffic: traffic.get(name).cloned().unwrap_or_default(),
                 failures: events.failures.to_vec(),
                 rekeys: events.rekeys,
@@ -138,6 +201,7 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>) -> Snapshot {
             })
             .collect(),
         ha: s.ha.cloned(),
+        reloads,
     }
 }
 
@@ -187,12 +251,13 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
 
     encode_connections(&f, &s.connections)?;
     encode_health(&f, &s.connections)?;
+    encode_reloads(&f, &s.reloads)?;
     if let Some(ha) = &s.ha {
         encode_ha(&f, ha)?;
     }
     let drops = f.counter(
         "vpngw_dropped_packets_total",
-        "Packets the dataplane dropped, by reason (gateway-wide)",
+        "Packets the dataplane dropped, by reason (gateway-wide; includes the per-connection ESP drops)",
         &["reason"],
     )?;
     for (r, n) in &s.dataplane_drops {
@@ -255,6 +320,14 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
 
 /// The per-connection series: state, traffic, failures and events.
 fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result<(), MetricsError> {
+    // Configuration, not state: alerts join on it (an idle passive connection is down by
+    // design). Only labels with a fixed set of values; the remote address is left out (status
+    // and diagnose show it; a label would churn the series when it is changed).
+    let info = f.gauge(
+        "vpngw_connection_info",
+        "A configured connection; always 1. start: active, passive or on-traffic; mode: the IKEv1 exchange mode",
+        &["connection", "start", "mode"],
+    )?;
     let up = f.gauge(
         "vpngw_tunnel_up",
         "1 when the connection's IKE SA and a child SA for every subnet pair are established",
@@ -267,6 +340,14 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
         &["connection"],
     )?;
     let children = f.gauge("vpngw_child_sas", "Child SA pairs installed, by state", &["connection", "state"])?;
+    // One series per connection, not per SA: SPIs are unbounded, and the soonest expiry is what
+    // an alert on a rekey that does not happen needs.
+    let expiry = f.float_gauge(
+        "vpngw_child_sa_expiry_timestamp_seconds",
+        "When the soonest-expiring installing or active child SA pair of the connection reaches its time lifetime \
+         (Unix time; absent without one)",
+        &["connection"],
+    )?;
     let packets = f.counter(
         "vpngw_esp_packets_total",
         "ESP packets of the connection, all its SAs since start (in: opened, out: sealed and sent)",
@@ -296,6 +377,7 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
     let dpd = f.counter("vpngw_dpd_timeouts_total", "Peers declared dead by dead peer detection", &["connection"])?;
     for c in connections {
         let n = c.name.as_str();
+        info.with_label_values(&[n, c.start, c.mode.as_str()]).set(1);
         up.with_label_values(&[n]).set(i64::from(c.up));
         for state in IkeProgress::ALL {
             ike.with_label_values(&[n, state.as_str()]).set(i64::from(state == c.ike_state));
@@ -305,6 +387,9 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
         }
         for (state, count) in CHILD_STATES.iter().zip(c.child_sas) {
             children.with_label_values(&[n, state.as_str()]).set(count as i64);
+        }
+        if let Some(t) = c.child_sa_expiry_unix {
+            expiry.with_label_values(&[n]).set(t as f64);
         }
         let t = &c.traffic;
         packets.with_label_values(&[n, "in"]).inc_by(t.packets_in);
@@ -323,6 +408,30 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
         reauths.with_label_values(&[n]).inc_by(c.reauthentications);
         dpd.with_label_values(&[n]).inc_by(c.dpd_timeouts);
     }
+    Ok(())
+}
+
+/// Configuration reloads, as Prometheus reports its own (`prometheus_config_*`).
+fn encode_reloads(f: &Families, r: &ReloadStats) -> Result<(), MetricsError> {
+    let total = f.counter(
+        "vpngw_config_reloads_total",
+        "Configuration reloads (SIGHUP, vpngw reload), by result: applied, or refused (nothing changed)",
+        &["result"],
+    )?;
+    total.with_label_values(&["applied"]).inc_by(r.applied);
+    total.with_label_values(&["refused"]).inc_by(r.refused);
+    let success = f.gauge(
+        "vpngw_config_last_reload_success",
+        "1 when the last load of the configuration file (at start or a reload) was applied, 0 when refused",
+        &[],
+    )?;
+    success.with_label_values(&[] as &[&str]).set(i64::from(r.last_success));
+    let at = f.float_gauge(
+        "vpngw_config_last_reload_timestamp_seconds",
+        "When the configuration file was last loaded, at start or by a reload, applied or not (Unix time)",
+        &[],
+    )?;
+    at.with_label_values(&[] as &[&str]).set(r.last_unix);
     Ok(())
 }
 
@@ -499,10 +608,13 @@ mod tests {
             connections: vec![
                 ConnectionMetrics {
                     name: "to-b".into(),
+                    start: "active",
+                    mode: "main".into(),
                     up: true,
                     ike_state: IkeProgress::Established,
                     ike_established_unix: Some(1_790_000_000),
                     child_sas: [0, 1, 1],
+                    child_sa_expiry_unix: Some(1_790_003_600),
                     traffic: Traffic {
                         packets_in: 5,
                         bytes_in: 500,
@@ -526,6 +638,8 @@ mod tests {
                 },
                 ConnectionMetrics {
                     name: "to-c".into(),
+                    start: "on-traffic",
+                    mode: "aggressive".into(),
                     ike_state: IkeProgress::None,
                     failures: vec![0; FailReason::ALL.len()],
                     ..Default::default()
@@ -537,6 +651,7 @@ mod tests {
             unknown_peer_history_evictions: 5,
             unknown_peer_log_lines_suppressed: 6,
             ha: None,
+            reloads: ReloadStats { applied: 2, refused: 1, last_success: false, last_unix: 1_790_000_100.5 },
             workers: vec![WorkerMetrics {
                 packets_in: 5,
                 packets_out: 7,
@@ -570,9 +685,19 @@ mod tests {
             "vpngw_health_check_probes_total{connection=\"to-b\",result=\"lost\"} 1",
             "vpngw_unknown_peer_history_evictions_total 5",
             "vpngw_unknown_peer_log_lines_suppressed_total 6",
+            "vpngw_connection_info{connection=\"to-b\",mode=\"main\",start=\"active\"} 1",
+            "vpngw_connection_info{connection=\"to-c\",mode=\"aggressive\",start=\"on-traffic\"} 1",
+            "vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-b\"} 1790003600",
+            "vpngw_config_reloads_total{result=\"applied\"} 2",
+            "vpngw_config_reloads_total{result=\"refused\"} 1",
+            "vpngw_config_last_reload_success 0",
+            "vpngw_config_last_reload_timestamp_seconds 1790000100.5",
         ] {
-            assert!(text.contains(line), "missing {line:?} in\n{text}");
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        assert!(text.contains("# TYPE vpngw_config_reloads_total counter"), "{text}");
+        assert!(text.contains("# TYPE vpngw_child_sa_expiry_timestamp_seconds gauge"), "{text}");
+        assert!(!text.contains("vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-c\"}"), "no SA, no expiry");
         assert!(text.contains("# TYPE vpngw_esp_packets_total counter"));
         assert!(text.contains("vpngw_build_info{gateway=\"gw-a\",version=\""));
         assert!(!text.contains("to-c\",state=\"established\"} 1"));
@@ -598,6 +723,7 @@ mod tests {
             started: std::time::Instant::now(),
             runtime_connections: Default::default(),
             ha,
+            reloads: Default::default(),
             from_loop: true,
         }
     }
@@ -705,6 +831,61 @@ mod tests {
         for absent in ["vpngw_ha_sync_lag_seconds", "vpngw_ha_last_takeover"] {
             assert!(!text.contains(absent), "{absent} without a value:\n{text}");
         }
+    }
+
+    /// Reloads: the load at start counts as successful (the daemon does not run on a refused
+    /// file); each reload moves its counter and sets the last result and time.
+    #[test]
+    fn reloads_are_counted_by_result_and_the_last_one_is_remembered() {
+        use std::time::Duration;
+        let start = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let mut r = ReloadStats::started(start);
+        let line = |r: ReloadStats, series: &str| {
+            let mut s = published(None);
+            s.reloads = r;
+            let text = encode(&s.metrics()).unwrap();
+            text.lines().find(|l| l.starts_with(series)).map(str::to_string).unwrap_or_else(|| panic!("{text}"))
+        };
+        assert_eq!(line(r, "vpngw_config_last_reload_success"), "vpngw_config_last_reload_success 1");
+        assert_eq!(
+            line(r, "vpngw_config_last_reload_timestamp_seconds"),
+            "vpngw_config_last_reload_timestamp_seconds 1790000000"
+        );
+        assert_eq!(
+            line(r, "vpngw_config_reloads_total{result=\"refused\"}"),
+            "vpngw_config_reloads_total{result=\"refused\"} 0"
+        );
+        r.count(false, start + Duration::from_secs(60));
+        assert_eq!(line(r, "vpngw_config_last_reload_success"), "vpngw_config_last_reload_success 0");
+        assert_eq!(
+            line(r, "vpngw_config_reloads_total{result=\"refused\"}"),
+            "vpngw_config_reloads_total{result=\"refused\"} 1"
+        );
+        r.count(true, start + Duration::from_secs(120));
+        assert_eq!(r, ReloadStats { applied: 1, refused: 1, last_success: true, last_unix: 1_790_000_120.0 });
+        assert_eq!(line(r, "vpngw_config_last_reload_success"), "vpngw_config_last_reload_success 1");
+        assert_eq!(
+            line(r, "vpngw_config_reloads_total{result=\"applied\"}"),
+            "vpngw_config_reloads_total{result=\"applied\"} 1"
+        );
+    }
+
+    /// The soonest expiry among a connection's installing and active child SAs (a replaced
+    /// pair is retiring and does not count).
+    #[test]
+    fn child_sa_expiry_is_the_soonest_of_the_connection_s_live_pairs() {
+        use std::time::Duration;
+        let now = Instant::now();
+        let at = |s: u64| now + Duration::from_secs(s);
+        let pairs = [
+            (ChildSaState::Replaced, at(5)),
+            (ChildSaState::Active, at(3000)),
+            (ChildSaState::Installing, at(3600)),
+            (ChildSaState::Active, at(1200)),
+        ];
+        assert_eq!(soonest_expiry(pairs.into_iter()), Some(at(1200)));
+        assert_eq!(soonest_expiry(pairs[..1].iter().copied()), None, "only a retiring pair");
+        assert_eq!(soonest_expiry(std::iter::empty()), None);
     }
 
     #[test]

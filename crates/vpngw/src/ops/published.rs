@@ -64,6 +64,8 @@ pub struct ReadState {
     pub runtime_connections: BTreeSet<String>,
     /// Hot backup's view (None without `[ha]`).
     pub ha: Option<crate::ha::HaView>,
+    /// Configuration reloads, counted by the loop (`Daemon::reload`).
+    pub reloads: metrics::ReloadStats,
     /// Published by the loop; false for the placeholder the surfaces start with, before the
     /// loop has restored tunnels and started connections (reads then go to the loop, as
     /// commands do, and wait for it).
@@ -97,7 +99,7 @@ impl ReadState {
             ledger.settle();
             ledger.traffic(&self.table)
         };
-        self.read(|s| metrics::snapshot(s, &traffic))
+        self.read(|s| metrics::snapshot(s, &traffic, self.reloads))
     }
 
     /// The answer to a read request (status, diagnose, the connection list, a peer's
@@ -300,6 +302,7 @@ mod tests {
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
             ha: None,
+            reloads: Default::default(),
             from_loop: true,
         }
     }
