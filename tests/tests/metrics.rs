@@ -96,6 +96,24 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
         assert!(!line.contains("198.51.100.2") && !line.contains(":4500"), "unbounded label: {line}");
     }
     assert!(!before.contains(PSK));
+    // What alerts join on: the configured start and exchange mode, for every connection.
+    for (series, v) in [
+        ("vpngw_connection_info{connection=\"to-right\",mode=\"main\",start=\"active\"}", 1.0),
+        ("vpngw_connection_info{connection=\"to-nowhere\",mode=\"main\",start=\"passive\"}", 1.0),
+        // The file loaded at start counts as the last load, applied; no reload yet.
+        ("vpngw_config_last_reload_success", 1.0),
+        ("vpngw_config_reloads_total{result=\"applied\"}", 0.0),
+        ("vpngw_config_reloads_total{result=\"refused\"}", 0.0),
+    ] {
+        assert_eq!(value(&before, series), Some(v), "{series}\n{before}");
+    }
+    // The child SA's expiry is ahead (lifetimes are hours); a connection without one has none.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let expiry = value(&before, "vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-right\"}");
+    assert!(expiry.is_some_and(|t| t > now + 60.0), "{expiry:?} (now {now})\n{before}");
+    assert!(!before.contains("vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-nowhere\"}"), "{before}");
+    let started = value(&before, "vpngw_config_last_reload_timestamp_seconds").unwrap();
+    assert!(started <= now && started > now - 120.0, "{started} (now {now})");
     // Hot backup: active since its takeover at start, no partner.
     for (series, v) in [
         ("vpngw_ha_role{role=\"active\"}", 1.0),
@@ -195,6 +213,21 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
             .unwrap_or_else(|| panic!("Prometheus refused {q}"));
         assert!(body.contains("\"status\":\"success\""), "{q}: {body}");
     }
+
+    // A refused reload (an invalid file) is counted and remembered until one is applied.
+    std::fs::write(&right.config, right_cfg.replace("\"aes-128\"", "\"rot13\"")).unwrap();
+    let refused = right.cli(&["reload"]);
+    assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
+    let text = http_get(&lab, &lab.right, url).unwrap();
+    assert_eq!(value(&text, "vpngw_config_reloads_total{result=\"refused\"}"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "vpngw_config_last_reload_success"), Some(0.0), "{text}");
+    assert!(value(&text, "vpngw_config_last_reload_timestamp_seconds").unwrap() >= now, "{text}");
+    std::fs::write(&right.config, &right_cfg).unwrap();
+    let applied = right.cli(&["reload"]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let text = http_get(&lab, &lab.right, url).unwrap();
+    assert_eq!(value(&text, "vpngw_config_reloads_total{result=\"applied\"}"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "vpngw_config_last_reload_success"), Some(1.0), "{text}");
     assert_eq!(left.stop(&lab), Some(0));
     assert_eq!(right.stop(&lab), Some(0));
 }
