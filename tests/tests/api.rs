@@ -17,31 +17,104 @@ const PSK: &str = "api-psk-0123456789abcdef";
 const TOKEN: &str = "test-token-5f1e0c9a7b";
 const API: &str = "http://127.0.0.1:9721";
 
-/// One HTTP request from inside a namespace; returns (status, body).
-fn http(lab: &Lab, ns: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
+/// An HTTP answer: status, headers (names in lower case), body.
+struct Answer {
+    status: u16,
+    headers: std::collections::BTreeMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The answer as an RFC 9457 problem document of `status` and `kind` (the last segment
+    /// of its type URI, or "about:blank"): media type, members and their types checked.
+    #[track_caller]
+    fn problem(&self, status: u16, kind: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{:?}", self.headers);
+        let doc: Value = serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body));
+        let expected_type = match kind {
+            "about:blank" => kind.to_string(),
+            name => format!("https://example.invalid/vpngw/problems/{name}"),
+        };
+        assert_eq!(doc["type"], expected_type.as_str(), "{doc}");
+        assert_eq!(doc["status"], status, "{doc}");
+        assert!(doc["title"].as_str().is_some_and(|t| !t.is_empty()), "{doc}");
+        assert!(doc["detail"].is_string(), "{doc}");
+        assert!(doc.get("error").is_none(), "the old error member: {doc}");
+        for p in doc["problems"].as_array().into_iter().flatten() {
+            assert!(p["key"].is_string() && p["value"].is_string() && p["reason"].is_string(), "{doc}");
+        }
+        doc
+    }
+}
+
+/// One HTTP request from inside a namespace, the body sent as it is with `content_type`.
+fn request(
+    lab: &Lab,
+    ns: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
     let code = r#"
-import sys, urllib.request, urllib.error
-method, url, token, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+import json, sys, urllib.request, urllib.error
+method, url, token, content_type, body = sys.argv[1:6]
 req = urllib.request.Request(url, method=method, data=body.encode() if body else None)
 if token:
     req.add_header("Authorization", "Bearer " + token)
-if body:
-    req.add_header("Content-Type", "application/json")
+if content_type:
+    req.add_header("Content-Type", content_type)
 try:
     r = urllib.request.urlopen(req, timeout=10)
-    code, text = r.status, r.read().decode()
+    code, headers, text = r.status, r.headers, r.read().decode()
 except urllib.error.HTTPError as e:
-    code, text = e.code, e.read().decode()
+    code, headers, text = e.code, e.headers, e.read().decode()
 print(code)
+print(json.dumps({k.lower(): v for k, v in headers.items()}))
 print(text, end="")
 "#;
     let url = format!("{API}{path}");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let out = lab.exec(ns, "python3", &["-c", code, method, &url, token.unwrap_or(""), &body]);
+    let args = ["-c", code, method, &url, token.unwrap_or(""), content_type.unwrap_or(""), body.unwrap_or("")];
+    let out = lab.exec(ns, "python3", &args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, rest) =
-        text.split_once('\n').unwrap_or_else(|| panic!("no answer: {text}{}", String::from_utf8_lossy(&out.stderr)));
-    (status.trim().parse().unwrap(), rest.to_string())
+    let mut lines = text.splitn(3, '\n');
+    let (Some(status), Some(headers)) = (lines.next(), lines.next()) else {
+        panic!("no answer: {text}{}", String::from_utf8_lossy(&out.stderr))
+    };
+    Answer {
+        status: status.trim().parse().unwrap(),
+        headers: serde_json::from_str(headers).unwrap(),
+        body: lines.next().unwrap_or_default().to_string(),
+    }
+}
+
+/// One HTTP request from inside a namespace, a body as JSON; returns (status, body).
+fn http(lab: &Lab, ns: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
+    let body = body.map(Value::to_string);
+    let content_type = body.as_ref().map(|_| "application/json");
+    let a = request(lab, ns, method, path, token, content_type, body.as_deref());
+    (a.status, a.body)
+}
+
+/// The SPIs (in, out) of the connection's active child SAs, as the API shows them.
+fn active_spis(lab: &Lab, name: &str) -> Vec<(String, String)> {
+    let (_, body) = http(lab, &lab.left, "GET", &format!("/api/v1/connections/{name}"), Some(TOKEN), None);
+    let view: Value = serde_json::from_str(&body).unwrap();
+    let mut spis: Vec<(String, String)> = view["status"]["child_sas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|ch| ch["state"] == "active")
+        .map(|ch| (ch["spi_in"].as_str().unwrap().to_string(), ch["spi_out"].as_str().unwrap().to_string()))
+        .collect();
+    spis.sort();
+    spis
 }
 
 fn sw_conn() -> SwConn {
@@ -93,9 +166,11 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
 
     // Tokens: none, wrong, right.
     for token in [None, Some("wrong-token"), Some("")] {
-        let (code, body) = http(&lab, &lab.left, "GET", "/api/v1/connections", token, None);
-        assert_eq!(code, 401, "{token:?}: {body}");
-        assert!(body.contains("bearer token"), "{body}");
+        let answer = request(&lab, &lab.left, "GET", "/api/v1/connections", token, None, None);
+        let doc = answer.problem(401, "about:blank");
+        assert_eq!(doc["title"], "Unauthorized");
+        assert!(doc["detail"].as_str().unwrap().contains("bearer token"), "{doc}");
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer"), "{token:?}");
     }
     let (code, body) =
         http(&lab, &lab.left, "PUT", "/api/v1/connections/x", Some("wrong-token"), Some(&the_connection()));
@@ -131,9 +206,13 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
     bad["ike"]["encryption"] = json!("rot13");
     bad["local_subnets"] = json!(["10.1.0.1/24"]);
     bad["ipsec"]["lifetime_seconds"] = json!(5);
-    let (code, body) = http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&bad));
-    assert_eq!(code, 422, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
+    let put = |name: &str, body: &Value| {
+        let path = format!("/api/v1/connections/{name}");
+        request(&lab, &lab.left, "PUT", &path, Some(TOKEN), Some("application/json"), Some(&body.to_string()))
+    };
+    let refused = put("to-right", &bad);
+    let answer = refused.problem(422, "invalid-connection");
+    let body = refused.body;
     let keys: Vec<&str> = answer["problems"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
     for k in ["connection.ike.encryption", "connection.local_subnets[0]", "connection.ipsec.lifetime_seconds"] {
         assert!(keys.contains(&k), "{k} not named: {body}");
@@ -153,18 +232,50 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
     other_name["name"] = json!("something-else");
     assert_eq!(http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&other_name)).0, 422);
     // The file's connection is read-only here; unknown names are 404.
-    let (code, body) =
-        http(&lab, &lab.left, "PUT", "/api/v1/connections/from-file", Some(TOKEN), Some(&the_connection()));
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(http(&lab, &lab.left, "DELETE", "/api/v1/connections/from-file", Some(TOKEN), None).0, 409);
-    assert_eq!(http(&lab, &lab.left, "DELETE", "/api/v1/connections/nothing", Some(TOKEN), None).0, 404);
-    assert_eq!(http(&lab, &lab.left, "GET", "/api/v1/connections/nothing", Some(TOKEN), None).0, 404);
-    assert_eq!(http(&lab, &lab.left, "POST", "/api/v1/connections/nothing/initiate", Some(TOKEN), None).0, 404);
+    put("from-file", &the_connection()).problem(409, "file-connection");
+    let ask = |method: &str, path: &str| request(&lab, &lab.left, method, path, Some(TOKEN), None, None);
+    ask("DELETE", "/api/v1/connections/from-file").problem(409, "file-connection");
+    for (method, path) in [
+        ("DELETE", "/api/v1/connections/nothing"),
+        ("GET", "/api/v1/connections/nothing"),
+        ("POST", "/api/v1/connections/nothing/initiate"),
+        ("POST", "/api/v1/connections/nothing/rekey"),
+        ("GET", "/api/v1/connections/nothing/peer-config"),
+    ] {
+        let doc = ask(method, path).problem(404, "unknown-connection");
+        assert!(doc["detail"].as_str().unwrap().contains("\"nothing\""), "{method} {path}: {doc}");
+    }
+    // Nothing to rekey on a connection that is down.
+    let doc = ask("POST", "/api/v1/connections/from-file/rekey").problem(409, "nothing-to-rekey");
+    assert!(doc["detail"].as_str().unwrap().contains("no child SA to rekey"), "{doc}");
+    // What the framework refuses on its own: problem documents too.
+    ask("GET", "/api/v1/nowhere").problem(404, "about:blank");
+    let not_allowed = ask("PATCH", "/api/v1/connections/from-file");
+    not_allowed.problem(405, "about:blank");
+    assert!(not_allowed.header("allow").is_some_and(|a| a.contains("PUT")), "{:?}", not_allowed.headers);
+    let doc = ask("GET", "/api/v1/connections/from-file/peer-config?format=cisco").problem(400, "invalid-query");
+    assert_eq!(doc["problems"][0]["key"], "format", "{doc}");
+    let path = "/api/v1/connections/to-right";
+    let not_json = request(&lab, &lab.left, "PUT", path, Some(TOKEN), Some("application/json"), Some("{\"remote"));
+    let doc = not_json.problem(400, "invalid-body");
+    assert_eq!(doc["problems"][0]["key"], "body", "{doc}");
+    let mut as_text = the_connection().to_string();
+    let doc = request(&lab, &lab.left, "PUT", path, Some(TOKEN), Some("text/plain"), Some(&as_text))
+        .problem(415, "invalid-body");
+    assert!(!doc.to_string().contains(PSK), "{doc}");
+    // A key in a broken body stays out of the answer.
+    as_text.truncate(as_text.find(PSK).unwrap() + PSK.len());
+    let broken = request(&lab, &lab.left, "PUT", path, Some(TOKEN), Some("application/json"), Some(&as_text));
+    broken.problem(400, "invalid-body");
+    assert!(!broken.body.contains(PSK), "{}", broken.body);
 
-    // Created: 201, listed (source api), the key nowhere in the answer; it comes up.
-    let (code, body) =
-        http(&lab, &lab.left, "PUT", "/api/v1/connections/to-right", Some(TOKEN), Some(&the_connection()));
-    assert_eq!(code, 201, "{body}");
+    // Created: 201 with its Location, listed (source api), the key nowhere in the answer; it
+    // comes up. Put again: 200, no Location.
+    let created = put("to-right", &the_connection());
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.header("location"), Some("/api/v1/connections/to-right"), "{:?}", created.headers);
+    assert_eq!(created.header("content-type"), Some("application/json"));
+    let body = created.body;
     assert!(!body.contains(PSK), "the key came back: {body}");
     let view: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((view["name"].as_str(), view["source"].as_str()), (Some("to-right"), Some("api")), "{view}");
@@ -177,6 +288,8 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
     .unwrap_or_else(|| panic!("never up\n{}\n{}", v.log_text(), charon.log()));
     assert!(!up.to_string().contains(PSK));
     assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)));
+    let again = put("to-right", &the_connection());
+    assert_eq!((again.status, again.header("location")), (200, None), "{}", again.body);
     let sw = charon.list_sas();
     assert_eq!(sw.children.len(), 1, "{sw:?}");
     assert!(sw.children[0].algorithms.contains("AES_CBC-256"), "{sw:?}");
@@ -191,6 +304,21 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(std::fs::read_to_string(&state).unwrap().contains("to-right"));
+
+    // Rekey: 202 with the message; new child SAs (other SPIs) replace the old ones, and the
+    // traffic goes on.
+    let before = active_spis(&lab, "to-right");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let (code, body) = http(&lab, &lab.left, "POST", "/api/v1/connections/to-right/rekey", Some(TOKEN), None);
+    assert_eq!(code, 202, "{body}");
+    let said: Value = serde_json::from_str(&body).unwrap();
+    assert!(said["message"].as_str().unwrap().contains("rekeying 1 child SA"), "{said}");
+    wait_for(Duration::from_secs(20), || {
+        let now = active_spis(&lab, "to-right");
+        (now.len() == 1 && now.iter().all(|(i, o)| before.iter().all(|(bi, bo)| i != bi && o != bo))).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no new child SA: {:?}\n{}", active_spis(&lab, "to-right"), v.log_text()));
+    assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)), "after the rekey");
 
     // Terminate and initiate.
     let (code, _) = http(&lab, &lab.left, "POST", "/api/v1/connections/to-right/terminate", Some(TOKEN), None);
@@ -272,7 +400,11 @@ fn schemathesis_finds_the_api_true_to_its_openapi_document() {
             "--header",
             &format!("Authorization: Bearer {TOKEN}"),
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth",
+            // Every answer's body against its schema (the status's SAs, the problem
+            // documents), its media type and its documented headers (Location on 201,
+            // WWW-Authenticate on 401).
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,\
+             response_headers_conformance,ignored_auth",
             "--max-examples",
             "25",
             "--seed",

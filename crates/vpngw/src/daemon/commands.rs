@@ -45,7 +45,10 @@ impl Daemon {
                 Err(_) => unknown(&connection),
             },
             Request::Rekey { connection } => match self.ike.endpoint.rekey_connection(now, &connection) {
-                Ok(0) => Response::error(format!("{connection}: no child SA to rekey (down, or a rekey is under way)")),
+                Ok(0) => Response::failed(
+                    ErrorKind::Conflict,
+                    format!("{connection}: no child SA to rekey (down, or a rekey is under way)"),
+                ),
                 Ok(n) => Response::ok(format!("{connection}: rekeying {n} child SA(s)")),
                 Err(_) => unknown(&connection),
             },

@@ -3,7 +3,9 @@
 //!
 //! Thin on purpose: each handler checks the bearer token, turns the request into the same
 //! [`Request`] the CLI sends over the control socket, and maps the daemon's [`Response`] to a
-//! status code. Validation, persistence and the SA work happen once, in the daemon, for both.
+//! status code; refusals are RFC 9457 problem documents ([`Problem`]), the framework's own
+//! refusals (405, 413, ...) made so too. Validation, persistence and the SA work happen once,
+//! in the daemon, for both.
 //! Runtime connections are kept in the state file (`[api] state_file`, mode 0600: it holds
 //! their keys), read at start; keys are write-only in every answer.
 
@@ -13,8 +15,8 @@ use std::path::Path;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, RawQuery, Request as HttpRequest, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{FromRequest, FromRequestParts, Path as UrlPath, RawQuery, Request as HttpRequest, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use toml::Table;
 
 use crate::config::{Api, ApiTls, Connection, loose_secret_mode, overlap, parse_connection};
-use crate::ops::control::{Command, ErrorKind, Request, Response};
+use crate::ops::control::{Command, ErrorKind, ProblemView, Request, Response};
 use crate::ops::peer_config::Format;
 
 #[derive(Debug, thiserror::Error)]
@@ -209,10 +211,15 @@ pub async fn serve(
         .route("/api/v1/connections/{name}", get(get_one).put(put).delete(delete))
         .route("/api/v1/connections/{name}/initiate", post(initiate))
         .route("/api/v1/connections/{name}/terminate", post(terminate))
+        .route("/api/v1/connections/{name}/rekey", post(rekey))
         .route("/api/v1/connections/{name}/diagnosis", get(diagnosis))
         .route("/api/v1/connections/{name}/peer-config", get(peer_config))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource (see docs/api/openapi.yaml)") })
+        .fallback(|| async {
+            Problem::new(ProblemType::Blank, StatusCode::NOT_FOUND, "no such resource (see docs/api/openapi.yaml)")
+        })
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize))
+        // Outermost, so that it also sees what the framework answers on its own (405, 413).
+        .layer(middleware::map_response(problem_for_bare_errors))
         .with_state(ctx);
     let tls = api.tls.as_ref().map(tls_acceptor).transpose()?;
     if tls.is_none() && !api.listen.ip().is_loopback() {
@@ -226,8 +233,177 @@ pub async fn serve(
     Ok((task, token))
 }
 
-fn error(code: StatusCode, message: &str) -> HttpResponse {
-    (code, axum::Json(json!({ "error": message }))).into_response()
+/// Where the API's problem types live: the workspace's `repository` URL (Cargo.toml) and
+/// `/problems/<type>`. The URIs identify; they need not resolve (RFC 9457 §3.1.1).
+const PROBLEM_TYPE_BASE: &str = "https://example.invalid/vpngw/problems/";
+
+/// The media type of every error answer (RFC 9457 §3).
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What an error answer means beyond its status code, as RFC 9457's `type`. A type of its own
+/// only where a client would act on the difference (two 409s that call for different
+/// remedies, a 422 with a `problems` list to show); everything else is `about:blank`, titled
+/// with the status code's phrase (§4.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProblemType {
+    /// `about:blank`: nothing beyond the status code.
+    Blank,
+    /// 404: no connection has the name in the path.
+    UnknownConnection,
+    /// 409: the connection is defined in the configuration file; change it there.
+    FileConnection,
+    /// 409: the connection has no established child SA to rekey (down, or a rekey is under way).
+    NothingToRekey,
+    /// 422: the connection's keys were refused; `problems` names each.
+    InvalidConnection,
+    /// 400, 413, 415, 422: the body is not a JSON document sent as `application/json`.
+    InvalidBody,
+    /// 400: a query parameter the operation does not take, or a value it does not know.
+    InvalidQuery,
+}
+
+impl ProblemType {
+    /// The last segment of the type's URI; none for `about:blank`.
+    fn name(self) -> Option<&'static str> {
+        match self {
+            Self::Blank => None,
+            Self::UnknownConnection => Some("unknown-connection"),
+            Self::FileConnection => Some("file-connection"),
+            Self::NothingToRekey => Some("nothing-to-rekey"),
+            Self::InvalidConnection => Some("invalid-connection"),
+            Self::InvalidBody => Some("invalid-body"),
+            Self::InvalidQuery => Some("invalid-query"),
+        }
+    }
+
+    /// The same for every occurrence of the type (RFC 9457 §3.1.3).
+    fn title(self, status: StatusCode) -> &'static str {
+        match self {
+            Self::Blank => status.canonical_reason().unwrap_or("Error"),
+            Self::UnknownConnection => "No such connection",
+            Self::FileConnection => "Connection defined in the configuration file",
+            Self::NothingToRekey => "No child SA to rekey",
+            Self::InvalidConnection => "Invalid connection",
+            Self::InvalidBody => "Request body not accepted",
+            Self::InvalidQuery => "Query not accepted",
+        }
+    }
+
+    fn uri(self) -> String {
+        self.name().map_or_else(|| "about:blank".to_string(), |name| format!("{PROBLEM_TYPE_BASE}{name}"))
+    }
+}
+
+/// An error answer: an RFC 9457 problem document, with vpngw's `problems` list (each refused
+/// input by its key) as an extension member.
+#[derive(Debug)]
+struct Problem {
+    kind: ProblemType,
+    status: StatusCode,
+    detail: String,
+    problems: Vec<ProblemView>,
+}
+
+impl Problem {
+    fn new(kind: ProblemType, status: StatusCode, detail: impl Into<String>) -> Self {
+        Self { kind, status, detail: detail.into(), problems: Vec::new() }
+    }
+
+    fn with_problems(self, problems: Vec<ProblemView>) -> Self {
+        Self { problems, ..self }
+    }
+
+    fn document(&self) -> Value {
+        let mut body = json!({
+            "type": self.kind.uri(),
+            "title": self.kind.title(self.status),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if !self.problems.is_empty() {
+            body["problems"] = json!(self.problems);
+        }
+        body
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> HttpResponse {
+        let body = self.document().to_string();
+        (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response()
+    }
+}
+
+/// The longest framework-written error text kept as a problem's detail.
+const BARE_ERROR_TEXT_LIMIT: usize = 4096;
+
+/// Error answers the handlers did not write (axum's 405, a body over the size limit, ...)
+/// made problem documents too, their text as the detail and their headers (`Allow`) kept.
+/// The framework's texts name what was wrong with the request, never a value from its body.
+async fn problem_for_bare_errors(response: HttpResponse) -> HttpResponse {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, BARE_ERROR_TEXT_LIMIT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let detail = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let problem = Problem::new(ProblemType::Blank, status, detail).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    let (_, body) = problem.into_parts();
+    HttpResponse::from_parts(parts, body)
+}
+
+/// The `{name}` of a connection's path, its rejection (not UTF-8 once percent-decoded) a
+/// problem document.
+struct ConnectionName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectionName {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        UrlPath::<String>::from_request_parts(parts, state)
+            .await
+            .map(|UrlPath(name)| Self(name))
+            .map_err(|e| Problem::new(ProblemType::Blank, e.status(), e.body_text()))
+    }
+}
+
+/// A JSON body, refused as a problem document: 415 when not sent as `application/json`, 400
+/// when not JSON, the framework's code otherwise (413 over the size limit).
+struct JsonBody(Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: HttpRequest, state: &S) -> Result<Self, Problem> {
+        match axum::Json::<Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(e) => {
+                let status = match e {
+                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
+                    ref other => other.status(),
+                };
+                // serde_json's messages name the place (line, column), never the text there:
+                // a key in a broken body stays out of the answer.
+                let problem = ProblemView { key: "body".into(), value: String::new(), reason: e.body_text() };
+                Err(Problem::new(
+                    ProblemType::InvalidBody,
+                    status,
+                    "the body must be a JSON object of connection keys (Content-Type: application/json)",
+                )
+                .with_problems(vec![problem]))
+            }
+        }
+    }
 }
 
 /// `Authorization: Bearer TOKEN`, compared in constant time.
@@ -241,8 +417,9 @@ async fn authorize(State(ctx): State<Ctx>, req: HttpRequest, next: Next) -> Http
     let token = ctx.token.0.load();
     let ok = presented.is_some_and(|p| p.len() == token.len() && bool::from(p.ct_eq(token.as_slice())));
     if !ok {
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        let mut r =
+            Problem::new(ProblemType::Blank, StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
     next.run(req).await
@@ -256,20 +433,24 @@ async fn ask(ctx: &Ctx, request: Request) -> Response {
     rx.await.unwrap_or_else(|_| Response::error("the daemon is shutting down"))
 }
 
-/// A refused answer as HTTP: the kind picks the code; problems name the fields.
+/// A refused answer as a problem document: the kind picks the code and the type; problems
+/// name the fields.
 fn refused(r: Response) -> HttpResponse {
-    let code = match r.kind {
-        Some(ErrorKind::NotFound) => StatusCode::NOT_FOUND,
-        Some(ErrorKind::Conflict) => StatusCode::CONFLICT,
-        Some(ErrorKind::Invalid) => StatusCode::UNPROCESSABLE_ENTITY,
-        Some(ErrorKind::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
-        None => StatusCode::SERVICE_UNAVAILABLE,
+    refused_as(r, |kind| kind)
+}
+
+/// As [`refused`], with `refine` giving the problem type where an operation knows more about
+/// its refusals than the kind says (a conflict on rekey is not a file's connection).
+fn refused_as(r: Response, refine: impl FnOnce(ProblemType) -> ProblemType) -> HttpResponse {
+    let (status, kind) = match r.kind {
+        Some(ErrorKind::NotFound) => (StatusCode::NOT_FOUND, ProblemType::UnknownConnection),
+        Some(ErrorKind::Conflict) => (StatusCode::CONFLICT, ProblemType::FileConnection),
+        Some(ErrorKind::Invalid) => (StatusCode::UNPROCESSABLE_ENTITY, ProblemType::InvalidConnection),
+        Some(ErrorKind::Internal) => (StatusCode::INTERNAL_SERVER_ERROR, ProblemType::Blank),
+        // No kind: the daemon is going away (or answered something the API does not expect).
+        None => (StatusCode::SERVICE_UNAVAILABLE, ProblemType::Blank),
     };
-    let mut body = json!({ "error": r.error.unwrap_or_default() });
-    if !r.problems.is_empty() {
-        body["problems"] = json!(r.problems);
-    }
-    (code, axum::Json(body)).into_response()
+    Problem::new(refine(kind), status, r.error.unwrap_or_default()).with_problems(r.problems).into_response()
 }
 
 async fn status(State(ctx): State<Ctx>) -> HttpResponse {
@@ -286,43 +467,42 @@ async fn list(State(ctx): State<Ctx>) -> HttpResponse {
     }
 }
 
-async fn get_one(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+fn unknown_connection(name: &str) -> Problem {
+    Problem::new(ProblemType::UnknownConnection, StatusCode::NOT_FOUND, format!("no connection named {name:?}"))
+}
+
+async fn get_one(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
     match ask(&ctx, Request::Connections).await {
         Response { ok: true, connections: Some(c), .. } => match c.into_iter().find(|c| c.name == name) {
             Some(c) => axum::Json(c).into_response(),
-            None => error(StatusCode::NOT_FOUND, &format!("no connection named {name:?}")),
+            None => unknown_connection(&name).into_response(),
         },
         r => refused(r),
     }
 }
 
-async fn put(
-    State(ctx): State<Ctx>,
-    UrlPath(name): UrlPath<String>,
-    body: Result<axum::Json<Value>, JsonRejection>,
-) -> HttpResponse {
-    let body = match body {
-        Ok(axum::Json(v)) => v,
-        Err(e) => {
-            let code = match e {
-                JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            let body = json!({
-                "error": "the body must be a JSON object of connection keys (Content-Type: application/json)",
-                "problems": [{ "key": "body", "value": "", "reason": e.body_text() }],
-            });
-            return (code, axum::Json(body)).into_response();
-        }
-    };
+async fn put(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName, JsonBody(body): JsonBody) -> HttpResponse {
     match ask(&ctx, Request::PutConnection { name: name.clone(), connection: body }).await {
         Response { ok: true, created, .. } => {
-            let code = if created == Some(true) { StatusCode::CREATED } else { StatusCode::OK };
+            let created = created == Some(true);
             match ask(&ctx, Request::Connections).await {
                 Response { ok: true, connections: Some(c), .. } => match c.into_iter().find(|c| c.name == name) {
-                    Some(c) => (code, axum::Json(c)).into_response(),
-                    None => error(StatusCode::SERVICE_UNAVAILABLE, "the connection vanished meanwhile"),
+                    Some(c) if created => {
+                        let mut r = (StatusCode::CREATED, axum::Json(c)).into_response();
+                        // The daemon accepted the name, so it is of URL-safe characters;
+                        // should one not make a header value, the answer goes without.
+                        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/connections/{name}")) {
+                            r.headers_mut().insert(header::LOCATION, location);
+                        }
+                        r
+                    }
+                    Some(c) => axum::Json(c).into_response(),
+                    None => Problem::new(
+                        ProblemType::Blank,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the connection vanished meanwhile",
+                    )
+                    .into_response(),
                 },
                 r => refused(r),
             }
@@ -331,19 +511,30 @@ async fn put(
     }
 }
 
-async fn delete(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+async fn delete(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
     match ask(&ctx, Request::DeleteConnection { name }).await {
         Response { ok: true, .. } => StatusCode::NO_CONTENT.into_response(),
         r => refused(r),
     }
 }
 
-async fn initiate(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+async fn initiate(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
     accepted(ask(&ctx, Request::Up { connection: name }).await)
 }
 
-async fn terminate(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+async fn terminate(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
     accepted(ask(&ctx, Request::Down { connection: name }).await)
+}
+
+/// As `vpngw rekey`: new child SAs for the connection's established ones, on its IKE SA.
+/// 202: the quick modes are started, not done. 409 when no child SA is established (down, or
+/// a rekey already under way).
+async fn rekey(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
+    let r = ask(&ctx, Request::Rekey { connection: name }).await;
+    if r.ok {
+        return accepted(r);
+    }
+    refused_as(r, |kind| if kind == ProblemType::FileConnection { ProblemType::NothingToRekey } else { kind })
 }
 
 fn accepted(r: Response) -> HttpResponse {
@@ -354,7 +545,7 @@ fn accepted(r: Response) -> HttpResponse {
     }
 }
 
-async fn diagnosis(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> HttpResponse {
+async fn diagnosis(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
     match ask(&ctx, Request::Diagnose { connection: name }).await {
         Response { ok: true, diagnosis: Some(d), .. } => axum::Json(d).into_response(),
         r => refused(r),
@@ -362,16 +553,21 @@ async fn diagnosis(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Ht
 }
 
 /// `GET .../peer-config?format=strongswan|vpngw|generic&include_key=true|false`: the other
-/// side's configuration as text. The query is read by hand so that every refusal is the API's
-/// JSON error, never a framework's plain-text one.
+/// side's configuration as text. The query is read by hand so that every refusal names the
+/// parameter in a problem document.
 async fn peer_config(
     State(ctx): State<Ctx>,
-    UrlPath(name): UrlPath<String>,
+    ConnectionName(name): ConnectionName,
     RawQuery(query): RawQuery,
 ) -> HttpResponse {
     let (format, include_key) = match peer_config_query(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, &problem),
+        Err(problem) => {
+            let detail = format!("query parameter {}: {}", problem.key, problem.reason);
+            return Problem::new(ProblemType::InvalidQuery, StatusCode::BAD_REQUEST, detail)
+                .with_problems(vec![problem])
+                .into_response();
+        }
     };
     match ask(&ctx, Request::PeerConfig { connection: name, format, include_key }).await {
         Response { ok: true, peer_config: Some(text), .. } => {
@@ -380,12 +576,19 @@ async fn peer_config(
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, cache)], text)
                 .into_response()
         }
-        r => refused(r),
+        // The key cannot be written in this format: nothing about the connection is invalid.
+        r => refused_as(r, |kind| if kind == ProblemType::InvalidConnection { ProblemType::Blank } else { kind }),
     }
 }
 
-/// `format` (default `generic`) and `include_key` (default false) from a query string.
-fn peer_config_query(query: &str) -> Result<(Format, bool), String> {
+/// `format` (default `generic`) and `include_key` (default false) from a query string; a
+/// refusal names the parameter.
+fn peer_config_query(query: &str) -> Result<(Format, bool), ProblemView> {
+    let refused = |key: &str, value: &str, reason: &str| ProblemView {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
     let mut format = Format::Generic;
     let mut include_key = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -393,16 +596,16 @@ fn peer_config_query(query: &str) -> Result<(Format, bool), String> {
         match key {
             "format" => {
                 format = Format::parse(value)
-                    .ok_or_else(|| format!("format must be one of strongswan, vpngw, generic (got {value:?})"))?;
+                    .ok_or_else(|| refused(key, value, "must be one of strongswan, vpngw, generic"))?;
             }
             "include_key" => {
                 include_key = match value {
                     "true" => true,
                     "false" => false,
-                    other => return Err(format!("include_key must be true or false (got {other:?})")),
+                    other => return Err(refused(key, other, "must be true or false")),
                 };
             }
-            other => return Err(format!("unknown query parameter {other:?} (format, include_key)")),
+            other => return Err(refused(other, value, "not a parameter of this operation (format, include_key)")),
         }
     }
     Ok((format, include_key))
@@ -514,9 +717,59 @@ mod tests {
         assert_eq!(peer_config_query(""), Ok((Format::Generic, false)));
         assert_eq!(peer_config_query("format=strongswan&include_key=true"), Ok((Format::Strongswan, true)));
         assert_eq!(peer_config_query("include_key=false&format=vpngw"), Ok((Format::Vpngw, false)));
-        for bad in ["format=cisco", "include_key=yes", "key=1", "format"] {
-            assert!(peer_config_query(bad).is_err(), "{bad}");
+        for (bad, key) in
+            [("format=cisco", "format"), ("include_key=yes", "include_key"), ("key=1", "key"), ("format", "format")]
+        {
+            assert_eq!(peer_config_query(bad).map_err(|p| p.key), Err(key.to_string()), "{bad}");
         }
+    }
+
+    #[test]
+    fn refusals_are_problem_documents_typed_where_a_client_would_act_on_the_type() {
+        let gone = Response::failed(ErrorKind::NotFound, "no connection named \"x\"");
+        let doc = |r: HttpResponse| {
+            let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
+            assert_eq!(content_type, Some(HeaderValue::from_static(PROBLEM_JSON)));
+            r.status()
+        };
+        assert_eq!(doc(refused(gone)), StatusCode::NOT_FOUND);
+        let problem =
+            Problem::new(ProblemType::InvalidConnection, StatusCode::UNPROCESSABLE_ENTITY, "refused").with_problems(
+                vec![ProblemView { key: "connection.start".into(), value: "x".into(), reason: "no".into() }],
+            );
+        assert_eq!(
+            problem.document(),
+            json!({
+                "type": "https://example.invalid/vpngw/problems/invalid-connection",
+                "title": "Invalid connection",
+                "status": 422,
+                "detail": "refused",
+                "problems": [{"key": "connection.start", "value": "x", "reason": "no"}],
+            })
+        );
+        // about:blank: titled with the status code's phrase, no problems member when empty.
+        let blank = Problem::new(ProblemType::Blank, StatusCode::SERVICE_UNAVAILABLE, "stopping").document();
+        assert_eq!(
+            blank,
+            json!({"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": "stopping"})
+        );
+    }
+
+    #[test]
+    fn the_frameworks_own_error_answers_become_problem_documents_keeping_their_headers() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let bare = (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET,HEAD")], "").into_response();
+        let r = runtime.block_on(problem_for_bare_errors(bare));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers().get(header::ALLOW), Some(&HeaderValue::from_static("GET,HEAD")));
+        assert_eq!(r.headers().get(header::CONTENT_TYPE), Some(&HeaderValue::from_static(PROBLEM_JSON)));
+        let body = runtime.block_on(axum::body::to_bytes(r.into_body(), 4096)).unwrap();
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["type"], "about:blank");
+        assert_eq!(doc["detail"], "Method Not Allowed");
+        // Success answers go through untouched.
+        let ok = runtime.block_on(problem_for_bare_errors(StatusCode::NO_CONTENT.into_response()));
+        assert!(ok.headers().get(header::CONTENT_TYPE).is_none());
     }
 
     #[test]
