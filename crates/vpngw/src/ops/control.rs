@@ -78,7 +78,8 @@ pub enum Request {
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     NotFound,
-    /// The connection is defined in the configuration file: change it there.
+    /// The connection's state does not allow it: it is defined in the configuration file
+    /// (change it there), or it has no child SA to rekey.
     Conflict,
     Invalid,
     /// The request was right; the gateway failed (e.g. cannot write its state file).
