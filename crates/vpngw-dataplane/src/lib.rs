@@ -1,10 +1,10 @@
 //! # vpngw-dataplane: the ESP packet path
 //!
 //! **Owns:** the TUN device (one queue per worker), the ESP sockets (UDP 4500 in a
-//! SO_REUSEPORT group, raw IP protocol 50), the worker threads pinned to cores, the security
-//! policy database ([`spd`]), the SA table the control plane publishes ([`sa_table`]), and the
-//! counters by worker, SA and drop reason ([`counters`]), and the MSS clamping of TCP SYNs
-//! crossing the tunnel ([`mss`]).
+//! SO_REUSEPORT group, raw IP protocol 50, the link path's AF_PACKET sockets: [`link`]), the
+//! worker threads pinned to cores, the security policy database ([`spd`]), the SA table the
+//! control plane publishes ([`sa_table`]), the counters by worker, SA and drop reason
+//! ([`counters`]), and the MSS clamping of TCP SYNs crossing the tunnel ([`mss`]).
 //!
 //! **Must not touch:** IKE (SAs arrive fully keyed as `vpngw-esp` objects; IKE datagrams that
 //! arrive on port 4500 are handed over untouched), configuration files, routes (the daemon
