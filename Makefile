@@ -210,6 +210,13 @@ CARGO_DEB_VERSION := 3.8.0
 deb:
 	@[[ "$$($(CARGO) deb --version 2>/dev/null)" == "cargo-deb $(CARGO_DEB_VERSION)" ]] || \
 		$(CARGO) install --locked cargo-deb@$(CARGO_DEB_VERSION)
+	$(CARGO) build --release --locked -p vpngw
+	@# The completions and man pages come from the binary's own clap definition (vpngw generate,
+	@# src/cli_docs.rs); [package.metadata.deb] installs them from target/assets/.
+	rm -rf target/assets
+	for shell in bash zsh fish; do target/release/vpngw generate completions $$shell target/assets/completions >/dev/null; done
+	target/release/vpngw generate man target/assets/man
+	gzip -9n target/assets/man/*.1
 	$(CARGO) deb --locked -p vpngw --strip
 
 # The container image (deploy/container/README.md, docs/deployment.md "Container"): Debian's

@@ -499,9 +499,9 @@ fn daemon_up_down_reload_and_shutdown() {
     assert!(v.cli(&["up", "to-right"]).status.success());
     let second = v.wait_up("to-right", Duration::from_secs(15)).expect("up again");
     assert_ne!(spis(&second), first_spis);
-    // Unknown connection: a clear error, exit 1.
+    // Unknown connection: a clear error, exit 3 (no such connection).
     let out = v.cli(&["up", "no-such"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connection named \"no-such\""));
 
     // SIGHUP with an unchanged file: the SAs stay.

@@ -165,9 +165,9 @@ fn systemd_notify_probes_up_wait_and_reload() {
     let timed_out = left.cli(&["up", "to-nowhere", "--wait", "--timeout", "1"]);
     assert_eq!(timed_out.status.code(), Some(124), "up --wait --timeout 1: {}", text(&timed_out));
     assert!(String::from_utf8_lossy(&timed_out.stderr).contains("not up after 1 s"), "{}", text(&timed_out));
-    // No such connection: a plain failure, at once.
+    // No such connection: exit 3, at once.
     let unknown = left.cli(&["up", "no-such", "--wait"]);
-    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert_eq!(unknown.status.code(), Some(3), "{}", text(&unknown));
 
     // vpngw reload with a broken file: refused, exit 2, the problem named by its key; the
     // tunnel keeps its IKE SA.

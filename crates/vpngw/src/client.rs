@@ -1,19 +1,69 @@
-//! The CLI verbs that are more than one request to the control socket: `vpngw up --wait`
-//! (initiate, then follow the connection until it is up, fails or times out) and `vpngw
-//! healthcheck` (the orchestrator's probe over HTTP, for images without curl).
+//! The CLI's side of the daemon: the exit codes every client command shares, and the verbs
+//! that are more than one request to the control socket: `vpngw up --wait` (initiate, then
+//! follow the connection until it is up, fails or times out) and `vpngw healthcheck` (the
+//! orchestrator's probe over HTTP, for images without curl).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::ops::control::{self, Request, Response};
+use crate::ops::control::{self, ControlError, ErrorKind, Request, Response};
 use crate::ops::status::{ConnectionStatus, FailureStatus};
 use crate::state::ConnectionState;
 
+/// The daemon refused the request, or the operation failed (also: no answer in time).
+pub const EXIT_FAILED: u8 = 1;
+/// Invalid input or configuration (a refused reload, a bad connection file, bad arguments).
+pub const EXIT_INVALID: u8 = 2;
+/// The daemon has no connection of that name.
+pub const EXIT_NO_SUCH_CONNECTION: u8 = 3;
+/// Nothing listens on the control socket: it does not exist, or the connection is refused.
+pub const EXIT_DAEMON_NOT_RUNNING: u8 = 4;
 /// `vpngw up NAME --wait` exits with this when the timeout passes first (as timeout(1) does).
 pub const EXIT_TIMED_OUT: u8 = 124;
+
+/// The exit codes as `--help` and the man page list them (docs/operations.md has the table).
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0    ok
+  1    failed: the daemon refused, the operation failed, or no answer within --control-timeout
+  2    invalid input or configuration
+  3    no such connection
+  4    the daemon is not running (no control socket, or the connection refused)
+  124  timed out (up --wait --timeout)";
+
+/// The exit code for an error answer of the daemon.
+pub fn exit_for_refusal(kind: Option<ErrorKind>) -> ExitCode {
+    ExitCode::from(match kind {
+        Some(ErrorKind::Invalid) => EXIT_INVALID,
+        Some(ErrorKind::NotFound) => EXIT_NO_SUCH_CONNECTION,
+        Some(ErrorKind::Conflict | ErrorKind::Internal) | None => EXIT_FAILED,
+    })
+}
+
+/// The exit code when no answer came: 4 when no daemon listens, else 1.
+pub fn exit_for_control_error(e: &ControlError) -> ExitCode {
+    match e {
+        ControlError::Connect { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            ExitCode::from(EXIT_DAEMON_NOT_RUNNING)
+        }
+        _ => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+/// Why a request brought no good answer: what to print, and the exit code.
+struct NoGoodAnswer {
+    message: String,
+    exit: ExitCode,
+}
+
+impl NoGoodAnswer {
+    fn failed(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit: ExitCode::from(EXIT_FAILED) }
+    }
+}
 /// How often `up --wait` looks at the connection.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -21,17 +71,28 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-async fn ask(socket: &Path, request: Request) -> Result<Response, String> {
-    match control::request(socket, &request).await {
+/// The control socket and how long to wait for each answer.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub socket: std::path::PathBuf,
+    pub answer_timeout: Duration,
+}
+
+async fn ask(daemon: &Daemon, request: Request) -> Result<Response, NoGoodAnswer> {
+    match control::request_within(&daemon.socket, &request, daemon.answer_timeout).await {
         Ok(r) if r.ok => Ok(r),
-        Ok(r) => Err(r.error.unwrap_or_default()),
-        Err(e) => Err(e.to_string()),
+        Ok(r) => Err(NoGoodAnswer { exit: exit_for_refusal(r.kind), message: r.error.unwrap_or_default() }),
+        Err(e) => Err(NoGoodAnswer { exit: exit_for_control_error(&e), message: e.to_string() }),
     }
 }
 
-async fn connection(socket: &Path, name: &str) -> Result<ConnectionStatus, String> {
-    let status = ask(socket, Request::Status).await?.status.ok_or("the daemon sent no status")?;
-    status.connections.into_iter().find(|c| c.name == name).ok_or_else(|| format!("no connection named {name:?}"))
+async fn connection(daemon: &Daemon, name: &str) -> Result<ConnectionStatus, NoGoodAnswer> {
+    let status =
+        ask(daemon, Request::Status).await?.status.ok_or_else(|| NoGoodAnswer::failed("the daemon sent no status"))?;
+    status.connections.into_iter().find(|c| c.name == name).ok_or_else(|| NoGoodAnswer {
+        message: format!("no connection named {name:?}"),
+        exit: ExitCode::from(EXIT_NO_SUCH_CONNECTION),
+    })
 }
 
 fn same_failure(a: &Option<FailureStatus>, b: &Option<FailureStatus>) -> bool {
@@ -44,13 +105,13 @@ fn same_failure(a: &Option<FailureStatus>, b: &Option<FailureStatus>) -> bool {
 
 /// Brings `name` up and waits: 0 when every child SA is up, 1 with the diagnosis when a
 /// negotiation fails (a failure recorded after the request), [`EXIT_TIMED_OUT`] with the
-/// diagnosis when `timeout` passes first.
-pub async fn up_and_wait(socket: &Path, name: &str, timeout: Duration) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
+/// diagnosis when `timeout` passes first; 3 for no such connection, 4 without a daemon.
+pub async fn up_and_wait(daemon: &Daemon, name: &str, timeout: Duration) -> ExitCode {
+    let fail = |e: NoGoodAnswer| {
+        eprintln!("error: {}", e.message);
+        e.exit
     };
-    let before = match connection(socket, name).await {
+    let before = match connection(daemon, name).await {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -58,14 +119,14 @@ pub async fn up_and_wait(socket: &Path, name: &str, timeout: Duration) -> ExitCo
         println!("{name} is up");
         return ExitCode::SUCCESS;
     }
-    match ask(socket, Request::Up { connection: name.to_string() }).await {
+    match ask(daemon, Request::Up { connection: name.to_string() }).await {
         Ok(r) => println!("{}", r.message.unwrap_or_default()),
         Err(e) => return fail(e),
     }
     let deadline = Instant::now() + timeout;
     loop {
         tokio::time::sleep(POLL).await;
-        let now = match connection(socket, name).await {
+        let now = match connection(daemon, name).await {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
@@ -82,7 +143,7 @@ pub async fn up_and_wait(socket: &Path, name: &str, timeout: Duration) -> ExitCo
             } else {
                 eprintln!("{name}: not up after {} s", timeout.as_secs());
             }
-            if let Ok(r) = ask(socket, Request::Diagnose { connection: name.to_string() }).await
+            if let Ok(r) = ask(daemon, Request::Diagnose { connection: name.to_string() }).await
                 && let Some(d) = r.diagnosis
             {
                 eprint!("{}", d.render(unix_now()));

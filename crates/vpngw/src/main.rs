@@ -29,6 +29,7 @@
 
 // The daemon's loop and wiring, and the owners it drives.
 mod child_sas;
+mod cli_docs;
 mod client;
 mod config;
 mod daemon;
@@ -39,6 +40,7 @@ mod ike_driver;
 mod keylog;
 mod ledger;
 mod link_paths;
+mod logging;
 mod retry;
 mod routes;
 mod runtime_connections;
@@ -56,30 +58,40 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONTROL_SOCKET};
+use crate::logging::LogFormat;
 use crate::ops::control::{self, Request};
 
+/// The version and the git revision it was built from (build.rs), as `--version` shows them.
+const VERSION_AND_REVISION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VPNGW_REVISION"), ")");
+
 #[derive(Parser)]
-#[command(name = "vpngw", version, about = "IPsec VPN gateway (IKEv1, ESP)")]
+#[command(
+    name = "vpngw",
+    version = VERSION_AND_REVISION,
+    about = "IPsec VPN gateway (IKEv1, ESP)",
+    long_about = "vpngw: a site-to-site IPsec VPN gateway (IKEv1, ESP). `vpngw run` is the daemon; the \
+                  other commands talk to it over its control socket (root only).\n\n\
+                  Example: vpngw check && vpngw status",
+    after_help = client::EXIT_CODES_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway in the foreground (logs to stderr; SIGTERM stops, SIGHUP reloads).
+    #[command(after_help = "Example: vpngw run --config /etc/vpngw/vpngw.toml --log-format json")]
     Run {
-        #[arg(long, default_value = "/etc/vpngw/vpngw.toml")]
+        /// The configuration file (docs/configuration.md).
+        #[arg(long, value_name = "FILE", default_value = "/etc/vpngw/vpngw.toml")]
         config: PathBuf,
+        /// How log lines look on stderr: text for people, json for log shippers. RUST_LOG (an
+        /// EnvFilter directive) picks what is logged; `vpngw log-level` changes it at run time.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
         /// Debugging only: append every ESP SA's encryption key to FILE in tcpdump's `-E`
@@ -92,21 +104,29 @@ enum Cmd {
         restore_tunnels: Option<PathBuf>,
     },
     /// Validate a configuration file: every problem with its key; weak algorithms are warned about.
+    #[command(after_help = "Example: vpngw check --config /etc/vpngw/vpngw.toml")]
     Check {
-        #[arg(long, default_value = "/etc/vpngw/vpngw.toml")]
+        /// The configuration file to check.
+        #[arg(long, value_name = "FILE", default_value = "/etc/vpngw/vpngw.toml")]
         config: PathBuf,
     },
     /// Show connections, IKE and child SAs.
+    #[command(after_help = "Example: vpngw status --json | jq '.connections[] | {name, state}'")]
     Status {
+        /// JSON for programs (the management API's GET /status) instead of the table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         target: Target,
     },
-    /// Bring a connection up now. With --wait, return once it is up (exit 0), or print the
+    /// Bring a connection up now.
+    ///
+    /// With --wait, return once it is up (exit 0), or print the
     /// diagnosis and exit 1 when the negotiation fails, 124 when --timeout passes first.
-    /// Example: vpngw up to-branch --wait --timeout 30
+    #[command(after_help = "Example: vpngw up to-branch --wait --timeout 30")]
     Up {
+        /// The connection's name (`name` of its [[connection]] table).
+        #[arg(value_name = "CONNECTION")]
         name: String,
         /// Wait until every child SA of the connection is up (or it fails).
         #[arg(long)]
@@ -117,14 +137,20 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Re-read the configuration file now, as SIGHUP does, and say whether it was applied
+    /// Re-read the configuration file now, as SIGHUP does.
+    ///
+    /// Says whether it was applied
     /// (exit 0) or refused with its problems (exit 2; the running configuration stays).
+    #[command(after_help = "Example: vpngw reload --config /etc/vpngw/vpngw.toml")]
     Reload {
         #[command(flatten)]
         target: Target,
     },
-    /// Probe the daemon as an orchestrator does: GET /healthz (or /readyz with --ready) on the
+    /// Probe the daemon as an orchestrator does (liveness or readiness).
+    ///
+    /// GET /healthz (or /readyz with --ready) on the
     /// metrics listener; exit 0 on 200. For container HEALTHCHECKs (no curl needed).
+    #[command(after_help = "Example (Dockerfile): HEALTHCHECK CMD [\"vpngw\", \"healthcheck\", \"--ready\"]")]
     Healthcheck {
         /// The `[metrics] listen` address.
         #[arg(long, default_value = "127.0.0.1:9720")]
@@ -137,26 +163,41 @@ enum Cmd {
         timeout: u64,
     },
     /// Take a connection down (Deletes are sent to the peer).
+    #[command(after_help = "Example: vpngw down to-branch")]
     Down {
+        /// The connection's name.
+        #[arg(value_name = "CONNECTION")]
         name: String,
         #[command(flatten)]
         target: Target,
     },
-    /// Why a connection is not up: its parameters next to the recent failures, each with what
+    /// Why a connection is not up.
+    ///
+    /// Its parameters next to the recent failures, each with what
     /// to check and do.
+    #[command(after_help = "Example: vpngw diagnose to-branch")]
     Diagnose {
+        /// The connection's name.
+        #[arg(value_name = "CONNECTION")]
         name: String,
+        /// JSON for programs (the management API's diagnosis) instead of the text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         target: Target,
     },
-    /// Print the configuration of the other side of a connection (the customer's gateway), the
-    /// mirror image of this one: strongSwan's swanctl.conf, a vpngw [[connection]] table, or a
+    /// Print the configuration of the other side of a connection (the customer's gateway).
+    ///
+    /// The mirror image of this one: strongSwan's swanctl.conf, a vpngw [[connection]] table, or a
     /// generic table in the seed's words. The pre-shared key is a placeholder the peer refuses
-    /// to load, unless --include-key. Example: vpngw peer-config branch-1 --format strongswan
+    /// to load, unless --include-key.
+    #[command(after_help = "Example: vpngw peer-config branch-1 --format strongswan > swanctl.conf")]
     PeerConfig {
+        /// The connection's name.
+        #[arg(value_name = "CONNECTION")]
         name: String,
+        /// strongswan (swanctl.conf), vpngw (a [[connection]] table) or generic (every parameter
+        /// in words).
         #[arg(long, value_enum, default_value = "generic")]
         format: ops::peer_config::Format,
         /// Print the pre-shared key too (the output then opens with a line saying it holds a
@@ -167,23 +208,33 @@ enum Cmd {
         target: Target,
     },
     /// Runtime connections (the management API's, persisted in its state file).
+    #[command(after_help = "Example: vpngw connection add branch-7 --file branch-7.toml")]
     Connection {
         #[command(subcommand)]
         action: ConnectionCmd,
     },
     /// Hot backup with keepalived (docs/high-availability.md): its hooks, and handover.
+    #[command(after_help = "Example: vpngw ha handover")]
     Ha {
         #[command(subcommand)]
         action: HaCmd,
     },
     /// Replace a connection's child SAs now (new keys; traffic keeps flowing).
+    #[command(after_help = "Example: vpngw rekey to-branch")]
     Rekey {
+        /// The connection's name.
+        #[arg(value_name = "CONNECTION")]
         name: String,
         #[command(flatten)]
         target: Target,
     },
-    /// Stop the daemon: as SIGTERM (every SA deleted, the peers told), or with --save-tunnels
+    /// Stop the daemon.
+    ///
+    /// As SIGTERM (every SA deleted, the peers told), or with --save-tunnels
     /// without a word to the peers, its tunnels saved for `vpngw run --restore-tunnels`.
+    #[command(
+        after_help = "Example (an upgrade without renegotiation):\n  vpngw stop --save-tunnels /run/vpngw/tunnels\n  vpngw run --restore-tunnels /run/vpngw/tunnels"
+    )]
     Stop {
         /// Save the established tunnels (keys included: written mode 0600) to FILE and stop
         /// without deleting them.
@@ -192,26 +243,73 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Change what the daemon logs, now: an EnvFilter directive, as RUST_LOG takes.
+    ///
+    /// Lasts until the daemon stops (a reload of the configuration keeps it); the change is
+    /// logged at INFO. An invalid filter is refused with exit 2.
+    #[command(
+        after_help = "Examples:\n  vpngw log-level debug\n  vpngw log-level info,vpngw_ike=debug\n  vpngw log-level info"
+    )]
+    LogLevel {
+        /// The filter: a level (error, warn, info, debug, trace) and/or target=level pairs.
+        #[arg(value_name = "FILTER")]
+        filter: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write the shell completions or the man pages (for packagers: `make deb` runs it).
+    #[command(hide = true, after_help = "Example: vpngw generate completions bash target/assets")]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCmd {
+    /// The completion script for SHELL, written into DIR (vpngw.bash, _vpngw, vpngw.fish).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+        /// Where to write it (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// vpngw.1 and a page per subcommand, written into DIR.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum ConnectionCmd {
     /// Create or replace a connection from a TOML file holding one connection's keys (those of
     /// a [[connection]] table: remote_address, pre_shared_key, local_subnets, [ike], ...).
+    #[command(after_help = "Example: vpngw connection add branch-7 --file branch-7.toml")]
     Add {
+        /// The connection's name.
+        #[arg(value_name = "CONNECTION")]
         name: String,
+        /// The TOML file with the connection's keys (no [[connection]] header).
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
         #[command(flatten)]
         target: Target,
     },
     /// Delete a runtime connection (its SAs are deleted first, the peer is told).
+    #[command(after_help = "Example: vpngw connection remove branch-7")]
     Remove {
+        /// The connection's name.
+        #[arg(value_name = "CONNECTION")]
         name: String,
         #[command(flatten)]
         target: Target,
     },
     /// Every connection with its source (file or api), parameters and state, as JSON.
+    #[command(after_help = "Example: vpngw connection list | jq '.[] | select(.source == \"api\") | .name'")]
     List {
         #[command(flatten)]
         target: Target,
@@ -221,20 +319,25 @@ enum ConnectionCmd {
 #[derive(Subcommand)]
 enum HaCmd {
     /// keepalived's notify hook: tell the daemon the VRRP state (MASTER, BACKUP, FAULT, STOP).
-    /// Example (keepalived.conf): notify "/usr/sbin/vpngw ha notify" passes TYPE NAME STATE;
-    /// deploy/ha/notify.sh picks STATE.
+    #[command(
+        after_help = "Example (keepalived.conf): notify \"/etc/keepalived/vpngw-notify.sh /usr/bin/vpngw ha notify\"\n(keepalived passes TYPE NAME STATE; the script, deploy/ha/notify.sh, passes STATE on)"
+    )]
     Notify {
+        /// keepalived's VRRP state: MASTER, BACKUP, FAULT or STOP.
+        #[arg(value_name = "STATE")]
         state: String,
         #[command(flatten)]
         target: Target,
     },
     /// keepalived's health check (vrrp_script): exits 0 when the daemon's loop answers.
+    #[command(after_help = "Example (keepalived.conf): vrrp_script vpngw_check { script \"/usr/bin/vpngw ha check\" }")]
     Check {
         #[command(flatten)]
         target: Target,
     },
     /// Hand the active role to the standby now: the last changes are synced and acknowledged,
     /// then keepalived gives up the role (track_file). Refused unless the standby is in sync.
+    #[command(after_help = "Example: vpngw ha handover")]
     Handover {
         #[command(flatten)]
         target: Target,
@@ -244,33 +347,32 @@ enum HaCmd {
 /// How the CLI finds the daemon: `--socket`, or the control_socket of `--config`, or the default.
 #[derive(clap::Args)]
 struct Target {
-    #[arg(long)]
+    /// The daemon's control socket (default: the control_socket of --config, else
+    /// /run/vpngw/vpngw.sock).
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    #[arg(long)]
+    /// Find the control socket in this configuration file's [gateway] control_socket.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Give up on an answer of the daemon after this many seconds (exit 1): a stuck daemon
+    /// does not hang the caller (a script, keepalived's check).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = control::DEFAULT_ANSWER_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    control_timeout: u64,
 }
 
 impl Target {
-    fn socket(&self) -> Result<PathBuf, ConfigError> {
-        if let Some(s) = &self.socket {
-            return Ok(s.clone());
-        }
-        match &self.config {
-            Some(c) => Ok(Config::load(c)?.gateway.control_socket),
-            None => Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: journald, files and log shippers get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    fn daemon(&self) -> Result<client::Daemon, ConfigError> {
+        let socket = match (&self.socket, &self.config) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => Config::load(c)?.gateway.control_socket,
+            (None, None) => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        };
+        Ok(client::Daemon { socket, answer_timeout: std::time::Duration::from_secs(self.control_timeout) })
     }
 }
 
@@ -307,8 +409,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn client(target: &Target, request: Request, json: bool) -> ExitCode {
-    let socket = match target.socket() {
-        Ok(s) => s,
+    let daemon = match target.daemon() {
+        Ok(d) => d,
         Err(e) => {
             print_config_error(&e);
             return ExitCode::from(2);
@@ -321,7 +423,7 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(control::request(&socket, &request)) {
+    match rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout)) {
         Ok(r) if r.ok => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             if let Some(text) = r.peer_config {
@@ -354,11 +456,11 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
                     eprintln!("  {} = {}: {}", p.key, p.value, p.reason);
                 }
             }
-            if r.kind == Some(control::ErrorKind::Invalid) { ExitCode::from(2) } else { ExitCode::FAILURE }
+            client::exit_for_refusal(r.kind)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            client::exit_for_control_error(&e)
         }
     }
 }
@@ -368,7 +470,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config, log_format, esp_keylog, restore_tunnels } => {
-            init_logging(log_format);
+            logging::init(log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -392,15 +494,15 @@ fn main() -> ExitCode {
         Cmd::Status { json, target } => client(&target, Request::Status, json),
         Cmd::Up { name, wait: false, target, .. } => client(&target, Request::Up { connection: name }, false),
         Cmd::Up { name, wait: true, timeout, target } => {
-            let socket = match target.socket() {
-                Ok(s) => s,
+            let daemon = match target.daemon() {
+                Ok(d) => d,
                 Err(e) => {
                     print_config_error(&e);
                     return ExitCode::from(2);
                 }
             };
             match runtime() {
-                Ok(rt) => rt.block_on(client::up_and_wait(&socket, &name, std::time::Duration::from_secs(timeout))),
+                Ok(rt) => rt.block_on(client::up_and_wait(&daemon, &name, std::time::Duration::from_secs(timeout))),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
@@ -449,5 +551,65 @@ fn main() -> ExitCode {
         Cmd::Ha { action: HaCmd::Notify { state, target } } => client(&target, Request::HaNotify { state }, false),
         Cmd::Ha { action: HaCmd::Check { target } } => client(&target, Request::HaCheck, false),
         Cmd::Ha { action: HaCmd::Handover { target } } => client(&target, Request::HaHandover, false),
+        Cmd::LogLevel { filter, target } => match logging::parse_filter(&filter) {
+            Ok(_) => client(&target, Request::LogLevel { filter }, false),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(client::EXIT_INVALID)
+            }
+        },
+        Cmd::Generate { what } => {
+            let written = match what {
+                GenerateCmd::Completions { shell, dir } => {
+                    cli_docs::completions(Cli::command(), shell, &dir).map(|p| println!("{}", p.display()))
+                }
+                GenerateCmd::Man { dir } => cli_docs::man_pages(Cli::command(), &dir),
+            };
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every argument and subcommand, at every depth, says what it is: `--help` and the man
+    /// page are generated from these, so a missing text would be a hole in both.
+    #[test]
+    fn every_argument_and_subcommand_has_help_and_every_subcommand_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let built_in = matches!(arg.get_id().as_str(), "help" | "version");
+                if !built_in && !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument {} has no help", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{sub_path}: no help"));
+                }
+                // Commands that only group others (connection, ha) carry their example too.
+                let example = sub.get_after_help().or(sub.get_after_long_help()).map(|h| h.to_string());
+                if !example.is_some_and(|h| h.contains("Example")) {
+                    missing.push(format!("{sub_path}: no example (after_help)"));
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "vpngw", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

@@ -146,6 +146,47 @@ fn run_refuses_an_invalid_file_before_starting_anything() {
 #[test]
 fn clients_say_when_no_daemon_runs() {
     let out = vpngw().args(["status", "--socket", "/tmp/vpngw-no-such-daemon.sock"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "no control socket: exit 4 (the daemon is not running)");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `vpngw run` running?"));
+    // A socket file nobody listens on (a daemon that died): refused, also 4.
+    let dead = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli").join("dead.sock");
+    std::fs::create_dir_all(dead.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&dead);
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    let out = vpngw().args(["down", "branch-1", "--socket"]).arg(&dead).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn clients_give_up_on_a_daemon_that_never_answers() {
+    // Accepts every connection and never answers, as a daemon whose loop is stuck.
+    let socket = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli").join("stuck.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = vpngw().args(["status", "--control-timeout", "1", "--socket"]).arg(&socket).output().unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the daemon did not answer within 1 s"), "{err}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn help_lists_the_exit_codes_and_version_names_the_revision() {
+    let out = vpngw().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for line in ["3    no such connection", "4    the daemon is not running", "124  timed out"] {
+        assert!(help.contains(line), "{line:?} missing:\n{help}");
+    }
+    let out = vpngw().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with(&format!("vpngw {} (", env!("CARGO_PKG_VERSION"))), "{version}");
 }

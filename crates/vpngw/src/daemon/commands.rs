@@ -69,6 +69,16 @@ impl Daemon {
                 Err(e) => Response::error(e),
             },
             Request::Health => Response::ok("alive"),
+            Request::LogLevel { filter } => match crate::logging::set_filter(&filter) {
+                Ok(before) => {
+                    tracing::info!(filter = %filter, before = %before, "log filter changed");
+                    Response::ok(format!("log filter: {filter} (was {before})"))
+                }
+                Err(e @ crate::logging::LogFilterError::Invalid { .. }) => {
+                    Response::failed(ErrorKind::Invalid, e.to_string())
+                }
+                Err(e) => Response::failed(ErrorKind::Internal, e.to_string()),
+            },
             Request::Reload => match self.reload().await {
                 Ok(m) => Response::ok(m),
                 Err(refused) => {

@@ -3,6 +3,7 @@
 //! clients.
 
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::stat::{Mode, umask};
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,11 @@ pub enum Request {
     /// Re-read the configuration file, as SIGHUP; the answer says whether it was applied or
     /// refused (with the problems).
     Reload,
+    /// Replaces the process's log filter (an EnvFilter directive, as RUST_LOG); kept across
+    /// configuration reloads (`logging.rs`).
+    LogLevel {
+        filter: String,
+    },
     /// `/healthz`: answered by the loop itself, so a hung loop fails it.
     Health,
     /// `/readyz`: configuration loaded, dataplane up, and with `[ha]` the role known (and a
@@ -166,7 +172,16 @@ pub enum ControlError {
     Io(#[from] std::io::Error),
     #[error("bad answer from the daemon: {0}")]
     Protocol(String),
+    /// A daemon that accepts but does not answer (its loop stuck, or an impostor on the path).
+    #[error("the daemon did not answer within {} s", .0.as_secs_f64())]
+    TimedOut(Duration),
 }
+
+/// How long a client waits for the daemon's answer (connect, request and answer together)
+/// unless told otherwise: twice the daemon's own command timeout
+/// ([`crate::ops::published::COMMAND_TIMEOUT`]), so a slow command is answered with the
+/// daemon's error rather than cut off here.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the socket (replacing a stale one) and serves requests into `commands`.
 pub fn serve(path: &Path, commands: mpsc::Sender<Command>) -> Result<tokio::task::JoinHandle<()>, ControlError> {
@@ -222,8 +237,20 @@ async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) -> Result<(
     Ok(())
 }
 
-/// Client side: sends one request, returns the answer.
+/// Client side: sends one request, returns the answer; gives up after
+/// [`DEFAULT_ANSWER_TIMEOUT`]. The tests' shorthand (the CLI passes its --control-timeout).
+#[cfg(test)]
 pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
+    request_within(path, request, DEFAULT_ANSWER_TIMEOUT).await
+}
+
+/// Client side: sends one request, returns the answer, or [`ControlError::TimedOut`] when
+/// connecting, sending and the answer together take longer than `timeout`.
+pub async fn request_within(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    tokio::time::timeout(timeout, exchange(path, request)).await.map_err(|_| ControlError::TimedOut(timeout))?
+}
+
+async fn exchange(path: &Path, request: &Request) -> Result<Response, ControlError> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
@@ -243,5 +270,40 @@ trait TakeExt: Sized {
 impl<R: tokio::io::AsyncRead> TakeExt for BufReader<R> {
     fn take(self, limit: u64) -> tokio::io::Take<Self> {
         tokio::io::AsyncReadExt::take(self, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A daemon that accepts and never answers: the client gives up after its timeout, with
+    /// an error that says so, instead of hanging.
+    #[tokio::test]
+    async fn a_client_gives_up_on_a_daemon_that_never_answers() {
+        let dir = std::env::temp_dir().join(format!("vpngw-control-timeout.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stuck.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let stuck = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream); // kept open, never answered
+            }
+        });
+        let started = Instant::now();
+        let answer = request_within(&path, &Request::Status, Duration::from_millis(300)).await;
+        let took = started.elapsed();
+        stuck.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = answer.expect_err("an answer from a daemon that never answers");
+        assert!(matches!(e, ControlError::TimedOut(_)), "{e:?}");
+        assert_eq!(e.to_string(), "the daemon did not answer within 0.3 s");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
     }
 }

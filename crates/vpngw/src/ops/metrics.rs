@@ -246,8 +246,9 @@ impl Families {
 pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
     let f = Families { registry: Registry::new() };
     f.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    let build = f.gauge("vpngw_build_info", "vpngw's version; always 1", &["version", "gateway"])?;
-    build.with_label_values(&[env!("CARGO_PKG_VERSION"), s.gateway.as_str()]).set(1);
+    let build =
+        f.gauge("vpngw_build_info", "vpngw's version and git revision; always 1", &["version", "revision", "gateway"])?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("VPNGW_REVISION"), s.gateway.as_str()]).set(1);
 
     encode_connections(&f, &s.connections)?;
     encode_health(&f, &s.connections)?;
@@ -699,7 +700,7 @@ mod tests {
         assert!(text.contains("# TYPE vpngw_child_sa_expiry_timestamp_seconds gauge"), "{text}");
         assert!(!text.contains("vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-c\"}"), "no SA, no expiry");
         assert!(text.contains("# TYPE vpngw_esp_packets_total counter"));
-        assert!(text.contains("vpngw_build_info{gateway=\"gw-a\",version=\""));
+        assert!(text.contains("vpngw_build_info{gateway=\"gw-a\",revision=\""));
         assert!(!text.contains("to-c\",state=\"established\"} 1"));
         assert!(!text.contains("vpngw_health_check_healthy{connection=\"to-c\"}"), "no series without a health check");
     }

@@ -17,6 +17,10 @@ use crate::state::{ConnectionState, child_sa_state_serde, current_ike_sa};
 pub struct Status {
     pub gateway: String,
     pub version: String,
+    /// The git revision the daemon was built from (build.rs: 12 hex digits, `-dirty` for a
+    /// changed work tree, "unknown" without git).
+    #[serde(default)]
+    pub revision: String,
     pub public_address: String,
     pub uptime_seconds: u64,
     /// Datagrams not acted on, by reason (malformed, unknown SA or peer, ESP before the
@@ -140,6 +144,7 @@ pub fn build(s: &Sources) -> Status {
     Status {
         gateway: s.config.gateway.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
+        revision: env!("VPNGW_REVISION").into(),
         public_address: s.config.gateway.public_address.to_string(),
         uptime_seconds: s.uptime.as_secs(),
         dropped: dropped(s),
@@ -301,8 +306,8 @@ impl Status {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "gateway {} ({}), vpngw {}, up {}s",
-            self.gateway, self.public_address, self.version, self.uptime_seconds
+            "gateway {} ({}), vpngw {} (revision {}), up {}s",
+            self.gateway, self.public_address, self.version, self.revision, self.uptime_seconds
         );
         if let Some(ha) = &self.ha {
             o.push_str(&ha.render());
@@ -419,6 +424,7 @@ mod tests {
         Status {
             gateway: "gw".into(),
             version: "0.1.0".into(),
+            revision: "0123456789ab".into(),
             public_address: "198.51.100.1".into(),
             uptime_seconds: 5,
             dropped: dropped.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
