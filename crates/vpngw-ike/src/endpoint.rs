@@ -45,6 +45,45 @@ impl DropCounters {
     }
 }
 
+/// How many label values [`MessageCounters`] has.
+pub const EXCHANGE_KINDS: usize = 5;
+
+/// IKE messages by exchange type: received (every datagram whose header parsed, acted on or
+/// not), sent, and of those sent the retransmissions (a request of ours sent again for want of
+/// an answer, or our answer sent again to a repeated request). A bounded set of labels: any
+/// exchange type other than the four vpngw speaks counts as `other`.
+#[derive(Debug, Default, Clone)]
+pub struct MessageCounters {
+    pub received: [u64; EXCHANGE_KINDS],
+    pub sent: [u64; EXCHANGE_KINDS],
+    pub retransmitted: [u64; EXCHANGE_KINDS],
+}
+
+impl MessageCounters {
+    /// The label values, in the arrays' order.
+    pub const EXCHANGES: [&'static str; EXCHANGE_KINDS] = ["main", "aggressive", "quick", "informational", "other"];
+
+    fn index(exchange: ExchangeType) -> usize {
+        match exchange {
+            ExchangeType::IDENTITY_PROTECTION => 0,
+            ExchangeType::AGGRESSIVE => 1,
+            ExchangeType::QUICK_MODE => 2,
+            ExchangeType::INFORMATIONAL => 3,
+            _ => 4,
+        }
+    }
+
+    /// The exchange of an encoded message: its header's exchange type (byte 18, after the two
+    /// cookies, the next payload and the version).
+    fn of_packet(packet: &[u8]) -> usize {
+        packet.get(18).map_or(4, |b| Self::index(ExchangeType(*b)))
+    }
+
+    pub(crate) fn retransmission(&mut self, packet: &[u8]) {
+        self.retransmitted[Self::of_packet(packet)] += 1;
+    }
+}
+
 pub struct Endpoint {
     config: EngineConfig,
     peers: Vec<Arc<PeerConfig>>,
@@ -56,6 +95,7 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     spis: SpiPool,
     drops: DropCounters,
+    messages: MessageCounters,
     admission: Admission,
     /// IKE SAs whose state may have changed since [`Endpoint::take_changed`] last ran (what a
     /// hot-backup partner must be sent again). Over-approximated: every SA that handled a
@@ -78,6 +118,7 @@ macro_rules! ctx {
             out: &mut $self.out,
             events: &mut $self.events,
             spis: &mut $self.spis,
+            messages: &mut $self.messages,
         }
     };
 }
@@ -95,6 +136,7 @@ impl Endpoint {
             events: VecDeque::new(),
             spis: SpiPool::default(),
             drops: DropCounters::default(),
+            messages: MessageCounters::default(),
             admission: Admission::default(),
             changed: BTreeSet::new(),
         }
@@ -126,6 +168,10 @@ impl Endpoint {
 
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    pub fn messages(&self) -> &MessageCounters {
+        &self.messages
     }
 
     /// Responder IKE SAs not yet authenticated (bounded: `EngineConfig::half_open_total`).
@@ -248,6 +294,7 @@ impl Endpoint {
                 return;
             }
         };
+        self.messages.received[MessageCounters::index(header.exchange)] += 1;
         let rx = Received { header, data, local, remote };
         let phase1 = matches!(rx.header.exchange, ExchangeType::IDENTITY_PROTECTION | ExchangeType::AGGRESSIVE);
         // Exact cookies: a zero responder cookie names an SA only in a retransmitted first
@@ -582,7 +629,9 @@ impl Endpoint {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
+        let t = self.out.pop_front()?;
+        self.messages.sent[MessageCounters::of_packet(&t.payload)] += 1;
+        Some(t)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

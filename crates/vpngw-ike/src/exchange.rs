@@ -38,6 +38,7 @@ pub(crate) struct Ctx<'a> {
     pub out: &'a mut VecDeque<Transmit>,
     pub events: &'a mut VecDeque<Event>,
     pub spis: &'a mut SpiPool,
+    pub messages: &'a mut crate::endpoint::MessageCounters,
 }
 
 impl Ctx<'_> {

@@ -485,7 +485,7 @@ impl IkeSa {
     fn on_retransmit_timer(&mut self, ctx: &mut Ctx<'_>) {
         let Some(r) = self.link.retransmit.as_mut() else { return };
         match r.poll(ctx.now, ctx.config.retransmit_factor) {
-            RetransmitDue::Resend(p) => self.link.transmit(ctx, p),
+            RetransmitDue::Resend(p) => self.link.retransmit(ctx, p),
             RetransmitDue::NotYet => {}
             RetransmitDue::GiveUp => {
                 self.link.retransmit = None;

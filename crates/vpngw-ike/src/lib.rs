@@ -60,7 +60,7 @@ pub use config::{
     DpdAction, DpdPolicy, EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
     SubnetPair,
 };
-pub use endpoint::{DropCounters, Endpoint, IkeError};
+pub use endpoint::{DropCounters, Endpoint, IkeError, MessageCounters};
 pub use event::{
     ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role,
 };

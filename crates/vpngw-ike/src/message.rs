@@ -133,6 +133,13 @@ impl Link {
         ctx.out.push_back(Transmit { local: self.local, remote: self.remote, payload: packet });
     }
 
+    /// Sends `packet` again (a request unanswered, or an answer to a repeated request), counted
+    /// as a retransmission.
+    pub fn retransmit(&self, ctx: &mut Ctx<'_>, packet: Vec<u8>) {
+        ctx.messages.retransmission(&packet);
+        self.transmit(ctx, packet);
+    }
+
     /// Sends a phase 1 request and arms its retransmission.
     pub fn send_request(&mut self, ctx: &mut Ctx<'_>, packet: Vec<u8>) {
         self.retransmit = Some(Retransmit::new(packet.clone(), ctx));
@@ -159,7 +166,7 @@ impl Link {
     pub fn answer_duplicate(&self, ctx: &mut Ctx<'_>, rx: &Received<'_>) -> bool {
         match &self.last_answer {
             Some(a) if a.answers(rx.data) => {
-                self.transmit(ctx, a.answer.clone());
+                self.retransmit(ctx, a.answer.clone());
                 true
             }
             _ => false,

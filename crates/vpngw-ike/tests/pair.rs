@@ -55,6 +55,36 @@ fn seed_defaults_main_mode() {
     assert_eq!(info[0].children.len(), 1);
 }
 
+/// Messages by exchange type (main, aggressive, quick, informational, other): what each side
+/// sent and received, and which of the sent were retransmissions.
+#[test]
+fn messages_are_counted_by_exchange_and_retransmissions_apart() {
+    use vpngw_ike::MessageCounters;
+    let counts = |m: &MessageCounters| (m.sent, m.received, m.retransmitted);
+    let (a, b) = configs();
+    let p = up(a, b, 1);
+    assert_up(&p, 1);
+    // A: MM1, MM3, MM5 and QM1, QM3 out; MM2, MM4, MM6 and QM2 in. B the mirror.
+    assert_eq!(counts(p.a.messages()), ([3, 0, 2, 0, 0], [3, 0, 1, 0, 0], [0; 5]));
+    assert_eq!(counts(p.b.messages()), ([3, 0, 1, 0, 0], [3, 0, 2, 0, 0], [0; 5]));
+    assert_eq!(MessageCounters::EXCHANGES, ["main", "aggressive", "quick", "informational", "other"]);
+
+    // B's first answer is lost: A sends MM1 again (a retransmission), B answers it anew.
+    let (a, b) = configs();
+    let name = a.name.clone();
+    let mut p = Pair::new(a, b, 2);
+    p.drop_from_b = 1;
+    p.a.initiate(p.now, &name).unwrap();
+    p.drive(LIMIT);
+    assert_up(&p, 1);
+    let (sent, received, retransmitted) = counts(p.a.messages());
+    assert_eq!(retransmitted, [1, 0, 0, 0, 0], "{:?}", p.a.messages());
+    assert_eq!(sent, [4, 0, 2, 0, 0], "retransmissions are among the sent");
+    assert_eq!(received, [3, 0, 1, 0, 0], "the lost answer never arrived");
+    // B had MM1 twice and sent its answer again to the repeat: a retransmission too.
+    assert_eq!(counts(p.b.messages()), ([4, 0, 1, 0, 0], [4, 0, 2, 0, 0], [1, 0, 0, 0, 0]));
+}
+
 #[test]
 fn every_phase1_combination_main_and_aggressive() {
     let mut seed = 100;

@@ -387,6 +387,7 @@ impl Daemon {
             config: Arc::new(config.clone()),
             ike_sas: Vec::new(),
             ike_drops: Default::default(),
+            ike_messages: Default::default(),
             table: table.clone(),
             ledger: Default::default(),
             history: ConnectionHistory::default(),
@@ -593,6 +594,7 @@ impl Daemon {
                 }
                 drops
             },
+            ike_messages: self.ike.endpoint.messages().clone(),
             table,
             ledger,
             history: self.history.clone(),

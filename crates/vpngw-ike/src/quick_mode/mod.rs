@@ -220,7 +220,7 @@ impl QuickModes {
         let qm = &mut self.exchanges[i];
         // Duplicate of a request we answered: resend the answer.
         if let Some(a) = qm.last_answer.as_ref().filter(|a| a.answers(rx.data)) {
-            channel.link.transmit(ctx, a.answer.clone());
+            channel.link.retransmit(ctx, a.answer.clone());
             return false;
         }
         let result = match (qm.role, qm.state) {
@@ -353,7 +353,7 @@ impl QuickModes {
                 None => RetransmitDue::NotYet,
             };
             match due {
-                RetransmitDue::Resend(p) => channel.link.transmit(ctx, p),
+                RetransmitDue::Resend(p) => channel.link.retransmit(ctx, p),
                 RetransmitDue::NotYet => {}
                 RetransmitDue::GiveUp => {
                     let detail = format!(

@@ -22,7 +22,7 @@ use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts
 use tokio::sync::{mpsc, oneshot};
 use vpngw_dataplane::counters::DropReason;
 use vpngw_esp::OpenError;
-use vpngw_ike::{ChildSaState, FailReason, IkeSaState};
+use vpngw_ike::{ChildSaState, FailReason, IkeSaState, MessageCounters};
 
 use super::Sources;
 use crate::ha::HaView;
@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub dataplane_drops: Vec<(&'static str, u64)>,
     /// IKE datagrams not acted on, by reason.
     pub ike_drops: Vec<(String, u64)>,
+    /// IKE messages by exchange type: received, sent, retransmitted (of the sent).
+    pub ike_messages: MessageCounters,
     /// Negotiations from addresses no connection is configured for.
     pub unknown_peer_negotiations: u64,
     /// Unknown peers whose failure history was evicted (bounded LRU).
@@ -138,9 +140,14 @@ fn soonest_expiry(children: impl Iterator<Item = (ChildSaState, Instant)>) -> Op
     children.filter(|(state, _)| *state != ChildSaState::Replaced).map(|(_, at)| at).min()
 }
 
-/// What a scrape reports now. `traffic` is the ledger's, settled just before; `reloads` the
-/// loop's count.
-pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>, reloads: ReloadStats) -> Snapshot {
+/// What a scrape reports now. `traffic` is the ledger's, settled just before; `reloads` and
+/// `ike_messages` the loop's counts.
+pub fn snapshot(
+    s: &Sources,
+    traffic: &HashMap<String, Traffic>,
+    reloads: ReloadStats,
+    ike_messages: &MessageCounters,
+) -> Snapshot {
     let connections = s
         .config
         .connections
@@ -185,6 +192,7 @@ pub fn snapshot(s: &Sources, traffic: &HashMap<String, Traffic>, reloads: Reload
             .map(|r| (r.as_str(), s.workers.iter().map(|c| c.dropped(r)).sum()))
             .collect(),
         ike_drops: s.ike_drops.by_reason.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ike_messages: ike_messages.clone(),
         unknown_peer_negotiations: s.history.unknown_peer_negotiations(),
         unknown_peer_history_evictions: s.history.unknown_peer_evictions(),
         unknown_peer_log_lines_suppressed: s.history.unknown_peer_logs_suppressed(),
@@ -271,6 +279,25 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
     )?;
     for (r, n) in &s.ike_drops {
         ike_drops.with_label_values(&[r.as_str()]).inc_by(*n);
+    }
+    // Gateway-wide, not per connection: datagrams from unknown peers count too, and a
+    // retransmission rate is a property of the paths the gateway's peers share.
+    let messages = f.counter(
+        "vpngw_ike_messages_total",
+        "IKE messages by exchange type (main, aggressive, quick, informational, other); in: every datagram \
+         whose header parsed, out: every message sent, retransmissions included",
+        &["exchange", "direction"],
+    )?;
+    let retransmitted = f.counter(
+        "vpngw_ike_retransmissions_total",
+        "IKE messages sent again: a request unanswered, or an answer to a repeated request",
+        &["exchange"],
+    )?;
+    let m = &s.ike_messages;
+    for (i, exchange) in MessageCounters::EXCHANGES.iter().enumerate() {
+        messages.with_label_values(&[exchange, "in"]).inc_by(m.received[i]);
+        messages.with_label_values(&[exchange, "out"]).inc_by(m.sent[i]);
+        retransmitted.with_label_values(&[exchange]).inc_by(m.retransmitted[i]);
     }
     let unknown = f.counter(
         "vpngw_unknown_peer_negotiations_total",
@@ -648,6 +675,11 @@ mod tests {
             ],
             dataplane_drops: vec![("no_sa", 4), ("replayed", 0)],
             ike_drops: vec![("malformed".into(), 1)],
+            ike_messages: MessageCounters {
+                received: [3, 0, 1, 2, 0],
+                sent: [4, 0, 2, 2, 0],
+                retransmitted: [1, 0, 0, 0, 0],
+            },
             unknown_peer_negotiations: 0,
             unknown_peer_history_evictions: 5,
             unknown_peer_log_lines_suppressed: 6,
@@ -693,6 +725,11 @@ mod tests {
             "vpngw_config_reloads_total{result=\"refused\"} 1",
             "vpngw_config_last_reload_success 0",
             "vpngw_config_last_reload_timestamp_seconds 1790000100.5",
+            "vpngw_ike_messages_total{direction=\"out\",exchange=\"main\"} 4",
+            "vpngw_ike_messages_total{direction=\"in\",exchange=\"quick\"} 1",
+            "vpngw_ike_messages_total{direction=\"in\",exchange=\"other\"} 0",
+            "vpngw_ike_retransmissions_total{exchange=\"main\"} 1",
+            "vpngw_ike_retransmissions_total{exchange=\"informational\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -714,6 +751,7 @@ mod tests {
             ),
             ike_sas: Vec::new(),
             ike_drops: Default::default(),
+            ike_messages: Default::default(),
             table: Arc::new(vpngw_dataplane::sa_table::SaTable::new()),
             ledger: Arc::default(),
             history: Default::default(),

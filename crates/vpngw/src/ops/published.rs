@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use vpngw_dataplane::counters::WorkerCounters;
 use vpngw_dataplane::link::NextHop;
 use vpngw_dataplane::sa_table::SaTable;
-use vpngw_ike::{DropCounters, IkeSaInfo};
+use vpngw_ike::{DropCounters, IkeSaInfo, MessageCounters};
 
 use super::control::{Command, ConnectionView, ErrorKind, Request, Response};
 use super::metrics::{self, Snapshot};
@@ -47,6 +47,8 @@ pub struct ReadState {
     pub config: Arc<Config>,
     pub ike_sas: Vec<IkeSaInfo>,
     pub ike_drops: DropCounters,
+    /// IKE messages by exchange type (the engine's counters, as of the publication).
+    pub ike_messages: MessageCounters,
     /// Live: the dataplane's table, with the SAs' counters.
     pub table: Arc<SaTable>,
     /// Live: traffic of the SAs gone from the table (shared with the loop).
@@ -99,7 +101,7 @@ impl ReadState {
             ledger.settle();
             ledger.traffic(&self.table)
         };
-        self.read(|s| metrics::snapshot(s, &traffic, self.reloads))
+        self.read(|s| metrics::snapshot(s, &traffic, self.reloads, &self.ike_messages))
     }
 
     /// The answer to a read request (status, diagnose, the connection list, a peer's
@@ -292,6 +294,7 @@ mod tests {
             config: Arc::new(Config::parse(config, Path::new(".")).unwrap()),
             ike_sas: Vec::new(),
             ike_drops: DropCounters::default(),
+            ike_messages: MessageCounters::default(),
             table: Arc::new(SaTable::new()),
             ledger: Arc::default(),
             history: ConnectionHistory::default(),
