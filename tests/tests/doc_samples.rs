@@ -154,7 +154,12 @@ fn normalize(text: &str) -> String {
     while text.contains("N, N") {
         text = text.replace("N, N", "N");
     }
-    for (from, to) in [(" (N through the link path)", ""), (", N times)", ")"), ("; TCP MSS clamped in N SYNs", "")] {
+    for (from, to) in [
+        (" (N through the link path)", ""),
+        (", N times)", ")"),
+        ("; TCP MSS clamped in N SYNs", ""),
+        ("(revision unknown)", "(revision <hex>)"),
+    ] {
         text = text.replace(from, to);
     }
     text.trim().to_string()
@@ -199,7 +204,8 @@ fn classify(token: &str) -> String {
         let parts: Vec<String> = body.split('/').map(classify).collect();
         return format!("{}{tail}", parts.join("/"));
     }
-    if is_hex_value(body) {
+    // SPIs, cookies, the build's git revision (`-dirty` when built from a changed tree).
+    if is_hex_value(body.strip_suffix("-dirty").unwrap_or(body)) {
         return format!("<hex>{tail}");
     }
     let digits = body.trim_start_matches(|c: char| c.is_ascii_digit());
@@ -229,6 +235,8 @@ fn example_values(text: &str) -> String {
         } else if is_hex_value(token) && token.len() == 8 {
             out.push_str(HEX[n % HEX.len()]);
             n += 1;
+        } else if is_hex_value(token) && token.len() == 12 {
+            out.push_str("3f9a1c7e20b4");
         } else {
             out.push_str(token);
         }
@@ -284,7 +292,7 @@ fn check_or_bless(samples: &[(&'static str, String)]) {
                 continue;
             }
             if bless {
-                let mut new = example_values(real.trim_end());
+                let mut new = example_values(real.trim_end()).replace("-dirty)", ")");
                 new.push('\n');
                 text.replace_range(range, &new);
             } else {
