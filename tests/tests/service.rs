@@ -79,6 +79,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Rekeys `name` and waits for a log line at DEBUG written after `from` (bytes of the log).
+fn rekey_logs_debug(v: &Vpngw, name: &str, from: usize) -> bool {
+    let rekey = v.cli(&["rekey", name]);
+    assert!(rekey.status.success(), "rekey: {}", text(&rekey));
+    wait_for(Duration::from_secs(10), || v.log_text().get(from..)?.contains(" DEBUG ").then_some(())).is_some()
+}
+
+/// The inbound SPI of `name`'s first child SA.
+fn spi_in(v: &Vpngw, name: &str) -> Option<String> {
+    v.connection(name)?["child_sas"][0]["spi_in"].as_str().map(str::to_string)
+}
+
 #[test]
 fn systemd_notify_probes_up_wait_and_reload() {
     require_root();
@@ -169,6 +181,16 @@ fn systemd_notify_probes_up_wait_and_reload() {
     let unknown = left.cli(&["up", "no-such", "--wait"]);
     assert_eq!(unknown.status.code(), Some(3), "{}", text(&unknown));
 
+    // vpngw log-level: DEBUG lines at once (the daemon started with RUST_LOG=info), the change
+    // logged at INFO; a filter that does not parse is refused with exit 2.
+    let bad = left.cli(&["log-level", "info,vpngw=loud"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    let from = left.log_text().len();
+    let debug = left.cli(&["log-level", "debug"]);
+    assert!(debug.status.success(), "log-level debug: {}", text(&debug));
+    assert!(left.log_text()[from..].contains("log filter changed"), "{}", left.log_text());
+    assert!(rekey_logs_debug(&left, "to-right", from), "no DEBUG line after log-level debug:\n{}", left.log_text());
+
     // vpngw reload with a broken file: refused, exit 2, the problem named by its key; the
     // tunnel keeps its IKE SA.
     std::fs::write(&config, left_config(&lab, true, true)).unwrap();
@@ -196,6 +218,21 @@ fn systemd_notify_probes_up_wait_and_reload() {
         text(&applied)
     );
     assert!(left.connection("to-nowhere").is_none(), "to-nowhere still configured after the reload");
+    // The reload kept the log filter: still DEBUG; after `log-level info`, no more.
+    let from = left.log_text().len();
+    assert!(rekey_logs_debug(&left, "to-right", from), "the reload reset the log filter:\n{}", left.log_text());
+    let info = left.cli(&["log-level", "info"]);
+    assert!(info.status.success(), "log-level info: {}", text(&info));
+    let from = left.log_text().len();
+    let before = spi_in(&left, "to-right");
+    let rekey = left.cli(&["rekey", "to-right"]);
+    assert!(rekey.status.success(), "rekey: {}", text(&rekey));
+    assert!(
+        wait_for(Duration::from_secs(10), || (spi_in(&left, "to-right") != before).then_some(())).is_some(),
+        "the rekey did not finish"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!left.log_text()[from..].contains(" DEBUG "), "DEBUG after log-level info:\n{}", &left.log_text()[from..]);
     assert_eq!(
         left.connection("to-right").unwrap()["ike_sa"]["initiator_cookie"],
         cookies,
