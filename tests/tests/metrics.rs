@@ -114,6 +114,17 @@ fn metrics_are_clean_count_across_rekeys_and_a_real_prometheus_scrapes_them() {
     let expiry = value(&before, "vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-right\"}");
     assert!(expiry.is_some_and(|t| t > now + 60.0), "{expiry:?} (now {now})\n{before}");
     assert!(!before.contains("vpngw_child_sa_expiry_timestamp_seconds{connection=\"to-nowhere\"}"), "{before}");
+    // The left initiated: main mode and quick mode messages both ways, retransmissions counted
+    // apart (whether any happened depends on timing: only that the series exists).
+    for (series, at_least) in [
+        ("vpngw_ike_messages_total{direction=\"out\",exchange=\"main\"}", 3.0),
+        ("vpngw_ike_messages_total{direction=\"in\",exchange=\"main\"}", 3.0),
+        ("vpngw_ike_messages_total{direction=\"out\",exchange=\"quick\"}", 2.0),
+        ("vpngw_ike_messages_total{direction=\"in\",exchange=\"quick\"}", 1.0),
+        ("vpngw_ike_retransmissions_total{exchange=\"main\"}", 0.0),
+    ] {
+        assert!(value(&before, series).is_some_and(|v| v >= at_least), "{series} >= {at_least}\n{before}");
+    }
     let started = value(&before, "vpngw_config_last_reload_timestamp_seconds").unwrap();
     assert!(started <= now && started > now - 120.0, "{started} (now {now})");
     // Hot backup: active since its takeover at start, no partner.
