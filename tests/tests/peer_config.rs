@@ -404,7 +404,10 @@ fn the_api_serves_runtime_connections_and_the_key_only_when_asked() {
     for (query, want) in [("?format=cisco", 400), ("?include_key=yes", 400), ("?colour=blue", 400)] {
         let (code, content_type, _, body) = get(query, TOKEN);
         assert_eq!(code, want, "{query}: {body}");
-        assert!(content_type.starts_with("application/json") && body.contains("error"), "{query}: {body}");
+        assert!(
+            content_type == "application/problem+json" && body.contains("problems/invalid-query"),
+            "{query}: {body}"
+        );
     }
     assert_eq!(get("", "wrong-token").0, 401);
     assert_eq!(http(&lab, &lab.left, "GET", &format!("{base}/nope/peer-config"), TOKEN, "").0, 404);
