@@ -26,10 +26,10 @@ pub const EXIT_TIMED_OUT: u8 = 124;
 /// The exit codes as `--help` and the man page list them (docs/operations.md has the table).
 pub const EXIT_CODES_HELP: &str = "Exit codes:
   0    ok
-  1    failed: the daemon refused, the operation failed, or no answer within --control-timeout
+  1    failed (refused, or no answer within --control-timeout)
   2    invalid input or configuration
   3    no such connection
-  4    the daemon is not running (no control socket, or the connection refused)
+  4    the daemon is not running (no socket, or refused)
   124  timed out (up --wait --timeout)";
 
 /// The exit code for an error answer of the daemon.
