@@ -119,8 +119,40 @@ fn mismatch_scenario() -> Vec<(&'static str, String)> {
     assert_eq!(failure["reason"], "phase1-proposal-mismatch", "{failure}");
     let status = right.status_text();
     let diagnose = right.cli(&["diagnose", "to-left"]);
-    let _ = left;
-    vec![("status-down", status), ("diagnose-mismatch", stdout(&diagnose))]
+    let udp_500_held = second_instance_error(&lab, &left);
+    vec![("status-down", status), ("diagnose-mismatch", stdout(&diagnose)), ("start-udp-500-in-use", udp_500_held)]
+}
+
+/// A second vpngw started next to a running one (UDP 500 held, as another IKE daemon would):
+/// the error line it ends with, without `error: `.
+fn second_instance_error(lab: &Lab, running: &Vpngw) -> String {
+    let dir = lab.dir.join("second");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = std::fs::read_to_string(&running.config)
+        .unwrap()
+        .replace(&running.socket.display().to_string(), &dir.join("vpngw.sock").display().to_string());
+    let path = dir.join("vpngw.toml");
+    std::fs::write(&path, config).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = lab.exec(&running.ns, &binary().display().to_string(), &["run", "--config", &path.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = stderr.lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or_else(|| panic!("{stderr}"));
+    line.to_string()
+}
+
+/// Error lines the docs quote (in backticks, in a table): each must appear verbatim.
+fn check_quoted(samples: &[(&'static str, String)]) -> Vec<&'static str> {
+    let doc = std::fs::read_to_string(root().join("docs/troubleshooting.md")).unwrap();
+    let mut quoted = Vec::new();
+    for (name, line) in samples.iter().filter(|(n, _)| n.starts_with("start-")) {
+        assert!(
+            doc.contains(&format!("`{line}`")),
+            "docs/troubleshooting.md, \"Failures to start\", no longer quotes the daemon's error ({name}): `{line}`"
+        );
+        quoted.push(*name);
+    }
+    quoted
 }
 
 /// What varies from run to run, replaced by placeholders (applied to the doc and to the real
@@ -307,7 +339,8 @@ fn check_or_bless(samples: &[(&'static str, String)]) {
             std::fs::write(&path, text).unwrap();
         }
     }
-    for (name, _) in samples {
+    let quoted = check_quoted(samples);
+    for (name, _) in samples.iter().filter(|(n, _)| !quoted.contains(n)) {
         assert!(used.iter().any(|u| u == name), "sample {name} is in no doc ({DOCS:?})");
     }
     assert!(
