@@ -1,8 +1,9 @@
 //! The samples of command output in the documentation are real output: this test runs the
 //! scenarios they show between two vpngw in namespaces, captures `vpngw status` and
-//! `vpngw diagnose NAME`, and compares each marked block of the docs with it. It also checks
-//! that `vpngw check` accepts `deploy/examples/vpngw.toml` (with the key files its header says
-//! to create).
+//! `vpngw diagnose NAME`, and compares each marked block of the docs with it. The error line
+//! of a second vpngw that finds UDP 500 taken must appear verbatim in troubleshooting.md's
+//! "Failures to start". It also checks that `vpngw check` accepts `deploy/examples/vpngw.toml`
+//! (with the key files its header says to create).
 //!
 //! A sample is marked by an HTML comment on the line before its fence:
 //!
