@@ -4,9 +4,10 @@
 //! published it, the traffic ledger, the workers' counters read with relaxed loads; workers
 //! are never stopped or locked; see `published.rs`), then encodes it into a fresh registry. Every configured
 //! connection appears, up or not. Labels are bounded: connection names (from the
-//! configuration), direction, reason (fixed sets), worker index, a connection's `start` and
-//! exchange `mode` (from the configuration); never SPIs, cookies, addresses, ports or times. Hot backup's series (`vpngw_ha_*`) exist only with `[ha]`; their labels are the roles
-//! and the two configured node names.
+//! configuration), direction, reason, IKE exchange (fixed sets), worker index, a connection's
+//! `start` and exchange `mode` (from the configuration); never SPIs, cookies, addresses, ports
+//! or times. Hot backup's series (`vpngw_ha_*`) exist only with `[ha]`; their labels are the
+//! roles and the two configured node names.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
