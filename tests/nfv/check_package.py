@@ -661,8 +661,8 @@ def check_software(package, work):
     r = run(["chroot", root, *env, *lcm])
     v = run(["chroot", root, "/usr/bin/vpngw", "--version"])
     check("vpngw-lcm.sh install in a clean Debian 12 root without vpngw installs the packaged .deb "
-          "(vpngw --version: 0.1.0)", r.returncode == 0 and "installing /opt/vnf/Files/software/" in r.stderr
-          and v.stdout.strip() == "vpngw 0.1.0", f"exit {r.returncode}: {r.stderr[-800:]}{v.stdout}{v.stderr}")
+          "(vpngw --version: 0.1.0 and its revision)", r.returncode == 0 and "installing /opt/vnf/Files/software/" in r.stderr
+          and v.stdout.strip().split(" (")[0] == "vpngw 0.1.0", f"exit {r.returncode}: {r.stderr[-800:]}{v.stdout}{v.stderr}")
     r = run(["chroot", root, *env, *lcm])
     check("vpngw-lcm.sh install again: already installed, nothing to do", r.returncode == 0
           and "nothing to do" in r.stderr, r.stderr[-400:])
