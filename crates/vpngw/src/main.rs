@@ -408,7 +408,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-fn client(target: &Target, request: Request, json: bool) -> ExitCode {
+/// Finds the daemon `target` names and a runtime to talk to it with, then runs `talk`: exit 2
+/// when the configuration cannot name the socket, 1 when no runtime can be built.
+fn with_daemon(target: &Target, talk: impl FnOnce(&tokio::runtime::Runtime, &client::Daemon) -> ExitCode) -> ExitCode {
     let daemon = match target.daemon() {
         Ok(d) => d,
         Err(e) => {
@@ -416,14 +418,24 @@ fn client(target: &Target, request: Request, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
+    match runtime() {
+        Ok(rt) => talk(&rt, &daemon),
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    match rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout)) {
+    }
+}
+
+fn client(target: &Target, request: Request, json: bool) -> ExitCode {
+    with_daemon(target, |rt, daemon| {
+        answer(rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout)), json)
+    })
+}
+
+/// Prints a control request's answer (or why there is none) and gives the exit code.
+fn answer(result: Result<control::Response, control::ControlError>, json: bool) -> ExitCode {
+    match result {
         Ok(r) if r.ok => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             if let Some(text) = r.peer_config {
@@ -493,22 +505,9 @@ fn main() -> ExitCode {
         }
         Cmd::Status { json, target } => client(&target, Request::Status, json),
         Cmd::Up { name, wait: false, target, .. } => client(&target, Request::Up { connection: name }, false),
-        Cmd::Up { name, wait: true, timeout, target } => {
-            let daemon = match target.daemon() {
-                Ok(d) => d,
-                Err(e) => {
-                    print_config_error(&e);
-                    return ExitCode::from(2);
-                }
-            };
-            match runtime() {
-                Ok(rt) => rt.block_on(client::up_and_wait(&daemon, &name, std::time::Duration::from_secs(timeout))),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Cmd::Up { name, wait: true, timeout, target } => with_daemon(&target, |rt, daemon| {
+            rt.block_on(client::up_and_wait(daemon, &name, std::time::Duration::from_secs(timeout)))
+        }),
         Cmd::Reload { target } => client(&target, Request::Reload, false),
         Cmd::Healthcheck { address, ready, timeout } => {
             client::healthcheck(address, ready, std::time::Duration::from_secs(timeout.max(1)))
