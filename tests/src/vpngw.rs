@@ -62,8 +62,18 @@ pub fn lone_ha_section(lab: &Lab, name: &str) -> String {
 }
 
 impl Vpngw {
-    /// Writes `config` and starts `vpngw run` in `ns`.
+    /// Writes `config` and starts `vpngw run` in `ns`; returns once its control socket exists.
     pub fn start(lab: &Lab, ns: &str, name: &str, config: &str, extra: &[&str]) -> Self {
+        let v = Self::spawn(lab, ns, name, config, extra, &[]);
+        wait_for(Duration::from_secs(10), || v.socket.exists().then_some(()))
+            .unwrap_or_else(|| panic!("vpngw did not start:\n{}", v.log_text()));
+        v
+    }
+
+    /// Writes `config` and starts `vpngw run` in `ns` with `env` added to its environment (a
+    /// `RUST_LOG` there replaces the default), without waiting for it: for tests that watch
+    /// the start itself (systemd's notify socket).
+    pub fn spawn(lab: &Lab, ns: &str, name: &str, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = lab.dir.join(format!("vpngw-{name}"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let config_path = dir.join("vpngw.toml");
@@ -76,12 +86,12 @@ impl Vpngw {
         let mut args = vec!["run", "--config", &cfg];
         args.extend_from_slice(extra);
         let bin = binary();
-        let pid = lab.spawn(ns, &bin.display().to_string(), &args, &[("RUST_LOG", "info,vpngw_ike=debug")], &log);
+        let mut environment = vec![("RUST_LOG", "info,vpngw_ike=debug")];
+        environment.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+        environment.extend_from_slice(env);
+        let pid = lab.spawn(ns, &bin.display().to_string(), &args, &environment, &log);
         let socket = dir.join("vpngw.sock");
-        let v = Self { ns: ns.into(), pid, config: config_path, socket, log };
-        wait_for(Duration::from_secs(10), || v.socket.exists().then_some(()))
-            .unwrap_or_else(|| panic!("vpngw did not start:\n{}", v.log_text()));
-        v
+        Self { ns: ns.into(), pid, config: config_path, socket, log }
     }
 
     pub fn socket_for(lab: &Lab, name: &str) -> PathBuf {

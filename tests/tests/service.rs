@@ -116,21 +116,16 @@ fn systemd_notify_probes_up_wait_and_reload() {
     std::fs::create_dir_all(&dir).unwrap();
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let config = dir.join("vpngw.toml");
-    std::fs::write(&config, left_config(&lab, true, false)).unwrap();
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let log = dir.join("vpngw.log");
-    let bin = binary().display().to_string();
-    let cfg = config.display().to_string();
     let notify_env = notify_path.display().to_string();
-    let pid = lab.spawn(
+    let left = Vpngw::spawn(
+        &lab,
         &lab.left,
-        &bin,
-        &["run", "--config", &cfg],
+        "left",
+        &left_config(&lab, true, false),
+        &[],
         &[("RUST_LOG", "info"), ("NOTIFY_SOCKET", &notify_env)],
-        &log,
     );
-    let left = Vpngw { ns: lab.left.clone(), pid, config: config.clone(), socket: dir.join("vpngw.sock"), log };
+    let (config, pid) = (left.config.clone(), left.pid);
 
     // READY=1 only once the daemon can be used: at that moment the control socket answers
     // and /healthz and /readyz say 200.
@@ -154,7 +149,7 @@ fn systemd_notify_probes_up_wait_and_reload() {
         text(&ready)
     );
     // No daemon listening: the probe fails (it is not a constant 0).
-    let nothing = lab.exec(&lab.right_host, &bin, &["healthcheck", "--timeout", "1"]);
+    let nothing = lab.exec(&lab.right_host, &binary().display().to_string(), &["healthcheck", "--timeout", "1"]);
     assert!(!nothing.status.success(), "healthcheck succeeded with no daemon: {}", text(&nothing));
 
     // up --wait: returns 0 once the tunnel is up, and traffic crosses it at once.
