@@ -16,10 +16,15 @@ fn monitoring() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring")
 }
 
-fn promtool(args: &[&str]) -> (bool, String) {
-    vpngw_tests::tool::require("/usr/bin/promtool", "apt-get install prometheus");
-    let out = Command::new("promtool").args(args).current_dir(monitoring()).output().unwrap();
+/// Runs one of Prometheus' tools in deploy/monitoring: whether it succeeded, and what it said.
+fn in_monitoring(program: &str, install: &str, args: &[&str]) -> (bool, String) {
+    vpngw_tests::tool::require(&format!("/usr/bin/{program}"), install);
+    let out = Command::new(program).args(args).current_dir(monitoring()).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    in_monitoring("promtool", "apt-get install prometheus", args)
 }
 
 #[test]
@@ -178,15 +183,9 @@ fn every_alert_carries_the_nfvo_labels_keeps_vnf_instance_id_and_has_a_runbook()
     assert_eq!(aggregated, 3, "the aggregations of VpngwReplayOrIcvDropsRising and VpngwHaBothActive");
 }
 
-/// Runs amtool (Debian's prometheus-alertmanager, installed here when missing, as root).
+/// Runs amtool (Debian's prometheus-alertmanager, which make test installs).
 fn amtool(args: &[&str]) -> (bool, String) {
-    if !Path::new("/usr/bin/amtool").exists() {
-        let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/install-deps.sh");
-        let _ = Command::new("bash").arg(deps).arg("prometheus-alertmanager").status();
-    }
-    vpngw_tests::tool::require("/usr/bin/amtool", "apt-get install prometheus-alertmanager");
-    let out = Command::new("amtool").args(args).current_dir(monitoring()).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    in_monitoring("amtool", "apt-get install prometheus-alertmanager (make deps-test)", args)
 }
 
 #[test]
