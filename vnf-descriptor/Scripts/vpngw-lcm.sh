@@ -216,6 +216,18 @@ start_vpngw() {
     log "vpngw started without systemd (PID $(cat "$run/vpngw.pid"), log $run/vpngw.log)"
 }
 
+# SIGTERM to PID, then up to 10 s for it to exit; dies naming WHAT (and NOTE) if it outlives
+# that. A PID that is already gone is fine.
+terminate_and_wait() {
+    local pid=$1 what=$2 note=$3
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 100); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    die 1 "$what (PID $pid) still running 10 s after SIGTERM${note:+; $note}"
+}
+
 stop_vpngw() {
     if have_systemd; then
         systemctl disable --now "$service" >/dev/null 2>&1 || true
@@ -224,16 +236,8 @@ stop_vpngw() {
     local pid
     [[ -f $run/vpngw.pid ]] || return 0
     pid=$(cat "$run/vpngw.pid")
-    if kill -TERM "$pid" 2>/dev/null; then
-        # SIGTERM: Deletes to every peer (or a handover to an in-sync standby), then exit.
-        for _ in $(seq 1 100); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            die 1 "vpngw (PID $pid) still running 10 s after SIGTERM; its PID file $run/vpngw.pid is kept"
-        fi
-    fi
+    # SIGTERM: Deletes to every peer (or a handover to an in-sync standby), then exit.
+    terminate_and_wait "$pid" vpngw "its PID file $run/vpngw.pid is kept"
     rm -f "$run/vpngw.pid"
 }
 
@@ -256,15 +260,9 @@ stop_keepalived() {
     local pid
     [[ -f $run/keepalived.pid ]] || return 0
     pid=$(cat "$run/keepalived.pid")
-    if kill -TERM "$pid" 2>/dev/null; then
-        # It releases the addresses (a priority-0 advert: the partner takes over at once), then
-        # takes about a second to exit. A keepalived started meanwhile would run beside it.
-        for _ in $(seq 1 100); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        alive "$pid" && die 1 "keepalived (PID $pid) still running 10 s after SIGTERM"
-    fi
+    # It releases the addresses (a priority-0 advert: the partner takes over at once), then
+    # takes about a second to exit. A keepalived started meanwhile would run beside it.
+    terminate_and_wait "$pid" keepalived ""
     rm -f "$run/keepalived.pid"
 }
 
