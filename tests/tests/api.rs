@@ -291,6 +291,13 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
     assert!(not_allowed.header("allow").is_some_and(|a| a.contains("PUT")), "{:?}", not_allowed.headers);
     let doc = ask("GET", "/api/v1/connections/from-file/peer-config?format=cisco").problem(400, "invalid-query");
     assert_eq!(doc["problems"][0]["key"], "format", "{doc}");
+    let doc = ask("POST", "/api/v1/connections/from-file/rekey?ike=maybe").problem(400, "invalid-query");
+    assert_eq!(
+        (doc["problems"][0]["key"].as_str(), doc["problems"][0]["value"].as_str()),
+        (Some("ike"), Some("maybe"))
+    );
+    let doc = ask("POST", "/api/v1/connections/from-file/rekey?ike=true").problem(409, "nothing-to-rekey");
+    assert!(doc["detail"].as_str().unwrap().contains("no IKE SA to re-authenticate"), "{doc}");
     let path = "/api/v1/connections/to-right";
     let not_json = request(&lab, &lab.left, "PUT", path, Some(TOKEN), Some("application/json"), Some("{\"remote"));
     let doc = not_json.problem(400, "invalid-body");
@@ -355,6 +362,21 @@ fn a_connection_created_through_the_api_comes_up_with_strongswan_and_survives_a_
     })
     .unwrap_or_else(|| panic!("no new child SA: {:?}\n{}", active_spis(&lab, "to-right"), v.log_text()));
     assert!(wait_ping(&lab, &lab.left_host, RIGHT_HOST, Duration::from_secs(10)), "after the rekey");
+    // Re-authentication: a new IKE SA (other cookies), the same child SAs.
+    let ike_cookie = |lab: &Lab| -> (String, Vec<(String, String)>) {
+        let (_, body) = http(lab, &lab.left, "GET", "/api/v1/connections/to-right", Some(TOKEN), None);
+        let view: Value = serde_json::from_str(&body).unwrap();
+        (view["status"]["ike_sa"]["initiator_cookie"].as_str().unwrap_or("").to_string(), active_spis(lab, "to-right"))
+    };
+    let (cookie_before, children_before) = ike_cookie(&lab);
+    let (code, body) = http(&lab, &lab.left, "POST", "/api/v1/connections/to-right/rekey?ike=true", Some(TOKEN), None);
+    assert_eq!(code, 202, "{body}");
+    assert!(body.contains("re-authenticating"), "{body}");
+    wait_for(Duration::from_secs(20), || {
+        let (cookie, children) = ike_cookie(&lab);
+        (!cookie.is_empty() && cookie != cookie_before && children == children_before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no re-authentication: {:?}\n{}", ike_cookie(&lab), v.log_text()));
     // The tunnel's IKE and child SAs as the document describes them.
     let (_, body) = http(&lab, &lab.left, "GET", "/api/v1/connections/to-right", Some(TOKEN), None);
     let view: Value = serde_json::from_str(&body).unwrap();

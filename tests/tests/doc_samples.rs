@@ -241,6 +241,12 @@ fn classify(token: &str) -> String {
     if is_hex_value(body.strip_suffix("-dirty").unwrap_or(body)) {
         return format!("<hex>{tail}");
     }
+    // ISAKMP cookies as strongSwan prints them: `<cookie>_i` and `<cookie>_r`.
+    if let Some((cookie, side @ ("i" | "r"))) = body.rsplit_once('_')
+        && is_hex_value(cookie)
+    {
+        return format!("<hex>_{side}{tail}");
+    }
     let digits = body.trim_start_matches(|c: char| c.is_ascii_digit());
     let has_digits = digits.len() < body.len();
     if has_digits && (digits.is_empty() || digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')) {
@@ -259,7 +265,9 @@ fn classify(token: &str) -> String {
 /// order of appearance, so that blessing again changes only what the format changed.
 fn example_values(text: &str) -> String {
     const HEX: [&str; 6] = ["c1a5e0d2", "c7f3b2a9", "d4e8a1c3", "e2b9f407", "a6c1d3e5", "b8d2f6a4"];
+    const COOKIES: [&str; 2] = ["8f3c2a71d9e04b56", "2b7e151628aed2a6"];
     let mut n = 0;
+    let mut cookies = 0;
     let mut out = String::new();
     let mut token = String::new();
     let mut flush = |token: &mut String, out: &mut String| {
@@ -270,6 +278,9 @@ fn example_values(text: &str) -> String {
             n += 1;
         } else if is_hex_value(token) && token.len() == 12 {
             out.push_str("3f9a1c7e20b4");
+        } else if is_hex_value(token) && token.len() == 16 {
+            out.push_str(COOKIES[cookies % COOKIES.len()]);
+            cookies += 1;
         } else {
             out.push_str(token);
         }

@@ -40,7 +40,7 @@ fn start_node(ha: &HaLab, node: Node) -> Vpngw {
 
 /// The connections `v` lists, by name, with where each is defined.
 fn connections(v: &Vpngw) -> Vec<(String, String)> {
-    let out = v.cli(&["connection", "list"]);
+    let out = v.cli(&["connection", "list", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut names: Vec<(String, String)> = list

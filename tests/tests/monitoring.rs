@@ -251,6 +251,12 @@ fn the_dashboard_is_grafana_json_with_prometheus_queries() {
         "HA sync bytes",
         "HA takeovers",
         "HA auth failures and rejected frames",
+        "Child SA expiry",
+        "IKE messages by exchange",
+        "IKE retransmissions",
+        "Configuration reloads",
+        "TCP MSS clamped",
+        "Connections and builds",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }

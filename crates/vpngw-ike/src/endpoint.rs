@@ -265,6 +265,46 @@ impl Endpoint {
         Ok(started)
     }
 
+    /// Re-authenticates a connection now (an operator's request, as `swanctl --rekey --reauth`):
+    /// a new main mode with the peer, without INITIAL-CONTACT; once it is established it takes
+    /// over the child SAs (their SPIs and keys stay) and the old ISAKMP SA is deleted, as when
+    /// the lifetime runs out. Returns false when there is nothing to re-authenticate (no
+    /// established IKE SA) or a phase 1 with the peer is already under way.
+    pub fn reauthenticate(&mut self, now: Instant, name: &str) -> Result<bool, IkeError> {
+        let peer = self
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
+        if self.sas.values().any(|s| s.peer().name == name && !s.is_established() && !s.is_dead()) {
+            return Ok(false);
+        }
+        let Some(old) = self
+            .sas
+            .iter()
+            .rev()
+            .find(|(_, s)| s.peer().name == name && s.is_established() && !s.is_superseded())
+            .map(|(id, _)| *id)
+        else {
+            return Ok(false);
+        };
+        self.start_reauthentication(now, old, peer);
+        Ok(true)
+    }
+
+    /// A new main mode that will replace `old` (no INITIAL-CONTACT: the peer must keep our
+    /// child SAs for the new IKE SA).
+    fn start_reauthentication(&mut self, now: Instant, old: IkeSaId, peer: Arc<PeerConfig>) {
+        let id = self.new_id();
+        let mut ctx = ctx!(self, now);
+        let mut sa = IkeSa::initiate(id, peer, &mut ctx, false);
+        sa.replaces = Some(old);
+        self.by_cookie.insert(sa.cky_i(), id);
+        self.sas.insert(id, sa);
+        self.changed.insert(id);
+    }
+
     /// Deletes the child SA with this SPI now (its hard volume limit was reached); the peer is
     /// told.
     pub fn expire_child(&mut self, now: Instant, spi: Spi) {
@@ -609,14 +649,7 @@ impl Endpoint {
             if !self.peers.iter().any(|p| Arc::ptr_eq(p, &peer)) {
                 continue; // the connection was removed or changed meanwhile
             }
-            let id = self.new_id();
-            let mut ctx = ctx!(self, now);
-            // No INITIAL-CONTACT: the peer must keep our child SAs for the new IKE SA.
-            let mut sa = IkeSa::initiate(id, peer, &mut ctx, false);
-            sa.replaces = Some(old);
-            self.by_cookie.insert(sa.cky_i(), id);
-            self.sas.insert(id, sa);
-            self.changed.insert(id);
+            self.start_reauthentication(now, old, peer);
         }
         for name in restart {
             tracing::info!(peer = %name, "dead peer detection: negotiating again (dpd action restart)");

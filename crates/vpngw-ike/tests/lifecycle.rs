@@ -430,6 +430,31 @@ fn reauthentication_keeps_the_child_sas() {
 }
 
 #[test]
+fn an_operators_reauthentication_replaces_the_ike_sa_and_keeps_the_child_sas() {
+    let (mut p, mut ta, mut tb, _) = up(57);
+    let before = p.a.ike_sas();
+    assert_eq!(before.len(), 1, "{before:#?}");
+    let old_cookie = before[0].initiator_cookie;
+    let spis: Vec<Spi> = before[0].children.iter().map(|c| c.spi_in).collect();
+    assert!(p.a.reauthenticate(p.now, "to-b").unwrap());
+    // A second request while the first main mode runs starts nothing.
+    assert!(!p.a.reauthenticate(p.now, "to-b").unwrap());
+    assert!(p.a.reauthenticate(p.now, "nobody").is_err());
+    let limit = p.now - p.start + Duration::from_secs(10);
+    drive_checked(&mut p, limit, &mut ta, &mut tb);
+    let after = p.a.ike_sas();
+    let live: Vec<_> = after.iter().filter(|s| s.state.as_str() == "established").collect();
+    assert_eq!(live.len(), 1, "{after:#?}");
+    assert_ne!(live[0].initiator_cookie, old_cookie, "a new ISAKMP SA");
+    assert_eq!(live[0].children.iter().map(|c| c.spi_in).collect::<Vec<_>>(), spis, "the same child SAs");
+    assert_eq!(ike_deleted(&p.a_events, DeleteReason::Reauthenticated), 1);
+    assert!(p.a_events.iter().all(|e| !matches!(e, Event::ChildSaDeleted { .. })));
+    assert!(Pair::failures(&p.a_events).is_empty() && Pair::failures(&p.b_events).is_empty());
+    // B sees one established IKE SA too: it dropped the old one on our Delete.
+    assert_eq!(p.b.ike_sas().iter().filter(|s| s.state.as_str() == "established").count(), 1);
+}
+
+#[test]
 fn a_restarted_peer_is_back_without_manual_action() {
     let (a, b) = with_dpd(vpngw_ike::DpdAction::Clear);
     let mut p = Pair::new(a, b.clone(), 55);

@@ -56,13 +56,12 @@ mod fuzz_inputs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONTROL_SOCKET};
 use crate::logging::LogFormat;
-use crate::ops::control::{self, Request};
+use crate::ops::control::{self, ErrorKind, Request};
 
 /// The version and the git revision it was built from (build.rs), as `--version` shows them.
 const VERSION_AND_REVISION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VPNGW_REVISION"), ")");
@@ -110,12 +109,18 @@ enum Cmd {
         #[arg(long, value_name = "FILE", default_value = "/etc/vpngw/vpngw.toml")]
         config: PathBuf,
     },
-    /// Show connections, IKE and child SAs.
-    #[command(after_help = "Example: vpngw status --json | jq '.connections[] | {name, state}'")]
+    /// Show the gateway, its connections, IKE and child SAs.
+    ///
+    /// Byte counts are scaled for people (exact with --json); each child SA says when it last
+    /// carried a packet each way (within a second). With CONNECTION, only that one (exit 3 when
+    /// there is none).
+    #[command(
+        after_help = "Examples:\n  vpngw status\n  vpngw status to-branch\n  vpngw status --json | jq '.connections[] | {name, state}'"
+    )]
     Status {
-        /// JSON for programs (the management API's GET /status) instead of the table.
-        #[arg(long)]
-        json: bool,
+        /// Only this connection (`name` of its [[connection]] table).
+        #[arg(value_name = "CONNECTION")]
+        name: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -158,6 +163,9 @@ enum Cmd {
         /// Readiness (/readyz) instead of liveness (/healthz).
         #[arg(long)]
         ready: bool,
+        /// `{"ok", "probe", "status", "body"}` in JSON instead of the body's text.
+        #[arg(long)]
+        json: bool,
         /// Seconds to wait for the answer.
         #[arg(long, value_name = "SECONDS", default_value_t = 2)]
         timeout: u64,
@@ -180,9 +188,6 @@ enum Cmd {
         /// The connection's name.
         #[arg(value_name = "CONNECTION")]
         name: String,
-        /// JSON for programs (the management API's diagnosis) instead of the text.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -220,11 +225,18 @@ enum Cmd {
         action: HaCmd,
     },
     /// Replace a connection's child SAs now (new keys; traffic keeps flowing).
-    #[command(after_help = "Example: vpngw rekey to-branch")]
+    ///
+    /// With --ike, re-authenticate instead (as `swanctl --rekey --reauth`): a new main mode
+    /// with the peer, whose IKE SA then takes the child SAs over (their SPIs and keys stay) and
+    /// the old IKE SA is deleted.
+    #[command(after_help = "Examples:\n  vpngw rekey to-branch\n  vpngw rekey to-branch --ike")]
     Rekey {
         /// The connection's name.
         #[arg(value_name = "CONNECTION")]
         name: String,
+        /// Replace the IKE SA (a new main mode, pre-shared key checked again), not the child SAs.
+        #[arg(long)]
+        ike: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -308,8 +320,13 @@ enum ConnectionCmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Every connection with its source (file or api), parameters and state, as JSON.
-    #[command(after_help = "Example: vpngw connection list | jq '.[] | select(.source == \"api\") | .name'")]
+    /// Every connection: its source (file or api), peer, algorithms and state.
+    ///
+    /// A table; with --json every parameter (never the key) and the status, as the
+    /// management API lists them.
+    #[command(
+        after_help = "Examples:\n  vpngw connection list\n  vpngw connection list --json | jq '.[] | select(.source == \"api\") | .name'"
+    )]
     List {
         #[command(flatten)]
         target: Target,
@@ -363,6 +380,12 @@ struct Target {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     control_timeout: u64,
+    /// Answer in JSON, for programs: the document itself for reads (status, diagnose,
+    /// connection list), `{"ok": true, "message": ...}` for commands, and
+    /// `{"ok": false, "error": ..., "kind": ..., "problems": [...]}` on stdout when refused
+    /// (the exit code as without it).
+    #[arg(long)]
+    json: bool,
 }
 
 impl Target {
@@ -413,9 +436,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 fn with_daemon(target: &Target, talk: impl FnOnce(&tokio::runtime::Runtime, &client::Daemon) -> ExitCode) -> ExitCode {
     let daemon = match target.daemon() {
         Ok(d) => d,
+        Err(e) if target.json => {
+            return client::fail(true, &e.to_string(), Some(ErrorKind::Invalid), ExitCode::from(client::EXIT_INVALID));
+        }
         Err(e) => {
             print_config_error(&e);
-            return ExitCode::from(2);
+            return ExitCode::from(client::EXIT_INVALID);
         }
     };
     match runtime() {
@@ -427,54 +453,11 @@ fn with_daemon(target: &Target, talk: impl FnOnce(&tokio::runtime::Runtime, &cli
     }
 }
 
-fn client(target: &Target, request: Request, json: bool) -> ExitCode {
+fn client(target: &Target, request: Request) -> ExitCode {
     with_daemon(target, |rt, daemon| {
-        answer(rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout)), json)
+        let answer = rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout));
+        client::print_answer(answer, target.json)
     })
-}
-
-/// Prints a control request's answer (or why there is none) and gives the exit code.
-fn answer(result: Result<control::Response, control::ControlError>, json: bool) -> ExitCode {
-    match result {
-        Ok(r) if r.ok => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            if let Some(text) = r.peer_config {
-                print!("{text}");
-            } else if let Some(d) = r.diagnosis {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
-                } else {
-                    print!("{}", d.render(now));
-                }
-            } else if let Some(c) = r.connections {
-                println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
-            } else if let Some(status) = r.status {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
-                } else {
-                    print!("{}", status.render(now));
-                }
-            } else if let Some(m) = r.message {
-                println!("{m}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(r) => {
-            eprintln!("error: {}", r.error.unwrap_or_default());
-            for p in &r.problems {
-                if p.value.is_empty() {
-                    eprintln!("  {}: {}", p.key, p.reason);
-                } else {
-                    eprintln!("  {} = {}: {}", p.key, p.value, p.reason);
-                }
-            }
-            client::exit_for_refusal(r.kind)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            client::exit_for_control_error(&e)
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -503,31 +486,32 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Status { json, target } => client(&target, Request::Status, json),
-        Cmd::Up { name, wait: false, target, .. } => client(&target, Request::Up { connection: name }, false),
+        Cmd::Status { name, target } => client(&target, Request::Status { connection: name }),
+        Cmd::Up { name, wait: false, target, .. } => client(&target, Request::Up { connection: name }),
         Cmd::Up { name, wait: true, timeout, target } => with_daemon(&target, |rt, daemon| {
-            rt.block_on(client::up_and_wait(daemon, &name, std::time::Duration::from_secs(timeout)))
+            rt.block_on(client::up_and_wait(daemon, &name, std::time::Duration::from_secs(timeout), target.json))
         }),
-        Cmd::Reload { target } => client(&target, Request::Reload, false),
-        Cmd::Healthcheck { address, ready, timeout } => {
-            client::healthcheck(address, ready, std::time::Duration::from_secs(timeout.max(1)))
+        Cmd::Reload { target } => client(&target, Request::Reload),
+        Cmd::Healthcheck { address, ready, json, timeout } => {
+            client::healthcheck(address, ready, std::time::Duration::from_secs(timeout.max(1)), json)
         }
-        Cmd::Down { name, target } => client(&target, Request::Down { connection: name }, false),
-        Cmd::Rekey { name, target } => client(&target, Request::Rekey { connection: name }, false),
+        Cmd::Down { name, target } => client(&target, Request::Down { connection: name }),
+        Cmd::Rekey { name, ike, target } => client(&target, Request::Rekey { connection: name, ike }),
         Cmd::Stop { save_tunnels, target } => {
             // The daemon writes the file: a relative path means the caller's directory.
             let save_tunnels = match save_tunnels.map(|p| std::path::absolute(&p)).transpose() {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("error: --save-tunnels: {e}");
-                    return ExitCode::from(2);
+                    let message = format!("--save-tunnels: {e}");
+                    let exit = ExitCode::from(client::EXIT_INVALID);
+                    return client::fail(target.json, &message, Some(ErrorKind::Invalid), exit);
                 }
             };
-            client(&target, Request::Stop { save_tunnels }, false)
+            client(&target, Request::Stop { save_tunnels })
         }
-        Cmd::Diagnose { name, json, target } => client(&target, Request::Diagnose { connection: name }, json),
+        Cmd::Diagnose { name, target } => client(&target, Request::Diagnose { connection: name }),
         Cmd::PeerConfig { name, format, include_key, target } => {
-            client(&target, Request::PeerConfig { connection: name, format, include_key }, false)
+            client(&target, Request::PeerConfig { connection: name, format, include_key })
         }
         Cmd::Connection { action: ConnectionCmd::Add { name, file, target } } => {
             let table = match std::fs::read_to_string(&file)
@@ -536,26 +520,29 @@ fn main() -> ExitCode {
             {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("error: {}: {e}", file.display());
-                    return ExitCode::from(2);
+                    let message = format!("{}: {e}", file.display());
+                    let exit = ExitCode::from(client::EXIT_INVALID);
+                    return client::fail(target.json, &message, Some(ErrorKind::Invalid), exit);
                 }
             };
             let connection = serde_json::to_value(table).unwrap_or_default();
-            client(&target, Request::PutConnection { name, connection }, false)
+            client(&target, Request::PutConnection { name, connection })
         }
         Cmd::Connection { action: ConnectionCmd::Remove { name, target } } => {
-            client(&target, Request::DeleteConnection { name }, false)
+            client(&target, Request::DeleteConnection { name })
         }
-        Cmd::Connection { action: ConnectionCmd::List { target } } => client(&target, Request::Connections, true),
-        Cmd::Ha { action: HaCmd::Notify { state, target } } => client(&target, Request::HaNotify { state }, false),
-        Cmd::Ha { action: HaCmd::Check { target } } => client(&target, Request::HaCheck, false),
-        Cmd::Ha { action: HaCmd::Handover { target } } => client(&target, Request::HaHandover, false),
+        Cmd::Connection { action: ConnectionCmd::List { target } } => client(&target, Request::Connections),
+        Cmd::Ha { action: HaCmd::Notify { state, target } } => client(&target, Request::HaNotify { state }),
+        Cmd::Ha { action: HaCmd::Check { target } } => client(&target, Request::HaCheck),
+        Cmd::Ha { action: HaCmd::Handover { target } } => client(&target, Request::HaHandover),
         Cmd::LogLevel { filter, target } => match logging::parse_filter(&filter) {
-            Ok(_) => client(&target, Request::LogLevel { filter }, false),
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(client::EXIT_INVALID)
-            }
+            Ok(_) => client(&target, Request::LogLevel { filter }),
+            Err(e) => client::fail(
+                target.json,
+                &e.to_string(),
+                Some(ErrorKind::Invalid),
+                ExitCode::from(client::EXIT_INVALID),
+            ),
         },
         Cmd::Generate { what } => {
             let written = match what {

@@ -11,9 +11,11 @@
 //! [`LEAD_TICKS`]: the replacement starts early enough for the traffic it actually carries.
 //!
 //! [`SaWatch`] applies this every lifecycle tick, and also tells the engine which child SAs
-//! received ESP (dead peer detection counts that as a sign of life).
+//! received ESP (dead peer detection counts that as a sign of life) and records when each
+//! child SA last carried a packet each way ([`SaActivity`], for `vpngw status`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use vpngw_dataplane::sa_table::SaTable;
@@ -63,37 +65,87 @@ pub fn classify(limit: u64, spread: u32, used: u64, last_tick: u64) -> Volume {
     }
 }
 
+/// When a child SA last carried a packet in each direction, as the lifecycle ticks saw its
+/// counters move: the packet came at most one tick (a second) before. None: not since it was
+/// installed (or since the daemon started).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LastPackets {
+    pub inbound: Option<Instant>,
+    pub outbound: Option<Instant>,
+}
+
+/// [`LastPackets`] of every child SA, by inbound SPI; rebuilt each tick and published whole
+/// (an `Arc`), so the read models share it without a lock. The dataplane keeps no timestamps:
+/// a clock read per packet would cost the hot path what one look a second gives for free.
+#[derive(Debug, Default)]
+pub struct SaActivity {
+    by_spi_in: HashMap<Spi, LastPackets>,
+}
+
+impl SaActivity {
+    pub fn of(&self, spi_in: Spi) -> LastPackets {
+        self.by_spi_in.get(&spi_in).copied().unwrap_or_default()
+    }
+}
+
+/// Packet counts of a child SA at the last look.
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    inbound: u64,
+    outbound: u64,
+}
+
 /// What the child SAs' counters were at the last look, by inbound SPI.
 #[derive(Default)]
 pub struct SaWatch {
-    /// Inbound packet counts: growth tells the engine (dead peer detection) that the peer is
-    /// alive.
-    inbound_seen: HashMap<Spi, u64>,
+    /// Packet counts each way: inbound growth tells the engine (dead peer detection) that the
+    /// peer is alive; either tells [`SaActivity`].
+    packets_seen: HashMap<Spi, Seen>,
+    /// When each child SA last carried a packet each way.
+    activity: Arc<SaActivity>,
     /// Bytes each child SA had carried at the last volume check (the rate pulls the rekey
     /// forward, see [`soft_point`]).
     volume_seen: HashMap<Spi, u64>,
 }
 
 impl SaWatch {
-    /// One lifecycle tick: inbound traffic reported, then volumes checked.
+    /// One lifecycle tick: traffic noted (and inbound traffic reported), then volumes checked.
     pub fn tick(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
-        self.report_inbound_traffic(endpoint, table, now);
+        self.watch_traffic(endpoint, table, now);
         self.check_volumes(endpoint, table, now);
     }
 
-    /// Tells the engine which child SAs received ESP since the last look.
-    fn report_inbound_traffic(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
-        let mut seen = HashMap::with_capacity(self.inbound_seen.len());
+    /// When each child SA last carried a packet each way (as of the last tick).
+    pub fn activity(&self) -> Arc<SaActivity> {
+        self.activity.clone()
+    }
+
+    /// Tells the engine which child SAs received ESP since the last look, and notes which ones
+    /// carried packets each way.
+    fn watch_traffic(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
+        let mut seen = HashMap::with_capacity(self.packets_seen.len());
+        let mut activity = HashMap::with_capacity(self.packets_seen.len());
         for s in endpoint.ike_sas() {
             for c in &s.children {
-                let packets = table.inbound(c.spi_in).map_or(0, |e| e.counters.packets());
-                if packets > self.inbound_seen.get(&c.spi_in).copied().unwrap_or(0) {
+                let counts = Seen {
+                    inbound: table.inbound(c.spi_in).map_or(0, |e| e.counters.packets()),
+                    outbound: table.outbound_by_spi(c.spi_out).map_or(0, |e| e.counters.packets()),
+                };
+                let before = self.packets_seen.get(&c.spi_in).copied().unwrap_or_default();
+                let mut last = self.activity.of(c.spi_in);
+                if counts.inbound > before.inbound {
                     endpoint.traffic_received(now, c.spi_in);
+                    last.inbound = Some(now);
                 }
-                seen.insert(c.spi_in, packets);
+                if counts.outbound > before.outbound {
+                    last.outbound = Some(now);
+                }
+                seen.insert(c.spi_in, counts);
+                activity.insert(c.spi_in, last);
             }
         }
-        self.inbound_seen = seen;
+        self.packets_seen = seen;
+        self.activity = Arc::new(SaActivity { by_spi_in: activity });
     }
 
     /// Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured on its own;

@@ -19,7 +19,7 @@ impl Daemon {
         match request {
             // Answered by the surfaces from the published state (`ops/published.rs`); here
             // for completeness, from the state now.
-            Request::Status
+            Request::Status { .. }
             | Request::Diagnose { .. }
             | Request::PeerConfig { .. }
             | Request::Connections
@@ -44,7 +44,25 @@ impl Daemon {
                 }
                 Err(_) => unknown(&connection),
             },
-            Request::Rekey { connection } => match self.ike.endpoint.rekey_connection(now, &connection) {
+            Request::Rekey { connection, .. } if !self.negotiates() && self.connection(&connection).is_some() => {
+                Response::failed(
+                    ErrorKind::Conflict,
+                    format!("{connection}: this server is the hot-backup standby; the active one negotiates"),
+                )
+            }
+            Request::Rekey { connection, ike: true } => match self.ike.endpoint.reauthenticate(now, &connection) {
+                Ok(true) => Response::ok(format!(
+                    "{connection}: re-authenticating (a new main mode; the child SAs move to the new IKE SA)"
+                )),
+                Ok(false) => Response::failed(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{connection}: no IKE SA to re-authenticate (down, or a main mode with the peer is under way)"
+                    ),
+                ),
+                Err(_) => unknown(&connection),
+            },
+            Request::Rekey { connection, ike: false } => match self.ike.endpoint.rekey_connection(now, &connection) {
                 Ok(0) => Response::failed(
                     ErrorKind::Conflict,
                     format!("{connection}: no child SA to rekey (down, or a rekey is under way)"),

@@ -252,7 +252,8 @@ enum ProblemType {
     UnknownConnection,
     /// 409: the connection is defined in the configuration file; change it there.
     FileConnection,
-    /// 409: the connection has no established child SA to rekey (down, or a rekey is under way).
+    /// 409: the connection has no established child SA (or, for `ike=true`, IKE SA) to rekey
+    /// (down, or a rekey is under way).
     NothingToRekey,
     /// 422: the connection's keys were refused; `problems` names each.
     InvalidConnection,
@@ -282,7 +283,7 @@ impl ProblemType {
             Self::Blank => status.canonical_reason().unwrap_or("Error"),
             Self::UnknownConnection => "No such connection",
             Self::FileConnection => "Connection defined in the configuration file",
-            Self::NothingToRekey => "No child SA to rekey",
+            Self::NothingToRekey => "Nothing to rekey",
             Self::InvalidConnection => "Invalid connection",
             Self::InvalidBody => "Request body not accepted",
             Self::InvalidQuery => "Query not accepted",
@@ -454,7 +455,7 @@ fn refused_as(r: Response, refine: impl FnOnce(ProblemType) -> ProblemType) -> H
 }
 
 async fn status(State(ctx): State<Ctx>) -> HttpResponse {
-    match ask(&ctx, Request::Status).await {
+    match ask(&ctx, Request::Status { connection: None }).await {
         Response { ok: true, status: Some(s), .. } => axum::Json(s).into_response(),
         r => refused(r),
     }
@@ -526,11 +527,25 @@ async fn terminate(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName)
     accepted(ask(&ctx, Request::Down { connection: name }).await)
 }
 
-/// As `vpngw rekey`: new child SAs for the connection's established ones, on its IKE SA.
-/// 202: the quick modes are started, not done. 409 when no child SA is established (down, or
+/// As `vpngw rekey [--ike]`: new child SAs for the connection's established ones, on its IKE
+/// SA; with `?ike=true` a new IKE SA instead (re-authentication), which takes the child SAs
+/// over. 202: the exchanges are started, not done. 409 when there is nothing to rekey (down, or
 /// a rekey already under way).
-async fn rekey(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
-    let r = ask(&ctx, Request::Rekey { connection: name }).await;
+async fn rekey(
+    State(ctx): State<Ctx>,
+    ConnectionName(name): ConnectionName,
+    RawQuery(query): RawQuery,
+) -> HttpResponse {
+    let ike = match rekey_query(query.as_deref().unwrap_or("")) {
+        Ok(ike) => ike,
+        Err(problem) => {
+            let detail = format!("query parameter {}: {}", problem.key, problem.reason);
+            return Problem::new(ProblemType::InvalidQuery, StatusCode::BAD_REQUEST, detail)
+                .with_problems(vec![problem])
+                .into_response();
+        }
+    };
+    let r = ask(&ctx, Request::Rekey { connection: name, ike }).await;
     if r.ok {
         return accepted(r);
     }
@@ -609,6 +624,26 @@ fn peer_config_query(query: &str) -> Result<(Format, bool), ProblemView> {
         }
     }
     Ok((format, include_key))
+}
+
+/// `ike` (default false) from a rekey's query string; a refusal names the parameter.
+fn rekey_query(query: &str) -> Result<bool, ProblemView> {
+    let mut ike = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let refused = |key: &str, reason: &str| ProblemView {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        match (key, value) {
+            ("ike", "true") => ike = true,
+            ("ike", "false") => ike = false,
+            ("ike", _) => return Err(refused(key, "must be true or false")),
+            (other, _) => return Err(refused(other, "not a parameter of this operation (ike)")),
+        }
+    }
+    Ok(ike)
 }
 
 // ------------------------------------------------------------------------------------------

@@ -17,15 +17,24 @@ use crate::ops::status::Status;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
-    Status,
+    /// The gateway's status; with `connection`, only that connection's (not found if none has
+    /// the name).
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connection: Option<String>,
+    },
     Up {
         connection: String,
     },
     Down {
         connection: String,
     },
+    /// New child SAs for the connection's established ones; with `ike`, a new IKE SA instead
+    /// (re-authentication, as `swanctl --rekey --reauth`), which takes the child SAs over.
     Rekey {
         connection: String,
+        #[serde(default)]
+        ike: bool,
     },
     Diagnose {
         connection: String,
@@ -297,7 +306,7 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let answer = request_within(&path, &Request::Status, Duration::from_millis(300)).await;
+        let answer = request_within(&path, &Request::Status { connection: None }, Duration::from_millis(300)).await;
         let took = started.elapsed();
         stuck.abort();
         let _ = std::fs::remove_dir_all(&dir);

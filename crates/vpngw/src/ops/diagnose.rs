@@ -338,6 +338,8 @@ mod tests {
             bytes_in: bytes_out / 50,
             packets_out: 0,
             bytes_out,
+            last_inbound_at_unix: None,
+            last_outbound_at_unix: None,
         }
     }
 

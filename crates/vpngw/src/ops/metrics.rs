@@ -755,6 +755,7 @@ mod tests {
             ike_messages: Default::default(),
             table: Arc::new(vpngw_dataplane::sa_table::SaTable::new()),
             ledger: Arc::default(),
+            activity: Arc::default(),
             history: Default::default(),
             retries: Default::default(),
             probes: Default::default(),

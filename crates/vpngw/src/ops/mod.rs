@@ -36,6 +36,8 @@ pub struct Sources<'a> {
     pub ike_drops: &'a DropCounters,
     /// The SAs the dataplane uses, with their counters.
     pub table: &'a SaTable,
+    /// When each child SA last carried a packet each way.
+    pub activity: &'a crate::volume::SaActivity,
     pub history: &'a ConnectionHistory,
     /// The retries scheduled for active connections that are down.
     pub retries: &'a crate::retry::Retries,

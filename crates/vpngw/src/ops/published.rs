@@ -53,6 +53,8 @@ pub struct ReadState {
     pub table: Arc<SaTable>,
     /// Live: traffic of the SAs gone from the table (shared with the loop).
     pub ledger: Arc<Mutex<Ledger>>,
+    /// When each child SA last carried a packet each way (the loop's last lifecycle tick).
+    pub activity: Arc<crate::volume::SaActivity>,
     pub history: ConnectionHistory,
     /// When each active connection that is down tries again.
     pub retries: crate::retry::Retries,
@@ -84,6 +86,7 @@ impl ReadState {
             ike_sas: &self.ike_sas,
             ike_drops: &self.ike_drops,
             table: &self.table,
+            activity: &self.activity,
             history: &self.history,
             retries: &self.retries,
             probes: &self.probes,
@@ -108,7 +111,16 @@ impl ReadState {
     /// configuration); None for a command.
     pub fn answer(&self, request: &Request) -> Option<Response> {
         Some(match request {
-            Request::Status => Response { status: Some(self.read(status::build)), message: None, ..Response::ok("") },
+            Request::Status { connection: None } => {
+                Response { status: Some(self.read(status::build)), message: None, ..Response::ok("") }
+            }
+            Request::Status { connection: Some(name) } => {
+                if !self.config.connections.iter().any(|c| c.peer.name == *name) {
+                    return Some(Response::failed(ErrorKind::NotFound, format!("no connection named {name:?}")));
+                }
+                let status = self.read(|s| status::build_for(s, Some(name)));
+                Response { status: Some(status), message: None, ..Response::ok("") }
+            }
             Request::Diagnose { connection } => match self.read(|s| diagnose::for_connection(s, connection)) {
                 Some(diagnosis) => Response { diagnosis: Some(Box::new(diagnosis)), message: None, ..Response::ok("") },
                 None => Response::failed(ErrorKind::NotFound, format!("no connection named {connection:?}")),
@@ -297,6 +309,7 @@ mod tests {
             ike_messages: MessageCounters::default(),
             table: Arc::new(SaTable::new()),
             ledger: Arc::default(),
+            activity: Arc::default(),
             history: ConnectionHistory::default(),
             retries: Default::default(),
             probes: ProbeView::default(),
@@ -425,7 +438,7 @@ mod tests {
         let mut worst = Duration::ZERO;
         for i in 0..60 {
             let (r, took) = match i % 3 {
-                0 => s.request(Request::Status),
+                0 => s.request(Request::Status { connection: None }),
                 1 => s.request(Request::Diagnose { connection: "branch-1".into() }),
                 _ => s.request(Request::Connections),
             };
@@ -452,15 +465,18 @@ mod tests {
             }
         });
         let s = Surfaces::start("loop", to_loop, COMMAND_TIMEOUT);
-        let (r, _) = s.request(Request::Rekey { connection: "branch-1".into() });
-        assert_eq!(r.message.as_deref(), Some("loop got Rekey { connection: \"branch-1\" }"));
+        let (r, _) = s.request(Request::Rekey { connection: "branch-1".into(), ike: false });
+        assert_eq!(r.message.as_deref(), Some("loop got Rekey { connection: \"branch-1\", ike: false }"));
         let names = |r: Response| r.status.unwrap().connections.into_iter().map(|c| c.name).collect::<Vec<_>>();
-        assert_eq!(names(s.request(Request::Status).0), ["branch-1"]);
+        assert_eq!(names(s.request(Request::Status { connection: None }).0), ["branch-1"]);
         s.published.store(Arc::new(state(&CONFIG.replace("branch-1", "branch-2"))));
-        assert_eq!(names(s.request(Request::Status).0), ["branch-2"]);
+        assert_eq!(names(s.request(Request::Status { connection: None }).0), ["branch-2"]);
         // Before the loop's first publication, reads wait for the loop too.
         s.published.store(Arc::new(ReadState { from_loop: false, ..state(CONFIG) }));
-        assert_eq!(s.request(Request::Status).0.message.as_deref(), Some("loop got Status"));
+        assert_eq!(
+            s.request(Request::Status { connection: None }).0.message.as_deref(),
+            Some("loop got Status { connection: None }")
+        );
         drop(s);
         looping.join().unwrap();
     }

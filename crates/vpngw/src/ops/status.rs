@@ -129,6 +129,13 @@ pub struct ChildSaStatus {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
+    /// When the last packet came in (opened) on this SA: the daemon looks at the counters
+    /// every second, so this is at most a second late. Absent: none since it was installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_inbound_at_unix: Option<u64>,
+    /// When the last packet went out (sealed) on this SA, as `last_inbound_at_unix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outbound_at_unix: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,6 +148,11 @@ pub struct FailureStatus {
 
 /// The status of the gateway and every configured connection.
 pub fn build(s: &Sources) -> Status {
+    build_for(s, None)
+}
+
+/// The status of the gateway and of the connection named `only` (every one when None).
+pub fn build_for(s: &Sources, only: Option<&str>) -> Status {
     Status {
         gateway: s.config.gateway.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -171,7 +183,13 @@ pub fn build(s: &Sources) -> Status {
             })
             .collect(),
         ha: s.ha.cloned(),
-        connections: s.config.connections.iter().map(|c| connection(s, c)).collect(),
+        connections: s
+            .config
+            .connections
+            .iter()
+            .filter(|c| only.is_none_or(|name| c.peer.name == name))
+            .map(|c| connection(s, c))
+            .collect(),
     }
 }
 
@@ -248,6 +266,9 @@ fn cookie_hex(cookie: [u8; 8]) -> String {
 fn child_sa(s: &Sources, ch: &ChildSaInfo) -> ChildSaStatus {
     let inb = s.table.inbound(ch.spi_in);
     let out = s.table.outbound_by_spi(ch.spi_out);
+    let last = s.activity.of(ch.spi_in);
+    let packets_in = inb.as_ref().map_or(0, |e| e.counters.packets());
+    let packets_out = out.as_ref().map_or(0, |e| e.counters.packets());
     ChildSaStatus {
         spi_in: ch.spi_in.to_string(),
         spi_out: ch.spi_out.to_string(),
@@ -262,10 +283,13 @@ fn child_sa(s: &Sources, ch: &ChildSaInfo) -> ChildSaStatus {
         expires_in_seconds: ch.expires_at.saturating_duration_since(s.now).as_secs(),
         rekey_in_seconds: ch.rekey_at.map(|t| t.saturating_duration_since(s.now).as_secs()),
         lifetime_kilobytes: ch.lifetime_kilobytes,
-        packets_in: inb.as_ref().map_or(0, |e| e.counters.packets()),
+        packets_in,
         bytes_in: inb.as_ref().map_or(0, |e| e.counters.bytes()),
-        packets_out: out.as_ref().map_or(0, |e| e.counters.packets()),
+        packets_out,
         bytes_out: out.as_ref().map_or(0, |e| e.counters.bytes()),
+        // Packets counted that no tick has seen yet came within the last second: now.
+        last_inbound_at_unix: last.inbound.or((packets_in > 0).then_some(s.now)).map(|t| s.unix_at(t)),
+        last_outbound_at_unix: last.outbound.or((packets_out > 0).then_some(s.now)).map(|t| s.unix_at(t)),
     }
 }
 
@@ -338,6 +362,90 @@ impl Status {
     }
 }
 
+/// How long without a packet one way, while the other way carries traffic, before the status
+/// points it out (one-way traffic is the classic symptom of a policy or route missing on one
+/// side).
+const ONE_WAY_AFTER_SECONDS: u64 = 10;
+
+/// A child SA in the human form: what it is, when it goes, and its traffic each way.
+fn render_child_sa(o: &mut String, ch: &ChildSaStatus, now_unix: u64) {
+    let _ = writeln!(
+        o,
+        "  child SA {} <=> {} ({}): SPIs in {} out {}, {}/{} pfs {}, {}",
+        ch.local_subnet,
+        ch.remote_subnet,
+        ch.state,
+        ch.spi_in,
+        ch.spi_out,
+        ch.encryption,
+        ch.authentication,
+        ch.pfs,
+        ch.encapsulation
+    );
+    let _ = writeln!(
+        o,
+        "    established {}, {}expires in {}s",
+        ago(now_unix, ch.established_at_unix),
+        ch.rekey_in_seconds.map(|s| format!("rekey in {s}s, ")).unwrap_or_default(),
+        ch.expires_in_seconds
+    );
+    let last = |t: Option<u64>| t.map_or_else(|| "none yet".to_string(), |t| format!("last {}", ago(now_unix, t)));
+    let _ = writeln!(
+        o,
+        "    in  {} ({} pkts, {})\n    out {} ({} pkts, {})",
+        human_bytes(ch.bytes_in),
+        ch.packets_in,
+        last(ch.last_inbound_at_unix),
+        human_bytes(ch.bytes_out),
+        ch.packets_out,
+        last(ch.last_outbound_at_unix)
+    );
+    if let Some(note) = one_way(ch, now_unix) {
+        let _ = writeln!(o, "    ! {note}");
+    }
+}
+
+/// Traffic that goes one way only: out for a while with nothing in (the peer does not send
+/// back: its policy, routes or firewall), or the reverse (our side's routes into the tunnel).
+fn one_way(ch: &ChildSaStatus, now_unix: u64) -> Option<String> {
+    let idle = |t: Option<u64>| t.map_or(u64::MAX, |t| now_unix.saturating_sub(t));
+    let (idle_in, idle_out) = (idle(ch.last_inbound_at_unix), idle(ch.last_outbound_at_unix));
+    let since_established = now_unix.saturating_sub(ch.established_at_unix);
+    let quiet = |idle: u64| idle >= ONE_WAY_AFTER_SECONDS && since_established >= ONE_WAY_AFTER_SECONDS;
+    let silent_for =
+        |idle: u64| if idle == u64::MAX { "since it was set up".to_string() } else { format!("for {idle}s") };
+    if idle_out < ONE_WAY_AFTER_SECONDS && quiet(idle_in) {
+        Some(format!(
+            "one-way: packets go out but none came in {} (the peer's side: its policy, routes or firewall toward {})",
+            silent_for(idle_in),
+            ch.local_subnet
+        ))
+    } else if idle_in < ONE_WAY_AFTER_SECONDS && quiet(idle_out) {
+        Some(format!(
+            "one-way: packets come in but none went out {} (this side: do the hosts in {} answer, and route back through this gateway?)",
+            silent_for(idle_out),
+            ch.local_subnet
+        ))
+    } else {
+        None
+    }
+}
+
+/// A byte count for people: IEC units from KiB on, one decimal (exact counts are in `--json`).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// One connection in the human form: its line, its SAs, its health check and last failure.
 fn render_connection(o: &mut String, c: &ConnectionStatus, now_unix: u64) {
     let _ = writeln!(
@@ -362,32 +470,16 @@ fn render_connection(o: &mut String, c: &ConnectionStatus, now_unix: u64) {
                 "  IKE SA: {} as {}, {} <-> {}, {}{}{}{}",
                 ike.state, ike.role, ike.local, ike.remote, algs, since, expires, nat
             );
+            // As strongSwan prints them: ours marked with `*`.
+            let (mine_i, mine_r) = if ike.role == "initiator" { ("*", "") } else { ("", "*") };
+            let _ = writeln!(o, "    cookies {}_i{mine_i} {}_r{mine_r}", ike.initiator_cookie, ike.responder_cookie);
         }
         None => {
             let _ = writeln!(o, "  IKE SA: none");
         }
     }
     for ch in &c.child_sas {
-        let _ = writeln!(
-            o,
-            "  child SA {} <=> {} ({}): SPIs in {} out {}, {}/{} pfs {}, {}, established {}, {}expires in {}s, in {} pkts/{} B, out {} pkts/{} B",
-            ch.local_subnet,
-            ch.remote_subnet,
-            ch.state,
-            ch.spi_in,
-            ch.spi_out,
-            ch.encryption,
-            ch.authentication,
-            ch.pfs,
-            ch.encapsulation,
-            ago(now_unix, ch.established_at_unix),
-            ch.rekey_in_seconds.map(|s| format!("rekey in {s}s, ")).unwrap_or_default(),
-            ch.expires_in_seconds,
-            ch.packets_in,
-            ch.bytes_in,
-            ch.packets_out,
-            ch.bytes_out
-        );
+        render_child_sa(o, ch, now_unix);
     }
     if let Some(h) = &c.health {
         let verdict = match (h.healthy, &h.error) {
@@ -444,6 +536,73 @@ mod tests {
             busy_seconds: 0.0,
             mss_clamped: 0,
         }
+    }
+
+    fn child(established: u64, last_in: Option<u64>, last_out: Option<u64>) -> ChildSaStatus {
+        ChildSaStatus {
+            spi_in: "c1a5e0d2".into(),
+            spi_out: "c7f3b2a9".into(),
+            local_subnet: "10.1.0.0/24".into(),
+            remote_subnet: "10.2.0.0/24".into(),
+            encryption: "aes-128".into(),
+            authentication: "sha1".into(),
+            pfs: "disable".into(),
+            encapsulation: "esp".into(),
+            state: ChildSaState::Active,
+            established_at_unix: established,
+            expires_in_seconds: 3000,
+            rekey_in_seconds: Some(2700),
+            lifetime_kilobytes: None,
+            packets_in: 830,
+            bytes_in: 1_258_291,
+            packets_out: 3,
+            bytes_out: 252,
+            last_inbound_at_unix: last_in,
+            last_outbound_at_unix: last_out,
+        }
+    }
+
+    #[test]
+    fn bytes_are_scaled_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1_258_291), "1.2 MiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn a_child_sa_shows_its_traffic_each_way_and_when_it_last_moved() {
+        let mut o = String::new();
+        render_child_sa(&mut o, &child(1000, Some(1098), Some(1097)), 1100);
+        assert_eq!(
+            o,
+            "  child SA 10.1.0.0/24 <=> 10.2.0.0/24 (active): SPIs in c1a5e0d2 out c7f3b2a9, aes-128/sha1 pfs disable, esp\n\
+             \x20   established 100s ago, rekey in 2700s, expires in 3000s\n\
+             \x20   in  1.2 MiB (830 pkts, last 2s ago)\n\
+             \x20   out 252 B (3 pkts, last 3s ago)\n"
+        );
+        // Nothing out since it was set up, while packets come in: pointed out.
+        let mut o = String::new();
+        let mut quiet_out = child(1000, Some(1098), None);
+        (quiet_out.packets_out, quiet_out.bytes_out) = (0, 0);
+        render_child_sa(&mut o, &quiet_out, 1100);
+        assert!(o.contains("    out 0 B (0 pkts, none yet)\n    ! one-way: packets come in but none went out"), "{o}");
+    }
+
+    #[test]
+    fn one_way_traffic_is_pointed_out_only_when_it_lasts() {
+        // Out now, nothing in since it was set up 60 s ago: the peer does not send back.
+        let note = one_way(&child(1000, None, Some(1059)), 1060).expect("one-way out");
+        assert!(note.contains("go out but none came in since it was set up"), "{note}");
+        // In now, nothing out for 30 s.
+        let note = one_way(&child(1000, Some(1060), Some(1030)), 1060).expect("one-way in");
+        assert!(note.contains("come in but none went out for 30s"), "{note}");
+        // Both ways recently, both idle, or a fresh SA (the answer may still come): nothing.
+        assert_eq!(one_way(&child(1000, Some(1055), Some(1059)), 1060), None);
+        assert_eq!(one_way(&child(1000, Some(1010), Some(1020)), 1060), None);
+        assert_eq!(one_way(&child(1055, None, Some(1059)), 1060), None);
     }
 
     #[test]
