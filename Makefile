@@ -20,7 +20,7 @@ DEMO_PACKAGES := iproute2 iputils-ping tcpdump
 BENCH_PACKAGES := iperf3 iproute2 iputils-ping python3 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 
-.PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-flood bench-soak deps-test deps-demo fuzz \
+.PHONY: help demo test lint unit interop ha bench bench-e2e bench-scale bench-tunnels bench-flood bench-soak deps-test deps-demo fuzz \
 	package package-signed vnf-check deps-nfv
 .PHONY: deb
 .PHONY: image deps-image
@@ -38,6 +38,7 @@ help:
 	@echo "  make bench   ESP engine benchmarks (criterion), with ratios to the raw-crypto ceiling"
 	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
 	@echo "  make bench-scale  10,000 SAs: per-packet cost, memory per SA and per tunnel, idle daemon (root)"
+	@echo "  make bench-tunnels  5,000 tunnels negotiated by a load generator: rate, idle CPU, memory, status, /metrics (root)"
 	@echo "  make bench-flood  spoofed IKE first-message floods at an established vpngw: memory, status"
 	@echo "               latency, DPD, rekeys, pings (root)"
 	@echo "  make bench-soak   two vpngw over a lossy, duplicating, reordering link through rekeys (root)"
@@ -121,6 +122,14 @@ bench-scale:
 	$(CARGO) bench -p vpngw-benches --locked --bench scale
 	$(CARGO) build --release --locked -p vpngw
 	benches/idle.sh
+
+# Thousands of tunnels through the real daemon (issue 20): the load generator (vpngw-loadgen, on
+# vpngw's own IKE engine) against a release vpngw. TUNNELS=5000 DH=dh14 IDLE_SECONDS=30.
+bench-tunnels:
+	@$(DEPS) iproute2 python3
+	$(CARGO) build --release --locked -p vpngw
+	$(CARGO) build --release --locked -p vpngw-tests --bins --example tunnels
+	target/release/examples/tunnels
 
 bench-e2e:
 	@$(DEPS) $(BENCH_PACKAGES)

@@ -1,0 +1,178 @@
+//! `make bench-tunnels`: thousands of tunnels against one vpngw (issue 20's targets), in
+//! network namespaces. The load generator (`vpngw-loadgen`, vpngw's own IKE engine, one address
+//! and socket per initiator) negotiates TUNNELS tunnels with one vpngw (release build), sends an
+//! ICMP echo through each as raw ESP, then holds them (DPD on both sides) while this measures:
+//!
+//! - establishment: tunnels per second, latency percentiles, failures by reason; and the
+//!   ceiling measured in the same run: the in-memory handshake rate of `benches/handshake.rs`'s
+//!   kind (two engines, no sockets) on one core;
+//! - idle: the daemon's CPU over IDLE_SECONDS (share of one core), and its resident memory
+//!   against the same daemon with one tunnel (KiB per tunnel);
+//! - surfaces at scale: `vpngw status` latency (median of 5) and the `/metrics` scrape (time
+//!   and size).
+//!
+//! Environment: TUNNELS=5000, DH=dh14 (dh2 ...), CONCURRENCY=256, IDLE_SECONDS=30, VPNGW_BIN
+//! (default: the release vpngw next to this example). Prints a Markdown table.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)] // a benchmark
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vpngw_tests::loadgen::Plan;
+use vpngw_tests::netns::{LEFT_WAN, Lab, RIGHT_WAN, wait_for};
+use vpngw_tests::vpngw::{Vpngw, config_text};
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The process's user + system CPU time so far, in clock ticks (100 per second here).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses, may hold spaces): fields 14 and 15 are utime, stime.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+}
+
+fn http_get(lab: &Lab, ns: &str, url: &str) -> Option<(String, Duration)> {
+    let code = "import sys, time, urllib.request\nt=time.monotonic()\nb=urllib.request.urlopen(sys.argv[1], timeout=30).read()\n\
+                sys.stderr.write(str(time.monotonic()-t))\nsys.stdout.write(b.decode())";
+    let out = lab.exec(ns, "python3", &["-c", code, url]);
+    let took: f64 = String::from_utf8_lossy(&out.stderr).trim().parse().ok()?;
+    out.status.success().then(|| (String::from_utf8_lossy(&out.stdout).into_owned(), Duration::from_secs_f64(took)))
+}
+
+/// A gateway with the plan's connections, DPD on, metrics on.
+fn gateway(lab: &Lab, name: &str, plan: &Plan) -> Vpngw {
+    let dpd = "[connection.dpd]\ntimeout_seconds = 30\naction = \"clear\"\n";
+    let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), false, &plan.gateway_connections(dpd))
+        .replacen("[[connection]]", "[metrics]\nlisten = \"127.0.0.1:9720\"\n\n[[connection]]", 1);
+    let v = Vpngw::start(lab, &lab.left, name, &config, &[]);
+    // Started: its status answers (5,000 connections take a moment to load).
+    wait_for(Duration::from_secs(60), || v.status()).unwrap_or_else(|| panic!("no status:\n{}", v.log_text()));
+    v
+}
+
+fn main() {
+    let tunnels: u32 = env("TUNNELS", 5000);
+    let dh: String = env("DH", "dh14".to_string());
+    let concurrency: usize = env("CONCURRENCY", 256);
+    let idle = Duration::from_secs(env("IDLE_SECONDS", 30));
+    let lab = Lab::gateways("bench-tunnels");
+    let mut plan = Plan::new(LEFT_WAN.parse().unwrap(), tunnels);
+    plan.dh_group = vpngw_crypto::DhGroup::from_name(&dh).expect("DH: dh1, dh2, dh5, dh14, dh24");
+    plan.concurrency = concurrency;
+    lab.ip(&lab.right, &["route", "add", "local", &plan.address_range(), "dev", "lo"]);
+    lab.ip(&lab.left, &["route", "add", &plan.address_range(), "via", RIGHT_WAN]);
+
+    // The one-tunnel figure first: the same daemon, one connection, up and idle.
+    let mut one = plan.clone();
+    one.tunnels = 1;
+    let v1 = gateway(&lab, "one", &one);
+    // target/<profile>/examples/tunnels -> target/<profile>/vpngw-loadgen (make bench-tunnels
+    // builds it).
+    let exe = std::env::current_exe().unwrap();
+    let loadgen_bin = exe.parent().and_then(|d| d.parent()).unwrap().join("vpngw-loadgen");
+    assert!(loadgen_bin.exists(), "{} missing: cargo build --release -p vpngw-tests --bins", loadgen_bin.display());
+    let bin = loadgen_bin.to_str().unwrap();
+    let out = lab.exec(&lab.right, bin, &["--gateway", LEFT_WAN, "--tunnels", "1", "--dh-group", &dh]);
+    assert!(out.status.success(), "one tunnel: {}", String::from_utf8_lossy(&out.stdout));
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_one = rss_kib(v1.pid);
+    let _ = v1.stop(&lab);
+
+    let v = gateway(&lab, "many", &plan);
+    let rss_configured = rss_kib(v.pid);
+    let hold = idle.as_secs() + 30;
+    let loadgen = lab.spawn(
+        &lab.right,
+        bin,
+        &[
+            "--gateway",
+            LEFT_WAN,
+            "--tunnels",
+            &tunnels.to_string(),
+            "--dh-group",
+            &dh,
+            "--concurrency",
+            &concurrency.to_string(),
+            "--timeout",
+            "300",
+            "--hold",
+            &hold.to_string(),
+        ],
+        &[],
+        &lab.dir.join("loadgen.json"),
+    );
+    // Established when vpngw shows every connection up.
+    let started = Instant::now();
+    let up = wait_for(Duration::from_secs(300), || {
+        let s = v.status()?;
+        let n = s["connections"].as_array()?.iter().filter(|c| c["state"] == "up").count();
+        (n == tunnels as usize).then_some(n)
+    });
+    let setup_seen = started.elapsed();
+    eprintln!("up: {up:?} after {setup_seen:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    // Idle: CPU and memory.
+    let (t0, c0) = (Instant::now(), cpu_ticks(v.pid));
+    std::thread::sleep(idle);
+    let cpu_share = (cpu_ticks(v.pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+    let rss_many = rss_kib(v.pid);
+    // Surfaces at scale.
+    let mut status_times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = v.status_text();
+            t.elapsed()
+        })
+        .collect();
+    status_times.sort_unstable();
+    let scrape = http_get(&lab, &lab.left, "http://127.0.0.1:9720/metrics");
+    let report: Value = wait_for(Duration::from_secs(u64::from(hold as u32) + 60), || {
+        let text = std::fs::read_to_string(lab.dir.join("loadgen.json")).ok()?;
+        text.lines().find_map(|l| serde_json::from_str::<Value>(l).ok())
+    })
+    .unwrap_or(Value::Null);
+    // The ceiling, measured now (the same machine, the same moment's noise), on one core.
+    let ceiling = vpngw_tests::loadgen::in_memory_handshakes_per_second(&plan, 100).unwrap();
+    let rate: f64 = report["setups_per_second"].as_f64().unwrap_or(0.0);
+    println!("| measure | value |\n|---|---|");
+    println!("| tunnels | {tunnels} ({dh}, aes-128/sha1, no PFS; concurrency {concurrency}) |");
+    println!("| established (load generator) | {} in {} s = {} /s |", report["established"], report["setup_seconds"], report["setups_per_second"]);
+    println!("| failures | {} |", report["failures"]);
+    println!("| setup latency p50/p90/p99/max ms | {}/{}/{}/{} |", report["latency_ms"]["p50"], report["latency_ms"]["p90"], report["latency_ms"]["p99"], report["latency_ms"]["max"]);
+    println!("| echo through each tunnel | {} of {} |", report["echo"]["answered"], report["echo"]["sent"]);
+    println!("| vpngw shows all up after | {:.1} s |", setup_seen.as_secs_f64());
+    println!(
+        "| in-memory ceiling (both sides on one core) | {ceiling:.0} handshakes/s: the run reached {:.2}x of it per core (2 cores) |",
+        rate / 2.0 / ceiling
+    );
+    println!("| idle CPU over {} s | {:.2} % of one core |", idle.as_secs(), cpu_share * 100.0);
+    println!(
+        "| RSS: one tunnel / {tunnels} configured / {tunnels} up | {rss_one} / {rss_configured} / {rss_many} KiB = {:.1} KiB per tunnel over one |",
+        (rss_many.saturating_sub(rss_one)) as f64 / f64::from(tunnels.max(2) - 1)
+    );
+    println!("| vpngw status (text), median of 5 | {:.0} ms |", status_times[2].as_secs_f64() * 1000.0);
+    match scrape {
+        Some((text, took)) => println!(
+            "| /metrics scrape | {:.0} ms, {:.2} MiB, {} series |",
+            took.as_secs_f64() * 1000.0,
+            text.len() as f64 / (1 << 20) as f64,
+            text.lines().filter(|l| !l.starts_with('#')).count()
+        ),
+        None => println!("| /metrics scrape | failed |"),
+    }
+    let _ = lab.stop(loadgen, Duration::from_secs(5));
+    let _ = v.stop(&lab);
+}
