@@ -44,7 +44,7 @@ fn check_accepts_the_seed_defaults_with_warnings() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("OK (1 connection(s), 3 warning(s))"), "{text}");
-    assert!(text.contains("connection[0].ike.dh_group = \"dh1\""), "{text}");
+    assert!(text.contains("connection \"branch-1\".ike.dh_group = \"dh1\""), "{text}");
     assert!(!text.contains("super-secret"), "{text}");
 }
 
@@ -58,12 +58,12 @@ fn check_lists_every_problem_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     for key in [
-        "connection[0].remote_address",
-        "connection[0].remote_subnets[0]",
-        "connection[0].start",
-        "connection[0].colour",
-        "connection[0].ipsec.pfs",
-        "connection[0].ipsec.lifetime_seconds",
+        "connection \"branch-1\".remote_address",
+        "connection \"branch-1\".remote_subnets[0]",
+        "connection \"branch-1\".start",
+        "connection \"branch-1\".colour",
+        "connection \"branch-1\".ipsec.pfs",
+        "connection \"branch-1\".ipsec.lifetime_seconds",
     ] {
         assert!(err.contains(key), "{key} missing:\n{err}");
     }
@@ -81,7 +81,7 @@ fn check_refuses_connections_whose_subnets_overlap_naming_both() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("1 problem(s)"), "{err}");
     assert!(
-        err.contains("connection[1].remote_subnets = \"10.2.0.128/25\": 10.1.0.0/16 -> 10.2.0.128/25 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24"),
+        err.contains("connection \"branch-2\".remote_subnets = \"10.2.0.128/25\": 10.1.0.0/16 -> 10.2.0.128/25 overlaps connection \"branch-1\"'s 10.1.0.0/24 -> 10.2.0.0/24"),
         "{err}"
     );
     assert!(!err.contains("super-secret"), "{err}");
@@ -117,7 +117,7 @@ fn check_refuses_key_files_others_can_read_and_warns_about_such_a_file_with_inli
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("OK (1 connection(s), 4 warning(s))"), "{text}");
     let line = format!(
-        "warning: connection[0].pre_shared_key = <redacted>: the file holds the keys of connection[0] inline, and {} has mode 0644",
+        "warning: connection \"branch-1\".pre_shared_key = <redacted>: the file holds the keys of connection(s) \"branch-1\" inline, and {} has mode 0644",
         open.display()
     );
     assert!(text.contains(&line), "{text}");
@@ -139,7 +139,7 @@ fn run_refuses_an_invalid_file_before_starting_anything() {
     let bad = GOOD.replace("pre_shared_key = \"super-secret-psk-value\"", "");
     let out = vpngw().args(["run", "--config"]).arg(write("run-bad.toml", &bad)).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("connection[0].pre_shared_key: required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection \"branch-1\".pre_shared_key: required"));
     assert!(!std::path::Path::new("/tmp/vpngw-cli-test-never-created.sock").exists());
 }
 
