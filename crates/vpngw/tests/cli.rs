@@ -125,6 +125,76 @@ fn check_refuses_key_files_others_can_read_and_warns_about_such_a_file_with_inli
 }
 
 #[test]
+fn check_points_at_each_problem_by_line_and_column_and_names_connections() {
+    // Line 14 is `dh_group = "dh3"` (indented by 2), line 17 an unknown key of a connection
+    // without a valid name.
+    let bad = GOOD.replace(
+        "remote_subnets = [\"10.2.0.0/24\"]\n",
+        "remote_subnets = [\"10.2.0.0/24\"]\n[connection.ike]\n  dh_group = \"dh3\"\n",
+    ) + "[[connection]]\nname = \"bad name\"\ncolour = 1\n";
+    let path = write("located.toml", &bad);
+    let lines: Vec<&str> = bad.lines().collect();
+    assert_eq!((lines[13], lines[16]), ("  dh_group = \"dh3\"", "colour = 1"), "the test's own layout");
+    let out = vpngw().args(["check", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let file = path.display();
+    for line in [
+        format!("{file}:14:14: error: connection \"branch-1\".ike.dh_group = \"dh3\": must be one of: "),
+        format!("{file}:17:1: error: connection[1].colour: unknown key"),
+        format!("{file}:16:8: error: connection[1].name = \"bad name\": 1-64 characters"),
+    ] {
+        assert!(err.lines().any(|l| l.starts_with(&line)), "{line}\nnot in:\n{err}");
+    }
+    // A required key that is missing points at its table.
+    let missing = write("missing.toml", &GOOD.replace("remote_address = \"198.51.100.2\"\n", ""));
+    let out = vpngw().args(["check", "--config"]).arg(&missing).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: connection \"branch-1\".remote_address: required"), "{err}");
+    assert!(err.contains(&format!("{}:", missing.display())), "{err}");
+}
+
+#[test]
+fn check_json_is_one_document_with_keys_names_and_places() {
+    let bad = GOOD.to_string() + "[connection.ike]\ndh_group = \"dh3\"\n";
+    let out = vpngw().args(["check", "--json", "--config"]).arg(write("json.toml", &bad)).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["ok"].as_bool(), doc["connections"].as_u64(), doc["host_checked"].as_bool()),
+        (Some(false), Some(0), Some(false))
+    );
+    let p = &doc["problems"][0];
+    assert_eq!(p["scope"], "config");
+    assert_eq!(p["key"], "connection[0].ike.dh_group");
+    assert_eq!(p["connection"], "branch-1");
+    assert_eq!(p["value"], "\"dh3\"");
+    assert_eq!((p["line"].as_u64(), p["column"].as_u64()), (Some(14), Some(12)), "{doc:#}");
+    assert!(p["text"].as_str().unwrap().starts_with("connection \"branch-1\".ike.dh_group = \"dh3\": must be one of"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("super-secret"));
+    // Valid: ok, the connections counted, the warnings with their places (a default's: its table).
+    let out = vpngw().args(["check", "--json", "--config"]).arg(write("json-ok.toml", GOOD)).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((doc["ok"].as_bool(), doc["connections"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(doc["problems"], serde_json::json!([]));
+    let w = doc["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 3, "{doc:#}");
+    assert!(w.iter().all(|w| w["connection"] == "branch-1" && w["line"].is_u64()), "{doc:#}");
+    // Not TOML: one problem for the whole file, with the parser's place.
+    let out = vpngw()
+        .args(["check", "--json", "--config"])
+        .arg(write("json-syntax.toml", "[gateway]\nname = \n"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &doc["problems"][0];
+    assert_eq!((p["key"].as_str(), p["line"].as_u64()), (Some(""), Some(2)), "{doc:#}");
+    assert!(p["reason"].as_str().unwrap().starts_with("not valid TOML: "), "{doc:#}");
+}
+
+#[test]
 fn check_reports_syntax_errors_and_missing_files() {
     let out = vpngw().args(["check", "--config"]).arg(write("syntax.toml", "[gateway\nx=")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -117,6 +117,7 @@ impl Walker {
         let name = self.connection_name(key, t);
         let remote = self.ipv4(&format!("{key}.remote_address"), t, "remote_address", true);
         let (psk, psk_source) = self.psk(key, t);
+        let psk_file = psk_source.strip_prefix("file ").map(PathBuf::from);
         let local_subnets = self.subnets(&format!("{key}.local_subnets"), t, "local_subnets");
         let remote_subnets = self.subnets(&format!("{key}.remote_subnets"), t, "remote_subnets");
         let pairs = self.subnet_pairs(key, &local_subnets, &remote_subnets);
@@ -157,7 +158,7 @@ impl Walker {
             force_udp_encapsulation: encapsulation == UdpEncapsulation::Always,
             dpd,
         };
-        Some(Connection { peer, start, health_check, psk_source })
+        Some(Connection { peer, start, health_check, psk_source, psk_file })
     }
 
     fn connection_name(&mut self, key: &str, t: &Table) -> Option<String> {

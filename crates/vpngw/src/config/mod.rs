@@ -180,6 +180,8 @@ pub struct Connection {
     pub health_check: Option<HealthCheck>,
     /// Where the key came from (for status, never the key).
     pub psk_source: String,
+    /// `pre_shared_key_file`, as read (None: the key is inline). `vpngw check --host` looks at it.
+    pub psk_file: Option<PathBuf>,
 }
 
 impl Connection {
