@@ -25,7 +25,7 @@ pub struct Problem {
 }
 
 /// A place in a file: line and column, both from 1 (the column counts characters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
     pub line: usize,
     pub column: usize,
