@@ -55,8 +55,11 @@ fn http_get(lab: &Lab, ns: &str, url: &str) -> Option<(String, Duration)> {
 /// A gateway with the plan's connections, DPD on, metrics on.
 fn gateway(lab: &Lab, name: &str, plan: &Plan) -> Vpngw {
     let dpd = "[connection.dpd]\ntimeout_seconds = 30\naction = \"clear\"\n";
-    let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), false, &plan.gateway_connections(dpd))
-        .replacen("[[connection]]", "[metrics]\nlisten = \"127.0.0.1:9720\"\n\n[[connection]]", 1);
+    let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), false, &plan.gateway_connections(dpd)).replacen(
+        "[[connection]]",
+        "[metrics]\nlisten = \"127.0.0.1:9720\"\n\n[[connection]]",
+        1,
+    );
     let v = Vpngw::start(lab, &lab.left, name, &config, &[]);
     // Started: its status answers (5,000 connections take a moment to load).
     wait_for(Duration::from_secs(60), || v.status()).unwrap_or_else(|| panic!("no status:\n{}", v.log_text()));
@@ -149,9 +152,18 @@ fn main() {
     let rate: f64 = report["setups_per_second"].as_f64().unwrap_or(0.0);
     println!("| measure | value |\n|---|---|");
     println!("| tunnels | {tunnels} ({dh}, aes-128/sha1, no PFS; concurrency {concurrency}) |");
-    println!("| established (load generator) | {} in {} s = {} /s |", report["established"], report["setup_seconds"], report["setups_per_second"]);
+    println!(
+        "| established (load generator) | {} in {} s = {} /s |",
+        report["established"], report["setup_seconds"], report["setups_per_second"]
+    );
     println!("| failures | {} |", report["failures"]);
-    println!("| setup latency p50/p90/p99/max ms | {}/{}/{}/{} |", report["latency_ms"]["p50"], report["latency_ms"]["p90"], report["latency_ms"]["p99"], report["latency_ms"]["max"]);
+    println!(
+        "| setup latency p50/p90/p99/max ms | {}/{}/{}/{} |",
+        report["latency_ms"]["p50"],
+        report["latency_ms"]["p90"],
+        report["latency_ms"]["p99"],
+        report["latency_ms"]["max"]
+    );
     println!("| echo through each tunnel | {} of {} |", report["echo"]["answered"], report["echo"]["sent"]);
     println!("| vpngw shows all up after | {:.1} s |", setup_seen.as_secs_f64());
     println!(

@@ -261,7 +261,7 @@ fn load(config_path: &Path) -> Result<(Config, BTreeMap<String, toml::Table>), D
         api_tables = tables;
     }
     for w in &config.warnings {
-        tracing::warn!(key = %w.key, value = %w.value, "{}", w.reason);
+        tracing::warn!(key = %w.shown_key(), value = %w.value, "{}", w.reason);
     }
     Ok((config, api_tables))
 }

@@ -54,7 +54,7 @@ mod ops;
 #[cfg(test)]
 mod fuzz_inputs;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -102,12 +102,28 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         restore_tunnels: Option<PathBuf>,
     },
-    /// Validate a configuration file: every problem with its key; weak algorithms are warned about.
-    #[command(after_help = "Example: vpngw check --config /etc/vpngw/vpngw.toml")]
+    /// Validate a configuration file: every problem with its key and place; weak algorithms are
+    /// warned about.
+    ///
+    /// Each line starts with FILE:LINE:COLUMN of the key it is about, connections named by
+    /// their `name`. With --host, also what this host must provide: the public address on an
+    /// interface, UDP 500 and 4500 free on it, /dev/net/tun, net.ipv4.ip_forward, rp_filter,
+    /// the capabilities, and the secret files. Exit 0 when nothing is wrong, 2 otherwise.
+    #[command(
+        after_help = "Examples:\n  vpngw check --config /etc/vpngw/vpngw.toml\n  vpngw check --host --json | jq '.problems[] | .text'"
+    )]
     Check {
         /// The configuration file to check.
         #[arg(long, value_name = "FILE", default_value = "/etc/vpngw/vpngw.toml")]
         config: PathBuf,
+        /// One JSON document for programs (docs/configuration.md, "Checking a file") instead of
+        /// the text.
+        #[arg(long)]
+        json: bool,
+        /// Check this host too: addresses, ports, /dev/net/tun, sysctls, capabilities and the
+        /// secret files (run it as the user the daemon runs as; it changes nothing).
+        #[arg(long)]
+        host: bool,
     },
     /// Show the gateway, its connections, IKE and child SAs.
     ///
@@ -399,34 +415,6 @@ impl Target {
     }
 }
 
-fn print_config_error(e: &ConfigError) {
-    match e {
-        ConfigError::Invalid { path, problems } => {
-            eprintln!("{}: {} problem(s):", path.display(), problems.len());
-            for p in problems {
-                eprintln!("  error: {p}");
-            }
-        }
-        other => eprintln!("error: {other}"),
-    }
-}
-
-fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(c) => {
-            for w in &c.warnings {
-                println!("  warning: {w}");
-            }
-            println!("{}: OK ({} connection(s), {} warning(s))", path.display(), c.connections.len(), c.warnings.len());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            print_config_error(&e);
-            ExitCode::from(2)
-        }
-    }
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
@@ -440,7 +428,7 @@ fn with_daemon(target: &Target, talk: impl FnOnce(&tokio::runtime::Runtime, &cli
             return client::fail(true, &e.to_string(), Some(ErrorKind::Invalid), ExitCode::from(client::EXIT_INVALID));
         }
         Err(e) => {
-            print_config_error(&e);
+            ops::check::print_config_error(&e);
             return ExitCode::from(client::EXIT_INVALID);
         }
     };
@@ -463,7 +451,7 @@ fn client(target: &Target, request: Request) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Check { config } => check(&config),
+        Cmd::Check { config, json, host } => ops::check::run(&config, json, host),
         Cmd::Run { config, log_format, esp_keylog, restore_tunnels } => {
             logging::init(log_format);
             let rt = match runtime() {
@@ -476,7 +464,7 @@ fn main() -> ExitCode {
             match rt.block_on(daemon::run(&config, esp_keylog, restore_tunnels)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(daemon::DaemonError::Config(e)) => {
-                    print_config_error(&e);
+                    ops::check::print_config_error(&e);
                     ExitCode::from(2)
                 }
                 Err(e) => {

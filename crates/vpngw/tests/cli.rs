@@ -44,7 +44,7 @@ fn check_accepts_the_seed_defaults_with_warnings() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("OK (1 connection(s), 3 warning(s))"), "{text}");
-    assert!(text.contains("connection[0].ike.dh_group = \"dh1\""), "{text}");
+    assert!(text.contains("connection \"branch-1\".ike.dh_group = \"dh1\""), "{text}");
     assert!(!text.contains("super-secret"), "{text}");
 }
 
@@ -58,12 +58,12 @@ fn check_lists_every_problem_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     for key in [
-        "connection[0].remote_address",
-        "connection[0].remote_subnets[0]",
-        "connection[0].start",
-        "connection[0].colour",
-        "connection[0].ipsec.pfs",
-        "connection[0].ipsec.lifetime_seconds",
+        "connection \"branch-1\".remote_address",
+        "connection \"branch-1\".remote_subnets[0]",
+        "connection \"branch-1\".start",
+        "connection \"branch-1\".colour",
+        "connection \"branch-1\".ipsec.pfs",
+        "connection \"branch-1\".ipsec.lifetime_seconds",
     ] {
         assert!(err.contains(key), "{key} missing:\n{err}");
     }
@@ -81,7 +81,7 @@ fn check_refuses_connections_whose_subnets_overlap_naming_both() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("1 problem(s)"), "{err}");
     assert!(
-        err.contains("connection[1].remote_subnets = \"10.2.0.128/25\": 10.1.0.0/16 -> 10.2.0.128/25 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24"),
+        err.contains("connection \"branch-2\".remote_subnets = \"10.2.0.128/25\": 10.1.0.0/16 -> 10.2.0.128/25 overlaps connection \"branch-1\"'s 10.1.0.0/24 -> 10.2.0.0/24"),
         "{err}"
     );
     assert!(!err.contains("super-secret"), "{err}");
@@ -117,11 +117,81 @@ fn check_refuses_key_files_others_can_read_and_warns_about_such_a_file_with_inli
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("OK (1 connection(s), 4 warning(s))"), "{text}");
     let line = format!(
-        "warning: connection[0].pre_shared_key = <redacted>: the file holds the keys of connection[0] inline, and {} has mode 0644",
+        "warning: connection \"branch-1\".pre_shared_key = <redacted>: the file holds the keys of connection(s) \"branch-1\" inline, and {} has mode 0644",
         open.display()
     );
     assert!(text.contains(&line), "{text}");
     assert!(!text.contains("super-secret"), "{text}");
+}
+
+#[test]
+fn check_points_at_each_problem_by_line_and_column_and_names_connections() {
+    // Line 14 is `dh_group = "dh3"` (indented by 2), line 17 an unknown key of a connection
+    // without a valid name.
+    let bad = GOOD.replace(
+        "remote_subnets = [\"10.2.0.0/24\"]\n",
+        "remote_subnets = [\"10.2.0.0/24\"]\n[connection.ike]\n  dh_group = \"dh3\"\n",
+    ) + "[[connection]]\nname = \"bad name\"\ncolour = 1\n";
+    let path = write("located.toml", &bad);
+    let lines: Vec<&str> = bad.lines().collect();
+    assert_eq!((lines[13], lines[16]), ("  dh_group = \"dh3\"", "colour = 1"), "the test's own layout");
+    let out = vpngw().args(["check", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let file = path.display();
+    for line in [
+        format!("{file}:14:14: error: connection \"branch-1\".ike.dh_group = \"dh3\": must be one of: "),
+        format!("{file}:17:1: error: connection[1].colour: unknown key"),
+        format!("{file}:16:8: error: connection[1].name = \"bad name\": 1-64 characters"),
+    ] {
+        assert!(err.lines().any(|l| l.starts_with(&line)), "{line}\nnot in:\n{err}");
+    }
+    // A required key that is missing points at its table.
+    let missing = write("missing.toml", &GOOD.replace("remote_address = \"198.51.100.2\"\n", ""));
+    let out = vpngw().args(["check", "--config"]).arg(&missing).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: connection \"branch-1\".remote_address: required"), "{err}");
+    assert!(err.contains(&format!("{}:", missing.display())), "{err}");
+}
+
+#[test]
+fn check_json_is_one_document_with_keys_names_and_places() {
+    let bad = GOOD.to_string() + "[connection.ike]\ndh_group = \"dh3\"\n";
+    let out = vpngw().args(["check", "--json", "--config"]).arg(write("json.toml", &bad)).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["ok"].as_bool(), doc["connections"].as_u64(), doc["host_checked"].as_bool()),
+        (Some(false), Some(0), Some(false))
+    );
+    let p = &doc["problems"][0];
+    assert_eq!(p["scope"], "config");
+    assert_eq!(p["key"], "connection[0].ike.dh_group");
+    assert_eq!(p["connection"], "branch-1");
+    assert_eq!(p["value"], "\"dh3\"");
+    assert_eq!((p["line"].as_u64(), p["column"].as_u64()), (Some(14), Some(12)), "{doc:#}");
+    assert!(p["text"].as_str().unwrap().starts_with("connection \"branch-1\".ike.dh_group = \"dh3\": must be one of"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("super-secret"));
+    // Valid: ok, the connections counted, the warnings with their places (a default's: its table).
+    let out = vpngw().args(["check", "--json", "--config"]).arg(write("json-ok.toml", GOOD)).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((doc["ok"].as_bool(), doc["connections"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(doc["problems"], serde_json::json!([]));
+    let w = doc["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 3, "{doc:#}");
+    assert!(w.iter().all(|w| w["connection"] == "branch-1" && w["line"].is_u64()), "{doc:#}");
+    // Not TOML: one problem for the whole file, with the parser's place.
+    let out = vpngw()
+        .args(["check", "--json", "--config"])
+        .arg(write("json-syntax.toml", "[gateway]\nname = \n"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &doc["problems"][0];
+    assert_eq!((p["key"].as_str(), p["line"].as_u64()), (Some(""), Some(2)), "{doc:#}");
+    assert!(p["reason"].as_str().unwrap().starts_with("not valid TOML: "), "{doc:#}");
 }
 
 #[test]
@@ -139,7 +209,7 @@ fn run_refuses_an_invalid_file_before_starting_anything() {
     let bad = GOOD.replace("pre_shared_key = \"super-secret-psk-value\"", "");
     let out = vpngw().args(["run", "--config"]).arg(write("run-bad.toml", &bad)).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("connection[0].pre_shared_key: required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection \"branch-1\".pre_shared_key: required"));
     assert!(!std::path::Path::new("/tmp/vpngw-cli-test-never-created.sock").exists());
 }
 

@@ -69,9 +69,9 @@ impl Walker {
     /// every such pair is a problem, under the later one's `remote_subnets`.
     fn check_subnets_disjoint(&mut self, connections: &[Connection], at: &[usize]) {
         for (i, c) in connections.iter().enumerate() {
-            for (j, d) in connections[..i].iter().enumerate() {
+            for d in &connections[..i] {
                 if let Some(o) = overlap(c, d) {
-                    let reason = o.reason(&format!("{:?} (connection[{}])", d.peer.name, at[j]));
+                    let reason = o.reason(&format!("{:?}", d.peer.name));
                     self.problem(
                         &format!("connection[{}].remote_subnets", at[i]),
                         Some(&Value::String(o.ours.remote.to_string())),
@@ -117,6 +117,7 @@ impl Walker {
         let name = self.connection_name(key, t);
         let remote = self.ipv4(&format!("{key}.remote_address"), t, "remote_address", true);
         let (psk, psk_source) = self.psk(key, t);
+        let psk_file = psk_source.strip_prefix("file ").map(PathBuf::from);
         let local_subnets = self.subnets(&format!("{key}.local_subnets"), t, "local_subnets");
         let remote_subnets = self.subnets(&format!("{key}.remote_subnets"), t, "remote_subnets");
         let pairs = self.subnet_pairs(key, &local_subnets, &remote_subnets);
@@ -157,7 +158,7 @@ impl Walker {
             force_udp_encapsulation: encapsulation == UdpEncapsulation::Always,
             dpd,
         };
-        Some(Connection { peer, start, health_check, psk_source })
+        Some(Connection { peer, start, health_check, psk_source, psk_file })
     }
 
     fn connection_name(&mut self, key: &str, t: &Table) -> Option<String> {
@@ -287,6 +288,7 @@ impl Walker {
                         key: format!("{key}.pre_shared_key"),
                         value: "<redacted>".into(),
                         reason: "shorter than 8 characters: easy to guess offline from one captured main mode".into(),
+                        ..Problem::default()
                     });
                 }
                 (Some(SecretBytes::from_slice(s.as_bytes())), "inline".into())
@@ -504,7 +506,10 @@ mod tests {
             assert_eq!(problems.len(), 1, "{problems:?}");
             let p = problems[0].to_string();
             assert_eq!(problems[0].key, "connection[1].remote_subnets", "{p}");
-            assert!(p.contains("\"branch-1\" (connection[0])") && p.contains("10.1.0.0/24 -> 10.2.0.0/24"), "{p}");
+            assert!(
+                p.contains("overlaps connection \"branch-1\"'s") && p.contains("10.1.0.0/24 -> 10.2.0.0/24"),
+                "{p}"
+            );
         }
         // Disjoint on either side: a packet matches one of them at most.
         for (local, remote) in [
@@ -542,9 +547,18 @@ mod tests {
         assert_eq!(
             shown,
             [
-                ("connection[1].remote_subnets".into(), "10.1.0.0/24 -> 10.2.0.0/24 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
-                ("connection[2].remote_subnets".into(), "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-1\" (connection[0])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
-                ("connection[2].remote_subnets".into(), "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-2\" (connection[1])'s 10.1.0.0/24 -> 10.2.0.0/24".into()),
+                (
+                    "connection[1].remote_subnets".into(),
+                    "10.1.0.0/24 -> 10.2.0.0/24 overlaps connection \"branch-1\"'s 10.1.0.0/24 -> 10.2.0.0/24".into()
+                ),
+                (
+                    "connection[2].remote_subnets".into(),
+                    "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-1\"'s 10.1.0.0/24 -> 10.2.0.0/24".into()
+                ),
+                (
+                    "connection[2].remote_subnets".into(),
+                    "10.1.0.0/16 -> 10.2.0.0/16 overlaps connection \"branch-2\"'s 10.1.0.0/24 -> 10.2.0.0/24".into()
+                ),
             ]
         );
     }
@@ -574,7 +588,8 @@ mod tests {
             assert_eq!(problems.len(), 1, "{problems:?}");
             let p = problems[0].to_string();
             let path = dir.join("k.psk").display().to_string();
-            assert!(p.starts_with("connection[0].pre_shared_key_file = \"k.psk\""), "{p}");
+            assert!(p.starts_with("connection \"branch-1\".pre_shared_key_file = \"k.psk\""), "{p}");
+            assert_eq!(problems[0].key, "connection[0].pre_shared_key_file");
             assert!(p.contains(&format!("{path} has mode {shown}")) && p.contains(&format!("chmod 600 {path}")), "{p}");
             assert!(!p.contains("secret-from-file"), "{p}");
         }

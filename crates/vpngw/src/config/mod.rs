@@ -14,6 +14,7 @@ mod connection;
 mod gateway;
 mod ha;
 mod ike_ipsec;
+mod spans;
 mod walker;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -26,7 +27,7 @@ use vpngw_ike::PeerConfig;
 pub use connection::overlap;
 pub use ha::{Ha, SequenceJump};
 use walker::Walker;
-pub use walker::{Problem, loose_secret_mode};
+pub use walker::{Position, Problem, loose_secret_mode};
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpngw/vpngw.sock";
 
@@ -34,8 +35,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpngw/vpngw.sock";
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("{path}: not valid TOML: {}", error.text)]
+    Syntax { path: PathBuf, error: SyntaxError },
     #[error("{path}: {} problem(s)", problems.len())]
     Invalid { path: PathBuf, problems: Vec<Problem> },
 }
@@ -179,6 +180,8 @@ pub struct Connection {
     pub health_check: Option<HealthCheck>,
     /// Where the key came from (for status, never the key).
     pub psk_source: String,
+    /// `pre_shared_key_file`, as read (None: the key is inline). `vpngw check --host` looks at it.
+    pub psk_file: Option<PathBuf>,
 }
 
 impl Connection {
@@ -225,42 +228,52 @@ impl Config {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut file, &mut text).map_err(read)?;
         let mut config = Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
-            ParseError::Syntax(message) => ConfigError::Syntax { path: path.to_path_buf(), message },
+            ParseError::Syntax(error) => ConfigError::Syntax { path: path.to_path_buf(), error },
             ParseError::Invalid(problems) => ConfigError::Invalid { path: path.to_path_buf(), problems },
         })?;
-        config.warn_inline_keys(path, &meta);
+        config.warn_inline_keys(path, &meta, &text);
         Ok(config)
     }
 
     /// A warning when the file holds keys (`pre_shared_key = "..."`) and others may read it.
-    fn warn_inline_keys(&mut self, path: &Path, meta: &std::fs::Metadata) {
-        let inline: Vec<String> = (self.connections.iter().enumerate())
-            .filter(|(_, c)| c.psk_source == "inline")
-            .map(|(i, _)| format!("connection[{i}]"))
-            .collect();
-        if let (Some(first), Some(reason)) = (inline.first(), walker::loose_secret_mode(path, meta)) {
-            self.warnings.push(Problem {
-                key: format!("{first}.pre_shared_key"),
+    fn warn_inline_keys(&mut self, path: &Path, meta: &std::fs::Metadata, text: &str) {
+        let inline: Vec<(usize, &Connection)> =
+            self.connections.iter().enumerate().filter(|(_, c)| c.psk_source == "inline").collect();
+        if let (Some((first, _)), Some(reason)) = (inline.first(), walker::loose_secret_mode(path, meta)) {
+            let names: Vec<String> = inline.iter().map(|(_, c)| format!("{:?}", c.peer.name)).collect();
+            let mut warning = [Problem {
+                key: format!("connection[{first}].pre_shared_key"),
                 value: "<redacted>".into(),
                 reason: format!(
-                    "the file holds the keys of {} inline, and {reason} (or move the keys to pre_shared_key_file)",
-                    inline.join(", ")
+                    "the file holds the keys of connection(s) {} inline, and {reason} (or move the keys to pre_shared_key_file)",
+                    names.join(", ")
                 ),
-            });
+                ..Problem::default()
+            }];
+            locate(text, &mut warning);
+            self.warnings.extend(warning);
         }
     }
 
     /// Parses a configuration; relative `pre_shared_key_file` paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ParseError> {
-        let table: Table = text.parse().map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string()))?;
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            ParseError::Syntax(SyntaxError {
+                text: e.to_string(),
+                message: e.message().trim_end().to_string(),
+                at: e.span().map(|s| spans::position(text, s.start)),
+            })
+        })?;
         let mut w = Walker::new(base);
         let config = w.config(&table);
         if w.problems.is_empty()
             && let Some(mut c) = config
         {
             c.warnings = w.warnings;
+            spans::locate(text, &table, &mut c.warnings);
             Ok(c)
         } else {
+            spans::locate(text, &table, &mut w.problems);
             Err(ParseError::Invalid(w.problems))
         }
     }
@@ -277,10 +290,28 @@ pub fn parse_connection(t: &Table, public: Ipv4Addr, base: &Path, prefix: &str) 
     }
 }
 
+/// Gives problems found outside the walk (`vpngw check --host`), keyed like the walker's, their
+/// connection's name and their place in `text`, the configuration file they are about.
+pub fn locate(text: &str, problems: &mut [Problem]) {
+    if let Ok(root) = text.parse::<Table>() {
+        spans::locate(text, &root, problems);
+    }
+}
+
 #[derive(Debug)]
 pub enum ParseError {
-    Syntax(String),
+    Syntax(SyntaxError),
     Invalid(Vec<Problem>),
+}
+
+/// Why a file is not TOML, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// The parser's whole text: the position, the line with a caret under the place, the message.
+    pub text: String,
+    /// The message alone.
+    pub message: String,
+    pub at: Option<Position>,
 }
 
 impl Walker {
@@ -379,7 +410,8 @@ remote_subnets = ["10.2.0.0/24"]
         };
         let w = inline_warning(0o644, MINIMAL).expect("no warning at 0644");
         let shown = path.display().to_string();
-        assert!(w.starts_with("connection[0].pre_shared_key = <redacted>"), "{w}");
+        assert!(w.starts_with("connection \"branch-1\".pre_shared_key = <redacted>"), "{w}");
+        assert!(w.contains("the keys of connection(s) \"branch-1\" inline"), "{w}");
         assert!(w.contains(&format!("{shown} has mode 0644")) && w.contains(&format!("chmod 600 {shown}")), "{w}");
         assert!(!w.contains("lab-psk"), "{w}");
         assert!(inline_warning(0o640, MINIMAL).is_some(), "group-readable not warned about");

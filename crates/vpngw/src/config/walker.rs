@@ -10,19 +10,48 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// One thing wrong with a configuration file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Problem {
+    /// The key's path in the document, connections by their place in the file:
+    /// `connection[0].ike.dh_group` (stable and unambiguous, for programs).
     pub key: String,
     pub value: String,
     pub reason: String,
+    /// The name of the `[[connection]]` the key is in, when it has a valid one that no other
+    /// connection of the file has too: people read the key with it ([`Problem::shown_key`]).
+    pub connection: Option<String>,
+    /// Where in the file the key (or its value) is, when it is there (`spans.rs`).
+    pub at: Option<Position>,
+}
+
+/// A place in a file: line and column, both from 1 (the column counts characters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Problem {
+    /// The key as people read it: `connection "to-branch".ike.dh_group` for
+    /// `connection[0].ike.dh_group` when the connection has a name of its own, else the key.
+    pub fn shown_key(&self) -> String {
+        match (&self.connection, self.key.strip_prefix("connection[")) {
+            (Some(name), Some(rest)) => match rest.split_once(']') {
+                Some((_, tail)) => format!("connection {name:?}{tail}"),
+                None => self.key.clone(),
+            },
+            _ => self.key.clone(),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self.shown_key();
         if self.value.is_empty() {
-            write!(f, "{}: {}", self.key, self.reason)
+            write!(f, "{key}: {}", self.reason)
         } else {
-            write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+            write!(f, "{key} = {}: {}", self.value, self.reason)
         }
     }
 }
@@ -74,11 +103,17 @@ impl Walker {
             key: key.into(),
             value: value.map(show).unwrap_or_default(),
             reason: reason.into(),
+            ..Problem::default()
         });
     }
 
     pub(super) fn warn(&mut self, key: &str, value: &str, reason: &str) {
-        self.warnings.push(Problem { key: key.into(), value: format!("{value:?}"), reason: reason.into() });
+        self.warnings.push(Problem {
+            key: key.into(),
+            value: format!("{value:?}"),
+            reason: reason.into(),
+            ..Problem::default()
+        });
     }
 
     /// A file named by `key` that holds a secret: a problem if others may read it. A file that

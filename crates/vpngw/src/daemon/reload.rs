@@ -81,7 +81,7 @@ impl Daemon {
                     ),
                     problems: problems
                         .into_iter()
-                        .map(|p| ProblemView { key: p.key, value: p.value, reason: p.reason })
+                        .map(|p| ProblemView { key: p.shown_key(), value: p.value, reason: p.reason })
                         .collect(),
                 });
             }
@@ -101,10 +101,10 @@ impl Daemon {
         // must be disjoint from them too, or one would carry the other's traffic.
         let mut overlapping = Vec::new();
         for api_made in &connections[file_count..] {
-            for (j, file_made) in connections[..file_count].iter().enumerate() {
+            for file_made in &connections[..file_count] {
                 if let Some(o) = overlap(file_made, api_made) {
                     overlapping.push(ProblemView {
-                        key: format!("connection[{j}].remote_subnets"),
+                        key: format!("connection {:?}.remote_subnets", file_made.peer.name),
                         value: file_made.peer.name.clone(),
                         reason: o.reason(&format!("{:?} (created through the API)", api_made.peer.name)),
                     });

@@ -18,8 +18,10 @@ use crate::health::ProbeView;
 use crate::history::ConnectionHistory;
 
 pub mod api;
+pub mod check;
 pub mod control;
 pub mod diagnose;
+pub mod host_check;
 pub mod metrics;
 pub mod peer_config;
 pub mod probes;
