@@ -16,6 +16,7 @@ use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
 use crate::exchange::{Ctx, Received, Transmit};
 use crate::ikesa::IkeSa;
+use crate::sa_store::IkeSaStore;
 use crate::snapshot::{IkeSaSnapshot, SnapshotError};
 use crate::spi::SpiPool;
 use crate::wire::{ExchangeType, HEADER_LEN, IsakmpHeader, Payload, WireError, parse_payloads};
@@ -87,7 +88,8 @@ impl MessageCounters {
 pub struct Endpoint {
     config: EngineConfig,
     peers: Vec<Arc<PeerConfig>>,
-    sas: BTreeMap<IkeSaId, IkeSa>,
+    /// The IKE SAs, their deadlines indexed (`sa_store.rs`).
+    sas: IkeSaStore,
     by_cookie: HashMap<[u8; 8], IkeSaId>,
     next_id: u64,
     rng: FastRng,
@@ -128,7 +130,7 @@ impl Endpoint {
         Self {
             config,
             peers: Vec::new(),
-            sas: BTreeMap::new(),
+            sas: IkeSaStore::default(),
             by_cookie: HashMap::new(),
             next_id: 1,
             rng,
@@ -195,10 +197,11 @@ impl Endpoint {
             .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
         let mut ctx = ctx!(self, now);
         if let Some((id, sa)) =
-            self.sas.iter_mut().rev().find(|(_, s)| s.peer().name == name && s.is_established() && !s.is_superseded())
+            self.sas.find_mut_where(true, |s| s.peer().name == name && s.is_established() && !s.is_superseded())
         {
             sa.start_quick_modes(&mut ctx);
-            self.changed.insert(*id);
+            self.changed.insert(id);
+            self.sas.reschedule();
             return Ok(());
         }
         if self.sas.values().any(|s| s.peer().name == name && !s.is_dead()) {
@@ -212,6 +215,7 @@ impl Endpoint {
         self.by_cookie.insert(sa.cky_i(), id);
         self.sas.insert(id, sa);
         self.changed.insert(id);
+        self.sas.reschedule();
         Ok(())
     }
 
@@ -221,19 +225,19 @@ impl Endpoint {
             return Err(IkeError::UnknownConnection(name.into()));
         }
         let mut ctx = ctx!(self, now);
-        for sa in self.sas.values_mut().filter(|s| s.peer().name == name) {
-            sa.delete(&mut ctx, DeleteReason::Local);
-        }
+        self.sas.for_each_mut_where(|s| s.peer().name == name, |_, sa| sa.delete(&mut ctx, DeleteReason::Local));
         self.reap();
+        self.sas.reschedule();
         Ok(())
     }
 
     /// ESP arrived on the child SA with this inbound SPI: the peer is alive (dead peer
     /// detection probes only after silence).
     pub fn traffic_received(&mut self, now: Instant, spi_in: Spi) {
-        if let Some(sa) = self.sas.values_mut().find(|s| s.has_inbound_child(spi_in)) {
+        if let Some((_, sa)) = self.sas.find_mut_where(false, |s| s.has_inbound_child(spi_in)) {
             sa.heard(now);
         }
+        self.sas.reschedule();
     }
 
     /// Starts replacing the child SA with this SPI (inbound or outbound) now: its volume or
@@ -241,11 +245,13 @@ impl Endpoint {
     /// replacement is already under way.
     pub fn rekey_child(&mut self, now: Instant, spi: Spi) -> bool {
         let mut ctx = ctx!(self, now);
-        let Some((id, sa)) = self.sas.iter_mut().find(|(_, s)| s.has_child(spi)) else {
+        let Some((id, sa)) = self.sas.find_mut_where(false, |s| s.has_child(spi)) else {
             return false;
         };
-        self.changed.insert(*id);
-        sa.rekey_child(&mut ctx, spi)
+        self.changed.insert(id);
+        let started = sa.rekey_child(&mut ctx, spi);
+        self.sas.reschedule();
+        started
     }
 
     /// Replaces every child SA of a connection now (an operator's request, e.g. after a
@@ -256,12 +262,17 @@ impl Endpoint {
         }
         let mut ctx = ctx!(self, now);
         let mut started = 0;
-        for (id, sa) in self.sas.iter_mut().filter(|(_, s)| s.peer().name == name && s.is_established()) {
-            self.changed.insert(*id);
-            for spi in sa.active_children() {
-                started += usize::from(sa.rekey_child(&mut ctx, spi));
-            }
-        }
+        let changed = &mut self.changed;
+        self.sas.for_each_mut_where(
+            |s| s.peer().name == name && s.is_established(),
+            |id, sa| {
+                changed.insert(id);
+                for spi in sa.active_children() {
+                    started += usize::from(sa.rekey_child(&mut ctx, spi));
+                }
+            },
+        );
+        self.sas.reschedule();
         Ok(started)
     }
 
@@ -290,6 +301,7 @@ impl Endpoint {
             return Ok(false);
         };
         self.start_reauthentication(now, old, peer);
+        self.sas.reschedule();
         Ok(true)
     }
 
@@ -309,14 +321,24 @@ impl Endpoint {
     /// told.
     pub fn expire_child(&mut self, now: Instant, spi: Spi) {
         let mut ctx = ctx!(self, now);
-        for (id, sa) in self.sas.iter_mut().filter(|(_, s)| s.has_child(spi)) {
-            sa.expire_child(&mut ctx, spi);
-            self.changed.insert(*id);
-        }
+        let changed = &mut self.changed;
+        self.sas.for_each_mut_where(
+            |s| s.has_child(spi),
+            |id, sa| {
+                sa.expire_child(&mut ctx, spi);
+                changed.insert(id);
+            },
+        );
+        self.sas.reschedule();
     }
 
     /// Feeds one received datagram (without a non-ESP marker).
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.handle_datagram(now, local, remote, data);
+        self.sas.reschedule();
+    }
+
+    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
         let header = match IsakmpHeader::parse(data) {
             Ok(h) => h,
             Err(e) => {
@@ -536,12 +558,15 @@ impl Endpoint {
     /// Nothing was established on them, so nothing is deleted or reported.
     fn drop_unanswered_initiations(&mut self, now: Instant, name: &str, established: IkeSaId) {
         let mut ctx = ctx!(self, now);
-        for (id, sa) in self.sas.iter_mut() {
-            if *id != established && sa.peer().name == name && sa.awaits_first_reply() {
-                tracing::debug!(peer = %name, "our unanswered first message is not needed: dropped");
-                sa.drop_all(&mut ctx, DeleteReason::Local);
-            }
-        }
+        self.sas.for_each_mut_where(
+            |sa| sa.peer().name == name && sa.awaits_first_reply(),
+            |id, sa| {
+                if id != established {
+                    tracing::debug!(peer = %name, "our unanswered first message is not needed: dropped");
+                    sa.drop_all(&mut ctx, DeleteReason::Local);
+                }
+            },
+        );
     }
 
     /// After an SA handled something: INITIAL-CONTACT clears older SAs with the same peer, and
@@ -554,12 +579,15 @@ impl Endpoint {
             .and_then(|sa| std::mem::take(&mut sa.initial_contact_received).then(|| sa.peer().name.clone()));
         if let Some(name) = contact {
             let mut ctx = ctx!(self, now);
-            for (other, sa) in self.sas.iter_mut() {
-                if *other != id && sa.peer().name == name {
-                    tracing::info!(peer = %name, "INITIAL-CONTACT: dropping older SAs with this peer");
-                    sa.drop_all(&mut ctx, DeleteReason::PeerDeleted);
-                }
-            }
+            self.sas.for_each_mut_where(
+                |sa| sa.peer().name == name,
+                |other, sa| {
+                    if other != id {
+                        tracing::info!(peer = %name, "INITIAL-CONTACT: dropping older SAs with this peer");
+                        sa.drop_all(&mut ctx, DeleteReason::PeerDeleted);
+                    }
+                },
+            );
         }
         if self.sas.get(&id).is_none_or(|sa| sa.is_established() || sa.is_dead()) {
             self.admission.closed(id);
@@ -613,8 +641,10 @@ impl Endpoint {
         }
     }
 
+    /// Removes the dead SAs (only SAs acted on since the last reap can have died).
     fn reap(&mut self) {
-        let dead: Vec<IkeSaId> = self.sas.iter().filter(|(_, s)| s.is_dead()).map(|(id, _)| *id).collect();
+        let dead: Vec<IkeSaId> =
+            self.sas.reap_candidates().into_iter().filter(|id| self.sas.get(id).is_some_and(IkeSa::is_dead)).collect();
         for id in dead {
             self.admission.closed(id);
             if let Some(sa) = self.sas.remove(&id) {
@@ -628,17 +658,25 @@ impl Endpoint {
         }
     }
 
+    /// Fires the timers due at `now` (only the SAs whose deadline has come are looked at).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.fire_timers(now);
+        self.sas.reschedule();
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
         let mut ctx = ctx!(self, now);
         let mut reauth = Vec::new();
         let mut restart = Vec::new();
-        for (id, sa) in self.sas.iter_mut() {
+        for id in self.sas.take_due(now) {
+            let Some(sa) = self.sas.get_mut(&id) else { continue };
             if sa.next_timeout().is_some_and(|t| t <= now) {
                 sa.handle_timeout(&mut ctx);
-                self.changed.insert(*id);
+                self.changed.insert(id);
             }
+            // Set only by a timer that fired (re-authentication due, DPD restart).
             if sa.take_reauth_due() {
-                reauth.push((*id, sa.peer().clone()));
+                reauth.push((id, sa.peer().clone()));
             }
             if sa.take_restart_due() {
                 restart.push(sa.peer().name.clone());
@@ -657,8 +695,9 @@ impl Endpoint {
         }
     }
 
+    /// The earliest deadline of any IKE SA (from the index: no SA is looked at).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(IkeSa::next_timeout).min()
+        self.sas.next_deadline()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -703,6 +742,7 @@ impl Endpoint {
         self.by_cookie.insert(sa.cky_i(), id);
         self.sas.insert(id, sa);
         self.changed.insert(id);
+        self.sas.reschedule();
         Ok(id)
     }
 

@@ -48,6 +48,7 @@ mod nat_t;
 mod phase1;
 pub mod proposal;
 mod quick_mode;
+mod sa_store;
 mod seen;
 pub mod snapshot;
 pub mod spi;
