@@ -388,6 +388,26 @@ fn print_config_error(e: &ConfigError) {
     }
 }
 
+/// A configuration `run` refused, as log lines (for --log-format json): one ERROR line per
+/// problem, each with the file, the key, the value and the reason as fields.
+fn log_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid { path, problems } => {
+            for p in problems {
+                tracing::error!(
+                    event = "config_refused",
+                    file = %path.display(),
+                    key = %p.key,
+                    value = %p.value,
+                    problem = %p.reason,
+                    "configuration refused: {p}"
+                );
+            }
+        }
+        other => tracing::error!(event = "config_refused", "{other}"),
+    }
+}
+
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
@@ -483,22 +503,26 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config, log_format, esp_keylog, restore_tunnels } => {
             logging::init(log_format);
+            // Every line from here on is the log's: one line per event, JSON with --log-format json.
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    tracing::error!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
             match rt.block_on(daemon::run(&config, esp_keylog, restore_tunnels)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(daemon::DaemonError::Config(e)) => {
-                    print_config_error(&e);
+                    match log_format {
+                        // For people: as `vpngw check` prints it.
+                        LogFormat::Text => print_config_error(&e),
+                        LogFormat::Json => log_config_error(&e),
+                    }
                     ExitCode::from(2)
                 }
                 Err(e) => {
                     tracing::error!("{e}");
-                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }
