@@ -2,7 +2,8 @@
 //! two vpngw gateways bring a tunnel up; `vpngw rekey/down/up` and one management API call are
 //! each logged once as an action with its origin; every line naming an SPI names its
 //! connection; no line has a `peer` field; a dead peer (the other daemon killed) is one WARN
-//! line; and `run` with an invalid configuration writes only JSON lines, one per problem.
+//! line; a daemon that cannot start says so in one JSON line; and `run` with an invalid
+//! configuration writes only JSON lines, one per problem.
 //!
 //! Dead peer detection cannot time out in less than 30 s (`[connection.dpd] timeout_seconds`
 //! is 30-60), so this test takes about a minute.
@@ -117,6 +118,23 @@ fn json_log_names_connections_actions_and_one_line_per_event() {
     // The API: one rekey (202 started, or 409 when one is under way: logged alike).
     let code = api_post(&lab, &lab.left, "/api/v1/connections/tunnel/rekey");
     assert!(code == 202 || code == 409, "API rekey: {code}");
+
+    // A second daemon next to the first cannot start (UDP 500 is held): one JSON ERROR line.
+    let second = lab.dir.join("logs-second.toml");
+    std::fs::write(
+        &second,
+        left_config
+            .replace(&left.socket.display().to_string(), &lab.dir.join("logs-second.sock").display().to_string()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&second, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let args = ["run", "--config", &second.display().to_string(), "--log-format", "json"];
+    let out = lab.exec(&lab.left, &binary().display().to_string(), &args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let failed = json_lines(&String::from_utf8_lossy(&out.stderr));
+    let errors: Vec<&Value> = failed.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{failed:?}");
+    assert!(field(errors[0], "message").is_some_and(|m| m.contains("UDP")), "{}", errors[0]);
 
     // The peer's daemon dies without a word: dead peer detection on the left, one WARN line.
     let killed_at = left.log_text().lines().count();

@@ -388,6 +388,15 @@ fn print_config_error(e: &ConfigError) {
     }
 }
 
+/// Why `run` could not start, once: `error: ...` for people (text), one ERROR line of the
+/// log for collectors (json, where every line must be JSON).
+fn fatal(format: LogFormat, e: &dyn std::fmt::Display) {
+    match format {
+        LogFormat::Text => eprintln!("error: {e}"),
+        LogFormat::Json => tracing::error!("{e}"),
+    }
+}
+
 /// A configuration `run` refused, as log lines (for --log-format json): one ERROR line per
 /// problem, each with the file, the key, the value and the reason as fields.
 fn log_config_error(e: &ConfigError) {
@@ -503,11 +512,10 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config, log_format, esp_keylog, restore_tunnels } => {
             logging::init(log_format);
-            // Every line from here on is the log's: one line per event, JSON with --log-format json.
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    fatal(log_format, &e);
                     return ExitCode::FAILURE;
                 }
             };
@@ -522,7 +530,7 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
+                    fatal(log_format, &e);
                     ExitCode::FAILURE
                 }
             }
