@@ -261,7 +261,7 @@ impl ChildSet {
         if beaten {
             let c = &mut self.records[i];
             tracing::info!(
-                peer = %peer,
+                connection = %peer,
                 %spi_in,
                 selectors = %c.pair,
                 "rekey collision: this pair is redundant (lower nonce); the other new pair will carry the traffic"
@@ -280,7 +280,7 @@ impl ChildSet {
         ctx.events.push_back(Event::ChildSaActive { peer: peer.to_string(), spi_in, spi_out });
         for other in self.records.iter_mut().filter(|o| o.pair == pair && o.spi_in != spi_in) {
             if other.state != ChildSaState::Replaced {
-                tracing::debug!(peer = %peer, old = %other.spi_in, new = %spi_in, "child SA replaced");
+                tracing::debug!(connection = %peer, old = %other.spi_in, new = %spi_in, "child SA replaced");
             }
             other.state = ChildSaState::Replaced;
             other.rekey_at = None;

@@ -351,6 +351,7 @@ impl Endpoint {
                         remote,
                         reason: FailReason::VersionMismatch,
                         detail: format!("version: peer speaks IKEv{}, configured v1", v >> 4),
+                        logged: false,
                     });
                 }
                 return;
@@ -410,7 +411,7 @@ impl Endpoint {
             .cloned()
             .collect();
         let fail = |this: &mut Self, peer: Option<String>, reason: FailReason, detail: String| {
-            this.events.push_back(Event::NegotiationFailed { peer, remote: rx.remote, reason, detail });
+            this.events.push_back(Event::NegotiationFailed { peer, remote: rx.remote, reason, detail, logged: false });
         };
         if candidates.is_empty() {
             self.drops.count("unknown_peer", rx.remote);
@@ -542,7 +543,7 @@ impl Endpoint {
         }
         let why = if unheard { "the peer does not hear ours" } else { "the peer's has the higher cookie" };
         tracing::info!(
-            peer = %peer.name,
+            connection = %peer.name,
             "both sides initiated phase 1 at once: answering the peer's exchange, ours waits for it to authenticate ({why})"
         );
         let ctx = ctx!(self, now);
@@ -562,7 +563,7 @@ impl Endpoint {
             |sa| sa.peer().name == name && sa.awaits_first_reply(),
             |id, sa| {
                 if id != established {
-                    tracing::debug!(peer = %name, "our unanswered first message is not needed: dropped");
+                    tracing::debug!(connection = %name, "our unanswered first message is not needed: dropped");
                     sa.drop_all(&mut ctx, DeleteReason::Local);
                 }
             },
@@ -583,7 +584,7 @@ impl Endpoint {
                 |sa| sa.peer().name == name,
                 |other, sa| {
                     if other != id {
-                        tracing::info!(peer = %name, "INITIAL-CONTACT: dropping older SAs with this peer");
+                        tracing::info!(connection = %name, "INITIAL-CONTACT: dropping older SAs with this peer");
                         sa.drop_all(&mut ctx, DeleteReason::PeerDeleted);
                     }
                 },
@@ -622,7 +623,7 @@ impl Endpoint {
         }
         let mut ctx = ctx!(self, now);
         if !older.is_empty() {
-            tracing::info!(peer = %name, child_sas = moved.len(), ours = replaces.is_some(), "new IKE SA takes over the child SAs");
+            tracing::info!(connection = %name, child_sas = moved.len(), ours = replaces.is_some(), "new IKE SA takes over the child SAs");
         }
         if let Some(new) = self.sas.get_mut(&id) {
             new.adopt_children(moved);
@@ -690,7 +691,7 @@ impl Endpoint {
             self.start_reauthentication(now, old, peer);
         }
         for name in restart {
-            tracing::info!(peer = %name, "dead peer detection: negotiating again (dpd action restart)");
+            tracing::info!(connection = %name, "dead peer detection: negotiating again (dpd action restart)");
             let _ = self.initiate(now, &name);
         }
     }

@@ -47,7 +47,7 @@ impl Established {
         let ours = link.peer.phase1.lifetime.as_secs();
         let lifetime = bounded(ours, choice.lifetime_seconds, PEER_FLOOR_SECONDS).max(1);
         if choice.lifetime_seconds.is_some_and(|t| t != ours) {
-            tracing::info!(peer = %link.peer.name, offered = ?choice.lifetime_seconds, configured = ours, used = lifetime, "IKE SA lifetimes differ: the shorter is used");
+            tracing::info!(connection = %link.peer.name, offered = ?choice.lifetime_seconds, configured = ours, used = lifetime, "IKE SA lifetimes differ: the shorter is used");
         }
         let liveness = Liveness::start(ctx.now, ctx.rng, Duration::from_secs(lifetime), link.role);
         ctx.events.push_back(Event::IkeSaEstablished {

@@ -231,6 +231,9 @@ pub enum Event {
         reason: FailReason,
         /// What differed, in the configuration's words; never key material.
         detail: String,
+        /// The engine logged this failure itself, at WARN (dead peer detection): the gateway
+        /// records it without a second line.
+        logged: bool,
     },
 }
 

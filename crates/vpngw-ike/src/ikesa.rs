@@ -322,11 +322,11 @@ impl IkeSa {
         if self.is_paused(ctx.now) {
             // An answer to our first message while we let the peer's exchange go first: the
             // peer answers it again when we resend it, if theirs does not authenticate.
-            tracing::debug!(peer = %self.link.peer.name, "answer to our paused first message: ignored");
+            tracing::debug!(connection = %self.link.peer.name, "answer to our paused first message: ignored");
             return;
         }
         if self.link.repeats_last_taken(rx) {
-            tracing::debug!(peer = %self.link.peer.name, "copy of a phase 1 message already taken: ignored");
+            tracing::debug!(connection = %self.link.peer.name, "copy of a phase 1 message already taken: ignored");
             return;
         }
         let expected = match self.link.mode {
@@ -341,7 +341,7 @@ impl IkeSa {
             Phase::Negotiating(phase1) => phase1,
             other => {
                 self.phase = other;
-                tracing::debug!(peer = %self.link.peer.name, "phase 1 message after phase 1: ignored");
+                tracing::debug!(connection = %self.link.peer.name, "phase 1 message after phase 1: ignored");
                 return;
             }
         };
@@ -399,7 +399,7 @@ impl IkeSa {
     pub fn handle_quick_mode(&mut self, ctx: &mut Ctx<'_>, rx: &Received<'_>) {
         let encrypted = rx.header.is_encrypted();
         let Some((est, link)) = self.established().filter(|_| encrypted) else {
-            tracing::debug!(peer = %self.link.peer.name, "quick mode message before phase 1 or unencrypted: dropped");
+            tracing::debug!(connection = %self.link.peer.name, "quick mode message before phase 1 or unencrypted: dropped");
             return;
         };
         let channel = Secured { link, crypto: &est.crypto };
@@ -442,7 +442,7 @@ impl IkeSa {
         match timer {
             Timer::Retransmit => self.on_retransmit_timer(ctx),
             Timer::HalfOpen => {
-                tracing::debug!(peer = %self.link.peer.name, "half-open IKE SA timed out");
+                tracing::debug!(connection = %self.link.peer.name, "half-open IKE SA timed out");
                 self.phase = Phase::Dead;
             }
             Timer::Expiry => {

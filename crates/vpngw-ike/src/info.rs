@@ -73,12 +73,12 @@ pub(crate) fn open(crypto: &MessageCrypto, rx: &Received<'_>, peer: &str) -> Res
         .map_err(|_| Unopened::Undecryptable)?;
     let Some(first) = chain.payloads.first() else { return Err(Unopened::Dropped) };
     let Payload::Hash(hash) = &first.payload else {
-        tracing::debug!(peer = %peer, "informational without HASH first dropped");
+        tracing::debug!(connection = %peer, "informational without HASH first dropped");
         return Err(Unopened::Dropped);
     };
     let rest = &plain[first.range.end..chain.end];
     if !hash_matches(hash, &crypto.hash_a(&[&rx.header.message_id.to_be_bytes(), rest])) {
-        tracing::debug!(peer = %peer, "informational with a bad HASH dropped");
+        tracing::debug!(connection = %peer, "informational with a bad HASH dropped");
         return Err(Unopened::Dropped);
     }
     Ok(chain)
@@ -148,7 +148,7 @@ fn describe_phase2(p: &PeerConfig) -> String {
 /// once keys exist).
 pub(crate) fn announce_failure(ctx: &mut Ctx<'_>, link: &Link, crypto: Option<&MessageCrypto>, failure: ProtocolError) {
     let reason = failure.reason();
-    tracing::debug!(peer = %link.peer.name, %reason, detail = %failure, "negotiation failed");
+    tracing::debug!(connection = %link.peer.name, %reason, detail = %failure, "negotiation failed");
     if let Some(n) = failure.notify() {
         send(ctx, link, crypto, vec![notify(ProtocolId::ISAKMP, n, link.cookies(), Vec::new())]);
     }
@@ -157,5 +157,6 @@ pub(crate) fn announce_failure(ctx: &mut Ctx<'_>, link: &Link, crypto: Option<&M
         remote: link.remote,
         reason,
         detail: failure.into_detail(),
+        logged: false,
     });
 }

@@ -76,7 +76,7 @@ impl Liveness {
             self.dpd_seq = self.dpd_seq.wrapping_add(1) & 0x7fff_ffff;
             self.heard(now);
         } else {
-            tracing::debug!(peer = %peer, seq, expected = self.dpd_seq, "R-U-THERE-ACK with another sequence number ignored");
+            tracing::debug!(connection = %peer, seq, expected = self.dpd_seq, "R-U-THERE-ACK with another sequence number ignored");
         }
     }
 
@@ -102,7 +102,7 @@ impl Liveness {
     pub fn on_reauth_timer(&mut self, now: Instant, peer: &str) -> bool {
         if self.reauth_at.is_some_and(|t| now >= t) {
             self.reauth_at = None;
-            tracing::info!(peer = %peer, "IKE SA lifetime nearly over: re-authenticating");
+            tracing::info!(connection = %peer, "IKE SA lifetime nearly over: re-authenticating");
             return true;
         }
         false
@@ -116,17 +116,29 @@ impl Liveness {
         let heard = self.last_heard;
         let silent = ctx.now.saturating_duration_since(heard);
         if silent >= policy.timeout {
-            tracing::warn!(peer = %link.peer.name, silent_seconds = silent.as_secs(), action = %policy.action, "dead peer detected");
+            let detail = format!(
+                "dead peer detection: nothing heard from {} for {} s (dpd action {})",
+                link.remote.ip(),
+                silent.as_secs(),
+                policy.action
+            );
+            let reason = FailReason::PeerUnreachable;
+            // The one line for this event: the gateway records the failure without another.
+            tracing::warn!(
+                event = "dpd_timeout",
+                connection = %link.peer.name,
+                remote = %link.remote,
+                silent_seconds = silent.as_secs(),
+                action = %policy.action,
+                %reason,
+                "dead peer detected"
+            );
             ctx.events.push_back(Event::NegotiationFailed {
                 peer: Some(link.peer.name.clone()),
                 remote: link.remote,
-                reason: FailReason::PeerUnreachable,
-                detail: format!(
-                    "dead peer detection: nothing heard from {} for {} s (dpd action {})",
-                    link.remote.ip(),
-                    silent.as_secs(),
-                    policy.action
-                ),
+                reason,
+                detail,
+                logged: true,
             });
             return DpdOutcome::Dead { restart: policy.action == DpdAction::Restart };
         }
@@ -137,7 +149,7 @@ impl Liveness {
         if probe_due {
             self.last_probe = Some(ctx.now);
             let seq = self.dpd_seq;
-            tracing::debug!(peer = %link.peer.name, seq, "R-U-THERE");
+            tracing::debug!(connection = %link.peer.name, seq, "R-U-THERE");
             let probe =
                 info::notify(ProtocolId::ISAKMP, NotifyType::R_U_THERE, link.cookies(), seq.to_be_bytes().to_vec());
             info::send_secured(ctx, channel, vec![probe]);

@@ -61,7 +61,7 @@ pub(crate) fn read_vendor_ids(chain: &PayloadChain, peer: &str) -> PeerVendorIds
                 draft = true
             }
             x if x == vendor_id::DPD => dpd = true,
-            other => tracing::debug!(peer = %peer, vendor_id = %hex_string(other), "unknown vendor ID ignored"),
+            other => tracing::debug!(connection = %peer, vendor_id = %hex_string(other), "unknown vendor ID ignored"),
         }
     }
     let nat_t = if rfc {
@@ -129,7 +129,7 @@ impl NatT {
         let remote_hash = nat_d(i.hash, i.cky_i, i.cky_r, i.remote);
         let remote_ok = theirs.iter().any(|h| *h == remote_hash);
         if !local_ok || !remote_ok || i.forced {
-            tracing::debug!(peer = %peer, local_behind_nat = !local_ok, peer_behind_nat = !remote_ok, forced = i.forced, "NAT detected");
+            tracing::debug!(connection = %peer, local_behind_nat = !local_ok, peer_behind_nat = !remote_ok, forced = i.forced, "NAT detected");
             self.detected = true;
         }
         Ok(())

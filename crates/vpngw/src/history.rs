@@ -62,20 +62,27 @@ pub struct ConnectionHistory {
 impl ConnectionHistory {
     /// A negotiation failed. `known` is the configured connection it concerns, if any; `name`
     /// what the failure is filed under (the peer's name, or its address when unknown).
+    /// `logged`: the engine logged this failure itself (dead peer detection); it is recorded
+    /// without a line of its own.
     pub fn negotiation_failed(
         &mut self,
+        logged: bool,
         known: Option<&str>,
         name: &str,
         remote: SocketAddr,
         reason: FailReason,
         detail: String,
     ) {
-        self.negotiation_failed_at(Instant::now(), known, name, remote, reason, detail);
+        self.negotiation_failed_at(Instant::now(), logged, known, name, remote, reason, detail);
     }
 
+    // The failure as the engine reported it, plus the clock and whether it was logged already:
+    // a struct for one private call would only rename the arguments.
+    #[allow(clippy::too_many_arguments)]
     fn negotiation_failed_at(
         &mut self,
         now: Instant,
+        logged: bool,
         known: Option<&str>,
         name: &str,
         remote: SocketAddr,
@@ -108,8 +115,10 @@ impl ConnectionHistory {
                 history.truncate(FAILURES_KEPT);
                 // Logged once per distinct failure, not once per retransmission or retry; for
                 // unknown peers (anyone can make one up) at most once a second as well.
-                if known.is_some() || self.unknown_log.may_log(now) {
-                    tracing::warn!(connection = %name, %remote, %reason, %detail, "negotiation failed");
+                if logged {
+                    tracing::debug!(connection = %name, %remote, %reason, %detail, "negotiation failed");
+                } else if known.is_some() || self.unknown_log.may_log(now) {
+                    tracing::warn!(event = "negotiation_failed", connection = %name, %remote, %reason, %detail, "negotiation failed");
                 }
             }
         }
@@ -266,14 +275,14 @@ mod tests {
         let remote: SocketAddr = "198.51.100.2:500".parse().unwrap_or_else(|e| panic!("{e}"));
         let mut h = ConnectionHistory::default();
         for i in 0..12 {
-            h.negotiation_failed(Some("a"), "a", remote, FailReason::PeerUnreachable, format!("try {i}"));
+            h.negotiation_failed(false, Some("a"), "a", remote, FailReason::PeerUnreachable, format!("try {i}"));
         }
-        h.negotiation_failed(Some("a"), "a", remote, FailReason::PeerUnreachable, "try 5".into());
+        h.negotiation_failed(false, Some("a"), "a", remote, FailReason::PeerUnreachable, "try 5".into());
         let kept: Vec<(&str, u64)> = h.failures("a").map(|f| (f.detail.as_str(), f.count)).collect();
         assert_eq!(kept.len(), FAILURES_KEPT);
         assert_eq!(kept[0], ("try 5", 2));
         assert_eq!(h.events("a").failures.iter().sum::<u64>(), 13);
-        h.negotiation_failed(None, "(unknown peer 192.0.2.9)", remote, FailReason::UnknownPeer, String::new());
+        h.negotiation_failed(false, None, "(unknown peer 192.0.2.9)", remote, FailReason::UnknownPeer, String::new());
         assert_eq!(h.unknown_peer_negotiations(), 1);
         assert!(h.last_failure("(unknown peer 192.0.2.9)").is_some());
         h.forget("a");
@@ -294,7 +303,7 @@ mod tests {
         for i in 0..10_000 {
             let (name, remote) = unknown(i);
             let now = start + Duration::from_micros(u64::from(i) * 50);
-            h.negotiation_failed_at(now, None, &name, remote, FailReason::UnknownPeer, String::new());
+            h.negotiation_failed_at(now, false, None, &name, remote, FailReason::UnknownPeer, String::new());
             assert!(h.unknown.len() <= UNKNOWN_PEERS_KEPT);
             assert_eq!(h.unknown.by_use.len(), h.unknown.len());
         }
@@ -315,6 +324,7 @@ mod tests {
         let (name, remote) = unknown(20_000);
         h.negotiation_failed_at(
             start + Duration::from_secs(4),
+            false,
             None,
             &name,
             remote,
@@ -329,12 +339,12 @@ mod tests {
         let mut h = ConnectionHistory::default();
         let now = Instant::now();
         let (first, remote) = unknown(0);
-        h.negotiation_failed_at(now, None, &first, remote, FailReason::UnknownPeer, String::new());
+        h.negotiation_failed_at(now, false, None, &first, remote, FailReason::UnknownPeer, String::new());
         for i in 1..1_000 {
             let (name, remote) = unknown(i);
-            h.negotiation_failed_at(now, None, &name, remote, FailReason::UnknownPeer, String::new());
+            h.negotiation_failed_at(now, false, None, &name, remote, FailReason::UnknownPeer, String::new());
             // The first peer keeps failing: it stays.
-            h.negotiation_failed_at(now, None, &first, remote, FailReason::UnknownPeer, String::new());
+            h.negotiation_failed_at(now, false, None, &first, remote, FailReason::UnknownPeer, String::new());
         }
         assert_eq!(h.last_failure(&first).map(|f| f.count), Some(1_000));
         assert_eq!(h.unknown.len(), UNKNOWN_PEERS_KEPT);
@@ -345,10 +355,10 @@ mod tests {
         let mut h = ConnectionHistory::default();
         let now = Instant::now();
         let remote: SocketAddr = "198.51.100.2:500".parse().unwrap_or_else(|e| panic!("{e}"));
-        h.negotiation_failed_at(now, Some("a"), "a", remote, FailReason::PeerUnreachable, String::new());
+        h.negotiation_failed_at(now, false, Some("a"), "a", remote, FailReason::PeerUnreachable, String::new());
         for i in 0..1_000 {
             let (name, remote) = unknown(i);
-            h.negotiation_failed_at(now, None, &name, remote, FailReason::UnknownPeer, String::new());
+            h.negotiation_failed_at(now, false, None, &name, remote, FailReason::UnknownPeer, String::new());
         }
         assert!(h.last_failure("a").is_some());
         assert_eq!(h.events("a").failures.iter().sum::<u64>(), 1);

@@ -415,6 +415,35 @@ impl Target {
     }
 }
 
+/// Why `run` could not start, once: `error: ...` for people (text), one ERROR line of the
+/// log for collectors (json, where every line must be JSON).
+fn fatal(format: LogFormat, e: &dyn std::fmt::Display) {
+    match format {
+        LogFormat::Text => eprintln!("error: {e}"),
+        LogFormat::Json => tracing::error!("{e}"),
+    }
+}
+
+/// A configuration `run` refused, as log lines (for --log-format json): one ERROR line per
+/// problem, each with the file, the key, the value and the reason as fields.
+fn log_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid { path, problems } => {
+            for p in problems {
+                tracing::error!(
+                    event = "config_refused",
+                    file = %path.display(),
+                    key = %p.key,
+                    value = %p.value,
+                    problem = %p.reason,
+                    "configuration refused: {p}"
+                );
+            }
+        }
+        other => tracing::error!(event = "config_refused", "{other}"),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
@@ -457,19 +486,22 @@ fn main() -> ExitCode {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    fatal(log_format, &e);
                     return ExitCode::FAILURE;
                 }
             };
             match rt.block_on(daemon::run(&config, esp_keylog, restore_tunnels)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(daemon::DaemonError::Config(e)) => {
-                    ops::check::print_config_error(&e);
+                    match log_format {
+                        // For people: as `vpngw check` prints it.
+                        LogFormat::Text => ops::check::print_config_error(&e),
+                        LogFormat::Json => log_config_error(&e),
+                    }
                     ExitCode::from(2)
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("error: {e}");
+                    fatal(log_format, &e);
                     ExitCode::FAILURE
                 }
             }

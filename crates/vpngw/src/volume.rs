@@ -166,22 +166,22 @@ impl SaWatch {
                 let last_tick = used.saturating_sub(self.volume_seen.get(&c.spi_in).copied().unwrap_or(0));
                 seen.insert(c.spi_in, used);
                 match classify(limit, c.spi_in.get() % 10, used, last_tick) {
-                    Volume::Hard => hard.push(c.spi_in),
+                    Volume::Hard => hard.push((s.peer.clone(), c.spi_in)),
                     Volume::Soft if c.state == ChildSaState::Active => {
-                        soft.push((c.spi_in, used / (limit / 100).max(1), last_tick));
+                        soft.push((s.peer.clone(), c.spi_in, used / (limit / 100).max(1), last_tick));
                     }
                     _ => {}
                 }
             }
         }
         self.volume_seen = seen;
-        for (spi, percent, last_tick) in soft {
+        for (connection, spi, percent, last_tick) in soft {
             if endpoint.rekey_child(now, spi) {
-                tracing::info!(spi_in = %spi, used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
+                tracing::info!(%connection, spi_in = %spi, used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
             }
         }
-        for spi in hard {
-            tracing::info!(spi_in = %spi, "child SA reached its volume lifetime: deleted");
+        for (connection, spi) in hard {
+            tracing::info!(%connection, spi_in = %spi, "child SA reached its volume lifetime: deleted");
             endpoint.expire_child(now, spi);
         }
     }

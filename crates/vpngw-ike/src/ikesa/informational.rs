@@ -36,14 +36,14 @@ impl IkeSa {
                         );
                         return None;
                     }
-                    tracing::debug!(peer = %self.link.peer.name, "undecryptable informational message dropped");
+                    tracing::debug!(connection = %self.link.peer.name, "undecryptable informational message dropped");
                     return Some("undecryptable_informational");
                 }
                 Err(Unopened::Dropped) => return Some("unauthenticated_informational"),
             }
         } else {
             if self.is_established() {
-                tracing::debug!(peer = %self.link.peer.name, "unprotected informational after phase 1 dropped");
+                tracing::debug!(connection = %self.link.peer.name, "unprotected informational after phase 1 dropped");
                 return Some("unprotected_informational");
             }
             match plain_payloads(rx) {
@@ -56,7 +56,7 @@ impl IkeSa {
             if let Phase::Established(est) = &mut self.phase
                 && !est.informational_ids.insert(rx.header.message_id)
             {
-                tracing::debug!(peer = %self.link.peer.name, message_id = rx.header.message_id, "replayed informational dropped");
+                tracing::debug!(connection = %self.link.peer.name, message_id = rx.header.message_id, "replayed informational dropped");
                 return Some("replayed_informational");
             }
             self.heard(ctx.now);
@@ -93,7 +93,7 @@ impl IkeSa {
             // It drops every other SA with the peer: only the peer itself may say so.
             NotifyType::INITIAL_CONTACT if authenticated => self.initial_contact_received = true,
             t if t.is_error() => self.on_refusal(ctx, n),
-            _ => tracing::debug!(peer = %self.link.peer.name, notify = %n.notify_type, "notify ignored"),
+            _ => tracing::debug!(connection = %self.link.peer.name, notify = %n.notify_type, "notify ignored"),
         }
     }
 
@@ -117,6 +117,7 @@ impl IkeSa {
             remote: self.link.remote,
             reason,
             detail,
+            logged: false,
         });
         if !self.is_established() {
             self.die();

@@ -108,7 +108,7 @@ pub(crate) fn on_qm2(
     // RESPONDER-LIFETIME: the smaller value wins.
     for n in chain.notifies().filter(|n| n.notify_type == NotifyType::RESPONDER_LIFETIME) {
         let (s, kb) = proposal::parse_responder_lifetime(&n.data);
-        tracing::info!(peer = %link.peer.name, seconds = ?s, kilobytes = ?kb, "peer sent RESPONDER-LIFETIME");
+        tracing::info!(connection = %link.peer.name, seconds = ?s, kilobytes = ?kb, "peer sent RESPONDER-LIFETIME");
         if let Some(s) = s {
             choice.lifetime_seconds = Some(choice.lifetime_seconds.map_or(s, |c| c.min(s)));
         }

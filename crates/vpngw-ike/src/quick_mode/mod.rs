@@ -149,7 +149,7 @@ impl QuickModes {
             return false;
         }
         children.rekey_started(old);
-        tracing::info!(peer = %channel.link.peer.name, spi_in = %old, selectors = %pair, "rekeying child SA");
+        tracing::info!(event = "child_sa_rekey", connection = %channel.link.peer.name, spi_in = %old, selectors = %pair, "rekeying child SA");
         // Through the queue: rekeys of many pairs at once (`vpngw rekey`) run a few at a time too.
         self.queue.push_back(Queued { pair, replaces: Some(old) });
         self.pump(ctx, channel, children);
@@ -205,14 +205,14 @@ impl QuickModes {
         if self.aborted.contains(&mid) {
             // The peer answering a quick mode we gave up on (its refusal of another one did not
             // say which): not a new exchange, nothing to decrypt with.
-            tracing::debug!(peer = %peer, message_id = mid, "answer to an aborted quick mode: dropped");
+            tracing::debug!(connection = %peer, message_id = mid, "answer to an aborted quick mode: dropped");
             return false;
         }
         let Some(i) = self.exchanges.iter().position(|q| q.message_id == mid) else {
             if self.peer_started.contains(mid) {
                 // A copy of a QM1 answered long ago (its exchange no longer kept): authentic,
                 // but acting on it again would cost a DH and install a stray SA.
-                tracing::debug!(peer = %peer, message_id = mid, "replayed quick mode dropped");
+                tracing::debug!(connection = %peer, message_id = mid, "replayed quick mode dropped");
                 return false;
             }
             return self.respond(ctx, channel, children, rx);
@@ -232,14 +232,14 @@ impl QuickModes {
             // Neither a duplicate we answered nor a step we expect: not read, so not a sign
             // that the peer is alive either (anyone on the path could replay it).
             _ => {
-                tracing::debug!(peer = %peer, message_id = mid, "unexpected quick mode message: dropped");
+                tracing::debug!(connection = %peer, message_id = mid, "unexpected quick mode message: dropped");
                 return false;
             }
         };
         match result {
             Err(f) if f.is_unauthenticated() => {
                 // Not shown to come from the peer: our exchange goes on as if it never came.
-                tracing::debug!(peer = %peer, message_id = mid, error = %f, "unauthenticated quick mode message dropped");
+                tracing::debug!(connection = %peer, message_id = mid, error = %f, "unauthenticated quick mode message dropped");
                 false
             }
             Ok(installed) => {
@@ -264,7 +264,7 @@ impl QuickModes {
         let open = self.exchanges.iter().filter(|q| q.role == Role::Responder && q.is_open()).count();
         let limit = MAX_CHILD_SAS_PER_PAIR * channel.link.peer.subnets.len().max(1);
         if open >= MAX_PEER_IN_FLIGHT || children.records().count() >= limit {
-            tracing::debug!(peer = %channel.link.peer.name, open, child_sas = children.records().count(), "quick mode over the limits: dropped");
+            tracing::debug!(connection = %channel.link.peer.name, open, child_sas = children.records().count(), "quick mode over the limits: dropped");
             return false;
         }
         let mut offered = None;
@@ -279,11 +279,11 @@ impl QuickModes {
                 true
             }
             Err(f) if f.is_unauthenticated() => {
-                tracing::debug!(peer = %channel.link.peer.name, error = %f, "unauthenticated quick mode message dropped");
+                tracing::debug!(connection = %channel.link.peer.name, error = %f, "unauthenticated quick mode message dropped");
                 false
             }
             Err(f) => {
-                tracing::debug!(peer = %channel.link.peer.name, reason = %f.reason(), "quick mode refused");
+                tracing::debug!(connection = %channel.link.peer.name, reason = %f.reason(), "quick mode refused");
                 // Its retransmissions are dropped, not refused again (with a DH each under PFS).
                 self.remember_aborted(rx.header.message_id);
                 report(ctx, channel, f, offered.unwrap_or(Spi::new(0)));
@@ -401,7 +401,7 @@ impl QuickModes {
         for s in &dropped {
             ctx.spis.release(*s);
         }
-        tracing::debug!(peer = %channel.link.peer.name, %reason, detail, aborted = dropped.len(), "pending quick modes aborted");
+        tracing::debug!(connection = %channel.link.peer.name, %reason, detail, aborted = dropped.len(), "pending quick modes aborted");
         self.pump(ctx, channel, children);
     }
 }
@@ -418,5 +418,6 @@ fn report(ctx: &mut Ctx<'_>, channel: Secured<'_>, f: ProtocolError, spi: Spi) {
         remote: link.remote,
         reason: f.reason(),
         detail: f.into_detail(),
+        logged: false,
     });
 }

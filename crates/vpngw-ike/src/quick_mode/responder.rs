@@ -178,7 +178,7 @@ fn reply_qm2(
     }
     if shorter {
         let (seconds, kilobytes) = qm.lifetime;
-        tracing::info!(peer = %link.peer.name, seconds = seconds.unwrap_or_default(), ?kilobytes, "our IPsec SA lifetime is shorter than offered: sending RESPONDER-LIFETIME");
+        tracing::info!(connection = %link.peer.name, seconds = seconds.unwrap_or_default(), ?kilobytes, "our IPsec SA lifetime is shorter than offered: sending RESPONDER-LIFETIME");
         rest.push(Payload::Notify(NotifyPayload::new(
             ProtocolId::ESP,
             NotifyType::RESPONDER_LIFETIME,

@@ -45,7 +45,14 @@ impl Daemon {
                 }
             }
             ToControl::RekeyDue { spi_out } => {
-                tracing::info!(%spi_out, "outbound SA near its sequence-number limit: rekeying");
+                let endpoint = &self.ike.endpoint;
+                let connection = endpoint
+                    .ike_sas()
+                    .iter()
+                    .find(|s| s.children.iter().any(|c| c.spi_out == spi_out))
+                    .map(|s| s.peer.clone())
+                    .unwrap_or_default();
+                tracing::info!(%connection, %spi_out, "outbound SA near its sequence-number limit: rekeying");
                 self.ike.endpoint.rekey_child(Instant::now(), spi_out);
             }
         }
@@ -65,7 +72,7 @@ impl Daemon {
                 nat_detected,
                 ..
             } => {
-                tracing::info!(connection = %peer, %role, %mode, %remote, encryption = %encryption, authentication = %hash, dh_group = %dh_group, lifetime_seconds, nat_detected, "IKE SA established");
+                tracing::info!(event = "ike_sa_established", connection = %peer, %role, %mode, %remote, encryption = %encryption, authentication = %hash, dh_group = %dh_group, lifetime_seconds, nat_detected, "IKE SA established");
             }
             Event::ChildSaEstablished { peer, child, .. } => self.child_sa_established(&peer, &child),
             Event::ChildSaActive { peer, spi_in, spi_out } => {
@@ -77,7 +84,7 @@ impl Daemon {
                 }
             }
             Event::ChildSaDeleted { peer, spi_in, spi_out, reason } => {
-                tracing::info!(connection = %peer, %spi_in, %spi_out, %reason, "child SA deleted");
+                tracing::info!(event = "child_sa_deleted", connection = %peer, %spi_in, %spi_out, %reason, "child SA deleted");
                 self.child_sas.deleted(spi_in, spi_out);
                 if reason == DeleteReason::Rekeyed {
                     self.history.rekeyed(&peer);
@@ -87,7 +94,7 @@ impl Daemon {
                 }
             }
             Event::IkeSaDeleted { peer, reason, .. } => {
-                tracing::info!(connection = %peer, %reason, "IKE SA deleted");
+                tracing::info!(event = "ike_sa_deleted", connection = %peer, %reason, "IKE SA deleted");
                 match reason {
                     DeleteReason::DeadPeer => self.history.dpd_timeout(&peer),
                     DeleteReason::Reauthenticated => self.history.reauthenticated(&peer),
@@ -97,14 +104,15 @@ impl Daemon {
                     self.schedule_retry(&peer);
                 }
             }
-            Event::NegotiationFailed { peer, remote, reason, detail } => {
-                self.negotiation_failed(peer, remote, reason, detail)
+            Event::NegotiationFailed { peer, remote, reason, detail, logged } => {
+                self.negotiation_failed(peer, remote, reason, detail, logged)
             }
         }
     }
 
     fn child_sa_established(&mut self, peer: &str, child: &ChildSa) {
         tracing::info!(
+            event = "child_sa_established",
             connection = %peer,
             spi_in = %child.spi_in,
             spi_out = %child.spi_out,
@@ -127,10 +135,11 @@ impl Daemon {
         remote: std::net::SocketAddr,
         reason: FailReason,
         detail: String,
+        logged: bool,
     ) {
         let known = peer.as_deref().filter(|p| self.connection(p).is_some());
         let name = peer.clone().unwrap_or_else(|| format!("(unknown peer {})", remote.ip()));
-        self.history.negotiation_failed(known, &name, remote, reason, detail);
+        self.history.negotiation_failed(logged, known, &name, remote, reason, detail);
         if let Some(p) = peer {
             self.schedule_retry(&p);
         }

@@ -52,13 +52,13 @@ impl Daemon {
         let outcome = self.reload_file().await;
         self.reloads.count(outcome.is_ok(), std::time::SystemTime::now());
         match &outcome {
-            Ok(applied) => tracing::info!("configuration reloaded: {applied}"),
+            Ok(applied) => tracing::info!(event = "config_reloaded", "configuration reloaded: {applied}"),
             Err(refused) => {
                 for p in &refused.problems {
-                    tracing::error!(key = %p.key, value = %p.value, problem = %p.reason, "reload refused: {}", refused.why);
+                    tracing::error!(event = "config_refused", key = %p.key, value = %p.value, problem = %p.reason, "reload refused: {}", refused.why);
                 }
                 if refused.problems.is_empty() {
-                    tracing::error!("reload refused: {}", refused.why);
+                    tracing::error!(event = "config_refused", "reload refused: {}", refused.why);
                 }
             }
         }

@@ -95,7 +95,7 @@ impl LinkPathDriver {
         let now_failed: BTreeSet<Ipv4Addr> = failed.iter().map(|(peer, _)| *peer).collect();
         for (peer, e) in failed {
             if !self.failed.contains(&peer) {
-                tracing::warn!(%peer, error = %e, "cannot open the link path's socket: raw ESP to this peer takes the IP socket");
+                tracing::warn!(remote = %peer, error = %e, "cannot open the link path's socket: raw ESP to this peer takes the IP socket");
             }
         }
         self.failed = now_failed;

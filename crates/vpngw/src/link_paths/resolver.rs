@@ -110,7 +110,7 @@ impl LinkPathResolver {
             match (&outcome, self.last.get(&peer)) {
                 (Ok(hop), Some(Ok(old))) if hop == old => {}
                 (Ok(hop), _) => tracing::info!(
-                    %peer,
+                    remote = %peer,
                     device = %hop.device,
                     next_hop_mac = %MacAddr(&hop.destination_mac),
                     mtu = hop.mtu,
@@ -119,7 +119,9 @@ impl LinkPathResolver {
                 (Err(why), Some(Err(old))) if why == old => {}
                 // Stale entries come and go every half minute by design: not news.
                 (Err(Unusable::Stale(_)), Some(Ok(_))) => {}
-                (Err(why), _) => tracing::info!(%peer, reason = %why, "raw ESP to this peer takes the IP socket"),
+                (Err(why), _) => {
+                    tracing::info!(remote = %peer, reason = %why, "raw ESP to this peer takes the IP socket")
+                }
             }
             // What was last logged: a stale pause keeps the path it interrupts, so that its
             // end is not logged as news either.

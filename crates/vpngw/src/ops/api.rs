@@ -15,7 +15,9 @@ use std::path::Path;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path as UrlPath, RawQuery, Request as HttpRequest, State};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, Path as UrlPath, RawQuery, Request as HttpRequest, State,
+};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -26,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use toml::Table;
 
 use crate::config::{Api, ApiTls, Connection, loose_secret_mode, overlap, parse_connection};
-use crate::ops::control::{Command, ErrorKind, ProblemView, Request, Response};
+use crate::ops::control::{self, Command, ErrorKind, Origin, ProblemView, Request, Response};
 use crate::ops::peer_config::Format;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +154,7 @@ const TLS_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// the task is aborted (the connections' tasks go with it).
 async fn serve_listener(listener: tokio::net::TcpListener, app: Router, tls: Option<tokio_rustls::TlsAcceptor>) {
     let Some(acceptor) = tls else {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!(error = %e, "management API stopped");
         }
         return;
@@ -171,17 +173,18 @@ async fn serve_listener(listener: tokio::net::TcpListener, app: Router, tls: Opt
             }
         };
         while connections.try_join_next().is_some() {}
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        // The client's address for the handlers, as axum::serve's connect info gives it.
+        let (acceptor, app) = (acceptor.clone(), app.clone().layer(axum::Extension(ConnectInfo(peer))));
         connections.spawn(async move {
             let _slot = slot;
             let stream = match tokio::time::timeout(TLS_CLIENT_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "management API: TLS handshake failed");
+                    tracing::debug!(client = %peer, error = %e, "management API: TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "management API: TLS handshake timed out");
+                    tracing::debug!(client = %peer, "management API: TLS handshake timed out");
                     return;
                 }
             };
@@ -192,7 +195,7 @@ async fn serve_listener(listener: tokio::net::TcpListener, app: Router, tls: Opt
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
             if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "management API: connection ended");
+                tracing::debug!(client = %peer, error = %e, "management API: connection ended");
             }
         });
     }
@@ -426,6 +429,24 @@ async fn authorize(State(ctx): State<Ctx>, req: HttpRequest, next: Next) -> Http
     next.run(req).await
 }
 
+/// The API client's address, when the server knows it (the connection's `ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+struct Client(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    }
+}
+
+/// A request that changes something: logged once here, where the API accepts it, then asked.
+async fn act(ctx: &Ctx, request: Request, client: Client) -> Response {
+    control::log_action(&request, Origin::Api(client.0));
+    ask(ctx, request).await
+}
+
 async fn ask(ctx: &Ctx, request: Request) -> Response {
     let (tx, rx) = oneshot::channel();
     if ctx.commands.send((request, tx)).await.is_err() {
@@ -482,8 +503,13 @@ async fn get_one(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -
     }
 }
 
-async fn put(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName, JsonBody(body): JsonBody) -> HttpResponse {
-    match ask(&ctx, Request::PutConnection { name: name.clone(), connection: body }).await {
+async fn put(
+    State(ctx): State<Ctx>,
+    client: Client,
+    ConnectionName(name): ConnectionName,
+    JsonBody(body): JsonBody,
+) -> HttpResponse {
+    match act(&ctx, Request::PutConnection { name: name.clone(), connection: body }, client).await {
         Response { ok: true, created, .. } => {
             let created = created == Some(true);
             match ask(&ctx, Request::Connections).await {
@@ -512,19 +538,19 @@ async fn put(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName, JsonB
     }
 }
 
-async fn delete(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
-    match ask(&ctx, Request::DeleteConnection { name }).await {
+async fn delete(State(ctx): State<Ctx>, client: Client, ConnectionName(name): ConnectionName) -> HttpResponse {
+    match act(&ctx, Request::DeleteConnection { name }, client).await {
         Response { ok: true, .. } => StatusCode::NO_CONTENT.into_response(),
         r => refused(r),
     }
 }
 
-async fn initiate(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
-    accepted(ask(&ctx, Request::Up { connection: name }).await)
+async fn initiate(State(ctx): State<Ctx>, client: Client, ConnectionName(name): ConnectionName) -> HttpResponse {
+    accepted(act(&ctx, Request::Up { connection: name }, client).await)
 }
 
-async fn terminate(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
-    accepted(ask(&ctx, Request::Down { connection: name }).await)
+async fn terminate(State(ctx): State<Ctx>, client: Client, ConnectionName(name): ConnectionName) -> HttpResponse {
+    accepted(act(&ctx, Request::Down { connection: name }, client).await)
 }
 
 /// As `vpngw rekey [--ike]`: new child SAs for the connection's established ones, on its IKE
@@ -533,6 +559,7 @@ async fn terminate(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName)
 /// a rekey already under way).
 async fn rekey(
     State(ctx): State<Ctx>,
+    client: Client,
     ConnectionName(name): ConnectionName,
     RawQuery(query): RawQuery,
 ) -> HttpResponse {
@@ -545,7 +572,7 @@ async fn rekey(
                 .into_response();
         }
     };
-    let r = ask(&ctx, Request::Rekey { connection: name, ike }).await;
+    let r = act(&ctx, Request::Rekey { connection: name, ike }, client).await;
     if r.ok {
         return accepted(r);
     }
@@ -572,6 +599,7 @@ async fn diagnosis(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName)
 /// parameter in a problem document.
 async fn peer_config(
     State(ctx): State<Ctx>,
+    client: Client,
     ConnectionName(name): ConnectionName,
     RawQuery(query): RawQuery,
 ) -> HttpResponse {
@@ -584,7 +612,7 @@ async fn peer_config(
                 .into_response();
         }
     };
-    match ask(&ctx, Request::PeerConfig { connection: name, format, include_key }).await {
+    match act(&ctx, Request::PeerConfig { connection: name, format, include_key }, client).await {
         Response { ok: true, peer_config: Some(text), .. } => {
             // A key in the answer: no cache along the way may keep it.
             let cache = if include_key { "no-store" } else { "no-cache" };

@@ -171,6 +171,82 @@ impl Response {
 
 pub type Command = (Request, oneshot::Sender<Response>);
 
+/// Who asked for a request: the control socket (the CLI, keepalived's hooks) or the management
+/// API (with its client's address when known).
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    Cli,
+    Api(Option<std::net::SocketAddr>),
+}
+
+impl Request {
+    /// The action's name and its connection, for a request that changes something (or hands
+    /// out a key); None for a read.
+    pub fn action(&self) -> Option<(&'static str, Option<&str>)> {
+        Some(match self {
+            Self::Up { connection } => ("up", Some(connection)),
+            Self::Down { connection } => ("down", Some(connection)),
+            Self::Rekey { connection, ike: false } => ("rekey", Some(connection)),
+            Self::Rekey { connection, ike: true } => ("rekey-ike", Some(connection)),
+            Self::PeerConfig { connection, include_key: true, .. } => ("peer-config-with-key", Some(connection)),
+            Self::PutConnection { name, .. } => ("connection-add", Some(name)),
+            Self::DeleteConnection { name } => ("connection-remove", Some(name)),
+            Self::Stop { .. } => ("stop", None),
+            Self::HaNotify { .. } => ("ha-notify", None),
+            Self::HaHandover => ("ha-handover", None),
+            Self::Reload => ("reload", None),
+            Self::LogLevel { .. } => ("log-level", None),
+            Self::Status { .. }
+            | Self::Diagnose { .. }
+            | Self::PeerConfig { .. }
+            | Self::Connections
+            | Self::HaCheck
+            | Self::Health
+            | Self::Ready => return None,
+        })
+    }
+
+    /// What else an action's line says: the filter, the keepalived state, the file tunnels are
+    /// saved to, the format of a peer configuration. Never a secret (a connection's body, with
+    /// its key, is not named).
+    fn action_detail(&self) -> Option<String> {
+        match self {
+            Self::LogLevel { filter } => Some(format!("filter {filter}")),
+            Self::HaNotify { state } => Some(format!("keepalived {state}")),
+            Self::Stop { save_tunnels: Some(path) } => Some(format!("save tunnels to {}", path.display())),
+            Self::PeerConfig { format, .. } => Some(format!("format {}", format.as_str())),
+            _ => None,
+        }
+    }
+}
+
+/// The one INFO line for an action an operator asked for (`event=action`), written where the
+/// request is accepted: its name, its connection if any, where it came from (`origin` cli or
+/// api, and the API client's address). Reads are not logged.
+pub fn log_action(request: &Request, origin: Origin) {
+    let Some((action, connection)) = request.action() else { return };
+    let (origin, client) = match origin {
+        Origin::Cli => ("cli", None),
+        Origin::Api(client) => ("api", client),
+    };
+    let detail = request.action_detail();
+    let message = if matches!(request, Request::PeerConfig { .. }) {
+        // Who asked for a key is worth a line; the key never is.
+        "peer configuration with the pre-shared key handed out"
+    } else {
+        "operator action"
+    };
+    tracing::info!(
+        event = "action",
+        action,
+        connection,
+        origin,
+        client = client.map(tracing::field::display),
+        detail,
+        "{message}"
+    );
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot create control socket {path}: {source}")]
@@ -231,6 +307,7 @@ async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) -> Result<(
     BufReader::new(read).take(64 * 1024).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(line.trim()) {
         Ok(request) => {
+            log_action(&request, Origin::Cli);
             let (tx, rx) = oneshot::channel();
             if commands.send((request, tx)).await.is_err() {
                 Response::error("daemon is shutting down")
@@ -289,6 +366,46 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    /// What changes something (or hands out a key) is an action with its connection; reads
+    /// are not; a connection's body (with its key) is never part of the line.
+    #[test]
+    fn actions_are_the_requests_that_change_something() {
+        let c = || "branch".to_string();
+        let format = crate::ops::peer_config::Format::Generic;
+        for (request, want) in [
+            (Request::Up { connection: c() }, Some(("up", Some("branch")))),
+            (Request::Down { connection: c() }, Some(("down", Some("branch")))),
+            (Request::Rekey { connection: c(), ike: false }, Some(("rekey", Some("branch")))),
+            (Request::Rekey { connection: c(), ike: true }, Some(("rekey-ike", Some("branch")))),
+            (Request::Reload, Some(("reload", None))),
+            (Request::Stop { save_tunnels: None }, Some(("stop", None))),
+            (Request::LogLevel { filter: "debug".into() }, Some(("log-level", None))),
+            (Request::HaNotify { state: "MASTER".into() }, Some(("ha-notify", None))),
+            (Request::HaHandover, Some(("ha-handover", None))),
+            (Request::DeleteConnection { name: c() }, Some(("connection-remove", Some("branch")))),
+            (
+                Request::PeerConfig { connection: c(), format, include_key: true },
+                Some(("peer-config-with-key", Some("branch"))),
+            ),
+            (Request::PeerConfig { connection: c(), format, include_key: false }, None),
+            (Request::Status { connection: None }, None),
+            (Request::Status { connection: Some(c()) }, None),
+            (Request::Diagnose { connection: c() }, None),
+            (Request::Connections, None),
+            (Request::HaCheck, None),
+            (Request::Health, None),
+            (Request::Ready, None),
+        ] {
+            assert_eq!(request.action(), want, "{request:?}");
+        }
+        let put = Request::PutConnection {
+            name: c(),
+            connection: serde_json::json!({ "pre_shared_key": "very-secret-key-123" }),
+        };
+        assert_eq!(put.action(), Some(("connection-add", Some("branch"))));
+        assert_eq!(put.action_detail(), None);
+    }
 
     /// A daemon that accepts and never answers: the client gives up after its timeout, with
     /// an error that says so, instead of hanging.

@@ -132,10 +132,7 @@ impl ReadState {
                 let Some(c) = self.config.connections.iter().find(|c| c.peer.name == *connection) else {
                     return Some(Response::failed(ErrorKind::NotFound, format!("no connection named {connection:?}")));
                 };
-                if *include_key {
-                    // Who asked for a key is worth a line in the log; the key never is.
-                    tracing::info!(connection = %connection, format = format.as_str(), "peer configuration with the pre-shared key handed out");
-                }
+                // A key handed out was logged where the request came in (`control::log_action`).
                 match peer_config::render(c, *format, *include_key, SystemTime::now()) {
                     Ok(text) => Response { peer_config: Some(text), message: None, ..Response::ok("") },
                     Err(e) => Response::failed(ErrorKind::Invalid, e.to_string()),
