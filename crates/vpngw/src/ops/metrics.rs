@@ -433,7 +433,7 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
         }
         for (r, count) in FailReason::ALL.iter().zip(&c.failures).filter(|(_, n)| **n > 0) {
             if *r != FailReason::UnknownPeer {
-                failures.with_label_values(&[n, r.as_str()]).inc_by(*count);
+                failures.with_label_values(&[n, &label_value(r.as_str())]).inc_by(*count);
             }
         }
         rekeys.with_label_values(&[n]).inc_by(c.rekeys);
@@ -441,6 +441,12 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
         dpd.with_label_values(&[n]).inc_by(c.dpd_timeouts);
     }
     Ok(())
+}
+
+/// A reason as a label value: snake_case, as every enumerated label value vpngw exports
+/// (`vpngw status` and the diagnosis spell failure reasons in kebab-case; `-` becomes `_`).
+fn label_value(reason: &str) -> String {
+    reason.replace('-', "_")
 }
 
 /// Configuration reloads, as Prometheus reports its own (`prometheus_config_*`).
@@ -710,7 +716,7 @@ mod tests {
             "vpngw_ike_sa_state{connection=\"to-b\",state=\"established\"} 1",
             "vpngw_child_sas{connection=\"to-b\",state=\"active\"} 1",
             "vpngw_esp_bytes_total{connection=\"to-b\",direction=\"out\"} 700",
-            "vpngw_negotiation_failures_total{connection=\"to-b\",reason=\"phase1-proposal-mismatch\"} 3",
+            "vpngw_negotiation_failures_total{connection=\"to-b\",reason=\"phase1_proposal_mismatch\"} 3",
             "vpngw_child_sa_rekeys_total{connection=\"to-b\"} 2",
             "vpngw_dropped_packets_total{reason=\"no_sa\"} 4",
             "vpngw_worker_busy_seconds_total{worker=\"0\"} 0.25",
