@@ -762,6 +762,12 @@ impl Endpoint {
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
-        self.sas.values().map(IkeSa::info).collect()
+        self.sas.infos().into_iter().map(Arc::unwrap_or_clone).collect()
+    }
+
+    /// Every IKE SA's snapshot, shared: no copy of its contents (the snapshots are kept up to
+    /// date as the SAs change, `sa_store.rs`).
+    pub fn ike_sa_infos(&self) -> Vec<Arc<IkeSaInfo>> {
+        self.sas.infos()
     }
 }

@@ -266,7 +266,7 @@ impl fmt::Display for IkeSaState {
 }
 
 /// A snapshot of one IKE SA, for status displays.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IkeSaInfo {
     pub id: IkeSaId,
     pub peer: String,
@@ -287,7 +287,7 @@ pub struct IkeSaInfo {
     pub children: Vec<ChildSaInfo>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChildSaInfo {
     pub spi_in: Spi,
     pub spi_out: Spi,

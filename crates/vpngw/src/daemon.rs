@@ -122,6 +122,8 @@ struct Daemon {
     history: ConnectionHistory,
     retries: Retries,
     sa_watch: SaWatch,
+    /// The link paths as last published (copied again only when they change).
+    link_paths_copy: std::cell::RefCell<vpngw_dataplane::LinkPathsCache>,
     probes: Probes,
     runtime: RuntimeConnections,
     link_paths: LinkPathDriver,
@@ -395,7 +397,7 @@ impl Daemon {
             retries: Default::default(),
             probes: Default::default(),
             workers: Vec::new().into(),
-            link_paths: Vec::new(),
+            link_paths: Arc::new([]),
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
             ha: None,
@@ -421,6 +423,7 @@ impl Daemon {
             history: ConnectionHistory::default(),
             retries: Retries::default(),
             sa_watch: SaWatch::default(),
+            link_paths_copy: Default::default(),
             probes,
             runtime: RuntimeConnections::new(api_tables, api_token),
             link_paths,
@@ -527,7 +530,7 @@ impl Daemon {
             };
             // A retry scheduled by an event that did not take the connection down (an IKE SA
             // that expired after another took over its child SAs) has nothing to do.
-            if connection_up(&self.ike.endpoint.ike_sas(), &name, subnet_pairs) {
+            if connection_up(&self.ike.endpoint.ike_sa_infos(), &name, subnet_pairs) {
                 self.retries.cancel(&name);
                 continue;
             }
@@ -543,7 +546,7 @@ impl Daemon {
         if !self.negotiates() {
             return;
         }
-        let sas = self.ike.endpoint.ike_sas();
+        let sas = self.ike.endpoint.ike_sa_infos();
         for c in self.config.connections.iter().filter(|c| c.start == Start::Active) {
             let name = &c.peer.name;
             if ConnectionState::of(&sas, name, c.peer.subnets.len()) == ConnectionState::Down
@@ -587,7 +590,7 @@ impl Daemon {
         let (table, ledger) = self.child_sas.shared();
         ReadState {
             config: self.config.clone(),
-            ike_sas: self.ike.endpoint.ike_sas(),
+            ike_sas: self.ike.endpoint.ike_sa_infos(),
             ike_drops: {
                 let mut drops = self.ike.endpoint.drops().clone();
                 if self.ike.receive_buffer_full() > 0 {
@@ -603,7 +606,10 @@ impl Daemon {
             retries: self.retries.clone(),
             probes: self.probes.view(),
             workers: self.dataplane.as_ref().map_or_else(|| Vec::new().into(), |dp| dp.shared_counters()),
-            link_paths: self.dataplane.as_ref().map(|dp| dp.link_paths()).unwrap_or_default(),
+            link_paths: match &self.dataplane {
+                Some(dp) => dp.link_paths_cached(&mut self.link_paths_copy.borrow_mut()),
+                None => Arc::new([]),
+            },
             started: self.started,
             runtime_connections: self.runtime.names(),
             ha: self.ha.as_ref().map(HaDriver::view),

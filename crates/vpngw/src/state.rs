@@ -2,6 +2,8 @@
 //! rendering to the one word that status text, JSON, metrics and the API show.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Borrow;
+
 use vpngw_ike::{ChildSaState, IkeSaInfo, IkeSaState};
 
 /// A connection as `vpngw status` shows it.
@@ -18,10 +20,10 @@ pub enum ConnectionState {
 
 impl ConnectionState {
     /// The connection `name` with `subnet_pairs` subnet pairs, among the engine's IKE SAs.
-    pub fn of(sas: &[IkeSaInfo], name: &str, subnet_pairs: usize) -> Self {
+    pub fn of<S: Borrow<IkeSaInfo>>(sas: &[S], name: &str, subnet_pairs: usize) -> Self {
         if connection_up(sas, name, subnet_pairs) {
             Self::Up
-        } else if sas.iter().any(|s| s.peer == name) {
+        } else if sas.iter().any(|s| s.borrow().peer == name) {
             Self::Connecting
         } else {
             Self::Down
@@ -75,16 +77,16 @@ impl IkeProgress {
 
 /// The IKE SA status and metrics show for a connection: the newest established one, else the
 /// newest negotiating one.
-pub fn current_ike_sa<'a>(sas: &'a [IkeSaInfo], name: &str) -> Option<&'a IkeSaInfo> {
-    sas.iter().filter(|s| s.peer == name).max_by_key(|s| (s.established_at.is_some(), s.id))
+pub fn current_ike_sa<'a, S: Borrow<IkeSaInfo>>(sas: &'a [S], name: &str) -> Option<&'a IkeSaInfo> {
+    sas.iter().map(Borrow::borrow).filter(|s| s.peer == name).max_by_key(|s| (s.established_at.is_some(), s.id))
 }
 
 /// Whether a connection is up: an established IKE SA and an active child SA for each of its
 /// subnet pairs, among the engine's IKE SAs (`Endpoint::ike_sas`).
-pub fn connection_up(sas: &[IkeSaInfo], name: &str, subnet_pairs: usize) -> bool {
-    let established = sas.iter().any(|s| s.peer == name && s.state == IkeSaState::Established);
+pub fn connection_up<S: Borrow<IkeSaInfo>>(sas: &[S], name: &str, subnet_pairs: usize) -> bool {
+    let sas = sas.iter().map(Borrow::borrow);
+    let established = sas.clone().any(|s: &IkeSaInfo| s.peer == name && s.state == IkeSaState::Established);
     let active = sas
-        .iter()
         .filter(|s| s.peer == name)
         .flat_map(|s| s.children.iter())
         .filter(|c| c.state == ChildSaState::Active)

@@ -125,7 +125,7 @@ impl SaWatch {
     fn watch_traffic(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
         let mut seen = HashMap::with_capacity(self.packets_seen.len());
         let mut activity = HashMap::with_capacity(self.packets_seen.len());
-        for s in endpoint.ike_sas() {
+        for s in endpoint.ike_sa_infos() {
             for c in &s.children {
                 let counts = Seen {
                     inbound: table.inbound(c.spi_in).map_or(0, |e| e.counters.packets()),
@@ -156,7 +156,7 @@ impl SaWatch {
         let mut soft = Vec::new();
         let mut hard = Vec::new();
         let mut seen = HashMap::with_capacity(self.volume_seen.len());
-        for s in endpoint.ike_sas() {
+        for s in endpoint.ike_sa_infos() {
             for c in &s.children {
                 let Some(kb) = c.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
                 let limit = kb.saturating_mul(1024);

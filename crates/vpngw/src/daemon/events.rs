@@ -37,7 +37,7 @@ impl Daemon {
                 // throttles): phase 1 if there is no IKE SA, else the quick modes missing.
                 let on_traffic = self.connection(&connection).is_some_and(|c| c.start == Start::OnTraffic);
                 if on_traffic {
-                    let has_sa = self.ike.endpoint.ike_sas().iter().any(|s| s.peer == *connection);
+                    let has_sa = self.ike.endpoint.ike_sa_infos().iter().any(|s| s.peer == *connection);
                     if !has_sa {
                         tracing::info!(connection = %connection, "traffic for the tunnel: negotiating");
                     }
@@ -47,7 +47,7 @@ impl Daemon {
             ToControl::RekeyDue { spi_out } => {
                 let endpoint = &self.ike.endpoint;
                 let connection = endpoint
-                    .ike_sas()
+                    .ike_sa_infos()
                     .iter()
                     .find(|s| s.children.iter().any(|c| c.spi_out == spi_out))
                     .map(|s| s.peer.clone())

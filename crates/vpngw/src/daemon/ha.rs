@@ -103,7 +103,7 @@ impl Daemon {
         let Some(ha) = &mut self.ha else { return };
         let changed = self.ike.endpoint.take_changed();
         // Exports change nothing in the engine: one view serves the list and the removals.
-        let sas = self.ike.endpoint.ike_sas();
+        let sas = self.ike.endpoint.ike_sa_infos();
         let ids: Vec<_> = if all { sas.iter().map(|s| s.id).collect() } else { changed };
         for id in ids {
             match records::export_tunnel(&self.ike.endpoint, &self.child_sas, id, now, now_ms) {
@@ -234,7 +234,7 @@ impl Daemon {
         }
         let now = Instant::now();
         // Connections the replica did not cover negotiate now.
-        let sas = self.ike.endpoint.ike_sas();
+        let sas = self.ike.endpoint.ike_sa_infos();
         for c in self.config.connections.clone() {
             if c.start == Start::Active
                 && ConnectionState::of(&sas, &c.peer.name, c.peer.subnets.len()) == ConnectionState::Down

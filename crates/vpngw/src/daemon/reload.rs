@@ -164,7 +164,7 @@ impl Daemon {
         // Copied if a published state still holds the old one.
         Arc::make_mut(&mut self.config).connections = new;
         for c in self.config.connections.clone() {
-            if c.start == Start::Active && !self.ike.endpoint.ike_sas().iter().any(|s| s.peer == c.peer.name) {
+            if c.start == Start::Active && !self.ike.endpoint.ike_sa_infos().iter().any(|s| s.peer == c.peer.name) {
                 self.initiate(now, &c.peer.name);
             }
         }

@@ -157,20 +157,21 @@ pub fn snapshot(
             let name = &c.peer.name;
             let events = s.history.events(name);
             let mut child_sas = [0u64; 3];
-            let children = || s.ike_sas.iter().filter(|sa| sa.peer == *name).flat_map(|sa| sa.children.iter());
+            let sas = s.by_connection.of(name);
+            let children = || sas.iter().flat_map(|sa| sa.children.iter());
             for ch in children() {
                 if let Some(i) = CHILD_STATES.iter().position(|st| *st == ch.state) {
                     child_sas[i] += 1;
                 }
             }
             let soonest = soonest_expiry(children().map(|ch| (ch.state, ch.expires_at)));
-            let current = current_ike_sa(s.ike_sas, name);
+            let current = current_ike_sa(sas, name);
             let established = current.filter(|sa| sa.state == IkeSaState::Established);
             ConnectionMetrics {
                 name: name.clone(),
                 start: c.start.as_str(),
                 mode: c.peer.mode.to_string(),
-                up: connection_up(s.ike_sas, name, c.peer.subnets.len()),
+                up: connection_up(sas, name, c.peer.subnets.len()),
                 ike_state: IkeProgress::of(current),
                 ike_established_unix: established.and_then(|sa| sa.established_at).map(|t| s.unix_at(t)),
                 child_sas,
@@ -773,7 +774,7 @@ mod tests {
             retries: Default::default(),
             probes: Default::default(),
             workers: Vec::new().into(),
-            link_paths: Vec::new(),
+            link_paths: Arc::new([]),
             started: std::time::Instant::now(),
             runtime_connections: Default::default(),
             ha,

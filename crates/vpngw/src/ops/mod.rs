@@ -33,8 +33,10 @@ pub struct Sources<'a> {
     pub now: Instant,
     pub wall: SystemTime,
     pub config: &'a Config,
-    /// The engine's IKE SAs and their child SAs (`Endpoint::ike_sas`).
-    pub ike_sas: &'a [IkeSaInfo],
+    /// The engine's IKE SAs and their child SAs (`Endpoint::ike_sa_infos`) by connection
+    /// ([`IkeSaIndex`]): a status of thousands of connections must not scan every IKE SA for
+    /// each.
+    pub by_connection: &'a IkeSaIndex<'a>,
     pub ike_drops: &'a DropCounters,
     /// The SAs the dataplane uses, with their counters.
     pub table: &'a SaTable,
@@ -51,6 +53,25 @@ pub struct Sources<'a> {
     pub uptime: Duration,
     /// Hot backup (None without `[ha]`).
     pub ha: Option<&'a crate::ha::HaView>,
+}
+
+/// The IKE SAs of each connection, in the engine's order.
+#[derive(Default)]
+pub struct IkeSaIndex<'a>(std::collections::HashMap<&'a str, Vec<&'a IkeSaInfo>>);
+
+impl<'a> IkeSaIndex<'a> {
+    pub fn new(sas: &'a [std::sync::Arc<IkeSaInfo>]) -> Self {
+        let mut index: std::collections::HashMap<&'a str, Vec<&'a IkeSaInfo>> = std::collections::HashMap::new();
+        for sa in sas {
+            index.entry(sa.peer.as_str()).or_default().push(sa);
+        }
+        Self(index)
+    }
+
+    /// The IKE SAs of connection `name` (none: empty).
+    pub fn of(&self, name: &str) -> &[&'a IkeSaInfo] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
 }
 
 impl Sources<'_> {

@@ -45,7 +45,8 @@ pub const COMMAND_QUEUE: usize = 64;
 /// What the read models are built from, owned, as the loop last published it.
 pub struct ReadState {
     pub config: Arc<Config>,
-    pub ike_sas: Vec<IkeSaInfo>,
+    /// Shared snapshots (the engine keeps them current; no copy per publication).
+    pub ike_sas: Vec<Arc<IkeSaInfo>>,
     pub ike_drops: DropCounters,
     /// IKE messages by exchange type (the engine's counters, as of the publication).
     pub ike_messages: MessageCounters,
@@ -62,7 +63,7 @@ pub struct ReadState {
     pub probes: ProbeView,
     /// Live: the workers' counters (none without a dataplane).
     pub workers: Arc<[WorkerCounters]>,
-    pub link_paths: Vec<(Ipv4Addr, NextHop)>,
+    pub link_paths: Arc<[(Ipv4Addr, NextHop)]>,
     pub started: Instant,
     /// The connections created through the management API (the others are the file's).
     pub runtime_connections: BTreeSet<String>,
@@ -79,11 +80,12 @@ pub struct ReadState {
 impl ReadState {
     /// The read models' view now.
     pub fn read<R>(&self, build: impl FnOnce(&Sources) -> R) -> R {
+        let by_connection = super::IkeSaIndex::new(&self.ike_sas);
         build(&Sources {
             now: Instant::now(),
             wall: SystemTime::now(),
             config: &self.config,
-            ike_sas: &self.ike_sas,
+            by_connection: &by_connection,
             ike_drops: &self.ike_drops,
             table: &self.table,
             activity: &self.activity,
@@ -311,7 +313,7 @@ mod tests {
             retries: Default::default(),
             probes: ProbeView::default(),
             workers: Vec::new().into(),
-            link_paths: Vec::new(),
+            link_paths: Arc::new([]),
             started: Instant::now(),
             runtime_connections: BTreeSet::new(),
             ha: None,

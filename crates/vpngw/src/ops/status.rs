@@ -209,14 +209,9 @@ fn dropped(s: &Sources) -> std::collections::BTreeMap<String, u64> {
 /// One connection's status.
 pub fn connection(s: &Sources, c: &Connection) -> ConnectionStatus {
     let p = &c.peer;
-    let ike = current_ike_sa(s.ike_sas, &p.name);
-    let child_sas = s
-        .ike_sas
-        .iter()
-        .filter(|sa| sa.peer == p.name)
-        .flat_map(|sa| sa.children.iter())
-        .map(|ch| child_sa(s, ch))
-        .collect();
+    let sas = s.by_connection.of(&p.name);
+    let ike = current_ike_sa(sas, &p.name);
+    let child_sas = sas.iter().flat_map(|sa| sa.children.iter()).map(|ch| child_sa(s, ch)).collect();
     ConnectionStatus {
         name: p.name.clone(),
         pre_shared_key: c.psk_source.clone(),
@@ -225,7 +220,7 @@ pub fn connection(s: &Sources, c: &Connection) -> ConnectionStatus {
         mode: p.mode.to_string(),
         local_id: p.local_id.to_string(),
         remote_id: p.remote_id.to_string(),
-        state: ConnectionState::of(s.ike_sas, &p.name, p.subnets.len()),
+        state: ConnectionState::of(sas, &p.name, p.subnets.len()),
         ike_sa: ike.map(|sa| ike_sa(s, sa)),
         child_sas,
         last_failure: s.history.last_failure(&p.name).map(|f| FailureStatus {
