@@ -11,7 +11,8 @@
 //! - surfaces at scale: `vpngw status` latency (median of 5) and the `/metrics` scrape (time
 //!   and size).
 //!
-//! Environment: TUNNELS=5000, DH=dh14 (dh2 ...), CONCURRENCY=256, IDLE_SECONDS=30, VPNGW_BIN
+//! Environment: TUNNELS=5000, DH=dh14 (dh2 ...), CONCURRENCY=256, IDLE_SECONDS=30,
+//! DH_PER_SECOND=200 (vpngw's `tuning.dh_per_second`), VPNGW_BIN
 //! (default: the release vpngw next to this example). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)] // a benchmark
 
@@ -55,11 +56,10 @@ fn http_get(lab: &Lab, ns: &str, url: &str) -> Option<(String, Duration)> {
 /// A gateway with the plan's connections, DPD on, metrics on.
 fn gateway(lab: &Lab, name: &str, plan: &Plan) -> Vpngw {
     let dpd = "[connection.dpd]\ntimeout_seconds = 30\naction = \"clear\"\n";
-    let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), false, &plan.gateway_connections(dpd)).replacen(
-        "[[connection]]",
-        "[metrics]\nlisten = \"127.0.0.1:9720\"\n\n[[connection]]",
-        1,
-    );
+    let dh_per_second: u32 = env("DH_PER_SECOND", 200);
+    let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), false, &plan.gateway_connections(dpd))
+        .replacen("\n[[connection]]", &format!("\n[tuning]\ndh_per_second = {dh_per_second}\n\n[[connection]]"), 1)
+        .replacen("[[connection]]", "[metrics]\nlisten = \"127.0.0.1:9720\"\n\n[[connection]]", 1);
     let v = Vpngw::start(lab, &lab.left, name, &config, &[]);
     // Started: its status answers (5,000 connections take a moment to load).
     wait_for(Duration::from_secs(60), || v.status()).unwrap_or_else(|| panic!("no status:\n{}", v.log_text()));
@@ -151,7 +151,10 @@ fn main() {
     let ceiling = vpngw_tests::loadgen::in_memory_handshakes_per_second(&plan, 100).unwrap();
     let rate: f64 = report["setups_per_second"].as_f64().unwrap_or(0.0);
     println!("| measure | value |\n|---|---|");
-    println!("| tunnels | {tunnels} ({dh}, aes-128/sha1, no PFS; concurrency {concurrency}) |");
+    println!(
+        "| tunnels | {tunnels} ({dh}, aes-128/sha1, no PFS; concurrency {concurrency}; dh_per_second {}) |",
+        env("DH_PER_SECOND", 200)
+    );
     println!(
         "| established (load generator) | {} in {} s = {} /s |",
         report["established"], report["setup_seconds"], report["setups_per_second"]

@@ -272,6 +272,8 @@ fn engine_config(config: &Config) -> EngineConfig {
     EngineConfig {
         retransmit_initial: config.tuning.retransmit_initial,
         retransmit_tries: config.tuning.retransmit_tries,
+        dh_total_per_second: config.tuning.dh_per_second,
+        half_open_total: config.tuning.half_open,
         ..EngineConfig::default()
     }
 }

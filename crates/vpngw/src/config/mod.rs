@@ -159,6 +159,24 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
 pub struct Tuning {
     pub retransmit_initial: Duration,
     pub retransmit_tries: u32,
+    /// Diffie-Hellman computations unauthenticated messages may cause per second, in total
+    /// (the engine's admission bound, issue 8): a gateway with thousands of peers that
+    /// connect at once raises it as far as its cores allow.
+    pub dh_per_second: u32,
+    /// Responder IKE SAs not yet authenticated, in total.
+    pub half_open: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let engine = vpngw_ike::EngineConfig::default();
+        Self {
+            retransmit_initial: engine.retransmit_initial,
+            retransmit_tries: engine.retransmit_tries,
+            dh_per_second: engine.dh_total_per_second,
+            half_open: engine.half_open_total,
+        }
+    }
 }
 
 /// A tunnel quality probe (like the cloud gateway's NQA health check): ICMP echo through the
@@ -329,7 +347,7 @@ impl Walker {
         };
         let tuning = match self.table("tuning", root, "tuning") {
             Some(t) => self.tuning(t),
-            None => Tuning { retransmit_initial: Duration::from_secs(2), retransmit_tries: 5 },
+            None => Tuning::default(),
         };
         let empty = Table::new();
         let metrics_table = self.table("metrics", root, "metrics").unwrap_or(&empty).clone();
