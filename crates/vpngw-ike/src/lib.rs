@@ -22,8 +22,9 @@
 //! (`ChildSet`), `liveness` (DPD, re-authentication), `quick_mode` (`QuickModes`), `phase1`
 //! (main and aggressive mode as consuming typestates), `established` (the keyed state after
 //! phase 1), `ikesa` (composes them; `ikesa/informational` acts on the peer's informational
-//! exchanges), `admission` (what unauthenticated first messages may cost), `endpoint`
-//! (demultiplexes datagrams to IKE SAs). Feature `testing` (tests and benchmarks only) adds
+//! exchanges), `admission` (what unauthenticated first messages may cost), `sa_store` (the IKE
+//! SAs with their deadlines indexed by time and their snapshots kept current, so nothing scans
+//! every SA per datagram), `endpoint` (demultiplexes datagrams to IKE SAs). Feature `testing` (tests and benchmarks only) adds
 //! [`testing`]: two endpoints on an in-memory network and virtual clock, and a hostile peer
 //! whose payloads a test rewrites; and [`fuzzing`]: what one fuzz input does (`fuzz/`).
 
