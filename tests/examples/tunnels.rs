@@ -19,21 +19,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpngw_tests::loadgen::Plan;
+use vpngw_tests::loadgen::{Plan, rss_kib};
 use vpngw_tests::netns::{LEFT_WAN, Lab, RIGHT_WAN, wait_for};
 use vpngw_tests::vpngw::{Vpngw, config_text};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The process's user + system CPU time so far, in clock ticks (100 per second here).

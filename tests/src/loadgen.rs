@@ -28,7 +28,7 @@ use vpngw_ike::{
     Phase2Policy, SubnetPair,
 };
 
-use crate::packet::{PROTO_ESP, ipv4};
+use crate::packet::{PROTO_ESP, checksum, ipv4};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -284,7 +284,8 @@ pub fn in_memory_handshakes_per_second(plan: &Plan, handshakes: u32) -> std::io:
     Ok(f64::from(handshakes) / started.elapsed().as_secs_f64())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile (0-1) of sorted durations, nearest rank; zero for none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -546,12 +547,14 @@ fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
     ipv4(src, dst, 1, id, &icmp)
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// A process's resident memory (VmRSS), in KiB; 0 when it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Raises the open-file limit to at least `wanted` (root may raise the hard limit too).

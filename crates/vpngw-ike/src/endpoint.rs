@@ -196,9 +196,7 @@ impl Endpoint {
             .cloned()
             .ok_or_else(|| IkeError::UnknownConnection(name.into()))?;
         let mut ctx = ctx!(self, now);
-        if let Some((id, sa)) =
-            self.sas.find_mut_where(true, |s| s.peer().name == name && s.is_established() && !s.is_superseded())
-        {
+        if let Some((id, sa)) = self.sas.find_mut_where(true, |s| carries(s, name)) {
             sa.start_quick_modes(&mut ctx);
             self.changed.insert(id);
             self.sas.reschedule();
@@ -291,13 +289,7 @@ impl Endpoint {
         if self.sas.values().any(|s| s.peer().name == name && !s.is_established() && !s.is_dead()) {
             return Ok(false);
         }
-        let Some(old) = self
-            .sas
-            .iter()
-            .rev()
-            .find(|(_, s)| s.peer().name == name && s.is_established() && !s.is_superseded())
-            .map(|(id, _)| *id)
-        else {
+        let Some(old) = self.sas.iter().rev().find(|(_, s)| carries(s, name)).map(|(id, _)| *id) else {
             return Ok(false);
         };
         self.start_reauthentication(now, old, peer);
@@ -609,12 +601,8 @@ impl Endpoint {
         new.settled = true;
         let (name, replaces) = (new.peer().name.clone(), new.replaces);
         self.drop_unanswered_initiations(now, &name, id);
-        let older: Vec<IkeSaId> = self
-            .sas
-            .iter()
-            .filter(|(o, s)| **o != id && s.peer().name == name && s.is_established() && !s.is_superseded())
-            .map(|(o, _)| *o)
-            .collect();
+        let older: Vec<IkeSaId> =
+            self.sas.iter().filter(|(o, s)| **o != id && carries(s, &name)).map(|(o, _)| *o).collect();
         let mut moved = Vec::new();
         for o in &older {
             if let Some(old) = self.sas.get_mut(o) {
@@ -770,4 +758,10 @@ impl Endpoint {
     pub fn ike_sa_infos(&self) -> Vec<Arc<IkeSaInfo>> {
         self.sas.infos()
     }
+}
+
+/// Whether `sa` is an IKE SA that carries connection `name` now: established and not replaced
+/// by a newer one.
+fn carries(sa: &IkeSa, name: &str) -> bool {
+    sa.peer().name == name && sa.is_established() && !sa.is_superseded()
 }

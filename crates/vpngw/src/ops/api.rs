@@ -565,18 +565,21 @@ async fn rekey(
 ) -> HttpResponse {
     let ike = match rekey_query(query.as_deref().unwrap_or("")) {
         Ok(ike) => ike,
-        Err(problem) => {
-            let detail = format!("query parameter {}: {}", problem.key, problem.reason);
-            return Problem::new(ProblemType::InvalidQuery, StatusCode::BAD_REQUEST, detail)
-                .with_problems(vec![problem])
-                .into_response();
-        }
+        Err(problem) => return invalid_query(problem),
     };
     let r = act(&ctx, Request::Rekey { connection: name, ike }, client).await;
     if r.ok {
         return accepted(r);
     }
     refused_as(r, |kind| if kind == ProblemType::FileConnection { ProblemType::NothingToRekey } else { kind })
+}
+
+/// 400 for a query parameter the operation does not take or a value it does not know, naming it.
+fn invalid_query(problem: ProblemView) -> HttpResponse {
+    let detail = format!("query parameter {}: {}", problem.key, problem.reason);
+    Problem::new(ProblemType::InvalidQuery, StatusCode::BAD_REQUEST, detail)
+        .with_problems(vec![problem])
+        .into_response()
 }
 
 fn accepted(r: Response) -> HttpResponse {
@@ -605,12 +608,7 @@ async fn peer_config(
 ) -> HttpResponse {
     let (format, include_key) = match peer_config_query(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
-        Err(problem) => {
-            let detail = format!("query parameter {}: {}", problem.key, problem.reason);
-            return Problem::new(ProblemType::InvalidQuery, StatusCode::BAD_REQUEST, detail)
-                .with_problems(vec![problem])
-                .into_response();
-        }
+        Err(problem) => return invalid_query(problem),
     };
     match act(&ctx, Request::PeerConfig { connection: name, format, include_key }, client).await {
         Response { ok: true, peer_config: Some(text), .. } => {
