@@ -80,9 +80,29 @@ impl Drop for DhPrivateKey {
     }
 }
 
-impl DhPrivateKey {
+/// A private exponent whose public value is not computed yet: drawing it is cheap, and
+/// [`DhExponent::into_key`] (one exponentiation) can run on another thread than the one that
+/// owns the random generator (the IKE engine's Diffie-Hellman work, `vpngw-ike`'s `DhWork`).
+pub struct DhExponent {
+    group: DhGroup,
+    exponent: BoxedUint,
+}
+
+impl fmt::Debug for DhExponent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DhExponent({}, <redacted>)", self.group)
+    }
+}
+
+impl Drop for DhExponent {
+    fn drop(&mut self) {
+        self.exponent.zeroize();
+    }
+}
+
+impl DhExponent {
     /// A fresh 256-bit private exponent from `rng` (for group 24: uniform in [2, q-1]).
-    pub fn generate(group: DhGroup, rng: &mut impl CryptoRng) -> Self {
+    pub fn random(group: DhGroup, rng: &mut impl CryptoRng) -> Self {
         let gp = params(group);
         let mut bytes = [0u8; 32];
         loop {
@@ -97,8 +117,27 @@ impl DhPrivateKey {
             {
                 continue;
             }
-            return Self::with_exponent(group, x);
+            return Self { group, exponent: x };
         }
+    }
+
+    pub fn group(&self) -> DhGroup {
+        self.group
+    }
+
+    /// Computes the public value g^x: the expensive step.
+    pub fn into_key(mut self) -> DhPrivateKey {
+        // Moved out, not copied: `self` is dropped holding zero.
+        let exponent = std::mem::replace(&mut self.exponent, BoxedUint::zero());
+        DhPrivateKey::with_exponent(self.group, exponent)
+    }
+}
+
+impl DhPrivateKey {
+    /// A fresh 256-bit private exponent from `rng` (for group 24: uniform in [2, q-1]), and
+    /// its public value.
+    pub fn generate(group: DhGroup, rng: &mut impl CryptoRng) -> Self {
+        DhExponent::random(group, rng).into_key()
     }
 
     /// A key from a given big-endian exponent of at most 256 bits. For known-answer tests and

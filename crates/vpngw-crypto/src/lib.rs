@@ -38,7 +38,7 @@ pub mod secret;
 mod sha1_pair;
 
 pub use cipher::{CbcCipher, CbcJob};
-pub use dh::DhPrivateKey;
+pub use dh::{DhExponent, DhPrivateKey};
 pub use error::CryptoError;
 pub use mac::{IntegrityKey, Prf};
 /// Re-exported so that callers name the RNG traits of the same version.

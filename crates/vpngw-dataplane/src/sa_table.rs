@@ -189,6 +189,11 @@ impl Outbound {
     pub fn lookup(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<&Arc<OutboundEntry>> {
         self.by_selectors.lookup(dst, |e| e.selectors.local.contains(&src))
     }
+
+    /// The SA with this SPI.
+    pub fn by_spi(&self, spi: Spi) -> Option<&Arc<OutboundEntry>> {
+        self.by_spi.get(&spi)
+    }
 }
 
 /// SA entries taken out of the table, handed back for their final counters (a worker may

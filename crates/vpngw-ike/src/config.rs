@@ -323,6 +323,9 @@ pub struct EngineConfig {
     /// first message, main mode's third), per connection and in total, per second.
     pub dh_per_peer_per_second: u32,
     pub dh_total_per_second: u32,
+    /// Main mode's Diffie-Hellman is handed to the driver as work ([`crate::dh_work`]) instead
+    /// of computed where the message is handled.
+    pub dh_offload: bool,
 }
 
 impl Default for EngineConfig {
@@ -341,6 +344,7 @@ impl Default for EngineConfig {
             // (docs/performance.md), so the total is about a quarter of a core at most.
             dh_per_peer_per_second: 20,
             dh_total_per_second: 200,
+            dh_offload: false,
         }
     }
 }

@@ -13,6 +13,7 @@ use vpngw_esp::Spi;
 
 use crate::admission::{Admission, HalfOpen};
 use crate::config::{EngineConfig, ExchangeMode, Identity, PeerConfig};
+use crate::dh_work::{DhDone, DhWork};
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo};
 use crate::exchange::{Ctx, Received, Transmit};
 use crate::ikesa::IkeSa;
@@ -103,6 +104,9 @@ pub struct Endpoint {
     /// hot-backup partner must be sent again). Over-approximated: every SA that handled a
     /// message, fired a timer or was acted on.
     changed: BTreeSet<IkeSaId>,
+    /// Diffie-Hellman work for the driver ([`Endpoint::poll_dh_work`]); at most one piece per
+    /// negotiating IKE SA, so bounded as they are.
+    dh_work: VecDeque<DhWork>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -121,6 +125,7 @@ macro_rules! ctx {
             events: &mut $self.events,
             spis: &mut $self.spis,
             messages: &mut $self.messages,
+            dh_work: &mut $self.dh_work,
         }
     };
 }
@@ -141,6 +146,7 @@ impl Endpoint {
             messages: MessageCounters::default(),
             admission: Admission::default(),
             changed: BTreeSet::new(),
+            dh_work: VecDeque::new(),
         }
     }
 
@@ -693,6 +699,26 @@ impl Endpoint {
         let t = self.out.pop_front()?;
         self.messages.sent[MessageCounters::of_packet(&t.payload)] += 1;
         Some(t)
+    }
+
+    /// Diffie-Hellman work to run (only with [`EngineConfig::dh_offload`]); its result goes
+    /// back through [`Endpoint::complete_dh_work`].
+    pub fn poll_dh_work(&mut self) -> Option<DhWork> {
+        self.dh_work.pop_front()
+    }
+
+    /// The result of work from [`Endpoint::poll_dh_work`]: the exchange that waited goes on. A
+    /// result for an IKE SA that is gone, or that no longer waits for it, changes nothing.
+    pub fn complete_dh_work(&mut self, now: Instant, done: DhDone) {
+        let id = done.ike_sa;
+        let mut ctx = ctx!(self, now);
+        let Some(sa) = self.sas.get_mut(&id) else {
+            tracing::debug!(ike_sa = id.0, "Diffie-Hellman result for an IKE SA that is gone: dropped");
+            return;
+        };
+        sa.on_dh_done(&mut ctx, done.result);
+        self.after(now, id);
+        self.sas.reschedule();
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -12,7 +12,8 @@ use vpngw_crypto::FastRng;
 use vpngw_crypto::rand_core::Rng;
 
 use crate::config::EngineConfig;
-use crate::event::{Event, FailReason};
+use crate::dh_work::{DhResult, DhTask, DhWork};
+use crate::event::{Event, FailReason, IkeSaId};
 use crate::spi::SpiPool;
 use crate::wire::{IsakmpHeader, NotifyType, WireError};
 
@@ -39,9 +40,22 @@ pub(crate) struct Ctx<'a> {
     pub events: &'a mut VecDeque<Event>,
     pub spis: &'a mut SpiPool,
     pub messages: &'a mut crate::endpoint::MessageCounters,
+    /// Diffie-Hellman work for the driver, when it is offloaded (`dh_work.rs`).
+    pub dh_work: &'a mut VecDeque<DhWork>,
 }
 
 impl Ctx<'_> {
+    /// Runs `task` for IKE SA `ike_sa` now and returns its result, or, when the configuration
+    /// offloads Diffie-Hellman, queues it for the driver and returns nothing.
+    pub fn diffie_hellman(&mut self, ike_sa: IkeSaId, task: DhTask) -> Option<DhResult> {
+        if self.config.dh_offload {
+            self.dh_work.push_back(DhWork::new(ike_sa, task));
+            None
+        } else {
+            Some(task.run())
+        }
+    }
+
     /// `n` random bytes (nonces).
     pub fn random_bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = vec![0u8; n];

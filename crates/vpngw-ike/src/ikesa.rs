@@ -13,6 +13,7 @@ use vpngw_esp::Spi;
 
 use crate::child::{self, ChildRecord};
 use crate::config::{ExchangeMode, PeerConfig};
+use crate::dh_work::DhResult;
 use crate::established::Established;
 use crate::event::{DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role};
 use crate::exchange::{Ctx, IKE_PORT, ProtocolError, Received, RetransmitDue, nonzero_cookie};
@@ -329,6 +330,11 @@ impl IkeSa {
             tracing::debug!(connection = %self.link.peer.name, "copy of a phase 1 message already taken: ignored");
             return;
         }
+        if matches!(&self.phase, Phase::Negotiating(p1) if p1.is_computing()) {
+            // Only a peer that runs ahead of our answer gets here; it retransmits.
+            tracing::debug!(connection = %self.link.peer.name, "phase 1 message while computing Diffie-Hellman: ignored");
+            return;
+        }
         let expected = match self.link.mode {
             ExchangeMode::Main => ExchangeType::IDENTITY_PROTECTION,
             ExchangeMode::Aggressive => ExchangeType::AGGRESSIVE,
@@ -350,6 +356,24 @@ impl IkeSa {
         if outcome.is_ok() {
             self.link.take(rx);
         }
+        self.settle_phase1(ctx, outcome);
+    }
+
+    /// The Diffie-Hellman result phase 1 waits for (`dh_work.rs`).
+    pub fn on_dh_done(&mut self, ctx: &mut Ctx<'_>, result: DhResult) {
+        let phase1 = match std::mem::replace(&mut self.phase, Phase::Dead) {
+            Phase::Negotiating(phase1) => phase1,
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        let outcome = phase1.on_dh_done(ctx, &mut self.link, result);
+        self.settle_phase1(ctx, outcome);
+    }
+
+    /// Where a phase 1 step leaves the SA: waiting, established, or failed and gone.
+    fn settle_phase1(&mut self, ctx: &mut Ctx<'_>, outcome: Result<Phase1Outcome, Failed>) {
         match outcome {
             Ok(Phase1Outcome::Waiting(next)) => self.phase = Phase::Negotiating(next),
             Ok(Phase1Outcome::Done(done)) => self.establish(ctx, *done),

@@ -15,8 +15,8 @@
 //!
 //! **Rooms, bottom up** (no two files import each other): `wire` (the codec, itself bottom up:
 //! `numbers`, `error`, `reader`, `header`, `sa`, `payload`; `wire/mod.rs` only re-exports),
-//! `exchange` (what every handler shares: `Ctx`, `Received`, `Transmit`, retransmission,
-//! `ProtocolError`), `timer`, `keys`, `nat_t`, `message` (`Link`: an IKE SA's two ends;
+//! `dh_work` (Diffie-Hellman as work a driver may run on other threads), `exchange` (what
+//! every handler shares: `Ctx`, `Received`, `Transmit`, retransmission, `ProtocolError`), `timer`, `keys`, `nat_t`, `message` (`Link`: an IKE SA's two ends;
 //! `MessageCrypto`: its keys), `info` (informational exchanges), `lifetime` (including the
 //! bounds on lifetimes a peer chooses), `seen` (the peer's message IDs, against replays), `child`
 //! (`ChildSet`), `liveness` (DPD, re-authentication), `quick_mode` (`QuickModes`), `phase1`
@@ -33,6 +33,7 @@
 mod admission;
 mod child;
 pub mod config;
+pub mod dh_work;
 pub mod endpoint;
 mod established;
 pub mod event;
@@ -62,6 +63,7 @@ pub use config::{
     DpdAction, DpdPolicy, EngineConfig, ExchangeMode, Identity, Ipv4Subnet, PeerConfig, Phase1Policy, Phase2Policy,
     SubnetPair,
 };
+pub use dh_work::{DhDone, DhWork};
 pub use endpoint::{DropCounters, Endpoint, IkeError, MessageCounters};
 pub use event::{
     ChildSa, ChildSaInfo, ChildSaState, DeleteReason, Event, FailReason, IkeSaId, IkeSaInfo, IkeSaState, Role,

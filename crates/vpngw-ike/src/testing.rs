@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use vpngw_crypto::{FastRng, SecretBytes};
 
 use crate::{
-    ChildSa, Endpoint, EngineConfig, Event, ExchangeMode, FailReason, Identity, Ipv4Subnet, PeerConfig, Phase1Policy,
-    Phase2Policy, SubnetPair,
+    ChildSa, DhWork, Endpoint, EngineConfig, Event, ExchangeMode, FailReason, Identity, Ipv4Subnet, PeerConfig,
+    Phase1Policy, Phase2Policy, SubnetPair,
 };
 
 /// With NAT, A sits behind it with this private address; B sees [`NAT_PUBLIC`].
@@ -85,6 +85,11 @@ pub struct Pair {
     pub record_wire: bool,
     /// Every datagram delivered, with its direction (true = A to B).
     pub wire: Vec<(bool, SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Diffie-Hellman work (endpoints with `dh_offload`) is run when nothing else is in flight,
+    /// as a pool that answers after the current burst would; with `hold_dh` it waits in
+    /// `held_dh` (A's, B's) until [`Pair::release_dh`].
+    pub hold_dh: bool,
+    pub held_dh: (Vec<DhWork>, Vec<DhWork>),
 }
 
 impl Pair {
@@ -118,6 +123,8 @@ impl Pair {
             b_unreachable_first: false,
             record_wire: true,
             wire: vec![],
+            hold_dh: false,
+            held_dh: (vec![], vec![]),
         }
     }
 
@@ -230,10 +237,39 @@ impl Pair {
                 self.take_events();
                 check(self);
             }
+            moved |= self.run_dh_work();
             if !moved {
                 return;
             }
         }
+    }
+
+    /// Runs (or, with `hold_dh`, holds) the Diffie-Hellman work both endpoints handed out;
+    /// returns whether any result went back.
+    fn run_dh_work(&mut self) -> bool {
+        while let Some(w) = self.a.poll_dh_work() {
+            self.held_dh.0.push(w);
+        }
+        while let Some(w) = self.b.poll_dh_work() {
+            self.held_dh.1.push(w);
+        }
+        if self.hold_dh {
+            return false;
+        }
+        self.release_dh()
+    }
+
+    /// Gives the held Diffie-Hellman work's results back; returns whether there was any.
+    pub fn release_dh(&mut self) -> bool {
+        let (a, b) = std::mem::take(&mut self.held_dh);
+        let any = !(a.is_empty() && b.is_empty());
+        for w in a {
+            self.a.complete_dh_work(self.now, w.run());
+        }
+        for w in b {
+            self.b.complete_dh_work(self.now, w.run());
+        }
+        any
     }
 
     pub fn children(events: &[Event]) -> Vec<ChildSa> {

@@ -92,6 +92,8 @@ pub enum DaemonError {
     Api(#[from] api::ApiError),
     #[error("cannot restore tunnels: {0}")]
     SavedTunnels(#[from] saved_tunnels::SavedTunnelsError),
+    #[error("cannot start the Diffie-Hellman threads: {0}")]
+    DhPool(std::io::Error),
     #[error("cannot start the operator's surfaces' thread: {0}")]
     Ops(std::io::Error),
     #[error("the operator's surfaces' thread failed while starting: {0}")]
@@ -115,6 +117,8 @@ struct Daemon {
     /// Shared with the published read state (copied on change: `Arc::make_mut`).
     config: Arc<Config>,
     ike: IkeDriver,
+    /// Results of the Diffie-Hellman pool (none without one).
+    dh_results: Option<crate::dh_pool::DhResults>,
     spd: Arc<ArcSwap<Spd>>,
     dataplane: Option<Dataplane>,
     routes: Routes,
@@ -191,6 +195,7 @@ pub async fn run(config_path: &Path, keylog: Option<PathBuf>, restore: Option<Pa
         let mut publish_now = false;
         tokio::select! {
             () = daemon.ike.receive(&mut buf_ike) => {}
+            Some(done) = next_dh_done(&mut daemon.dh_results) => daemon.ike.on_dh_done(done),
             Some(m) = from_dataplane.recv() => daemon.on_dataplane(m),
             () = sleep_until(wake) => {
                 let now = Instant::now();
@@ -274,6 +279,7 @@ fn engine_config(config: &Config) -> EngineConfig {
         retransmit_tries: config.tuning.retransmit_tries,
         dh_total_per_second: config.tuning.dh_per_second,
         half_open_total: config.tuning.half_open,
+        dh_offload: config.tuning.dh_threads > 0,
         ..EngineConfig::default()
     }
 }
@@ -346,6 +352,14 @@ async fn serve_surfaces(
 }
 
 /// The sync channel's next notice (never, without `[ha]`).
+/// The Diffie-Hellman pool's next result (pending forever without a pool).
+async fn next_dh_done(results: &mut Option<crate::dh_pool::DhResults>) -> Option<(u64, vpngw_ike::DhDone)> {
+    match results {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_notice(ha: &mut Option<HaDriver>) -> Option<vpngw_sync::Notice> {
     match ha {
         Some(ha) => ha.notices.recv().await,
@@ -404,6 +418,7 @@ impl Daemon {
             runtime_connections: BTreeSet::new(),
             ha: None,
             reloads: metrics::ReloadStats::started(std::time::SystemTime::now()),
+            dh: Default::default(),
             from_loop: false,
         }));
         let (surfaces, api_token) = serve_surfaces(&config, published.clone()).await?;
@@ -412,11 +427,21 @@ impl Daemon {
             None => None,
         };
         let link_paths = LinkPathDriver::open();
+        let mut ike = IkeDriver::new(endpoint, sock_ike, sock_natt, config.gateway.public_address);
+        let dh_results = match std::num::NonZeroUsize::new(config.tuning.dh_threads) {
+            Some(threads) => {
+                let (pool, results) = crate::dh_pool::DhPool::start(threads).map_err(DaemonError::DhPool)?;
+                ike.dh_pool = Some(pool);
+                Some(results)
+            }
+            None => None,
+        };
         let mut probes = Probes::default();
         probes.sync(&config.connections);
         let daemon = Daemon {
             config_path: config_path.to_path_buf(),
-            ike: IkeDriver::new(endpoint, sock_ike, sock_natt, config.gateway.public_address),
+            ike,
+            dh_results,
             config: Arc::new(config),
             spd,
             dataplane: Some(dataplane),
@@ -616,6 +641,7 @@ impl Daemon {
             runtime_connections: self.runtime.names(),
             ha: self.ha.as_ref().map(HaDriver::view),
             reloads: self.reloads,
+            dh: self.ike.dh_stats(),
             from_loop: true,
         }
     }

@@ -8,6 +8,10 @@
 //! whose overflows the kernel counts for us (`SO_RXQ_OVFL`; `ike_receive_buffer_full` in
 //! status and metrics); IKE on UDP 4500 comes from the dataplane's workers through the control
 //! queue (1024 messages, `esp_control_queue_full`).
+//!
+//! Main mode's Diffie-Hellman runs on the pool (`dh_pool.rs`) when the engine hands it out
+//! (`[tuning] dh_threads` above 0): work goes out before the transmits are taken, results come
+//! back on the loop (`dh_pool::DhResults`) to [`IkeDriver::on_dh_done`].
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,7 +23,9 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use vpngw_crypto::FastRng;
 use vpngw_dataplane::sa_table::SaTable;
-use vpngw_ike::{Endpoint, EngineConfig, IKE_PORT, NAT_T_PORT, PeerConfig, Transmit};
+use vpngw_ike::{DhDone, Endpoint, EngineConfig, IKE_PORT, NAT_T_PORT, PeerConfig, Transmit};
+
+use crate::dh_pool::DhPool;
 
 /// The 4-byte non-ESP marker in front of IKE on port 4500 (RFC 3948 s.2.2).
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
@@ -32,6 +38,11 @@ pub struct IkeDriver {
     public: Ipv4Addr,
     /// Datagrams for UDP 500 the kernel dropped, its receive buffer full (the loop behind).
     receive_buffer_full: u64,
+    /// Runs the engine's Diffie-Hellman work; none when it computes in place.
+    pub dh_pool: Option<DhPool>,
+    /// Which engine the pool's results are for: raised when [`IkeDriver::reset_endpoint`]
+    /// replaces it, so that a late result cannot reach the new engine.
+    dh_epoch: u64,
 }
 
 impl IkeDriver {
@@ -40,7 +51,43 @@ impl IkeDriver {
         if let Err(e) = setsockopt(&sock_ike, sockopt::RxqOvfl, &1) {
             tracing::warn!(error = %e, "UDP 500: receive buffer overflows will not be counted (SO_RXQ_OVFL)");
         }
-        Self { endpoint, sock_ike, sock_natt, public, receive_buffer_full: 0 }
+        Self { endpoint, sock_ike, sock_natt, public, receive_buffer_full: 0, dh_pool: None, dh_epoch: 0 }
+    }
+
+    /// Hands the engine's Diffie-Hellman work to the pool (what the pool cannot take now is
+    /// run here, and its result given back at once).
+    fn hand_out_dh_work(&mut self) {
+        while let Some(work) = self.endpoint.poll_dh_work() {
+            let done = match &self.dh_pool {
+                Some(pool) => pool.submit(self.dh_epoch, work),
+                // An engine that offloads without a pool (never made so): computed here.
+                None => Some(work.run()),
+            };
+            if let Some(done) = done {
+                self.endpoint.complete_dh_work(Instant::now(), done);
+            }
+        }
+    }
+
+    /// The pool's size and counters, for metrics.
+    pub fn dh_stats(&self) -> crate::ops::metrics::DhStats {
+        let Some(pool) = &self.dh_pool else { return Default::default() };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        crate::ops::metrics::DhStats {
+            threads: pool.threads(),
+            queued: pool.queued(),
+            pooled: load(&pool.counters.pooled),
+            inline: load(&pool.counters.inline),
+        }
+    }
+
+    /// A result from the pool: to the engine, unless that engine was replaced meanwhile.
+    pub fn on_dh_done(&mut self, (epoch, done): (u64, DhDone)) {
+        if epoch == self.dh_epoch {
+            self.endpoint.complete_dh_work(Instant::now(), done);
+        } else {
+            tracing::debug!("Diffie-Hellman result for a replaced IKE engine: dropped");
+        }
     }
 
     /// Replaces the engine with a fresh one that knows these peers and nothing else (hot
@@ -60,6 +107,7 @@ impl IkeDriver {
             let _ = endpoint.add_peer(peer);
         }
         self.endpoint = endpoint;
+        self.dh_epoch += 1;
     }
 
     /// Datagrams for UDP 500 the kernel dropped because the socket's receive buffer was full.
@@ -96,6 +144,7 @@ impl IkeDriver {
 
     /// What the engine queued to send.
     pub fn take_transmits(&mut self) -> Vec<Transmit> {
+        self.hand_out_dh_work();
         std::iter::from_fn(|| self.endpoint.poll_transmit()).collect()
     }
 

@@ -33,6 +33,7 @@ mod cli_docs;
 mod client;
 mod config;
 mod daemon;
+mod dh_pool;
 mod ha;
 mod health;
 mod history;

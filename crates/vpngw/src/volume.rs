@@ -109,32 +109,31 @@ pub struct SaWatch {
 }
 
 impl SaWatch {
-    /// One lifecycle tick: traffic noted (and inbound traffic reported), then volumes checked.
+    /// One lifecycle tick, one pass over the child SAs (thousands of tunnels: each is looked
+    /// up in the table once a second, not once per concern): traffic noted (inbound traffic
+    /// reported to the engine, for dead peer detection), volumes checked; then the rekeys and
+    /// deletes the volumes call for.
     pub fn tick(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
-        self.watch_traffic(endpoint, table, now);
-        self.check_volumes(endpoint, table, now);
-    }
-
-    /// When each child SA last carried a packet each way (as of the last tick).
-    pub fn activity(&self) -> Arc<SaActivity> {
-        self.activity.clone()
-    }
-
-    /// Tells the engine which child SAs received ESP since the last look, and notes which ones
-    /// carried packets each way.
-    fn watch_traffic(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
         let mut seen = HashMap::with_capacity(self.packets_seen.len());
         let mut activity = HashMap::with_capacity(self.packets_seen.len());
+        let mut volume_seen = HashMap::with_capacity(self.volume_seen.len());
+        let mut heard = Vec::new();
+        let mut soft = Vec::new();
+        let mut hard = Vec::new();
+        // One snapshot of each direction for the pass: no reference count touched per SA.
+        let (inbound_map, outbound_map) = (table.inbound_view(), table.outbound_view());
         for s in endpoint.ike_sa_infos() {
             for c in &s.children {
+                let inbound = inbound_map.get(&c.spi_in);
+                let outbound = outbound_map.by_spi(c.spi_out);
                 let counts = Seen {
-                    inbound: table.inbound(c.spi_in).map_or(0, |e| e.counters.packets()),
-                    outbound: table.outbound_by_spi(c.spi_out).map_or(0, |e| e.counters.packets()),
+                    inbound: inbound.as_ref().map_or(0, |e| e.counters.packets()),
+                    outbound: outbound.as_ref().map_or(0, |e| e.counters.packets()),
                 };
                 let before = self.packets_seen.get(&c.spi_in).copied().unwrap_or_default();
                 let mut last = self.activity.of(c.spi_in);
                 if counts.inbound > before.inbound {
-                    endpoint.traffic_received(now, c.spi_in);
+                    heard.push(c.spi_in);
                     last.inbound = Some(now);
                 }
                 if counts.outbound > before.outbound {
@@ -142,29 +141,19 @@ impl SaWatch {
                 }
                 seen.insert(c.spi_in, counts);
                 activity.insert(c.spi_in, last);
-            }
-        }
-        self.packets_seen = seen;
-        self.activity = Arc::new(SaActivity { by_spi_in: activity });
-    }
 
-    /// Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured on its own;
-    /// a replacement is negotiated from 85-94 % of the limit (spread by SPI, so that tunnels
-    /// set up together do not all rekey together), earlier when the traffic of the last tick
-    /// would not leave time for it ([`soft_point`]); at 100 % the pair is deleted.
-    fn check_volumes(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
-        let mut soft = Vec::new();
-        let mut hard = Vec::new();
-        let mut seen = HashMap::with_capacity(self.volume_seen.len());
-        for s in endpoint.ike_sa_infos() {
-            for c in &s.children {
+                // Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured
+                // on its own; a replacement is negotiated from 85-94 % of the limit (spread by
+                // SPI, so that tunnels set up together do not all rekey together), earlier when
+                // the traffic of the last tick would not leave time for it ([`soft_point`]);
+                // at 100 % the pair is deleted.
                 let Some(kb) = c.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
                 let limit = kb.saturating_mul(1024);
-                let bytes_in = table.inbound(c.spi_in).map_or(0, |e| e.counters.bytes());
-                let bytes_out = table.outbound_by_spi(c.spi_out).map_or(0, |e| e.counters.bytes());
+                let bytes_in = inbound.as_ref().map_or(0, |e| e.counters.bytes());
+                let bytes_out = outbound.as_ref().map_or(0, |e| e.counters.bytes());
                 let used = bytes_in.max(bytes_out);
                 let last_tick = used.saturating_sub(self.volume_seen.get(&c.spi_in).copied().unwrap_or(0));
-                seen.insert(c.spi_in, used);
+                volume_seen.insert(c.spi_in, used);
                 match classify(limit, c.spi_in.get() % 10, used, last_tick) {
                     Volume::Hard => hard.push((s.peer.clone(), c.spi_in)),
                     Volume::Soft if c.state == ChildSaState::Active => {
@@ -174,7 +163,13 @@ impl SaWatch {
                 }
             }
         }
-        self.volume_seen = seen;
+        drop((inbound_map, outbound_map));
+        self.packets_seen = seen;
+        self.activity = Arc::new(SaActivity { by_spi_in: activity });
+        self.volume_seen = volume_seen;
+        for spi_in in heard {
+            endpoint.traffic_received(now, spi_in);
+        }
         for (connection, spi, percent, last_tick) in soft {
             if endpoint.rekey_child(now, spi) {
                 tracing::info!(%connection, spi_in = %spi, used_percent = percent, bytes_last_second = last_tick, "child SA near its volume lifetime: rekeying");
@@ -184,6 +179,11 @@ impl SaWatch {
             tracing::info!(%connection, spi_in = %spi, "child SA reached its volume lifetime: deleted");
             endpoint.expire_child(now, spi);
         }
+    }
+
+    /// When each child SA last carried a packet each way (as of the last tick).
+    pub fn activity(&self) -> Arc<SaActivity> {
+        self.activity.clone()
     }
 }
 

@@ -1,7 +1,7 @@
 //! What main and aggressive mode share: the proposal, the key exchange, the key derivation,
 //! the identity check and HASH_I/HASH_R (RFC 2409 s.5), and the outcome of a phase 1 step.
 
-use vpngw_crypto::{CbcCipher, DhPrivateKey, SecretBytes};
+use vpngw_crypto::{CbcCipher, CryptoError, DhPrivateKey, SecretBytes};
 
 use crate::config::Identity;
 use crate::event::FailReason;
@@ -169,7 +169,12 @@ pub(crate) fn take_ke_nonce<'c>(
 
 /// g^xy.
 pub(crate) fn agree(dh: &DhPrivateKey, peer_public: &[u8]) -> Result<SecretBytes, ProtocolError> {
-    dh.agree(peer_public).map_err(|e| ProtocolError::BadKeyExchange {
+    shared_secret(dh.agree(peer_public))
+}
+
+/// g^xy as computed, or why the peer's public value was refused.
+pub(crate) fn shared_secret(agreed: Result<SecretBytes, CryptoError>) -> Result<SecretBytes, ProtocolError> {
+    agreed.map_err(|e| ProtocolError::BadKeyExchange {
         reason: FailReason::MalformedMessage,
         detail: format!("peer's DH value refused: {e}"),
     })

@@ -5,13 +5,19 @@
 //! Initiator: MM1 -> [`ExpectMmSaReply`] -> MM3 -> [`ExpectMmKeReply`] -> MM5 ->
 //! [`ExpectMmIdReply`] -> done. Responder: MM1 -> MM2 -> [`ExpectMmKe`] -> MM4 -> [`ExpectMmId`]
 //! -> MM6, done.
+//!
+//! The three steps that exponentiate (the initiator's before MM3 and on MM4, the responder's
+//! on MM3) hand the work to `Ctx::diffie_hellman` and wait in a `Computing*` state for its
+//! result; when Diffie-Hellman is not offloaded the result comes back at once and the
+//! exchange goes on in the same call (`dh_work.rs`).
 
-use vpngw_crypto::DhPrivateKey;
+use vpngw_crypto::{DhExponent, DhPrivateKey, SecretBytes};
 
 use super::auth::{
     self, AuthInputs, Exchanged, Failed, Phase1Done, Step, accept_reply, check_auth_hash, check_peer_id, derive_keys,
-    detect_nat, float, nat_d_payloads, take_ke_nonce, take_vendor_ids,
+    detect_nat, float, nat_d_payloads, shared_secret, take_ke_nonce, take_vendor_ids,
 };
+use crate::dh_work::{DhResult, DhTask};
 use crate::event::FailReason;
 use crate::exchange::{Ctx, NONCE_LEN, ProtocolError, Received};
 use crate::info;
@@ -39,6 +45,26 @@ pub(crate) struct ExpectMmKeReply {
     n_i: Vec<u8>,
 }
 
+/// Initiator: MM2 taken, our public value being computed for MM3.
+pub(crate) struct ComputingMm3 {
+    sa_i_b: Vec<u8>,
+    initial_contact: bool,
+    choice: Phase1Choice,
+}
+
+/// Initiator: MM4 taken, g^xy being computed for the keys that seal MM5.
+pub(crate) struct ComputingMm5 {
+    sa_i_b: Vec<u8>,
+    initial_contact: bool,
+    choice: Phase1Choice,
+    g_i: Vec<u8>,
+    n_i: Vec<u8>,
+    g_r: Vec<u8>,
+    n_r: Vec<u8>,
+    /// NAT detection's verdict on MM4, reported under the keys once they exist.
+    nat: Result<(), ProtocolError>,
+}
+
 /// Initiator: MM5 sent, waiting for the responder's identity and HASH_R.
 pub(crate) struct ExpectMmIdReply {
     auth: AuthInputs,
@@ -50,6 +76,17 @@ pub(crate) struct ExpectMmIdReply {
 pub(crate) struct ExpectMmKe {
     sa_i_b: Vec<u8>,
     choice: Phase1Choice,
+}
+
+/// Responder: MM3 taken, our public value and g^xy being computed for MM4.
+pub(crate) struct ComputingMm4 {
+    sa_i_b: Vec<u8>,
+    choice: Phase1Choice,
+    g_i: Vec<u8>,
+    n_i: Vec<u8>,
+    nat: Result<(), ProtocolError>,
+    /// MM3 itself: MM4 answers it (a copy of MM3 then gets MM4 again).
+    request: Vec<u8>,
 }
 
 /// Responder: MM4 sent, waiting for the initiator's identity and HASH_I.
@@ -66,6 +103,9 @@ pub(crate) enum MainMode {
     IdReply(ExpectMmIdReply),
     Ke(ExpectMmKe),
     Id(ExpectMmId),
+    ComputingMm3(ComputingMm3),
+    ComputingMm5(ComputingMm5),
+    ComputingMm4(ComputingMm4),
 }
 
 impl MainMode {
@@ -94,12 +134,47 @@ impl MainMode {
 
     pub fn handle(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<Step<Self>, Failed> {
         match self {
-            Self::SaReply(s) => s.on_mm2(ctx, link, rx).map(|s| Step::Next(Self::KeReply(s))),
-            Self::KeReply(s) => s.on_mm4(ctx, link, rx).map(|s| Step::Next(Self::IdReply(s))),
+            Self::SaReply(s) => s.on_mm2(ctx, link, rx),
+            Self::KeReply(s) => s.on_mm4(ctx, link, rx),
             Self::IdReply(s) => s.on_mm6(link, rx).map(|done| Step::Done(Box::new(done))),
-            Self::Ke(s) => s.on_mm3(ctx, link, rx).map(|s| Step::Next(Self::Id(s))),
+            Self::Ke(s) => s.on_mm3(ctx, link, rx),
             Self::Id(s) => s.on_mm5(ctx, link, rx).map(|done| Step::Done(Box::new(done))),
+            // The IKE SA holds messages back while we compute; nothing moves until the result.
+            computing @ (Self::ComputingMm3(_) | Self::ComputingMm5(_) | Self::ComputingMm4(_)) => {
+                Ok(Step::Next(computing))
+            }
         }
+    }
+
+    /// Hands `task` to Diffie-Hellman and goes on with its result, now (not offloaded) or when
+    /// the driver brings it ([`MainMode::on_dh_done`]).
+    fn compute(self, ctx: &mut Ctx<'_>, link: &mut Link, task: DhTask) -> Result<Step<Self>, Failed> {
+        match ctx.diffie_hellman(link.id, task) {
+            Some(result) => self.on_dh_done(ctx, link, result),
+            None => Ok(Step::Next(self)),
+        }
+    }
+
+    /// The result of the Diffie-Hellman work this exchange waits for. A result for a state that
+    /// does not wait for one changes nothing.
+    pub fn on_dh_done(self, ctx: &mut Ctx<'_>, link: &mut Link, result: DhResult) -> Result<Step<Self>, Failed> {
+        match (self, result) {
+            (Self::ComputingMm3(s), DhResult { key: Some(key), shared: None }) => {
+                Ok(Step::Next(Self::KeReply(s.send_mm3(ctx, link, key))))
+            }
+            (Self::ComputingMm5(s), DhResult { key: None, shared: Some(shared) }) => {
+                s.send_mm5(ctx, link, shared_secret(shared)?).map(|s| Step::Next(Self::IdReply(s)))
+            }
+            (Self::ComputingMm4(s), DhResult { key: Some(key), shared: Some(shared) }) => {
+                s.send_mm4(ctx, link, &key, shared_secret(shared)?).map(|s| Step::Next(Self::Id(s)))
+            }
+            (other, _) => Ok(Step::Next(other)),
+        }
+    }
+
+    /// Waiting for Diffie-Hellman work: the peer's messages wait too.
+    pub fn is_computing(&self) -> bool {
+        matches!(self, Self::ComputingMm3(_) | Self::ComputingMm5(_) | Self::ComputingMm4(_))
     }
 
     /// The keys, once derived.
@@ -107,7 +182,12 @@ impl MainMode {
         match self {
             Self::IdReply(s) => Some(&s.crypto),
             Self::Id(s) => Some(&s.crypto),
-            Self::SaReply(_) | Self::KeReply(_) | Self::Ke(_) => None,
+            Self::SaReply(_)
+            | Self::KeReply(_)
+            | Self::Ke(_)
+            | Self::ComputingMm3(_)
+            | Self::ComputingMm5(_)
+            | Self::ComputingMm4(_) => None,
         }
     }
 
@@ -118,6 +198,9 @@ impl MainMode {
             Self::IdReply(s) => Some(&s.choice),
             Self::Ke(s) => Some(&s.choice),
             Self::Id(s) => Some(&s.choice),
+            Self::ComputingMm3(s) => Some(&s.choice),
+            Self::ComputingMm5(s) => Some(&s.choice),
+            Self::ComputingMm4(s) => Some(&s.choice),
         }
     }
 
@@ -141,32 +224,65 @@ impl MainMode {
 
 impl ExpectMmSaReply {
     /// MM2: the responder's choice and vendor IDs. Sends MM3 (KE, Ni, NAT-D).
-    fn on_mm2(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<ExpectMmKeReply, Failed> {
+    fn on_mm2(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<Step<MainMode>, Failed> {
         let chain = plain_payloads(rx)?;
         let choice = accept_reply(link, &chain)?;
         link.cky_r = rx.header.responder_cookie;
         take_vendor_ids(link, &chain);
-        let dh = DhPrivateKey::generate(choice.dh_group, ctx.rng);
+        let task = DhTask::PublicValue { exponent: DhExponent::random(choice.dh_group, ctx.rng) };
+        let next = ComputingMm3 { sa_i_b: self.sa_i_b, initial_contact: self.initial_contact, choice };
+        MainMode::ComputingMm3(next).compute(ctx, link, task)
+    }
+}
+
+impl ComputingMm3 {
+    /// Sends MM3 (KE, Ni, NAT-D) with the public value computed.
+    fn send_mm3(self, ctx: &mut Ctx<'_>, link: &mut Link, dh: DhPrivateKey) -> ExpectMmKeReply {
         let g_i = dh.public_value().to_vec();
         let n_i = ctx.random_bytes(NONCE_LEN);
         let mut payloads = vec![Payload::KeyExchange(g_i.clone()), Payload::Nonce(n_i.clone())];
-        payloads.extend(nat_d_payloads(link, &choice));
+        payloads.extend(nat_d_payloads(link, &self.choice));
         let packet = link.build_clear(EXCHANGE, 0, &payloads);
         link.send_request(ctx, packet);
-        Ok(ExpectMmKeReply { sa_i_b: self.sa_i_b, initial_contact: self.initial_contact, choice, dh, g_i, n_i })
+        ExpectMmKeReply {
+            sa_i_b: self.sa_i_b,
+            initial_contact: self.initial_contact,
+            choice: self.choice,
+            dh,
+            g_i,
+            n_i,
+        }
     }
 }
 
 impl ExpectMmKeReply {
     /// MM4: the responder's KE and nonce. Derives keys, detects NAT, sends MM5 (ID, HASH_I).
-    fn on_mm4(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<ExpectMmIdReply, Failed> {
+    fn on_mm4(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<Step<MainMode>, Failed> {
         let chain = plain_payloads(rx)?;
         let (ke, n_r) = take_ke_nonce(&self.choice, &chain)?;
-        let gxy = auth::agree(&self.dh, ke)?;
-        let x = Exchanged { n_i: &self.n_i, n_r, g_i: &self.g_i, g_r: ke, gxy: &gxy };
+        let nat = detect_nat(link, &self.choice, &chain);
+        let task = DhTask::Shared { key: self.dh, peer_public: ke.to_vec() };
+        let next = ComputingMm5 {
+            sa_i_b: self.sa_i_b,
+            initial_contact: self.initial_contact,
+            choice: self.choice,
+            g_i: self.g_i,
+            n_i: self.n_i,
+            g_r: ke.to_vec(),
+            n_r: n_r.to_vec(),
+            nat,
+        };
+        MainMode::ComputingMm5(next).compute(ctx, link, task)
+    }
+}
+
+impl ComputingMm5 {
+    /// Derives keys from g^xy, sends MM5 (ID, HASH_I).
+    fn send_mm5(self, ctx: &mut Ctx<'_>, link: &mut Link, gxy: SecretBytes) -> Result<ExpectMmIdReply, Failed> {
+        let x = Exchanged { n_i: &self.n_i, n_r: &self.n_r, g_i: &self.g_i, g_r: &self.g_r, gxy: &gxy };
         let mut crypto = derive_keys(link, &self.choice, &x)?;
-        let auth = AuthInputs { sa_i_b: self.sa_i_b, g_i: self.g_i, g_r: ke.to_vec() };
-        if let Err(e) = detect_nat(link, &self.choice, &chain) {
+        let auth = AuthInputs { sa_i_b: self.sa_i_b, g_i: self.g_i, g_r: self.g_r };
+        if let Err(e) = self.nat {
             return Err(Failed::keyed(e, crypto));
         }
         float(link);
@@ -215,20 +331,45 @@ impl ExpectMmIdReply {
 
 impl ExpectMmKe {
     /// MM3: the initiator's KE and nonce. Derives keys, detects NAT, sends MM4 (KE, Nr, NAT-D).
-    fn on_mm3(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<ExpectMmId, Failed> {
+    fn on_mm3(self, ctx: &mut Ctx<'_>, link: &mut Link, rx: &Received<'_>) -> Result<Step<MainMode>, Failed> {
         let chain = plain_payloads(rx)?;
         let (ke, n_i) = take_ke_nonce(&self.choice, &chain)?;
-        let (g_r, n_r, gxy) = auth::respond_ke(ctx, &self.choice, ke)?;
-        let x = Exchanged { n_i, n_r: &n_r, g_i: ke, g_r: &g_r, gxy: &gxy };
+        let nat = detect_nat(link, &self.choice, &chain);
+        let exponent = DhExponent::random(self.choice.dh_group, ctx.rng);
+        let task = DhTask::PublicValueAndShared { exponent, peer_public: ke.to_vec() };
+        let next = ComputingMm4 {
+            sa_i_b: self.sa_i_b,
+            choice: self.choice,
+            g_i: ke.to_vec(),
+            n_i: n_i.to_vec(),
+            nat,
+            request: rx.data.to_vec(),
+        };
+        MainMode::ComputingMm4(next).compute(ctx, link, task)
+    }
+}
+
+impl ComputingMm4 {
+    /// Derives keys from g^xy, answers MM3 with MM4 (KE, Nr, NAT-D).
+    fn send_mm4(
+        self,
+        ctx: &mut Ctx<'_>,
+        link: &mut Link,
+        dh: &DhPrivateKey,
+        gxy: SecretBytes,
+    ) -> Result<ExpectMmId, Failed> {
+        let g_r = dh.public_value().to_vec();
+        let n_r = ctx.random_bytes(NONCE_LEN);
+        let x = Exchanged { n_i: &self.n_i, n_r: &n_r, g_i: &self.g_i, g_r: &g_r, gxy: &gxy };
         let crypto = derive_keys(link, &self.choice, &x)?;
-        if let Err(e) = detect_nat(link, &self.choice, &chain) {
+        if let Err(e) = self.nat {
             return Err(Failed::keyed(e, crypto));
         }
         let mut payloads = vec![Payload::KeyExchange(g_r.clone()), Payload::Nonce(n_r)];
         payloads.extend(nat_d_payloads(link, &self.choice));
         let packet = link.build_clear(EXCHANGE, 0, &payloads);
-        link.send_answer(ctx, rx.data, packet);
-        let auth = AuthInputs { sa_i_b: self.sa_i_b, g_i: ke.to_vec(), g_r };
+        link.send_answer(ctx, &self.request, packet);
+        let auth = AuthInputs { sa_i_b: self.sa_i_b, g_i: self.g_i, g_r };
         Ok(ExpectMmId { auth, choice: self.choice, crypto })
     }
 }

@@ -13,6 +13,7 @@ use self::aggressive::Aggressive;
 use self::auth::Step;
 use self::main_mode::MainMode;
 use crate::config::ExchangeMode;
+use crate::dh_work::DhResult;
 use crate::event::IkeSaState;
 use crate::exchange::{Ctx, ProtocolError, Received};
 use crate::message::{Link, MessageCrypto};
@@ -57,6 +58,24 @@ impl Phase1 {
             Step::Next(next) => Phase1Outcome::Waiting(Box::new(next)),
             Step::Done(done) => Phase1Outcome::Done(done),
         })
+    }
+
+    /// The result of the Diffie-Hellman work this phase 1 waits for (`dh_work.rs`).
+    pub fn on_dh_done(self, ctx: &mut Ctx<'_>, link: &mut Link, result: DhResult) -> Result<Phase1Outcome, Failed> {
+        let step = match self {
+            Self::Main(m) => m.on_dh_done(ctx, link, result)?.map(Self::Main),
+            // Aggressive mode computes in place: it never waits for work.
+            aggressive @ Self::Aggressive(_) => Step::Next(aggressive),
+        };
+        Ok(match step {
+            Step::Next(next) => Phase1Outcome::Waiting(Box::new(next)),
+            Step::Done(done) => Phase1Outcome::Done(done),
+        })
+    }
+
+    /// Waiting for Diffie-Hellman work: the peer's messages are not taken meanwhile.
+    pub fn is_computing(&self) -> bool {
+        matches!(self, Self::Main(m) if m.is_computing())
     }
 
     /// The keys, once derived (the last messages of phase 1 are encrypted).

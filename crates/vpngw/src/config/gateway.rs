@@ -226,17 +226,23 @@ impl Walker {
     }
 
     pub(super) fn tuning(&mut self, t: &Table) -> Tuning {
-        self.unknown_keys("tuning.", t, &["retransmit_initial_ms", "retransmit_tries", "dh_per_second", "half_open"]);
+        self.unknown_keys(
+            "tuning.",
+            t,
+            &["retransmit_initial_ms", "retransmit_tries", "dh_per_second", "half_open", "dh_threads"],
+        );
         let d = Tuning::default();
         let ms = self.integer("tuning.retransmit_initial_ms", t, "retransmit_initial_ms", 100, 60_000).unwrap_or(2000);
         let tries = self.integer("tuning.retransmit_tries", t, "retransmit_tries", 0, 20).unwrap_or(5);
         let dh = self.integer("tuning.dh_per_second", t, "dh_per_second", 1, 100_000);
         let half_open = self.integer("tuning.half_open", t, "half_open", 16, 1_000_000);
+        let dh_threads = self.integer("tuning.dh_threads", t, "dh_threads", 0, super::MAX_DH_THREADS as i64);
         Tuning {
             retransmit_initial: Duration::from_millis(ms as u64),
             retransmit_tries: tries as u32,
             dh_per_second: dh.map_or(d.dh_per_second, |n| n as u32),
             half_open: half_open.map_or(d.half_open, |n| n as usize),
+            dh_threads: dh_threads.map_or(d.dh_threads, |n| n as usize),
         }
     }
 }

@@ -165,7 +165,18 @@ pub struct Tuning {
     pub dh_per_second: u32,
     /// Responder IKE SAs not yet authenticated, in total.
     pub half_open: usize,
+    /// Threads that compute main mode's Diffie-Hellman (`dh_pool.rs`); 0 computes on the
+    /// loop thread. Default: one per CPU the daemon may run on.
+    pub dh_threads: usize,
 }
+
+/// One Diffie-Hellman thread per CPU this process may run on (its affinity mask, as the
+/// container or systemd set it).
+pub fn default_dh_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DH_THREADS))
+}
+
+pub const MAX_DH_THREADS: usize = 64;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -175,6 +186,7 @@ impl Default for Tuning {
             retransmit_tries: engine.retransmit_tries,
             dh_per_second: engine.dh_total_per_second,
             half_open: engine.half_open_total,
+            dh_threads: default_dh_threads(),
         }
     }
 }

@@ -30,6 +30,8 @@ fn restart_only(was: &Config, new: &Config) -> Vec<&'static str> {
         ("gateway.workers", old.workers != now.workers),
         ("gateway.worker_cores", old.worker_cores != now.worker_cores),
         ("metrics", was.metrics != new.metrics),
+        // The engine's bounds and the Diffie-Hellman pool are made at start.
+        ("tuning", was.tuning != new.tuning),
         // The sync channel and the role follow the [ha] read at start.
         ("ha", was.ha != new.ha),
         (

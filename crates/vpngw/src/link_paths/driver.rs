@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vpngw_dataplane::Dataplane;
 use vpngw_dataplane::sa_table::SaTable;
 
-use super::resolver::{LinkPathResolver, ROUTE_RECHECK};
+use super::resolver::{LinkPathResolver, ROUTE_RECHECK, ROUTE_RECHECK_FOLLOWING};
 use super::route_changes::{Changed, RouteChanges};
 
 /// How often raw ESP's link path is resolved again: also how long a peer whose neighbour entry
@@ -21,7 +21,8 @@ const ROUTE_CHANGE_REFRESH: Duration = Duration::from_millis(100);
 pub struct LinkPathDriver {
     /// Resolves raw ESP's link path per peer (None: netlink unavailable, IP socket only).
     resolver: Option<LinkPathResolver>,
-    /// Route and rule changes, followed at once; without them, within ROUTE_RECHECK.
+    /// Route and rule changes, followed at once (and routes looked up again by age every
+    /// ROUTE_RECHECK_FOLLOWING); without them, within ROUTE_RECHECK.
     route_changes: Option<RouteChanges>,
     /// Peers whose link-path socket failed to open (logged once).
     failed: BTreeSet<Ipv4Addr>,
@@ -88,7 +89,10 @@ impl LinkPathDriver {
             BTreeSet::new()
         };
         let hops = match &mut self.resolver {
-            Some(resolver) => resolver.resolve(&peers, public).await,
+            Some(resolver) => {
+                let recheck = if self.route_changes.is_some() { ROUTE_RECHECK_FOLLOWING } else { ROUTE_RECHECK };
+                resolver.resolve(&peers, public, recheck).await
+            }
             None => Vec::new(),
         };
         let failed = dp.set_link_paths(&hops);

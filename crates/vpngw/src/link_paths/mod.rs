@@ -16,7 +16,8 @@
 //! ([`route_changes::RouteChanges`]): a route or policy-rule change that may concern a peer
 //! forgets its route, which takes the peer off the link path (the raw IP socket follows the
 //! kernel's routing at once) until it is looked up again, at the next refresh. Every route is also looked up again
-//! every [`resolver::ROUTE_RECHECK`], in case an announcement was lost.
+//! every [`resolver::ROUTE_RECHECK_FOLLOWING`] (5 min), in case an announcement was lost, or
+//! every [`resolver::ROUTE_RECHECK`] (30 s) when the announcements cannot be followed.
 //!
 //! Rooms: [`choice`] decides ([`choice::choose`], pure); [`resolver`] asks the kernel over
 //! netlink; [`route_changes`] follows its announcements; [`driver`] runs both for the daemon and

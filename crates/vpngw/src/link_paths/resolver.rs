@@ -21,8 +21,13 @@ use super::route_changes::{Changed, forget};
 const NEW_ROUTE_CHECKS: usize = 256;
 /// Lookups per refresh at most for peers whose route is known and old enough to be checked.
 const ROUTE_CHECKS: usize = 64;
-/// How old a known route gets before it is looked up again without an announcement.
+/// How old a known route gets before it is looked up again, when the kernel's route
+/// announcements are not followed.
 pub const ROUTE_RECHECK: Duration = Duration::from_secs(30);
+/// The same while they are followed: an announced change makes the routes it may concern
+/// be looked up at once, so the look-up by age only guards against a lost announcement. At
+/// thousands of peers the shorter period would keep ROUTE_CHECKS lookups going every refresh.
+pub const ROUTE_RECHECK_FOLLOWING: Duration = Duration::from_secs(300);
 
 /// Resolves peers over netlink and remembers the last outcome of each (to log changes only).
 pub struct LinkPathResolver {
@@ -62,16 +67,21 @@ impl LinkPathResolver {
     /// Cost per call, whatever the number of peers: one neighbour dump (which is what notices
     /// a hop going stale or failing), one link query per interface, and route lookups only for
     /// peers whose route is unknown (new, or forgotten after an announced change; at most
-    /// NEW_ROUTE_CHECKS) or older than ROUTE_RECHECK (at most ROUTE_CHECKS). A peer whose
+    /// NEW_ROUTE_CHECKS) or older than `recheck` (at most ROUTE_CHECKS). A peer whose
     /// route is unknown stays off the link path until it has been looked up.
-    pub async fn resolve(&mut self, peers: &BTreeSet<Ipv4Addr>, source: Ipv4Addr) -> Vec<(Ipv4Addr, NextHop)> {
+    pub async fn resolve(
+        &mut self,
+        peers: &BTreeSet<Ipv4Addr>,
+        source: Ipv4Addr,
+        recheck: Duration,
+    ) -> Vec<(Ipv4Addr, NextHop)> {
         self.routes.retain(|peer, _| peers.contains(peer));
         if peers.is_empty() {
             self.last.clear();
             return Vec::new();
         }
         let now = Instant::now();
-        for peer in lookups_due(peers, &self.routes, now) {
+        for peer in lookups_due(peers, &self.routes, now, recheck) {
             let route = self.route(peer, source).await;
             self.routes.insert(peer, (route, Instant::now()));
         }
@@ -212,18 +222,19 @@ impl LinkPathResolver {
 }
 
 /// The peers whose route is looked up at this refresh: first those whose route is unknown (at
-/// most NEW_ROUTE_CHECKS), then known routes older than ROUTE_RECHECK, oldest first (at most
+/// most NEW_ROUTE_CHECKS), then known routes older than `recheck`, oldest first (at most
 /// ROUTE_CHECKS in all).
 fn lookups_due(
     peers: &BTreeSet<Ipv4Addr>,
     routes: &BTreeMap<Ipv4Addr, (Result<RouteInfo, Unusable>, Instant)>,
     now: Instant,
+    recheck: Duration,
 ) -> Vec<Ipv4Addr> {
     let mut due: Vec<Ipv4Addr> =
         peers.iter().filter(|p| !routes.contains_key(p)).take(NEW_ROUTE_CHECKS).copied().collect();
     let mut old: Vec<(Instant, Ipv4Addr)> = routes
         .iter()
-        .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= ROUTE_RECHECK)
+        .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= recheck)
         .map(|(peer, (_, at))| (*at, *peer))
         .collect();
     old.sort_unstable();
@@ -258,10 +269,10 @@ mod tests {
         let peers: BTreeSet<Ipv4Addr> = (1..=4).map(peer).collect();
         let routes = BTreeMap::from([(peer(1), known(fresh)), (peer(2), known(old)), (peer(3), known(older))]);
         // The unknown one first, then the old ones, oldest first; the fresh one not at all.
-        assert_eq!(lookups_due(&peers, &routes, now), vec![peer(4), peer(3), peer(2)]);
+        assert_eq!(lookups_due(&peers, &routes, now, ROUTE_RECHECK), vec![peer(4), peer(3), peer(2)]);
         // Everything known and fresh: no lookup (the steady state between announcements).
         let all_fresh: BTreeMap<_, _> = peers.iter().map(|p| (*p, known(fresh))).collect();
-        assert!(lookups_due(&peers, &all_fresh, now).is_empty());
+        assert!(lookups_due(&peers, &all_fresh, now, ROUTE_RECHECK).is_empty());
     }
 
     #[test]
@@ -270,16 +281,16 @@ mod tests {
         let old = now - ROUTE_RECHECK;
         let peers: BTreeSet<Ipv4Addr> = (0..10_000).map(peer).collect();
         // 10,000 peers after a change of the default route: 256 at a time.
-        assert_eq!(lookups_due(&peers, &BTreeMap::new(), now).len(), NEW_ROUTE_CHECKS);
+        assert_eq!(lookups_due(&peers, &BTreeMap::new(), now, ROUTE_RECHECK).len(), NEW_ROUTE_CHECKS);
         // All known and old: 64 at a time.
         let routes: BTreeMap<_, _> = peers.iter().map(|p| (*p, known(old))).collect();
-        assert_eq!(lookups_due(&peers, &routes, now).len(), ROUTE_CHECKS);
+        assert_eq!(lookups_due(&peers, &routes, now, ROUTE_RECHECK).len(), ROUTE_CHECKS);
         // A few unknown among old ones: the unknown ones, and old ones up to 64 in all.
         let mut some_unknown = routes.clone();
         for n in 0..10 {
             some_unknown.remove(&peer(n * 1000));
         }
-        let due = lookups_due(&peers, &some_unknown, now);
+        let due = lookups_due(&peers, &some_unknown, now, ROUTE_RECHECK);
         assert_eq!(due.len(), ROUTE_CHECKS);
         assert_eq!(&due[..10], &(0..10).map(|n| peer(n * 1000)).collect::<Vec<_>>()[..]);
     }

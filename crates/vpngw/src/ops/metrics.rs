@@ -52,6 +52,21 @@ pub struct Snapshot {
     pub ha: Option<HaView>,
     /// Configuration reloads (SIGHUP, `vpngw reload`).
     pub reloads: ReloadStats,
+    /// The Diffie-Hellman pool.
+    pub dh: DhStats,
+}
+
+/// The Diffie-Hellman pool (`dh_pool.rs`), as the loop last published it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DhStats {
+    /// Threads in the pool; 0 when the loop thread computes.
+    pub threads: usize,
+    /// Work waiting for a thread.
+    pub queued: usize,
+    /// Computations the pool's threads ran.
+    pub pooled: u64,
+    /// Computations the loop ran itself because the pool's queue was full.
+    pub inline: u64,
 }
 
 /// Configuration reloads since start, counted by `Daemon::reload` and published with the
@@ -212,6 +227,7 @@ pub fn snapshot(
             .collect(),
         ha: s.ha.cloned(),
         reloads,
+        dh: DhStats::default(),
     }
 }
 
@@ -263,6 +279,7 @@ pub fn encode(s: &Snapshot) -> Result<String, MetricsError> {
     encode_connections(&f, &s.connections)?;
     encode_health(&f, &s.connections)?;
     encode_reloads(&f, &s.reloads)?;
+    encode_dh(&f, &s.dh)?;
     if let Some(ha) = &s.ha {
         encode_ha(&f, ha)?;
     }
@@ -448,6 +465,26 @@ fn encode_connections(f: &Families, connections: &[ConnectionMetrics]) -> Result
 /// (`vpngw status` and the diagnosis spell failure reasons in kebab-case; `-` becomes `_`).
 fn label_value(reason: &str) -> String {
     reason.replace('-', "_")
+}
+
+/// The Diffie-Hellman pool: its size, backlog and where the work ran.
+fn encode_dh(f: &Families, dh: &DhStats) -> Result<(), MetricsError> {
+    let threads = f.gauge(
+        "vpngw_dh_threads",
+        "Threads computing main mode's Diffie-Hellman ([tuning] dh_threads; 0: the loop thread computes)",
+        &[],
+    )?;
+    threads.with_label_values(&[] as &[&str]).set(i64::try_from(dh.threads).unwrap_or(i64::MAX));
+    let queued = f.gauge("vpngw_dh_queued", "Diffie-Hellman work waiting for a pool thread (at most 1024)", &[])?;
+    queued.with_label_values(&[] as &[&str]).set(i64::try_from(dh.queued).unwrap_or(i64::MAX));
+    let total = f.counter(
+        "vpngw_dh_computations_total",
+        "Main mode Diffie-Hellman work run by the pool (ran_on=pool) or by the loop because the pool's queue was full (ran_on=loop)",
+        &["ran_on"],
+    )?;
+    total.with_label_values(&["pool"]).inc_by(dh.pooled);
+    total.with_label_values(&["loop"]).inc_by(dh.inline);
+    Ok(())
 }
 
 /// Configuration reloads, as Prometheus reports its own (`prometheus_config_*`).
@@ -696,6 +733,7 @@ mod tests {
             unknown_peer_log_lines_suppressed: 6,
             ha: None,
             reloads: ReloadStats { applied: 2, refused: 1, last_success: false, last_unix: 1_790_000_100.5 },
+            dh: DhStats { threads: 2, queued: 3, pooled: 40, inline: 1 },
             workers: vec![WorkerMetrics {
                 packets_in: 5,
                 packets_out: 7,
@@ -740,6 +778,10 @@ mod tests {
             "vpngw_ike_messages_total{direction=\"in\",exchange=\"other\"} 0",
             "vpngw_ike_retransmissions_total{exchange=\"main\"} 1",
             "vpngw_ike_retransmissions_total{exchange=\"informational\"} 0",
+            "vpngw_dh_threads 2",
+            "vpngw_dh_queued 3",
+            "vpngw_dh_computations_total{ran_on=\"pool\"} 40",
+            "vpngw_dh_computations_total{ran_on=\"loop\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -779,6 +821,7 @@ mod tests {
             runtime_connections: Default::default(),
             ha,
             reloads: Default::default(),
+            dh: DhStats::default(),
             from_loop: true,
         }
     }

@@ -71,6 +71,8 @@ pub struct ReadState {
     pub ha: Option<crate::ha::HaView>,
     /// Configuration reloads, counted by the loop (`Daemon::reload`).
     pub reloads: metrics::ReloadStats,
+    /// The Diffie-Hellman pool's counters, as of the publication.
+    pub dh: metrics::DhStats,
     /// Published by the loop; false for the placeholder the surfaces start with, before the
     /// loop has restored tunnels and started connections (reads then go to the loop, as
     /// commands do, and wait for it).
@@ -106,7 +108,9 @@ impl ReadState {
             ledger.settle();
             ledger.traffic(&self.table)
         };
-        self.read(|s| metrics::snapshot(s, &traffic, self.reloads, &self.ike_messages))
+        let mut snapshot = self.read(|s| metrics::snapshot(s, &traffic, self.reloads, &self.ike_messages));
+        snapshot.dh = self.dh;
+        snapshot
     }
 
     /// The answer to a read request (status, diagnose, the connection list, a peer's
@@ -318,6 +322,7 @@ mod tests {
             runtime_connections: BTreeSet::new(),
             ha: None,
             reloads: Default::default(),
+            dh: Default::default(),
             from_loop: true,
         }
     }
