@@ -98,7 +98,7 @@ unit:
 
 interop: deps-test
 	$(CARGO) build --workspace --bins --locked
-	$(CARGO) test -p vpngw-tests --locked --test interop_ike
+	$(CARGO) test -p vpngw-tests --locked --test interop_ike --test scale_strongswan
 
 # vnf-check last: the Debian package that tests/tests/debian_package.rs built goes into the CSAR
 # it checks (tosca-parser and Tacker's loader; about 30 s, and 1 min for its venv the first time).

@@ -153,6 +153,36 @@ impl Lab {
         run(&all)
     }
 
+    /// Adds these addresses (`ADDR/PREFIX`) to `dev` in `ns`, all in one `ip -batch` (one
+    /// process, not one per address: labs with many peers add dozens).
+    ///
+    /// # Panics
+    /// If ip refuses one of them.
+    pub fn add_addresses(&self, ns: &str, dev: &str, addresses: &[String]) {
+        let batch: String = addresses.iter().map(|a| format!("addr add {a} dev {dev}\n")).collect();
+        self.ip_batch(ns, &batch);
+    }
+
+    /// Runs `ip -n NS -batch -` with `commands`, one `ip` command a line (without the `ip`).
+    ///
+    /// # Panics
+    /// If ip refuses one of them.
+    pub fn ip_batch(&self, ns: &str, commands: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["-n", ns, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip -batch: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(commands.as_bytes()).unwrap_or_else(|e| panic!("ip -batch: {e}"));
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("ip -batch: {e}"));
+        assert!(out.status.success(), "ip -n {ns} -batch failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Runs a command in a namespace and returns its output (not checked).
     pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Output {
         Command::new("ip")

@@ -2,6 +2,7 @@
 //! configuration, plugin list and vici socket; `/run` is bind-mounted privately because charon
 //! hard-codes its PID file there (the trick of the reference lab).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -90,7 +91,12 @@ pub struct SwSas {
     pub ike_sas: Vec<String>,
     /// The IKE SA's algorithm line, e.g. "3DES_CBC/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768".
     pub ike_algorithms: Vec<String>,
+    /// The connection name of each established IKE SA, in the order of `ike_sas`.
+    pub ike_connections: Vec<String>,
     pub children: Vec<SwChild>,
+    /// Packets (in, out) of each child SA, by its inbound SPI: kept out of [`SwChild`] so that
+    /// comparing children before and after an event ignores the traffic in between.
+    pub child_packets: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +107,11 @@ pub struct SwChild {
     pub algorithms: String,
     pub spi_in: String,
     pub spi_out: String,
+    /// The connection whose IKE SA the child SA belongs to (e.g. "lab").
+    pub connection: String,
+    /// The child's traffic selectors as listed, e.g. "10.2.0.0/24".
+    pub local_ts: String,
+    pub remote_ts: String,
 }
 
 #[derive(Debug)]
@@ -222,37 +233,19 @@ impl Charon {
 
     /// [`Charon::load_with`] with this IKE version (2: a peer that does not speak IKEv1).
     pub fn load_version(&self, c: &SwConn, t: &SwTimers, version: u8) {
-        let conf = format!(
-            "connections {{\n  lab {{\n    version = {version}\n    aggressive = {aggr}\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
-             proposals = {ike}\n    rekey_time = {ike_rekey}\n    over_time = {ike_over}\n    dpd_delay = {dpd_delay}\n    dpd_timeout = {dpd_timeout}\n    \
-             local {{\n      auth = psk\n      id = {lid}\n    }}\n    remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
-             children {{\n      net {{\n        mode = tunnel\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
-             esp_proposals = {esp}\n        life_time = {child_life}\n        rekey_time = {child_rekey}\n        rand_time = {child_rand}\n        \
-             start_action = {start_action}\n        dpd_action = {dpd_action}\n      }}\n    }}\n  }}\n}}\n\
-             secrets {{\n  ike-lab {{\n    id-l = {lid}\n    id-r = {rid}\n    secret = \"{psk}\"\n  }}\n}}\n",
-            aggr = if c.aggressive { "yes" } else { "no" },
-            la = c.local_addr,
-            ra = c.remote_addr,
-            ike = c.ike,
-            esp = c.esp,
-            lid = c.local_id,
-            rid = c.remote_id,
-            lts = c.local_ts.join(","),
-            rts = c.remote_ts.join(","),
-            psk = c.psk,
-            ike_rekey = t.ike_rekey,
-            ike_over = t.ike_over,
-            dpd_delay = t.dpd_delay,
-            dpd_timeout = t.dpd_timeout,
-            child_life = t.child_life,
-            child_rekey = t.child_rekey,
-            child_rand = t.child_rand,
-            start_action = t.start_action,
-            dpd_action = t.dpd_action,
-        );
-        let path = self.dir.join("swanctl.conf");
-        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
-        let out = self.swanctl(&["--load-all", "--noprompt", "--file", &path.display().to_string()]);
+        let entry = SwEntry { name: "lab".into(), conn: c.clone(), timers: t.clone() };
+        self.load_conf(&swanctl_conf(std::slice::from_ref(&entry), version));
+    }
+
+    /// Replaces the loaded configuration with these IKEv1 connections, all at once (one
+    /// `swanctl --load-all`): one charon plays many peers, each connection bound to its own
+    /// `local_addr`. Those whose timers say `start_action = start` are initiated at once.
+    pub fn load_many(&self, entries: &[SwEntry]) {
+        self.load_conf(&swanctl_conf(entries, 1));
+    }
+
+    fn load_conf(&self, conf: &str) {
+        let out = self.load_raw(conf);
         assert!(
             out.status.success(),
             "swanctl --load-all: {}{}",
@@ -314,18 +307,75 @@ impl Charon {
     }
 }
 
+/// One connection of a swanctl.conf with several: its name (also of its secret, "ike-NAME";
+/// its child is "net"), what it negotiates, and its timers.
+#[derive(Clone, Debug)]
+pub struct SwEntry {
+    pub name: String,
+    pub conn: SwConn,
+    pub timers: SwTimers,
+}
+
+/// A swanctl.conf with these connections and their pre-shared keys (by both identities, so
+/// each connection may have its own key).
+pub fn swanctl_conf(entries: &[SwEntry], version: u8) -> String {
+    let mut connections = String::new();
+    let mut secrets = String::new();
+    for SwEntry { name, conn: c, timers: t } in entries {
+        connections.push_str(&format!(
+            "  {name} {{\n    version = {version}\n    aggressive = {aggr}\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
+             proposals = {ike}\n    rekey_time = {ike_rekey}\n    over_time = {ike_over}\n    dpd_delay = {dpd_delay}\n    dpd_timeout = {dpd_timeout}\n    \
+             local {{\n      auth = psk\n      id = {lid}\n    }}\n    remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
+             children {{\n      net {{\n        mode = tunnel\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
+             esp_proposals = {esp}\n        life_time = {child_life}\n        rekey_time = {child_rekey}\n        rand_time = {child_rand}\n        \
+             start_action = {start_action}\n        dpd_action = {dpd_action}\n      }}\n    }}\n  }}\n",
+            aggr = if c.aggressive { "yes" } else { "no" },
+            la = c.local_addr,
+            ra = c.remote_addr,
+            ike = c.ike,
+            esp = c.esp,
+            lid = c.local_id,
+            rid = c.remote_id,
+            lts = c.local_ts.join(","),
+            rts = c.remote_ts.join(","),
+            ike_rekey = t.ike_rekey,
+            ike_over = t.ike_over,
+            dpd_delay = t.dpd_delay,
+            dpd_timeout = t.dpd_timeout,
+            child_life = t.child_life,
+            child_rekey = t.child_rekey,
+            child_rand = t.child_rand,
+            start_action = t.start_action,
+            dpd_action = t.dpd_action,
+        ));
+        secrets.push_str(&format!(
+            "  ike-{name} {{\n    id-l = {lid}\n    id-r = {rid}\n    secret = \"{psk}\"\n  }}\n",
+            lid = c.local_id,
+            rid = c.remote_id,
+            psk = c.psk,
+        ));
+    }
+    format!("connections {{\n{connections}}}\nsecrets {{\n{secrets}}}\n")
+}
+
 /// Parses the default `swanctl --list-sas` output.
 pub fn parse_list_sas(text: &str) -> SwSas {
     let mut sas = SwSas::default();
     let lines: Vec<&str> = text.lines().collect();
+    // The connection of the IKE SA being read: its child SAs follow it, indented.
+    let mut connection = String::new();
     let mut i = 0;
     while i < lines.len() {
         let l = lines[i];
+        if !l.starts_with(' ') && l.contains(": #") {
+            connection = l.split(": ").next().unwrap_or("").to_string();
+        }
         if !l.starts_with(' ') && l.contains(", ESTABLISHED, IKEv1") {
             sas.ike_established += 1;
             let unique = l.split(": ").nth(1).and_then(|r| r.split(',').next()).unwrap_or("");
             let spis = l.split(", ESTABLISHED, IKEv1, ").nth(1).unwrap_or("").trim();
             sas.ike_sas.push(format!("{unique} {spis}"));
+            sas.ike_connections.push(connection.clone());
             // The algorithm line is the first one that looks like ALG/ALG/...
             if let Some(a) =
                 lines[i + 1..].iter().take(4).map(|l| l.trim()).find(|l| l.contains('/') && !l.contains(' '))
@@ -335,21 +385,43 @@ pub fn parse_list_sas(text: &str) -> SwSas {
         }
         if l.starts_with("  ") && l.contains(": #") && l.contains("reqid") {
             let parts: Vec<&str> = l.split(", ").map(str::trim).collect();
-            let state = parts.get(2).copied().unwrap_or("").to_string();
-            let mode = parts.get(3).copied().unwrap_or("").to_string();
-            let algorithms = parts.get(4).copied().unwrap_or("").to_string();
-            let mut spi_in = String::new();
-            let mut spi_out = String::new();
-            for l in lines[i + 1..].iter().take(8) {
+            let mut child = SwChild {
+                state: parts.get(2).copied().unwrap_or("").to_string(),
+                mode: parts.get(3).copied().unwrap_or("").to_string(),
+                algorithms: parts.get(4).copied().unwrap_or("").to_string(),
+                spi_in: String::new(),
+                spi_out: String::new(),
+                connection: connection.clone(),
+                local_ts: String::new(),
+                remote_ts: String::new(),
+            };
+            let (mut packets_in, mut packets_out) = (0, 0);
+            // The child's own lines are indented deeper than the child line: stop at the next
+            // child or IKE SA, so that one child's lines are never read as another's.
+            for l in lines[i + 1..].iter().take_while(|l| l.starts_with("    ")) {
                 let t = l.trim();
+                // "in  9c57499a,     84 bytes,     1 packets,     0s ago"
+                let spi_and_packets = |rest: &str| {
+                    let fields: Vec<&str> = rest.split(',').map(str::trim).collect();
+                    let packets = fields
+                        .get(2)
+                        .and_then(|f| f.strip_suffix(" packets"))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    (fields.first().copied().unwrap_or("").to_string(), packets)
+                };
                 if let Some(rest) = t.strip_prefix("in ") {
-                    spi_in = rest.trim().split(',').next().unwrap_or("").trim().to_string();
-                }
-                if let Some(rest) = t.strip_prefix("out ") {
-                    spi_out = rest.trim().split(',').next().unwrap_or("").trim().to_string();
+                    (child.spi_in, packets_in) = spi_and_packets(rest);
+                } else if let Some(rest) = t.strip_prefix("out ") {
+                    (child.spi_out, packets_out) = spi_and_packets(rest);
+                } else if let Some(rest) = t.strip_prefix("local ") {
+                    child.local_ts = rest.trim().to_string();
+                } else if let Some(rest) = t.strip_prefix("remote ") {
+                    child.remote_ts = rest.trim().to_string();
                 }
             }
-            sas.children.push(SwChild { state, mode, algorithms, spi_in, spi_out });
+            sas.child_packets.insert(child.spi_in.clone(), (packets_in, packets_out));
+            sas.children.push(child);
         }
         i += 1;
     }
@@ -377,8 +449,45 @@ mod tests {
                 mode: "TUNNEL-in-UDP".into(),
                 algorithms: "ESP:3DES_CBC/HMAC_MD5_96".into(),
                 spi_in: "9c57499a".into(),
-                spi_out: "52cacf04".into()
+                spi_out: "52cacf04".into(),
+                connection: "lab".into(),
+                local_ts: "10.2.0.0/24".into(),
+                remote_ts: "10.1.0.0/24".into(),
             }]
         );
+        assert_eq!(s.ike_connections, ["lab"]);
+        assert_eq!(s.child_packets, BTreeMap::from([("9c57499a".to_string(), (0, 0))]));
+    }
+
+    /// Several connections, one with two child SAs and traffic: each child keeps its own
+    /// SPIs, selectors, counters and connection.
+    #[test]
+    fn parses_list_sas_of_many_connections() {
+        let text = "site-01: #2, ESTABLISHED, IKEv1, 1111111111111111_i* 2222222222222222_r\n  \
+                    local  '198.51.100.101' @ 198.51.100.101[4500]\n  remote '198.51.100.1' @ 198.51.100.1[4500]\n  \
+                    AES_CBC-128/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_2048\n  established 2s ago, rekeying in 77000s\n  \
+                    net: #3, reqid 3, INSTALLED, TUNNEL-in-UDP, ESP:AES_CBC-128/HMAC_SHA1_96\n    \
+                    installed 2s ago, rekeying in 3000s, expires in 3598s\n    \
+                    in  c0000001,     84 bytes,     1 packets,     0s ago\n    out c0000002,     84 bytes,     2 packets,     0s ago\n    \
+                    local  10.2.1.0/24\n    remote 10.1.0.0/24\n  \
+                    net: #4, reqid 4, INSTALLED, TUNNEL-in-UDP, ESP:AES_CBC-128/HMAC_SHA1_96\n    \
+                    installed 2s ago, rekeying in 3000s, expires in 3598s\n    \
+                    in  c0000003,      0 bytes,     0 packets\n    out c0000004,      0 bytes,     0 packets\n    \
+                    local  10.2.9.0/24\n    remote 10.1.0.0/24\n\
+                    site-02: #1, CONNECTING, IKEv1, 3333333333333333_i* 0000000000000000_r\n  \
+                    local  '198.51.100.102' @ 198.51.100.102[500]\n  remote '198.51.100.1' @ 198.51.100.1[500]\n";
+        let s = parse_list_sas(text);
+        assert_eq!((s.ike_established, s.ike_connections.as_slice()), (1, ["site-01".to_string()].as_slice()));
+        let summary: Vec<_> = s
+            .children
+            .iter()
+            .map(|c| (c.connection.as_str(), c.spi_in.as_str(), c.spi_out.as_str(), c.local_ts.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [("site-01", "c0000001", "c0000002", "10.2.1.0/24"), ("site-01", "c0000003", "c0000004", "10.2.9.0/24")]
+        );
+        assert_eq!(s.child_packets["c0000001"], (1, 2));
+        assert_eq!(s.child_packets["c0000003"], (0, 0));
     }
 }
