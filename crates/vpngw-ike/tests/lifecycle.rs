@@ -359,6 +359,22 @@ fn dpd_probes_only_when_silent_and_an_answering_peer_stays() {
     assert_eq!(p.a.ike_sas().len(), 1);
 }
 
+/// Two idle sides with the same DPD setting: the probes are staggered (0-15 % off the delay,
+/// from the sequence number), so each round one side probes and the other answers; probing at
+/// the same moment, they would cross and cost twice the messages (48 in 120 s).
+#[test]
+fn idle_sides_do_not_probe_each_other_at_the_same_moment() {
+    let (a, b) = with_dpd(vpngw_ike::DpdAction::Clear);
+    let mut p = Pair::new(a, b, 52);
+    p.a.initiate(p.now, "to-b").unwrap();
+    p.drive(Duration::from_secs(5));
+    let mark = p.wire.len();
+    p.drive(Duration::from_secs(125));
+    let messages = informationals(&p, true, mark) + informationals(&p, false, mark);
+    assert!((20..=32).contains(&messages), "{messages} DPD messages in 120 s of silence (both sides)");
+    assert_eq!(ike_deleted(&p.a_events, DeleteReason::DeadPeer) + ike_deleted(&p.b_events, DeleteReason::DeadPeer), 0);
+}
+
 #[test]
 fn dpd_clear_deletes_within_the_timeout() {
     let (a, b) = with_dpd(vpngw_ike::DpdAction::Clear);
