@@ -240,7 +240,10 @@ impl Walker {
         Tuning {
             retransmit_initial: Duration::from_millis(ms as u64),
             retransmit_tries: tries as u32,
-            dh_per_second: dh.map_or(d.dh_per_second, |n| n as u32),
+            dh_per_second: dh.map_or_else(
+                || super::default_dh_per_second(dh_threads.map_or(d.dh_threads, |n| n as usize)),
+                |n| n as u32,
+            ),
             half_open: half_open.map_or(d.half_open, |n| n as usize),
             dh_threads: dh_threads.map_or(d.dh_threads, |n| n as usize),
         }
