@@ -587,6 +587,7 @@ fn connections_whose_subnets_overlap_are_refused_by_the_api_and_by_reload() {
     wait_for(Duration::from_secs(5), || (listed(&lab, &lab.left).len() == 3).then_some(()))
         .unwrap_or_else(|| panic!("a valid reload not applied\n{}", v.log_text()));
     assert_eq!(listed(&lab, &lab.left), ["file-3", "from-file", "to-b"]);
+    filters_and_pages(&lab);
 
     // A state file that cannot be written (a directory in its place): 500, a problem document
     // without the key.
@@ -599,6 +600,62 @@ fn connections_whose_subnets_overlap_are_refused_by_the_api_and_by_reload() {
     assert!(doc["detail"].as_str().unwrap().contains("cannot save it"), "{doc}");
     assert!(!failed.body.contains(PSK), "{}", failed.body);
     assert_eq!(v.stop(&lab), Some(0));
+}
+
+/// The names of a JSON array of connections.
+fn names_of(body: &str) -> Vec<String> {
+    let list: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Filters and pages (issue 20) on a gateway with three connections, all down: file-3,
+/// from-file, to-b. `/connections` keeps its array and says the total and the next page in
+/// headers; `/status` says them in `page`; refusals name the parameter.
+fn filters_and_pages(lab: &Lab) {
+    let get = |path: &str| request(lab, &lab.left, "GET", path, Some(TOKEN), None, None);
+    let first = get("/api/v1/connections?limit=2");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(names_of(&first.body), ["file-3", "from-file"]);
+    assert_eq!(first.header("x-total-count"), Some("3"), "{:?}", first.headers);
+    let link = first.header("link").unwrap_or_else(|| panic!("no Link: {:?}", first.headers));
+    assert_eq!(link, "</api/v1/connections?limit=2&after=from-file>; rel=\"next\"");
+    // Following the link: the last page, without a Link.
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let last = get(next);
+    assert_eq!((names_of(&last.body), last.header("x-total-count")), (vec!["to-b".to_string()], Some("3")));
+    assert_eq!(last.header("link"), None, "{:?}", last.headers);
+    // A glob (percent-encoded, as clients send '*'), a state; nothing matching is an empty 200.
+    let f = get("/api/v1/connections?name=f%2A");
+    assert_eq!((names_of(&f.body), f.header("x-total-count")), (vec!["file-3".into(), "from-file".into()], Some("2")));
+    let up = get("/api/v1/connections?state=up,connecting");
+    assert_eq!((up.status, names_of(&up.body), up.header("x-total-count")), (200, vec![], Some("0")));
+    // A cursor past the end, and one naming no connection: the pages go on from where it sorts.
+    assert!(names_of(&get("/api/v1/connections?after=zzz").body).is_empty());
+    assert_eq!(names_of(&get("/api/v1/connections?after=g").body), ["to-b"]);
+
+    // /status: the page and the counts in the body, conforming to the document.
+    let counted = get("/api/v1/status?limit=0");
+    let status: Value = serde_json::from_str(&counted.body).unwrap();
+    assert_eq!(status["connections"], json!([]), "{status}");
+    assert_eq!(status["page"], json!({"matched": 3, "by_state": {"up": 0, "connecting": 0, "down": 3}}));
+    assert_conforms("Status", &status);
+    let paged: Value = serde_json::from_str(&get("/api/v1/status?state=down&name=*-*&limit=1").body).unwrap();
+    assert_eq!(paged["connections"][0]["name"], "file-3", "{paged}");
+    assert_eq!((paged["page"]["matched"].clone(), paged["page"]["next_after"].clone()), (json!(3), json!("file-3")));
+    assert_conforms("Status", &paged);
+
+    // Refused, naming the parameter: 400 invalid-query.
+    for (query, key) in [
+        ("/api/v1/status?state=established", "state"),
+        ("/api/v1/connections?limit=-1", "limit"),
+        ("/api/v1/connections?name=a%20b", "name"),
+        ("/api/v1/connections?after=to-*", "after"),
+        ("/api/v1/connections?offset=2", "offset"),
+    ] {
+        let doc = get(query).problem(400, "invalid-query");
+        assert_eq!(doc["problems"][0]["key"], key, "{query}: {doc}");
+        assert!(doc["detail"].as_str().unwrap().contains(key), "{query}: {doc}");
+    }
 }
 
 /// `curl` in a namespace: (HTTP status, or 0 when no HTTP answer came; body). `cacert`: trust

@@ -1,6 +1,7 @@
 //! The operator's CLI against strongSwan 5.9.8, as a network engineer uses it in the first
 //! week: `vpngw status NAME` (one connection, the ISAKMP cookies as strongSwan prints them,
-//! traffic each way with when it last moved), `vpngw connection list` as a table, `--json` on
+//! traffic each way with when it last moved), `vpngw connection list` as a table, counts,
+//! filters and pages (`--summary`, `--state`, `--name`, `--limit`, `--after`), `--json` on
 //! every kind of command (reads, commands, refusals, `up --wait`), and `vpngw rekey --ike`:
 //! a re-authentication that strongSwan follows (a new ISAKMP SA on both sides, the old one
 //! deleted, the same child SAs, pings through).
@@ -117,6 +118,56 @@ fn status_connection_list_json_and_reauthentication_on_demand() {
     assert_eq!(row("to-nowhere")[..4], ["to-nowhere", "file", "down", "198.51.100.99"], "{table}");
     let listed = json(&v.cli(&["connection", "list", "--json"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    // Counts, filters and pages (issue 20), done by the daemon: the counts line, then the
+    // connections in name order.
+    let all = stdout(&v.cli(&["status"]));
+    assert!(all.contains("\nconnections: 2 (1 up, 0 connecting, 1 down)\n"), "{all}");
+    assert!(all.find("\nto-nowhere: ").unwrap() < all.find("\nto-right: ").unwrap(), "name order: {all}");
+    let summary = v.cli(&["status", "--summary"]);
+    let said = stdout(&summary);
+    assert!(
+        summary.status.success() && said.ends_with("connections: 2 (1 up, 0 connecting, 1 down)\n"),
+        "{}",
+        text(&summary)
+    );
+    assert!(!said.contains("to-right"), "{said}");
+    let down = stdout(&v.cli(&["status", "--state", "down"]));
+    assert!(down.contains("connections matching --state down: 1 (0 up, 0 connecting, 1 down)"), "{down}");
+    assert!(down.contains("\nto-nowhere: down ") && !down.contains("to-right"), "{down}");
+    // A page of one, the command for the next, and that one the last.
+    let first = stdout(&v.cli(&["status", "--name", "to-*", "--limit", "1"]));
+    assert!(first.contains("showing 1 of 2: to-nowhere\n"), "{first}");
+    assert!(first.ends_with("\nnext page: vpngw status --name 'to-*' --limit 1 --after to-nowhere\n"), "{first}");
+    let second = v.cli(&["status", "--name", "to-*", "--limit", "1", "--after", "to-nowhere", "--json"]);
+    let second = json(&second);
+    assert_eq!(second["connections"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["connections"][0]["name"], "to-right", "{second}");
+    assert_eq!(second["page"], serde_json::json!({"matched": 2, "by_state": {"up": 1, "connecting": 0, "down": 1}}));
+    let nothing = v.cli(&["status", "--name", "nope-*"]);
+    assert!(nothing.status.success() && stdout(&nothing).contains("no connection matches"), "{}", text(&nothing));
+    // connection list: the same filters; the table says what matched; --json stays an array.
+    let table = v.cli(&["connection", "list", "--state", "up,connecting", "--limit", "5"]);
+    let said = stdout(&table);
+    assert!(said.starts_with("NAME ") && said.contains("\nto-right ") && !said.contains("to-nowhere"), "{said}");
+    assert!(said.ends_with("\nconnections matching --state up,connecting: 1 (1 up, 0 connecting, 0 down)\n"), "{said}");
+    let paged = v.cli(&["connection", "list", "--limit", "1", "--json"]);
+    assert_eq!(
+        json(&paged).as_array().map(|a| a.iter().map(|c| c["name"].clone()).collect::<Vec<_>>()),
+        Some(vec!["to-nowhere".into()])
+    );
+    assert!(
+        String::from_utf8_lossy(&paged.stderr)
+            .contains("next page: vpngw connection list --limit 1 --after to-nowhere"),
+        "{}",
+        text(&paged)
+    );
+    // Refused before asking: a state that does not exist, NAME with a filter.
+    let bad = v.cli(&["status", "--state", "established"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("(up, connecting, down)"), "{}", text(&bad));
+    let both = v.cli(&["status", "to-right", "--state", "up"]);
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
 
     // --json on commands: the answer, or the refusal, as a document on stdout.
     let down = v.cli(&["down", "to-nowhere", "--json"]);

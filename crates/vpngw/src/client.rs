@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::ops::control::{self, ConnectionView, ControlError, ErrorKind, Request, Response};
-use crate::ops::status::{ConnectionStatus, FailureStatus};
+use crate::ops::select::Page;
+use crate::ops::status::{ConnectionStatus, Counts, FailureStatus};
 use crate::state::ConnectionState;
 
 /// The daemon refused the request, or the operation failed (also: no answer in time).
@@ -97,6 +98,56 @@ pub fn print_answer(result: Result<Response, ControlError>, json: bool) -> ExitC
                 doc["created"] = created.into();
             }
             print_json(&doc);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// How `status` and `connection list` print a selection's answer.
+pub struct Listing<'a> {
+    /// The line counting the connections by state.
+    pub counts: Counts<'a>,
+    /// The command that shows the page after a name.
+    pub next_page: &'a dyn Fn(&str) -> String,
+}
+
+/// Prints the answer to a status or a connection list (or the refusal, as [`print_answer`]):
+/// for people the counts and, when there is a next page, the command that shows it; with
+/// `json` the document as before (status's has the page in it; the list stays an array, the
+/// next page's command goes to stderr).
+pub fn print_listing(result: Result<Response, ControlError>, json: bool, listing: &Listing) -> ExitCode {
+    let r = match result {
+        Ok(r) if r.ok && (r.status.is_some() || r.connections.is_some()) => r,
+        other => return print_answer(other, json),
+    };
+    let next = |page: Option<&Page>| page.and_then(|p| p.next_after.as_deref()).map(|after| (listing.next_page)(after));
+    if let Some(status) = &r.status {
+        if json {
+            print_json(status);
+        } else {
+            print!("{}", status.render_counting(unix_now(), listing.counts));
+            if let Some(command) = next(status.page.as_ref()) {
+                println!("\nnext page: {command}");
+            }
+        }
+    } else if let Some(connections) = &r.connections {
+        if json {
+            print_json(connections);
+            if let Some(command) = next(r.page.as_ref()) {
+                eprintln!("next page: {command}");
+            }
+        } else {
+            print!("{}", connection_table(connections));
+            if let Some(page) = &r.page {
+                match listing.counts {
+                    Counts::Hide => {}
+                    Counts::All => println!("\nconnections: {}", page.counts_text()),
+                    Counts::Matching(words) => println!("\nconnections matching {words}: {}", page.counts_text()),
+                }
+            }
+            if let Some(command) = next(r.page.as_ref()) {
+                println!("next page: {command}");
+            }
         }
     }
     ExitCode::SUCCESS
@@ -194,7 +245,7 @@ async fn ask(daemon: &Daemon, request: Request) -> Result<Response, NoGoodAnswer
 }
 
 async fn connection(daemon: &Daemon, name: &str) -> Result<ConnectionStatus, NoGoodAnswer> {
-    let status = ask(daemon, Request::Status { connection: Some(name.to_string()) })
+    let status = ask(daemon, Request::Status { connection: Some(name.to_string()), selection: Default::default() })
         .await?
         .status
         .ok_or_else(|| NoGoodAnswer::failed("the daemon sent no status"))?;

@@ -130,14 +130,22 @@ enum Cmd {
     ///
     /// Byte counts are scaled for people (exact with --json); each child SA says when it last
     /// carried a packet each way (within a second). With CONNECTION, only that one (exit 3 when
-    /// there is none).
+    /// there is none). Connections come in name order, after a line counting them by state;
+    /// --state, --name, --limit and --after pick and page them (the daemon does the filtering),
+    /// --summary prints the counts alone.
     #[command(
-        after_help = "Examples:\n  vpngw status\n  vpngw status to-branch\n  vpngw status --json | jq '.connections[] | {name, state}'"
+        after_help = "Examples:\n  vpngw status\n  vpngw status to-branch\n  vpngw status --summary\n  vpngw status --state connecting,down --name 'branch-*' --limit 20\n  vpngw status --limit 20 --after branch-0020\n  vpngw status --json | jq '.connections[] | {name, state}'"
     )]
     Status {
         /// Only this connection (`name` of its [[connection]] table).
-        #[arg(value_name = "CONNECTION")]
+        #[arg(value_name = "CONNECTION", conflicts_with_all = ["state", "name_pattern", "limit", "after", "summary"])]
         name: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
+        /// Only the counts of the connections (matching the filters) by state, no connection
+        /// (as --limit 0).
+        #[arg(long, conflicts_with_all = ["limit", "after"])]
+        summary: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -339,12 +347,17 @@ enum ConnectionCmd {
     },
     /// Every connection: its source (file or api), peer, algorithms and state.
     ///
-    /// A table; with --json every parameter (never the key) and the status, as the
-    /// management API lists them.
+    /// A table in name order; with --json every parameter (never the key) and the status, as
+    /// the management API lists them. --state, --name, --limit and --after pick and page them
+    /// as for `vpngw status`: the table then ends with how many matched and the next page's
+    /// command (with --json, an array as before; the next page's command on stderr, and the
+    /// last name of a page is the cursor for the next).
     #[command(
-        after_help = "Examples:\n  vpngw connection list\n  vpngw connection list --json | jq '.[] | select(.source == \"api\") | .name'"
+        after_help = "Examples:\n  vpngw connection list\n  vpngw connection list --state down --name 'branch-*' --limit 50\n  vpngw connection list --json | jq '.[] | select(.source == \"api\") | .name'"
     )]
     List {
+        #[command(flatten)]
+        filters: Filters,
         #[command(flatten)]
         target: Target,
     },
@@ -376,6 +389,65 @@ enum HaCmd {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// Which connections `status` and `connection list` show (`ops/select.rs`); the daemon applies
+/// them.
+#[derive(clap::Args, Clone)]
+struct Filters {
+    /// Only connections in these states: up, connecting, down (comma-separated, or repeated).
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = ops::select::parse_state)]
+    state: Vec<state::ConnectionState>,
+    /// Only connections whose name matches PATTERN: `*` any run of characters, `?` one (quote it
+    /// for the shell: --name 'branch-*').
+    #[arg(long = "name", value_name = "PATTERN", value_parser = ops::select::NamePattern::parse)]
+    name_pattern: Option<ops::select::NamePattern>,
+    /// At most N connections (in name order), from 0 to 100000; 0 counts them without listing.
+    /// Default: all.
+    #[arg(long, value_name = "N", value_parser = ops::select::parse_limit)]
+    limit: Option<usize>,
+    /// Only connections whose names sort after NAME: the cursor of the next page (the last name
+    /// of the one before; it need not exist any more).
+    #[arg(long, value_name = "NAME", value_parser = ops::select::parse_after)]
+    after: Option<String>,
+}
+
+impl Filters {
+    fn selection(&self) -> ops::select::Selection {
+        ops::select::Selection {
+            states: self.state.clone(),
+            name: self.name_pattern.clone(),
+            exact: None,
+            after: self.after.clone(),
+            limit: self.limit,
+        }
+    }
+
+    /// The filters as typed (without the paging), for "connections matching ...": None when
+    /// there are none.
+    fn words(&self) -> Option<String> {
+        let mut words = Vec::new();
+        if !self.state.is_empty() {
+            let states: Vec<&str> = self.state.iter().map(|s| s.as_str()).collect();
+            words.push(format!("--state {}", states.join(",")));
+        }
+        if let Some(p) = &self.name_pattern {
+            words.push(format!("--name '{}'", p.as_str()));
+        }
+        (!words.is_empty()).then(|| words.join(" "))
+    }
+
+    /// The command that shows the page after `after`: `command` with the same filters and limit.
+    fn next_page(&self, command: &str, after: &str) -> String {
+        let mut line = format!("vpngw {command}");
+        if let Some(words) = self.words() {
+            line = format!("{line} {words}");
+        }
+        if let Some(limit) = self.limit {
+            line = format!("{line} --limit {limit}");
+        }
+        format!("{line} --after {after}")
+    }
 }
 
 /// How the CLI finds the daemon: `--socket`, or the control_socket of `--config`, or the default.
@@ -507,7 +579,24 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Status { name, target } => client(&target, Request::Status { connection: name }),
+        Cmd::Status { name, filters, summary, target } => {
+            let mut selection = filters.selection();
+            if summary {
+                selection.limit = Some(0);
+            }
+            let counts_words = filters.words();
+            let counts = match (&name, &counts_words) {
+                (Some(_), _) => ops::status::Counts::Hide,
+                (None, Some(words)) => ops::status::Counts::Matching(words),
+                (None, None) => ops::status::Counts::All,
+            };
+            let listing = client::Listing { counts, next_page: &|after| filters.next_page("status", after) };
+            with_daemon(&target, |rt, daemon| {
+                let request = Request::Status { connection: name, selection };
+                let answer = rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout));
+                client::print_listing(answer, target.json, &listing)
+            })
+        }
         Cmd::Up { name, wait: false, target, .. } => client(&target, Request::Up { connection: name }),
         Cmd::Up { name, wait: true, timeout, target } => with_daemon(&target, |rt, daemon| {
             rt.block_on(client::up_and_wait(daemon, &name, std::time::Duration::from_secs(timeout), target.json))
@@ -552,7 +641,22 @@ fn main() -> ExitCode {
         Cmd::Connection { action: ConnectionCmd::Remove { name, target } } => {
             client(&target, Request::DeleteConnection { name })
         }
-        Cmd::Connection { action: ConnectionCmd::List { target } } => client(&target, Request::Connections),
+        Cmd::Connection { action: ConnectionCmd::List { filters, target } } => {
+            let selection = filters.selection();
+            let words = filters.words();
+            // The unfiltered table stays as it was; a filtered or paged one says what it holds.
+            let counts = match (&words, selection.is_everything()) {
+                (_, true) => ops::status::Counts::Hide,
+                (Some(words), false) => ops::status::Counts::Matching(words),
+                (None, false) => ops::status::Counts::All,
+            };
+            let listing = client::Listing { counts, next_page: &|after| filters.next_page("connection list", after) };
+            with_daemon(&target, |rt, daemon| {
+                let request = Request::Connections { selection };
+                let answer = rt.block_on(control::request_within(&daemon.socket, &request, daemon.answer_timeout));
+                client::print_listing(answer, target.json, &listing)
+            })
+        }
         Cmd::Ha { action: HaCmd::Notify { state, target } } => client(&target, Request::HaNotify { state }),
         Cmd::Ha { action: HaCmd::Check { target } } => client(&target, Request::HaCheck),
         Cmd::Ha { action: HaCmd::Handover { target } } => client(&target, Request::HaHandover),

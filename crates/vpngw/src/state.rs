@@ -19,6 +19,9 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// Every state, in the order counts show them.
+    pub const ALL: [ConnectionState; 3] = [Self::Up, Self::Connecting, Self::Down];
+
     /// The connection `name` with `subnet_pairs` subnet pairs, among the engine's IKE SAs.
     pub fn of<S: Borrow<IkeSaInfo>>(sas: &[S], name: &str, subnet_pairs: usize) -> Self {
         if connection_up(sas, name, subnet_pairs) {

@@ -22,7 +22,7 @@ impl Daemon {
             Request::Status { .. }
             | Request::Diagnose { .. }
             | Request::PeerConfig { .. }
-            | Request::Connections
+            | Request::Connections { .. }
             | Request::Ready => self.read_state().answer(&request).unwrap_or_else(|| Response::error("not a read")),
             Request::Up { connection } if !self.negotiates() && self.connection(&connection).is_some() => {
                 Response::error(format!(

@@ -30,6 +30,7 @@ use toml::Table;
 use crate::config::{Api, ApiTls, Connection, loose_secret_mode, overlap, parse_connection};
 use crate::ops::control::{self, Command, ErrorKind, Origin, ProblemView, Request, Response};
 use crate::ops::peer_config::Format;
+use crate::ops::select::{NamePattern, SelectError, Selection, parse_after, parse_limit, parse_state};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -475,18 +476,124 @@ fn refused_as(r: Response, refine: impl FnOnce(ProblemType) -> ProblemType) -> H
     Problem::new(refine(kind), status, r.error.unwrap_or_default()).with_problems(r.problems).into_response()
 }
 
-async fn status(State(ctx): State<Ctx>) -> HttpResponse {
-    match ask(&ctx, Request::Status { connection: None }).await {
+/// `GET /status[?state=&name=&limit=&after=]`: the page is in the body (`page`: how many
+/// matched, by state, and `next_after`).
+async fn status(State(ctx): State<Ctx>, RawQuery(query): RawQuery) -> HttpResponse {
+    let selection = match selection_query(query.as_deref().unwrap_or("")) {
+        Ok(s) => s,
+        Err(problem) => return invalid_query(problem),
+    };
+    match ask(&ctx, Request::Status { connection: None, selection }).await {
         Response { ok: true, status: Some(s), .. } => axum::Json(s).into_response(),
         r => refused(r),
     }
 }
 
-async fn list(State(ctx): State<Ctx>) -> HttpResponse {
-    match ask(&ctx, Request::Connections).await {
-        Response { ok: true, connections: Some(c), .. } => axum::Json(c).into_response(),
+/// `GET /connections[?state=&name=&limit=&after=]`: the body stays the array it always was;
+/// how many matched is `X-Total-Count`, and the next page is the `Link` header's `rel="next"`
+/// (RFC 8288), the same query with `after` set.
+async fn list(State(ctx): State<Ctx>, RawQuery(query): RawQuery) -> HttpResponse {
+    let selection = match selection_query(query.as_deref().unwrap_or("")) {
+        Ok(s) => s,
+        Err(problem) => return invalid_query(problem),
+    };
+    match ask(&ctx, Request::Connections { selection: selection.clone() }).await {
+        Response { ok: true, connections: Some(c), page, .. } => {
+            let mut r = axum::Json(c).into_response();
+            if let Some(page) = page {
+                r.headers_mut().insert(TOTAL_COUNT, HeaderValue::from(page.matched));
+                let next = page.next_after.map(|after| Selection { after: Some(after), ..selection });
+                // Every part was validated to URL-safe characters, so the header value is one.
+                if let Some(link) = next.and_then(|n| HeaderValue::from_str(&next_link(&n)).ok()) {
+                    r.headers_mut().insert(header::LINK, link);
+                }
+            }
+            r
+        }
         r => refused(r),
     }
+}
+
+/// How many connections matched a list's filters (before paging).
+const TOTAL_COUNT: &str = "x-total-count";
+
+/// The `Link` header of a list's next page.
+fn next_link(next: &Selection) -> String {
+    let mut query = Vec::new();
+    if !next.states.is_empty() {
+        let words: Vec<&str> = next.states.iter().map(|s| s.as_str()).collect();
+        query.push(format!("state={}", words.join(",")));
+    }
+    if let Some(name) = &next.name {
+        // '?' would read as a second query's start to a careless parser.
+        query.push(format!("name={}", name.as_str().replace('?', "%3F")));
+    }
+    if let Some(limit) = next.limit {
+        query.push(format!("limit={limit}"));
+    }
+    if let Some(after) = &next.after {
+        query.push(format!("after={after}"));
+    }
+    format!("</api/v1/connections?{}>; rel=\"next\"", query.join("&"))
+}
+
+/// `state` (comma-separated states), `name` (a pattern), `limit`, `after` from a query string
+/// (percent-encoded or not); a refusal names the parameter.
+fn selection_query(query: &str) -> Result<Selection, ProblemView> {
+    let refused =
+        |key: &str, value: &str, reason: String| ProblemView { key: key.to_string(), value: value.to_string(), reason };
+    let mut selection = Selection::default();
+    let mut given = std::collections::BTreeSet::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key =
+            percent_decode(raw_key).ok_or_else(|| refused(raw_key, raw_value, "not percent-encoded UTF-8".into()))?;
+        let value =
+            percent_decode(raw_value).ok_or_else(|| refused(&key, raw_value, "not percent-encoded UTF-8".into()))?;
+        let known = ["state", "name", "limit", "after"];
+        if !known.contains(&key.as_str()) {
+            return Err(refused(&key, &value, "not a parameter of this operation (state, name, limit, after)".into()));
+        }
+        if !given.insert(key.clone()) {
+            return Err(refused(&key, &value, "given more than once".into()));
+        }
+        let why = |e: SelectError| refused(&key, &value, e.to_string());
+        match key.as_str() {
+            "state" => {
+                selection.states = value.split(',').map(parse_state).collect::<Result<_, _>>().map_err(why)?;
+            }
+            "name" => selection.name = Some(NamePattern::parse(&value).map_err(why)?),
+            "limit" => selection.limit = Some(parse_limit(&value).map_err(why)?),
+            _ => selection.after = Some(parse_after(&value).map_err(why)?),
+        }
+    }
+    Ok(selection)
+}
+
+/// A query string's component decoded (`%XX`, and `+` for a space as forms send it); None when
+/// an escape is broken or the bytes are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn unknown_connection(name: &str) -> Problem {
@@ -494,7 +601,7 @@ fn unknown_connection(name: &str) -> Problem {
 }
 
 async fn get_one(State(ctx): State<Ctx>, ConnectionName(name): ConnectionName) -> HttpResponse {
-    match ask(&ctx, Request::Connections).await {
+    match ask(&ctx, Request::Connections { selection: Selection::exactly(&name) }).await {
         Response { ok: true, connections: Some(c), .. } => match c.into_iter().find(|c| c.name == name) {
             Some(c) => axum::Json(c).into_response(),
             None => unknown_connection(&name).into_response(),
@@ -512,7 +619,7 @@ async fn put(
     match act(&ctx, Request::PutConnection { name: name.clone(), connection: body }, client).await {
         Response { ok: true, created, .. } => {
             let created = created == Some(true);
-            match ask(&ctx, Request::Connections).await {
+            match ask(&ctx, Request::Connections { selection: Selection::exactly(&name) }).await {
                 Response { ok: true, connections: Some(c), .. } => match c.into_iter().find(|c| c.name == name) {
                     Some(c) if created => {
                         let mut r = (StatusCode::CREATED, axum::Json(c)).into_response();
@@ -783,6 +890,60 @@ mod tests {
         {
             assert_eq!(peer_config_query(bad).map_err(|p| p.key), Err(key.to_string()), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_list_query_filters_and_pages_and_names_what_it_refuses() {
+        use crate::state::ConnectionState::{Connecting, Down};
+        assert_eq!(selection_query(""), Ok(Selection::default()));
+        let s = selection_query("state=down,connecting&name=branch-*&limit=20&after=branch-0020").unwrap();
+        assert_eq!(s.states, [Down, Connecting]);
+        assert_eq!(s.name.as_ref().map(NamePattern::as_str), Some("branch-*"));
+        assert_eq!((s.limit, s.after.as_deref()), (Some(20), Some("branch-0020")));
+        // Percent-encoded as clients send wildcards and commas.
+        let encoded = selection_query("name=br%3Fnch-%2A&state=down%2Cconnecting").unwrap();
+        assert_eq!(encoded.name.as_ref().map(NamePattern::as_str), Some("br?nch-*"));
+        assert_eq!(encoded.states, [Down, Connecting]);
+        assert_eq!(selection_query("limit=0").map(|s| s.limit), Ok(Some(0)));
+        for (bad, key) in [
+            ("state=established", "state"),
+            ("state=", "state"),
+            ("state=up,,down", "state"),
+            ("name=", "name"),
+            ("name=a%20b", "name"),
+            ("name=%zz", "name"),
+            ("name=%C3", "name"),
+            ("limit=-1", "limit"),
+            ("limit=100001", "limit"),
+            ("limit=many", "limit"),
+            ("after=branch-*", "after"),
+            ("after=", "after"),
+            ("limit=1&limit=2", "limit"),
+            ("offset=20", "offset"),
+            ("format=vpngw", "format"),
+        ] {
+            let refused = selection_query(bad).expect_err(bad);
+            assert_eq!(refused.key, key, "{bad}");
+            assert!(!refused.reason.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_next_link_repeats_the_query_with_the_cursor() {
+        use crate::state::ConnectionState::{Down, Up};
+        let next = Selection {
+            states: vec![Down, Up],
+            name: Some(NamePattern::parse("b?-*").unwrap()),
+            exact: None,
+            after: Some("b1-x".into()),
+            limit: Some(2),
+        };
+        let link = next_link(&next);
+        assert_eq!(link, "</api/v1/connections?state=down,up&name=b%3F-*&limit=2&after=b1-x>; rel=\"next\"");
+        // What the link says is what was asked, read back.
+        let query = link.trim_start_matches("</api/v1/connections?").split('>').next().unwrap();
+        assert_eq!(selection_query(query), Ok(next));
+        assert!(HeaderValue::from_str(&link).is_ok());
     }
 
     #[test]

@@ -12,16 +12,20 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ops::diagnose::Diagnosis;
+use crate::ops::select::{Page, Selection};
 use crate::ops::status::Status;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     /// The gateway's status; with `connection`, only that connection's (not found if none has
-    /// the name).
+    /// the name); `selection` filters and pages the connections (`ops/select.rs`).
     Status {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         connection: Option<String>,
+        /// Absent (an older client): every connection.
+        #[serde(default, skip_serializing_if = "Selection::is_everything")]
+        selection: Selection,
     },
     Up {
         connection: String,
@@ -47,8 +51,12 @@ pub enum Request {
         #[serde(default)]
         include_key: bool,
     },
-    /// Every connection: where it is defined, its parameters (never the key), its state.
-    Connections,
+    /// Every connection (or those `selection` picks): where it is defined, its parameters
+    /// (never the key), its state.
+    Connections {
+        #[serde(default, skip_serializing_if = "Selection::is_everything")]
+        selection: Selection,
+    },
     /// Creates or replaces a runtime connection (configuration-file keys, as JSON); persisted.
     PutConnection {
         name: String,
@@ -132,6 +140,9 @@ pub struct Response {
     pub diagnosis: Option<Box<Diagnosis>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<Vec<ConnectionView>>,
+    /// For Connections: how many matched, by state, and the next page's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<Page>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<ErrorKind>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -153,6 +164,7 @@ impl Response {
             status: None,
             diagnosis: None,
             connections: None,
+            page: None,
             kind: None,
             problems: Vec::new(),
             created: None,
@@ -199,7 +211,7 @@ impl Request {
             Self::Status { .. }
             | Self::Diagnose { .. }
             | Self::PeerConfig { .. }
-            | Self::Connections
+            | Self::Connections { .. }
             | Self::HaCheck
             | Self::Health
             | Self::Ready => return None,
@@ -389,10 +401,10 @@ mod tests {
                 Some(("peer-config-with-key", Some("branch"))),
             ),
             (Request::PeerConfig { connection: c(), format, include_key: false }, None),
-            (Request::Status { connection: None }, None),
-            (Request::Status { connection: Some(c()) }, None),
+            (Request::Status { connection: None, selection: Selection::default() }, None),
+            (Request::Status { connection: Some(c()), selection: Selection::default() }, None),
             (Request::Diagnose { connection: c() }, None),
-            (Request::Connections, None),
+            (Request::Connections { selection: Selection::default() }, None),
             (Request::HaCheck, None),
             (Request::Health, None),
             (Request::Ready, None),
@@ -405,6 +417,28 @@ mod tests {
         };
         assert_eq!(put.action(), Some(("connection-add", Some("branch"))));
         assert_eq!(put.action_detail(), None);
+    }
+
+    /// Requests of clients from before paging read as "everything"; a selection travels as
+    /// one member and is left out when it selects everything, so older daemons read ours.
+    #[test]
+    fn reads_without_a_selection_are_the_old_requests() {
+        let old: Request = serde_json::from_str(r#"{"command":"connections"}"#).unwrap();
+        assert!(matches!(old, Request::Connections { selection } if selection.is_everything()));
+        let old: Request = serde_json::from_str(r#"{"command":"status","connection":"branch"}"#).unwrap();
+        assert!(
+            matches!(old, Request::Status { connection: Some(c), selection } if c == "branch" && selection.is_everything())
+        );
+        let plain = Request::Status { connection: None, selection: Selection::default() };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), r#"{"command":"status"}"#);
+        let paged = Request::Connections { selection: Selection { limit: Some(20), ..Selection::default() } };
+        let json = serde_json::to_string(&paged).unwrap();
+        assert_eq!(json, r#"{"command":"connections","selection":{"limit":20}}"#);
+        assert!(
+            matches!(serde_json::from_str(&json).unwrap(), Request::Connections { selection } if selection.limit == Some(20))
+        );
+        // A pattern the CLI would refuse is refused by the daemon too.
+        assert!(serde_json::from_str::<Request>(r#"{"command":"status","selection":{"name":"a b"}}"#).is_err());
     }
 
     /// A daemon that accepts and never answers: the client gives up after its timeout, with
@@ -423,7 +457,12 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let answer = request_within(&path, &Request::Status { connection: None }, Duration::from_millis(300)).await;
+        let answer = request_within(
+            &path,
+            &Request::Status { connection: None, selection: Selection::default() },
+            Duration::from_millis(300),
+        )
+        .await;
         let took = started.elapsed();
         stuck.abort();
         let _ = std::fs::remove_dir_all(&dir);

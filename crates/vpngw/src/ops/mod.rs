@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod peer_config;
 pub mod probes;
 pub mod published;
+pub mod select;
 pub mod status;
 
 /// What the read models are built from: the daemon loop's last published state, read now.

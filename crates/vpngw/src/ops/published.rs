@@ -29,6 +29,7 @@ use vpngw_ike::{DropCounters, IkeSaInfo, MessageCounters};
 
 use super::control::{Command, ConnectionView, ErrorKind, Request, Response};
 use super::metrics::{self, Snapshot};
+use super::select::{Page, Selection, select};
 use super::{Sources, diagnose, peer_config, status};
 use crate::config::Config;
 use crate::health::ProbeView;
@@ -117,22 +118,24 @@ impl ReadState {
     /// configuration); None for a command.
     pub fn answer(&self, request: &Request) -> Option<Response> {
         Some(match request {
-            Request::Status { connection: None } => {
-                Response { status: Some(self.read(status::build)), message: None, ..Response::ok("") }
-            }
-            Request::Status { connection: Some(name) } => {
-                if !self.config.connections.iter().any(|c| c.peer.name == *name) {
-                    return Some(Response::failed(ErrorKind::NotFound, format!("no connection named {name:?}")));
+            Request::Status { connection, selection } => {
+                let mut selection = selection.clone();
+                if let Some(name) = connection {
+                    if !self.config.connections.iter().any(|c| c.peer.name == *name) {
+                        return Some(Response::failed(ErrorKind::NotFound, format!("no connection named {name:?}")));
+                    }
+                    selection.exact = Some(name.clone());
                 }
-                let status = self.read(|s| status::build_for(s, Some(name)));
+                let status = self.read(|s| status::build(s, &selection));
                 Response { status: Some(status), message: None, ..Response::ok("") }
             }
             Request::Diagnose { connection } => match self.read(|s| diagnose::for_connection(s, connection)) {
                 Some(diagnosis) => Response { diagnosis: Some(Box::new(diagnosis)), message: None, ..Response::ok("") },
                 None => Response::failed(ErrorKind::NotFound, format!("no connection named {connection:?}")),
             },
-            Request::Connections => {
-                Response { connections: Some(self.connection_views()), message: None, ..Response::ok("") }
+            Request::Connections { selection } => {
+                let (views, page) = self.connection_views(selection);
+                Response { connections: Some(views), page: Some(page), message: None, ..Response::ok("") }
             }
             Request::PeerConfig { connection, format, include_key } => {
                 let Some(c) = self.config.connections.iter().find(|c| c.peer.name == *connection) else {
@@ -175,18 +178,21 @@ impl ReadState {
         }
     }
 
-    fn connection_views(&self) -> Vec<ConnectionView> {
+    /// The views of the connections `selection` picks (only those are built), in name order.
+    fn connection_views(&self, selection: &Selection) -> (Vec<ConnectionView>, Page) {
         self.read(|s| {
-            s.config
-                .connections
-                .iter()
+            let (picked, page) =
+                select(&s.config.connections, |c| c.peer.name.as_str(), |c| status::state(s, c), selection);
+            let views = picked
+                .into_iter()
                 .map(|c| ConnectionView {
                     name: c.peer.name.clone(),
                     source: if self.runtime_connections.contains(&c.peer.name) { "api" } else { "file" }.into(),
                     configured: diagnose::Configured::of(c),
                     status: status::connection(s, c),
                 })
-                .collect()
+                .collect();
+            (views, page)
         })
     }
 }
@@ -327,6 +333,84 @@ mod tests {
         }
     }
 
+    /// `n` connections named `branch-NNN`, written in reverse name order (the answers' order
+    /// is the names', not the file's), each with subnets of its own.
+    fn many(n: usize) -> String {
+        let mut text = String::from("[gateway]\npublic_address = \"198.51.100.1\"\n");
+        for i in (0..n).rev() {
+            text.push_str(&format!(
+                "[[connection]]\nname = \"branch-{i:03}\"\nremote_address = \"203.0.113.{}\"\n\
+                 pre_shared_key = \"lab-psk-0123456789abcdef\"\nlocal_subnets = [\"10.1.{i}.0/24\"]\n\
+                 remote_subnets = [\"10.2.{i}.0/24\"]\n",
+                i + 2
+            ));
+        }
+        text
+    }
+
+    /// Status and the connection list answer the page the selection asks for, with the
+    /// counts of everything that matched and the cursor to the next page; `status NAME` still
+    /// answers that one or "not found".
+    #[test]
+    fn reads_filter_and_page_in_the_daemon() {
+        use crate::ops::select::{NamePattern, StateCounts};
+        use crate::state::ConnectionState;
+        let s = state(&many(25));
+        let names = |r: &Response| -> Vec<String> {
+            match (&r.status, &r.connections) {
+                (Some(st), _) => st.connections.iter().map(|c| c.name.clone()).collect(),
+                (None, Some(views)) => views.iter().map(|c| c.name.clone()).collect(),
+                (None, None) => panic!("no listing: {r:?}"),
+            }
+        };
+        let status = |selection: Selection| s.answer(&Request::Status { connection: None, selection }).unwrap();
+        let list = |selection: Selection| s.answer(&Request::Connections { selection }).unwrap();
+
+        // Unfiltered: every one, in name order, counted.
+        let all = status(Selection::default());
+        assert_eq!(names(&all).len(), 25);
+        assert_eq!(names(&all)[..2], ["branch-000", "branch-001"]);
+        let page = all.status.as_ref().unwrap().page.clone().unwrap();
+        assert_eq!(
+            (page.matched, page.by_state, page.next_after),
+            (25, StateCounts { down: 25, ..StateCounts::default() }, None)
+        );
+
+        // Pages of 10 through both reads: the same names, the same cursors, then the end.
+        let mut after = None;
+        let mut seen = Vec::new();
+        for want_next in [Some("branch-009"), Some("branch-019"), None] {
+            let selection = Selection { limit: Some(10), after: after.clone(), ..Selection::default() };
+            let (st, ls) = (status(selection.clone()), list(selection));
+            assert_eq!(names(&st), names(&ls));
+            seen.extend(names(&ls));
+            let (sp, lp) = (st.status.unwrap().page.unwrap(), ls.page.unwrap());
+            assert_eq!(sp, lp);
+            assert_eq!((sp.matched, sp.next_after.as_deref()), (25, want_next));
+            after = sp.next_after;
+        }
+        assert_eq!(seen, names(&all), "the pages, end to end, are the whole list once");
+
+        // A glob and a state; nothing matching is an empty answer, not an error.
+        let glob = |p: &str| Some(NamePattern::parse(p).unwrap());
+        let ones = list(Selection { name: glob("branch-?1?"), ..Selection::default() });
+        assert_eq!(names(&ones), (10..20).map(|i| format!("branch-{i:03}")).collect::<Vec<_>>());
+        let up = list(Selection { states: vec![ConnectionState::Up], ..Selection::default() });
+        assert!(up.ok && names(&up).is_empty() && up.page.unwrap().matched == 0);
+        // limit 0: the counts alone.
+        let counted = status(Selection { limit: Some(0), name: glob("branch-02*"), ..Selection::default() });
+        let st = counted.status.unwrap();
+        assert!(st.connections.is_empty());
+        assert_eq!(st.page.map(|p| (p.matched, p.next_after)), Some((5, None)));
+
+        // status NAME: that one (exit 3's "not found" when none).
+        let one = s.answer(&Request::Status { connection: Some("branch-007".into()), selection: Selection::default() });
+        assert_eq!(names(&one.unwrap()), ["branch-007"]);
+        let none = s.answer(&Request::Status { connection: Some("branch-*".into()), selection: Selection::default() });
+        assert_eq!(none.unwrap().kind, Some(ErrorKind::NotFound));
+        assert_eq!(names(&list(Selection::exactly("branch-024"))), ["branch-024"]);
+    }
+
     /// The surfaces as the daemon wires them: the router and the control socket on their own
     /// runtime and thread; `to_loop` is the loop's end of the command channel.
     struct Surfaces {
@@ -442,9 +526,9 @@ mod tests {
         let mut worst = Duration::ZERO;
         for i in 0..60 {
             let (r, took) = match i % 3 {
-                0 => s.request(Request::Status { connection: None }),
+                0 => s.request(Request::Status { connection: None, selection: Selection::default() }),
                 1 => s.request(Request::Diagnose { connection: "branch-1".into() }),
-                _ => s.request(Request::Connections),
+                _ => s.request(Request::Connections { selection: Selection::default() }),
             };
             assert!(r.ok, "{r:?}");
             assert!(r.status.is_some() || r.diagnosis.is_some() || r.connections.is_some(), "{r:?}");
@@ -472,14 +556,22 @@ mod tests {
         let (r, _) = s.request(Request::Rekey { connection: "branch-1".into(), ike: false });
         assert_eq!(r.message.as_deref(), Some("loop got Rekey { connection: \"branch-1\", ike: false }"));
         let names = |r: Response| r.status.unwrap().connections.into_iter().map(|c| c.name).collect::<Vec<_>>();
-        assert_eq!(names(s.request(Request::Status { connection: None }).0), ["branch-1"]);
+        assert_eq!(
+            names(s.request(Request::Status { connection: None, selection: Selection::default() }).0),
+            ["branch-1"]
+        );
         s.published.store(Arc::new(state(&CONFIG.replace("branch-1", "branch-2"))));
-        assert_eq!(names(s.request(Request::Status { connection: None }).0), ["branch-2"]);
+        assert_eq!(
+            names(s.request(Request::Status { connection: None, selection: Selection::default() }).0),
+            ["branch-2"]
+        );
         // Before the loop's first publication, reads wait for the loop too.
         s.published.store(Arc::new(ReadState { from_loop: false, ..state(CONFIG) }));
         assert_eq!(
-            s.request(Request::Status { connection: None }).0.message.as_deref(),
-            Some("loop got Status { connection: None }")
+            s.request(Request::Status { connection: None, selection: Selection::default() }).0.message.as_deref(),
+            Some(
+                "loop got Status { connection: None, selection: Selection { states: [], name: None, exact: None, after: None, limit: None } }"
+            )
         );
         drop(s);
         looping.join().unwrap();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use vpngw_dataplane::counters::DropReason;
 use vpngw_ike::{ChildSaInfo, ChildSaState, IkeSaInfo};
 
+use super::select::{Page, Selection, select};
 use super::{Sources, unix};
 use crate::config::Connection;
 use crate::link_paths::MacAddr;
@@ -36,6 +37,10 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<crate::ha::HaView>,
     pub connections: Vec<ConnectionStatus>,
+    /// How many connections matched the request's filters, by state, and the next page's
+    /// cursor (`ops/select.rs`). Absent only from a daemon that predates paging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<Page>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -146,13 +151,11 @@ pub struct FailureStatus {
     pub count: u64,
 }
 
-/// The status of the gateway and every configured connection.
-pub fn build(s: &Sources) -> Status {
-    build_for(s, None)
-}
-
-/// The status of the gateway and of the connection named `only` (every one when None).
-pub fn build_for(s: &Sources, only: Option<&str>) -> Status {
+/// The status of the gateway and of the connections `selection` picks, in name order. Only
+/// those get a view built; the others cost their state (for the counts), and that only when
+/// their name matches.
+pub fn build(s: &Sources, selection: &Selection) -> Status {
+    let (picked, page) = select(&s.config.connections, |c| c.peer.name.as_str(), |c| state(s, c), selection);
     Status {
         gateway: s.config.gateway.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -183,14 +186,14 @@ pub fn build_for(s: &Sources, only: Option<&str>) -> Status {
             })
             .collect(),
         ha: s.ha.cloned(),
-        connections: s
-            .config
-            .connections
-            .iter()
-            .filter(|c| only.is_none_or(|name| c.peer.name == name))
-            .map(|c| connection(s, c))
-            .collect(),
+        connections: picked.into_iter().map(|c| connection(s, c)).collect(),
+        page: Some(page),
     }
+}
+
+/// A connection's state alone (what the filters and counts need), without building its view.
+pub fn state(s: &Sources, c: &Connection) -> ConnectionState {
+    ConnectionState::of(s.by_connection.of(&c.peer.name), &c.peer.name, c.peer.subnets.len())
 }
 
 /// Datagrams not acted on: the engine's by reason (`ike_`), the workers' (`esp_`) where not 0.
@@ -220,7 +223,7 @@ pub fn connection(s: &Sources, c: &Connection) -> ConnectionStatus {
         mode: p.mode.to_string(),
         local_id: p.local_id.to_string(),
         remote_id: p.remote_id.to_string(),
-        state: ConnectionState::of(sas, &p.name, p.subnets.len()),
+        state: state(s, c),
         ike_sa: ike.map(|sa| ike_sa(s, sa)),
         child_sas,
         last_failure: s.history.last_failure(&p.name).map(|f| FailureStatus {
@@ -320,8 +323,13 @@ impl Status {
         )
     }
 
-    /// The human form of `vpngw status`.
+    /// The human form of `vpngw status`, with the counts of every connection.
     pub fn render(&self, now_unix: u64) -> String {
+        self.render_counting(now_unix, Counts::All)
+    }
+
+    /// The human form of `vpngw status`, its counts line as `counts` says.
+    pub fn render_counting(&self, now_unix: u64, counts: Counts) -> String {
         let mut o = String::new();
         let _ = writeln!(
             o,
@@ -347,13 +355,59 @@ impl Status {
                 l.peer, l.device, l.next_hop_mac, l.mtu
             );
         }
-        if self.connections.is_empty() {
-            let _ = writeln!(o, "no connections configured");
+        match (&self.page, counts) {
+            (Some(page), Counts::All) => {
+                let _ = writeln!(o, "connections: {}", page.counts_text());
+            }
+            (Some(page), Counts::Matching(filters)) => {
+                let _ = writeln!(o, "connections matching {filters}: {}", page.counts_text());
+            }
+            (_, Counts::Hide) | (None, _) => {}
+        }
+        if let (Some(page), Counts::All | Counts::Matching(_)) = (&self.page, counts)
+            && !self.connections.is_empty()
+            && self.connections.len() < page.matched
+        {
+            // A page (with --limit 0, a summary, there is nothing to say more).
+            let first_last = match (self.connections.first(), self.connections.last()) {
+                (Some(first), Some(last)) if first.name != last.name => format!(": {} .. {}", first.name, last.name),
+                (Some(only), _) => format!(": {}", only.name),
+                _ => String::new(),
+            };
+            let _ = writeln!(o, "showing {} of {}{first_last}", self.connections.len(), page.matched);
+        }
+        let matched = self.page.as_ref().map_or(self.connections.len(), |p| p.matched);
+        if matched == 0 {
+            let none = if matches!(counts, Counts::Matching(_)) {
+                "no connection matches"
+            } else {
+                "no connections configured"
+            };
+            let _ = writeln!(o, "{none}");
         }
         for c in &self.connections {
             render_connection(&mut o, c, now_unix);
         }
         o
+    }
+}
+
+/// What `vpngw status` says about how many connections there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts<'a> {
+    /// `connections: N (U up, C connecting, D down)`: every connection (no filter).
+    All,
+    /// The same for the connections the filters (as the operator typed them) matched.
+    Matching(&'a str),
+    /// No line (`status NAME`: the connection's own line says its state).
+    Hide,
+}
+
+impl Page {
+    /// `N (U up, C connecting, D down)`.
+    pub fn counts_text(&self) -> String {
+        let c = &self.by_state;
+        format!("{} ({} up, {} connecting, {} down)", self.matched, c.up, c.connecting, c.down)
     }
 }
 
@@ -518,6 +572,7 @@ mod tests {
             workers,
             link_paths: vec![],
             ha: None,
+            page: None,
             connections: vec![],
         }
     }
@@ -598,6 +653,55 @@ mod tests {
         assert_eq!(one_way(&child(1000, Some(1055), Some(1059)), 1060), None);
         assert_eq!(one_way(&child(1000, Some(1010), Some(1020)), 1060), None);
         assert_eq!(one_way(&child(1055, None, Some(1059)), 1060), None);
+    }
+
+    fn named(name: &str, state: ConnectionState) -> ConnectionStatus {
+        ConnectionStatus {
+            name: name.into(),
+            pre_shared_key: "inline".into(),
+            remote_address: "198.51.100.2".into(),
+            start: "active".into(),
+            mode: "main".into(),
+            local_id: "ip:198.51.100.1".into(),
+            remote_id: "ip:198.51.100.2".into(),
+            state,
+            ike_sa: None,
+            child_sas: vec![],
+            last_failure: None,
+            next_attempt_in_seconds: None,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn the_counts_line_says_what_matched_and_which_page_is_shown() {
+        use crate::ops::select::StateCounts;
+        let mut s = status(vec![], &[]);
+        s.connections = vec![named("b-1", ConnectionState::Up), named("b-2", ConnectionState::Down)];
+        let by_state = StateCounts { up: 3000, connecting: 0, down: 2000 };
+        s.page = Some(Page { matched: 5000, by_state, next_after: Some("b-2".into()) });
+        let text = s.render(0);
+        assert!(
+            text.contains("\nconnections: 5000 (3000 up, 0 connecting, 2000 down)\nshowing 2 of 5000: b-1 .. b-2\n"),
+            "{text}"
+        );
+        let text = s.render_counting(0, Counts::Matching("--name 'b-*'"));
+        assert!(text.contains("\nconnections matching --name 'b-*': 5000 (3000 up,"), "{text}");
+        assert!(!s.render_counting(0, Counts::Hide).contains("connections"), "status NAME: no counts");
+        // A summary (limit 0): the counts alone, no "showing", no "no connections".
+        s.connections.clear();
+        let text = s.render(0);
+        assert!(text.ends_with("down)\n") && !text.contains("showing") && !text.contains("no conn"), "{text}");
+        // Nothing matched: said as such; nothing configured: as before.
+        s.page = Some(Page::default());
+        assert!(
+            s.render_counting(0, Counts::Matching("--state up"))
+                .ends_with(": 0 (0 up, 0 connecting, 0 down)\nno connection matches\n")
+        );
+        assert!(s.render(0).ends_with("\nno connections configured\n"), "{}", s.render(0));
+        // An older daemon's answer (no page): no counts line.
+        s.page = None;
+        assert!(s.render(0).ends_with("dropped datagrams: none\nno connections configured\n"), "{}", s.render(0));
     }
 
     #[test]
