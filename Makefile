@@ -133,7 +133,7 @@ bench-tunnels:
 
 bench-e2e:
 	@$(DEPS) $(BENCH_PACKAGES)
-	$(CARGO) build --release --locked -p vpngw
+	$(CARGO) build --release --locked -p vpngw -p vpngw-tests --bin vpngw --bin vpngw-imix
 	benches/e2e.sh
 
 # Floods of spoofed IKE first messages (issue 16) and the impairment soak: the harness of the

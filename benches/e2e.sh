@@ -4,10 +4,12 @@
 #   (c) the vpngw pair, with raw ESP (no NAT between them) through the link path (the default,
 #   docs/adr/0011-raw-esp-link-path.md) and through the raw IP socket (esp_output = "ip"), and
 #   with ESP in UDP forced (encapsulation = "udp": UDP GSO/GRO apply), for aes-128/sha1 and 3des/md5.
-# iperf3 TCP, 10 s, 3 repetitions, medians; plus 64-byte UDP packets per second.
-# Everything shares this machine's cores. Prints Mbit/s and the ratios vpngw/strongSwan and
-# vpngw/plain. Options (environment): SECONDS_PER_RUN=10 REPS=3 PPS_SECONDS=5, SUITE="aes-128
-# sha1 aes128-sha1" (one suite), PLACEMENT=own-core|shared.
+# iperf3 TCP, 10 s, 3 repetitions, medians; plus 64-byte UDP packets per second (iperf3) and an
+# IMIX UDP stream (vpngw-imix: IP sizes 64/576/1500 in a 7:4:1 packet ratio, interleaved), each
+# PPS_REPS times, medians. Everything shares this machine's cores. Prints Mbit/s and the ratios
+# vpngw/strongSwan and vpngw/plain. Options (environment): SECONDS_PER_RUN=10 REPS=3
+# PPS_SECONDS=5 PPS_REPS=3, SUITE="aes-128 sha1 aes128-sha1" (one suite), PLACEMENT=own-core|shared,
+# TCP=0 (no TCP runs: the small-packet figures only), PATHS="link ip udp" (the vpngw paths).
 # PLACEMENT=own-core (the default, with 2+ cores): each lab gateway runs on a core of its own,
 # the left one on core 0 and the right one on core 1, strongSwan (taskset) and vpngw
 # (gateway.worker_cores) alike, as if each had its own machine; the hosts' iperf3 float.
@@ -19,10 +21,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/lab.sh
 . "$ROOT/benches/lab.sh"
 BIN=${VPNGW_BIN:-$ROOT/target/release/vpngw}
+IMIX=${VPNGW_IMIX:-$ROOT/target/release/vpngw-imix}
 RUN=/tmp/vpngw-bench-e2e
 T=${SECONDS_PER_RUN:-10}
 REPS=${REPS:-3}
 PPS_T=${PPS_SECONDS:-5}
+PPS_REPS=${PPS_REPS:-3}
+TCP=${TCP:-1}
+PATHS=${PATHS:-link ip udp}
 NS=(be-lhost be-left be-right be-rhost)
 PSK=$LAB_PSK
 CHARON=/usr/lib/ipsec/charon
@@ -58,20 +64,66 @@ tcp_mbps() {  # one iperf3 TCP run, Mbit/s received
         python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6,1))'
 }
 
-udp_pps() {  # 64-byte UDP, unlimited rate: packets per second that arrived
-    nsx be-rhost iperf3 -s -1 -D -p 5202 >/dev/null 2>&1; sleep 0.3
-    nsx be-lhost iperf3 -c 10.2.0.10 -p 5202 -u -l 64 -b 0 -t "$PPS_T" -J 2>/dev/null |
-        python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum"]; print(int((s["packets"]-s["lost_packets"])/s["seconds"]))'
+# What reached host-right's UDP layer: datagrams (read by a socket or dropped at a full one) and
+# IP bytes, from its namespace's counters.
+rhost_udp() {
+    nsx be-rhost python3 -c '
+def table(path, name):
+    rows = [l.split() for l in open(path) if l.startswith(name + ":")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:])))
+u = table("/proc/net/snmp", "Udp")
+print(u["InDatagrams"] + u["InErrors"], table("/proc/net/netstat", "IpExt")["InOctets"])'
 }
 
-measure() {  # measure LABEL: REPS TCP runs + one pps run
-    local label=$1 runs=() r
+# delivered SECONDS BEFORE AFTER: "packets/s Mbit/s" that reached host-right (rhost_udp's deltas).
+delivered() {
+    python3 -c 'import sys; t=float(sys.argv[1]); a=sys.argv[2].split(); b=sys.argv[3].split()
+print(int((int(b[0])-int(a[0]))/t), round((int(b[1])-int(a[1]))*8/t/1e6, 1))' "$@"
+}
+
+# 64-byte UDP payloads, unlimited rate: "read delivered", packets per second that iperf3's
+# receiver read and that reached host-right's UDP (the gateway's rate: beyond what one iperf3
+# receiver reads, the rest overflows its socket, docs/performance.md "Small packets").
+udp_pps() {
+    local before after
+    nsx be-rhost iperf3 -s -1 -D -p 5202 >/dev/null 2>&1; sleep 0.3
+    before=$(rhost_udp)
+    nsx be-lhost iperf3 -c 10.2.0.10 -p 5202 -u -l 64 -b 0 -t "$PPS_T" -J >"$RUN/pps.json" 2>/dev/null
+    after=$(rhost_udp)
+    python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["end"]["sum"]; print(int((s["packets"]-s["lost_packets"])/s["seconds"]), s["seconds"])' "$RUN/pps.json" |
+        { read -r read secs; echo "$read $(delivered "$secs" "$before" "$after" | cut -d' ' -f1)"; }
+}
+
+# The IMIX stream for PPS_T s: "read-pps read-Mbit/s delivered-pps delivered-Mbit/s" (IP bytes),
+# both over the receiver's span (first to last datagram read), with what the gateway still had
+# queued when the sender stopped counted on both sides.
+imix() {
+    local before after
+    nsx be-rhost "$IMIX" recv --bind 10.2.0.10:5203 --seconds $((PPS_T + 10)) >"$RUN/imix.json" &
+    local recv=$!
+    sleep 0.3
+    before=$(rhost_udp)
+    nsx be-lhost "$IMIX" send --to 10.2.0.10:5203 --seconds "$PPS_T" >"$RUN/imix-send.json"
+    wait "$recv"
+    after=$(rhost_udp)
+    echo "$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(r["pps"]), r["ip_mbps"])' "$RUN/imix.json")" \
+        "$(delivered "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$RUN/imix.json")" "$before" "$after")"
+}
+
+measure() {  # measure LABEL: REPS TCP runs, then PPS_REPS runs of 64-byte UDP and of IMIX
+    local label=$1 runs=(0) r pr=() pd=() ir=() imr=() id=() imd=() a b c d
     nsx be-lhost ping -c 1 -W 2 10.2.0.10 >/dev/null || { echo "$label: no connectivity"; return 1; }
-    for _ in $(seq "$REPS"); do r=$(tcp_mbps); runs+=("$r"); done
-    local med pps
-    med=$(median "${runs[@]}")
-    pps=$(udp_pps)
-    echo "$label ${med} ${pps} ${runs[*]}" | tee -a "$RUN/results"
+    if [ "$TCP" = 1 ]; then runs=(); for _ in $(seq "$REPS"); do r=$(tcp_mbps); runs+=("$r"); done; fi
+    for _ in $(seq "$PPS_REPS"); do
+        read -r a b < <(udp_pps); pr+=("$a"); pd+=("$b")
+        read -r a b c d < <(imix); ir+=("$a"); imr+=("$b"); id+=("$c"); imd+=("$d")
+    done
+    # One field per figure: label, TCP median, then medians of 64B read/delivered pps, IMIX
+    # read/delivered pps and Mbit/s, then the single runs (comma-separated) of TCP, 64B read,
+    # 64B delivered, IMIX read pps, IMIX delivered pps.
+    echo "$label $(median "${runs[@]}") $(median "${pr[@]}") $(median "${pd[@]}")" \
+        "$(median "${ir[@]}") $(median "${id[@]}") $(median "${imr[@]}") $(median "${imd[@]}")" \
+        "$(IFS=,; echo "${runs[*]} ${pr[*]} ${pd[*]} ${ir[*]} ${id[*]}")" | tee -a "$RUN/results"
 }
 
 sw_conf() {  # sw_conf SIDE IKE ESP
@@ -163,7 +215,8 @@ vg_conf() {  # vg_conf SIDE ENC HASH ENCAPSULATION [ESP_OUTPUT]
 }
 
 rm -rf "$RUN"; mkdir -p "$RUN"; : >"$RUN/results"
-echo "end-to-end benchmark: iperf3 TCP ${T}s x ${REPS} (median), 64-byte UDP ${PPS_T}s; $(nproc) cores shared by everything; placement: $PLACEMENT"
+echo "end-to-end benchmark: iperf3 TCP ${T}s x ${REPS} (median), 64-byte UDP and IMIX ${PPS_T}s x ${PPS_REPS} (median); $(nproc) cores shared by everything; placement: $PLACEMENT; load: $(uptime)"
+[ -x "$IMIX" ] || { echo "no $IMIX: cargo build --release -p vpngw-tests --bin vpngw-imix"; exit 1; }
 topology
 nsx be-left ip route add 10.2.0.0/24 via 198.51.100.2
 nsx be-right ip route add 10.1.0.0/24 via 198.51.100.1
@@ -191,7 +244,7 @@ for suite in "${SUITE_LIST[@]}"; do
     done
     # Raw ESP through the link path (the default), raw ESP through the raw IP socket
     # (esp_output = "ip"), ESP in UDP.
-    for path in link ip udp; do
+    for path in $PATHS; do
         encap=auto output=link
         [ "$path" = udp ] && encap=udp
         [ "$path" = ip ] && output=ip
@@ -213,21 +266,28 @@ python3 - "$RUN/results" <<'PY'
 import sys
 rows = {}
 for line in open(sys.argv[1]):
-    label, mbps, pps, *runs = line.split()
-    rows[label] = (float(mbps), int(pps), runs)
+    label, *f = line.split()
+    rows[label] = [float(x) for x in f[:7]] + f[7:]
 plain = rows["plain"][0]
 print()
-print(f"{'path':<30} {'TCP Mbit/s':>11} {'runs':>24} {'64B UDP pps':>12}")
-for label, (mbps, pps, runs) in rows.items():
-    print(f"{label:<30} {mbps:>11.1f} {' '.join(runs):>24} {pps:>12}")
+print("64B and IMIX packets per second: read by the receiving application / delivered to host-right's UDP")
+print(f"{'path':<30} {'TCP Mbit/s':>10} {'64B read':>9} {'deliv.':>8} {'IMIX read':>9} {'deliv.':>8} {'Mbit/s r':>8} {'d':>7}  runs: TCP | 64B r | 64B d | IMIX r | IMIX d")
+for label, r in rows.items():
+    print(f"{label:<30} {r[0]:>10.1f} {r[1]:>9.0f} {r[2]:>8.0f} {r[3]:>9.0f} {r[4]:>8.0f} {r[5]:>8.1f} {r[6]:>7.1f}  {' | '.join(r[7:])}")
 print()
 for suite in ("aes128-sha1", "3des-md5"):
     # The faster strongSwan placement is the one to beat.
     sws = [rows[k] for k in (f"strongswan-{suite}", f"strongswan-shared-{suite}") if k in rows]
-    sw = max(sws, key=lambda r: r[0]) if sws else None
+    # Without TCP runs (TCP=0), the one that read more 64-byte packets.
+    sw = max(sws, key=lambda r: r[0] if plain else r[1]) if sws else None
     for kind, name in (("vpngw", "raw ESP"), ("vpngw-ipsock", "raw ESP, IP socket"), ("vpngw-udp", "ESP in UDP")):
         vg = rows.get(f"{kind}-{suite}")
         if sw and vg:
-            print(f"{suite} {name}: vpngw/strongSwan = {vg[0] / sw[0]:.2f}x, vpngw/plain = {vg[0] / plain:.3f}, "
-                  f"64B pps vpngw/strongSwan = {vg[1] / max(sw[1], 1):.2f}x")
+            tcp = f"vpngw/strongSwan = {vg[0] / sw[0]:.2f}x, vpngw/plain = {vg[0] / plain:.3f}, " if plain and sw[0] else ""
+            print(f"{suite} {name}: {tcp}64B pps vpngw/strongSwan = {vg[1] / max(sw[1], 1):.2f}x "
+                  f"(delivered {vg[2] / max(sw[2], 1):.2f}x)")
+    raw, udp = rows.get(f"vpngw-{suite}"), rows.get(f"vpngw-udp-{suite}")
+    if raw and udp:
+        print(f"{suite} ESP in UDP / raw ESP (link path): 64B pps read {udp[1] / max(raw[1], 1):.2f}, delivered {udp[2] / max(raw[2], 1):.2f}; "
+              f"IMIX pps read {udp[3] / max(raw[3], 1):.2f}, delivered {udp[4] / max(raw[4], 1):.2f}")
 PY
