@@ -65,6 +65,8 @@ impl LinkPaths {
     pub fn publish(&self, hops: &[(Ipv4Addr, NextHop)]) -> Vec<(Ipv4Addr, io::Error)> {
         let mut failed = Vec::new();
         let mut map = FxHashMap::default();
+        let mut changed = false;
+        let old_paths = self.paths.load();
         let mut sockets = self.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (peer, hop) in hops {
             let socket = match sockets.get(&hop.ifindex) {
@@ -82,12 +84,21 @@ impl LinkPaths {
                 },
             };
             // Unchanged paths keep their Arc: nothing for a worker to notice.
-            let path = match self.paths.load().get(peer) {
+            let path = match old_paths.get(peer) {
                 Some(old) if old.hop == *hop => old.clone(),
-                _ => Arc::new(LinkPath::new(hop.clone(), socket)),
+                _ => {
+                    changed = true;
+                    Arc::new(LinkPath::new(hop.clone(), socket))
+                }
             };
             map.insert(*peer, path);
         }
+        // The same paths as before (the steady state, refreshed twice a second): the map in
+        // use stays, so that readers that copy it on change (the daemon's status) do not.
+        if !changed && map.len() == old_paths.len() {
+            return failed;
+        }
+        drop(old_paths);
         // Sockets of interfaces no path uses any more are closed once the last worker batch
         // holding the old table is done (the Arc).
         sockets.retain(|ifindex, _| map.values().any(|p| p.hop.ifindex == *ifindex));

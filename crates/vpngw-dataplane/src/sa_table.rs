@@ -194,6 +194,11 @@ impl Outbound {
     pub fn by_spi(&self, spi: Spi) -> Option<&Arc<OutboundEntry>> {
         self.by_spi.get(&spi)
     }
+
+    /// Every outbound SA, in no order.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<OutboundEntry>> {
+        self.by_spi.values()
+    }
 }
 
 /// SA entries taken out of the table, handed back for their final counters (a worker may

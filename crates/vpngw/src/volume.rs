@@ -74,9 +74,10 @@ pub struct LastPackets {
     pub outbound: Option<Instant>,
 }
 
-/// [`LastPackets`] of every child SA, by inbound SPI; rebuilt each tick and published whole
-/// (an `Arc`), so the read models share it without a lock. The dataplane keeps no timestamps:
-/// a clock read per packet would cost the hot path what one look a second gives for free.
+/// [`LastPackets`] of every child SA, by inbound SPI; rebuilt when a tick changed it (an SA
+/// came, went or carried a packet) and published whole (an `Arc`), so the read models share it
+/// without a lock. The dataplane keeps no timestamps: a clock read per packet would cost the hot
+/// path what one look a second gives for free.
 #[derive(Debug, Default)]
 pub struct SaActivity {
     by_spi_in: HashMap<Spi, LastPackets>,
@@ -88,35 +89,40 @@ impl SaActivity {
     }
 }
 
-/// Packet counts of a child SA at the last look.
+/// What the lifecycle tick remembers of one child SA, by inbound SPI.
 #[derive(Default, Clone, Copy)]
-struct Seen {
-    inbound: u64,
-    outbound: u64,
+struct Watched {
+    /// Packets in and out at the last look: inbound growth tells the engine (dead peer
+    /// detection) that the peer is alive; either tells [`SaActivity`].
+    packets_in: u64,
+    packets_out: u64,
+    /// Bytes carried at the last look, the larger direction (the rate pulls a volume rekey
+    /// forward, see [`soft_point`]).
+    bytes: u64,
+    last: LastPackets,
+    /// The tick that last saw the SA (SAs gone since are forgotten).
+    tick: u64,
 }
 
-/// What the child SAs' counters were at the last look, by inbound SPI.
+/// What the child SAs' counters were at the last look. Kept in place from tick to tick:
+/// with thousands of idle tunnels a tick allocates nothing.
 #[derive(Default)]
 pub struct SaWatch {
-    /// Packet counts each way: inbound growth tells the engine (dead peer detection) that the
-    /// peer is alive; either tells [`SaActivity`].
-    packets_seen: HashMap<Spi, Seen>,
+    watched: HashMap<Spi, Watched>,
     /// When each child SA last carried a packet each way.
     activity: Arc<SaActivity>,
-    /// Bytes each child SA had carried at the last volume check (the rate pulls the rekey
-    /// forward, see [`soft_point`]).
-    volume_seen: HashMap<Spi, u64>,
+    tick: u64,
 }
 
 impl SaWatch {
-    /// One lifecycle tick, one pass over the child SAs (thousands of tunnels: each is looked
-    /// up in the table once a second, not once per concern): traffic noted (inbound traffic
-    /// reported to the engine, for dead peer detection), volumes checked; then the rekeys and
-    /// deletes the volumes call for.
+    /// One lifecycle tick, one pass over the child SAs (each looked up in the table once a
+    /// second, not once per concern): traffic noted (inbound traffic reported to the engine,
+    /// for dead peer detection), volumes checked; then the rekeys and deletes the volumes call
+    /// for.
     pub fn tick(&mut self, endpoint: &mut Endpoint, table: &SaTable, now: Instant) {
-        let mut seen = HashMap::with_capacity(self.packets_seen.len());
-        let mut activity = HashMap::with_capacity(self.packets_seen.len());
-        let mut volume_seen = HashMap::with_capacity(self.volume_seen.len());
+        self.tick += 1;
+        let tick = self.tick;
+        let mut activity_changed = false;
         let mut heard = Vec::new();
         let mut soft = Vec::new();
         let mut hard = Vec::new();
@@ -126,21 +132,22 @@ impl SaWatch {
             for c in &s.children {
                 let inbound = inbound_map.get(&c.spi_in);
                 let outbound = outbound_map.by_spi(c.spi_out);
-                let counts = Seen {
-                    inbound: inbound.as_ref().map_or(0, |e| e.counters.packets()),
-                    outbound: outbound.as_ref().map_or(0, |e| e.counters.packets()),
-                };
-                let before = self.packets_seen.get(&c.spi_in).copied().unwrap_or_default();
-                let mut last = self.activity.of(c.spi_in);
-                if counts.inbound > before.inbound {
+                let w = self.watched.entry(c.spi_in).or_insert_with(|| {
+                    activity_changed = true;
+                    Watched::default()
+                });
+                let packets_in = inbound.map_or(0, |e| e.counters.packets());
+                let packets_out = outbound.map_or(0, |e| e.counters.packets());
+                if packets_in > w.packets_in {
                     heard.push(c.spi_in);
-                    last.inbound = Some(now);
+                    w.last.inbound = Some(now);
+                    activity_changed = true;
                 }
-                if counts.outbound > before.outbound {
-                    last.outbound = Some(now);
+                if packets_out > w.packets_out {
+                    w.last.outbound = Some(now);
+                    activity_changed = true;
                 }
-                seen.insert(c.spi_in, counts);
-                activity.insert(c.spi_in, last);
+                (w.packets_in, w.packets_out, w.tick) = (packets_in, packets_out, tick);
 
                 // Volume lifetimes (RFC 2407 s.4.5, kilobytes): each SA of a pair is measured
                 // on its own; a replacement is negotiated from 85-94 % of the limit (spread by
@@ -149,11 +156,11 @@ impl SaWatch {
                 // at 100 % the pair is deleted.
                 let Some(kb) = c.lifetime_kilobytes.filter(|kb| *kb > 0) else { continue };
                 let limit = kb.saturating_mul(1024);
-                let bytes_in = inbound.as_ref().map_or(0, |e| e.counters.bytes());
-                let bytes_out = outbound.as_ref().map_or(0, |e| e.counters.bytes());
+                let bytes_in = inbound.map_or(0, |e| e.counters.bytes());
+                let bytes_out = outbound.map_or(0, |e| e.counters.bytes());
                 let used = bytes_in.max(bytes_out);
-                let last_tick = used.saturating_sub(self.volume_seen.get(&c.spi_in).copied().unwrap_or(0));
-                volume_seen.insert(c.spi_in, used);
+                let last_tick = used.saturating_sub(w.bytes);
+                w.bytes = used;
                 match classify(limit, c.spi_in.get() % 10, used, last_tick) {
                     Volume::Hard => hard.push((s.peer.clone(), c.spi_in)),
                     Volume::Soft if c.state == ChildSaState::Active => {
@@ -164,9 +171,12 @@ impl SaWatch {
             }
         }
         drop((inbound_map, outbound_map));
-        self.packets_seen = seen;
-        self.activity = Arc::new(SaActivity { by_spi_in: activity });
-        self.volume_seen = volume_seen;
+        let before = self.watched.len();
+        self.watched.retain(|_, w| w.tick == tick);
+        if activity_changed || self.watched.len() != before {
+            let by_spi_in = self.watched.iter().map(|(spi, w)| (*spi, w.last)).collect();
+            self.activity = Arc::new(SaActivity { by_spi_in });
+        }
         for spi_in in heard {
             endpoint.traffic_received(now, spi_in);
         }

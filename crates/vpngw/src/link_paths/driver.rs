@@ -4,10 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vpngw_dataplane::Dataplane;
-use vpngw_dataplane::sa_table::SaTable;
+use vpngw_dataplane::sa_table::{Outbound, SaTable};
 
 use super::resolver::{LinkPathResolver, ROUTE_RECHECK, ROUTE_RECHECK_FOLLOWING};
 use super::route_changes::{Changed, RouteChanges};
@@ -28,6 +29,10 @@ pub struct LinkPathDriver {
     failed: BTreeSet<Ipv4Addr>,
     /// When a route change last made the link paths be resolved at once.
     route_change_refresh: Option<Instant>,
+    /// The raw-ESP peers of the outbound table last looked at, with that table (held, so that a
+    /// new table cannot come at its address): at thousands of tunnels, collecting them twice a
+    /// second from an unchanged table was a good part of an idle gateway's CPU.
+    peers_of: Option<(Arc<Outbound>, BTreeSet<Ipv4Addr>)>,
 }
 
 impl LinkPathDriver {
@@ -36,7 +41,7 @@ impl LinkPathDriver {
         let resolver = LinkPathResolver::new()
             .inspect_err(|e| tracing::warn!(error = %e, "no link path for raw ESP (the raw IP socket carries it)"))
             .ok();
-        Self { resolver, route_changes: None, failed: BTreeSet::new(), route_change_refresh: None }
+        Self { resolver, route_changes: None, failed: BTreeSet::new(), route_change_refresh: None, peers_of: None }
     }
 
     /// Starts following the kernel's route announcements (with a resolver only); without them,
@@ -75,23 +80,29 @@ impl LinkPathDriver {
     /// publishes the outcome to the dataplane; with `gateway.esp_output = "ip"` (`link` false),
     /// publishes none.
     pub async fn refresh(&mut self, dp: &Dataplane, table: &SaTable, link: bool, public: Ipv4Addr) {
-        let peers: BTreeSet<Ipv4Addr> = if link {
-            table
-                .outbound_all()
-                .iter()
-                .filter(|e| !e.transport.udp)
-                .filter_map(|e| match e.transport.remote.ip() {
-                    IpAddr::V4(a) => Some(a),
-                    IpAddr::V6(_) => None,
-                })
-                .collect()
-        } else {
-            BTreeSet::new()
+        if link {
+            let outbound = arc_swap::Guard::into_inner(table.outbound_view());
+            if !self.peers_of.as_ref().is_some_and(|(seen, _)| Arc::ptr_eq(seen, &outbound)) {
+                let peers = outbound
+                    .all()
+                    .filter(|e| !e.transport.udp)
+                    .filter_map(|e| match e.transport.remote.ip() {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                self.peers_of = Some((outbound, peers));
+            }
+        }
+        static NO_PEERS: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let peers = match (&self.peers_of, link) {
+            (Some((_, peers)), true) => peers,
+            _ => &NO_PEERS,
         };
         let hops = match &mut self.resolver {
             Some(resolver) => {
                 let recheck = if self.route_changes.is_some() { ROUTE_RECHECK_FOLLOWING } else { ROUTE_RECHECK };
-                resolver.resolve(&peers, public, recheck).await
+                resolver.resolve(peers, public, recheck).await
             }
             None => Vec::new(),
         };

@@ -2,7 +2,7 @@
 //! kept until an announced change or [`ROUTE_RECHECK`] makes it stale), the outgoing
 //! interface and the neighbour table, turned into a [`NextHop`] per peer by [`choose`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -106,10 +106,7 @@ impl LinkPathResolver {
                     match links.get(&route.ifindex) {
                         Some(Ok(link)) => {
                             let hop = route.gateway.unwrap_or(peer);
-                            let entry = neighbours
-                                .iter()
-                                .find(|(ifindex, address, _)| *ifindex == route.ifindex && *address == hop)
-                                .map(|(_, _, n)| n);
+                            let entry = neighbours.get(&(route.ifindex, hop));
                             choose(peer, route, link, entry)
                         }
                         Some(Err(e)) => Err(e.clone()),
@@ -199,10 +196,12 @@ impl LinkPathResolver {
     }
 
     /// Every IPv4 neighbour entry: (interface, address, state and MAC).
-    async fn neighbours(&self) -> Result<Vec<(u32, Ipv4Addr, NeighbourInfo)>, Unusable> {
+    /// The neighbour table, by interface and address (thousands of peers on a link: one
+    /// lookup each, not a scan each).
+    async fn neighbours(&self) -> Result<HashMap<(u32, Ipv4Addr), NeighbourInfo>, Unusable> {
         let mut answers =
             self.handle.neighbours().get().set_address_family(rtnetlink::packet_route::AddressFamily::Inet).execute();
-        let mut all = Vec::new();
+        let mut all = HashMap::new();
         while let Some(n) = answers.try_next().await.map_err(|e| Unusable::Netlink(e.to_string()))? {
             let mut address = None;
             let mut mac = None;
@@ -214,7 +213,7 @@ impl LinkPathResolver {
                 }
             }
             if let Some(address) = address {
-                all.push((n.header.ifindex, address, NeighbourInfo { state: n.header.state, mac }));
+                all.insert((n.header.ifindex, address), NeighbourInfo { state: n.header.state, mac });
             }
         }
         Ok(all)
