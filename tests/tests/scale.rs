@@ -8,7 +8,7 @@
 //! A small rekey storm too (the 5,000-tunnel one is `STORM=gateway make bench-tunnels`): vpngw
 //! initiates 100 tunnels with a 30 s child SA lifetime (the shortest it accepts), so it is the
 //! quick-mode initiator of each and replaces all of them within 17-20 s while 20 of them carry
-//! pings; about 35 s, the lifetime's floor and the old pairs' 10 s grace.
+//! pings; about 40 s (the lifetime's floor and the old pairs' 10 s grace).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::time::Instant;
