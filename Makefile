@@ -39,6 +39,7 @@ help:
 	@echo "  make bench-e2e  iperf3 through plain routing, the strongSwan pair and the vpngw pair (root)"
 	@echo "  make bench-scale  10,000 SAs: per-packet cost, memory per SA and per tunnel, idle daemon (root)"
 	@echo "  make bench-tunnels  5,000 tunnels negotiated by a load generator: rate, idle CPU, memory, status, /metrics (root)"
+	@echo "               STORM=gateway or STORM=peer: a rekey storm instead (STORM_LIFETIME, PING_SAMPLE)"
 	@echo "  make bench-flood  spoofed IKE first-message floods at an established vpngw: memory, status"
 	@echo "               latency, DPD, rekeys, pings (root)"
 	@echo "  make bench-soak   two vpngw over a lossy, duplicating, reordering link through rekeys (root)"

@@ -11,15 +11,25 @@
 //! - surfaces at scale: `vpngw status` latency (median of 5) and the `/metrics` scrape (time
 //!   and size).
 //!
+//! With STORM=gateway or STORM=peer it measures a rekey storm instead of the idle gateway: every
+//! child SA gets the same short lifetime (STORM_LIFETIME, default 90 s, on both sides), so all
+//! tunnels rekey within their jitter window after establishment. `gateway`: vpngw initiates
+//! every tunnel (`start = "active"`, the generator answers), so it is each child SA's
+//! quick-mode initiator and rekeys all of them; `peer`: the generator's initiators rekey and
+//! vpngw answers 5,000 quick modes. The generator checks each tunnel's first rekey (new SPIs
+//! both ways, the old pair deleted, the delay against the window) and pings through
+//! PING_SAMPLE tunnels (default 50) every 200 ms across the storm; this samples `vpngw status`
+//! (text, the CLI included) every 200 ms from just before the first rekeys until the end.
+//!
 //! Environment: TUNNELS=5000, DH=dh14 (dh2 ...), CONCURRENCY=256, IDLE_SECONDS=30,
-//! DH_PER_SECOND=200 (vpngw's `tuning.dh_per_second`), VPNGW_BIN
-//! (default: the release vpngw next to this example). Prints a Markdown table.
+//! DH_PER_SECOND=200 (vpngw's `tuning.dh_per_second`), STORM, STORM_LIFETIME, PING_SAMPLE,
+//! VPNGW_BIN (default: the release vpngw next to this example). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)] // a benchmark
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpngw_tests::loadgen::{Plan, rss_kib};
+use vpngw_tests::loadgen::{Plan, WINDOW_EARLY_SLACK, WINDOW_LATE_SLACK, percentile, rekey_window, rss_kib};
 use vpngw_tests::netns::{LEFT_WAN, Lab, RIGHT_WAN, wait_for};
 use vpngw_tests::vpngw::{Vpngw, config_text};
 
@@ -57,6 +67,180 @@ fn gateway(lab: &Lab, name: &str, plan: &Plan) -> Vpngw {
     v
 }
 
+/// target/<profile>/examples/tunnels -> target/<profile>/vpngw-loadgen (make bench-tunnels
+/// builds it).
+fn loadgen_bin() -> String {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("vpngw-loadgen");
+    assert!(bin.exists(), "{} missing: cargo build --release -p vpngw-tests --bins", bin.display());
+    bin.display().to_string()
+}
+
+/// The generator's JSON report, once it has written it.
+fn loadgen_report(lab: &Lab) -> Option<Value> {
+    let text = std::fs::read_to_string(lab.dir.join("loadgen.json")).ok()?;
+    text.lines().find_map(|l| serde_json::from_str::<Value>(l).ok())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
+
+/// STORM=gateway|peer: establishment, then every tunnel's first rekey at once (see the top).
+fn storm(lab: &Lab, mut plan: Plan, mode: &str) {
+    let lifetime: u32 = env("STORM_LIFETIME", 90);
+    let sample: u32 = env("PING_SAMPLE", 50);
+    assert!(mode == "gateway" || mode == "peer", "STORM: gateway or peer");
+    plan.child_lifetime_seconds = lifetime;
+    plan.gateway_initiates = mode == "gateway";
+    let (lo, hi) = rekey_window(lifetime);
+    // Long enough for the last tunnel's rekey (even the responder's later deadline, lifetime -
+    // margin/2) and its old pair's deletion (1 s activation delay, 10 s grace).
+    let hold = lifetime + 20;
+    let bin = loadgen_bin();
+    let (tunnels, dh, concurrency) = (plan.tunnels.to_string(), plan.dh_group.name(), plan.concurrency.to_string());
+    let (hold_s, lifetime_s, sample_s) = (hold.to_string(), lifetime.to_string(), sample.to_string());
+    let mut args = vec![
+        "--gateway",
+        LEFT_WAN,
+        "--tunnels",
+        &tunnels,
+        "--dh-group",
+        dh,
+        "--concurrency",
+        &concurrency,
+        "--timeout",
+        "300",
+        "--hold",
+        &hold_s,
+        "--child-lifetime",
+        &lifetime_s,
+        "--storm",
+        "--ping-sample",
+        &sample_s,
+    ];
+    if plan.gateway_initiates {
+        args.push("--gateway-initiates");
+    }
+    let log = lab.dir.join("loadgen.json");
+    // Answering, the generator listens before vpngw's first messages go out.
+    let (v, loadgen, started) = if plan.gateway_initiates {
+        let loadgen = lab.spawn(&lab.right, &bin, &args, &[], &log);
+        std::thread::sleep(Duration::from_secs(3));
+        let started = Instant::now();
+        (gateway(lab, "storm", &plan), loadgen, started)
+    } else {
+        let v = gateway(lab, "storm", &plan);
+        (v, lab.spawn(&lab.right, &bin, &args, &[], &log), Instant::now())
+    };
+    // `vpngw status` from a little before the first tunnels' window until the report; until
+    // then, when vpngw shows every tunnel up (a tunnel that failed never shows: stop waiting).
+    let sample_from = (started + lo).checked_sub(Duration::from_secs(3)).unwrap_or(started);
+    let up = wait_for(sample_from.saturating_duration_since(Instant::now()), || {
+        let s = v.status()?;
+        let n = s["connections"].as_array()?.iter().filter(|c| c["state"] == "up").count();
+        (n == plan.tunnels as usize).then_some(n)
+    });
+    let setup_seen = started.elapsed();
+    eprintln!("up: {up:?} after {setup_seen:?}");
+    std::thread::sleep(sample_from.saturating_duration_since(Instant::now()));
+    let mut samples: Vec<(u128, Duration)> = Vec::new();
+    let report = loop {
+        if let Some(r) = loadgen_report(lab) {
+            break r;
+        }
+        if started.elapsed() > Duration::from_secs(u64::from(hold) + 600) {
+            break Value::Null;
+        }
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        let t = Instant::now();
+        let _ = v.status_text();
+        samples.push((at, t.elapsed()));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let storm = &report["storm"];
+    // The storm: from the first rekey to the last one's old pair deleted (10 s grace, 1 s switch).
+    let (first, last) = (storm["first_epoch_ms"].as_u64().unwrap_or(0), storm["last_epoch_ms"].as_u64().unwrap_or(0));
+    let mut during: Vec<Duration> = samples
+        .iter()
+        .filter(|(at, _)| *at >= u128::from(first) && *at <= u128::from(last) + 11_000)
+        .map(|(_, d)| *d)
+        .collect();
+    during.sort_unstable();
+    let pings = &report["pings"];
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| storm | {} ({tunnels} tunnels, {dh}, aes-128/sha1, no PFS; dh_per_second {}) |",
+        if plan.gateway_initiates {
+            "vpngw initiated every tunnel, so it is each child SA's quick-mode initiator and rekeys them"
+        } else {
+            "the generator's initiators rekey; vpngw answers every quick mode"
+        },
+        env("DH_PER_SECOND", 200)
+    );
+    println!(
+        "| established | {} in {} s, failures {}; vpngw shows all up after {} |",
+        report["established"],
+        report["setup_seconds"],
+        report["failures"],
+        if up.is_some() { format!("{:.1} s", setup_seen.as_secs_f64()) } else { "- (not all up)".into() }
+    );
+    println!(
+        "| child SA lifetime; quick-mode initiator's window | {lifetime} s; {:.1}-{:.1} s after establishment (counted in it: -{} ms/+{} ms) |",
+        lo.as_secs_f64(),
+        hi.as_secs_f64(),
+        WINDOW_EARLY_SLACK.as_millis(),
+        WINDOW_LATE_SLACK.as_millis()
+    );
+    println!(
+        "| tunnels rekeyed | {} of {}: by vpngw {}, by the peer {}; new SPIs both ways {}; old pair deleted {} (after the new one: p50 {} s, max {} s) |",
+        storm["rekeyed"],
+        report["established"],
+        storm["by_gateway"],
+        storm["by_peer"],
+        storm["new_spis_both_ways"],
+        storm["old_deleted"],
+        storm["old_deleted_after_s"]["p50"],
+        storm["old_deleted_after_s"]["max"]
+    );
+    println!(
+        "| rekey after establishment min/p50/max | {}/{}/{} s; in the window {}, early {}, late {} (latest {} s after the window) |",
+        storm["delay_s"]["min"],
+        storm["delay_s"]["p50"],
+        storm["delay_s"]["max"],
+        storm["in_window"],
+        storm["early"],
+        storm["late"],
+        storm["max_late_s"]
+    );
+    println!(
+        "| storm spread (first to last rekey) | {} s (establishment: {} s) |",
+        storm["spread_s"], storm["establishment_spread_s"]
+    );
+    println!("| failures during the storm | {} |", storm["failures"]);
+    println!("| later rekeys (second round, started before the end) | {} |", storm["later_rekeys"]);
+    println!(
+        "| pings through {} tunnels every 200 ms | {} sent, {} answered, {} lost ({} with no outbound SA); lossy tunnels {} |",
+        pings["tunnels"], pings["sent"], pings["answered"], pings["lost"], pings["no_sa"], pings["lost_by_tunnel"]
+    );
+    println!(
+        "| `vpngw status` (text, CLI included) during the storm p50/p99/max | {}/{}/{} ms ({} samples, {} over 100 ms; all samples: {}) |",
+        ms(percentile(&during, 0.5)),
+        ms(percentile(&during, 0.99)),
+        ms(during.last().copied().unwrap_or_default()),
+        during.len(),
+        during.iter().filter(|d| **d > Duration::from_millis(100)).count(),
+        samples.len()
+    );
+    println!(
+        "| load average at the end (1/5/15 min) | {} |",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let _ = lab.stop(loadgen, Duration::from_secs(5));
+    let _ = v.stop(lab);
+}
+
 fn main() {
     let tunnels: u32 = env("TUNNELS", 5000);
     let dh: String = env("DH", "dh14".to_string());
@@ -68,6 +252,10 @@ fn main() {
     plan.concurrency = concurrency;
     lab.ip(&lab.right, &["route", "add", "local", &plan.address_range(), "dev", "lo"]);
     lab.ip(&lab.left, &["route", "add", &plan.address_range(), "via", RIGHT_WAN]);
+    if let Ok(mode) = std::env::var("STORM") {
+        storm(&lab, plan, &mode);
+        return;
+    }
 
     // The one-tunnel figure first: the same daemon, one connection, up and idle.
     let mut one = plan.clone();
@@ -75,10 +263,8 @@ fn main() {
     let v1 = gateway(&lab, "one", &one);
     // target/<profile>/examples/tunnels -> target/<profile>/vpngw-loadgen (make bench-tunnels
     // builds it).
-    let exe = std::env::current_exe().unwrap();
-    let loadgen_bin = exe.parent().and_then(|d| d.parent()).unwrap().join("vpngw-loadgen");
-    assert!(loadgen_bin.exists(), "{} missing: cargo build --release -p vpngw-tests --bins", loadgen_bin.display());
-    let bin = loadgen_bin.to_str().unwrap();
+    let loadgen_bin = loadgen_bin();
+    let bin = loadgen_bin.as_str();
     let out = lab.exec(&lab.right, bin, &["--gateway", LEFT_WAN, "--tunnels", "1", "--dh-group", &dh]);
     assert!(out.status.success(), "one tunnel: {}", String::from_utf8_lossy(&out.stdout));
     std::thread::sleep(Duration::from_secs(2));

@@ -5,6 +5,7 @@
 //! ```text
 //! vpngw-loadgen --gateway 198.51.100.1 --tunnels 5000 [--dh-group dh14] [--concurrency 256]
 //!               [--timeout 120] [--hold 0] [--no-dpd] [--child-lifetime 3600]
+//!               [--gateway-initiates] [--storm] [--ping-sample N] [--ping-interval-ms 200]
 //! vpngw-loadgen --gateway 198.51.100.1 --tunnels 5000 --gateway-config   # vpngw's [[connection]]s
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
@@ -19,7 +20,8 @@ fn usage(why: &str) -> ExitCode {
     eprintln!(
         "vpngw-loadgen: {why}\nusage: vpngw-loadgen --gateway ADDR --tunnels N [--first-address ADDR] [--dh-group NAME] \
          [--ike-encryption NAME] [--ike-hash NAME] [--esp-encryption NAME] [--esp-integrity NAME] \
-         [--concurrency N] [--timeout S] [--hold S] [--no-dpd] [--child-lifetime S] [--gateway-config]"
+         [--concurrency N] [--timeout S] [--hold S] [--no-dpd] [--child-lifetime S] [--gateway-initiates] \
+         [--storm] [--ping-sample N] [--ping-interval-ms MS] [--gateway-config]"
     );
     ExitCode::from(2)
 }
@@ -61,7 +63,15 @@ fn main() -> ExitCode {
     if let Some(s) = number("--child-lifetime") {
         plan.child_lifetime_seconds = s as u32;
     }
+    if let Some(n) = number("--ping-sample") {
+        plan.ping_sample = n as u32;
+    }
+    if let Some(ms) = number("--ping-interval-ms") {
+        plan.ping_interval = Duration::from_millis(ms.max(10));
+    }
     plan.dpd = !args.iter().any(|a| a == "--no-dpd");
+    plan.gateway_initiates = args.iter().any(|a| a == "--gateway-initiates");
+    plan.storm = args.iter().any(|a| a == "--storm");
     if args.iter().any(|a| a == "--gateway-config") {
         print!("{}", plan.gateway_connections(""));
         return ExitCode::SUCCESS;
