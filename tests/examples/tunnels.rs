@@ -22,7 +22,8 @@
 //! (text, the CLI included) every 200 ms from just before the first rekeys until the end.
 //!
 //! Environment: TUNNELS=5000, DH=dh14 (dh2 ...), CONCURRENCY=256, IDLE_SECONDS=30,
-//! DH_PER_SECOND=200 (vpngw's `tuning.dh_per_second`), STORM, STORM_LIFETIME, PING_SAMPLE,
+//! DPD=0 (dead peer detection off on both sides), DH_PER_SECOND and DH_THREADS (vpngw's `tuning.dh_per_second` and `tuning.dh_threads`; unset:
+//! vpngw's defaults), STORM, STORM_LIFETIME, PING_SAMPLE,
 //! VPNGW_BIN (default: the release vpngw next to this example). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)] // a benchmark
 
@@ -56,10 +57,20 @@ fn http_get(lab: &Lab, ns: &str, url: &str) -> Option<(String, Duration)> {
 
 /// A gateway with the plan's connections, DPD on, metrics on.
 fn gateway(lab: &Lab, name: &str, plan: &Plan) -> Vpngw {
-    let dpd = "[connection.dpd]\ntimeout_seconds = 30\naction = \"clear\"\n";
-    let dh_per_second: u32 = env("DH_PER_SECOND", 200);
+    // DPD=0: off on both sides (what the idle figure costs without dead peer detection).
+    let dpd = if env("DPD", 1) == 0 {
+        "[connection.dpd]\nenabled = false\n"
+    } else {
+        "[connection.dpd]\ntimeout_seconds = 30\naction = \"clear\"\n"
+    };
+    let mut tuning = String::new();
+    for (var, key) in [("DH_PER_SECOND", "dh_per_second"), ("DH_THREADS", "dh_threads")] {
+        if let Some(n) = std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok()) {
+            tuning.push_str(&format!("{key} = {n}\n"));
+        }
+    }
     let config = config_text(LEFT_WAN, &Vpngw::socket_for(lab, name), false, &plan.gateway_connections(dpd))
-        .replacen("\n[[connection]]", &format!("\n[tuning]\ndh_per_second = {dh_per_second}\n\n[[connection]]"), 1)
+        .replacen("\n[[connection]]", &format!("\n[tuning]\n{tuning}\n[[connection]]"), 1)
         .replacen("[[connection]]", "[metrics]\nlisten = \"127.0.0.1:9720\"\n\n[[connection]]", 1);
     let v = Vpngw::start(lab, &lab.left, name, &config, &[]);
     // Started: its status answers (5,000 connections take a moment to load).
@@ -171,13 +182,13 @@ fn storm(lab: &Lab, mut plan: Plan, mode: &str) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("| measure | value |\n|---|---|");
     println!(
-        "| storm | {} ({tunnels} tunnels, {dh}, aes-128/sha1, no PFS; dh_per_second {}) |",
+        "| storm | {} ({tunnels} tunnels, {dh}, aes-128/sha1, no PFS; {}) |",
         if plan.gateway_initiates {
             "vpngw initiated every tunnel, so it is each child SA's quick-mode initiator and rekeys them"
         } else {
             "the generator's initiators rekey; vpngw answers every quick mode"
         },
-        env("DH_PER_SECOND", 200)
+        tuning_label()
     );
     println!(
         "| established | {} in {} s, failures {}; vpngw shows all up after {} |",
@@ -274,26 +285,25 @@ fn main() {
     let v = gateway(&lab, "many", &plan);
     let rss_configured = rss_kib(v.pid);
     let hold = idle.as_secs() + 30;
-    let loadgen = lab.spawn(
-        &lab.right,
-        bin,
-        &[
-            "--gateway",
-            LEFT_WAN,
-            "--tunnels",
-            &tunnels.to_string(),
-            "--dh-group",
-            &dh,
-            "--concurrency",
-            &concurrency.to_string(),
-            "--timeout",
-            "300",
-            "--hold",
-            &hold.to_string(),
-        ],
-        &[],
-        &lab.dir.join("loadgen.json"),
-    );
+    let (tunnels_arg, concurrency_arg, hold_arg) = (tunnels.to_string(), concurrency.to_string(), hold.to_string());
+    let mut args = vec![
+        "--gateway",
+        LEFT_WAN,
+        "--tunnels",
+        &tunnels_arg,
+        "--dh-group",
+        &dh,
+        "--concurrency",
+        &concurrency_arg,
+        "--timeout",
+        "300",
+        "--hold",
+        &hold_arg,
+    ];
+    if env("DPD", 1) == 0 {
+        args.push("--no-dpd");
+    }
+    let loadgen = lab.spawn(&lab.right, bin, &args, &[], &lab.dir.join("loadgen.json"));
     // Established when vpngw shows every connection up.
     let started = Instant::now();
     let up = wait_for(Duration::from_secs(300), || {
@@ -328,10 +338,7 @@ fn main() {
     let ceiling = vpngw_tests::loadgen::in_memory_handshakes_per_second(&plan, 100).unwrap();
     let rate: f64 = report["setups_per_second"].as_f64().unwrap_or(0.0);
     println!("| measure | value |\n|---|---|");
-    println!(
-        "| tunnels | {tunnels} ({dh}, aes-128/sha1, no PFS; concurrency {concurrency}; dh_per_second {}) |",
-        env("DH_PER_SECOND", 200)
-    );
+    println!("| tunnels | {tunnels} ({dh}, aes-128/sha1, no PFS; concurrency {concurrency}; {}) |", tuning_label());
     println!(
         "| established (load generator) | {} in {} s = {} /s |",
         report["established"], report["setup_seconds"], report["setups_per_second"]
@@ -367,4 +374,13 @@ fn main() {
     }
     let _ = lab.stop(loadgen, Duration::from_secs(5));
     let _ = v.stop(&lab);
+}
+
+/// The `[tuning]` the run set, for the tables ("defaults" when none).
+fn tuning_label() -> String {
+    let set: Vec<String> = [("DH_PER_SECOND", "dh_per_second"), ("DH_THREADS", "dh_threads")]
+        .into_iter()
+        .filter_map(|(var, key)| std::env::var(var).ok().map(|v| format!("{key} {v}")))
+        .collect();
+    if set.is_empty() { "vpngw's default tuning".into() } else { set.join(", ") }
 }
